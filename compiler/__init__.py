@@ -1,0 +1,1 @@
+"""The fpol compiler: source -> AST -> Policy -> classes -> C -> object."""

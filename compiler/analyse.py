@@ -1,0 +1,243 @@
+"""Semantic analysis: PolicyFile (AST) -> Policy, with diagnostics.
+
+Resolves headers, expands op names and groups to atoms, normalises paths and
+globs, resolves errnos, and checks what the ABI can deliver (redirect modes,
+daemon-less mounts). Warnings that need the class tree live in compiler/lint.py.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+import re
+from typing import Optional
+
+from . import ast, ops
+from .diagnostics import Reporter, Span, did_you_mean
+from .fmt import render_rule, render_scope
+from .paths import ANY, PathProblem, glob_patterns, name_patterns, normalise_path
+from .policy import Default, Policy, Rule, Term, pattern_specificity
+
+ABIS = ("v3", "v4")
+MODES = ("enforce", "complain")
+NAMES = ("case-sensitive", "case-insensitive")
+POLICY_NAME = re.compile(r"[a-z0-9_]+")
+POLICY_NAME_MAX = 8
+
+# Every errno Linux knows, by name.
+ERRNOS: dict[str, int] = {name: getattr(errno_module, name) for name in dir(errno_module)
+                          if name.startswith("E") and name.isupper()}
+DEFAULT_DENY_ERRNO = "EACCES"
+
+# What the daemon-filter wire format can deliver (spec §9). `before` (USER_PREFILTER)
+# fails in the RFC for ops whose last in-arg is an immutable non-final buffer or that
+# have no in-args; `after` (USER_POSTFILTER) needs out-args to send back.
+BEFORE_UNSUPPORTED = frozenset({"rename", "symlink", "unlink", "rmdir", "statfs"})
+AFTER_SUPPORTED = frozenset({"lookup", "getattr", "setattr", "open", "opendir", "create",
+                             "read", "write", "lseek", "copy_file_range", "getxattr",
+                             "listxattr", "statfs", "readdir"})
+
+
+def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False) -> Policy:
+    """Resolve the tree. Problems go to the reporter; the Policy returned is valid
+    only if the reporter has no errors."""
+    headers = _headers(tree, reporter)
+    default = _default(tree, reporter, no_daemon)
+    rules = []
+    for st in tree.statements:
+        if isinstance(st, ast.Rule):
+            rule = _rule(st, len(rules), reporter, no_daemon)
+            if rule is not None:
+                rules.append(rule)
+    _duplicates(rules, reporter)
+    return Policy(
+        file=tree.file,
+        name=headers.get("policy") or default_policy_name(tree.file),
+        abi=headers.get("abi") or "v4",
+        mode=headers.get("mode") or "enforce",
+        default=default,
+        case_insensitive=headers.get("names") == "case-insensitive",
+        rules=tuple(rules),
+    )
+
+
+def default_policy_name(file: str) -> str:
+    """A policy without `policy NAME` takes its name from the file: `My-Secrets.fpol` -> `my_secre`."""
+    stem = os.path.basename(file).split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9_]", "_", stem)[:POLICY_NAME_MAX]
+    return name or "fpol"
+
+
+def _headers(tree: ast.PolicyFile, reporter: Reporter) -> dict[str, str]:
+    seen: dict[str, ast.Header] = {}
+    values: dict[str, str] = {}
+    first_default: Optional[ast.Default] = None
+    for st in tree.statements:
+        if isinstance(st, ast.Default):
+            if first_default is not None:
+                reporter.add("FP006", "more than one `default` statement", st.span,
+                             "keep one `default` line", related=(("first `default` here", first_default.span),))
+            else:
+                first_default = st
+        if not isinstance(st, ast.Header):
+            continue
+        if st.keyword in seen:
+            reporter.add("FP006", f"more than one `{st.keyword}` statement", st.span,
+                         f"keep one `{st.keyword}` line",
+                         related=((f"first `{st.keyword}` here", seen[st.keyword].span),))
+            continue
+        seen[st.keyword] = st
+        value = st.value.text
+        if st.keyword == "policy":
+            if not POLICY_NAME.fullmatch(value):
+                reporter.add("FP007", f"policy name `{value}` may use only a-z, 0-9 and _",
+                             st.value.span, "instance names are built from it: "
+                             f"try `{re.sub(r'[^a-z0-9_]', '_', value.lower())[:POLICY_NAME_MAX]}`")
+                continue
+            if len(value) > POLICY_NAME_MAX:
+                reporter.add("FP008", f"policy name `{value}` has {len(value)} characters; "
+                             f"at most {POLICY_NAME_MAX} fit", st.value.span,
+                             "fuse-bpf instance names are at most 14 characters and carry a class "
+                             f"number; try `{value[:POLICY_NAME_MAX]}`")
+                continue
+        else:
+            allowed = {"abi": ABIS, "mode": MODES, "names": NAMES}[st.keyword]
+            if value not in allowed:
+                hint = did_you_mean(value, allowed) or "one of " + ", ".join(f"`{a}`" for a in allowed)
+                reporter.add("FP005", f"unknown {st.keyword} `{value}`", st.value.span, hint)
+                continue
+        values[st.keyword] = value
+    return values
+
+
+def _default(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool) -> Default:
+    st = next((s for s in tree.statements if isinstance(s, ast.Default)), None)
+    if st is None:
+        return Default("allow", None, None, "allow")
+    action = st.action.text
+    if action == "deny":
+        errno = _errno(st.errno, reporter) if st.errno else DEFAULT_DENY_ERRNO
+        return Default("deny", errno, st.span.line,
+                       "deny" + (f" with {errno}" if st.errno and errno else ""))
+    if action == "redirect":
+        if st.target is None:
+            reporter.add("FP021", "`default redirect` needs `to userspace`", st.span,
+                         "write `default redirect to userspace`")
+        elif st.target.mode in ("before", "after"):
+            reporter.add("FP022", f"`default redirect` cannot be `{st.target.mode}`: the default "
+                         "covers every op, and not every op can go to userspace that way",
+                         st.target.span, "use plain `default redirect to userspace`")
+        if no_daemon:
+            reporter.add("FP025", "`default redirect to userspace` needs a daemon, but this "
+                         "policy is checked for a daemon-less (no_daemon) mount", st.span,
+                         "mount with the daemon, or choose another default")
+        return Default("userspace", None, st.span.line, "redirect to userspace")
+    return Default("allow", None, st.span.line, "allow")
+
+
+def _errno(word: ast.Word, reporter: Reporter) -> Optional[str]:
+    if word.text in ERRNOS:
+        return word.text
+    hint = did_you_mean(word.text, ERRNOS) or "errnos are symbolic names such as EACCES, EPERM, EROFS"
+    reporter.add("FP004", f"unknown errno `{word.text}`", word.span, hint)
+    return None
+
+
+def _atoms(words: tuple[ast.Word, ...], reporter: Reporter) -> Optional[frozenset[str]]:
+    atoms: set[str] = set()
+    ok = True
+    for w in words:
+        if w.text in ops.EXPANSION:
+            atoms |= ops.EXPANSION[w.text]
+            continue
+        ok = False
+        hint = did_you_mean(w.text, ops.OP_NAMES) or (
+            "ops are fuse_ops hooks (open, mkdir, ...) or groups (read, write, create, delete, "
+            "list, stat, exec, all); see `fpol check --help`")
+        reporter.add("FP003", f"unknown operation or group `{w.text}`", w.span, hint)
+    return frozenset(atoms) if ok else None
+
+
+def _term(scope: ast.Scope, reporter: Reporter) -> Optional[Term]:
+    try:
+        if scope.kind in ("under", "at"):
+            comps = normalise_path(scope.path.value)
+            patterns = (comps + ((ANY,) if scope.kind == "under" else ()),)
+        elif scope.kind == "matching":
+            patterns = glob_patterns(scope.path.value)
+        else:
+            patterns = tuple((ANY, part) for part in name_patterns(scope.path.value))
+    except PathProblem as p:
+        reporter.add(p.code, p.message, scope.path.span, p.hint)
+        return None
+    spec = min(pattern_specificity(p) for p in patterns)
+    return Term(scope.kind, patterns, render_scope(scope), spec)
+
+
+def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Optional[Rule]:
+    errors_before = len([d for d in reporter.items if d.is_error])
+    action = st.action.text
+    atoms = _atoms(st.ops, reporter)
+
+    mode = None
+    if action == "redirect":
+        if st.target is None:
+            reporter.add("FP021", "`redirect` needs `to userspace`", st.action.span,
+                         "write e.g. `redirect lookup to userspace` (add `before` or `after` "
+                         "to keep the kernel doing the op)")
+        else:
+            mode = st.target.mode or "instead"
+        if no_daemon:
+            reporter.add("FP025", "this rule sends requests to userspace, but the policy is "
+                         "checked for a daemon-less (no_daemon) mount", st.span,
+                         "mount with the daemon, or use allow/deny")
+    elif st.target is not None:
+        reporter.add("FP021", f"`to userspace` belongs to `redirect`, not `{action}`",
+                     st.target.span, f"write `redirect ... to userspace`, or drop `to userspace`")
+
+    errno = None
+    if len(st.errnos) > 1:
+        reporter.add("FP020", "more than one `with` clause", st.errnos[1].span,
+                     "a rule denies with one errno")
+    if st.errnos:
+        if action != "deny":
+            reporter.add("FP020", f"`with {st.errnos[0].text}` on a rule that does not deny",
+                         st.errnos[0].span, "only `deny` rules (and `default deny`) take an errno")
+        else:
+            errno = _errno(st.errnos[0], reporter)
+    elif action == "deny":
+        errno = DEFAULT_DENY_ERRNO
+
+    if atoms is not None and mode in ("before", "after"):
+        op_names = {ops.atom_op(a) for a in atoms}
+        if mode == "before":
+            bad = sorted(op_names & BEFORE_UNSUPPORTED, key=ops.SINGLE_OPS.index)
+        else:
+            bad = sorted(op_names - AFTER_SUPPORTED, key=ops.SINGLE_OPS.index)
+        if bad:
+            names = ", ".join(bad)
+            reporter.add("FP022", f"fuse-bpf cannot send {names} to userspace `{mode}` the kernel "
+                         f"op (spec §9)", st.target.span,
+                         f"list only ops that support `{mode}`, or use plain `to userspace`")
+
+    terms = [_term(s, reporter) for s in st.scopes]
+    excepts = [_term(s, reporter) for clause in st.excepts for s in clause]
+    errors_after = len([d for d in reporter.items if d.is_error])
+    if errors_after != errors_before or atoms is None or None in terms or None in excepts:
+        return None
+    return Rule(
+        index=index, line=st.span.line, span=st.span, text=render_rule(st), action=action,
+        atoms=atoms, mode=mode, errno=errno, terms=tuple(terms), excepts=tuple(excepts),
+        specificity=sum(t.specificity for t in terms),
+    )
+
+
+def _duplicates(rules: list[Rule], reporter: Reporter) -> None:
+    first: dict[str, Rule] = {}
+    for r in rules:
+        if r.text in first:
+            other = first[r.text]
+            reporter.add("FP104", f"duplicate of the rule on line {other.line}", r.span,
+                         "delete one of them", related=(("first written here", other.span),))
+        else:
+            first[r.text] = r

@@ -1,0 +1,130 @@
+"""The syntax tree of a .fpol file: what was written, with source spans.
+
+Nothing here is resolved yet: op names may be unknown, paths not normalised.
+compiler/analyse.py turns this into a Policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .diagnostics import Span
+
+
+@dataclass(frozen=True)
+class Word:
+    """A bare word (op name, errno, header value) and where it stands."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class PathLit:
+    """A path or glob as written: `raw` is the source text, `value` the decoded bytes."""
+
+    raw: str
+    value: bytes
+    quoted: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str  # "under" | "at" | "matching" | "named"
+    path: PathLit
+    span: Span
+
+
+@dataclass(frozen=True)
+class Target:
+    """`to userspace [before|after|instead]`; mode None means plain (instead)."""
+
+    mode: Optional[str]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Header:
+    """policy NAME | abi V | mode M | names N."""
+
+    keyword: str
+    value: Word
+    span: Span
+
+
+@dataclass(frozen=True)
+class Default:
+    action: Word  # allow | deny | redirect
+    errno: Optional[Word]
+    target: Optional[Target]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Word  # allow | deny | audit | redirect
+    ops: tuple[Word, ...]
+    target: Optional[Target]
+    scopes: tuple[Scope, ...]
+    excepts: tuple[tuple[Scope, ...], ...]  # one tuple per `except` clause
+    errnos: tuple[Word, ...]  # one per `with` clause (more than one is an error)
+    span: Span
+
+
+Statement = Union[Header, Default, Rule]
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str  # from the `#` to the end of the line, trailing blanks removed
+    line: int
+    column: int
+    trailing: bool  # follows a statement on the same line
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    file: str
+    statements: tuple[Statement, ...]
+    comments: tuple[Comment, ...]
+    # Physical lines that are blank (no statement, no comment): fmt keeps paragraph breaks.
+    blank_lines: frozenset[int]
+    line_count: int
+
+    def dump(self) -> str:
+        """A readable, deterministic listing of the tree (`fpol compile --emit ast`)."""
+        out = [f"PolicyFile {self.file}"]
+        for st in self.statements:
+            out.append("  " + _dump_statement(st))
+        for c in self.comments:
+            out.append(f"  Comment {c.line}:{c.column} {c.text!r}")
+        return "\n".join(out) + "\n"
+
+
+def _at(span: Span) -> str:
+    return f"@{span.line}:{span.column}-{span.end_line}:{span.end_column}"
+
+
+def _dump_scope(s: Scope) -> str:
+    return f"{s.kind} {s.path.raw}"
+
+
+def _dump_statement(st: Statement) -> str:
+    if isinstance(st, Header):
+        return f"Header {st.keyword} {st.value.text} {_at(st.span)}"
+    if isinstance(st, Default):
+        extra = f" with {st.errno.text}" if st.errno else ""
+        extra += f" to userspace {st.target.mode or ''}".rstrip() if st.target else ""
+        return f"Default {st.action.text}{extra} {_at(st.span)}"
+    parts = [f"Rule {st.action.text}", "ops=[" + ", ".join(o.text for o in st.ops) + "]"]
+    if st.target:
+        parts.append(f"target={st.target.mode or 'instead'}")
+    if st.scopes:
+        parts.append("scopes=[" + ", ".join(_dump_scope(s) for s in st.scopes) + "]")
+    for ex in st.excepts:
+        parts.append("except=[" + ", ".join(_dump_scope(s) for s in ex) + "]")
+    for e in st.errnos:
+        parts.append(f"with={e.text}")
+    return " ".join(parts) + " " + _at(st.span)

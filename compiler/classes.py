@@ -1,0 +1,454 @@
+"""Policy -> ClassTree: the automaton over path components (ARCHITECTURE.md §2).
+
+Every scope term's patterns are run together as one NFA over components; the
+subset construction gives states ("classes") that know exactly which terms hold
+at a node, hence which rules match, hence a decision per atom. A class moves to
+a child class by the child's name: literal names first, then the set of name
+globs the name matches (a bitmask; only masks some real name can produce are
+built — the product construction), then the default. Classes with the same
+decisions and the same transitions are merged (minimisation).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import ops
+from .decide import Decision, decide
+from .paths import ANY, Glob, part_matches, show_pattern
+from .policy import Policy, Rule
+
+# Bounds that keep construction memory-safe on pathological policies (FP026).
+MAX_STATES = 200_000
+MAX_GLOB_STATES = 50_000
+
+
+class TooComplex(Exception):
+    def __init__(self, message: str, rule: Optional[Rule] = None):
+        super().__init__(message)
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Class:
+    id: int
+    table: tuple[Decision, ...]  # one decision per ops.ATOMS entry
+    literals: tuple[tuple[bytes, int], ...]  # exact child names -> class, sorted
+    globs: tuple[Glob, ...]  # name globs tested for other names
+    masks: tuple[tuple[int, int], ...]  # (bitmask over globs, class), sorted
+    default: int  # class of a name that matches no literal and no glob
+    example: bytes  # a path that reaches this class
+
+    def decision(self, atom: str) -> Decision:
+        return self.table[ATOM_INDEX[atom]]
+
+    def child(self, name: bytes, fold: bool) -> int:
+        key = name.lower() if fold else name
+        for lit, target in self.literals:
+            if lit == key:
+                return target
+        mask = 0
+        for i, g in enumerate(self.globs):
+            if g.matches(key, False):
+                mask |= 1 << i
+        for m, target in self.masks:
+            if m == mask:
+                return target
+        return self.default
+
+
+ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
+
+
+@dataclass(frozen=True)
+class ClassTree:
+    policy: Policy
+    classes: tuple[Class, ...]  # classes[0] is the root
+    unminimised: int  # class count before merging
+
+    def classify(self, comps: tuple[bytes, ...]) -> Class:
+        c = self.classes[0]
+        for name in comps:
+            c = self.classes[c.child(name, self.policy.case_insensitive)]
+        return c
+
+    def dump(self) -> str:
+        """A readable listing (`fpol compile --emit classes`)."""
+        p = self.policy
+        out = [f"# {p.file}: {len(self.classes)} classes ({self.unminimised} before minimisation)"]
+        for c in self.classes:
+            out.append(f"class {c.id}  e.g. {_show(c.example)}")
+            for line in _table_lines(p, c):
+                out.append("  " + line)
+            for lit, target in c.literals:
+                out.append(f"  name {_show(lit)!r} -> class {target}")
+            for mask, target in c.masks:
+                names = " & ".join(_show(g.text) for i, g in enumerate(c.globs) if mask >> i & 1)
+                out.append(f"  names matching {names or '(no glob)'} -> class {target}")
+            out.append(f"  other names -> class {c.default}")
+        return "\n".join(out) + "\n"
+
+    def dot(self) -> str:
+        """A Graphviz digraph of the classes (`fpol compile --emit dot`)."""
+        out = ["digraph classes {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
+        for c in self.classes:
+            label = f"class {c.id}\\n" + "\\n".join(
+                _esc(line) for line in _table_lines(self.policy, c, width=40))
+            out.append(f'  c{c.id} [label="{label}"];')
+        for c in self.classes:
+            edges: dict[int, list[str]] = {}
+            for lit, target in c.literals:
+                edges.setdefault(target, []).append(_show(lit))
+            for mask, target in c.masks:
+                edges.setdefault(target, []).append(
+                    " & ".join(_show(g.text) for i, g in enumerate(c.globs) if mask >> i & 1))
+            edges.setdefault(c.default, []).append("*other*")
+            for target, names in sorted(edges.items()):
+                label = _esc(", ".join(names))
+                if len(label) > 60:
+                    label = label[:57] + "..."
+                out.append(f'  c{c.id} -> c{target} [label="{label}"];')
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+
+def _show(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _table_lines(policy: Policy, c: Class, width: int = 0) -> list[str]:
+    """Group atoms by decision: `deny EACCES (line 3): open:w, open:rw, ...`."""
+    groups: dict[Decision, list[str]] = {}
+    for atom, d in zip(ops.ATOMS, c.table):
+        groups.setdefault(d, []).append(atom)
+    lines = []
+    for d, atoms in groups.items():
+        who = ", ".join(f"line {policy.rules[i].line}" for i in d.rules) or "default"
+        if d.audit_rules:
+            who += "; audit " + ", ".join(f"line {policy.rules[i].line}" for i in d.audit_rules)
+        names = _compress_atoms(atoms)
+        if width and len(names) > width:
+            names = names[:width - 3] + "..."
+        lines.append(f"{d.short()} ({who}): {names}")
+    return lines
+
+
+def _compress_atoms(atoms: list[str]) -> str:
+    """Show `open` rather than its six atoms when all of them are listed."""
+    have = set(atoms)
+    out = []
+    for op in ops.SINGLE_OPS:
+        every = ops.ATOMS_OF_OP[op]
+        if all(a in have for a in every):
+            out.append(op)
+        else:
+            out.extend(a for a in every if a in have)
+    return ", ".join(out)
+
+
+# --- construction --------------------------------------------------------------------
+
+@dataclass
+class _Patterns:
+    """Every pattern of every term, flattened: pattern id -> parts, term of each pattern."""
+
+    parts: list[tuple] = field(default_factory=list)
+    term_of: list[tuple[int, int]] = field(default_factory=list)  # (rule index, term key)
+
+
+@dataclass
+class RawState:
+    """A subset-construction state before minimisation (used by lint as well)."""
+
+    positions: frozenset
+    accepted_terms: frozenset  # (rule index, term key) pairs that hold at the node
+    literals: dict  # bytes -> state id
+    globs: tuple
+    masks: dict  # mask -> state id
+    default: int
+    example: bytes
+
+
+def _fold_part(part, fold: bool):
+    if not fold or part is ANY:
+        return part
+    if isinstance(part, Glob):
+        return Glob(part.text.lower())
+    return part.lower()
+
+
+def _collect(policy: Policy) -> _Patterns:
+    pats = _Patterns()
+    fold = policy.case_insensitive
+    for r in policy.rules:
+        for key, term in [(("t", i), t) for i, t in enumerate(r.terms)] + \
+                         [(("x", i), t) for i, t in enumerate(r.excepts)]:
+            for pattern in term.patterns:
+                pats.parts.append(tuple(_fold_part(p, fold) for p in pattern))
+                pats.term_of.append((r.index, key))
+    return pats
+
+
+def _closure(positions, parts: list[tuple]) -> frozenset:
+    out = set()
+    stack = list(positions)
+    while stack:
+        pos = stack.pop()
+        if pos in out:
+            continue
+        out.add(pos)
+        pid, k = pos
+        pattern = parts[pid]
+        if k < len(pattern) and pattern[k] is ANY:
+            stack.append((pid, k + 1))
+    return frozenset(out)
+
+
+def realisable_masks(globs: tuple[Glob, ...]) -> list[int]:
+    """Which sets of globs some single non-empty name matches, exactly (product construction).
+
+    Each glob is an NFA over bytes; the joint state of all of them is explored
+    breadth-first over the bytes that occur in any glob plus one stand-in for
+    every other byte. A reachable joint state at depth >= 1 realises the mask of
+    the globs that accept there."""
+    if not globs:
+        return [0]
+    texts = [g.text for g in globs]
+    alphabet = sorted({b for t in texts for b in t if b not in b"*?"})
+    other = next(b for b in range(1, 256) if b not in alphabet and b != ord("/"))
+    alphabet.append(other)
+
+    def close(i: int, states: frozenset) -> frozenset:
+        t = texts[i]
+        out = set(states)
+        for s in states:
+            k = s
+            while k < len(t) and t[k] == ord("*"):
+                k += 1
+                out.add(k)
+        return frozenset(out)
+
+    def step(i: int, states: frozenset, byte: int) -> frozenset:
+        t = texts[i]
+        nxt = set()
+        for s in states:
+            if s < len(t):
+                c = t[s]
+                if c == ord("*"):
+                    nxt.add(s)
+                elif c == ord("?") or c == byte:
+                    nxt.add(s + 1)
+        return close(i, frozenset(nxt))
+
+    start = tuple(close(i, frozenset({0})) for i in range(len(texts)))
+    seen = {start}
+    queue = deque([start])
+    masks = set()
+    while queue:
+        joint = queue.popleft()
+        for byte in alphabet:
+            nxt = tuple(step(i, joint[i], byte) for i in range(len(texts)))
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            if len(seen) > MAX_GLOB_STATES:
+                raise TooComplex(f"{len(globs)} overlapping name globs at one level "
+                                 f"({', '.join(t.decode('utf-8', 'replace') for t in texts[:4])}, ...)")
+            mask = 0
+            for i, states in enumerate(nxt):
+                if len(texts[i]) in states:
+                    mask |= 1 << i
+            masks.add(mask)
+            queue.append(nxt)
+    return sorted(masks)
+
+
+def build_raw(policy: Policy) -> list[RawState]:
+    """The subset construction. State 0 is the root."""
+    pats = _collect(policy)
+    parts = pats.parts
+    ids: dict[frozenset, int] = {}
+    states: list[Optional[RawState]] = []
+    queue: deque = deque()
+
+    def intern(positions: frozenset, example: bytes) -> int:
+        sid = ids.get(positions)
+        if sid is None:
+            sid = ids[positions] = len(states)
+            if sid >= MAX_STATES:
+                raise TooComplex(f"more than {MAX_STATES} classes")
+            states.append(None)
+            queue.append((sid, positions, example))
+        return sid
+
+    intern(_closure({(pid, 0) for pid in range(len(parts))}, parts), b"/")
+    while queue:
+        sid, positions, example = queue.popleft()
+        accepted = frozenset(pats.term_of[pid] for pid, k in positions if k == len(parts[pid]))
+        base, by_literal, by_glob = set(), {}, {}
+        for pid, k in positions:
+            if k == len(parts[pid]):
+                continue
+            part = parts[pid][k]
+            if part is ANY:
+                base.add((pid, k))
+            elif isinstance(part, Glob):
+                by_glob.setdefault(part, []).append((pid, k + 1))
+            else:
+                by_literal.setdefault(part, []).append((pid, k + 1))
+        globs = tuple(sorted(by_glob))
+        prefix = example.rstrip(b"/") + b"/"
+
+        def target(advanced, name: bytes) -> int:
+            return intern(_closure(base | set(advanced), parts), prefix + name)
+
+        literals = {}
+        for lit in sorted(by_literal):
+            advanced = list(by_literal[lit])
+            for g in globs:
+                if g.matches(lit):
+                    advanced += by_glob[g]
+            literals[lit] = target(advanced, lit)
+        masks = {}
+        for mask in realisable_masks(globs):
+            advanced = [p for i, g in enumerate(globs) if mask >> i & 1 for p in by_glob[g]]
+            masks[mask] = target(advanced, _witness(globs, mask))
+        default = masks.get(0)
+        if default is None:
+            default = target([], b"\x01other")
+        states[sid] = RawState(positions, accepted, literals, globs, masks, default, example)
+    return states  # type: ignore[return-value]
+
+
+def _witness(globs: tuple[Glob, ...], mask: int) -> bytes:
+    """A readable stand-in name for the example path of a glob class."""
+    if mask == 0:
+        return b"..."
+    g = globs[(mask & -mask).bit_length() - 1]
+    return g.text.replace(b"*", b"x").replace(b"?", b"x")
+
+
+def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
+    out = []
+    for r in policy.rules:
+        if all(((r.index, ("t", i)) in accepted) for i in range(len(r.terms))) and \
+                not any(((r.index, ("x", i)) in accepted) for i in range(len(r.excepts))):
+            out.append(r)
+    return out
+
+
+def tables(policy: Policy, raw: list[RawState]) -> list[tuple[Decision, ...]]:
+    memo: dict[frozenset, tuple[Decision, ...]] = {}
+    out = []
+    for st in raw:
+        key = frozenset(r.index for r in matching_rules(policy, st.accepted_terms))
+        if key not in memo:
+            rules = [policy.rules[i] for i in sorted(key)]
+            memo[key] = tuple(decide(policy, atom, rules) for atom in ops.ATOMS)
+        out.append(memo[key])
+    return out
+
+
+def build(policy: Policy) -> ClassTree:
+    raw = build_raw(policy)
+    return minimise(policy, raw, tables(policy, raw))
+
+
+def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ...]]) -> ClassTree:
+    """Moore partition refinement, then renumber classes breadth-first from the root."""
+    label_ids: dict = {}
+    block = [label_ids.setdefault(t, len(label_ids)) for t in table]
+    while True:
+        sigs: dict = {}
+        new_block = []
+        for sid, st in enumerate(raw):
+            sig = (block[sid],) + _transition_signature(st, block)
+            new_block.append(sigs.setdefault(sig, len(sigs)))
+        if len(sigs) == len(set(block)):
+            block = new_block
+            break
+        block = new_block
+
+    # One representative per block, reached first breadth-first (state ids are BFS order).
+    rep: dict[int, int] = {}
+    for sid in range(len(raw)):
+        rep.setdefault(block[sid], sid)
+    order: list[int] = []
+    number: dict[int, int] = {}
+    queue = deque([block[0]])
+    number[block[0]] = 0
+    while queue:
+        b = queue.popleft()
+        order.append(b)
+        st = raw[rep[b]]
+        lits, globs, masks, default = _reduced(st, block)
+        for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
+            if t not in number:
+                number[t] = len(number)
+                queue.append(t)
+    classes = []
+    for b in order:
+        st = raw[rep[b]]
+        lits, globs, masks, default = _reduced(st, block)
+        classes.append(Class(
+            id=number[b], table=table[rep[b]],
+            literals=tuple((lit, number[t]) for lit, t in lits),
+            globs=globs,
+            masks=tuple((m, number[t]) for m, t in masks),
+            default=number[default], example=st.example))
+    return ClassTree(policy, tuple(classes), len(raw))
+
+
+def _reduced(st: RawState, block: list[int]):
+    """Transitions in terms of blocks, without entries that change nothing."""
+    masks = {m: block[t] for m, t in st.masks.items()}
+    keep = list(range(len(st.globs)))
+
+    def remapped(kept: list[int]):
+        """Masks over the kept globs -> block, or None if two names would disagree."""
+        out: dict[int, int] = {}
+        for m, b in masks.items():
+            r = sum(1 << j for j, i in enumerate(kept) if m >> i & 1)
+            if out.setdefault(r, b) != b:
+                return None
+        return out
+
+    # Drop every glob whose outcome never depends on it (greedy, checked exactly).
+    for i in range(len(st.globs)):
+        trial = [k for k in keep if k != i]
+        if remapped(trial) is not None:
+            keep = trial
+    reduced = remapped(keep) or {}
+    default = reduced.get(0, block[st.default])
+    globs = tuple(st.globs[i] for i in keep)
+    reduced_masks = tuple(sorted((m, b) for m, b in reduced.items() if b != default))
+
+    def other_target(name: bytes) -> int:
+        m = 0
+        for i, g in enumerate(st.globs):
+            if g.matches(name):
+                m |= 1 << i
+        return masks.get(m, block[st.default])
+
+    lits = tuple((lit, block[t]) for lit, t in sorted(st.literals.items())
+                 if block[t] != other_target(lit))
+    return lits, globs, reduced_masks, default
+
+
+def _transition_signature(st: RawState, block: list[int]):
+    lits, globs, masks, default = _reduced(st, block)
+    return (lits, tuple(g.text for g in globs), masks, default)
+
+
+def path_of(pattern) -> str:
+    return show_pattern(pattern)
+
+
+__all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw", "matching_rules",
+           "part_matches", "realisable_masks", "tables"]

@@ -1,0 +1,80 @@
+"""How the rules that match one (node, atom) combine into one decision (LANGUAGE.md §2).
+
+deny > userspace > allow; among denies the most specific scope picks the errno
+(a tie between different errnos is a compile error, reported by compiler/lint.py);
+`audit` rules only set the flag; no matching rule means the default, except that
+the handle ops (flush, fsync, ...) are never denied or redirected by the default;
+`mode complain` turns every deny into allow + audit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from . import ops
+from .policy import ALLOW, DENY, USERSPACE, Policy, Rule
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # allow | deny | userspace
+    errno: Optional[str] = None
+    mode: Optional[str] = None  # instead | before | after, for userspace
+    audit: bool = False
+    rules: tuple[int, ...] = ()  # the deciding rules (indexes); () means the default
+    audit_rules: tuple[int, ...] = ()
+    complained: bool = False  # a deny that complain mode turned into allow + audit
+    # Rules that tie at the top specificity with different errnos / modes (an error).
+    tie: tuple[int, ...] = ()
+
+    def short(self) -> str:
+        """`deny EACCES`, `userspace after`, `allow`, plus `+audit`."""
+        text = self.kind
+        if self.kind == DENY:
+            text += f" {self.errno}"
+        elif self.kind == USERSPACE:
+            text += f" {self.mode}"
+        if self.audit:
+            text += " +audit"
+        return text
+
+
+def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tuple[int, ...]]:
+    top = max(r.specificity for r in rules)
+    best = sorted((r for r in rules if r.specificity == top), key=lambda r: r.index)
+    values = {getattr(r, attr) for r in best}
+    tie = tuple(r.index for r in best) if len(values) > 1 else ()
+    return tuple(r.index for r in best), getattr(best[0], attr), tie
+
+
+def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
+    """The decision for `atom` on a node where exactly the rules `matching` hold."""
+    relevant = [r for r in matching if atom in r.atoms]
+    audit_rules = tuple(sorted(r.index for r in relevant if r.action == "audit"))
+    denies = [r for r in relevant if r.action == "deny"]
+    redirects = [r for r in relevant if r.action == "redirect"]
+    allows = [r for r in relevant if r.action == "allow"]
+    if denies:
+        winners, errno, tie = _winners(denies, "errno")
+        d = Decision(DENY, errno=errno, rules=winners, tie=tie)
+    elif redirects:
+        winners, mode, tie = _winners(redirects, "mode")
+        d = Decision(USERSPACE, mode=mode, rules=winners, tie=tie)
+    elif allows:
+        d = Decision(ALLOW, rules=tuple(sorted(r.index for r in allows)))
+    else:
+        default = policy.default
+        if ops.is_handle_atom(atom) or default.decision == ALLOW:
+            d = Decision(ALLOW)
+        elif default.decision == DENY:
+            d = Decision(DENY, errno=default.errno)
+        else:
+            d = Decision(USERSPACE, mode="instead")
+    audit = bool(audit_rules)
+    if policy.mode == "complain" and d.kind == DENY:
+        return Decision(ALLOW, audit=True, rules=d.rules, audit_rules=audit_rules,
+                        complained=True, tie=d.tie)
+    if audit:
+        return Decision(d.kind, d.errno, d.mode, True, d.rules, audit_rules, False, d.tie)
+    return d

@@ -1,0 +1,179 @@
+"""Diagnostics: every problem fpol reports about a policy, with its place in the source.
+
+Each diagnostic has a stable code (FPnnn). Errors are FP0xx, warnings FP1xx. The
+table below is the single list of codes; docs/language.md documents each with an
+example, and tests/cases/ covers each one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+ERROR = "error"
+WARNING = "warning"
+
+# code -> (severity, short title)
+CODES: dict[str, tuple[str, str]] = {
+    "FP001": (ERROR, "syntax error"),
+    "FP002": (ERROR, "invalid source encoding"),
+    "FP003": (ERROR, "unknown operation or group"),
+    "FP004": (ERROR, "unknown errno"),
+    "FP005": (ERROR, "invalid header value"),
+    "FP006": (ERROR, "duplicate header statement"),
+    "FP007": (ERROR, "invalid policy name"),
+    "FP008": (ERROR, "policy name too long"),
+    "FP010": (ERROR, "bad path"),
+    "FP011": (ERROR, "bad glob"),
+    "FP012": (ERROR, "bad string escape"),
+    "FP020": (ERROR, "errno on a rule that does not deny"),
+    "FP021": (ERROR, "redirect target misplaced or missing"),
+    "FP022": (ERROR, "redirect mode impossible for an operation"),
+    "FP023": (ERROR, "errno tie"),
+    "FP024": (ERROR, "userspace mode tie"),
+    "FP025": (ERROR, "policy needs a daemon"),
+    "FP026": (ERROR, "policy too complex"),
+    "FP101": (WARNING, "rule never decides anything"),
+    "FP102": (WARNING, "allow rule under default allow"),
+    "FP103": (WARNING, "except removes nothing"),
+    "FP104": (WARNING, "duplicate rule"),
+    "FP105": (WARNING, "rule matches nothing"),
+}
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A region of source text: 1-based lines and columns, end exclusive."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    @staticmethod
+    def point(line: int, column: int) -> "Span":
+        return Span(line, column, line, column + 1)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    file: str
+    span: Span
+    hint: Optional[str] = None
+    # Other places worth showing (e.g. the rule an errno ties with).
+    related: tuple[tuple[str, Span], ...] = field(default=())
+
+    @property
+    def severity(self) -> str:
+        return CODES[self.code][0]
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
+
+    def sort_key(self):
+        return (self.file, self.span, self.code, self.message)
+
+    def to_json(self) -> dict:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "file": self.file,
+            "line": self.span.line,
+            "column": self.span.column,
+            "end_line": self.span.end_line,
+            "end_column": self.span.end_column,
+            "hint": self.hint,
+            "related": [
+                {"message": msg, "line": sp.line, "column": sp.column} for msg, sp in self.related
+            ],
+        }
+
+    def render(self, source_lines: Optional[list[str]] = None) -> str:
+        """`file:line:col: error[FPnnn]: message`, the source line, a caret, a hint."""
+        out = [f"{self.file}:{self.span.line}:{self.span.column}: "
+               f"{self.severity}[{self.code}]: {self.message}"]
+        out.extend(_excerpt(source_lines, self.span))
+        for msg, sp in self.related:
+            out.append(f"{self.file}:{sp.line}:{sp.column}: note: {msg}")
+            out.extend(_excerpt(source_lines, sp))
+        if self.hint:
+            out.append(f"  = hint: {self.hint}")
+        return "\n".join(out)
+
+
+# Long lines are cut around the span so a 1 MB line does not flood the terminal.
+_EXCERPT_WIDTH = 120
+
+
+def _excerpt(source_lines: Optional[list[str]], span: Span) -> list[str]:
+    if not source_lines or not (1 <= span.line <= len(source_lines)):
+        return []
+    text = source_lines[span.line - 1].rstrip("\r\n").expandtabs(1)
+    start = max(span.column - 1, 0)
+    width = 1
+    if span.end_line == span.line and span.end_column > span.column:
+        width = span.end_column - span.column
+    left = 0
+    if len(text) > _EXCERPT_WIDTH:
+        left = max(0, min(start - 20, len(text) - _EXCERPT_WIDTH))
+        text = text[left:left + _EXCERPT_WIDTH]
+    caret_at = start - left
+    width = max(1, min(width, len(text) - caret_at if len(text) > caret_at else 1))
+    gutter = f"{span.line:>4} | "
+    return [gutter + text, " " * (len(gutter) + caret_at) + "^" * width]
+
+
+class PolicyError(Exception):
+    """Raised when a stage cannot continue; carries every diagnostic found so far."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+
+class Reporter:
+    """Collects diagnostics for one source file."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.items: list[Diagnostic] = []
+
+    def add(self, code: str, message: str, span: Span, hint: Optional[str] = None,
+            related: tuple = ()) -> None:
+        assert code in CODES, code
+        self.items.append(Diagnostic(code, message, self.file, span, hint, tuple(related)))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.items)
+
+    def sorted(self) -> list[Diagnostic]:
+        return sorted(self.items, key=Diagnostic.sort_key)
+
+
+def render_text(diagnostics: Iterable[Diagnostic], sources: dict[str, list[str]]) -> str:
+    return "\n".join(d.render(sources.get(d.file)) for d in diagnostics)
+
+
+def render_json(diagnostics: Iterable[Diagnostic]) -> str:
+    return json.dumps([d.to_json() for d in diagnostics], indent=2)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> Optional[str]:
+    """A hint naming the closest candidate, if one is close enough."""
+    import difflib
+
+    cands = sorted(set(candidates))
+    lowered = {c.lower(): c for c in cands}
+    if word.lower() in lowered and lowered[word.lower()] != word:
+        return f"did you mean `{lowered[word.lower()]}`?"
+    match = difflib.get_close_matches(word, cands, n=1, cutoff=0.7)
+    if not match:
+        match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.7)
+        match = [lowered[m] for m in match]
+    return f"did you mean `{match[0]}`?" if match else None

@@ -1,0 +1,105 @@
+"""The canonical form of a policy (`fpol fmt`), and of each rule.
+
+One spelling per statement: single spaces, ops in table order without repeats,
+scopes in a fixed order, one `except` list, paths normalised and quoted only when
+they must be. Comments stay where they were; runs of blank lines shrink to one.
+The same rule text names rules in diagnostics and in the generated C, so two
+spellings of one rule print, and compile, the same.
+"""
+
+from __future__ import annotations
+
+from . import ast, ops
+from .paths import PathProblem, normalise_path, render_path
+
+_SCOPE_ORDER = {"under": 0, "at": 1, "matching": 2, "named": 3}
+_OP_ORDER = {name: i for i, name in enumerate(ops.GROUPS + ops.SINGLE_OPS)}
+
+
+def render_scope(scope: ast.Scope) -> str:
+    value = scope.path.value
+    if scope.kind in ("under", "at"):
+        try:
+            value = b"/" + b"/".join(normalise_path(value))
+        except PathProblem:
+            return f"{scope.kind} {scope.path.raw}"
+        return f"{scope.kind} {render_path(value)}"
+    return f"{scope.kind} {render_path(value, force_quotes=True)}"
+
+
+def _sorted_scopes(scopes) -> list[str]:
+    rendered = {(_SCOPE_ORDER[s.kind], render_scope(s)) for s in scopes}
+    return [text for _, text in sorted(rendered)]
+
+
+def render_ops(words) -> str:
+    names = dict.fromkeys(w.text for w in words)
+    return ", ".join(sorted(names, key=lambda n: (_OP_ORDER.get(n, len(_OP_ORDER)), n)))
+
+
+def render_rule(rule: ast.Rule) -> str:
+    parts = [rule.action.text, render_ops(rule.ops)]
+    if rule.target is not None:
+        parts.append("to userspace")
+        if rule.target.mode in ("before", "after"):
+            parts.append(rule.target.mode)
+    parts.extend(_sorted_scopes(rule.scopes))
+    excepts = [s for clause in rule.excepts for s in clause]
+    if excepts:
+        parts.append("except " + ", ".join(_sorted_scopes(excepts)))
+    for e in rule.errnos:
+        parts.append(f"with {e.text}")
+    return " ".join(parts)
+
+
+def render_statement(st: ast.Statement) -> str:
+    if isinstance(st, ast.Header):
+        return f"{st.keyword} {st.value.text}"
+    if isinstance(st, ast.Default):
+        text = f"default {st.action.text}"
+        if st.errno is not None:
+            text += f" with {st.errno.text}"
+        if st.target is not None:
+            text += " to userspace" + (f" {st.target.mode}" if st.target.mode in ("before", "after") else "")
+        return text
+    return render_rule(st)
+
+
+def format_policy(tree: ast.PolicyFile) -> str:
+    """The canonical text of a parsed policy (only call it on a tree without syntax errors)."""
+    by_line: dict[int, ast.Statement] = {st.span.line: st for st in tree.statements}
+    statement_lines: dict[int, ast.Statement] = {}
+    for st in tree.statements:
+        for line in range(st.span.line, st.span.end_line + 1):
+            statement_lines[line] = st
+    comments_by_line = {c.line: c for c in tree.comments}
+
+    out: list[str] = []
+    pending_blank = False
+
+    def emit(text: str) -> None:
+        nonlocal pending_blank
+        if pending_blank and out:
+            out.append("")
+        pending_blank = False
+        out.append(text)
+
+    for line in range(1, tree.line_count + 1):
+        if line in by_line:
+            st = by_line[line]
+            # Comments on the continuation lines of a statement: all but the last go above it.
+            inner = [comments_by_line[n] for n in range(st.span.line, st.span.end_line + 1)
+                     if n in comments_by_line]
+            for c in inner[:-1]:
+                emit(c.text)
+            text = render_statement(st)
+            if inner:
+                text += "  " + inner[-1].text
+            emit(text)
+        elif line in statement_lines:
+            continue
+        elif line in comments_by_line:
+            emit(comments_by_line[line].text)
+        elif line in tree.blank_lines:
+            pending_blank = True
+    return "\n".join(out) + "\n" if out else ""

@@ -1,0 +1,70 @@
+"""Checks that need the whole automaton: errno/mode ties (errors) and rules that
+can never decide anything (warnings), exact because they walk every class.
+"""
+
+from __future__ import annotations
+
+from . import ops
+from .classes import RawState, matching_rules
+from .decide import Decision
+from .diagnostics import Reporter
+from .policy import Policy
+
+
+def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]],
+         reporter: Reporter) -> None:
+    rules = policy.rules
+    matched: set[int] = set()
+    decided: set[int] = set()
+    deciders_where_matched: dict[int, set[int]] = {}
+    ties: dict[tuple[int, ...], str] = {}
+    except_used: set[tuple[int, int]] = set()
+    for st, table in zip(raw, tables):
+        here = matching_rules(policy, st.accepted_terms)
+        for r in rules:
+            if r.excepts and all((r.index, ("t", i)) in st.accepted_terms for i in range(len(r.terms))):
+                for i in range(len(r.excepts)):
+                    if (r.index, ("x", i)) in st.accepted_terms:
+                        except_used.add((r.index, i))
+        for atom, d in zip(ops.ATOMS, table):
+            if d.tie:
+                ties.setdefault(d.tie, atom)
+            decided.update(d.rules)
+            decided.update(d.audit_rules)
+            for r in here:
+                if atom in r.atoms:
+                    matched.add(r.index)
+                    if r.index not in d.rules:
+                        deciders_where_matched.setdefault(r.index, set()).update(d.rules)
+
+    for tie, atom in sorted(ties.items()):
+        first, *others = (rules[i] for i in tie)
+        kind = "errno" if first.action == "deny" else "userspace mode"
+        values = ", ".join(sorted({(r.errno or r.mode or "") for r in rules if r.index in tie}))
+        code = "FP023" if first.action == "deny" else "FP024"
+        reporter.add(code, f"{kind} tie: rules on lines "
+                     f"{', '.join(str(rules[i].line) for i in tie)} match the same {ops.atom_op(atom)} "
+                     f"requests with equal specificity but different {kind}s ({values})",
+                     first.span, "make one scope more specific, or use one " + kind,
+                     related=tuple((f"ties with this rule", r.span) for r in others))
+
+    for r in rules:
+        if r.index not in matched:
+            reporter.add("FP105", "rule matches nothing: its scope (after `except`) is empty",
+                         r.span, "check the paths; an `except` may remove everything")
+            continue
+        for i, term in enumerate(r.excepts):
+            if (r.index, i) not in except_used:
+                reporter.add("FP103", f"`except {term.text}` removes nothing from this rule",
+                             r.span, "the excepted paths are not in the rule's scope; drop it or fix the path")
+        if r.action == "allow" and policy.default.decision == "allow":
+            reporter.add("FP102", "allow rule under `default allow` changes nothing", r.span,
+                         "allow only matters against `default deny` or `default redirect`; "
+                         "to carve out an exception from a deny, use `except`")
+            continue
+        if r.index not in decided:
+            others = sorted(deciders_where_matched.get(r.index, ()))
+            related = tuple(("decided instead by this rule", rules[i].span) for i in others[:3])
+            reporter.add("FP101", "rule never decides anything: wherever it matches, "
+                         + ("a stricter or more specific rule decides" if others else "another rule decides"),
+                         r.span, "remove it, or narrow the rule that shadows it", related=related)

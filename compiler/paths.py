@@ -1,0 +1,233 @@
+"""Paths and globs: normalisation, brace expansion, and matching one component.
+
+A path is a tuple of components (bytes). A pattern is a tuple of parts, each a
+literal component, a name glob (`*` any run of bytes, `?` one byte) or `**`
+(any number of whole components, zero included). Names are compared as bytes;
+case-insensitive policies fold ASCII letters in both patterns and names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Union
+
+NAME_MAX = 255
+# Brace alternatives multiply; a bound keeps `{a,b}{c,d}...` from exploding.
+MAX_ALTERNATIVES = 256
+
+UNQUOTED_PATH = re.compile(rb"/[A-Za-z0-9._+@%~=/-]*")
+
+
+class PathProblem(ValueError):
+    """What is wrong with a path or glob, with the offset of the trouble in the text."""
+
+    def __init__(self, message: str, hint: Optional[str] = None, code: str = "FP010"):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code
+
+
+@dataclass(frozen=True, order=True)
+class Glob:
+    """A component pattern with `*` or `?`."""
+
+    text: bytes
+
+    def regex(self, fold: bool) -> "re.Pattern[bytes]":
+        return _glob_regex(self.text.lower() if fold else self.text)
+
+    def matches(self, name: bytes, fold: bool = False) -> bool:
+        return self.regex(fold).fullmatch(name.lower() if fold else name) is not None
+
+
+@dataclass(frozen=True, order=True)
+class AnyDepth:
+    """`**`: any number of whole components."""
+
+    def __repr__(self) -> str:
+        return "**"
+
+
+ANY = AnyDepth()
+Part = Union[bytes, Glob, AnyDepth]
+Pattern = tuple  # tuple[Part, ...]
+
+
+_regex_cache: dict[bytes, "re.Pattern[bytes]"] = {}
+
+
+def _glob_regex(text: bytes) -> "re.Pattern[bytes]":
+    rx = _regex_cache.get(text)
+    if rx is None:
+        out = []
+        for b in text:
+            ch = bytes([b])
+            out.append(b".*" if ch == b"*" else b"." if ch == b"?" else re.escape(ch))
+        rx = _regex_cache[text] = re.compile(b"".join(out), re.S)
+    return rx
+
+
+def part_matches(part: Part, name: bytes, fold: bool) -> bool:
+    if isinstance(part, Glob):
+        return part.matches(name, fold)
+    if isinstance(part, bytes):
+        return (part.lower() == name.lower()) if fold else part == name
+    return True
+
+
+def normalise_path(value: bytes) -> tuple[bytes, ...]:
+    """`/a//b/` -> (b"a", b"b"). Raises PathProblem for anything that is not a clean path."""
+    if not value.startswith(b"/"):
+        raise PathProblem("path must start with `/` (the mount root)",
+                          "paths are absolute inside the mount: write `/" + _show(value) + "`")
+    comps = tuple(c for c in value.split(b"/") if c)
+    for c in comps:
+        _check_component(c)
+    return comps
+
+
+def _check_component(c: bytes) -> None:
+    if c in (b".", b".."):
+        raise PathProblem(f"`{c.decode()}` is not allowed in a path",
+                          "write the path without `.` and `..` components")
+    if b"\0" in c:
+        raise PathProblem("NUL byte in a path")
+    if len(c) > NAME_MAX:
+        raise PathProblem(f"path component of {len(c)} bytes; names are at most {NAME_MAX} bytes")
+
+
+def expand_braces(text: bytes) -> list[bytes]:
+    """`/a/{b,c}/d` -> [/a/b/d, /a/c/d]; nested braces allowed."""
+    depth = 0
+    for i, b in enumerate(text):
+        if b == ord("{"):
+            if depth == 0:
+                start = i
+            depth += 1
+        elif b == ord("}"):
+            depth -= 1
+            if depth < 0:
+                raise PathProblem("`}` without a matching `{`", code="FP011")
+            if depth == 0:
+                inner = text[start + 1:i]
+                choices = _split_top(inner)
+                results = []
+                for choice in choices:
+                    for rest in expand_braces(text[i + 1:]):
+                        for pre in expand_braces(text[:start] + choice):
+                            results.append(pre + rest)
+                            if len(results) > MAX_ALTERNATIVES:
+                                raise PathProblem(
+                                    f"braces expand to more than {MAX_ALTERNATIVES} alternatives",
+                                    "split the rule into several rules", code="FP026")
+                return list(dict.fromkeys(results))
+    if depth:
+        raise PathProblem("`{` without a matching `}`", code="FP011")
+    return [text]
+
+
+def _split_top(inner: bytes) -> list[bytes]:
+    parts, depth, last = [], 0, 0
+    for i, b in enumerate(inner):
+        if b == ord("{"):
+            depth += 1
+        elif b == ord("}"):
+            depth -= 1
+        elif b == ord(",") and depth == 0:
+            parts.append(inner[last:i])
+            last = i + 1
+    parts.append(inner[last:])
+    return parts
+
+
+def _part(component: bytes) -> Part:
+    if component == b"**":
+        return ANY
+    if b"**" in component:
+        raise PathProblem("`**` must be a whole path component",
+                          "use `*` inside a name, `**` between slashes", code="FP011")
+    if b"*" in component or b"?" in component:
+        return Glob(component)
+    _check_component(component)
+    return component
+
+
+def glob_patterns(value: bytes) -> tuple[Pattern, ...]:
+    """A `matching` glob -> its patterns (one per brace alternative)."""
+    if not value.startswith(b"/"):
+        raise PathProblem("glob must start with `/` (the mount root)", code="FP011",
+                          hint="use `named` for a pattern on the final name anywhere")
+    patterns = []
+    for alt in expand_braces(value):
+        if not alt.startswith(b"/"):
+            raise PathProblem("every brace alternative must keep the leading `/`", code="FP011")
+        comps = [c for c in alt.split(b"/") if c]
+        parts = []
+        for c in comps:
+            p = _part(c)
+            if p is ANY and parts and parts[-1] is ANY:
+                continue  # `**/**` is `**`
+            parts.append(p)
+        patterns.append(tuple(parts))
+    return tuple(dict.fromkeys(patterns))
+
+
+def name_patterns(value: bytes) -> tuple[Part, ...]:
+    """A `named` glob -> one component pattern per brace alternative."""
+    if not value:
+        raise PathProblem("empty name", code="FP011")
+    parts = []
+    for alt in expand_braces(value):
+        if b"/" in alt:
+            raise PathProblem("`named` takes a single name, not a path", code="FP011",
+                              hint="use `matching` for a pattern over the whole path")
+        if not alt:
+            raise PathProblem("empty name among the alternatives", code="FP011")
+        if alt == b"**":
+            raise PathProblem("`**` is not a name", code="FP011",
+                              hint="`named \"*\"` matches every name")
+        parts.append(_part(alt))
+    return tuple(dict.fromkeys(parts))
+
+
+def path_text(comps: tuple[bytes, ...]) -> bytes:
+    return b"/" + b"/".join(comps)
+
+
+def render_path(value: bytes, force_quotes: bool = False) -> str:
+    """A path or glob as canonical source text: bare when it can be, else quoted."""
+    if not force_quotes and UNQUOTED_PATH.fullmatch(value):
+        return value.decode("ascii")
+    out = ['"']
+    text = value.decode("utf-8", "surrogateescape")
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xdc00:02x}")
+        elif not ch.isprintable() or ch in "\u2028\u2029":
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def show_pattern(pattern: Pattern) -> str:
+    parts = []
+    for p in pattern:
+        if p is ANY:
+            parts.append("**")
+        elif isinstance(p, Glob):
+            parts.append(_show(p.text))
+        else:
+            parts.append(_show(p))
+    return "/" + "/".join(parts)
+
+
+def _show(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")

@@ -1,0 +1,3 @@
+from fpol.cli import main
+
+raise SystemExit(main())

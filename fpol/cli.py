@@ -1,0 +1,179 @@
+"""The `fpol` command line.
+
+Exit codes: 0 ok, 1 policy errors or failed expectations, 2 usage, 3 environment
+(a kernel feature or tool this machine lacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from fpol import __version__
+
+EXIT_OK, EXIT_POLICY, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _display_name(path: str) -> str:
+    return "<stdin>" if path == "-" else path
+
+
+def _print_diagnostics(checked_list, fmt: str) -> None:
+    from fpol.compiler.diagnostics import render_json, render_text
+
+    diags = [d for c in checked_list for d in c.diagnostics]
+    if fmt == "json":
+        print(render_json(diags))
+        return
+    if diags:
+        sources = {c.source.file: list(c.source.lines) for c in checked_list}
+        print(render_text(diags, sources), file=sys.stderr)
+
+
+# --- commands ------------------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    from fpol.compiler.driver import check
+
+    results = [check(_read(p), _display_name(p), no_daemon=args.no_daemon) for p in args.files]
+    _print_diagnostics(results, args.format)
+    errors = sum(1 for c in results for d in c.diagnostics if d.is_error)
+    warnings = sum(1 for c in results for d in c.diagnostics if not d.is_error)
+    if args.format == "text":
+        if errors or warnings:
+            print(f"{errors} error(s), {warnings} warning(s) in {len(results)} file(s)", file=sys.stderr)
+        else:
+            for c in results:
+                p = c.policy
+                print(f"{c.source.file}: ok (policy {p.name}, {len(p.rules)} rules, "
+                      f"{len(c.classes.classes)} classes)")
+    if errors or (args.strict and warnings):
+        return EXIT_POLICY
+    return EXIT_OK
+
+
+def cmd_fmt(args) -> int:
+    from fpol.compiler.diagnostics import Reporter
+    from fpol.compiler.fmt import format_policy
+    from fpol.compiler.parser import parse
+
+    if args.write and "-" in args.files:
+        raise UsageError("--write cannot rewrite standard input")
+    status = EXIT_OK
+    for path in args.files:
+        data = _read(path)
+        name = _display_name(path)
+        reporter = Reporter(name)
+        tree, source, _ = parse(data, name, reporter)
+        if reporter.has_errors:
+            from fpol.compiler.diagnostics import render_text
+
+            print(render_text(reporter.sorted(), {name: list(source.lines)}), file=sys.stderr)
+            print(f"{name}: not formatted: fix the errors above first", file=sys.stderr)
+            status = EXIT_POLICY
+            continue
+        text = format_policy(tree)
+        canonical = text.encode("utf-8") == data
+        if args.check:
+            if not canonical:
+                print(f"{name}: not in canonical form (run `fpol fmt --write {name}`)", file=sys.stderr)
+                status = EXIT_POLICY
+        elif args.write:
+            if not canonical:
+                _write_atomically(path, text.encode("utf-8"))
+                print(f"reformatted {name}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+    return status
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Replace a file without a window in which it is half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fpol-fmt-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --- parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpol",
+        description="Compile .fpol filesystem policies into fuse-bpf programs, "
+                    "explain and test their decisions, and enforce them.",
+        epilog="Exit codes: 0 ok, 1 policy errors or failed expectations, 2 usage, "
+               "3 missing kernel feature or tool. `fpol COMMAND --help` for each command.",
+    )
+    p.add_argument("--version", action="version", version=f"fpol {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("check", help="report errors and warnings in policies",
+                       description="Parse and analyse policies; report every error and warning "
+                                   "as file:line:col with the source line and a hint.")
+    c.add_argument("files", nargs="+", metavar="FILE", help="policy files (- for standard input)")
+    c.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default) or a JSON list of diagnostics on stdout")
+    c.add_argument("--no-daemon", action="store_true",
+                   help="check for a daemon-less (no_daemon) fuse-bpf mount: redirects are errors")
+    c.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    c.set_defaults(func=cmd_check)
+
+    f = sub.add_parser("fmt", help="print policies in canonical form",
+                       description="Print the canonical form of policies (comments kept; "
+                                   "idempotent). Without options the result goes to stdout.")
+    f.add_argument("files", nargs="+", metavar="FILE", help="policy files (- for standard input)")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if a file is not in canonical form")
+    g.add_argument("--write", action="store_true", help="rewrite the files in place")
+    f.set_defaults(func=cmd_fmt)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

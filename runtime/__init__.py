@@ -1,0 +1,1 @@
+"""The fpol runtime: libbpf binding, kernel probing, loader, daemon."""
