@@ -17,12 +17,11 @@ from typing import Optional
 
 from . import ops
 from .decide import Decision, decide
-from .paths import ANY, Glob, part_matches, show_pattern
+from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, part_matches, show_pattern
 from .policy import Policy, Rule
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
-MAX_GLOB_STATES = 50_000
 
 
 class TooComplex(Exception):
@@ -211,62 +210,13 @@ def _closure(positions, parts: list[tuple]) -> frozenset:
 
 
 def realisable_masks(globs: tuple[Glob, ...]) -> list[int]:
-    """Which sets of globs some single non-empty name matches, exactly (product construction).
-
-    Each glob is an NFA over bytes; the joint state of all of them is explored
-    breadth-first over the bytes that occur in any glob plus one stand-in for
-    every other byte. A reachable joint state at depth >= 1 realises the mask of
-    the globs that accept there."""
+    """Which sets of globs some single non-empty name matches, exactly (product construction)."""
     if not globs:
         return [0]
-    texts = [g.text for g in globs]
-    alphabet = sorted({b for t in texts for b in t if b not in b"*?"})
-    other = next(b for b in range(1, 256) if b not in alphabet and b != ord("/"))
-    alphabet.append(other)
-
-    def close(i: int, states: frozenset) -> frozenset:
-        t = texts[i]
-        out = set(states)
-        for s in states:
-            k = s
-            while k < len(t) and t[k] == ord("*"):
-                k += 1
-                out.add(k)
-        return frozenset(out)
-
-    def step(i: int, states: frozenset, byte: int) -> frozenset:
-        t = texts[i]
-        nxt = set()
-        for s in states:
-            if s < len(t):
-                c = t[s]
-                if c == ord("*"):
-                    nxt.add(s)
-                elif c == ord("?") or c == byte:
-                    nxt.add(s + 1)
-        return close(i, frozenset(nxt))
-
-    start = tuple(close(i, frozenset({0})) for i in range(len(texts)))
-    seen = {start}
-    queue = deque([start])
-    masks = set()
-    while queue:
-        joint = queue.popleft()
-        for byte in alphabet:
-            nxt = tuple(step(i, joint[i], byte) for i in range(len(texts)))
-            if nxt in seen:
-                continue
-            seen.add(nxt)
-            if len(seen) > MAX_GLOB_STATES:
-                raise TooComplex(f"{len(globs)} overlapping name globs at one level "
-                                 f"({', '.join(t.decode('utf-8', 'replace') for t in texts[:4])}, ...)")
-            mask = 0
-            for i, states in enumerate(nxt):
-                if len(texts[i]) in states:
-                    mask |= 1 << i
-            masks.add(mask)
-            queue.append(nxt)
-    return sorted(masks)
+    try:
+        return sorted(glob_combinations([g.text for g in globs]))
+    except TooManyGlobStates as e:
+        raise TooComplex(str(e)) from None
 
 
 def build_raw(policy: Policy) -> list[RawState]:

@@ -231,3 +231,90 @@ def show_pattern(pattern: Pattern) -> str:
 
 def _show(b: bytes) -> str:
     return b.decode("utf-8", "backslashreplace")
+
+
+# Joint NFA states explored when looking for names that realise glob combinations.
+MAX_GLOB_STATES = 50_000
+
+
+class TooManyGlobStates(Exception):
+    pass
+
+
+def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dict[int, bytes]:
+    """Every set of globs that some single non-empty name matches, with one such name.
+
+    Result: bitmask over `texts` -> a witness name not in `avoid`. Each glob is an
+    NFA over bytes; their joint state is explored breadth-first over the bytes
+    that occur in any glob plus one stand-in for every other byte, so the masks
+    found are exactly the realisable ones (the product construction)."""
+    if not texts:
+        name = b"x"
+        while name in avoid:
+            name += b"x"
+        return {0: name}
+    alphabet = sorted({b for t in texts for b in t if b not in b"*?"})
+    other = next(b for b in b"xyzqjk0123456789_" if b not in alphabet) if \
+        any(b not in alphabet for b in b"xyzqjk0123456789_") else \
+        next(b for b in range(1, 256) if b not in alphabet and b != ord("/"))
+    alphabet.append(other)
+
+    def close(t: bytes, states: frozenset) -> frozenset:
+        out = set(states)
+        for s in states:
+            k = s
+            while k < len(t) and t[k] == ord("*"):
+                k += 1
+                out.add(k)
+        return frozenset(out)
+
+    def step(t: bytes, states: frozenset, byte: int) -> frozenset:
+        nxt = set()
+        for s in states:
+            if s < len(t):
+                c = t[s]
+                if c == ord("*"):
+                    nxt.add(s)
+                elif c == ord("?") or c == byte:
+                    nxt.add(s + 1)
+        return close(t, frozenset(nxt))
+
+    def mask_of(name: bytes) -> int:
+        return sum(1 << i for i, t in enumerate(texts) if Glob(t).matches(name))
+
+    start = tuple(close(t, frozenset({0})) for t in texts)
+    seen = {start}
+    queue = [(start, b"")]
+    found: dict[int, bytes] = {}
+    head = 0
+    while head < len(queue):
+        joint, word = queue[head]
+        head += 1
+        for byte in alphabet:
+            nxt = tuple(step(t, joint[i], byte) for i, t in enumerate(texts))
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            if len(seen) > MAX_GLOB_STATES:
+                raise TooManyGlobStates(
+                    f"{len(texts)} overlapping name globs at one level ("
+                    + ", ".join(t.decode("utf-8", "replace") for t in texts[:4]) + ", ...)")
+            name = word + bytes([byte])
+            mask = sum(1 << i for i, states in enumerate(nxt) if len(texts[i]) in states)
+            if mask not in found and len(name) <= NAME_MAX:
+                found[mask] = name
+            queue.append((nxt, name))
+    # A witness that happens to be a literal name of the policy is replaced by a
+    # variant with the same glob matches.
+    pad = bytes([other])
+    for mask, name in list(found.items()):
+        if name in avoid:
+            for cand in (name + pad, pad + name, name + pad * 2, pad * 2 + name, name + pad * 3):
+                if cand not in avoid and mask_of(cand) == mask:
+                    found[mask] = cand
+                    break
+    return found
+
+
+def glob_witnesses(texts: list[bytes], avoid: frozenset = frozenset()) -> list[bytes]:
+    return [w for _, w in sorted(glob_combinations(texts, avoid).items())]

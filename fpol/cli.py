@@ -122,6 +122,97 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
+def _load_policy(path: str):
+    """Check a policy for commands that need a valid one; print diagnostics on failure."""
+    from fpol.compiler.driver import check
+
+    checked = check(_read(path), _display_name(path))
+    if not checked.ok:
+        _print_diagnostics([checked], "text")
+        return None
+    return checked
+
+
+def _request(args):
+    from fpol.compiler import ops
+    from fpol.compiler.evaluate import Request, parse_path
+    from fpol.compiler.paths import PathProblem
+
+    if args.op not in ops.SINGLE_OPS:
+        from fpol.compiler.diagnostics import did_you_mean
+
+        hint = did_you_mean(args.op, ops.SINGLE_OPS) or "requests name single ops, e.g. open, write, rename"
+        raise UsageError(f"unknown op `{args.op}`; {hint}")
+    try:
+        path = parse_path(args.path)
+        to = parse_path(args.to) if args.to is not None else None
+        flags = ops.parse_flags(args.flags) if args.flags else (0 if args.op != "create" else ops.O_WRONLY)
+        mask = ops.parse_mask(args.mask) if args.mask else 0
+    except (PathProblem, ops.DetailError) as e:
+        raise UsageError(getattr(e, "message", str(e))) from None
+    if args.op in ops.TWO_PATH_OPS and to is None:
+        raise UsageError(f"`{args.op}` needs --to PATH (the destination)")
+    if args.op not in ops.TWO_PATH_OPS and to is not None:
+        raise UsageError(f"`{args.op}` takes no --to")
+    return Request(args.op, path, to, flags, mask)
+
+
+def _engine(args, checked):
+    """The function that decides requests: the reference evaluator or the kernel."""
+    if args.engine == "kernel":
+        from fpol.runtime.engine import kernel_engine
+
+        return kernel_engine(checked)
+    from fpol.compiler.evaluate import Evaluator
+
+    return Evaluator(checked.policy).evaluate
+
+
+def cmd_explain(args) -> int:
+    from fpol.compiler.explain import dumps, to_json, to_text
+
+    request = _request(args)
+    checked = _load_policy(args.file)
+    if checked is None:
+        return EXIT_POLICY
+    verdict = _engine(args, checked)(request)
+    if args.format == "json":
+        print(dumps(to_json(checked.policy, verdict)))
+    else:
+        print(to_text(checked.policy, verdict))
+    return EXIT_OK
+
+
+def cmd_test(args) -> int:
+    from fpol.compiler.cases import CaseSyntaxError, parse_cases, run_cases
+    from fpol.compiler.explain import request_text
+
+    cases_path = args.cases or os.path.splitext(args.file)[0] + ".cases"
+    try:
+        with open(cases_path, encoding="utf-8") as f:
+            cases = parse_cases(f.read())
+    except OSError as e:
+        raise UsageError(f"cannot read {cases_path}: {e.strerror or e}") from None
+    except CaseSyntaxError as e:
+        print(f"{cases_path}:{e.line}: error: {e.message}", file=sys.stderr)
+        return EXIT_POLICY
+    checked = _load_policy(args.file)
+    if checked is None:
+        return EXIT_POLICY
+    results = run_cases(checked.policy, cases, _engine(args, checked))
+    failed = [r for r in results if r.problem]
+    for r in failed:
+        got = r.verdict.decision.short()
+        print(f"{cases_path}:{r.case.line}: FAIL {request_text(r.case.request)}: expected "
+              f"{r.case.expect.text()}, got {got} ({r.problem})")
+    if args.verbose:
+        for r in results:
+            if not r.problem:
+                print(f"{cases_path}:{r.case.line}: ok {r.case.text}")
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_POLICY if failed else EXIT_OK
+
+
 # --- parser --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; exit 1 if a file is not in canonical form")
     g.add_argument("--write", action="store_true", help="rewrite the files in place")
     f.set_defaults(func=cmd_fmt)
+
+    e = sub.add_parser("explain", help="what happens to one request, and which rule decides",
+                       description="Decide one request against a policy and name the deciding rule.",
+                       epilog="Examples: fpol explain secrets.fpol --op open --path /secret/k "
+                              "--flags O_WRONLY|O_TRUNC;  fpol explain p.fpol --op rename "
+                              "--path /a/x --to /b/x")
+    e.add_argument("file", metavar="FILE", help="the policy")
+    e.add_argument("--op", required=True, help="a single op: open, write, rename, lookup, ...")
+    e.add_argument("--path", required=True, help="the object's path inside the mount, e.g. /secret/k")
+    e.add_argument("--to", help="destination path, for rename, link and copy_file_range")
+    e.add_argument("--flags", help="open flags for open/create, e.g. O_WRONLY|O_TRUNC "
+                                   "(default O_RDONLY; O_WRONLY for create)")
+    e.add_argument("--mask", help="access mask for access: letters r, w, x (default: none, F_OK)")
+    e.add_argument("--format", choices=("text", "json"), default="text")
+    e.add_argument("--engine", choices=("python", "kernel"), default="python",
+                   help="python: the reference evaluator (default); kernel: the compiled check "
+                        "programs run in this kernel through BPF_PROG_TEST_RUN")
+    e.set_defaults(func=cmd_explain)
+
+    t = sub.add_parser("test", help="run a table of expected decisions",
+                       description="Check a case table (default: the .cases file beside the "
+                                   "policy) and print a line per failing case and a summary "
+                                   "`N passed, N failed`. Case format: docs/cli.md.")
+    t.add_argument("file", metavar="FILE", help="the policy")
+    t.add_argument("cases", nargs="?", metavar="CASES", help="the case table (default FILE.cases)")
+    t.add_argument("--engine", choices=("python", "kernel"), default="python",
+                   help="python: the reference evaluator (default); kernel: the check programs")
+    t.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    t.set_defaults(func=cmd_test)
     return p
 
 

@@ -1,0 +1,17 @@
+# The two entry points the README names: `make demo` and `make test`.
+# Both install what they need first (scripts/install-deps is fast when all is there).
+PYTHON ?= python3
+
+.PHONY: deps demo test goldens bench
+deps:
+	@scripts/install-deps
+
+demo: deps
+	@scripts/demo
+
+test: deps
+	$(PYTHON) -m pytest -q
+
+# Regenerate expected outputs after an intended change; review the diff before committing.
+goldens: deps
+	$(PYTHON) -m pytest -q tests --update-goldens --update-cases

@@ -1,0 +1,183 @@
+"""The reference evaluator: LANGUAGE.md §2 computed directly from the Policy.
+
+It matches each rule's patterns against the request's path by plain NFA
+simulation and never looks at the class tree, so it can serve as the oracle
+for the class tree, the generated C, the kernel engine and the mount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import ops
+from .decide import Decision, decide
+from .paths import ANY, Glob, normalise_path, part_matches
+from .policy import DENY, STRICTNESS, Policy, Rule
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    path: tuple[bytes, ...]
+    to: Optional[tuple[bytes, ...]] = None
+    flags: int = 0
+    mask: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    request: Request
+    decision: Decision
+    # Set when rename/link was refused by "no gain by moving".
+    exdev: bool = False
+    exdev_atom: Optional[str] = None
+    exdev_suffix: Optional[tuple[bytes, ...]] = None
+    lost_rule: Optional[int] = None  # the source-side rule the move would have escaped
+
+    @property
+    def kind(self) -> str:
+        return self.decision.kind
+
+    @property
+    def errno(self) -> Optional[str]:
+        return self.decision.errno
+
+    @property
+    def mode(self) -> Optional[str]:
+        return self.decision.mode
+
+
+def parse_path(text: "str | bytes") -> tuple[bytes, ...]:
+    """A request path (`/a/b`) -> components."""
+    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    return normalise_path(raw)
+
+
+class Evaluator:
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.fold = policy.case_insensitive
+        # (rule, is_except, term index, pattern) for every pattern
+        self._patterns: list[tuple[Rule, str, int, tuple]] = []
+        for r in policy.rules:
+            for i, t in enumerate(r.terms):
+                for p in t.patterns:
+                    self._patterns.append((r, "t", i, p))
+            for i, t in enumerate(r.excepts):
+                for p in t.patterns:
+                    self._patterns.append((r, "x", i, p))
+
+    # --- path matching ----------------------------------------------------------------
+
+    def _start(self) -> frozenset:
+        return self._close({(pid, 0) for pid in range(len(self._patterns))})
+
+    def _close(self, positions) -> frozenset:
+        out = set(positions)
+        stack = list(positions)
+        while stack:
+            pid, k = stack.pop()
+            pattern = self._patterns[pid][3]
+            if k < len(pattern) and pattern[k] is ANY and (pid, k + 1) not in out:
+                out.add((pid, k + 1))
+                stack.append((pid, k + 1))
+        return frozenset(out)
+
+    def _step(self, positions: frozenset, name: bytes) -> frozenset:
+        nxt = set()
+        for pid, k in positions:
+            pattern = self._patterns[pid][3]
+            if k == len(pattern):
+                continue
+            part = pattern[k]
+            if part is ANY:
+                nxt.add((pid, k))
+            elif part_matches(part, name, self.fold):
+                nxt.add((pid, k + 1))
+        return self._close(nxt)
+
+    def _walk(self, path: tuple[bytes, ...], positions: Optional[frozenset] = None) -> frozenset:
+        positions = self._start() if positions is None else positions
+        for name in path:
+            positions = self._step(positions, name)
+        return positions
+
+    def _matching(self, positions: frozenset) -> list[Rule]:
+        held = {(self._patterns[pid][0].index, self._patterns[pid][1], self._patterns[pid][2])
+                for pid, k in positions if k == len(self._patterns[pid][3])}
+        return [r for r in self.policy.rules
+                if all((r.index, "t", i) in held for i in range(len(r.terms)))
+                and not any((r.index, "x", i) in held for i in range(len(r.excepts)))]
+
+    def rules_at(self, path: tuple[bytes, ...]) -> list[Rule]:
+        return self._matching(self._walk(path))
+
+    def decision_at(self, path: tuple[bytes, ...], atom: str) -> Decision:
+        return decide(self.policy, atom, self.rules_at(path))
+
+    # --- requests ----------------------------------------------------------------------
+
+    def evaluate(self, req: Request) -> Verdict:
+        atoms = ops.request_atoms(req.op, req.flags, req.mask)
+        first = self.decision_at(req.path, atoms.source)
+        if atoms.destination is None:
+            return Verdict(req, first)
+        if req.to is None:
+            raise ValueError(f"{req.op} needs a destination path")
+        second = self.decision_at(req.to, atoms.destination)
+        combined = first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
+        if first.audit or second.audit:
+            combined = Decision(combined.kind, combined.errno, combined.mode, True, combined.rules,
+                                tuple(sorted(set(first.audit_rules) | set(second.audit_rules))),
+                                combined.complained, combined.tie)
+        if req.op == "copy_file_range" or combined.kind != "allow" or combined.complained:
+            return Verdict(req, combined)
+        gain = self._gain(req.path, req.to, subtree=req.op == "rename")
+        if gain is None:
+            return Verdict(req, combined)
+        atom, suffix, lost = gain
+        refused = Decision(DENY, errno="EXDEV", audit=combined.audit,
+                           audit_rules=combined.audit_rules)
+        if self.policy.mode == "complain":
+            refused = Decision("allow", audit=True, audit_rules=combined.audit_rules, complained=True)
+        return Verdict(req, refused, exdev=True, exdev_atom=atom, exdev_suffix=suffix,
+                       lost_rule=lost)
+
+    def _gain(self, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: bool):
+        """Where the destination is looser than the source: (atom, suffix, rule) or None.
+
+        For a rename the object may be a directory, so every descendant counts: the
+        two position sets are walked together over every name the patterns can tell
+        apart (literals, one witness per realisable glob combination, any other name)."""
+        seen = set()
+        frontier = [(self._walk(src), self._walk(dst), ())]
+        while frontier:
+            ps, pd, suffix = frontier.pop(0)
+            if (ps, pd) in seen:
+                continue
+            seen.add((ps, pd))
+            rs, rd = self._matching(ps), self._matching(pd)
+            for atom in ops.ATOMS:
+                a, b = decide(self.policy, atom, rs), decide(self.policy, atom, rd)
+                if STRICTNESS[b.kind] < STRICTNESS[a.kind]:
+                    return atom, suffix, (a.rules[0] if a.rules else None)
+            if not subtree:
+                return None
+            for name in self._names(ps | pd):
+                frontier.append((self._step(ps, name), self._step(pd, name), suffix + (name,)))
+        return None
+
+    def _names(self, positions: frozenset) -> list[bytes]:
+        literals, globs = set(), set()
+        for pid, k in positions:
+            pattern = self._patterns[pid][3]
+            if k < len(pattern):
+                part = pattern[k]
+                if isinstance(part, Glob):
+                    globs.add(part.text.lower() if self.fold else part.text)
+                elif part is not ANY:
+                    literals.add(part.lower() if self.fold else part)
+        from .paths import glob_witnesses
+
+        return sorted(literals) + glob_witnesses(sorted(globs), frozenset(literals))
