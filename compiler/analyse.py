@@ -137,7 +137,8 @@ def _default(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool) -> Defau
 
 def _errno(word: ast.Word, reporter: Reporter) -> Optional[str]:
     if word.text in ERRNOS:
-        return word.text
+        # Aliases (ENOTSUP and EOPNOTSUPP) are one errno: keep one name for each value.
+        return errno_module.errorcode[ERRNOS[word.text]]
     hint = did_you_mean(word.text, ERRNOS) or "errnos are symbolic names such as EACCES, EPERM, EROFS"
     reporter.add("FP004", f"unknown errno `{word.text}`", word.span, hint)
     return None
@@ -176,6 +177,11 @@ def _term(scope: ast.Scope, reporter: Reporter) -> Optional[Term]:
 
 def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Optional[Rule]:
     errors_before = len([d for d in reporter.items if d.is_error])
+    # The parser may already have found errors in this statement (a bad string
+    # escape, a bad byte): then the rule is not what was meant, and building it
+    # would only add noise such as a false duplicate-rule warning.
+    parse_errors = any(d.is_error and st.span.line <= d.span.line <= st.span.end_line
+                       for d in reporter.items)
     action = st.action.text
     atoms = _atoms(st.ops, reporter)
 
@@ -223,13 +229,38 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
     terms = [_term(s, reporter) for s in st.scopes]
     excepts = [_term(s, reporter) for clause in st.excepts for s in clause]
     errors_after = len([d for d in reporter.items if d.is_error])
-    if errors_after != errors_before or atoms is None or None in terms or None in excepts:
+    if parse_errors or errors_after != errors_before or atoms is None or None in terms or None in excepts:
         return None
+    terms = _essential(terms)
     return Rule(
         index=index, line=st.span.line, span=st.span, text=render_rule(st), action=action,
         atoms=atoms, mode=mode, errno=errno, terms=tuple(terms), excepts=tuple(excepts),
         specificity=sum(t.specificity for t in terms),
     )
+
+
+def _essential(terms: list[Term]) -> list[Term]:
+    """Drop scope terms another term implies (`under /a` beside `under /a/b`, repeats), so
+    that every spelling of one scope has the same specificity."""
+    kept = []
+    for i, t in enumerate(terms):
+        implied = any(_implies(o, t) and (not _implies(t, o) or j < i)
+                      for j, o in enumerate(terms) if j != i)
+        if not implied:
+            kept.append(t)
+    return kept
+
+
+def _implies(a: Term, b: Term) -> bool:
+    """Every path in term `a` is in term `b` (decided for literal under/at terms only)."""
+    if a.text == b.text:
+        return True
+    if b.kind != "under" or a.kind not in ("under", "at"):
+        return False
+    (pa,), (pb,) = a.patterns, b.patterns
+    prefix = pb[:-1]  # `under P` is P followed by `**`
+    body = pa[:-1] if a.kind == "under" else pa
+    return len(body) >= len(prefix) and tuple(body[:len(prefix)]) == tuple(prefix)
 
 
 def _duplicates(rules: list[Rule], reporter: Reporter) -> None:

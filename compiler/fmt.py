@@ -13,7 +13,9 @@ from . import ast, ops
 from .paths import PathProblem, normalise_path, render_path
 
 _SCOPE_ORDER = {"under": 0, "at": 1, "matching": 2, "named": 3}
-_OP_ORDER = {name: i for i, name in enumerate(ops.GROUPS + ops.SINGLE_OPS)}
+_OP_ORDER: dict[str, int] = {}
+for _name in ops.GROUPS + ops.SINGLE_OPS:  # read, write, create: the group's place
+    _OP_ORDER.setdefault(_name, len(_OP_ORDER))
 
 
 def render_scope(scope: ast.Scope) -> str:

@@ -67,8 +67,11 @@ def _parse_statements(source: Source, reporter: Reporter) -> list[ast.Statement]
         return [builder.transform(child) for child in tree.children]
     statements = []
     for ll in source.logical:
+        text = source.logical_text(ll)
+        if text.endswith("\r"):  # the CR of a CRLF line ending: the statement ends here
+            text = text[:-1]
         try:
-            tree = _lark().parse(source.logical_text(ll), start="statement")
+            tree = _lark().parse(text, start="statement")
         except UnexpectedInput as e:
             _report_syntax(e, ll.first - 1, reporter)
             continue
@@ -112,7 +115,11 @@ def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter) -> 
         expected = sorted(e.expected) if isinstance(e, UnexpectedToken) else []
         if token is None or isinstance(e, UnexpectedEOF) or token.type in ("$END", "_NL"):
             message = "unexpected end of statement"
-            span = Span.point(line, column)
+            if token is not None and token.type == "$END" and token.end_line and token.end_column:
+                # Lark places $END on the last token; the statement ends after it.
+                span = Span.point(token.end_line + line_offset, token.end_column)
+            else:
+                span = Span.point(line, column)
         else:
             message = f"unexpected {_describe(token)}"
             end_col = token.end_column if token.end_line == token.line else column + 1
@@ -167,6 +174,9 @@ def decode_string(raw: str, span: Span, reporter: Reporter) -> bytes:
             reporter.add("FP012", f"unknown escape `\\{bad}` in string",
                          Span(span.line, col, span.line, col + 1 + len(bad)),
                          'strings know only \\", \\\\ and \\xNN (two hex digits)')
+            # Keep the text without the backslash, so one bad escape does not
+            # also make the path look empty or different (no follow-on errors).
+            out += bad.encode("utf-8", "surrogatepass")
         pos = m.end()
     out += body[pos:].encode("utf-8", "surrogatepass")
     return bytes(out)

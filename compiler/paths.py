@@ -283,7 +283,8 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
         return sum(1 << i for i, t in enumerate(texts) if Glob(t).matches(name))
 
     start = tuple(close(t, frozenset({0})) for t in texts)
-    seen = {start}
+    # The start state is not "seen": a non-empty name may lead back to it (`*`).
+    seen: set = set()
     queue = [(start, b"")]
     found: dict[int, bytes] = {}
     head = 0

@@ -48,6 +48,11 @@ def decode(data: bytes, reporter: Reporter) -> str:
         pieces: list[str] = []
         pos = 0
         while True:
+            if reported >= _MAX_ENCODING_ERRORS:
+                # Nothing more to report: let the codec replace the rest in one go
+                # (same U+FFFD per bad sequence), not one slice per bad byte.
+                pieces.append(data[pos:].decode("utf-8", "replace"))
+                break
             try:
                 pieces.append(data[pos:].decode("utf-8"))
                 break
@@ -111,6 +116,9 @@ def split(file: str, text: str) -> Source:
             start = None
     if start is not None:
         logical.append(LogicalLine(start, len(physical)))
+        if continues:  # a backslash on the very last line continues into nothing
+            at = len(code_part) - 1
+            blanked[-1] = blanked[-1][:at] + " " + blanked[-1][at + 1:]
     return Source(file, text, "\n".join(blanked), tuple(physical), tuple(logical),
                   tuple(comments), frozenset(blank_lines))
 

@@ -1,0 +1,499 @@
+"""ClassTree -> the template context: everything the generated C needs, as data.
+
+Decisions are packed into 32-bit words (kind, userspace mode, audit, errno,
+deciding rule) and stored in deduplicated rows, one row per distinct decision
+table; classes index rows. Literal child names live in a table sorted by
+(class, FNV-1a hash) with the name bytes in a pool, so a transition costs one
+hash and a binary search however many names a policy has; name globs compile
+to small match functions tested only by the classes that have them.
+
+Which fuse_ops hooks each class needs (and no more), which programs can be
+shared between instances, and the safety facts the realisation needs for new
+objects and moves ("no gain by moving") are decided here as well.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fpol import __version__
+
+from . import ops
+from .classes import Class, ClassTree
+from .decide import Decision
+from .paths import Glob, glob_combinations
+from .policy import STRICTNESS, Policy
+
+KIND_CODE = {"allow": 0, "deny": 1, "userspace": 2}
+MODE_CODE = {None: 0, "instead": 0, "before": 1, "after": 2}
+
+MAX_DEPTH = 16  # path components the check object's requests carry
+FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
+
+
+def fnv1a(data: bytes) -> int:
+    h = FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def pack(d: Decision, rule_number: Optional[int]) -> int:
+    """kind bits 0-1, mode 2-3, audit 4, complained 5, errno 8-15, rule+1 16-31."""
+    word = KIND_CODE[d.kind] | MODE_CODE[d.mode] << 2 | int(d.audit) << 4 | int(d.complained) << 5
+    if d.errno:
+        word |= getattr(errno_module, d.errno) << 8
+    if rule_number is not None:
+        word |= (rule_number + 1) << 16
+    return word
+
+
+def unpack(word: int) -> dict:
+    kinds = {v: k for k, v in KIND_CODE.items()}
+    modes = {0: "instead", 1: "before", 2: "after"}
+    errno = (word >> 8) & 0xFF
+    rule = (word >> 16) - 1
+    return {
+        "kind": kinds[word & 3],
+        "mode": modes[(word >> 2) & 3] if word & 3 == 2 else None,
+        "audit": bool(word >> 4 & 1),
+        "complained": bool(word >> 5 & 1),
+        "errno": errno_module.errorcode.get(errno) if word & 3 == 1 else None,
+        "rule": rule if rule >= 0 else None,
+    }
+
+
+@dataclass
+class Row:
+    id: int
+    words: list[int]
+    comments: list[str]  # per atom slot
+
+
+@dataclass
+class LiteralEntry:
+    cls: int
+    hash: int
+    offset: int
+    length: int
+    child: int
+    inherit_ok: bool
+    name: str  # for the comment
+
+
+@dataclass
+class GlobFunc:
+    id: int
+    text: str
+    segments: list[bytes]  # the glob split at `*`
+    anchored_start: bool
+    anchored_end: bool
+
+
+@dataclass
+class GlobClass:
+    cls: int
+    globs: list[int]  # GlobFunc ids, bit i of the mask = globs[i]
+    masks: list[tuple[int, int, bool]]  # (mask, child, inherit_ok)
+
+
+@dataclass
+class ClassInfo:
+    id: int
+    row: int
+    default_child: int
+    default_inherit_ok: bool
+    move_anywhere: bool
+    instance: str
+    example: str
+
+
+@dataclass
+class Program:
+    """One BPF program: a hook implementation some instances point at."""
+
+    name: str
+    hook: str  # fuse_ops member, e.g. open_prefilter
+    kind: str  # object | lookup | lookup_post | create | remove | rename | link | cfr | fsync | default | noop
+    cls: int  # the class whose tables the program reads
+    classes: list[int]  # every class (instance) using it
+    op: str = ""
+    params: str = ""
+    args: str = ""
+    # default_filter: (opcode, word, op, slot)
+    switch: list[tuple[int, int, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Instance:
+    cls: int
+    name: str
+    members: list[tuple[str, str]]  # (fuse_ops member, program name)
+    example: str
+
+
+# The fuse_ops members fpol implements, with their prefilter parameters (spec §4),
+# how the decision is made, and the op (or ops) they judge.
+HOOKS: list[tuple[str, str, str, str]] = [
+    # member, parameters after meta, kind, op
+    ("open", "struct fuse_open_in *in", "object", "open"),
+    ("opendir", "struct fuse_open_in *in", "object", "opendir"),
+    ("create_open", "struct fuse_create_in *in, struct fuse_buffer *name", "create", "create"),
+    ("release", "struct fuse_release_in *in", "object", "release"),
+    ("releasedir", "struct fuse_release_in *in", "object", "releasedir"),
+    ("flush", "struct fuse_flush_in *in", "object", "flush"),
+    ("lseek", "struct fuse_lseek_in *in", "object", "lseek"),
+    ("copy_file_range", "struct fuse_copy_file_range_in *in", "cfr", "copy_file_range"),
+    ("fsync", "struct fuse_fsync_in *in", "object", "fsync"),
+    ("dir_fsync", "struct fuse_fsync_in *in", "object", "fsyncdir"),
+    ("getxattr", "struct fuse_getxattr_in *in, struct fuse_buffer *name", "object", "getxattr"),
+    ("listxattr", "struct fuse_getxattr_in *in", "object", "listxattr"),
+    ("setxattr", "struct fuse_setxattr_in *in, struct fuse_buffer *name, struct fuse_buffer *value",
+     "object", "setxattr"),
+    ("removexattr", "struct fuse_buffer *name", "object", "removexattr"),
+    ("read_iter", "struct fuse_read_in *in", "object", "read"),
+    ("write_iter", "struct fuse_write_in *in", "object", "write"),
+    ("file_fallocate", "struct fuse_fallocate_in *in", "object", "fallocate"),
+    ("lookup", "struct fuse_buffer *name", "lookup", "lookup"),
+    ("mknod", "struct fuse_mknod_in *in, struct fuse_buffer *name", "create", "mknod"),
+    ("mkdir", "struct fuse_mkdir_in *in, struct fuse_buffer *name", "create", "mkdir"),
+    ("rmdir", "struct fuse_buffer *name", "remove", "rmdir"),
+    ("rename2", "struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name",
+     "rename", "rename"),
+    ("rename", "struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name",
+     "rename", "rename"),
+    ("unlink", "struct fuse_buffer *name", "remove", "unlink"),
+    ("link", "struct fuse_link_in *in, struct fuse_buffer *name", "link", "link"),
+    ("getattr", "struct fuse_getattr_in *in", "object", "getattr"),
+    ("setattr", "struct fuse_setattr_in *in", "object", "setattr"),
+    ("statfs", "", "object", "statfs"),
+    ("get_link", "struct fuse_buffer *name", "object", "readlink"),
+    ("symlink", "struct fuse_buffer *name, struct fuse_buffer *path", "create", "symlink"),
+    ("readdir", "struct fuse_read_in *in", "object", "readdir"),
+    ("access", "struct fuse_access_in *in", "object", "access"),
+]
+
+# FUSE opcodes of the ops (include/uapi/linux/fuse.h), for default_filter and audit events.
+OPCODES = {
+    "lookup": 1, "getattr": 3, "setattr": 4, "readlink": 5, "symlink": 6, "mknod": 8,
+    "mkdir": 9, "unlink": 10, "rmdir": 11, "rename": 12, "link": 13, "open": 14,
+    "read": 15, "write": 16, "statfs": 17, "release": 18, "fsync": 20, "setxattr": 21,
+    "getxattr": 22, "listxattr": 23, "removexattr": 24, "flush": 25, "opendir": 27,
+    "readdir": 28, "releasedir": 29, "fsyncdir": 30, "access": 34, "create": 35,
+    "fallocate": 43, "lseek": 46, "copy_file_range": 47,
+}
+
+# The op numbering the check object's requests use: position in ops.SINGLE_OPS.
+OP_NUMBER = {op: i for i, op in enumerate(ops.SINGLE_OPS)}
+SLOT = {atom: i for i, atom in enumerate(ops.ATOMS)}
+
+
+@dataclass
+class Model:
+    policy: Policy
+    tree: ClassTree
+    abi: str
+    version: str
+    source_name: str
+    rules: list[tuple[int, str]]  # (line, text) per rule index
+    rows: list[Row]
+    classes: list[ClassInfo]
+    literals: list[LiteralEntry]
+    pool: bytes
+    globs: list[GlobFunc]
+    glob_classes: list[GlobClass]
+    sibling_ok: list[tuple[int, int, int]]  # (parent, src, dst) sorted
+    programs: list[Program]
+    instances: list[Instance]
+    atoms: list[str]
+    slots: dict
+    op_numbers: dict
+    opcodes: dict
+    max_depth: int
+    search_steps: int
+    max_collisions: int
+    pool_size: int
+    case_insensitive: bool
+    any_audit: bool
+    open_slots: list[int]  # index r | w << 1 | x << 2 -> slot
+    create_slots: list[int]  # index r -> slot
+    access_slots: list[int]  # index r | w << 1 | x << 2 -> slot
+    cfr_dst_everywhere: bool  # every class allows copy_file_range's destination side
+
+
+def _bits(r: int, w: int, x: int) -> str:
+    return ("r" if r else "") + ("w" if w else "") + ("x" if x else "") or "-"
+
+
+def _detail_slots():
+    open_slots, access_slots = [], []
+    for b in range(8):
+        r, w, x = b & 1, b >> 1 & 1, b >> 2 & 1
+        open_slots.append(SLOT.get(f"open:{_bits(r or not w, w, x)}"))
+        access_slots.append(SLOT[f"access:{_bits(r, w, x)}"])
+    return open_slots, [SLOT["create:w"], SLOT["create:rw"]], access_slots
+
+
+class Strictness:
+    """`at_least_as_strict(d, s)`: every node under d is judged at least as strictly as the
+    node at the same relative path under s, for every atom (the relation moves need)."""
+
+    def __init__(self, tree: ClassTree):
+        self.tree = tree
+        self.fold = tree.policy.case_insensitive
+        self.memo: dict[tuple[int, int], bool] = {}
+
+    def _row_ok(self, d: Class, s: Class) -> bool:
+        return all(STRICTNESS[a.kind] >= STRICTNESS[b.kind] for a, b in zip(d.table, s.table))
+
+    def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
+        key = (d_id, s_id)
+        if key in self.memo:
+            return self.memo[key]
+        classes = self.tree.classes
+        seen = {key}
+        stack = [key]
+        ok = True
+        while stack and ok:
+            d, s = stack.pop()
+            if d == s:
+                continue
+            known = self.memo.get((d, s))
+            if known is True:
+                continue
+            if known is False or not self._row_ok(classes[d], classes[s]):
+                ok = False
+                break
+            for name in self._names(classes[d], classes[s]):
+                pair = (classes[d].child(name, self.fold), classes[s].child(name, self.fold))
+                if pair not in seen:
+                    seen.add(pair)
+                    stack.append(pair)
+        self.memo[key] = ok
+        return ok
+
+    def _names(self, a: Class, b: Class) -> list[bytes]:
+        lits = {lit for lit, _ in a.literals} | {lit for lit, _ in b.literals}
+        globs = sorted({g.text for g in a.globs} | {g.text for g in b.globs})
+        return sorted(lits) + [w for _, w in sorted(glob_combinations(globs, frozenset(lits)).items())]
+
+
+def _children(c: Class) -> list[int]:
+    out = [t for _, t in c.literals] + [t for _, t in c.masks] + [c.default]
+    return sorted(set(out))
+
+
+def _instance_name(policy: Policy, cls: int) -> str:
+    return f"{policy.name}_{cls}"
+
+
+def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str] = None) -> Model:
+    policy = tree.policy
+    abi = abi or policy.abi
+    strict = Strictness(tree)
+    classes = tree.classes
+
+    # Decision rows, deduplicated.
+    row_of_table: dict[tuple, int] = {}
+    rows: list[Row] = []
+    class_row: list[int] = []
+    for c in classes:
+        rid = row_of_table.get(c.table)
+        if rid is None:
+            rid = row_of_table[c.table] = len(rows)
+            words, comments = [], []
+            for atom, d in zip(ops.ATOMS, c.table):
+                rule = d.rules[0] if d.rules else None
+                words.append(pack(d, rule))
+                who = f"{policy.file}:{policy.rules[rule].line} {policy.rules[rule].text}" \
+                    if rule is not None else f"default {policy.default.text}"
+                comments.append(f"{atom}: {d.short()} ({who})")
+            rows.append(Row(rid, words, comments))
+        class_row.append(rid)
+
+    # Literal transitions and the name pool.
+    literals: list[LiteralEntry] = []
+    pool = bytearray()
+    pool_index: dict[bytes, int] = {}
+    for c in classes:
+        for name, child in c.literals:
+            off = pool_index.get(name)
+            if off is None:
+                off = pool_index[name] = len(pool)
+                pool += name
+            literals.append(LiteralEntry(c.id, fnv1a(name), off, len(name), child,
+                                         strict.at_least_as_strict(c.id, child),
+                                         name.decode("utf-8", "backslashreplace")))
+    literals.sort(key=lambda e: (e.cls, e.hash, e.length, e.offset))
+    collisions, run = 1, 1
+    for a, b in zip(literals, literals[1:]):
+        run = run + 1 if (a.cls, a.hash) == (b.cls, b.hash) else 1
+        collisions = max(collisions, run)
+
+    # Glob functions and the classes that test them.
+    glob_ids: dict[bytes, int] = {}
+    globs: list[GlobFunc] = []
+    glob_classes: list[GlobClass] = []
+    for c in classes:
+        if not c.globs:
+            continue
+        ids = []
+        for g in c.globs:
+            gid = glob_ids.get(g.text)
+            if gid is None:
+                gid = glob_ids[g.text] = len(globs)
+                segs = g.text.split(b"*")
+                globs.append(GlobFunc(gid, g.text.decode("utf-8", "backslashreplace"), segs,
+                                      True, True))
+            ids.append(gid)
+        masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
+        glob_classes.append(GlobClass(c.id, ids, masks))
+
+    # Moves: siblings a same-directory rename may swap, and classes any move keeps safe.
+    dst_allowed_everywhere = all(
+        c.decision(a).kind == "allow" for c in classes for a in ("rename:dst", "link:dst"))
+    infos = []
+    for c in classes:
+        anywhere = dst_allowed_everywhere and len(classes) <= 2000 and all(
+            strict.at_least_as_strict(d.id, c.id) for d in classes)
+        infos.append(ClassInfo(c.id, class_row[c.id], c.default,
+                               strict.at_least_as_strict(c.id, c.default), anywhere,
+                               _instance_name(policy, c.id),
+                               c.example.decode("utf-8", "backslashreplace")))
+    sibling_ok = []
+    for c in classes:
+        kids = _children(c)
+        if len(kids) > 64:
+            continue  # too many to pair up; such renames fall back to EXDEV
+        for s in kids:
+            for d in kids:
+                if s != d and strict.at_least_as_strict(d, s):
+                    sibling_ok.append((c.id, s, d))
+    sibling_ok.sort()
+
+    programs, instances = _programs(tree, abi, infos, strict)
+    steps = max(1, (len(literals)).bit_length() + 1)
+    return Model(
+        policy=policy, tree=tree, abi=abi, version=__version__,
+        source_name=source_name or policy.file,
+        rules=[(r.line, r.text) for r in policy.rules],
+        rows=rows, classes=infos, literals=literals, pool=bytes(pool), globs=globs,
+        glob_classes=glob_classes, sibling_ok=sibling_ok, programs=programs,
+        instances=instances, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
+        opcodes=OPCODES, max_depth=MAX_DEPTH, search_steps=steps,
+        max_collisions=collisions, pool_size=max(1, len(pool)),
+        case_insensitive=policy.case_insensitive,
+        any_audit=any(d.audit for c in classes for d in c.table),
+        open_slots=_detail_slots()[0], create_slots=_detail_slots()[1],
+        access_slots=_detail_slots()[2],
+        cfr_dst_everywhere=all(c.decision("copy_file_range:dst").kind == "allow" for c in classes),
+    )
+
+
+def _uniform(c: Class, op: str) -> Optional[Decision]:
+    decisions = {c.decision(a) for a in ops.ATOMS_OF_OP[op]}
+    return decisions.pop() if len(decisions) == 1 else None
+
+
+def _trivial(d: Optional[Decision]) -> bool:
+    return d is not None and d.kind == "allow" and not d.audit
+
+
+def _needs_hook(tree: ClassTree, c: Class, kind: str, op: str, strict: Strictness) -> bool:
+    classes = tree.classes
+    if kind == "object":
+        return not _trivial(_uniform(c, op))
+    if kind == "cfr":
+        return True if len(classes) > 1 else not _trivial(_uniform(c, op))
+    if kind == "link":
+        return len(classes) > 1 or not _trivial(_uniform(c, op))
+    kids = [classes[k] for k in _children(c)]
+    if kind == "lookup":
+        return any(k.id != c.id or not _trivial(k.decision("lookup")) for k in kids)
+    if kind == "remove":
+        return any(not _trivial(k.decision(op)) for k in kids)
+    if kind == "create":
+        return any(not _trivial(_uniform(k, op)) or not strict.at_least_as_strict(c.id, k.id)
+                   for k in kids)
+    if kind == "rename":
+        return len(classes) > 1 or not _trivial(_uniform(c, op))
+    return True
+
+
+def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness):
+    """Choose each instance's programs; instances share a program where it behaves the same."""
+    policy = tree.policy
+    programs: dict[tuple, Program] = {}
+    instances = []
+    hook_params = {h[0]: h[1] for h in HOOKS}
+
+    def program(key: tuple, make) -> Program:
+        p = programs.get(key)
+        if p is None:
+            p = programs[key] = make()
+        return p
+
+    for c in tree.classes:
+        members: list[tuple[str, str]] = []
+        default_switch = []
+        for member, params, kind, op in HOOKS:
+            if not _needs_hook(tree, c, kind, op, strict):
+                continue
+            uniform = _uniform(c, op) if kind == "object" else None
+            if abi == "v4" and kind == "object" and uniform is not None and \
+                    op not in ("fsync", "fsyncdir", "access"):  # access needs its mask
+                # A decision that does not depend on the request's details: default_filter.
+                rule = uniform.rules[0] if uniform.rules else None
+                default_switch.append((OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]))
+                continue
+            if kind == "object":
+                signature = tuple(c.decision(a) for a in ops.ATOMS_OF_OP[op])
+                if op in ("fsync", "fsyncdir"):
+                    # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so one program
+                    # serves both and decides by opcode.
+                    signature = (tuple(c.decision("fsync") for _ in (0,)),
+                                 tuple(c.decision("fsyncdir") for _ in (0,)))
+                    key = ("fsync", signature)
+                    p = program(key, lambda: Program(f"fpol_fsync_{c.id}", "fsync_prefilter",
+                                                     "fsync", c.id, [], "fsync",
+                                                     hook_params["fsync"]))
+                    for slot in ("fsync_prefilter", "dir_fsync_prefilter"):
+                        if (slot, p.name) not in members:
+                            members.append((slot, p.name))
+                    if c.id not in p.classes:
+                        p.classes.append(c.id)
+                    continue
+                key = (member, signature)
+            else:
+                key = (member, c.id)
+            name = f"fpol_{member}_{c.id}"
+            p = program(key, lambda: Program(name, f"{member}_prefilter", kind, c.id, [], op, params))
+            p.classes.append(c.id)
+            members.append((f"{member}_prefilter", p.name))
+            if member == "lookup":
+                post = program(("lookup_post", c.id), lambda: Program(
+                    f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
+                    "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
+                              "struct fuse_buffer *entries"))
+                post.classes.append(c.id)
+                members.append(("lookup_postfilter", post.name))
+            if member == "mkdir":
+                # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
+                # is set, so it must never be NULL.
+                post = program(("noop_mkdir",), lambda: Program(
+                    "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
+                    "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
+                post.classes.append(c.id)
+                members.append(("mkdir_postfilter", post.name))
+        if default_switch:
+            key = ("default_filter", tuple(default_switch))
+            p = program(key, lambda: Program(f"fpol_default_{c.id}", "default_filter", "default",
+                                             c.id, [], "", "", switch=sorted(default_switch)))
+            p.classes.append(c.id)
+            members.insert(0, ("default_filter", p.name))
+        instances.append(Instance(c.id, _instance_name(policy, c.id), members,
+                                  c.example.decode("utf-8", "backslashreplace")))
+    ordered = sorted(programs.values(), key=lambda p: (p.cls, p.hook))
+    return ordered, instances
