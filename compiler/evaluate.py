@@ -34,6 +34,10 @@ class Verdict:
     exdev_atom: Optional[str] = None
     exdev_suffix: Optional[tuple[bytes, ...]] = None
     lost_rule: Optional[int] = None  # the source-side rule the move would have escaped
+    # Engines other than the evaluator: why a realisation decided differently, and the
+    # classes it found (object, destination).
+    note: Optional[str] = None
+    classes: tuple = ()
 
     @property
     def kind(self) -> str:

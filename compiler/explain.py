@@ -75,7 +75,8 @@ def to_json(policy: Policy, v: Verdict) -> dict:
         "no_gain_by_moving": {
             "op": v.exdev_atom,
             "at": show_path(v.request.path + v.exdev_suffix),
-        } if v.exdev else None,
+        } if v.exdev and not v.note else None,
+        "note": v.note,
     }
 
 
@@ -84,7 +85,9 @@ def to_text(policy: Policy, v: Verdict) -> str:
     head = f"{request_text(v.request)}: {d.short().replace(' +audit', '')}"
     lines = [head]
     where = policy.file
-    if v.exdev:
+    if v.exdev and v.note:
+        pass
+    elif v.exdev:
         lost = policy.rules[v.lost_rule] if v.lost_rule is not None else None
         at = show_path(v.request.path + v.exdev_suffix)
         because = f"which {where}:{lost.line} ({lost.text}) decides at the source" if lost else \
@@ -101,6 +104,8 @@ def to_text(policy: Policy, v: Verdict) -> str:
             lines.append(f"  decided by the default ({where}:{dflt.line}: default {dflt.text})")
         else:
             lines.append("  decided by the default (default allow)")
+    if v.note:
+        lines.append(f"  {v.note}")
     if d.complained:
         lines.append("  mode complain: the deny is logged and allowed")
     for i in d.audit_rules:

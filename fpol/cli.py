@@ -183,6 +183,76 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def _object_paths(out: str) -> tuple[str, str]:
+    """OUT.bpf.o -> (OUT.bpf.o, OUT.check.bpf.o)."""
+    stem = out[:-len(".bpf.o")] if out.endswith(".bpf.o") else os.path.splitext(out)[0]
+    return out, stem + ".check.bpf.o"
+
+
+def build_objects(checked, out: str, abi=None) -> tuple[str, str]:
+    """Render and build both objects of a checked policy."""
+    from fpol.compiler.clang import compile_c
+    from fpol.compiler.lower import lower
+    from fpol.compiler.render import render
+
+    model = lower(checked.classes, abi=abi, source_name=os.path.basename(checked.source.file))
+    main, check_obj = _object_paths(out)
+    compile_c(render(model, "struct_ops"), main, checked.policy.name)
+    compile_c(render(model, "check"), check_obj, checked.policy.name + ".check")
+    return main, check_obj
+
+
+def cmd_compile(args) -> int:
+    from fpol.compiler.clang import CompileFailure, ToolMissing
+
+    if args.emit == "ast":
+        from fpol.compiler.diagnostics import Reporter
+        from fpol.compiler.parser import parse
+
+        reporter = Reporter(_display_name(args.file))
+        tree, source, _ = parse(_read(args.file), reporter.file, reporter)
+        if reporter.has_errors:
+            from fpol.compiler.driver import Checked
+
+            _print_diagnostics([Checked(tree, source, None, None, reporter.sorted())], "text")
+            return EXIT_POLICY
+        return _emit_text(tree.dump(), args.output)
+    checked = _load_policy(args.file)
+    if checked is None:
+        return EXIT_POLICY
+    if args.emit == "policy":
+        return _emit_text(checked.policy.dump(), args.output)
+    if args.emit == "classes":
+        return _emit_text(checked.classes.dump(), args.output)
+    if args.emit == "dot":
+        return _emit_text(checked.classes.dot(), args.output)
+    if args.emit in ("c", "check-c"):
+        from fpol.compiler.lower import lower
+        from fpol.compiler.render import render
+
+        model = lower(checked.classes, abi=args.abi, source_name=os.path.basename(checked.source.file))
+        return _emit_text(render(model, "struct_ops" if args.emit == "c" else "check"), args.output)
+    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".bpf.o"
+    try:
+        main, check_obj = build_objects(checked, out, args.abi)
+    except ToolMissing as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_ENV
+    except CompileFailure as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_POLICY
+    print(f"wrote {main} ({len(checked.classes.classes)} fuse_ops instances) and {check_obj}")
+    return EXIT_OK
+
+
+def _emit_text(text: str, output) -> int:
+    if output:
+        _write_atomically(output, text.encode("utf-8"))
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_test(args) -> int:
     from fpol.compiler.cases import CaseSyntaxError, parse_cases, run_cases
     from fpol.compiler.explain import request_text
@@ -246,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; exit 1 if a file is not in canonical form")
     g.add_argument("--write", action="store_true", help="rewrite the files in place")
     f.set_defaults(func=cmd_fmt)
+
+    co = sub.add_parser("compile", help="compile a policy to fuse-bpf objects (or show a stage)",
+                        description="Compile a policy into OUT.bpf.o (struct_ops instances for "
+                                    "fuse-bpf kernels) and OUT.check.bpf.o (the same logic as "
+                                    "syscall programs, for verification and tests), or print one "
+                                    "stage of the pipeline with --emit.")
+    co.add_argument("file", metavar="FILE", help="the policy")
+    co.add_argument("-o", "--output", metavar="OUT",
+                    help="output file (objects: OUT.bpf.o and OUT.check.bpf.o; default "
+                         "POLICY.bpf.o); text stages go to stdout without -o")
+    co.add_argument("--emit", choices=("ast", "policy", "classes", "dot", "c", "check-c", "obj"),
+                    default="obj", help="what to produce (default obj)")
+    co.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi` statement")
+    co.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("explain", help="what happens to one request, and which rule decides",
                        description="Decide one request against a policy and name the deciding rule.",
