@@ -245,6 +245,143 @@ def cmd_compile(args) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args) -> int:
+    from fpol.compiler.clang import CompileFailure, ToolMissing
+    from fpol.runtime import libbpf
+    from fpol.runtime.engine import CheckEngine, EngineUnavailable, rule_for_verifier_log
+    from fpol.runtime.objects import build
+
+    checked = _load_policy(args.file)
+    if checked is None:
+        return EXIT_POLICY
+    try:
+        built = build(checked, "check", abi=args.abi)
+        with CheckEngine(built) as engine:
+            report = engine.report
+    except ToolMissing as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_ENV
+    except (EngineUnavailable, libbpf.LibbpfMissing) as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_ENV
+    except CompileFailure as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_POLICY
+    except libbpf.LibbpfError as e:
+        line, text, rule = rule_for_verifier_log(e.verifier_log, built.source)
+        print(f"{checked.source.file}: the kernel verifier rejected the check object: {e}",
+              file=sys.stderr)
+        if line:
+            print(f"  at generated line {line}: {text}", file=sys.stderr)
+        if rule:
+            print(f"  generated for: {rule}", file=sys.stderr)
+        tail = [l for l in e.verifier_log.strip().splitlines() if l.strip()][-15:]
+        if tail:
+            print("  verifier log (end):", file=sys.stderr)
+            for l in tail:
+                print("    " + l, file=sys.stderr)
+        return EXIT_POLICY
+    classes = len(checked.classes.classes)
+    print(f"{checked.source.file}: check object verified by this kernel "
+          f"({classes} classes, loaded in {report.load_ms:.1f} ms)")
+    for name, stats in report.programs:
+        if stats:
+            print(f"  {name}: {stats.insns_processed} instructions processed, verified in "
+                  f"{(stats.verification_usec or 0) / 1000:.1f} ms, stack {stats.stack_depth}")
+        else:
+            print(f"  {name}: verified")
+    from fpol.runtime.probe import fuse_ops_abi
+
+    abi = fuse_ops_abi()
+    if abi is None:
+        print(f"  struct_ops object ({classes} instances): not loadable here, this kernel has no "
+              "struct fuse_ops (its decision logic is the code verified above)")
+    else:
+        try:
+            main = build(checked, "struct_ops", abi=args.abi or abi)
+            with libbpf.BpfObject(main.path) as obj:
+                obj.load()
+            print(f"  struct_ops object ({classes} instances): verified by this kernel ({abi})")
+        except libbpf.LibbpfError as e:
+            print(f"{checked.source.file}: the kernel rejected the struct_ops object: {e}",
+                  file=sys.stderr)
+            return EXIT_POLICY
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from fpol.runtime.probe import findings
+
+    for f in findings():
+        mark = {True: "ok  ", False: "no  ", None: "?   "}[f.ok]
+        line = f"{mark}{f.what:<17} {f.detail}"
+        if f.follows:
+            line += f"  -> {f.follows}"
+        print(line)
+    return EXIT_OK
+
+
+def cmd_load(args) -> int:
+    from fpol.runtime import libbpf, loader
+
+    what = "fuse_ops"
+    try:
+        loader.preflight(what)
+    except loader.KernelLacks as e:
+        print(f"fpol: cannot load: {e}. fuse-bpf is not in mainline Linux; this kernel runs "
+              "policies only through `fpol mount` (daemon enforcement). What works here: "
+              "fpol verify, fpol explain/test --engine kernel, fpol mount.", file=sys.stderr)
+        return EXIT_ENV
+    if args.target.endswith(".o"):
+        obj_path = args.target
+        name = loader.policy_name_of(obj_path)
+        if name is None:
+            raise UsageError(f"{obj_path} does not look like an fpol struct_ops object")
+    else:
+        checked = _load_policy(args.target)
+        if checked is None:
+            return EXIT_POLICY
+        from fpol.runtime.objects import build
+        from fpol.runtime.probe import fuse_ops_abi
+
+        obj_path = build(checked, "struct_ops", abi=fuse_ops_abi()).path
+        name = checked.policy.name
+    try:
+        loaded = loader.load(obj_path, name, what)
+    except loader.LoadRefused as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_POLICY
+    except libbpf.LibbpfError as e:
+        print(f"fpol: load failed, nothing left attached: {e}", file=sys.stderr)
+        return EXIT_POLICY
+    print(f"loaded {loaded.policy}: {len(loaded.instances)} instances pinned under {loaded.pin_dir}; "
+          f"mount with root_bpf={loaded.instances[0] if loaded.instances else '?'}")
+    return EXIT_OK
+
+
+def cmd_unload(args) -> int:
+    from fpol.runtime import loader
+
+    try:
+        names = loader.unload(args.name)
+    except loader.LoadRefused as e:
+        print(f"fpol: {e}", file=sys.stderr)
+        return EXIT_POLICY
+    print(f"unloaded {args.name}: {len(names)} instances detached")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from fpol.runtime import loader
+
+    loaded = loader.status()
+    if not loaded:
+        print("no policies loaded")
+    for l in loaded:
+        print(f"{l.policy}: {len(l.instances)} instances ({', '.join(l.instances)}) at {l.pin_dir}")
+    return EXIT_OK
+
+
 def _emit_text(text: str, output) -> int:
     if output:
         _write_atomically(output, text.encode("utf-8"))
@@ -331,6 +468,37 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi` statement")
     co.set_defaults(func=cmd_compile)
 
+    v = sub.add_parser("verify", help="prove a policy's generated logic in this kernel's verifier",
+                       description="Build the policy's check object (the generated decision logic "
+                                   "as syscall programs) and load it into this kernel: prints the "
+                                   "verifier's instruction counts and the load time, or the "
+                                   "verifier log mapped back to the policy rule.")
+    v.add_argument("file", metavar="FILE", help="the policy")
+    v.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi`")
+    v.set_defaults(func=cmd_verify)
+
+    d = sub.add_parser("doctor", help="what this machine supports",
+                       description="One line per capability fpol uses (BTF, struct fuse_ops, "
+                                   "CAP_BPF, bpffs, /dev/fuse, FUSE passthrough, clang, libbpf) "
+                                   "and what follows from it.")
+    d.set_defaults(func=cmd_doctor)
+
+    lo = sub.add_parser("load", help="attach a policy's fuse_ops instances (fuse-bpf kernels)",
+                        description="Attach every fuse_ops instance of a policy (all or none) and "
+                                    "pin them under /sys/fs/bpf/fpol/NAME/. On a kernel without "
+                                    "struct fuse_ops this exits 3 before loading anything.")
+    lo.add_argument("target", metavar="FILE|OBJ", help="a policy, or an object from fpol compile")
+    lo.set_defaults(func=cmd_load)
+
+    un = sub.add_parser("unload", help="detach a loaded policy",
+                        description="Detach every instance of a loaded policy and remove its pins.")
+    un.add_argument("name", metavar="NAME", help="the policy name (see fpol status)")
+    un.set_defaults(func=cmd_unload)
+
+    st = sub.add_parser("status", help="list loaded policies",
+                        description="List the policies pinned under /sys/fs/bpf/fpol/.")
+    st.set_defaults(func=cmd_status)
+
     e = sub.add_parser("explain", help="what happens to one request, and which rule decides",
                        description="Decide one request against a policy and name the deciding rule.",
                        epilog="Examples: fpol explain secrets.fpol --op open --path /secret/k "
@@ -375,6 +543,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # an environment problem the command did not foresee
+        from fpol.runtime.engine import EngineUnavailable
+        from fpol.compiler.clang import ToolMissing
+
+        if isinstance(e, (EngineUnavailable, ToolMissing)):
+            print(f"fpol: {e}", file=sys.stderr)
+            return EXIT_ENV
+        raise
     except BrokenPipeError:
         return EXIT_OK
 

@@ -122,6 +122,7 @@ class _Lib:
             "bpf_map__set_autocreate": (c_int, [c_void_p, c_bool]),
             "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
             "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+            "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
             "bpf_link__destroy": (c_int, [c_void_p]),
             "bpf_link__pin": (c_int, [c_void_p, c_char_p]),
             "bpf_link__unpin": (c_int, [c_void_p]),
@@ -183,7 +184,6 @@ class Program:
     def __init__(self, obj: "BpfObject", ptr: int):
         self.obj = obj
         self.ptr = ptr
-        self._log_buf = None
 
     @property
     def name(self) -> str:
@@ -201,15 +201,17 @@ class Program:
         lib().lib.bpf_program__set_autoload(self.ptr, on)
 
     def want_stats(self, size: int = 1 << 16) -> None:
-        self._log_buf = ctypes.create_string_buffer(size)
-        lib().lib.bpf_program__set_log_buf(self.ptr, self._log_buf, size)
+        """Ask the verifier for its statistics (kept by the object: wrappers are transient)."""
+        buf = self.obj.log_bufs[self.ptr] = ctypes.create_string_buffer(size)
+        lib().lib.bpf_program__set_log_buf(self.ptr, buf, size)
         lib().lib.bpf_program__set_log_level(self.ptr, BPF_LOG_LEVEL_STATS)
 
     @property
     def stats(self) -> Optional[VerifierStats]:
-        if self._log_buf is None:
+        buf = self.obj.log_bufs.get(self.ptr)
+        if buf is None:
             return None
-        return _parse_stats(self._log_buf.value.decode("utf-8", "replace"))
+        return _parse_stats(buf.value.decode("utf-8", "replace"))
 
     def test_run(self, ctx: bytearray) -> int:
         """BPF_PROG_TEST_RUN of a syscall program: `ctx` goes in and the kernel copies it
@@ -297,6 +299,7 @@ class BpfObject:
             raise LibbpfError(f"open of {path}", _errno_of(-ctypes.get_errno()), L.take_messages())
         self.ptr = ptr
         self.loaded = False
+        self.log_bufs: dict = {}
 
     def programs(self) -> Iterator[Program]:
         p = None

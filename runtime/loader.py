@@ -1,0 +1,144 @@
+"""Attach a policy's struct_ops instances, all or none, and pin them so they outlive
+the command; list and remove them again.
+
+Layout: /sys/fs/bpf/fpol/<policy>/<instance>, one pinned struct_ops map per
+instance (libbpf 1.1 attaches `.struct_ops` maps by registering the map; the
+registration lives as long as the map, which the pin keeps). Unloading deletes
+each map's element, which unregisters the instance, then removes the pins.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from . import libbpf
+
+PIN_ROOT = "/sys/fs/bpf/fpol"
+
+
+class LoadRefused(Exception):
+    """Refused before anything was attached (a taken name, no bpffs, ...)."""
+
+
+class KernelLacks(Exception):
+    """The running kernel lacks the struct_ops type (exit code 3)."""
+
+
+@dataclass
+class Loaded:
+    policy: str
+    instances: list[str]
+    pin_dir: str
+
+
+def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
+    try:
+        with open("/proc/mounts") as f:
+            return any(line.split()[1] == path and line.split()[2] == "bpf" for line in f)
+    except OSError:
+        return False
+
+
+def preflight(struct_name: str) -> None:
+    """Fail before touching the kernel when the struct_ops type is missing."""
+    has = libbpf.kernel_btf_has_struct(struct_name)
+    if has is None:
+        raise KernelLacks("this kernel exposes no BTF (/sys/kernel/btf/vmlinux), so struct_ops "
+                          "cannot be loaded")
+    if not has:
+        raise KernelLacks(f"this kernel has no `struct {struct_name}`")
+
+
+def load(obj_path: str, policy: str, struct_name: str = "fuse_ops",
+         pin_root: str = PIN_ROOT) -> Loaded:
+    """Load the object and attach every struct_ops instance in it, or none."""
+    preflight(struct_name)
+    if not bpffs_mounted(os.path.dirname(pin_root)):
+        raise LoadRefused(f"bpffs is not mounted at {os.path.dirname(pin_root)} "
+                          "(mount -t bpf bpf /sys/fs/bpf)")
+    pin_dir = os.path.join(pin_root, policy)
+    if os.path.exists(pin_dir):
+        raise LoadRefused(f"a policy named `{policy}` is already loaded ({pin_dir}); "
+                          f"`fpol unload {policy}` first")
+    obj = libbpf.BpfObject(obj_path)
+    attached: list[tuple[str, libbpf.Link]] = []
+    pinned: list[str] = []
+    try:
+        obj.load()
+        for m in obj.maps():
+            if m.type == libbpf.BPF_MAP_TYPE_STRUCT_OPS:
+                attached.append((m.name, m.attach_struct_ops()))
+        os.makedirs(pin_dir)
+        for name, link in attached:
+            path = os.path.join(pin_dir, name)
+            link.pin(path)
+            pinned.append(path)
+    except BaseException:
+        # All or nothing: detach what was attached and remove what was pinned.
+        for path in pinned:
+            _remove_pin(path)
+        for _, link in attached:
+            link.destroy()
+        if os.path.isdir(pin_dir):
+            os.rmdir(pin_dir)
+        obj.close()
+        raise
+    # The pins keep the instances registered; closing our handles must not detach them,
+    # so the links are left alone (never destroyed) and only the object is closed.
+    obj.close()
+    return Loaded(policy, [name for name, _ in attached], pin_dir)
+
+
+def _unregister(path: str) -> None:
+    """Delete the struct_ops map's only element: the kernel unregisters the instance."""
+    lib = libbpf.lib()
+    fd = lib.lib.bpf_obj_get(path.encode())
+    if fd < 0:
+        return
+    try:
+        key = ctypes.create_string_buffer(struct.pack("<I", 0), 4)
+        lib.lib.bpf_map_delete_elem(fd, key)
+    finally:
+        os.close(fd)
+
+
+def _remove_pin(path: str) -> None:
+    _unregister(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def unload(policy: str, pin_root: str = PIN_ROOT) -> list[str]:
+    pin_dir = os.path.join(pin_root, policy)
+    if not os.path.isdir(pin_dir):
+        raise LoadRefused(f"no policy named `{policy}` is loaded (nothing at {pin_dir})")
+    names = sorted(os.listdir(pin_dir))
+    for name in names:
+        _remove_pin(os.path.join(pin_dir, name))
+    os.rmdir(pin_dir)
+    return names
+
+
+def status(pin_root: str = PIN_ROOT) -> list[Loaded]:
+    if not os.path.isdir(pin_root):
+        return []
+    out = []
+    for policy in sorted(os.listdir(pin_root)):
+        d = os.path.join(pin_root, policy)
+        if os.path.isdir(d):
+            out.append(Loaded(policy, sorted(os.listdir(d)), d))
+    return out
+
+
+def policy_name_of(obj_path: str) -> Optional[str]:
+    """The policy name an object's instances carry (`<policy>_<n>`), without loading it."""
+    with libbpf.BpfObject(obj_path) as obj:
+        names = [m.name for m in obj.maps() if m.type == libbpf.BPF_MAP_TYPE_STRUCT_OPS]
+    prefixes = {n.rsplit("_", 1)[0] for n in names if "_" in n}
+    return prefixes.pop() if len(prefixes) == 1 else None
