@@ -191,6 +191,19 @@ class CaseResult:
     verdict: Verdict
     problem: Optional[str]
 
+    @property
+    def stricter(self) -> bool:
+        """A mismatch the engine explains as its realisation being stricter on purpose
+        (a fuse-bpf program cannot see what the reference evaluator sees)."""
+        from .policy import STRICTNESS
+
+        v = self.verdict
+        if not self.problem or not v.note:
+            return False
+        if v.decision.complained:  # a refusal that `mode complain` logs and allows
+            return True
+        return v.decision.kind == "deny" and STRICTNESS["deny"] >= STRICTNESS[self.case.expect.kind]
+
 
 def run_cases(policy, cases: list[Case], evaluate: Callable[[Request], Verdict]) -> list[CaseResult]:
     results = []

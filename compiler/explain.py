@@ -111,6 +111,8 @@ def to_text(policy: Policy, v: Verdict) -> str:
     for i in d.audit_rules:
         r = policy.rules[i]
         lines.append(f"  audited by {where}:{r.line}: {r.text}")
+    if d.audit and not d.audit_rules:
+        lines.append("  audited")
     return "\n".join(lines)
 
 

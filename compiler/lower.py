@@ -352,8 +352,11 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         glob_classes.append(GlobClass(c.id, ids, masks))
 
     # Moves: siblings a same-directory rename may swap, and classes any move keeps safe.
+    # An unknown destination is fine only if every class would allow it silently
+    # (an audited or complained destination must be seen to be logged).
     dst_allowed_everywhere = all(
-        c.decision(a).kind == "allow" for c in classes for a in ("rename:dst", "link:dst"))
+        c.decision(a).kind == "allow" and not c.decision(a).audit
+        for c in classes for a in ("rename:dst", "link:dst"))
     infos = []
     for c in classes:
         anywhere = dst_allowed_everywhere and len(classes) <= 2000 and all(
@@ -388,7 +391,8 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         any_audit=any(d.audit for c in classes for d in c.table),
         open_slots=_detail_slots()[0], create_slots=_detail_slots()[1],
         access_slots=_detail_slots()[2],
-        cfr_dst_everywhere=all(c.decision("copy_file_range:dst").kind == "allow" for c in classes),
+        cfr_dst_everywhere=all(c.decision("copy_file_range:dst").kind == "allow"
+                               and not c.decision("copy_file_range:dst").audit for c in classes),
     )
 
 

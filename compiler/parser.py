@@ -97,6 +97,8 @@ def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter) -> 
     if isinstance(e, UnexpectedCharacters):
         ch = e.char
         span = Span.point(line, column)
+        if ch == "\ufffd" and any(d.code == "FP002" and d.span == span for d in reporter.items):
+            return  # the bad byte is reported already (FP002); once is enough
         if ch == '"':
             message = "unterminated string"
             hint = 'close the string with `"` on the same line'

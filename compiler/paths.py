@@ -149,6 +149,8 @@ def _part(component: bytes) -> Part:
         raise PathProblem("`**` must be a whole path component",
                           "use `*` inside a name, `**` between slashes", code="FP011")
     if b"*" in component or b"?" in component:
+        if b"\0" in component:  # no name holds a NUL: as for literal components
+            raise PathProblem("NUL byte in a path")
         return Glob(component)
     _check_component(component)
     return component

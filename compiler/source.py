@@ -42,6 +42,10 @@ class Source:
 def decode(data: bytes, reporter: Reporter) -> str:
     """UTF-8 text from bytes; bad bytes and NULs are reported and replaced."""
     reported = 0
+    # A UTF-8 byte order mark is harmless; editors do not count it as a column,
+    # so it goes before any position is worked out.
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -75,8 +79,6 @@ def decode(data: bytes, reporter: Reporter) -> str:
         reporter.add("FP002", "NUL byte in policy source", Span.point(line, col),
                      "is this a binary file? policies are UTF-8 text")
         text = text.replace("\0", " ")
-    if text.startswith("\ufeff"):  # a UTF-8 byte order mark is harmless
-        text = " " + text[1:]
     return text
 
 
