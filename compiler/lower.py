@@ -105,7 +105,6 @@ class ClassInfo:
     row: int
     default_child: int
     default_inherit_ok: bool
-    move_anywhere: bool
     instance: str
     example: str
 
@@ -204,7 +203,6 @@ class Model:
     pool: bytes
     globs: list[GlobFunc]
     glob_classes: list[GlobClass]
-    sibling_ok: list[tuple[int, int, int]]  # (parent, src, dst) sorted
     programs: list[Program]
     instances: list[Instance]
     atoms: list[str]
@@ -351,30 +349,10 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         glob_classes.append(GlobClass(c.id, ids, masks))
 
-    # Moves: siblings a same-directory rename may swap, and classes any move keeps safe.
-    # An unknown destination is fine only if every class would allow it silently
-    # (an audited or complained destination must be seen to be logged).
-    dst_allowed_everywhere = all(
-        c.decision(a).kind == "allow" and not c.decision(a).audit
-        for c in classes for a in ("rename:dst", "link:dst"))
-    infos = []
-    for c in classes:
-        anywhere = dst_allowed_everywhere and len(classes) <= 2000 and all(
-            strict.at_least_as_strict(d.id, c.id) for d in classes)
-        infos.append(ClassInfo(c.id, class_row[c.id], c.default,
-                               strict.at_least_as_strict(c.id, c.default), anywhere,
-                               _instance_name(policy, c.id),
-                               c.example.decode("utf-8", "backslashreplace")))
-    sibling_ok = []
-    for c in classes:
-        kids = _children(c)
-        if len(kids) > 64:
-            continue  # too many to pair up; such renames fall back to EXDEV
-        for s in kids:
-            for d in kids:
-                if s != d and strict.at_least_as_strict(d, s):
-                    sibling_ok.append((c.id, s, d))
-    sibling_ok.sort()
+    infos = [ClassInfo(c.id, class_row[c.id], c.default,
+                       strict.at_least_as_strict(c.id, c.default),
+                       _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
+             for c in classes]
 
     programs, instances = _programs(tree, abi, infos, strict)
     steps = max(1, (len(literals)).bit_length() + 1)
@@ -383,7 +361,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         source_name=source_name or policy.file,
         rules=[(r.line, r.text) for r in policy.rules],
         rows=rows, classes=infos, literals=literals, pool=bytes(pool), globs=globs,
-        glob_classes=glob_classes, sibling_ok=sibling_ok, programs=programs,
+        glob_classes=glob_classes, programs=programs,
         instances=instances, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
         opcodes=OPCODES, max_depth=MAX_DEPTH, search_steps=steps,
         max_collisions=collisions, pool_size=max(1, len(pool)),

@@ -105,6 +105,24 @@ class CheckEngine:
         word, cls0, cls1, _p0, _p1 = struct.unpack("<5I", bytes(ctx))
         return verdict_from_word(req, word, (cls0, cls1))
 
+    HOOK_KINDS = ("object", "fsync", "lookup", "lookup_post", "create", "remove", "rename",
+                  "rename2", "link", "cfr")
+
+    def hook(self, kind: str, cls: int, op: str = "lookup", flags: int = 0, opcode: int = 0,
+             nodeid: int = 0, newdir: int = 0, names: tuple[bytes, ...] = ()) -> tuple[int, int, int]:
+        """What one fuse_ops program reading class `cls` returns for one call:
+        (return code as u32, decision word, child class)."""
+        names = tuple(names) + (b"",) * (2 - len(names))
+        req = struct.pack("<6I2Q2I", self.HOOK_KINDS.index(kind), cls, OP_NUMBER[op], flags,
+                          opcode, 0, nodeid, newdir, len(names[0]), len(names[1]))
+        req += b"".join(n.ljust(NAME_SLOT, b"\0") for n in names)
+        self.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), req)
+        ctx = bytearray(12)
+        ret = self.obj.program("fpol_hook").test_run(ctx)
+        if ret != 0:
+            raise RuntimeError(f"fpol_hook returned {ret}")
+        return struct.unpack("<3I", bytes(ctx))
+
     def close(self) -> None:
         self.obj.close()
 
