@@ -18,7 +18,9 @@ from typing import Optional
 
 CANDIDATES = ("clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14")
 CFLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function",
-          "-Wno-unused-variable")
+          "-Wno-unused-variable",
+          # Decision rows are filled with one word, then the exceptions are named.
+          "-Wno-initializer-overrides")
 _MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
               "arm64": "aarch64-linux-gnu", "riscv64": "riscv64-linux-gnu",
               "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu"}

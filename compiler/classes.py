@@ -40,14 +40,17 @@ class Class:
     default: int  # class of a name that matches no literal and no glob
     example: bytes  # a path that reaches this class
 
+    def __post_init__(self):
+        object.__setattr__(self, "_by_name", dict(self.literals))
+
     def decision(self, atom: str) -> Decision:
         return self.table[ATOM_INDEX[atom]]
 
     def child(self, name: bytes, fold: bool) -> int:
         key = name.lower() if fold else name
-        for lit, target in self.literals:
-            if lit == key:
-                return target
+        target = self._by_name.get(key)
+        if target is not None:
+            return target
         mask = 0
         for i, g in enumerate(self.globs):
             if g.matches(key, False):
@@ -209,20 +212,45 @@ def _closure(positions, parts: list[tuple]) -> frozenset:
     return frozenset(out)
 
 
+_mask_cache: dict[tuple, list[int]] = {}
+
+
 def realisable_masks(globs: tuple[Glob, ...]) -> list[int]:
-    """Which sets of globs some single non-empty name matches, exactly (product construction)."""
+    """Which sets of globs some single non-empty name matches, exactly (product construction).
+    Memoised: the same few globs recur at most states of a large policy."""
     if not globs:
         return [0]
-    try:
-        return sorted(glob_combinations([g.text for g in globs]))
-    except TooManyGlobStates as e:
-        raise TooComplex(str(e)) from None
+    key = tuple(g.text for g in globs)
+    cached = _mask_cache.get(key)
+    if cached is None:
+        try:
+            cached = _mask_cache[key] = sorted(glob_combinations(list(key)))
+        except TooManyGlobStates as e:
+            raise TooComplex(str(e)) from None
+    return cached
 
 
 def build_raw(policy: Policy) -> list[RawState]:
-    """The subset construction. State 0 is the root."""
+    """The subset construction. State 0 is the root.
+
+    Positions of patterns that start with `**` and have matched only `**` so far
+    ("floating": every `named` pattern, `matching "/**/x"`) are in every state. They
+    are left out of the states' keys and their transitions are worked out once, so
+    a policy with many `named` rules does not pay for them at every state."""
     pats = _collect(policy)
     parts = pats.parts
+    start = _closure({(pid, 0) for pid in range(len(parts))}, parts)
+    floating = frozenset((pid, k) for pid, k in start
+                         if parts[pid] and parts[pid][0] is ANY and all(p is ANY for p in parts[pid][:k]))
+    float_accepted = frozenset(pats.term_of[pid] for pid, k in floating if k == len(parts[pid]))
+    float_literal: dict = {}
+    float_glob: dict = {}
+    for pid, k in floating:
+        if k < len(parts[pid]) and parts[pid][k] is not ANY:
+            part = parts[pid][k]
+            table = float_glob if isinstance(part, Glob) else float_literal
+            table.setdefault(part, []).append((pid, k + 1))
+
     ids: dict[frozenset, int] = {}
     states: list[Optional[RawState]] = []
     queue: deque = deque()
@@ -237,11 +265,16 @@ def build_raw(policy: Policy) -> list[RawState]:
             queue.append((sid, positions, example))
         return sid
 
-    intern(_closure({(pid, 0) for pid in range(len(parts))}, parts), b"/")
+    intern(start - floating, b"/")
     while queue:
         sid, positions, example = queue.popleft()
-        accepted = frozenset(pats.term_of[pid] for pid, k in positions if k == len(parts[pid]))
+        accepted = float_accepted | frozenset(
+            pats.term_of[pid] for pid, k in positions if k == len(parts[pid]))
         base, by_literal, by_glob = set(), {}, {}
+        for part, adv in float_literal.items():
+            by_literal[part] = list(adv)
+        for part, adv in float_glob.items():
+            by_glob[part] = list(adv)
         for pid, k in positions:
             if k == len(parts[pid]):
                 continue
@@ -256,7 +289,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         prefix = example.rstrip(b"/") + b"/"
 
         def target(advanced, name: bytes) -> int:
-            return intern(_closure(base | set(advanced), parts), prefix + name)
+            return intern(_closure(base | set(advanced), parts) - floating, prefix + name)
 
         literals = {}
         for lit in sorted(by_literal):
@@ -284,11 +317,27 @@ def _witness(globs: tuple[Glob, ...], mask: int) -> bytes:
     return g.text.replace(b"*", b"x").replace(b"?", b"x")
 
 
+_unscoped_cache: dict[int, tuple[Policy, tuple[int, ...]]] = {}
+
+
+def _unscoped(policy: Policy) -> tuple[int, ...]:
+    """Rules with no scope (they hold everywhere), computed once per policy."""
+    hit = _unscoped_cache.get(id(policy))
+    if hit is None or hit[0] is not policy:
+        hit = _unscoped_cache[id(policy)] = (policy, tuple(r.index for r in policy.rules if not r.terms))
+    return hit[1]
+
+
 def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
+    """The rules whose every scope term holds and no except term holds. Only rules
+    with a term among `accepted` (or with no scope at all) can match."""
+    candidates = {ri for ri, key in accepted if key[0] == "t"}
+    candidates.update(_unscoped(policy))
     out = []
-    for r in policy.rules:
-        if all(((r.index, ("t", i)) in accepted) for i in range(len(r.terms))) and \
-                not any(((r.index, ("x", i)) in accepted) for i in range(len(r.excepts))):
+    for ri in sorted(candidates):
+        r = policy.rules[ri]
+        if all(((ri, ("t", i)) in accepted) for i in range(len(r.terms))) and \
+                not any(((ri, ("x", i)) in accepted) for i in range(len(r.excepts))):
             out.append(r)
     return out
 

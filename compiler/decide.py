@@ -51,6 +51,23 @@ def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tup
 def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
     """The decision for `atom` on a node where exactly the rules `matching` hold."""
     relevant = [r for r in matching if atom in r.atoms]
+    # The outcome depends on the atom only through which rules select it and whether
+    # it is a handle op: memoise on that (large policies repeat it endlessly).
+    key = (id(policy), ops.is_handle_atom(atom), tuple(r.index for r in relevant))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    d = _decide(policy, atom, relevant)
+    if len(_memo) > 200_000:
+        _memo.clear()
+    _memo[key] = (policy, d)
+    return d
+
+
+_memo: dict = {}
+
+
+def _decide(policy: Policy, atom: str, relevant: list) -> Decision:
     audit_rules = tuple(sorted(r.index for r in relevant if r.action == "audit"))
     denies = [r for r in relevant if r.action == "deny"]
     redirects = [r for r in relevant if r.action == "redirect"]

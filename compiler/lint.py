@@ -19,9 +19,11 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
     deciders_where_matched: dict[int, set[int]] = {}
     ties: dict[tuple[int, ...], str] = {}
     except_used: set[tuple[int, int]] = set()
+    unscoped = {r.index for r in rules if not r.terms}
     for st, table in zip(raw, tables):
         here = matching_rules(policy, st.accepted_terms)
-        for r in rules:
+        candidates = {ri for ri, key in st.accepted_terms if key[0] == "t"} | unscoped
+        for r in (rules[i] for i in candidates):
             if r.excepts and all((r.index, ("t", i)) in st.accepted_terms for i in range(len(r.terms))):
                 for i in range(len(r.excepts)):
                     if (r.index, ("x", i)) in st.accepted_terms:

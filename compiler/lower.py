@@ -71,6 +71,17 @@ class Row:
     words: list[int]
     comments: list[str]  # per atom slot
 
+    def groups(self) -> list[tuple[int, list[str], str]]:
+        """(word, atoms, what decided) per distinct word, the most common first: the C
+        fills the row with the first and names the atoms of the others."""
+        by_word: dict[int, list[str]] = {}
+        why: dict[int, str] = {}
+        for atom, word, comment in zip(ops.ATOMS, self.words, self.comments):
+            by_word.setdefault(word, []).append(atom)
+            why.setdefault(word, comment.split(": ", 1)[1])
+        order = sorted(by_word, key=lambda w: (-len(by_word[w]), ops.ATOMS.index(by_word[w][0])))
+        return [(w, by_word[w], why[w]) for w in order]
+
 
 @dataclass
 class LiteralEntry:
@@ -374,6 +385,38 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     )
 
 
+def _runtime(d: Decision) -> tuple:
+    """What a program does with a decision: its return code, and for audited decisions
+    the event it sends (which names the rule). Programs whose decisions agree on this
+    may be shared between instances even when different rules decided."""
+    keep_rule = d.audit and d.rules
+    return (Decision(d.kind, d.errno, d.mode, d.audit, d.rules if keep_rule else (),
+                     d.audit_rules if d.audit else (), d.complained),
+            d.rules[0] if keep_rule else None)
+
+
+def _namespace_signature(tree: ClassTree, c: Class, kind: str, op: str, strict) -> Optional[tuple]:
+    """When a namespace program's answers do not depend on which class it serves, what
+    they are (so instances can share it); None when the program must be the class's own.
+    A class with no literal or glob transitions sends every name to its default child,
+    so its programs are fixed by that child's decisions."""
+    if kind == "link":
+        return (kind, _runtime(c.decision("link:src")))
+    if kind == "cfr":
+        return (kind, _runtime(c.decision("copy_file_range:src")))
+    if kind == "lookup" or c.literals or c.globs:
+        return None
+    k = tree.classes[c.default]
+    if kind == "create":
+        return (kind, tuple(_runtime(k.decision(a)) for a in ops.ATOMS_OF_OP[op]),
+                strict.at_least_as_strict(c.id, k.id))
+    if kind == "remove":
+        return (kind, _runtime(k.decision(op)))
+    if kind == "rename":
+        return (kind, _runtime(k.decision("rename:src")), _runtime(k.decision("rename:dst")))
+    return None
+
+
 def _uniform(c: Class, op: str) -> Optional[Decision]:
     decisions = {c.decision(a) for a in ops.ATOMS_OF_OP[op]}
     return decisions.pop() if len(decisions) == 1 else None
@@ -420,6 +463,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
     for c in tree.classes:
         members: list[tuple[str, str]] = []
         default_switch = []
+        default_key = []  # what the default_filter does, for sharing it
         for member, params, kind, op in HOOKS:
             if not _needs_hook(tree, c, kind, op, strict):
                 continue
@@ -429,14 +473,14 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
                 # A decision that does not depend on the request's details: default_filter.
                 rule = uniform.rules[0] if uniform.rules else None
                 default_switch.append((OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]))
+                default_key.append((OPCODES[op], _runtime(uniform)))
                 continue
             if kind == "object":
-                signature = tuple(c.decision(a) for a in ops.ATOMS_OF_OP[op])
+                signature = tuple(_runtime(c.decision(a)) for a in ops.ATOMS_OF_OP[op])
                 if op in ("fsync", "fsyncdir"):
                     # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so one program
                     # serves both and decides by opcode.
-                    signature = (tuple(c.decision("fsync") for _ in (0,)),
-                                 tuple(c.decision("fsyncdir") for _ in (0,)))
+                    signature = (_runtime(c.decision("fsync")), _runtime(c.decision("fsyncdir")))
                     key = ("fsync", signature)
                     p = program(key, lambda: Program(f"fpol_fsync_{c.id}", "fsync_prefilter",
                                                      "fsync", c.id, [], "fsync",
@@ -449,7 +493,8 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
                     continue
                 key = (member, signature)
             else:
-                key = (member, c.id)
+                shared = _namespace_signature(tree, c, kind, op, strict)
+                key = (member, shared) if shared is not None else (member, c.id)
             name = f"fpol_{member}_{c.id}"
             p = program(key, lambda: Program(name, f"{member}_prefilter", kind, c.id, [], op, params))
             p.classes.append(c.id)
@@ -470,7 +515,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
                 post.classes.append(c.id)
                 members.append(("mkdir_postfilter", post.name))
         if default_switch:
-            key = ("default_filter", tuple(default_switch))
+            key = ("default_filter", tuple(default_key))
             p = program(key, lambda: Program(f"fpol_default_{c.id}", "default_filter", "default",
                                              c.id, [], "", "", switch=sorted(default_switch)))
             p.classes.append(c.id)
