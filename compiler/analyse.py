@@ -28,6 +28,16 @@ POLICY_NAME_MAX = 8
 ERRNOS: dict[str, int] = {name: getattr(errno_module, name) for name in dir(errno_module)
                           if name.startswith("E") and name.isupper()}
 DEFAULT_DENY_ERRNO = "EACCES"
+# Aliases name one value; these are the names Linux's own headers spell out.
+_PREFERRED = {"EOPNOTSUPP", "EAGAIN", "EDEADLK"}
+CANONICAL_ERRNO: dict[int, str] = {}
+for _name, _value in sorted(ERRNOS.items()):
+    if _value not in CANONICAL_ERRNO or _name in _PREFERRED:
+        CANONICAL_ERRNO[_value] = _name
+
+
+def canonical_errno(name: str) -> str:
+    return CANONICAL_ERRNO[ERRNOS[name]]
 
 # What the daemon-filter wire format can deliver (spec §9). `before` (USER_PREFILTER)
 # fails in the RFC for ops whose last in-arg is an immutable non-final buffer or that
@@ -138,7 +148,7 @@ def _default(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool) -> Defau
 def _errno(word: ast.Word, reporter: Reporter) -> Optional[str]:
     if word.text in ERRNOS:
         # Aliases (ENOTSUP and EOPNOTSUPP) are one errno: keep one name for each value.
-        return errno_module.errorcode[ERRNOS[word.text]]
+        return canonical_errno(word.text)
     hint = did_you_mean(word.text, ERRNOS) or "errnos are symbolic names such as EACCES, EPERM, EROFS"
     reporter.add("FP004", f"unknown errno `{word.text}`", word.span, hint)
     return None
@@ -233,10 +243,29 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
         return None
     terms = _essential(terms)
     return Rule(
-        index=index, line=st.span.line, span=st.span, text=render_rule(st), action=action,
+        index=index, line=st.span.line, span=st.span, text=_canonical_text(st, terms, errno),
+        action=action,
         atoms=atoms, mode=mode, errno=errno, terms=tuple(terms), excepts=tuple(excepts),
         specificity=sum(t.specificity for t in terms),
     )
+
+
+def _canonical_text(st: ast.Rule, terms: list[Term], errno: Optional[str]) -> str:
+    """The rule as fmt prints it, minus what cannot change its meaning (scopes another
+    scope implies, errno aliases): how rules are named in diagnostics and in the C."""
+    text = render_rule(st)
+    if st.errnos and errno:
+        text = text.rsplit(" with ", 1)[0] + f" with {errno}"
+    if len(terms) != len(st.scopes):
+        from .fmt import render_scope
+
+        kept = {t.text for t in terms}
+        for s in st.scopes:
+            scope = render_scope(s)
+            if scope not in kept:
+                text = text.replace(" " + scope, "", 1)
+                kept.add(scope)  # a repeated scope: remove one copy only
+    return text
 
 
 def _essential(terms: list[Term]) -> list[Term]:

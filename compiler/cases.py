@@ -100,7 +100,8 @@ def parse_request(words: list[str], line: int) -> Request:
     if len(words) < 2:
         raise CaseSyntaxError(line, f"`{op}` needs a path")
     path = _path(words[1], line)
-    to, flags, mask = None, 0, 0
+    # create without flags is creat(2): O_WRONLY, as in `fpol explain`.
+    to, flags, mask = None, (ops.O_WRONLY if op == "create" else 0), 0
     rest = words[2:]
     i = 0
     while i < len(rest):
@@ -164,13 +165,20 @@ def parse_cases(text: str) -> list[Case]:
     return cases
 
 
+def _same_errno(a: Optional[str], b: str) -> bool:
+    """ENOTSUP and EOPNOTSUPP are one errno."""
+    import errno as errno_module
+
+    return a is not None and getattr(errno_module, a, a) == getattr(errno_module, b, b)
+
+
 def mismatch(policy, expect: Expectation, v: Verdict) -> Optional[str]:
     """None if the verdict meets the expectation, else what differs."""
     d = v.decision
     problems = []
     if d.kind != expect.kind:
         problems.append(f"decision {d.kind}")
-    if expect.errno and d.errno != expect.errno:
+    if expect.errno and not _same_errno(d.errno, expect.errno):
         problems.append(f"errno {d.errno}")
     if expect.mode and d.mode != expect.mode:
         problems.append(f"userspace {d.mode}")

@@ -212,19 +212,20 @@ def _closure(positions, parts: list[tuple]) -> frozenset:
     return frozenset(out)
 
 
-_mask_cache: dict[tuple, list[int]] = {}
+_mask_cache: dict[tuple, dict[int, bytes]] = {}
 
 
-def realisable_masks(globs: tuple[Glob, ...]) -> list[int]:
-    """Which sets of globs some single non-empty name matches, exactly (product construction).
-    Memoised: the same few globs recur at most states of a large policy."""
+def realisable_masks(globs: tuple[Glob, ...]) -> dict[int, bytes]:
+    """Which sets of globs some single non-empty name matches, exactly (product
+    construction), each with such a name. Memoised: the same few globs recur at most
+    states of a large policy."""
     if not globs:
-        return [0]
+        return {0: b"..."}
     key = tuple(g.text for g in globs)
     cached = _mask_cache.get(key)
     if cached is None:
         try:
-            cached = _mask_cache[key] = sorted(glob_combinations(list(key)))
+            cached = _mask_cache[key] = dict(sorted(glob_combinations(list(key)).items()))
         except TooManyGlobStates as e:
             raise TooComplex(str(e)) from None
     return cached
@@ -299,22 +300,17 @@ def build_raw(policy: Policy) -> list[RawState]:
                     advanced += by_glob[g]
             literals[lit] = target(advanced, lit)
         masks = {}
-        for mask in realisable_masks(globs):
+        combos = realisable_masks(globs)
+        if any(w in literals for w in combos.values()):  # examples must not be literal names
+            combos = glob_combinations([g.text for g in globs], frozenset(literals))
+        for mask, witness in sorted(combos.items()):
             advanced = [p for i, g in enumerate(globs) if mask >> i & 1 for p in by_glob[g]]
-            masks[mask] = target(advanced, _witness(globs, mask))
+            masks[mask] = target(advanced, witness)
         default = masks.get(0)
         if default is None:
             default = target([], b"\x01other")
         states[sid] = RawState(positions, accepted, literals, globs, masks, default, example)
     return states  # type: ignore[return-value]
-
-
-def _witness(globs: tuple[Glob, ...], mask: int) -> bytes:
-    """A readable stand-in name for the example path of a glob class."""
-    if mask == 0:
-        return b"..."
-    g = globs[(mask & -mask).bit_length() - 1]
-    return g.text.replace(b"*", b"x").replace(b"?", b"x")
 
 
 _unscoped_cache: dict[int, tuple[Policy, tuple[int, ...]]] = {}

@@ -7,7 +7,7 @@ for the class tree, the generated C, the kernel engine and the mount.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import ops
@@ -61,6 +61,7 @@ def parse_path(text: "str | bytes") -> tuple[bytes, ...]:
 class Evaluator:
     def __init__(self, policy: Policy):
         self.policy = policy
+        self._enforcing: Optional["Evaluator"] = None
         self.fold = policy.case_insensitive
         # (rule, is_except, term index, pattern) for every pattern
         self._patterns: list[tuple[Rule, str, int, tuple]] = []
@@ -123,6 +124,20 @@ class Evaluator:
     # --- requests ----------------------------------------------------------------------
 
     def evaluate(self, req: Request) -> Verdict:
+        """The request's decision. In `mode complain` the whole request is judged as if
+        enforced, then a deny (by a rule or by "no gain by moving") becomes allow + audit."""
+        if self.policy.mode != "complain":
+            return self._evaluate(req)
+        if self._enforcing is None:
+            self._enforcing = Evaluator(replace(self.policy, mode="enforce"))
+        v = self._enforcing._evaluate(req)
+        d = v.decision
+        if d.kind != "deny":
+            return v
+        return replace(v, decision=Decision("allow", audit=True, rules=d.rules,
+                                            audit_rules=d.audit_rules, complained=True))
+
+    def _evaluate(self, req: Request) -> Verdict:
         atoms = ops.request_atoms(req.op, req.flags, req.mask)
         first = self.decision_at(req.path, atoms.source)
         if atoms.destination is None:
@@ -135,7 +150,7 @@ class Evaluator:
             combined = Decision(combined.kind, combined.errno, combined.mode, True, combined.rules,
                                 tuple(sorted(set(first.audit_rules) | set(second.audit_rules))),
                                 combined.complained, combined.tie)
-        if req.op == "copy_file_range" or combined.kind != "allow" or combined.complained:
+        if req.op == "copy_file_range" or combined.kind != "allow":
             return Verdict(req, combined)
         gain = self._gain(req.path, req.to, subtree=req.op == "rename")
         if gain is None:
@@ -143,8 +158,6 @@ class Evaluator:
         atom, suffix, lost = gain
         refused = Decision(DENY, errno="EXDEV", audit=combined.audit,
                            audit_rules=combined.audit_rules)
-        if self.policy.mode == "complain":
-            refused = Decision("allow", audit=True, audit_rules=combined.audit_rules, complained=True)
         return Verdict(req, refused, exdev=True, exdev_atom=atom, exdev_suffix=suffix,
                        lost_rule=lost)
 

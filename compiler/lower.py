@@ -60,9 +60,15 @@ def unpack(word: int) -> dict:
         "mode": modes[(word >> 2) & 3] if word & 3 == 2 else None,
         "audit": bool(word >> 4 & 1),
         "complained": bool(word >> 5 & 1),
-        "errno": errno_module.errorcode.get(errno) if word & 3 == 1 else None,
+        "errno": _errno_name(errno) if word & 3 == 1 else None,
         "rule": rule if rule >= 0 else None,
     }
+
+
+def _errno_name(value: int) -> str:
+    from .analyse import CANONICAL_ERRNO
+
+    return CANONICAL_ERRNO.get(value, str(value))
 
 
 @dataclass
@@ -301,6 +307,7 @@ def _instance_name(policy: Policy, cls: int) -> str:
 def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str] = None) -> Model:
     policy = tree.policy
     abi = abi or policy.abi
+    source_name = source_name or policy.file
     strict = Strictness(tree)
     classes = tree.classes
 
@@ -316,7 +323,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
             for atom, d in zip(ops.ATOMS, c.table):
                 rule = d.rules[0] if d.rules else None
                 words.append(pack(d, rule))
-                who = f"{policy.file}:{policy.rules[rule].line} {policy.rules[rule].text}" \
+                who = f"{source_name}:{policy.rules[rule].line} {policy.rules[rule].text}" \
                     if rule is not None else f"default {policy.default.text}"
                 comments.append(f"{atom}: {d.short()} ({who})")
             rows.append(Row(rid, words, comments))

@@ -12,9 +12,10 @@ decision functions as the fuse_ops programs).
 
 from __future__ import annotations
 
-import errno as errno_module
 from dataclasses import dataclass, field
 from typing import Optional
+
+from fpol.compiler.analyse import CANONICAL_ERRNO
 
 CONTINUE, USER, USER_PREFILTER, POSTFILTER, USER_POSTFILTER, CALL_DEFAULT = range(6)
 ROOT_NODEID = 1
@@ -68,7 +69,7 @@ class Outcome:
         signed = code - (1 << 32) if code >= 1 << 31 else code
         realised = bool(word & REALISED)
         if signed < 0:
-            return Outcome("deny", errno_module.errorcode.get(-signed, str(-signed)),
+            return Outcome("deny", CANONICAL_ERRNO.get(-signed, str(-signed)),
                            realised=realised, stage=stage)
         if signed == USER:
             return Outcome("userspace", mode="instead", stage=stage)
