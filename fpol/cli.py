@@ -507,6 +507,23 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List the policies pinned under /sys/fs/bpf/fpol/.")
     st.set_defaults(func=cmd_status)
 
+    from fpol.runtime.mount import (add_mount_arguments, add_umount_arguments,
+                                    run_mount_command, run_umount_command)
+
+    mo = sub.add_parser("mount", help="enforce a policy on a FUSE mount of a directory",
+                        description="Mount SOURCE at MOUNTPOINT through a FUSE daemon that "
+                                    "enforces the policy: every request is decided by the policy's "
+                                    "classes before it reaches SOURCE; allowed opens are handed to "
+                                    "the kernel with FUSE passthrough. Runs in the background "
+                                    "unless --foreground; `fpol umount` stops it.")
+    add_mount_arguments(mo)
+    mo.set_defaults(func=run_mount_command)
+    um = sub.add_parser("umount", help="unmount an fpol mount (a dead one too)",
+                        description="Unmount an fpol mount and stop its daemon; also clears a "
+                                    "mount whose daemon died.")
+    add_umount_arguments(um)
+    um.set_defaults(func=run_umount_command)
+
     e = sub.add_parser("explain", help="what happens to one request, and which rule decides",
                        description="Decide one request against a policy and name the deciding rule.",
                        epilog="Examples: fpol explain secrets.fpol --op open --path /secret/k "

@@ -106,7 +106,9 @@ def objects(request) -> dict:
         base = _cache_key_base()
     except ToolMissing as e:
         pytest.skip(f"clang or libbpf headers missing: {e}")
-    use_cache = os.environ.get("FPOL_TEST_NO_OBJECT_CACHE") != "1"
+    # pytest's cache (absent under `-p no:cacheprovider`) keeps objects between runs.
+    use_cache = os.environ.get("FPOL_TEST_NO_OBJECT_CACHE") != "1" and \
+        getattr(request.config, "cache", None) is not None
     cache_dir = Path(request.config.cache.mkdir("fpol-bpf-objects")) if use_cache \
         else Path(tempfile.mkdtemp(prefix="fpol-objects-"))
     jobs = []

@@ -1,0 +1,229 @@
+"""The daemon's view of the tree: nodeid <-> backing object, class, lookup count; open handles.
+
+Every node holds an O_PATH|O_NOFOLLOW descriptor of its backing object, opened relative to
+its parent's descriptor, so operations never resolve a path through the backing tree: a
+symlink inside it (or one swapped in later) cannot lead the daemon outside the backing root.
+Nodes are keyed by name under their parent, not by backing inode: the same file reached
+through two names (hard links) gets two nodeids, each with the class of its own path, which
+is how the policy decides (per path).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Callable, Optional
+
+from . import protocol as P
+
+O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def proc_path(fd: int) -> str:
+    """The magic link that names exactly the object behind fd (no path walk in the tree)."""
+    return f"/proc/self/fd/{fd}"
+
+
+class Node:
+    __slots__ = ("nodeid", "parent", "name", "fd", "cls", "nlookup", "dev", "ino", "mode",
+                 "children", "backing_id", "backing_users")
+
+    def __init__(self, nodeid: int, parent: Optional["Node"], name: Optional[bytes], fd: int,
+                 cls: int, st: os.stat_result):
+        self.nodeid = nodeid
+        self.parent = parent  # None for the root and for detached (unlinked) nodes
+        self.name = name
+        self.fd = fd
+        self.cls = cls  # the class id in the policy's class tree
+        self.nlookup = 0
+        self.dev, self.ino, self.mode = st.st_dev, st.st_ino, st.st_mode
+        self.children: dict[bytes, Node] = {}
+        self.backing_id = 0  # passthrough id shared by all open handles of this node
+        self.backing_users = 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.nodeid == P.ROOT_ID
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def path(self) -> Optional[tuple[bytes, ...]]:
+        """Components from the mount root, or None once the node is no longer linked."""
+        parts = []
+        n = self
+        while not n.is_root:
+            if n.parent is None:
+                return None
+            parts.append(n.name)
+            n = n.parent
+        return tuple(reversed(parts))
+
+    def entry(self) -> tuple["Node", bytes]:
+        """(parent, name) for *at() calls that must name the object itself (symlinks)."""
+        if self.parent is None:
+            raise OSError(errno.ENOENT, "object no longer linked")
+        return self.parent, self.name
+
+
+class InodeTable:
+    def __init__(self, root_fd: int, root_class: int):
+        self.root = Node(P.ROOT_ID, None, None, root_fd, root_class, os.stat(root_fd))
+        self.root.nlookup = 1  # never forgotten
+        self.nodes: dict[int, Node] = {P.ROOT_ID: self.root}
+        self._next = P.ROOT_ID + 1  # nodeids are never reused, so generation stays 0
+
+    def get(self, nodeid: int) -> Node:
+        node = self.nodes.get(nodeid)
+        if node is None:
+            raise OSError(errno.ESTALE, f"unknown nodeid {nodeid}")
+        return node
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    # --- names -> nodes ------------------------------------------------------------------
+
+    def lookup(self, parent: Node, name: bytes, cls: int) -> tuple[Node, os.stat_result]:
+        """Look up parent/name in the backing tree and count the lookup.
+
+        A name already known costs one fstatat(); a new object is opened O_PATH first and
+        described by fstat() of that descriptor, so node and reply agree even in a race."""
+        node = parent.children.get(name)
+        if node is not None:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            if self._same(node, st):
+                node.mode = st.st_mode
+                node.nlookup += 1
+                return node, st
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        try:
+            st = os.stat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.remember(parent, name, fd, st, cls), st
+
+    @staticmethod
+    def _same(node: Node, st: os.stat_result) -> bool:
+        return (node.dev, node.ino) == (st.st_dev, st.st_ino) \
+            and stat.S_IFMT(node.mode) == stat.S_IFMT(st.st_mode)
+
+    def remember(self, parent: Node, name: bytes, fd: int, st: os.stat_result, cls: int) -> Node:
+        """Count one lookup of parent/name, described by fd (whose ownership it takes)."""
+        node = parent.children.get(name)
+        if node is not None and self._same(node, st):
+            os.close(fd)
+            node.mode = st.st_mode
+            node.cls = cls
+        else:
+            if node is not None:  # the backing tree changed behind us: a new object
+                self._detach(node)
+            node = Node(self._next, parent, name, fd, cls, st)
+            self._next += 1
+            self.nodes[node.nodeid] = node
+            parent.children[name] = node
+        node.nlookup += 1
+        return node
+
+    def forget(self, nodeid: int, count: int) -> None:
+        node = self.nodes.get(nodeid)
+        if node is None or node.is_root:
+            return
+        node.nlookup -= count
+        if node.nlookup > 0:
+            return
+        del self.nodes[nodeid]
+        if node.parent is not None and node.parent.children.get(node.name) is node:
+            del node.parent.children[node.name]
+        os.close(node.fd)
+        node.fd = -1
+
+    # --- namespace changes ---------------------------------------------------------------
+
+    def unlinked(self, parent: Node, name: bytes) -> None:
+        node = parent.children.get(name)
+        if node is not None:
+            self._detach(node)
+
+    def moved(self, parent: Node, name: bytes, newparent: Node, newname: bytes,
+              exchange: bool, classify: Callable[[int, bytes], int]) -> None:
+        """Mirror rename(2) (or RENAME_EXCHANGE) and give moved subtrees their new classes."""
+        src = parent.children.pop(name, None)
+        dst = newparent.children.pop(newname, None)
+        if dst is not None and not exchange:
+            dst.parent = None
+            dst.name = None
+            dst = None
+        for node, p, n in ((src, newparent, newname), (dst, parent, name)):
+            if node is not None:
+                node.parent, node.name = p, n
+                p.children[n] = node
+                self._reclassify(node, classify)
+
+    def _reclassify(self, node: Node, classify: Callable[[int, bytes], int]) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            n.cls = classify(n.parent.cls, n.name)
+            stack.extend(n.children.values())
+
+    def _detach(self, node: Node) -> None:
+        if node.parent is not None and node.parent.children.get(node.name) is node:
+            del node.parent.children[node.name]
+        node.parent = None
+        node.name = None
+
+    def close_all(self) -> None:
+        for node in self.nodes.values():
+            if node.fd >= 0:
+                os.close(node.fd)
+                node.fd = -1
+        self.nodes.clear()
+
+
+class Handle:
+    """An open file or directory: the daemon's own descriptor for it."""
+
+    __slots__ = ("fh", "node", "fd", "flags", "passthrough", "entries")
+
+    def __init__(self, node: Node, fd: int, flags: int):
+        self.fh = 0
+        self.node = node
+        self.fd = fd
+        self.flags = flags
+        self.passthrough = False
+        self.entries: Optional[list] = None  # directory snapshot for readdir offsets
+
+
+class HandleTable:
+    def __init__(self):
+        self.handles: dict[int, Handle] = {}
+        self._next = 1
+
+    def add(self, handle: Handle) -> int:
+        handle.fh = self._next
+        self._next += 1
+        self.handles[handle.fh] = handle
+        return handle.fh
+
+    def get(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise OSError(errno.EBADF, f"unknown file handle {fh}")
+        return h
+
+    def pop(self, fh: int) -> Handle:
+        h = self.get(fh)
+        del self.handles[fh]
+        return h
+
+    def close_all(self) -> None:
+        for h in self.handles.values():
+            try:
+                os.close(h.fd)
+            except OSError:
+                pass
+        self.handles.clear()
