@@ -22,7 +22,7 @@ from . import libbpf
 from .objects import Built, build
 
 NAME_SLOT = 256
-REQUEST_SIZE = 4 * 7 + 4 * 2 * MAX_DEPTH + 2 * MAX_DEPTH * NAME_SLOT
+REQUEST_SIZE = 4 * 11 + 4 * 2 * MAX_DEPTH + 2 * MAX_DEPTH * NAME_SLOT
 RESULT_SIZE = 4 * 5
 REALISED = 1 << 6
 
@@ -49,11 +49,12 @@ def encode_request(req: Request) -> bytes:
     head = struct.pack("<3I", OP_NUMBER[req.op], req.flags, req.mask)
     depth = struct.pack("<2I", len(paths[0]), len(paths[1]))
     nodeids = struct.pack("<2I", *(1 if len(p) == 1 else 0 for p in paths))
+    outputs = bytes(16)  # out_cls[2], out_parent[2]: written by the program
     lens = b"".join(struct.pack("<I", len(p[i]) if i < len(p) else 0)
                     for p in paths for i in range(MAX_DEPTH))
     names = b"".join((p[i] if i < len(p) else b"").ljust(NAME_SLOT, b"\0")
                      for p in paths for i in range(MAX_DEPTH))
-    data = head + depth + nodeids + lens + names
+    data = head + depth + nodeids + outputs + lens + names
     assert len(data) == REQUEST_SIZE
     return data
 
@@ -92,7 +93,8 @@ class CheckEngine:
                     f"CAP_PERFMON): {e}") from None
             raise
         self.report = LoadReport((time.perf_counter() - start) * 1000,
-                                 [(p.name, p.stats) for p in self.obj.programs()])
+                                 [(p.name, p.stats) for p in self.obj.programs()
+                                  if p.name in ("fpol_check", "fpol_hook")])
         self.program = self.obj.program("fpol_check")
         self.requests = self.obj.map("fpol_requests")
 
@@ -122,6 +124,14 @@ class CheckEngine:
         if ret != 0:
             raise RuntimeError(f"fpol_hook returned {ret}")
         return struct.unpack("<3I", bytes(ctx))
+
+    def bench(self, req: Request, iterations: int, empty: bool = False) -> tuple[float, int]:
+        """(ns per decision measured inside the kernel, the decision word)."""
+        self.requests.update(struct.pack("<I", 0), encode_request(req))
+        ctx = bytearray(struct.pack("<QQII", iterations, 0, 0, 0))
+        self.obj.program("fpol_bench_empty" if empty else "fpol_bench").test_run(ctx)
+        _, ns, word, _ = struct.unpack("<QQII", bytes(ctx))
+        return ns / iterations, word
 
     def close(self) -> None:
         self.obj.close()
