@@ -435,6 +435,8 @@ static __always_inline __u32 fpol_code(__u32 word)
  * on its own, instead of once per call site and loop exit. */
 struct fpol_scratch {
 	__u8 name[256];
+	__u32 word;   /* the decision word of the last fpol_on_* call */
+	__u32 child;  /* the child class it found, when it looked one up */
 };
 
 struct {
@@ -450,13 +452,14 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
 }
 
-/* ASCII-fold the scratch name (case-insensitive policies). */
-__noinline int fpol_fold(__u32 len)
+/* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
+ * function is used, or clang may leave it unset and the verifier rejects the call. */
+__noinline __u32 fpol_fold(__u32 len)
 {
 #if FPOL_CASE_INSENSITIVE
 	struct fpol_scratch *sc = fpol_scratch();
 	if (!sc)
-		return 0;
+		return len;
 	for (__u32 i = 0; i < FPOL_NAME_MAX; i++) {
 		if (i >= len)
 			break;
@@ -464,7 +467,7 @@ __noinline int fpol_fold(__u32 len)
 			sc->name[i] += 'a' - 'A';
 	}
 #endif
-	return 0;
+	return len;
 }
 
 /* FNV-1a of the scratch name. */
@@ -586,12 +589,12 @@ static __always_inline __u32 fpol_new_object(__u32 slot, __u32 k, __u32 inherit_
 	return word;
 }
 
-/* rename of child class `s` in directory class `dir` to child class `d`. fuse-bpf keeps
+/* rename of child class `s` to child class `d` of one directory. fuse-bpf keeps
  * an inode's program for as long as it is cached (spec §8), so the moved object goes
  * on being judged as class `s`: safe only when its new place is class `s` as well.
  * The destination is known only when fuse-bpf shows both directories' nodeids and
  * they are equal (below the root, nodeids are 0). */
-static __always_inline __u32 fpol_rename(__u32 dir, __u32 s, int d_known, __u32 d)
+static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_RENAME_SRC);
 	if (d_known)
@@ -641,6 +644,105 @@ static __always_inline __u32 fpol_copy_file_range(__u32 s)
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
 
+/* ---- hook bodies ----
+ * One global function per kind of fuse_ops call. The struct_ops programs are stubs that
+ * read their arguments (names into the scratch buffer) and call these; the check
+ * object's fpol_decide and fpol_hook call the very same functions. Each returns the
+ * hook's return code and leaves the decision word (and the child class it looked up)
+ * in the scratch buffer. Being global, each is compiled and verified once. */
+
+static __always_inline __u32 fpol_done(__u32 word, __u32 child)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	if (sc) {
+		sc->word = word;
+		sc->child = child;
+	}
+	return fpol_code(word);
+}
+
+/* An op on the object itself, in class `cls`. */
+__noinline __u32 fpol_on_object(__u32 cls, __u32 slot)
+{
+	return fpol_done(fpol_word(cls, slot), cls);
+}
+
+/* fsync and fsyncdir share the fsync slot (spec §10): tell them apart by opcode. */
+__noinline __u32 fpol_on_fsync(__u32 cls, __u32 opcode)
+{
+	return fpol_on_object(cls, (opcode & FUSE_OPCODE_FILTER) == 30
+				   ? FPOL_SLOT_FSYNCDIR : FPOL_SLOT_FSYNC);
+}
+
+/* lookup of the scratch name (`len` bytes) in a directory of class `dir`. */
+__noinline __u32 fpol_on_lookup(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
+	fpol_done(word, child);
+	return fpol_lookup_code(dir, child, word);
+}
+
+/* create, mknod, mkdir or symlink (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 r = fpol_child(dir, len);
+	__u32 child = r & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+}
+
+/* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_remove(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_word(child, slot), child);
+}
+
+/* rename of child class `src` to child class `dst` (known or not) of one directory;
+ * `exchange` for RENAME_EXCHANGE, which moves both. */
+__noinline __u32 fpol_on_rename(__u32 src, __u32 known, __u32 dst, __u32 exchange)
+{
+	__u32 word = fpol_rename(src, known, dst);
+	if (exchange && FPOL_KIND(word) == FPOL_ALLOW)
+		word = fpol_stricter(word, fpol_rename(dst, known, src));
+	return fpol_done(word, src);
+}
+
+__noinline __u32 fpol_on_link(__u32 cls)
+{
+	return fpol_done(fpol_link(cls), cls);
+}
+
+__noinline __u32 fpol_on_copy_file_range(__u32 cls)
+{
+	return fpol_done(fpol_copy_file_range(cls), cls);
+}
+
+/* The class of the scratch name in class `dir`, or FPOL_NCLASSES for a bad name. */
+__noinline __u32 fpol_on_child(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return FPOL_NCLASSES;
+	return fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+}
+
+static __always_inline __u32 fpol_last_word(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->word : FPOL_WORD_BADNAME;
+}
+
+static __always_inline __u32 fpol_last_child(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->child : 0;
+}
 /* ---- end of decision logic ---- */
 
 #define FPOL_MAX_DEPTH 16
@@ -707,13 +809,14 @@ struct {
 
 /* Walk path `which` to its last component: the parent's class and the object's class. */
 static __always_inline int fpol_walk(struct fpol_request *req, __u32 which,
-				     __u32 *parent, __u32 *object, __u32 *inherit_ok)
+				     __u32 *parent, __u32 *object, __u32 *last_len)
 {
 	struct fpol_scratch *sc = fpol_scratch();
 	if (!sc)
 		return 0;
 	__u32 depth = req->depth[which & 1];
-	__u32 cls = 0, prev = 0, ok = 1;
+	__u32 cls = 0, prev = 0;
+	*last_len = 0;
 	if (depth > FPOL_MAX_DEPTH)
 		return 0;
 	for (__u32 i = 0; i < FPOL_MAX_DEPTH; i++) {
@@ -725,13 +828,11 @@ static __always_inline int fpol_walk(struct fpol_request *req, __u32 which,
 		__builtin_memcpy(sc->name, req->name[which & 1][i], 256);
 		fpol_fold(len);
 		prev = cls;
-		__u32 r = fpol_child(cls, len);
-		cls = r & ~FPOL_INHERIT_OK;
-		ok = (r & FPOL_INHERIT_OK) != 0;
+		cls = fpol_child(cls, len) & ~FPOL_INHERIT_OK;
+		*last_len = len;
 	}
 	*parent = prev;
 	*object = cls;
-	*inherit_ok = ok;
 	return 1;
 }
 
@@ -740,120 +841,120 @@ static __always_inline int fpol_walk(struct fpol_request *req, __u32 which,
  * the verifier checks it once. */
 __noinline __u32 fpol_decide(void)
 {
-	__u32 zero = 0, parent = 0, object = 0, ok = 0, dparent = 0, dobject = 0, dok = 0;
+	__u32 zero = 0, parent = 0, object = 0, len = 0, dparent = 0, dobject = 0, dlen = 0;
 	struct fpol_request *req = bpf_map_lookup_elem(&fpol_requests, &zero);
-	__u32 word;
 
 	if (!req)
 		return FPOL_WORD_BADNAME;
-	if (!fpol_walk(req, 0, &parent, &object, &ok))
+	if (!fpol_walk(req, 0, &parent, &object, &len))
 		return FPOL_WORD_BADNAME;
 	req->out_cls[0] = object;
 	req->out_parent[0] = parent;
+	/* The walk leaves the last name in the scratch buffer, as a hook would find it. */
 	switch (req->op) {
-	case FPOL_OP_OPEN:
-		word = fpol_word(object, fpol_open_slot(req->flags));
-		break;
-	case FPOL_OP_ACCESS:
-		word = fpol_word(object, fpol_access_slot(req->mask));
+	case FPOL_OP_LOOKUP:
+		fpol_on_lookup(parent, len);
 		break;
 	case FPOL_OP_CREATE:
-		word = fpol_new_object(fpol_create_slot(req->flags), object, ok);
+		fpol_on_create(parent, fpol_create_slot(req->flags), len);
 		break;
 	case FPOL_OP_MKNOD:
-		word = fpol_new_object(FPOL_SLOT_MKNOD, object, ok);
+		fpol_on_create(parent, FPOL_SLOT_MKNOD, len);
 		break;
 	case FPOL_OP_MKDIR:
-		word = fpol_new_object(FPOL_SLOT_MKDIR, object, ok);
+		fpol_on_create(parent, FPOL_SLOT_MKDIR, len);
 		break;
 	case FPOL_OP_SYMLINK:
-		word = fpol_new_object(FPOL_SLOT_SYMLINK, object, ok);
+		fpol_on_create(parent, FPOL_SLOT_SYMLINK, len);
+		break;
+	case FPOL_OP_UNLINK:
+		fpol_on_remove(parent, FPOL_SLOT_UNLINK, len);
+		break;
+	case FPOL_OP_RMDIR:
+		fpol_on_remove(parent, FPOL_SLOT_RMDIR, len);
 		break;
 	case FPOL_OP_RENAME: {
-		int known = req->dir_nodeid[0] != 0 && req->dir_nodeid[0] == req->dir_nodeid[1];
-		if (known && !fpol_walk(req, 1, &dparent, &dobject, &dok))
+		__u32 known = req->dir_nodeid[0] != 0 && req->dir_nodeid[0] == req->dir_nodeid[1];
+		if (known && !fpol_walk(req, 1, &dparent, &dobject, &dlen))
 			return FPOL_WORD_BADNAME;
 		req->out_cls[1] = dobject;
 		req->out_parent[1] = dparent;
-		word = fpol_rename(parent, object, known, dobject);
+		fpol_on_rename(object, known, dobject, 0);
 		break;
 	}
 	case FPOL_OP_LINK:
-		word = fpol_link(object);
+		fpol_on_link(object);
 		break;
 	case FPOL_OP_COPY_FILE_RANGE:
-		word = fpol_copy_file_range(object);
+		fpol_on_copy_file_range(object);
 		break;
-	case FPOL_OP_LOOKUP:
-		word = fpol_word(object, FPOL_SLOT_LOOKUP);
+	case FPOL_OP_OPEN:
+		fpol_on_object(object, fpol_open_slot(req->flags));
 		break;
-	case FPOL_OP_GETATTR:
-		word = fpol_word(object, FPOL_SLOT_GETATTR);
-		break;
-	case FPOL_OP_SETATTR:
-		word = fpol_word(object, FPOL_SLOT_SETATTR);
-		break;
-	case FPOL_OP_OPENDIR:
-		word = fpol_word(object, FPOL_SLOT_OPENDIR);
-		break;
-	case FPOL_OP_UNLINK:
-		word = fpol_word(object, FPOL_SLOT_UNLINK);
-		break;
-	case FPOL_OP_RMDIR:
-		word = fpol_word(object, FPOL_SLOT_RMDIR);
-		break;
-	case FPOL_OP_READLINK:
-		word = fpol_word(object, FPOL_SLOT_READLINK);
-		break;
-	case FPOL_OP_READ:
-		word = fpol_word(object, FPOL_SLOT_READ);
-		break;
-	case FPOL_OP_WRITE:
-		word = fpol_word(object, FPOL_SLOT_WRITE);
-		break;
-	case FPOL_OP_FALLOCATE:
-		word = fpol_word(object, FPOL_SLOT_FALLOCATE);
-		break;
-	case FPOL_OP_LSEEK:
-		word = fpol_word(object, FPOL_SLOT_LSEEK);
-		break;
-	case FPOL_OP_FLUSH:
-		word = fpol_word(object, FPOL_SLOT_FLUSH);
-		break;
-	case FPOL_OP_FSYNC:
-		word = fpol_word(object, FPOL_SLOT_FSYNC);
+	case FPOL_OP_ACCESS:
+		fpol_on_object(object, fpol_access_slot(req->mask));
 		break;
 	case FPOL_OP_FSYNCDIR:
-		word = fpol_word(object, FPOL_SLOT_FSYNCDIR);
+		fpol_on_fsync(object, 30);
+		break;
+	case FPOL_OP_GETATTR:
+		fpol_on_object(object, FPOL_SLOT_GETATTR);
+		break;
+	case FPOL_OP_SETATTR:
+		fpol_on_object(object, FPOL_SLOT_SETATTR);
+		break;
+	case FPOL_OP_OPENDIR:
+		fpol_on_object(object, FPOL_SLOT_OPENDIR);
+		break;
+	case FPOL_OP_READLINK:
+		fpol_on_object(object, FPOL_SLOT_READLINK);
+		break;
+	case FPOL_OP_READ:
+		fpol_on_object(object, FPOL_SLOT_READ);
+		break;
+	case FPOL_OP_WRITE:
+		fpol_on_object(object, FPOL_SLOT_WRITE);
+		break;
+	case FPOL_OP_FALLOCATE:
+		fpol_on_object(object, FPOL_SLOT_FALLOCATE);
+		break;
+	case FPOL_OP_LSEEK:
+		fpol_on_object(object, FPOL_SLOT_LSEEK);
+		break;
+	case FPOL_OP_FLUSH:
+		fpol_on_object(object, FPOL_SLOT_FLUSH);
+		break;
+	case FPOL_OP_FSYNC:
+		fpol_on_object(object, FPOL_SLOT_FSYNC);
 		break;
 	case FPOL_OP_RELEASE:
-		word = fpol_word(object, FPOL_SLOT_RELEASE);
+		fpol_on_object(object, FPOL_SLOT_RELEASE);
 		break;
 	case FPOL_OP_RELEASEDIR:
-		word = fpol_word(object, FPOL_SLOT_RELEASEDIR);
+		fpol_on_object(object, FPOL_SLOT_RELEASEDIR);
 		break;
 	case FPOL_OP_READDIR:
-		word = fpol_word(object, FPOL_SLOT_READDIR);
+		fpol_on_object(object, FPOL_SLOT_READDIR);
 		break;
 	case FPOL_OP_STATFS:
-		word = fpol_word(object, FPOL_SLOT_STATFS);
+		fpol_on_object(object, FPOL_SLOT_STATFS);
 		break;
 	case FPOL_OP_GETXATTR:
-		word = fpol_word(object, FPOL_SLOT_GETXATTR);
+		fpol_on_object(object, FPOL_SLOT_GETXATTR);
 		break;
 	case FPOL_OP_LISTXATTR:
-		word = fpol_word(object, FPOL_SLOT_LISTXATTR);
+		fpol_on_object(object, FPOL_SLOT_LISTXATTR);
 		break;
 	case FPOL_OP_SETXATTR:
-		word = fpol_word(object, FPOL_SLOT_SETXATTR);
+		fpol_on_object(object, FPOL_SLOT_SETXATTR);
 		break;
 	case FPOL_OP_REMOVEXATTR:
-		word = fpol_word(object, FPOL_SLOT_REMOVEXATTR);
+		fpol_on_object(object, FPOL_SLOT_REMOVEXATTR);
 		break;
 	default:
-		word = FPOL_WORD_BADNAME;
+		return FPOL_WORD_BADNAME;
 	}
-	return word;
+	return fpol_last_word();
 }
 
 SEC("syscall")
@@ -992,108 +1093,84 @@ const __u8 fpol_op_slots[31] = {
 	46, /* removexattr */
 };
 
-/* Load name `which` of the request into the scratch buffer; its class under `dir`. */
-static __always_inline int fpol_hook_child(struct fpol_hook_request *req, __u32 which, __u32 dir,
-					   __u32 *child, __u32 *ok)
+/* Load name `which` of the request into the scratch buffer; its length. */
+static __always_inline __u32 fpol_hook_name(struct fpol_hook_request *req, __u32 which)
 {
 	struct fpol_scratch *sc = fpol_scratch();
 	__u32 len = req->len[which & 1];
 	if (!sc || len == 0 || len > FPOL_NAME_MAX)
-		return 0;
+		return FPOL_NAME_MAX + 1;
 	__builtin_memcpy(sc->name, req->name[which & 1], 256);
 	fpol_fold(len);
-	__u32 r = fpol_child(dir, len);
-	*child = r & ~FPOL_INHERIT_OK;
-	*ok = (r & FPOL_INHERIT_OK) != 0;
-	return 1;
+	return len;
 }
 
 SEC("syscall")
 int fpol_hook(struct fpol_hook_result *res)
 {
-	__u32 zero = 0, child = 0, ok = 0, dst = 0, word = FPOL_WORD_BADNAME, code;
+	__u32 zero = 0, code = BPF_FUSE_CONTINUE;
 	struct fpol_hook_request *req = bpf_map_lookup_elem(&fpol_hook_requests, &zero);
-	if (!req)
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!req || !sc)
 		return 1;
 	__u32 cls = req->cls, op = req->op;
 	__u32 slot = op < 31 ? fpol_op_slots[op] : FPOL_NSLOTS;
+	sc->word = 0;
+	sc->child = cls;
 	switch (req->hook) {
 	case FPOL_HOOK_OBJECT:
-		if (op == FPOL_OP_ACCESS && !(req->flags & MAY_ACCESS)) {
-			res->code = BPF_FUSE_CONTINUE;  /* a VFS permission check, judged elsewhere */
-			res->word = 0;
-			return 0;
-		}
+		if (op == FPOL_OP_ACCESS && !(req->flags & MAY_ACCESS))
+			break;  /* a VFS permission check, judged by its own hook */
 		if (op == FPOL_OP_OPEN)
 			slot = fpol_open_slot(req->flags);
 		else if (op == FPOL_OP_ACCESS)
 			slot = fpol_access_slot(req->flags);
-		word = fpol_word(cls, slot);
-		code = fpol_code(word);
+		code = fpol_on_object(cls, slot);
 		break;
 	case FPOL_HOOK_FSYNC:
-		word = fpol_word(cls, req->opcode == 30 ? FPOL_SLOT_FSYNCDIR : FPOL_SLOT_FSYNC);
-		code = fpol_code(word);
+		code = fpol_on_fsync(cls, req->opcode);
 		break;
 	case FPOL_HOOK_LOOKUP:
-		if (!fpol_hook_child(req, 0, cls, &child, &ok))
-			break;
-		word = fpol_word(child, FPOL_SLOT_LOOKUP);
-		code = fpol_lookup_code(cls, child, word);
-		res->child = child;
-		res->word = word;
-		res->code = code;
-		return 0;
+		code = fpol_on_lookup(cls, fpol_hook_name(req, 0));
+		break;
 	case FPOL_HOOK_LOOKUP_POST:
-		if (!fpol_hook_child(req, 0, cls, &child, &ok))
-			break;
-		res->child = child;
-		res->code = BPF_FUSE_CONTINUE;
-		res->word = 0;
-		return 0;
+		sc->child = fpol_on_child(cls, fpol_hook_name(req, 0));
+		break;
 	case FPOL_HOOK_CREATE:
-		if (!fpol_hook_child(req, 0, cls, &child, &ok))
-			break;
 		if (op == FPOL_OP_CREATE)
 			slot = fpol_create_slot(req->flags);
-		word = fpol_new_object(slot, child, ok);
-		code = fpol_code(word);
-		res->child = child;
+		code = fpol_on_create(cls, slot, fpol_hook_name(req, 0));
 		break;
 	case FPOL_HOOK_REMOVE:
-		if (!fpol_hook_child(req, 0, cls, &child, &ok))
-			break;
-		word = fpol_word(child, slot);
-		code = fpol_code(word);
-		res->child = child;
+		code = fpol_on_remove(cls, slot, fpol_hook_name(req, 0));
 		break;
 	case FPOL_HOOK_RENAME:
 	case FPOL_HOOK_RENAME2: {
-		if (!fpol_hook_child(req, 0, cls, &child, &ok))
+		__u32 known = req->nodeid != 0 && req->newdir == req->nodeid, dst = 0;
+		__u32 src = fpol_on_child(cls, fpol_hook_name(req, 0));
+		if (known)
+			dst = fpol_on_child(cls, fpol_hook_name(req, 1));
+		if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES) {
+			code = fpol_code(FPOL_WORD_BADNAME);
+			sc->word = FPOL_WORD_BADNAME;
 			break;
-		int known = req->nodeid != 0 && req->newdir == req->nodeid;
-		if (known && !fpol_hook_child(req, 1, cls, &dst, &ok))
-			break;
-		word = fpol_rename(cls, child, known, dst);
-		if (req->hook == FPOL_HOOK_RENAME2 && FPOL_KIND(word) == FPOL_ALLOW &&
-		    (req->flags & RENAME_EXCHANGE))
-			word = fpol_stricter(word, fpol_rename(cls, dst, known, child));
-		code = fpol_code(word);
-		res->child = child;
+		}
+		code = fpol_on_rename(src, known, dst,
+				      req->hook == FPOL_HOOK_RENAME2 && (req->flags & RENAME_EXCHANGE));
 		break;
 	}
 	case FPOL_HOOK_LINK:
-		word = fpol_link(cls);
-		code = fpol_code(word);
+		code = fpol_on_link(cls);
 		break;
 	case FPOL_HOOK_CFR:
-		word = fpol_copy_file_range(cls);
-		code = fpol_code(word);
+		code = fpol_on_copy_file_range(cls);
 		break;
 	default:
-		break;
+		code = fpol_code(FPOL_WORD_BADNAME);
+		sc->word = FPOL_WORD_BADNAME;
 	}
-	res->word = word;
-	res->code = fpol_code(word);
+	res->code = code;
+	res->word = sc->word;
+	res->child = sc->child;
 	return 0;
 }

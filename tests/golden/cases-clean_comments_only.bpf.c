@@ -381,6 +381,8 @@ static __always_inline __u32 fpol_code(__u32 word)
  * on its own, instead of once per call site and loop exit. */
 struct fpol_scratch {
 	__u8 name[256];
+	__u32 word;   /* the decision word of the last fpol_on_* call */
+	__u32 child;  /* the child class it found, when it looked one up */
 };
 
 struct {
@@ -396,13 +398,14 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
 }
 
-/* ASCII-fold the scratch name (case-insensitive policies). */
-__noinline int fpol_fold(__u32 len)
+/* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
+ * function is used, or clang may leave it unset and the verifier rejects the call. */
+__noinline __u32 fpol_fold(__u32 len)
 {
 #if FPOL_CASE_INSENSITIVE
 	struct fpol_scratch *sc = fpol_scratch();
 	if (!sc)
-		return 0;
+		return len;
 	for (__u32 i = 0; i < FPOL_NAME_MAX; i++) {
 		if (i >= len)
 			break;
@@ -410,7 +413,7 @@ __noinline int fpol_fold(__u32 len)
 			sc->name[i] += 'a' - 'A';
 	}
 #endif
-	return 0;
+	return len;
 }
 
 /* FNV-1a of the scratch name. */
@@ -532,12 +535,12 @@ static __always_inline __u32 fpol_new_object(__u32 slot, __u32 k, __u32 inherit_
 	return word;
 }
 
-/* rename of child class `s` in directory class `dir` to child class `d`. fuse-bpf keeps
+/* rename of child class `s` to child class `d` of one directory. fuse-bpf keeps
  * an inode's program for as long as it is cached (spec §8), so the moved object goes
  * on being judged as class `s`: safe only when its new place is class `s` as well.
  * The destination is known only when fuse-bpf shows both directories' nodeids and
  * they are equal (below the root, nodeids are 0). */
-static __always_inline __u32 fpol_rename(__u32 dir, __u32 s, int d_known, __u32 d)
+static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_RENAME_SRC);
 	if (d_known)
@@ -587,6 +590,105 @@ static __always_inline __u32 fpol_copy_file_range(__u32 s)
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
 
+/* ---- hook bodies ----
+ * One global function per kind of fuse_ops call. The struct_ops programs are stubs that
+ * read their arguments (names into the scratch buffer) and call these; the check
+ * object's fpol_decide and fpol_hook call the very same functions. Each returns the
+ * hook's return code and leaves the decision word (and the child class it looked up)
+ * in the scratch buffer. Being global, each is compiled and verified once. */
+
+static __always_inline __u32 fpol_done(__u32 word, __u32 child)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	if (sc) {
+		sc->word = word;
+		sc->child = child;
+	}
+	return fpol_code(word);
+}
+
+/* An op on the object itself, in class `cls`. */
+__noinline __u32 fpol_on_object(__u32 cls, __u32 slot)
+{
+	return fpol_done(fpol_word(cls, slot), cls);
+}
+
+/* fsync and fsyncdir share the fsync slot (spec §10): tell them apart by opcode. */
+__noinline __u32 fpol_on_fsync(__u32 cls, __u32 opcode)
+{
+	return fpol_on_object(cls, (opcode & FUSE_OPCODE_FILTER) == 30
+				   ? FPOL_SLOT_FSYNCDIR : FPOL_SLOT_FSYNC);
+}
+
+/* lookup of the scratch name (`len` bytes) in a directory of class `dir`. */
+__noinline __u32 fpol_on_lookup(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
+	fpol_done(word, child);
+	return fpol_lookup_code(dir, child, word);
+}
+
+/* create, mknod, mkdir or symlink (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 r = fpol_child(dir, len);
+	__u32 child = r & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+}
+
+/* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_remove(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_word(child, slot), child);
+}
+
+/* rename of child class `src` to child class `dst` (known or not) of one directory;
+ * `exchange` for RENAME_EXCHANGE, which moves both. */
+__noinline __u32 fpol_on_rename(__u32 src, __u32 known, __u32 dst, __u32 exchange)
+{
+	__u32 word = fpol_rename(src, known, dst);
+	if (exchange && FPOL_KIND(word) == FPOL_ALLOW)
+		word = fpol_stricter(word, fpol_rename(dst, known, src));
+	return fpol_done(word, src);
+}
+
+__noinline __u32 fpol_on_link(__u32 cls)
+{
+	return fpol_done(fpol_link(cls), cls);
+}
+
+__noinline __u32 fpol_on_copy_file_range(__u32 cls)
+{
+	return fpol_done(fpol_copy_file_range(cls), cls);
+}
+
+/* The class of the scratch name in class `dir`, or FPOL_NCLASSES for a bad name. */
+__noinline __u32 fpol_on_child(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return FPOL_NCLASSES;
+	return fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+}
+
+static __always_inline __u32 fpol_last_word(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->word : FPOL_WORD_BADNAME;
+}
+
+static __always_inline __u32 fpol_last_child(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->child : 0;
+}
 /* ---- end of decision logic ---- */
 
 /* Instance names, by class: what lookup_postfilter writes into FUSE_ENTRY_BPF entries. */
@@ -630,47 +732,34 @@ static __always_inline __u32 fpol_read_name(const struct fuse_buffer *buf)
 	return n;
 }
 
-/* Send an audit event when the word asks for one (with the scratch name if `named`). */
-static __always_inline void fpol_emit(const struct bpf_fuse_meta_info *meta, __u32 word, __u32 cls,
-				      int named, __u32 len)
+/* Send an audit event for the last decision (scratch word and child) if it asks for one;
+ * `len` > 0: the scratch buffer holds the name the event is about. */
+__noinline int fpol_audit_event(__u64 nodeid, __u32 opcode, __u32 len)
 {
-	if (!(word & FPOL_AUDIT))
-		return;
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!sc || !(sc->word & FPOL_AUDIT))
+		return 0;
 	struct fpol_event *ev = bpf_ringbuf_reserve(&fpol_audit, sizeof(*ev), 0);
 	if (!ev)
-		return;
-	ev->nodeid = meta->nodeid;
-	ev->opcode = meta->opcode;
-	ev->word = word;
-	ev->cls = cls;
+		return 0;
+	ev->nodeid = nodeid;
+	ev->opcode = opcode;
+	ev->word = sc->word;
+	ev->cls = sc->child;
 	ev->name_len = 0;
-	struct fpol_scratch *sc = fpol_scratch();
-	if (named && sc && len <= FPOL_NAME_MAX) {
+	if (len > 0 && len <= FPOL_NAME_MAX) {
 		__builtin_memcpy(ev->name, sc->name, 256);
 		ev->name_len = len;
 	}
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
 }
 
-/* The decision for an op on the object itself, in class `cls`. */
-static __always_inline __u32 fpol_object(const struct bpf_fuse_meta_info *meta, __u32 cls, __u32 slot)
+/* What every stub ends with: the audit event, then the return code. */
+static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, __u32 code, __u32 len)
 {
-	__u32 word = fpol_word(cls, slot);
-	fpol_emit(meta, word, cls, 0, 0);
-	return fpol_code(word);
-}
-
-/* The class of the child named by `name` of a directory in class `dir`; 0 on a bad name. */
-static __always_inline int fpol_named_child(const struct fuse_buffer *name, __u32 dir,
-					    __u32 *len, __u32 *child, __u32 *inherit_ok)
-{
-	*len = fpol_read_name(name);
-	if (*len > FPOL_NAME_MAX)
-		return 0;
-	__u32 r = fpol_child(dir, *len);
-	*child = r & ~FPOL_INHERIT_OK;
-	*inherit_ok = (r & FPOL_INHERIT_OK) != 0;
-	return 1;
+	fpol_audit_event(meta->nodeid, meta->opcode, len);
+	return code;
 }
 
 /* One instance per class. */

@@ -771,6 +771,8 @@ static __always_inline __u32 fpol_code(__u32 word)
  * on its own, instead of once per call site and loop exit. */
 struct fpol_scratch {
 	__u8 name[256];
+	__u32 word;   /* the decision word of the last fpol_on_* call */
+	__u32 child;  /* the child class it found, when it looked one up */
 };
 
 struct {
@@ -786,13 +788,14 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
 }
 
-/* ASCII-fold the scratch name (case-insensitive policies). */
-__noinline int fpol_fold(__u32 len)
+/* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
+ * function is used, or clang may leave it unset and the verifier rejects the call. */
+__noinline __u32 fpol_fold(__u32 len)
 {
 #if FPOL_CASE_INSENSITIVE
 	struct fpol_scratch *sc = fpol_scratch();
 	if (!sc)
-		return 0;
+		return len;
 	for (__u32 i = 0; i < FPOL_NAME_MAX; i++) {
 		if (i >= len)
 			break;
@@ -800,7 +803,7 @@ __noinline int fpol_fold(__u32 len)
 			sc->name[i] += 'a' - 'A';
 	}
 #endif
-	return 0;
+	return len;
 }
 
 /* FNV-1a of the scratch name. */
@@ -922,12 +925,12 @@ static __always_inline __u32 fpol_new_object(__u32 slot, __u32 k, __u32 inherit_
 	return word;
 }
 
-/* rename of child class `s` in directory class `dir` to child class `d`. fuse-bpf keeps
+/* rename of child class `s` to child class `d` of one directory. fuse-bpf keeps
  * an inode's program for as long as it is cached (spec §8), so the moved object goes
  * on being judged as class `s`: safe only when its new place is class `s` as well.
  * The destination is known only when fuse-bpf shows both directories' nodeids and
  * they are equal (below the root, nodeids are 0). */
-static __always_inline __u32 fpol_rename(__u32 dir, __u32 s, int d_known, __u32 d)
+static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_RENAME_SRC);
 	if (d_known)
@@ -977,6 +980,105 @@ static __always_inline __u32 fpol_copy_file_range(__u32 s)
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
 
+/* ---- hook bodies ----
+ * One global function per kind of fuse_ops call. The struct_ops programs are stubs that
+ * read their arguments (names into the scratch buffer) and call these; the check
+ * object's fpol_decide and fpol_hook call the very same functions. Each returns the
+ * hook's return code and leaves the decision word (and the child class it looked up)
+ * in the scratch buffer. Being global, each is compiled and verified once. */
+
+static __always_inline __u32 fpol_done(__u32 word, __u32 child)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	if (sc) {
+		sc->word = word;
+		sc->child = child;
+	}
+	return fpol_code(word);
+}
+
+/* An op on the object itself, in class `cls`. */
+__noinline __u32 fpol_on_object(__u32 cls, __u32 slot)
+{
+	return fpol_done(fpol_word(cls, slot), cls);
+}
+
+/* fsync and fsyncdir share the fsync slot (spec §10): tell them apart by opcode. */
+__noinline __u32 fpol_on_fsync(__u32 cls, __u32 opcode)
+{
+	return fpol_on_object(cls, (opcode & FUSE_OPCODE_FILTER) == 30
+				   ? FPOL_SLOT_FSYNCDIR : FPOL_SLOT_FSYNC);
+}
+
+/* lookup of the scratch name (`len` bytes) in a directory of class `dir`. */
+__noinline __u32 fpol_on_lookup(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
+	fpol_done(word, child);
+	return fpol_lookup_code(dir, child, word);
+}
+
+/* create, mknod, mkdir or symlink (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 r = fpol_child(dir, len);
+	__u32 child = r & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+}
+
+/* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_remove(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_word(child, slot), child);
+}
+
+/* rename of child class `src` to child class `dst` (known or not) of one directory;
+ * `exchange` for RENAME_EXCHANGE, which moves both. */
+__noinline __u32 fpol_on_rename(__u32 src, __u32 known, __u32 dst, __u32 exchange)
+{
+	__u32 word = fpol_rename(src, known, dst);
+	if (exchange && FPOL_KIND(word) == FPOL_ALLOW)
+		word = fpol_stricter(word, fpol_rename(dst, known, src));
+	return fpol_done(word, src);
+}
+
+__noinline __u32 fpol_on_link(__u32 cls)
+{
+	return fpol_done(fpol_link(cls), cls);
+}
+
+__noinline __u32 fpol_on_copy_file_range(__u32 cls)
+{
+	return fpol_done(fpol_copy_file_range(cls), cls);
+}
+
+/* The class of the scratch name in class `dir`, or FPOL_NCLASSES for a bad name. */
+__noinline __u32 fpol_on_child(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return FPOL_NCLASSES;
+	return fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+}
+
+static __always_inline __u32 fpol_last_word(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->word : FPOL_WORD_BADNAME;
+}
+
+static __always_inline __u32 fpol_last_child(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->child : 0;
+}
 /* ---- end of decision logic ---- */
 
 /* Instance names, by class: what lookup_postfilter writes into FUSE_ENTRY_BPF entries. */
@@ -1062,90 +1164,70 @@ static __always_inline __u32 fpol_read_name(const struct fuse_buffer *buf)
 	return n;
 }
 
-/* Send an audit event when the word asks for one (with the scratch name if `named`). */
-static __always_inline void fpol_emit(const struct bpf_fuse_meta_info *meta, __u32 word, __u32 cls,
-				      int named, __u32 len)
+/* Send an audit event for the last decision (scratch word and child) if it asks for one;
+ * `len` > 0: the scratch buffer holds the name the event is about. */
+__noinline int fpol_audit_event(__u64 nodeid, __u32 opcode, __u32 len)
 {
-	if (!(word & FPOL_AUDIT))
-		return;
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!sc || !(sc->word & FPOL_AUDIT))
+		return 0;
 	struct fpol_event *ev = bpf_ringbuf_reserve(&fpol_audit, sizeof(*ev), 0);
 	if (!ev)
-		return;
-	ev->nodeid = meta->nodeid;
-	ev->opcode = meta->opcode;
-	ev->word = word;
-	ev->cls = cls;
+		return 0;
+	ev->nodeid = nodeid;
+	ev->opcode = opcode;
+	ev->word = sc->word;
+	ev->cls = sc->child;
 	ev->name_len = 0;
-	struct fpol_scratch *sc = fpol_scratch();
-	if (named && sc && len <= FPOL_NAME_MAX) {
+	if (len > 0 && len <= FPOL_NAME_MAX) {
 		__builtin_memcpy(ev->name, sc->name, 256);
 		ev->name_len = len;
 	}
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
 }
 
-/* The decision for an op on the object itself, in class `cls`. */
-static __always_inline __u32 fpol_object(const struct bpf_fuse_meta_info *meta, __u32 cls, __u32 slot)
+/* What every stub ends with: the audit event, then the return code. */
+static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, __u32 code, __u32 len)
 {
-	__u32 word = fpol_word(cls, slot);
-	fpol_emit(meta, word, cls, 0, 0);
-	return fpol_code(word);
-}
-
-/* The class of the child named by `name` of a directory in class `dir`; 0 on a bad name. */
-static __always_inline int fpol_named_child(const struct fuse_buffer *name, __u32 dir,
-					    __u32 *len, __u32 *child, __u32 *inherit_ok)
-{
-	*len = fpol_read_name(name);
-	if (*len > FPOL_NAME_MAX)
-		return 0;
-	__u32 r = fpol_child(dir, *len);
-	*child = r & ~FPOL_INHERIT_OK;
-	*inherit_ok = (r & FPOL_INHERIT_OK) != 0;
-	return 1;
+	fpol_audit_event(meta->nodeid, meta->opcode, len);
+	return code;
 }
 
 /* copy_file_range_prefilter for classes 0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(0);
-	fpol_emit(meta, word, 0, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
 }
 
 /* create_open_prefilter for class 0 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
 }
 
 /* link_prefilter for classes 0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42 */
 SEC("struct_ops/link_prefilter")
 __u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
 {
-	__u32 word = fpol_link(0);
-	fpol_emit(meta, word, 0, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_link(0), 0);
 }
 
 /* lookup_postfilter for class 0 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 0, &len, &child, &ok) || child == 0)
+	__u32 child = fpol_on_child(0, fpol_read_name(name));
+	if (child == 0)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1159,12 +1241,8 @@ __u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(0, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(0, len), len);
 }
 
 /* mkdir_postfilter for classes 0, 1, 2, 4, 5, 11, 14, 25, 42 */
@@ -1180,102 +1258,84 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 0 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 0 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 0, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 0, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(0, len);
+	if (known)
+		dst = fpol_on_child(0, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(0, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(0, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 0 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 0, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 0, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(0, len);
+	if (known)
+		dst = fpol_on_child(0, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(0, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 0 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 1 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 1 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 1, &len, &child, &ok) || child == 1)
+	__u32 child = fpol_on_child(1, fpol_read_name(name));
+	if (child == 1)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1289,138 +1349,108 @@ __u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(1, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(1, len), len);
 }
 
 /* mkdir_prefilter for class 1 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 1 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 1 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 1, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 1, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(1, len);
+	if (known)
+		dst = fpol_on_child(1, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(1, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(1, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 1 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 1, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 1, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(1, len);
+	if (known)
+		dst = fpol_on_child(1, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(1, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 1 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 1 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 1 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 2 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 2 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 2, &len, &child, &ok) || child == 2)
+	__u32 child = fpol_on_child(2, fpol_read_name(name));
+	if (child == 2)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1434,154 +1464,124 @@ __u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(2, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(2, len), len);
 }
 
 /* mkdir_prefilter for class 2 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 2 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_2, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 2 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 2, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 2, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(2, len);
+	if (known)
+		dst = fpol_on_child(2, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(2, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(2, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 2 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 2, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 2, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(2, len);
+	if (known)
+		dst = fpol_on_child(2, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(2, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 2 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(2, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 2 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 2 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(2, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* rename2_prefilter for classes 3, 7, 8, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 36, 37, 38, 39, 40, 41 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 3, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 3, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(3, len);
+	if (known)
+		dst = fpol_on_child(3, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(3, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(3, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for classes 3, 7, 8, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 36, 37, 38, 39, 40, 41 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 3, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 3, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(3, len);
+	if (known)
+		dst = fpol_on_child(3, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(3, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* access_prefilter for class 4 */
@@ -1592,28 +1592,22 @@ __u32 BPF_PROG(fpol_access_4, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 4, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(4, fpol_access_slot(in->mask)), 0);
 }
 
 /* copy_file_range_prefilter for class 4 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_4, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(4);
-	fpol_emit(meta, word, 4, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(4), 0);
 }
 
 /* create_open_prefilter for class 4 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 4 */
@@ -1624,41 +1618,41 @@ __u32 BPF_PROG(fpol_default_4, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 3: /* getattr: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_GETATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_GETATTR), 0);
 	case 4: /* setattr: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_SETATTR), 0);
 	case 5: /* readlink: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_READLINK);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_READLINK), 0);
 	case 14: /* open: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_OPEN_R);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_OPEN_R), 0);
 	case 15: /* read: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_READ), 0);
 	case 16: /* write: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_WRITE);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_WRITE), 0);
 	case 17: /* statfs: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_STATFS);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_STATFS), 0);
 	case 18: /* release: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_RELEASE);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_RELEASE), 0);
 	case 21: /* setxattr: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_SETXATTR), 0);
 	case 22: /* getxattr: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_GETXATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_GETXATTR), 0);
 	case 23: /* listxattr: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_LISTXATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_LISTXATTR), 0);
 	case 24: /* removexattr: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_REMOVEXATTR), 0);
 	case 25: /* flush: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_FLUSH);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_FLUSH), 0);
 	case 27: /* opendir: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_OPENDIR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_OPENDIR), 0);
 	case 28: /* readdir: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_READDIR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_READDIR), 0);
 	case 29: /* releasedir: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_RELEASEDIR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_RELEASEDIR), 0);
 	case 43: /* fallocate: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_FALLOCATE), 0);
 	case 46: /* lseek: allow +audit (default allow) */
-		return fpol_object(meta, 4, FPOL_SLOT_LSEEK);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_LSEEK), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -1669,31 +1663,28 @@ __u32 BPF_PROG(fpol_default_4, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/fsync_prefilter")
 __u32 BPF_PROG(fpol_fsync_4, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)
 {
-	if ((meta->opcode & FUSE_OPCODE_FILTER) == 30)
-		return fpol_object(meta, 4, FPOL_SLOT_FSYNCDIR);
-	return fpol_object(meta, 4, FPOL_SLOT_FSYNC);
+	return fpol_finish(meta, fpol_on_fsync(4, meta->opcode), 0);
 }
 
 /* link_prefilter for class 4 */
 SEC("struct_ops/link_prefilter")
 __u32 BPF_PROG(fpol_link_4, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
 {
-	__u32 word = fpol_link(4);
-	fpol_emit(meta, word, 4, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_link(4), 0);
 }
 
 /* lookup_postfilter for class 4 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 4, &len, &child, &ok) || child == 4)
+	__u32 child = fpol_on_child(4, fpol_read_name(name));
+	if (child == 4)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1707,267 +1698,210 @@ __u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(4, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(4, len), len);
 }
 
 /* mkdir_prefilter for class 4 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 4 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_4, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 4 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 4, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 4, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(4, len);
+	if (known)
+		dst = fpol_on_child(4, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(4, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(4, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 4 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 4, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 4, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(4, len);
+	if (known)
+		dst = fpol_on_child(4, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(4, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 4 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(4, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 4 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 4 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(4, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 5 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_5, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, fpol_create_slot(in->flags), len), len);
 }
 
 /* mkdir_prefilter for class 5 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_5, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 5 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_5, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 5 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 5, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 5, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(5, len);
+	if (known)
+		dst = fpol_on_child(5, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(5, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(5, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 5 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 5, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 5, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(5, len);
+	if (known)
+		dst = fpol_on_child(5, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(5, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 5 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* rename2_prefilter for class 6 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 6, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 6, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(6, len);
+	if (known)
+		dst = fpol_on_child(6, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(6, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(6, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 6 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 6, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 6, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(6, len);
+	if (known)
+		dst = fpol_on_child(6, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(6, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 6 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(6, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* unlink_prefilter for class 6 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(6, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* access_prefilter for class 7 */
@@ -1978,14 +1912,14 @@ __u32 BPF_PROG(fpol_access_7, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 7, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(7, fpol_access_slot(in->mask)), 0);
 }
 
 /* open_prefilter for class 7 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_7, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 7, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(7, fpol_open_slot(in->flags)), 0);
 }
 
 /* default_filter for class 8 */
@@ -1996,9 +1930,9 @@ __u32 BPF_PROG(fpol_default_8, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 27: /* opendir: allow +audit (default allow) */
-		return fpol_object(meta, 8, FPOL_SLOT_OPENDIR);
+		return fpol_finish(meta, fpol_on_object(8, FPOL_SLOT_OPENDIR), 0);
 	case 28: /* readdir: allow +audit (default allow) */
-		return fpol_object(meta, 8, FPOL_SLOT_READDIR);
+		return fpol_finish(meta, fpol_on_object(8, FPOL_SLOT_READDIR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2011,28 +1945,22 @@ __u32 BPF_PROG(fpol_access_9, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 9, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(9, fpol_access_slot(in->mask)), 0);
 }
 
 /* copy_file_range_prefilter for class 9 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_9, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(9);
-	fpol_emit(meta, word, 9, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(9), 0);
 }
 
 /* create_open_prefilter for class 9 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_9, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 9, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(9, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 9 */
@@ -2043,7 +1971,7 @@ __u32 BPF_PROG(fpol_default_9, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 15: /* read: allow +audit (default allow) */
-		return fpol_object(meta, 9, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(9, FPOL_SLOT_READ), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2052,7 +1980,7 @@ __u32 BPF_PROG(fpol_default_9, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_9, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 9, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(9, fpol_open_slot(in->flags)), 0);
 }
 
 /* access_prefilter for class 10 */
@@ -2063,7 +1991,7 @@ __u32 BPF_PROG(fpol_access_10, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 10, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(10, fpol_access_slot(in->mask)), 0);
 }
 
 /* default_filter for class 10 */
@@ -2074,15 +2002,15 @@ __u32 BPF_PROG(fpol_default_10, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 3: /* getattr: allow +audit (default allow) */
-		return fpol_object(meta, 10, FPOL_SLOT_GETATTR);
+		return fpol_finish(meta, fpol_on_object(10, FPOL_SLOT_GETATTR), 0);
 	case 5: /* readlink: allow +audit (default allow) */
-		return fpol_object(meta, 10, FPOL_SLOT_READLINK);
+		return fpol_finish(meta, fpol_on_object(10, FPOL_SLOT_READLINK), 0);
 	case 17: /* statfs: allow +audit (default allow) */
-		return fpol_object(meta, 10, FPOL_SLOT_STATFS);
+		return fpol_finish(meta, fpol_on_object(10, FPOL_SLOT_STATFS), 0);
 	case 22: /* getxattr: allow +audit (default allow) */
-		return fpol_object(meta, 10, FPOL_SLOT_GETXATTR);
+		return fpol_finish(meta, fpol_on_object(10, FPOL_SLOT_GETXATTR), 0);
 	case 23: /* listxattr: allow +audit (default allow) */
-		return fpol_object(meta, 10, FPOL_SLOT_LISTXATTR);
+		return fpol_finish(meta, fpol_on_object(10, FPOL_SLOT_LISTXATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2095,19 +2023,15 @@ __u32 BPF_PROG(fpol_access_11, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 11, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(11, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 11 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 11 */
@@ -2118,15 +2042,15 @@ __u32 BPF_PROG(fpol_default_11, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 4: /* setattr: allow +audit (default allow) */
-		return fpol_object(meta, 11, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(11, FPOL_SLOT_SETATTR), 0);
 	case 16: /* write: allow +audit (default allow) */
-		return fpol_object(meta, 11, FPOL_SLOT_WRITE);
+		return fpol_finish(meta, fpol_on_object(11, FPOL_SLOT_WRITE), 0);
 	case 21: /* setxattr: allow +audit (default allow) */
-		return fpol_object(meta, 11, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(11, FPOL_SLOT_SETXATTR), 0);
 	case 24: /* removexattr: allow +audit (default allow) */
-		return fpol_object(meta, 11, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(11, FPOL_SLOT_REMOVEXATTR), 0);
 	case 43: /* fallocate: allow +audit (default allow) */
-		return fpol_object(meta, 11, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(11, FPOL_SLOT_FALLOCATE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2135,108 +2059,85 @@ __u32 BPF_PROG(fpol_default_11, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_11, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 11 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_11, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* open_prefilter for class 11 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 11, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(11, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 11 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 11, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 11, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(11, len);
+	if (known)
+		dst = fpol_on_child(11, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(11, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(11, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 11 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 11, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 11, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(11, len);
+	if (known)
+		dst = fpol_on_child(11, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(11, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 11 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(11, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 11 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 11 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(11, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* access_prefilter for class 12 */
@@ -2247,105 +2148,84 @@ __u32 BPF_PROG(fpol_access_12, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 12, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(12, fpol_access_slot(in->mask)), 0);
 }
 
 /* copy_file_range_prefilter for classes 13, 29 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_13, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(13);
-	fpol_emit(meta, word, 13, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(13), 0);
 }
 
 /* create_open_prefilter for classes 14, 42 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_14, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, fpol_create_slot(in->flags), len), len);
 }
 
 /* mkdir_prefilter for classes 14, 25, 42 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_14, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for classes 14, 26, 42 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_14, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 14 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 14, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 14, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(14, len);
+	if (known)
+		dst = fpol_on_child(14, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(14, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(14, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 14 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 14, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 14, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(14, len);
+	if (known)
+		dst = fpol_on_child(14, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(14, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for classes 14, 40, 42 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_14, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* default_filter for class 15 */
@@ -2356,7 +2236,7 @@ __u32 BPF_PROG(fpol_default_15, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 43: /* fallocate: deny EACCES (clean_every_op.fpol:19 deny fallocate under /op/fallocate) */
-		return fpol_object(meta, 15, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(15, FPOL_SLOT_FALLOCATE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2369,7 +2249,7 @@ __u32 BPF_PROG(fpol_default_16, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 25: /* flush: deny EACCES (clean_every_op.fpol:22 deny flush under /op/flush) */
-		return fpol_object(meta, 16, FPOL_SLOT_FLUSH);
+		return fpol_finish(meta, fpol_on_object(16, FPOL_SLOT_FLUSH), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2380,9 +2260,7 @@ __u32 BPF_PROG(fpol_default_16, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/fsync_prefilter")
 __u32 BPF_PROG(fpol_fsync_17, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)
 {
-	if ((meta->opcode & FUSE_OPCODE_FILTER) == 30)
-		return fpol_object(meta, 17, FPOL_SLOT_FSYNCDIR);
-	return fpol_object(meta, 17, FPOL_SLOT_FSYNC);
+	return fpol_finish(meta, fpol_on_fsync(17, meta->opcode), 0);
 }
 
 /* fsync_prefilter for class 18 */
@@ -2391,9 +2269,7 @@ __u32 BPF_PROG(fpol_fsync_17, const struct bpf_fuse_meta_info *meta, struct fuse
 SEC("struct_ops/fsync_prefilter")
 __u32 BPF_PROG(fpol_fsync_18, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)
 {
-	if ((meta->opcode & FUSE_OPCODE_FILTER) == 30)
-		return fpol_object(meta, 18, FPOL_SLOT_FSYNCDIR);
-	return fpol_object(meta, 18, FPOL_SLOT_FSYNC);
+	return fpol_finish(meta, fpol_on_fsync(18, meta->opcode), 0);
 }
 
 /* default_filter for class 19 */
@@ -2404,7 +2280,7 @@ __u32 BPF_PROG(fpol_default_19, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 3: /* getattr: deny EACCES (clean_every_op.fpol:3 deny getattr under /op/getattr) */
-		return fpol_object(meta, 19, FPOL_SLOT_GETATTR);
+		return fpol_finish(meta, fpol_on_object(19, FPOL_SLOT_GETATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2417,7 +2293,7 @@ __u32 BPF_PROG(fpol_default_20, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 22: /* getxattr: deny EACCES (clean_every_op.fpol:29 deny getxattr under /op/getxattr) */
-		return fpol_object(meta, 20, FPOL_SLOT_GETXATTR);
+		return fpol_finish(meta, fpol_on_object(20, FPOL_SLOT_GETXATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2426,9 +2302,7 @@ __u32 BPF_PROG(fpol_default_20, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/link_prefilter")
 __u32 BPF_PROG(fpol_link_21, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
 {
-	__u32 word = fpol_link(21);
-	fpol_emit(meta, word, 21, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_link(21), 0);
 }
 
 /* default_filter for class 22 */
@@ -2439,22 +2313,23 @@ __u32 BPF_PROG(fpol_default_22, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 23: /* listxattr: deny EACCES (clean_every_op.fpol:30 deny listxattr under /op/listxattr) */
-		return fpol_object(meta, 22, FPOL_SLOT_LISTXATTR);
+		return fpol_finish(meta, fpol_on_object(22, FPOL_SLOT_LISTXATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
 /* lookup_postfilter for class 23 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_23, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 23, &len, &child, &ok) || child == 23)
+	__u32 child = fpol_on_child(23, fpol_read_name(name));
+	if (child == 23)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2468,12 +2343,8 @@ __u32 BPF_PROG(fpol_lookup_post_23, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_23, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 23, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(23, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(23, len), len);
 }
 
 /* default_filter for class 24 */
@@ -2484,7 +2355,7 @@ __u32 BPF_PROG(fpol_default_24, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 46: /* lseek: deny EACCES (clean_every_op.fpol:21 deny lseek under /op/lseek) */
-		return fpol_object(meta, 24, FPOL_SLOT_LSEEK);
+		return fpol_finish(meta, fpol_on_object(24, FPOL_SLOT_LSEEK), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2497,7 +2368,7 @@ __u32 BPF_PROG(fpol_default_27, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 14: /* open: deny EACCES (clean_every_op.fpol:6 deny open under /op/open) */
-		return fpol_object(meta, 27, FPOL_SLOT_OPEN_R);
+		return fpol_finish(meta, fpol_on_object(27, FPOL_SLOT_OPEN_R), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2510,7 +2381,7 @@ __u32 BPF_PROG(fpol_default_28, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 27: /* opendir: deny EACCES (clean_every_op.fpol:7 deny opendir under /op/opendir) */
-		return fpol_object(meta, 28, FPOL_SLOT_OPENDIR);
+		return fpol_finish(meta, fpol_on_object(28, FPOL_SLOT_OPENDIR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2523,19 +2394,15 @@ __u32 BPF_PROG(fpol_access_29, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 29, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(29, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 29 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_29, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 29, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(29, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 29 */
@@ -2546,7 +2413,7 @@ __u32 BPF_PROG(fpol_default_29, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 15: /* read: deny EACCES (clean_every_op.fpol:17 deny read under /op/read) */
-		return fpol_object(meta, 29, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(29, FPOL_SLOT_READ), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2555,7 +2422,7 @@ __u32 BPF_PROG(fpol_default_29, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_29, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 29, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(29, fpol_open_slot(in->flags)), 0);
 }
 
 /* default_filter for class 30 */
@@ -2566,7 +2433,7 @@ __u32 BPF_PROG(fpol_default_30, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 28: /* readdir: deny EACCES (clean_every_op.fpol:27 deny readdir under /op/readdir) */
-		return fpol_object(meta, 30, FPOL_SLOT_READDIR);
+		return fpol_finish(meta, fpol_on_object(30, FPOL_SLOT_READDIR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2579,7 +2446,7 @@ __u32 BPF_PROG(fpol_default_31, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 5: /* readlink: deny EACCES (clean_every_op.fpol:16 deny readlink under /op/readlink) */
-		return fpol_object(meta, 31, FPOL_SLOT_READLINK);
+		return fpol_finish(meta, fpol_on_object(31, FPOL_SLOT_READLINK), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2592,7 +2459,7 @@ __u32 BPF_PROG(fpol_default_32, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 18: /* release: deny EACCES (clean_every_op.fpol:25 deny release under /op/release) */
-		return fpol_object(meta, 32, FPOL_SLOT_RELEASE);
+		return fpol_finish(meta, fpol_on_object(32, FPOL_SLOT_RELEASE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2605,7 +2472,7 @@ __u32 BPF_PROG(fpol_default_33, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 29: /* releasedir: deny EACCES (clean_every_op.fpol:26 deny releasedir under /op/releasedir) */
-		return fpol_object(meta, 33, FPOL_SLOT_RELEASEDIR);
+		return fpol_finish(meta, fpol_on_object(33, FPOL_SLOT_RELEASEDIR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2618,7 +2485,7 @@ __u32 BPF_PROG(fpol_default_34, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 24: /* removexattr: deny EACCES (clean_every_op.fpol:32 deny removexattr under /op/removexattr) */
-		return fpol_object(meta, 34, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(34, FPOL_SLOT_REMOVEXATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2627,53 +2494,46 @@ __u32 BPF_PROG(fpol_default_34, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_35, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 35, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 35, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(35, len);
+	if (known)
+		dst = fpol_on_child(35, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(35, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(35, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for classes 35, 42 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_35, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 35, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 35, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(35, len);
+	if (known)
+		dst = fpol_on_child(35, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(35, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for classes 36, 42 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_36, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 36, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(36, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* default_filter for class 37 */
@@ -2684,7 +2544,7 @@ __u32 BPF_PROG(fpol_default_37, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 4: /* setattr: deny EACCES (clean_every_op.fpol:4 deny setattr under /op/setattr) */
-		return fpol_object(meta, 37, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(37, FPOL_SLOT_SETATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2697,7 +2557,7 @@ __u32 BPF_PROG(fpol_default_38, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 21: /* setxattr: deny EACCES (clean_every_op.fpol:31 deny setxattr under /op/setxattr) */
-		return fpol_object(meta, 38, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(38, FPOL_SLOT_SETXATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2710,7 +2570,7 @@ __u32 BPF_PROG(fpol_default_39, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 17: /* statfs: deny EACCES (clean_every_op.fpol:28 deny statfs under /op/statfs) */
-		return fpol_object(meta, 39, FPOL_SLOT_STATFS);
+		return fpol_finish(meta, fpol_on_object(39, FPOL_SLOT_STATFS), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2719,12 +2579,8 @@ __u32 BPF_PROG(fpol_default_39, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_41, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 41, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(41, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* access_prefilter for class 42 */
@@ -2735,7 +2591,7 @@ __u32 BPF_PROG(fpol_access_42, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 42, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(42, fpol_access_slot(in->mask)), 0);
 }
 
 /* default_filter for class 42 */
@@ -2746,15 +2602,15 @@ __u32 BPF_PROG(fpol_default_42, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 4: /* setattr: deny EACCES (clean_every_op.fpol:18 deny write under /op/write) */
-		return fpol_object(meta, 42, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(42, FPOL_SLOT_SETATTR), 0);
 	case 16: /* write: deny EACCES (clean_every_op.fpol:18 deny write under /op/write) */
-		return fpol_object(meta, 42, FPOL_SLOT_WRITE);
+		return fpol_finish(meta, fpol_on_object(42, FPOL_SLOT_WRITE), 0);
 	case 21: /* setxattr: deny EACCES (clean_every_op.fpol:18 deny write under /op/write) */
-		return fpol_object(meta, 42, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(42, FPOL_SLOT_SETXATTR), 0);
 	case 24: /* removexattr: deny EACCES (clean_every_op.fpol:18 deny write under /op/write) */
-		return fpol_object(meta, 42, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(42, FPOL_SLOT_REMOVEXATTR), 0);
 	case 43: /* fallocate: deny EACCES (clean_every_op.fpol:18 deny write under /op/write) */
-		return fpol_object(meta, 42, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(42, FPOL_SLOT_FALLOCATE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -2763,7 +2619,7 @@ __u32 BPF_PROG(fpol_default_42, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_42, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 42, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(42, fpol_open_slot(in->flags)), 0);
 }
 
 /* One instance per class. */

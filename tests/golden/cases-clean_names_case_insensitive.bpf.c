@@ -420,6 +420,8 @@ static __always_inline __u32 fpol_code(__u32 word)
  * on its own, instead of once per call site and loop exit. */
 struct fpol_scratch {
 	__u8 name[256];
+	__u32 word;   /* the decision word of the last fpol_on_* call */
+	__u32 child;  /* the child class it found, when it looked one up */
 };
 
 struct {
@@ -435,13 +437,14 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
 }
 
-/* ASCII-fold the scratch name (case-insensitive policies). */
-__noinline int fpol_fold(__u32 len)
+/* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
+ * function is used, or clang may leave it unset and the verifier rejects the call. */
+__noinline __u32 fpol_fold(__u32 len)
 {
 #if FPOL_CASE_INSENSITIVE
 	struct fpol_scratch *sc = fpol_scratch();
 	if (!sc)
-		return 0;
+		return len;
 	for (__u32 i = 0; i < FPOL_NAME_MAX; i++) {
 		if (i >= len)
 			break;
@@ -449,7 +452,7 @@ __noinline int fpol_fold(__u32 len)
 			sc->name[i] += 'a' - 'A';
 	}
 #endif
-	return 0;
+	return len;
 }
 
 /* FNV-1a of the scratch name. */
@@ -626,12 +629,12 @@ static __always_inline __u32 fpol_new_object(__u32 slot, __u32 k, __u32 inherit_
 	return word;
 }
 
-/* rename of child class `s` in directory class `dir` to child class `d`. fuse-bpf keeps
+/* rename of child class `s` to child class `d` of one directory. fuse-bpf keeps
  * an inode's program for as long as it is cached (spec §8), so the moved object goes
  * on being judged as class `s`: safe only when its new place is class `s` as well.
  * The destination is known only when fuse-bpf shows both directories' nodeids and
  * they are equal (below the root, nodeids are 0). */
-static __always_inline __u32 fpol_rename(__u32 dir, __u32 s, int d_known, __u32 d)
+static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_RENAME_SRC);
 	if (d_known)
@@ -681,6 +684,105 @@ static __always_inline __u32 fpol_copy_file_range(__u32 s)
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
 
+/* ---- hook bodies ----
+ * One global function per kind of fuse_ops call. The struct_ops programs are stubs that
+ * read their arguments (names into the scratch buffer) and call these; the check
+ * object's fpol_decide and fpol_hook call the very same functions. Each returns the
+ * hook's return code and leaves the decision word (and the child class it looked up)
+ * in the scratch buffer. Being global, each is compiled and verified once. */
+
+static __always_inline __u32 fpol_done(__u32 word, __u32 child)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	if (sc) {
+		sc->word = word;
+		sc->child = child;
+	}
+	return fpol_code(word);
+}
+
+/* An op on the object itself, in class `cls`. */
+__noinline __u32 fpol_on_object(__u32 cls, __u32 slot)
+{
+	return fpol_done(fpol_word(cls, slot), cls);
+}
+
+/* fsync and fsyncdir share the fsync slot (spec §10): tell them apart by opcode. */
+__noinline __u32 fpol_on_fsync(__u32 cls, __u32 opcode)
+{
+	return fpol_on_object(cls, (opcode & FUSE_OPCODE_FILTER) == 30
+				   ? FPOL_SLOT_FSYNCDIR : FPOL_SLOT_FSYNC);
+}
+
+/* lookup of the scratch name (`len` bytes) in a directory of class `dir`. */
+__noinline __u32 fpol_on_lookup(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
+	fpol_done(word, child);
+	return fpol_lookup_code(dir, child, word);
+}
+
+/* create, mknod, mkdir or symlink (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 r = fpol_child(dir, len);
+	__u32 child = r & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+}
+
+/* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_remove(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_word(child, slot), child);
+}
+
+/* rename of child class `src` to child class `dst` (known or not) of one directory;
+ * `exchange` for RENAME_EXCHANGE, which moves both. */
+__noinline __u32 fpol_on_rename(__u32 src, __u32 known, __u32 dst, __u32 exchange)
+{
+	__u32 word = fpol_rename(src, known, dst);
+	if (exchange && FPOL_KIND(word) == FPOL_ALLOW)
+		word = fpol_stricter(word, fpol_rename(dst, known, src));
+	return fpol_done(word, src);
+}
+
+__noinline __u32 fpol_on_link(__u32 cls)
+{
+	return fpol_done(fpol_link(cls), cls);
+}
+
+__noinline __u32 fpol_on_copy_file_range(__u32 cls)
+{
+	return fpol_done(fpol_copy_file_range(cls), cls);
+}
+
+/* The class of the scratch name in class `dir`, or FPOL_NCLASSES for a bad name. */
+__noinline __u32 fpol_on_child(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return FPOL_NCLASSES;
+	return fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+}
+
+static __always_inline __u32 fpol_last_word(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->word : FPOL_WORD_BADNAME;
+}
+
+static __always_inline __u32 fpol_last_child(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->child : 0;
+}
 /* ---- end of decision logic ---- */
 
 /* Instance names, by class: what lookup_postfilter writes into FUSE_ENTRY_BPF entries. */
@@ -728,90 +830,70 @@ static __always_inline __u32 fpol_read_name(const struct fuse_buffer *buf)
 	return n;
 }
 
-/* Send an audit event when the word asks for one (with the scratch name if `named`). */
-static __always_inline void fpol_emit(const struct bpf_fuse_meta_info *meta, __u32 word, __u32 cls,
-				      int named, __u32 len)
+/* Send an audit event for the last decision (scratch word and child) if it asks for one;
+ * `len` > 0: the scratch buffer holds the name the event is about. */
+__noinline int fpol_audit_event(__u64 nodeid, __u32 opcode, __u32 len)
 {
-	if (!(word & FPOL_AUDIT))
-		return;
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!sc || !(sc->word & FPOL_AUDIT))
+		return 0;
 	struct fpol_event *ev = bpf_ringbuf_reserve(&fpol_audit, sizeof(*ev), 0);
 	if (!ev)
-		return;
-	ev->nodeid = meta->nodeid;
-	ev->opcode = meta->opcode;
-	ev->word = word;
-	ev->cls = cls;
+		return 0;
+	ev->nodeid = nodeid;
+	ev->opcode = opcode;
+	ev->word = sc->word;
+	ev->cls = sc->child;
 	ev->name_len = 0;
-	struct fpol_scratch *sc = fpol_scratch();
-	if (named && sc && len <= FPOL_NAME_MAX) {
+	if (len > 0 && len <= FPOL_NAME_MAX) {
 		__builtin_memcpy(ev->name, sc->name, 256);
 		ev->name_len = len;
 	}
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
 }
 
-/* The decision for an op on the object itself, in class `cls`. */
-static __always_inline __u32 fpol_object(const struct bpf_fuse_meta_info *meta, __u32 cls, __u32 slot)
+/* What every stub ends with: the audit event, then the return code. */
+static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, __u32 code, __u32 len)
 {
-	__u32 word = fpol_word(cls, slot);
-	fpol_emit(meta, word, cls, 0, 0);
-	return fpol_code(word);
-}
-
-/* The class of the child named by `name` of a directory in class `dir`; 0 on a bad name. */
-static __always_inline int fpol_named_child(const struct fuse_buffer *name, __u32 dir,
-					    __u32 *len, __u32 *child, __u32 *inherit_ok)
-{
-	*len = fpol_read_name(name);
-	if (*len > FPOL_NAME_MAX)
-		return 0;
-	__u32 r = fpol_child(dir, *len);
-	*child = r & ~FPOL_INHERIT_OK;
-	*inherit_ok = (r & FPOL_INHERIT_OK) != 0;
-	return 1;
+	fpol_audit_event(meta->nodeid, meta->opcode, len);
+	return code;
 }
 
 /* copy_file_range_prefilter for classes 0, 1, 3 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(0);
-	fpol_emit(meta, word, 0, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
 }
 
 /* create_open_prefilter for class 0 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
 }
 
 /* link_prefilter for classes 0, 1, 2, 3, 4 */
 SEC("struct_ops/link_prefilter")
 __u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
 {
-	__u32 word = fpol_link(0);
-	fpol_emit(meta, word, 0, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_link(0), 0);
 }
 
 /* lookup_postfilter for class 0 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 0, &len, &child, &ok) || child == 0)
+	__u32 child = fpol_on_child(0, fpol_read_name(name));
+	if (child == 0)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -825,12 +907,8 @@ __u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(0, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(0, len), len);
 }
 
 /* mkdir_postfilter for classes 0, 1, 3, 4 */
@@ -846,101 +924,78 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 0 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 0 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 0, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 0, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(0, len);
+	if (known)
+		dst = fpol_on_child(0, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(0, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(0, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 0 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 0, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 0, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(0, len);
+	if (known)
+		dst = fpol_on_child(0, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(0, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 0 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 0 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 0 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* access_prefilter for class 1 */
@@ -951,19 +1006,15 @@ __u32 BPF_PROG(fpol_access_1, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 1, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(1, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 1 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 1 */
@@ -974,30 +1025,31 @@ __u32 BPF_PROG(fpol_default_1, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 4: /* setattr: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 1, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_SETATTR), 0);
 	case 16: /* write: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 1, FPOL_SLOT_WRITE);
+		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_WRITE), 0);
 	case 21: /* setxattr: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 1, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_SETXATTR), 0);
 	case 24: /* removexattr: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 1, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_REMOVEXATTR), 0);
 	case 43: /* fallocate: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 1, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_FALLOCATE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
 /* lookup_postfilter for class 1 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 1, &len, &child, &ok) || child == 1)
+	__u32 child = fpol_on_child(1, fpol_read_name(name));
+	if (child == 1)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1011,120 +1063,93 @@ __u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(1, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(1, len), len);
 }
 
 /* mkdir_prefilter for class 1 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 1 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* open_prefilter for class 1 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 1, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(1, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 1 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 1, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 1, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(1, len);
+	if (known)
+		dst = fpol_on_child(1, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(1, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(1, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 1 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 1, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 1, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(1, len);
+	if (known)
+		dst = fpol_on_child(1, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(1, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 1 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 1 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 1 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* access_prefilter for class 2 */
@@ -1135,28 +1160,22 @@ __u32 BPF_PROG(fpol_access_2, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 2, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(2, fpol_access_slot(in->mask)), 0);
 }
 
 /* copy_file_range_prefilter for classes 2, 4 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_2, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(2);
-	fpol_emit(meta, word, 2, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(2), 0);
 }
 
 /* create_open_prefilter for class 2 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 2 */
@@ -1167,22 +1186,23 @@ __u32 BPF_PROG(fpol_default_2, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 15: /* read: deny EACCES (clean_names_case_insensitive.fpol:2 deny read named "*.JPG") */
-		return fpol_object(meta, 2, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(2, FPOL_SLOT_READ), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
 /* lookup_postfilter for class 2 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 2, &len, &child, &ok) || child == 2)
+	__u32 child = fpol_on_child(2, fpol_read_name(name));
+	if (child == 2)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1196,85 +1216,75 @@ __u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(2, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(2, len), len);
 }
 
 /* open_prefilter for class 2 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 2, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(2, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 2 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 2, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 2, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(2, len);
+	if (known)
+		dst = fpol_on_child(2, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(2, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(2, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 2 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 2, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 2, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(2, len);
+	if (known)
+		dst = fpol_on_child(2, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(2, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* create_open_prefilter for class 3 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_3, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 3 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_3, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 3, &len, &child, &ok) || child == 3)
+	__u32 child = fpol_on_child(3, fpol_read_name(name));
+	if (child == 3)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1288,89 +1298,70 @@ __u32 BPF_PROG(fpol_lookup_post_3, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(3, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(3, len), len);
 }
 
 /* mkdir_prefilter for class 3 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 3 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_3, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 3 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 3, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 3, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(3, len);
+	if (known)
+		dst = fpol_on_child(3, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(3, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(3, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 3 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 3, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 3, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(3, len);
+	if (known)
+		dst = fpol_on_child(3, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(3, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 3 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* access_prefilter for class 4 */
@@ -1381,19 +1372,15 @@ __u32 BPF_PROG(fpol_access_4, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 4, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(4, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 4 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for class 4 */
@@ -1404,32 +1391,33 @@ __u32 BPF_PROG(fpol_default_4, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 4: /* setattr: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 4, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_SETATTR), 0);
 	case 15: /* read: deny EACCES (clean_names_case_insensitive.fpol:2 deny read named "*.JPG") */
-		return fpol_object(meta, 4, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_READ), 0);
 	case 16: /* write: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 4, FPOL_SLOT_WRITE);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_WRITE), 0);
 	case 21: /* setxattr: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 4, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_SETXATTR), 0);
 	case 24: /* removexattr: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 4, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_REMOVEXATTR), 0);
 	case 43: /* fallocate: deny EACCES (clean_names_case_insensitive.fpol:3 deny write under /Photos) */
-		return fpol_object(meta, 4, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(4, FPOL_SLOT_FALLOCATE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
 /* lookup_postfilter for class 4 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 4, &len, &child, &ok) || child == 4)
+	__u32 child = fpol_on_child(4, fpol_read_name(name));
+	if (child == 4)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1443,120 +1431,93 @@ __u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(4, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(4, len), len);
 }
 
 /* mkdir_prefilter for class 4 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 4 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_4, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* open_prefilter for class 4 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 4, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(4, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 4 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 4, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 4, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(4, len);
+	if (known)
+		dst = fpol_on_child(4, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(4, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(4, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 4 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 4, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 4, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(4, len);
+	if (known)
+		dst = fpol_on_child(4, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(4, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 4 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(4, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 4 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 4 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(4, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* One instance per class. */

@@ -707,6 +707,8 @@ static __always_inline __u32 fpol_code(__u32 word)
  * on its own, instead of once per call site and loop exit. */
 struct fpol_scratch {
 	__u8 name[256];
+	__u32 word;   /* the decision word of the last fpol_on_* call */
+	__u32 child;  /* the child class it found, when it looked one up */
 };
 
 struct {
@@ -722,13 +724,14 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
 }
 
-/* ASCII-fold the scratch name (case-insensitive policies). */
-__noinline int fpol_fold(__u32 len)
+/* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
+ * function is used, or clang may leave it unset and the verifier rejects the call. */
+__noinline __u32 fpol_fold(__u32 len)
 {
 #if FPOL_CASE_INSENSITIVE
 	struct fpol_scratch *sc = fpol_scratch();
 	if (!sc)
-		return 0;
+		return len;
 	for (__u32 i = 0; i < FPOL_NAME_MAX; i++) {
 		if (i >= len)
 			break;
@@ -736,7 +739,7 @@ __noinline int fpol_fold(__u32 len)
 			sc->name[i] += 'a' - 'A';
 	}
 #endif
-	return 0;
+	return len;
 }
 
 /* FNV-1a of the scratch name. */
@@ -1206,12 +1209,12 @@ static __always_inline __u32 fpol_new_object(__u32 slot, __u32 k, __u32 inherit_
 	return word;
 }
 
-/* rename of child class `s` in directory class `dir` to child class `d`. fuse-bpf keeps
+/* rename of child class `s` to child class `d` of one directory. fuse-bpf keeps
  * an inode's program for as long as it is cached (spec §8), so the moved object goes
  * on being judged as class `s`: safe only when its new place is class `s` as well.
  * The destination is known only when fuse-bpf shows both directories' nodeids and
  * they are equal (below the root, nodeids are 0). */
-static __always_inline __u32 fpol_rename(__u32 dir, __u32 s, int d_known, __u32 d)
+static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_RENAME_SRC);
 	if (d_known)
@@ -1261,6 +1264,105 @@ static __always_inline __u32 fpol_copy_file_range(__u32 s)
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
 
+/* ---- hook bodies ----
+ * One global function per kind of fuse_ops call. The struct_ops programs are stubs that
+ * read their arguments (names into the scratch buffer) and call these; the check
+ * object's fpol_decide and fpol_hook call the very same functions. Each returns the
+ * hook's return code and leaves the decision word (and the child class it looked up)
+ * in the scratch buffer. Being global, each is compiled and verified once. */
+
+static __always_inline __u32 fpol_done(__u32 word, __u32 child)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	if (sc) {
+		sc->word = word;
+		sc->child = child;
+	}
+	return fpol_code(word);
+}
+
+/* An op on the object itself, in class `cls`. */
+__noinline __u32 fpol_on_object(__u32 cls, __u32 slot)
+{
+	return fpol_done(fpol_word(cls, slot), cls);
+}
+
+/* fsync and fsyncdir share the fsync slot (spec §10): tell them apart by opcode. */
+__noinline __u32 fpol_on_fsync(__u32 cls, __u32 opcode)
+{
+	return fpol_on_object(cls, (opcode & FUSE_OPCODE_FILTER) == 30
+				   ? FPOL_SLOT_FSYNCDIR : FPOL_SLOT_FSYNC);
+}
+
+/* lookup of the scratch name (`len` bytes) in a directory of class `dir`. */
+__noinline __u32 fpol_on_lookup(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
+	fpol_done(word, child);
+	return fpol_lookup_code(dir, child, word);
+}
+
+/* create, mknod, mkdir or symlink (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 r = fpol_child(dir, len);
+	__u32 child = r & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+}
+
+/* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
+__noinline __u32 fpol_on_remove(__u32 dir, __u32 slot, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return fpol_done(FPOL_WORD_BADNAME, dir);
+	__u32 child = fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+	return fpol_done(fpol_word(child, slot), child);
+}
+
+/* rename of child class `src` to child class `dst` (known or not) of one directory;
+ * `exchange` for RENAME_EXCHANGE, which moves both. */
+__noinline __u32 fpol_on_rename(__u32 src, __u32 known, __u32 dst, __u32 exchange)
+{
+	__u32 word = fpol_rename(src, known, dst);
+	if (exchange && FPOL_KIND(word) == FPOL_ALLOW)
+		word = fpol_stricter(word, fpol_rename(dst, known, src));
+	return fpol_done(word, src);
+}
+
+__noinline __u32 fpol_on_link(__u32 cls)
+{
+	return fpol_done(fpol_link(cls), cls);
+}
+
+__noinline __u32 fpol_on_copy_file_range(__u32 cls)
+{
+	return fpol_done(fpol_copy_file_range(cls), cls);
+}
+
+/* The class of the scratch name in class `dir`, or FPOL_NCLASSES for a bad name. */
+__noinline __u32 fpol_on_child(__u32 dir, __u32 len)
+{
+	if (len > FPOL_NAME_MAX)
+		return FPOL_NCLASSES;
+	return fpol_child(dir, len) & ~FPOL_INHERIT_OK;
+}
+
+static __always_inline __u32 fpol_last_word(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->word : FPOL_WORD_BADNAME;
+}
+
+static __always_inline __u32 fpol_last_child(void)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->child : 0;
+}
 /* ---- end of decision logic ---- */
 
 /* Instance names, by class: what lookup_postfilter writes into FUSE_ENTRY_BPF entries. */
@@ -1338,47 +1440,34 @@ static __always_inline __u32 fpol_read_name(const struct fuse_buffer *buf)
 	return n;
 }
 
-/* Send an audit event when the word asks for one (with the scratch name if `named`). */
-static __always_inline void fpol_emit(const struct bpf_fuse_meta_info *meta, __u32 word, __u32 cls,
-				      int named, __u32 len)
+/* Send an audit event for the last decision (scratch word and child) if it asks for one;
+ * `len` > 0: the scratch buffer holds the name the event is about. */
+__noinline int fpol_audit_event(__u64 nodeid, __u32 opcode, __u32 len)
 {
-	if (!(word & FPOL_AUDIT))
-		return;
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!sc || !(sc->word & FPOL_AUDIT))
+		return 0;
 	struct fpol_event *ev = bpf_ringbuf_reserve(&fpol_audit, sizeof(*ev), 0);
 	if (!ev)
-		return;
-	ev->nodeid = meta->nodeid;
-	ev->opcode = meta->opcode;
-	ev->word = word;
-	ev->cls = cls;
+		return 0;
+	ev->nodeid = nodeid;
+	ev->opcode = opcode;
+	ev->word = sc->word;
+	ev->cls = sc->child;
 	ev->name_len = 0;
-	struct fpol_scratch *sc = fpol_scratch();
-	if (named && sc && len <= FPOL_NAME_MAX) {
+	if (len > 0 && len <= FPOL_NAME_MAX) {
 		__builtin_memcpy(ev->name, sc->name, 256);
 		ev->name_len = len;
 	}
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
 }
 
-/* The decision for an op on the object itself, in class `cls`. */
-static __always_inline __u32 fpol_object(const struct bpf_fuse_meta_info *meta, __u32 cls, __u32 slot)
+/* What every stub ends with: the audit event, then the return code. */
+static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, __u32 code, __u32 len)
 {
-	__u32 word = fpol_word(cls, slot);
-	fpol_emit(meta, word, cls, 0, 0);
-	return fpol_code(word);
-}
-
-/* The class of the child named by `name` of a directory in class `dir`; 0 on a bad name. */
-static __always_inline int fpol_named_child(const struct fuse_buffer *name, __u32 dir,
-					    __u32 *len, __u32 *child, __u32 *inherit_ok)
-{
-	*len = fpol_read_name(name);
-	if (*len > FPOL_NAME_MAX)
-		return 0;
-	__u32 r = fpol_child(dir, *len);
-	*child = r & ~FPOL_INHERIT_OK;
-	*inherit_ok = (r & FPOL_INHERIT_OK) != 0;
-	return 1;
+	fpol_audit_event(meta->nodeid, meta->opcode, len);
+	return code;
 }
 
 /* access_prefilter for classes 0, 1, 2, 3, 4, 6, 7, 9, 11, 12, 14, 16, 19, 21, 22, 24, 27, 29, 30, 32 */
@@ -1389,28 +1478,22 @@ __u32 BPF_PROG(fpol_access_0, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 0, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(0, fpol_access_slot(in->mask)), 0);
 }
 
 /* copy_file_range_prefilter for classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34 */
 SEC("struct_ops/copy_file_range_prefilter")
 __u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
 {
-	__u32 word = fpol_copy_file_range(0);
-	fpol_emit(meta, word, 0, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
 }
 
 /* create_open_prefilter for class 0 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for classes 0, 1, 2, 3, 4, 6, 7, 9, 10, 11, 12, 14, 15, 16, 19, 20, 21, 22, 23, 24, 27, 28, 29, 30, 31, 32, 33 */
@@ -1421,7 +1504,7 @@ __u32 BPF_PROG(fpol_default_0, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 15: /* read: deny EACCES (clean_scopes.fpol:12 deny read matching "/\**") */
-		return fpol_object(meta, 0, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(0, FPOL_SLOT_READ), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
@@ -1430,22 +1513,21 @@ __u32 BPF_PROG(fpol_default_0, const struct bpf_fuse_meta_info *meta)
 SEC("struct_ops/link_prefilter")
 __u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
 {
-	__u32 word = fpol_link(0);
-	fpol_emit(meta, word, 0, 0, 0);
-	return fpol_code(word);
+	return fpol_finish(meta, fpol_on_link(0), 0);
 }
 
 /* lookup_postfilter for class 0 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 0, &len, &child, &ok) || child == 0)
+	__u32 child = fpol_on_child(0, fpol_read_name(name));
+	if (child == 0)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1459,12 +1541,8 @@ __u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(0, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(0, len), len);
 }
 
 /* mkdir_postfilter for classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 29, 30, 32, 33, 34 */
@@ -1480,133 +1558,107 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 0 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* open_prefilter for classes 0, 1, 2, 3, 4, 6, 7, 9, 11, 12, 14, 16, 19, 21, 22, 24, 27, 29, 30, 32 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 0, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(0, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 0 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 0, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 0, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(0, len);
+	if (known)
+		dst = fpol_on_child(0, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(0, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(0, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 0 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 0, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 0, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(0, len);
+	if (known)
+		dst = fpol_on_child(0, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(0, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 0 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 0 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 0 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 0, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 1 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 1 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 1, &len, &child, &ok) || child == 1)
+	__u32 child = fpol_on_child(1, fpol_read_name(name));
+	if (child == 1)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1620,114 +1672,92 @@ __u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(1, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(1, len), len);
 }
 
 /* mkdir_prefilter for class 1 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 1 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 1 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 1, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 1, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(1, len);
+	if (known)
+		dst = fpol_on_child(1, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(1, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(1, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 1 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 1, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 1, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(1, len);
+	if (known)
+		dst = fpol_on_child(1, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(1, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 1 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 1, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 2 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 2 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 2, &len, &child, &ok) || child == 2)
+	__u32 child = fpol_on_child(2, fpol_read_name(name));
+	if (child == 2)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1741,114 +1771,92 @@ __u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(2, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(2, len), len);
 }
 
 /* mkdir_prefilter for class 2 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 2 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_2, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 2 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 2, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 2, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(2, len);
+	if (known)
+		dst = fpol_on_child(2, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(2, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(2, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 2 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 2, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 2, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(2, len);
+	if (known)
+		dst = fpol_on_child(2, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(2, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 2 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 2, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 3 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_3, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 3 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_3, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 3, &len, &child, &ok) || child == 3)
+	__u32 child = fpol_on_child(3, fpol_read_name(name));
+	if (child == 3)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -1862,138 +1870,108 @@ __u32 BPF_PROG(fpol_lookup_post_3, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(3, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(3, len), len);
 }
 
 /* mkdir_prefilter for class 3 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 3 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_3, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 3 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 3, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 3, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(3, len);
+	if (known)
+		dst = fpol_on_child(3, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(3, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(3, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 3 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 3, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 3, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(3, len);
+	if (known)
+		dst = fpol_on_child(3, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(3, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 3 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(3, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 3 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 3 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 3, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(3, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 4 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 4 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 4, &len, &child, &ok) || child == 4)
+	__u32 child = fpol_on_child(4, fpol_read_name(name));
+	if (child == 4)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2007,89 +1985,70 @@ __u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(4, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(4, len), len);
 }
 
 /* mkdir_prefilter for class 4 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 4 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_4, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 4 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 4, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 4, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(4, len);
+	if (known)
+		dst = fpol_on_child(4, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(4, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(4, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 4 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 4, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 4, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(4, len);
+	if (known)
+		dst = fpol_on_child(4, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(4, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 4 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 4, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* access_prefilter for classes 5, 8, 13, 17, 25, 34 */
@@ -2100,19 +2059,15 @@ __u32 BPF_PROG(fpol_access_5, const struct bpf_fuse_meta_info *meta, struct fuse
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 5, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(5, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 5 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_5, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, fpol_create_slot(in->flags), len), len);
 }
 
 /* default_filter for classes 5, 8, 13, 17, 18, 25, 26, 34 */
@@ -2123,32 +2078,33 @@ __u32 BPF_PROG(fpol_default_5, const struct bpf_fuse_meta_info *meta)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
 	case 4: /* setattr: deny EACCES (clean_scopes.fpol:2 deny write under /secret) */
-		return fpol_object(meta, 5, FPOL_SLOT_SETATTR);
+		return fpol_finish(meta, fpol_on_object(5, FPOL_SLOT_SETATTR), 0);
 	case 15: /* read: deny EACCES (clean_scopes.fpol:12 deny read matching "/\**") */
-		return fpol_object(meta, 5, FPOL_SLOT_READ);
+		return fpol_finish(meta, fpol_on_object(5, FPOL_SLOT_READ), 0);
 	case 16: /* write: deny EACCES (clean_scopes.fpol:2 deny write under /secret) */
-		return fpol_object(meta, 5, FPOL_SLOT_WRITE);
+		return fpol_finish(meta, fpol_on_object(5, FPOL_SLOT_WRITE), 0);
 	case 21: /* setxattr: deny EACCES (clean_scopes.fpol:2 deny write under /secret) */
-		return fpol_object(meta, 5, FPOL_SLOT_SETXATTR);
+		return fpol_finish(meta, fpol_on_object(5, FPOL_SLOT_SETXATTR), 0);
 	case 24: /* removexattr: deny EACCES (clean_scopes.fpol:2 deny write under /secret) */
-		return fpol_object(meta, 5, FPOL_SLOT_REMOVEXATTR);
+		return fpol_finish(meta, fpol_on_object(5, FPOL_SLOT_REMOVEXATTR), 0);
 	case 43: /* fallocate: deny EACCES (clean_scopes.fpol:2 deny write under /secret) */
-		return fpol_object(meta, 5, FPOL_SLOT_FALLOCATE);
+		return fpol_finish(meta, fpol_on_object(5, FPOL_SLOT_FALLOCATE), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
 /* lookup_postfilter for class 5 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_5, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 5, &len, &child, &ok) || child == 5)
+	__u32 child = fpol_on_child(5, fpol_read_name(name));
+	if (child == 5)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2162,145 +2118,115 @@ __u32 BPF_PROG(fpol_lookup_post_5, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(5, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(5, len), len);
 }
 
 /* mkdir_prefilter for class 5 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_5, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 5 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_5, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* open_prefilter for classes 5, 8, 13, 17, 18, 25, 26, 34 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_5, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 5, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(5, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 5 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 5, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 5, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(5, len);
+	if (known)
+		dst = fpol_on_child(5, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(5, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(5, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 5 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 5, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 5, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(5, len);
+	if (known)
+		dst = fpol_on_child(5, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(5, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 5 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(5, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 5 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 5 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 5, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(5, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 6 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_6, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(6, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 6 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_6, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 6, &len, &child, &ok) || child == 6)
+	__u32 child = fpol_on_child(6, fpol_read_name(name));
+	if (child == 6)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2314,114 +2240,92 @@ __u32 BPF_PROG(fpol_lookup_post_6, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(6, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(6, len), len);
 }
 
 /* mkdir_prefilter for class 6 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_6, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 6 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_6, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 6 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 6, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 6, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(6, len);
+	if (known)
+		dst = fpol_on_child(6, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(6, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(6, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 6 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 6, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 6, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(6, len);
+	if (known)
+		dst = fpol_on_child(6, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(6, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 6 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 6, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 7 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_7, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 7, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(7, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 7 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_7, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 7, &len, &child, &ok) || child == 7)
+	__u32 child = fpol_on_child(7, fpol_read_name(name));
+	if (child == 7)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2435,114 +2339,92 @@ __u32 BPF_PROG(fpol_lookup_post_7, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_7, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 7, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(7, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(7, len), len);
 }
 
 /* mkdir_prefilter for class 7 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_7, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 7, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 7 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_7, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 7, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 7 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_7, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 7, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 7, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(7, len);
+	if (known)
+		dst = fpol_on_child(7, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(7, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(7, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 7 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_7, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 7, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 7, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(7, len);
+	if (known)
+		dst = fpol_on_child(7, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(7, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 7 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_7, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 7, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 8 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_8, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(8, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 8 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_8, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 8, &len, &child, &ok) || child == 8)
+	__u32 child = fpol_on_child(8, fpol_read_name(name));
+	if (child == 8)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2556,138 +2438,108 @@ __u32 BPF_PROG(fpol_lookup_post_8, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(8, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(8, len), len);
 }
 
 /* mkdir_prefilter for class 8 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_8, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 8 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_8, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 8 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_8, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 8, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 8, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(8, len);
+	if (known)
+		dst = fpol_on_child(8, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(8, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(8, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 8 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_8, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 8, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 8, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(8, len);
+	if (known)
+		dst = fpol_on_child(8, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(8, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 8 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(8, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 8 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 8 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 8, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(8, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 9 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_9, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 9, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(9, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 9 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_9, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 9, &len, &child, &ok) || child == 9)
+	__u32 child = fpol_on_child(9, fpol_read_name(name));
+	if (child == 9)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2701,89 +2553,70 @@ __u32 BPF_PROG(fpol_lookup_post_9, const struct bpf_fuse_meta_info *meta, const 
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 9, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(9, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(9, len), len);
 }
 
 /* mkdir_prefilter for class 9 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_9, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 9, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(9, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 9 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_9, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 9, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(9, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 9 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_9, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 9, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 9, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(9, len);
+	if (known)
+		dst = fpol_on_child(9, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(9, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(9, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 9 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_9, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 9, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 9, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(9, len);
+	if (known)
+		dst = fpol_on_child(9, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(9, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 9 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 9, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(9, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* access_prefilter for classes 10, 15, 20, 23, 28, 31, 33 */
@@ -2794,32 +2627,29 @@ __u32 BPF_PROG(fpol_access_10, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 10, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(10, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 10 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_10, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 10, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(10, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 10 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_10, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 10, &len, &child, &ok) || child == 10)
+	__u32 child = fpol_on_child(10, fpol_read_name(name));
+	if (child == 10)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2833,85 +2663,75 @@ __u32 BPF_PROG(fpol_lookup_post_10, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_10, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 10, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(10, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(10, len), len);
 }
 
 /* open_prefilter for classes 10, 15, 20, 23, 28, 31, 33 */
 SEC("struct_ops/open_prefilter")
 __u32 BPF_PROG(fpol_open_10, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
 {
-	return fpol_object(meta, 10, fpol_open_slot(in->flags));
+	return fpol_finish(meta, fpol_on_object(10, fpol_open_slot(in->flags)), 0);
 }
 
 /* rename2_prefilter for class 10 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_10, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 10, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 10, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(10, len);
+	if (known)
+		dst = fpol_on_child(10, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(10, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(10, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 10 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_10, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 10, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 10, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(10, len);
+	if (known)
+		dst = fpol_on_child(10, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(10, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* create_open_prefilter for class 11 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 11 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_11, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 11, &len, &child, &ok) || child == 11)
+	__u32 child = fpol_on_child(11, fpol_read_name(name));
+	if (child == 11)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -2925,114 +2745,92 @@ __u32 BPF_PROG(fpol_lookup_post_11, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(11, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(11, len), len);
 }
 
 /* mkdir_prefilter for class 11 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_11, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 11 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_11, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 11 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 11, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 11, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(11, len);
+	if (known)
+		dst = fpol_on_child(11, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(11, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(11, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 11 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 11, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 11, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(11, len);
+	if (known)
+		dst = fpol_on_child(11, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(11, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 11 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 11, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 12 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_12, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 12, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(12, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 12 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_12, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 12, &len, &child, &ok) || child == 12)
+	__u32 child = fpol_on_child(12, fpol_read_name(name));
+	if (child == 12)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3046,114 +2844,92 @@ __u32 BPF_PROG(fpol_lookup_post_12, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_12, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 12, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(12, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(12, len), len);
 }
 
 /* mkdir_prefilter for class 12 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_12, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 12, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(12, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 12 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_12, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 12, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(12, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 12 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_12, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 12, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 12, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(12, len);
+	if (known)
+		dst = fpol_on_child(12, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(12, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(12, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 12 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_12, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 12, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 12, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(12, len);
+	if (known)
+		dst = fpol_on_child(12, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(12, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 12 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_12, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 12, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(12, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 13 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_13, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 13, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(13, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 13 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_13, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 13, &len, &child, &ok) || child == 13)
+	__u32 child = fpol_on_child(13, fpol_read_name(name));
+	if (child == 13)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3167,114 +2943,92 @@ __u32 BPF_PROG(fpol_lookup_post_13, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_13, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 13, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(13, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(13, len), len);
 }
 
 /* mkdir_prefilter for class 13 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_13, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 13, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(13, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 13 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_13, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 13, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(13, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 13 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_13, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 13, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 13, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(13, len);
+	if (known)
+		dst = fpol_on_child(13, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(13, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(13, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 13 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_13, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 13, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 13, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(13, len);
+	if (known)
+		dst = fpol_on_child(13, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(13, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 13 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_13, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 13, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(13, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 14 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_14, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 14 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_14, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 14, &len, &child, &ok) || child == 14)
+	__u32 child = fpol_on_child(14, fpol_read_name(name));
+	if (child == 14)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3288,114 +3042,92 @@ __u32 BPF_PROG(fpol_lookup_post_14, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_14, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(14, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(14, len), len);
 }
 
 /* mkdir_prefilter for class 14 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_14, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 14 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_14, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 14 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 14, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 14, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(14, len);
+	if (known)
+		dst = fpol_on_child(14, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(14, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(14, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 14 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 14, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 14, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(14, len);
+	if (known)
+		dst = fpol_on_child(14, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(14, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 14 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_14, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 14, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 15 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_15, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 15, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(15, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 15 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_15, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 15, &len, &child, &ok) || child == 15)
+	__u32 child = fpol_on_child(15, fpol_read_name(name));
+	if (child == 15)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3409,78 +3141,68 @@ __u32 BPF_PROG(fpol_lookup_post_15, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_15, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 15, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(15, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(15, len), len);
 }
 
 /* rename2_prefilter for class 15 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_15, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 15, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 15, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(15, len);
+	if (known)
+		dst = fpol_on_child(15, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(15, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(15, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 15 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_15, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 15, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 15, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(15, len);
+	if (known)
+		dst = fpol_on_child(15, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(15, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* create_open_prefilter for class 16 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_16, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 16, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(16, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 16 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_16, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 16, &len, &child, &ok) || child == 16)
+	__u32 child = fpol_on_child(16, fpol_read_name(name));
+	if (child == 16)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3494,114 +3216,92 @@ __u32 BPF_PROG(fpol_lookup_post_16, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_16, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 16, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(16, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(16, len), len);
 }
 
 /* mkdir_prefilter for class 16 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_16, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 16, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(16, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 16 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_16, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 16, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(16, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 16 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_16, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 16, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 16, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(16, len);
+	if (known)
+		dst = fpol_on_child(16, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(16, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(16, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 16 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_16, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 16, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 16, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(16, len);
+	if (known)
+		dst = fpol_on_child(16, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(16, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 16 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_16, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 16, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(16, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 17 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_17, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(17, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 17 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_17, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 17, &len, &child, &ok) || child == 17)
+	__u32 child = fpol_on_child(17, fpol_read_name(name));
+	if (child == 17)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3615,113 +3315,86 @@ __u32 BPF_PROG(fpol_lookup_post_17, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(17, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(17, len), len);
 }
 
 /* mkdir_prefilter for class 17 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_17, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(17, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 17 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_17, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(17, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 17 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_17, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 17, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 17, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(17, len);
+	if (known)
+		dst = fpol_on_child(17, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(17, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(17, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 17 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_17, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 17, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 17, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(17, len);
+	if (known)
+		dst = fpol_on_child(17, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(17, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 17 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(17, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 17 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(17, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 17 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 17, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(17, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* access_prefilter for classes 18, 26 */
@@ -3732,32 +3405,29 @@ __u32 BPF_PROG(fpol_access_18, const struct bpf_fuse_meta_info *meta, struct fus
 	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
 	if (!(in->mask & MAY_ACCESS))
 		return BPF_FUSE_CONTINUE;
-	return fpol_object(meta, 18, fpol_access_slot(in->mask));
+	return fpol_finish(meta, fpol_on_object(18, fpol_access_slot(in->mask)), 0);
 }
 
 /* create_open_prefilter for class 18 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_18, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(18, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 18 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_18, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 18, &len, &child, &ok) || child == 18)
+	__u32 child = fpol_on_child(18, fpol_read_name(name));
+	if (child == 18)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3771,138 +3441,108 @@ __u32 BPF_PROG(fpol_lookup_post_18, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(18, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(18, len), len);
 }
 
 /* mkdir_prefilter for class 18 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_18, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(18, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 18 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_18, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(18, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 18 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_18, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 18, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 18, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(18, len);
+	if (known)
+		dst = fpol_on_child(18, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(18, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(18, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 18 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_18, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 18, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 18, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(18, len);
+	if (known)
+		dst = fpol_on_child(18, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(18, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 18 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(18, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 18 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(18, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 18 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 18, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(18, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 19 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_19, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 19, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(19, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 19 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_19, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 19, &len, &child, &ok) || child == 19)
+	__u32 child = fpol_on_child(19, fpol_read_name(name));
+	if (child == 19)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -3916,114 +3556,92 @@ __u32 BPF_PROG(fpol_lookup_post_19, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_19, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 19, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(19, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(19, len), len);
 }
 
 /* mkdir_prefilter for class 19 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_19, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 19, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(19, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 19 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_19, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 19, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(19, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 19 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_19, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 19, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 19, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(19, len);
+	if (known)
+		dst = fpol_on_child(19, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(19, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(19, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 19 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_19, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 19, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 19, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(19, len);
+	if (known)
+		dst = fpol_on_child(19, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(19, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 19 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_19, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 19, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(19, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 20 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_20, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 20, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(20, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 20 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_20, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 20, &len, &child, &ok) || child == 20)
+	__u32 child = fpol_on_child(20, fpol_read_name(name));
+	if (child == 20)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4037,114 +3655,92 @@ __u32 BPF_PROG(fpol_lookup_post_20, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_20, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 20, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(20, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(20, len), len);
 }
 
 /* mkdir_prefilter for class 20 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_20, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 20, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(20, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 20 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_20, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 20, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(20, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 20 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_20, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 20, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 20, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(20, len);
+	if (known)
+		dst = fpol_on_child(20, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(20, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(20, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 20 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_20, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 20, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 20, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(20, len);
+	if (known)
+		dst = fpol_on_child(20, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(20, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 20 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_20, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 20, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(20, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 21 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_21, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 21, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(21, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 21 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_21, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 21, &len, &child, &ok) || child == 21)
+	__u32 child = fpol_on_child(21, fpol_read_name(name));
+	if (child == 21)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4158,114 +3754,92 @@ __u32 BPF_PROG(fpol_lookup_post_21, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_21, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 21, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(21, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(21, len), len);
 }
 
 /* mkdir_prefilter for class 21 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_21, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 21, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(21, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 21 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_21, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 21, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(21, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 21 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_21, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 21, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 21, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(21, len);
+	if (known)
+		dst = fpol_on_child(21, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(21, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(21, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 21 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_21, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 21, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 21, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(21, len);
+	if (known)
+		dst = fpol_on_child(21, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(21, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 21 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_21, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 21, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(21, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 22 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_22, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 22, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(22, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 22 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_22, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 22, &len, &child, &ok) || child == 22)
+	__u32 child = fpol_on_child(22, fpol_read_name(name));
+	if (child == 22)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4279,114 +3853,92 @@ __u32 BPF_PROG(fpol_lookup_post_22, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_22, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 22, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(22, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(22, len), len);
 }
 
 /* mkdir_prefilter for class 22 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_22, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 22, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(22, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 22 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_22, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 22, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(22, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 22 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_22, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 22, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 22, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(22, len);
+	if (known)
+		dst = fpol_on_child(22, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(22, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(22, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 22 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_22, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 22, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 22, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(22, len);
+	if (known)
+		dst = fpol_on_child(22, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(22, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 22 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_22, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 22, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(22, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 23 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_23, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 23, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(23, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 23 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_23, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 23, &len, &child, &ok) || child == 23)
+	__u32 child = fpol_on_child(23, fpol_read_name(name));
+	if (child == 23)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4400,114 +3952,92 @@ __u32 BPF_PROG(fpol_lookup_post_23, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_23, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 23, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(23, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(23, len), len);
 }
 
 /* mkdir_prefilter for class 23 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_23, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 23, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(23, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 23 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_23, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 23, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(23, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 23 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_23, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 23, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 23, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(23, len);
+	if (known)
+		dst = fpol_on_child(23, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(23, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(23, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 23 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_23, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 23, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 23, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(23, len);
+	if (known)
+		dst = fpol_on_child(23, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(23, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 23 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_23, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 23, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(23, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 24 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_24, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 24, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(24, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 24 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_24, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 24, &len, &child, &ok) || child == 24)
+	__u32 child = fpol_on_child(24, fpol_read_name(name));
+	if (child == 24)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4521,114 +4051,92 @@ __u32 BPF_PROG(fpol_lookup_post_24, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_24, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 24, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(24, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(24, len), len);
 }
 
 /* mkdir_prefilter for class 24 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_24, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 24, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(24, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 24 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_24, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 24, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(24, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 24 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_24, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 24, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 24, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(24, len);
+	if (known)
+		dst = fpol_on_child(24, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(24, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(24, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 24 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_24, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 24, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 24, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(24, len);
+	if (known)
+		dst = fpol_on_child(24, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(24, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 24 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_24, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 24, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(24, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 25 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_25, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(25, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 25 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_25, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 25, &len, &child, &ok) || child == 25)
+	__u32 child = fpol_on_child(25, fpol_read_name(name));
+	if (child == 25)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4642,138 +4150,108 @@ __u32 BPF_PROG(fpol_lookup_post_25, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(25, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(25, len), len);
 }
 
 /* mkdir_prefilter for class 25 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_25, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(25, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 25 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_25, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(25, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 25 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_25, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 25, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 25, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(25, len);
+	if (known)
+		dst = fpol_on_child(25, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(25, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(25, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 25 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_25, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 25, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 25, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(25, len);
+	if (known)
+		dst = fpol_on_child(25, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(25, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 25 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(25, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 25 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(25, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 25 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 25, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(25, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 26 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_26, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(26, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 26 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_26, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 26, &len, &child, &ok) || child == 26)
+	__u32 child = fpol_on_child(26, fpol_read_name(name));
+	if (child == 26)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4787,138 +4265,108 @@ __u32 BPF_PROG(fpol_lookup_post_26, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(26, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(26, len), len);
 }
 
 /* mkdir_prefilter for class 26 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_26, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(26, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 26 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_26, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(26, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 26 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_26, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 26, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 26, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(26, len);
+	if (known)
+		dst = fpol_on_child(26, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(26, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(26, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 26 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_26, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 26, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 26, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(26, len);
+	if (known)
+		dst = fpol_on_child(26, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(26, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 26 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(26, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 26 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(26, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 26 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 26, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(26, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 27 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_27, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 27, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(27, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 27 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_27, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 27, &len, &child, &ok) || child == 27)
+	__u32 child = fpol_on_child(27, fpol_read_name(name));
+	if (child == 27)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -4932,114 +4380,92 @@ __u32 BPF_PROG(fpol_lookup_post_27, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_27, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 27, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(27, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(27, len), len);
 }
 
 /* mkdir_prefilter for class 27 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_27, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 27, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(27, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 27 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_27, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 27, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(27, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 27 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_27, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 27, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 27, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(27, len);
+	if (known)
+		dst = fpol_on_child(27, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(27, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(27, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 27 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_27, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 27, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 27, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(27, len);
+	if (known)
+		dst = fpol_on_child(27, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(27, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 27 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_27, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 27, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(27, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 28 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_28, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 28, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(28, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 28 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_28, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 28, &len, &child, &ok) || child == 28)
+	__u32 child = fpol_on_child(28, fpol_read_name(name));
+	if (child == 28)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5053,78 +4479,68 @@ __u32 BPF_PROG(fpol_lookup_post_28, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_28, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 28, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(28, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(28, len), len);
 }
 
 /* rename2_prefilter for class 28 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_28, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 28, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 28, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(28, len);
+	if (known)
+		dst = fpol_on_child(28, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(28, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(28, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 28 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_28, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 28, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 28, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(28, len);
+	if (known)
+		dst = fpol_on_child(28, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(28, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* create_open_prefilter for class 29 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_29, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 29, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(29, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 29 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_29, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 29, &len, &child, &ok) || child == 29)
+	__u32 child = fpol_on_child(29, fpol_read_name(name));
+	if (child == 29)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5138,114 +4554,92 @@ __u32 BPF_PROG(fpol_lookup_post_29, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_29, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 29, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(29, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(29, len), len);
 }
 
 /* mkdir_prefilter for class 29 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_29, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 29, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(29, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 29 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_29, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 29, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(29, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 29 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_29, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 29, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 29, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(29, len);
+	if (known)
+		dst = fpol_on_child(29, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(29, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(29, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 29 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_29, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 29, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 29, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(29, len);
+	if (known)
+		dst = fpol_on_child(29, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(29, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* symlink_prefilter for class 29 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_29, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 29, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(29, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* create_open_prefilter for class 30 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_30, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(30, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 30 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_30, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 30, &len, &child, &ok) || child == 30)
+	__u32 child = fpol_on_child(30, fpol_read_name(name));
+	if (child == 30)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5259,138 +4653,108 @@ __u32 BPF_PROG(fpol_lookup_post_30, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(30, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(30, len), len);
 }
 
 /* mkdir_prefilter for class 30 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_30, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(30, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 30 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_30, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(30, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 30 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_30, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 30, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 30, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(30, len);
+	if (known)
+		dst = fpol_on_child(30, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(30, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(30, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 30 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_30, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 30, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 30, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(30, len);
+	if (known)
+		dst = fpol_on_child(30, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(30, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 30 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(30, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 30 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(30, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 30 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 30, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(30, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 31 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_31, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 31, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(31, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 31 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_31, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 31, &len, &child, &ok) || child == 31)
+	__u32 child = fpol_on_child(31, fpol_read_name(name));
+	if (child == 31)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5404,78 +4768,68 @@ __u32 BPF_PROG(fpol_lookup_post_31, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_31, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 31, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(31, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(31, len), len);
 }
 
 /* rename2_prefilter for class 31 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_31, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 31, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 31, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(31, len);
+	if (known)
+		dst = fpol_on_child(31, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(31, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(31, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 31 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_31, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 31, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 31, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(31, len);
+	if (known)
+		dst = fpol_on_child(31, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(31, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* create_open_prefilter for class 32 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_32, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(32, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 32 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_32, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 32, &len, &child, &ok) || child == 32)
+	__u32 child = fpol_on_child(32, fpol_read_name(name));
+	if (child == 32)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5489,138 +4843,108 @@ __u32 BPF_PROG(fpol_lookup_post_32, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(32, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(32, len), len);
 }
 
 /* mkdir_prefilter for class 32 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_32, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(32, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 32 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_32, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(32, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 32 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_32, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 32, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 32, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(32, len);
+	if (known)
+		dst = fpol_on_child(32, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(32, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(32, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 32 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_32, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 32, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 32, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(32, len);
+	if (known)
+		dst = fpol_on_child(32, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(32, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 32 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(32, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 32 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(32, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 32 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 32, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(32, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 33 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_33, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(33, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 33 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_33, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 33, &len, &child, &ok) || child == 33)
+	__u32 child = fpol_on_child(33, fpol_read_name(name));
+	if (child == 33)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5634,138 +4958,108 @@ __u32 BPF_PROG(fpol_lookup_post_33, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(33, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(33, len), len);
 }
 
 /* mkdir_prefilter for class 33 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_33, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(33, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 33 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_33, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(33, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 33 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_33, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 33, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 33, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(33, len);
+	if (known)
+		dst = fpol_on_child(33, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(33, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(33, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 33 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_33, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 33, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 33, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(33, len);
+	if (known)
+		dst = fpol_on_child(33, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(33, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 33 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(33, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 33 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(33, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 33 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 33, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(33, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* create_open_prefilter for class 34 */
 SEC("struct_ops/create_open_prefilter")
 __u32 BPF_PROG(fpol_create_open_34, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(fpol_create_slot(in->flags), child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(34, fpol_create_slot(in->flags), len), len);
 }
 
 /* lookup_postfilter for class 34 */
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
 SEC("struct_ops/lookup_postfilter")
 __u32 BPF_PROG(fpol_lookup_post_34, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
 	       struct fuse_entry_out *out, struct fuse_buffer *entries)
 {
 	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
 	struct bpf_dynptr dp;
-	__u32 len, child, ok;
 	if (meta->error_in)
 		return BPF_FUSE_CONTINUE;
-	if (!fpol_named_child(name, 34, &len, &child, &ok) || child == 34)
+	__u32 child = fpol_on_child(34, fpol_read_name(name));
+	if (child == 34)
 		return BPF_FUSE_CONTINUE;
 	if (child >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
@@ -5779,113 +5073,86 @@ __u32 BPF_PROG(fpol_lookup_post_34, const struct bpf_fuse_meta_info *meta, const
 SEC("struct_ops/lookup_prefilter")
 __u32 BPF_PROG(fpol_lookup_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 word = fpol_word(child, FPOL_SLOT_LOOKUP);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_lookup_code(34, child, word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_lookup(34, len), len);
 }
 
 /* mkdir_prefilter for class 34 */
 SEC("struct_ops/mkdir_prefilter")
 __u32 BPF_PROG(fpol_mkdir_34, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKDIR, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(34, FPOL_SLOT_MKDIR, len), len);
 }
 
 /* mknod_prefilter for class 34 */
 SEC("struct_ops/mknod_prefilter")
 __u32 BPF_PROG(fpol_mknod_34, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_MKNOD, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(34, FPOL_SLOT_MKNOD, len), len);
 }
 
 /* rename2_prefilter for class 34 */
 SEC("struct_ops/rename2_prefilter")
 __u32 BPF_PROG(fpol_rename2_34, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 34, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 34, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(34, len);
+	if (known)
+		dst = fpol_on_child(34, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(34, src, known, dst);
-	if (FPOL_KIND(word) == FPOL_ALLOW && (in->flags & RENAME_EXCHANGE))
-		/* An exchange moves both objects: each direction must gain nothing. */
-		word = fpol_stricter(word, fpol_rename(34, dst, known, src));
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rename_prefilter for class 34 */
 SEC("struct_ops/rename_prefilter")
 __u32 BPF_PROG(fpol_rename_34, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
 {
-	__u32 len, len2, src, dst = 0, ok, word;
-	if (!fpol_named_child(old_name, 34, &len, &src, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
 	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
 	 * prove the destination is this directory. */
-	int known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	if (known && !fpol_named_child(new_name, 34, &len2, &dst, &ok))
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
+	__u32 dst = 0, len = fpol_read_name(old_name);
+	__u32 src = fpol_on_child(34, len);
+	if (known)
+		dst = fpol_on_child(34, fpol_read_name(new_name));
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
 		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_rename(34, src, known, dst);
-	if ((word & FPOL_AUDIT) && known)
+	__u32 code = fpol_on_rename(src, known, dst, 0);
+	if (known)
 		len = fpol_read_name(old_name);  /* the event names the object moved */
-	fpol_emit(meta, word, src, 1, len);
-	return fpol_code(word);
+	return fpol_finish(meta, code, len);
 }
 
 /* rmdir_prefilter for class 34 */
 SEC("struct_ops/rmdir_prefilter")
 __u32 BPF_PROG(fpol_rmdir_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_RMDIR);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(34, FPOL_SLOT_RMDIR, len), len);
 }
 
 /* symlink_prefilter for class 34 */
 SEC("struct_ops/symlink_prefilter")
 __u32 BPF_PROG(fpol_symlink_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_new_object(FPOL_SLOT_SYMLINK, child, ok);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_create(34, FPOL_SLOT_SYMLINK, len), len);
 }
 
 /* unlink_prefilter for class 34 */
 SEC("struct_ops/unlink_prefilter")
 __u32 BPF_PROG(fpol_unlink_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
 {
-	__u32 len, child, ok, word;
-	if (!fpol_named_child(name, 34, &len, &child, &ok))
-		return fpol_code(FPOL_WORD_BADNAME);
-	word = fpol_word(child, FPOL_SLOT_UNLINK);
-	fpol_emit(meta, word, child, 1, len);
-	return fpol_code(word);
+	__u32 len = fpol_read_name(name);
+	return fpol_finish(meta, fpol_on_remove(34, FPOL_SLOT_UNLINK, len), len);
 }
 
 /* One instance per class. */
