@@ -65,6 +65,36 @@ def unpack(word: int) -> dict:
     }
 
 
+MAX_PROBE = 8
+
+
+def literal_slot(cls: int, name_hash: int, size: int) -> int:
+    """Home slot of (class, name hash) in the literal table; the C computes the same."""
+    return (name_hash ^ ((cls * 0x9E3779B1) & 0xFFFFFFFF)) & (size - 1)
+
+
+def _literal_table(literals: list) -> tuple[list, int]:
+    """An open-addressing table of the literal transitions, as small as keeps every probe
+    sequence within MAX_PROBE: a transition costs one hash and a few comparisons however
+    many names the policy has, and the verifier sees a loop of at most MAX_PROBE steps."""
+    size = 1
+    while size < 2 * len(literals):
+        size *= 2
+    while True:
+        table: list = [None] * size
+        longest = 1
+        for e in literals:
+            slot = literal_slot(e.cls, e.hash, size)
+            for k in range(size):
+                if table[(slot + k) & (size - 1)] is None:
+                    table[(slot + k) & (size - 1)] = e
+                    longest = max(longest, k + 1)
+                    break
+        if longest <= MAX_PROBE or size >= 1 << 24:
+            return table, longest
+        size *= 2
+
+
 def _errno_name(value: int) -> str:
     from .analyse import CANONICAL_ERRNO
 
@@ -227,8 +257,8 @@ class Model:
     op_numbers: dict
     opcodes: dict
     max_depth: int
-    search_steps: int
-    max_collisions: int
+    literal_table: list  # open addressing: slot -> LiteralEntry or None
+    max_probe: int  # the longest probe sequence in it
     pool_size: int
     case_insensitive: bool
     any_audit: bool
@@ -259,37 +289,88 @@ class Strictness:
         self.tree = tree
         self.fold = tree.policy.case_insensitive
         self.memo: dict[tuple[int, int], bool] = {}
+        self.rows: dict[tuple[int, int], bool] = {}  # by decision table identity
+        self.fanned: set[tuple[int, int]] = set()  # (d, t): every child of d ⪰ class t, proven
+        self._targets: dict[int, tuple[int, ...]] = {}
+        self._vectors: dict[tuple, int] = {}
+        self._vector_of: dict[int, int] = {}
+        self._vector_by_id: dict[int, tuple] = {}
+
+    def _strictness(self, c: Class) -> int:
+        """An id for the class's vector of strictness per atom (few distinct ones exist)."""
+        v = self._vector_of.get(c.id)
+        if v is None:
+            vec = tuple(STRICTNESS[d.kind] for d in c.table)
+            v = self._vector_of[c.id] = self._vectors.setdefault(vec, len(self._vectors))
+            self._vector_by_id[v] = vec
+        return v
 
     def _row_ok(self, d: Class, s: Class) -> bool:
-        return all(STRICTNESS[a.kind] >= STRICTNESS[b.kind] for a, b in zip(d.table, s.table))
+        key = (self._strictness(d), self._strictness(s))
+        ok = self.rows.get(key)
+        if ok is None:
+            a, b = self._vector_by_id[key[0]], self._vector_by_id[key[1]]
+            ok = self.rows[key] = all(x >= y for x, y in zip(a, b))
+        return ok
 
     def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
+        """A greatest fixed point: explore the pairs reachable by common names; any pair
+        whose rows disagree refutes it. When none does, every pair explored holds too."""
         key = (d_id, s_id)
         if key in self.memo:
             return self.memo[key]
         classes = self.tree.classes
         seen = {key}
         stack = [key]
+        fans = []
         ok = True
-        while stack and ok:
+        while stack:
             d, s = stack.pop()
             if d == s:
                 continue
             known = self.memo.get((d, s))
             if known is True:
                 continue
-            if known is False or not self._row_ok(classes[d], classes[s]):
+            cd, cs = classes[d], classes[s]
+            if known is False or not self._row_ok(cd, cs):
                 ok = False
                 break
-            for name in self._names(classes[d], classes[s]):
-                pair = (classes[d].child(name, self.fold), classes[s].child(name, self.fold))
+            if not cs.globs and (not cs.literals or len(cd.literals) > 32):
+                # Names s does not list take it to its default class: pair that with each
+                # of d's children (for a d with many names, this may pair more than the
+                # names do, which can only refuse more), then s's own names.
+                fan = (d, cs.default)
+                pairs = [(cd.child(n, self.fold), t) for n, t in cs.literals]
+                if fan not in self.fanned:
+                    fans.append(fan)
+                    pairs += [(t, cs.default) for t in self.targets(cd)]
+            else:
+                pairs = [(cd.child(n, self.fold), cs.child(n, self.fold)) for n in self._names(cd, cs)]
+            for pair in pairs:
                 if pair not in seen:
                     seen.add(pair)
                     stack.append(pair)
-        self.memo[key] = ok
+        if ok:
+            for pair in seen:
+                self.memo[pair] = True
+            self.fanned.update(fans)
+        else:
+            self.memo[key] = False
         return ok
 
+    def targets(self, c: Class) -> tuple[int, ...]:
+        """Every class a child of `c` can be in."""
+        t = self._targets.get(c.id)
+        if t is None:
+            t = self._targets[c.id] = tuple(sorted({x for _, x in c.literals} |
+                                                   {x for _, x in c.masks} | {c.default}))
+        return t
+
     def _names(self, a: Class, b: Class) -> list[bytes]:
+        """Names that can lead the two classes apart: their literals, and one name per
+        realisable combination of their globs."""
+        if not a.literals and not b.literals and not a.globs and not b.globs:
+            return [b"x"]  # both send every name to their default child
         lits = {lit for lit, _ in a.literals} | {lit for lit, _ in b.literals}
         globs = sorted({g.text for g in a.globs} | {g.text for g in b.globs})
         return sorted(lits) + [w for _, w in sorted(glob_combinations(globs, frozenset(lits)).items())]
@@ -343,10 +424,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
                                          strict.at_least_as_strict(c.id, child),
                                          name.decode("utf-8", "backslashreplace")))
     literals.sort(key=lambda e: (e.cls, e.hash, e.length, e.offset))
-    collisions, run = 1, 1
-    for a, b in zip(literals, literals[1:]):
-        run = run + 1 if (a.cls, a.hash) == (b.cls, b.hash) else 1
-        collisions = max(collisions, run)
+    table, probes = _literal_table(literals)
 
     # Glob functions and the classes that test them.
     glob_ids: dict[bytes, int] = {}
@@ -373,7 +451,6 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
              for c in classes]
 
     programs, instances = _programs(tree, abi, infos, strict)
-    steps = max(1, (len(literals)).bit_length() + 1)
     return Model(
         policy=policy, tree=tree, abi=abi, version=__version__,
         source_name=source_name or policy.file,
@@ -381,8 +458,8 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         rows=rows, classes=infos, literals=literals, pool=bytes(pool), globs=globs,
         glob_classes=glob_classes, programs=programs,
         instances=instances, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
-        opcodes=OPCODES, max_depth=MAX_DEPTH, search_steps=steps,
-        max_collisions=collisions, pool_size=max(1, len(pool)),
+        opcodes=OPCODES, max_depth=MAX_DEPTH, literal_table=table, max_probe=probes,
+        pool_size=max(1, len(pool)),
         case_insensitive=policy.case_insensitive,
         any_audit=any(d.audit for c in classes for d in c.table),
         open_slots=_detail_slots()[0], create_slots=_detail_slots()[1],

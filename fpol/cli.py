@@ -568,6 +568,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `fpol ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except Exception as e:  # an environment problem the command did not foresee
         from fpol.runtime.engine import EngineUnavailable
         from fpol.compiler.clang import ToolMissing
@@ -576,8 +579,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fpol: {e}", file=sys.stderr)
             return EXIT_ENV
         raise
-    except BrokenPipeError:
-        return EXIT_OK
 
 
 if __name__ == "__main__":

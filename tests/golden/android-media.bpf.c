@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 8
 #define FPOL_POOL_SIZE 47
-#define FPOL_SEARCH_STEPS 5
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 16
+#define FPOL_MAX_PROBE 2
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 1
@@ -434,16 +434,25 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[8] = {
-	{ 0, 0x01ca9a66, 0, 7, 0, 1 }, /* class 0: "storage" -> class 1 */
-	{ 1, 0xed42113a, 7, 8, 0, 3 }, /* class 1: "emulated" -> class 3 */
-	{ 3, 0x238beac2, 22, 4, 0, 6 }, /* class 3: "dcim" -> class 6 */
-	{ 3, 0x257fbbf4, 26, 6, 0, 7 }, /* class 3: "movies" -> class 7 */
-	{ 3, 0x684ab28e, 32, 8, 0, 7 }, /* class 3: "pictures" -> class 7 */
-	{ 3, 0xfa1b0b2c, 15, 7, 0, 5 }, /* class 3: "android" -> class 5 */
-	{ 5, 0xbf4536e2, 44, 3, 0, 8 }, /* class 5: "obb" -> class 8 */
-	{ 5, 0xd872e2a5, 40, 4, 0, 8 }, /* class 5: "data" -> class 8 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 5, 0xd872e2a5, 40, 4, 0, 8 }, /* class 5: "data" -> class 8 */
+	[1] = { 3, 0x238beac2, 22, 4, 0, 6 }, /* class 3: "dcim" -> class 6 */
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[6] = { 0, 0x01ca9a66, 0, 7, 0, 1 }, /* class 0: "storage" -> class 1 */
+	[7] = { 3, 0x257fbbf4, 26, 6, 0, 7 }, /* class 3: "movies" -> class 7 */
+	[8] = { 5, 0xbf4536e2, 44, 3, 0, 8 }, /* class 5: "obb" -> class 8 */
+	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[11] = { 1, 0xed42113a, 7, 8, 0, 3 }, /* class 1: "emulated" -> class 3 */
+	[12] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[13] = { 3, 0x684ab28e, 32, 8, 0, 7 }, /* class 3: "pictures" -> class 7 */
+	[14] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[15] = { 3, 0xfa1b0b2c, 15, 7, 0, 5 }, /* class 3: "android" -> class 5 */
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -583,27 +592,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	if (cls == 1) {

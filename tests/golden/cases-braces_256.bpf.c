@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 257
 #define FPOL_POOL_SIZE 915
-#define FPOL_SEARCH_STEPS 10
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 1024
+#define FPOL_MAX_PROBE 4
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 0
@@ -346,265 +346,1033 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[257] = {
-	{ 0, 0xfd0c5087, 0, 1, 0, 1 }, /* class 0: "x" -> class 1 */
-	{ 1, 0x0a010190, 321, 4, 0, 3 }, /* class 1: "d173" -> class 3 */
-	{ 1, 0x0b010323, 317, 4, 0, 3 }, /* class 1: "d172" -> class 3 */
-	{ 1, 0x0c0104b6, 313, 4, 0, 3 }, /* class 1: "d171" -> class 3 */
-	{ 1, 0x0d010649, 309, 4, 0, 3 }, /* class 1: "d170" -> class 3 */
-	{ 1, 0x0d0344e0, 204, 4, 0, 3 }, /* class 1: "d146" -> class 3 */
-	{ 1, 0x0e0107dc, 337, 4, 0, 3 }, /* class 1: "d177" -> class 3 */
-	{ 1, 0x0e034673, 208, 4, 0, 3 }, /* class 1: "d147" -> class 3 */
-	{ 1, 0x0f01096f, 333, 4, 0, 3 }, /* class 1: "d176" -> class 3 */
-	{ 1, 0x0f034806, 196, 4, 0, 3 }, /* class 1: "d144" -> class 3 */
-	{ 1, 0x0fc1a9d0, 693, 3, 0, 3 }, /* class 1: "d30" -> class 3 */
-	{ 1, 0x10010b02, 329, 4, 0, 3 }, /* class 1: "d175" -> class 3 */
-	{ 1, 0x10034999, 200, 4, 0, 3 }, /* class 1: "d145" -> class 3 */
-	{ 1, 0x10058830, 259, 4, 0, 3 }, /* class 1: "d159" -> class 3 */
-	{ 1, 0x10c1ab63, 696, 3, 0, 3 }, /* class 1: "d31" -> class 3 */
-	{ 1, 0x11010c95, 325, 4, 0, 3 }, /* class 1: "d174" -> class 3 */
-	{ 1, 0x11034b2c, 188, 4, 0, 3 }, /* class 1: "d142" -> class 3 */
-	{ 1, 0x110589c3, 255, 4, 0, 3 }, /* class 1: "d158" -> class 3 */
-	{ 1, 0x11c1acf6, 699, 3, 0, 3 }, /* class 1: "d32" -> class 3 */
-	{ 1, 0x12034cbf, 192, 4, 0, 3 }, /* class 1: "d143" -> class 3 */
-	{ 1, 0x12c1ae89, 702, 3, 0, 3 }, /* class 1: "d33" -> class 3 */
-	{ 1, 0x12c3ed20, 566, 3, 0, 3 }, /* class 1: "d23" -> class 3 */
-	{ 1, 0x13034e52, 180, 4, 0, 3 }, /* class 1: "d140" -> class 3 */
-	{ 1, 0x13c1b01c, 705, 3, 0, 3 }, /* class 1: "d34" -> class 3 */
-	{ 1, 0x13c3eeb3, 523, 3, 0, 3 }, /* class 1: "d22" -> class 3 */
-	{ 1, 0x1401114e, 345, 4, 0, 3 }, /* class 1: "d179" -> class 3 */
-	{ 1, 0x14034fe5, 184, 4, 0, 3 }, /* class 1: "d141" -> class 3 */
-	{ 1, 0x14c1b1af, 708, 3, 0, 3 }, /* class 1: "d35" -> class 3 */
-	{ 1, 0x14c3f046, 480, 3, 0, 3 }, /* class 1: "d21" -> class 3 */
-	{ 1, 0x14d2fad0, 740, 3, 0, 3 }, /* class 1: "d45" -> class 3 */
-	{ 1, 0x150112e1, 341, 4, 0, 3 }, /* class 1: "d178" -> class 3 */
-	{ 1, 0x15c1b342, 711, 3, 0, 3 }, /* class 1: "d36" -> class 3 */
-	{ 1, 0x15c3f1d9, 437, 3, 0, 3 }, /* class 1: "d20" -> class 3 */
-	{ 1, 0x15c63070, 263, 3, 0, 3 }, /* class 1: "d16" -> class 3 */
-	{ 1, 0x15d2fc63, 737, 3, 0, 3 }, /* class 1: "d44" -> class 3 */
-	{ 1, 0x16c1b4d5, 714, 3, 0, 3 }, /* class 1: "d37" -> class 3 */
-	{ 1, 0x16c3f36c, 682, 3, 0, 3 }, /* class 1: "d27" -> class 3 */
-	{ 1, 0x16c63203, 306, 3, 0, 3 }, /* class 1: "d17" -> class 3 */
-	{ 1, 0x16d2fdf6, 746, 3, 0, 3 }, /* class 1: "d47" -> class 3 */
-	{ 1, 0x1707d1cc, 126, 4, 0, 3 }, /* class 1: "d128" -> class 3 */
-	{ 1, 0x17c1b668, 717, 3, 0, 3 }, /* class 1: "d38" -> class 3 */
-	{ 1, 0x17c3f4ff, 679, 3, 0, 3 }, /* class 1: "d26" -> class 3 */
-	{ 1, 0x17c63396, 177, 3, 0, 3 }, /* class 1: "d14" -> class 3 */
-	{ 1, 0x17d2ff89, 743, 3, 0, 3 }, /* class 1: "d46" -> class 3 */
-	{ 1, 0x180594c8, 227, 4, 0, 3 }, /* class 1: "d151" -> class 3 */
-	{ 1, 0x1807d35f, 130, 4, 0, 3 }, /* class 1: "d129" -> class 3 */
-	{ 1, 0x1823a9dc, 431, 4, 0, 3 }, /* class 1: "d199" -> class 3 */
-	{ 1, 0x18c1b7fb, 720, 3, 0, 3 }, /* class 1: "d39" -> class 3 */
-	{ 1, 0x18c3f692, 652, 3, 0, 3 }, /* class 1: "d25" -> class 3 */
-	{ 1, 0x18c63529, 220, 3, 0, 3 }, /* class 1: "d15" -> class 3 */
-	{ 1, 0x18d3011c, 728, 3, 0, 3 }, /* class 1: "d41" -> class 3 */
-	{ 1, 0x1905965b, 223, 4, 0, 3 }, /* class 1: "d150" -> class 3 */
-	{ 1, 0x1923ab6f, 427, 4, 0, 3 }, /* class 1: "d198" -> class 3 */
-	{ 1, 0x19c3f825, 609, 3, 0, 3 }, /* class 1: "d24" -> class 3 */
-	{ 1, 0x19c636bc, 91, 3, 0, 3 }, /* class 1: "d12" -> class 3 */
-	{ 1, 0x19d302af, 725, 3, 0, 3 }, /* class 1: "d40" -> class 3 */
-	{ 1, 0x1a0597ee, 235, 4, 0, 3 }, /* class 1: "d153" -> class 3 */
-	{ 1, 0x1ac6384f, 134, 3, 0, 3 }, /* class 1: "d13" -> class 3 */
-	{ 1, 0x1ad30442, 734, 3, 0, 3 }, /* class 1: "d43" -> class 3 */
-	{ 1, 0x1b035aea, 212, 4, 0, 3 }, /* class 1: "d148" -> class 3 */
-	{ 1, 0x1b059981, 231, 4, 0, 3 }, /* class 1: "d152" -> class 3 */
-	{ 1, 0x1b07d818, 110, 4, 0, 3 }, /* class 1: "d124" -> class 3 */
-	{ 1, 0x1bc639e2, 5, 3, 0, 3 }, /* class 1: "d10" -> class 3 */
-	{ 1, 0x1bd305d5, 731, 3, 0, 3 }, /* class 1: "d42" -> class 3 */
-	{ 1, 0x1c035c7d, 216, 4, 0, 3 }, /* class 1: "d149" -> class 3 */
-	{ 1, 0x1c059b14, 243, 4, 0, 3 }, /* class 1: "d155" -> class 3 */
-	{ 1, 0x1c07d9ab, 114, 4, 0, 3 }, /* class 1: "d125" -> class 3 */
-	{ 1, 0x1c23b028, 415, 4, 0, 3 }, /* class 1: "d195" -> class 3 */
-	{ 1, 0x1cc3fcde, 688, 3, 0, 3 }, /* class 1: "d29" -> class 3 */
-	{ 1, 0x1cc63b75, 48, 3, 0, 3 }, /* class 1: "d11" -> class 3 */
-	{ 1, 0x1d059ca7, 239, 4, 0, 3 }, /* class 1: "d154" -> class 3 */
-	{ 1, 0x1d07db3e, 118, 4, 0, 3 }, /* class 1: "d126" -> class 3 */
-	{ 1, 0x1d23b1bb, 411, 4, 0, 3 }, /* class 1: "d194" -> class 3 */
-	{ 1, 0x1dc3fe71, 685, 3, 0, 3 }, /* class 1: "d28" -> class 3 */
-	{ 1, 0x1e059e3a, 251, 4, 0, 3 }, /* class 1: "d157" -> class 3 */
-	{ 1, 0x1e07dcd1, 122, 4, 0, 3 }, /* class 1: "d127" -> class 3 */
-	{ 1, 0x1e23b34e, 423, 4, 0, 3 }, /* class 1: "d197" -> class 3 */
-	{ 1, 0x1f059fcd, 247, 4, 0, 3 }, /* class 1: "d156" -> class 3 */
-	{ 1, 0x1f07de64, 94, 4, 0, 3 }, /* class 1: "d120" -> class 3 */
-	{ 1, 0x1f23b4e1, 419, 4, 0, 3 }, /* class 1: "d196" -> class 3 */
-	{ 1, 0x2007dff7, 98, 4, 0, 3 }, /* class 1: "d121" -> class 3 */
-	{ 1, 0x2023b674, 399, 4, 0, 3 }, /* class 1: "d191" -> class 3 */
-	{ 1, 0x20738050, 507, 4, 0, 3 }, /* class 1: "d216" -> class 3 */
-	{ 1, 0x20d30db4, 752, 3, 0, 3 }, /* class 1: "d49" -> class 3 */
-	{ 1, 0x2107e18a, 102, 4, 0, 3 }, /* class 1: "d122" -> class 3 */
-	{ 1, 0x2123b807, 395, 4, 0, 3 }, /* class 1: "d190" -> class 3 */
-	{ 1, 0x217381e3, 511, 4, 0, 3 }, /* class 1: "d217" -> class 3 */
-	{ 1, 0x21d30f47, 749, 3, 0, 3 }, /* class 1: "d48" -> class 3 */
-	{ 1, 0x2207e31d, 106, 4, 0, 3 }, /* class 1: "d123" -> class 3 */
-	{ 1, 0x2223b99a, 407, 4, 0, 3 }, /* class 1: "d193" -> class 3 */
-	{ 1, 0x22738376, 499, 4, 0, 3 }, /* class 1: "d214" -> class 3 */
-	{ 1, 0x2323bb2d, 403, 4, 0, 3 }, /* class 1: "d192" -> class 3 */
-	{ 1, 0x23738509, 503, 4, 0, 3 }, /* class 1: "d215" -> class 3 */
-	{ 1, 0x2375c3a0, 476, 4, 0, 3 }, /* class 1: "d209" -> class 3 */
-	{ 1, 0x23c6467a, 349, 3, 0, 3 }, /* class 1: "d18" -> class 3 */
-	{ 1, 0x23d9ce32, 909, 3, 0, 3 }, /* class 1: "d98" -> class 3 */
-	{ 1, 0x2473869c, 491, 4, 0, 3 }, /* class 1: "d212" -> class 3 */
-	{ 1, 0x2475c533, 472, 4, 0, 3 }, /* class 1: "d208" -> class 3 */
-	{ 1, 0x24c6480d, 392, 3, 0, 3 }, /* class 1: "d19" -> class 3 */
-	{ 1, 0x24d9cfc5, 912, 3, 0, 3 }, /* class 1: "d99" -> class 3 */
-	{ 1, 0x2573882f, 495, 4, 0, 3 }, /* class 1: "d213" -> class 3 */
-	{ 1, 0x25d9d158, 903, 3, 0, 3 }, /* class 1: "d96" -> class 3 */
-	{ 1, 0x267389c2, 483, 4, 0, 3 }, /* class 1: "d210" -> class 3 */
-	{ 1, 0x26d9d2eb, 906, 3, 0, 3 }, /* class 1: "d97" -> class 3 */
-	{ 1, 0x27738b55, 487, 4, 0, 3 }, /* class 1: "d211" -> class 3 */
-	{ 1, 0x27d9d47e, 897, 3, 0, 3 }, /* class 1: "d94" -> class 3 */
-	{ 1, 0x28d9d611, 900, 3, 0, 3 }, /* class 1: "d95" -> class 3 */
-	{ 1, 0x29d9d7a4, 891, 3, 0, 3 }, /* class 1: "d92" -> class 3 */
-	{ 1, 0x2ad9d937, 894, 3, 0, 3 }, /* class 1: "d93" -> class 3 */
-	{ 1, 0x2b75d038, 444, 4, 0, 3 }, /* class 1: "d201" -> class 3 */
-	{ 1, 0x2bd9daca, 885, 3, 0, 3 }, /* class 1: "d90" -> class 3 */
-	{ 1, 0x2c75d1cb, 440, 4, 0, 3 }, /* class 1: "d200" -> class 3 */
-	{ 1, 0x2cd9dc5d, 888, 3, 0, 3 }, /* class 1: "d91" -> class 3 */
-	{ 1, 0x2d75d35e, 452, 4, 0, 3 }, /* class 1: "d203" -> class 3 */
-	{ 1, 0x2e73965a, 515, 4, 0, 3 }, /* class 1: "d218" -> class 3 */
-	{ 1, 0x2e75d4f1, 448, 4, 0, 3 }, /* class 1: "d202" -> class 3 */
-	{ 1, 0x2f7397ed, 519, 4, 0, 3 }, /* class 1: "d219" -> class 3 */
-	{ 1, 0x2f75d684, 460, 4, 0, 3 }, /* class 1: "d205" -> class 3 */
-	{ 1, 0x3075d817, 456, 4, 0, 3 }, /* class 1: "d204" -> class 3 */
-	{ 1, 0x3175d9aa, 468, 4, 0, 3 }, /* class 1: "d207" -> class 3 */
-	{ 1, 0x3275db3d, 464, 4, 0, 3 }, /* class 1: "d206" -> class 3 */
-	{ 1, 0x861d10c0, 691, 2, 0, 3 }, /* class 1: "d3" -> class 3 */
-	{ 1, 0x86fdf4c0, 266, 4, 0, 3 }, /* class 1: "d160" -> class 3 */
-	{ 1, 0x871d1253, 435, 2, 0, 3 }, /* class 1: "d2" -> class 3 */
-	{ 1, 0x87fdf653, 270, 4, 0, 3 }, /* class 1: "d161" -> class 3 */
-	{ 1, 0x881d13e6, 3, 2, 0, 3 }, /* class 1: "d1" -> class 3 */
-	{ 1, 0x88fdf7e6, 274, 4, 0, 3 }, /* class 1: "d162" -> class 3 */
-	{ 1, 0x890d0270, 16, 4, 0, 3 }, /* class 1: "d102" -> class 3 */
-	{ 1, 0x891d1579, 1, 2, 0, 3 }, /* class 1: "d0" -> class 3 */
-	{ 1, 0x89fdf979, 278, 4, 0, 3 }, /* class 1: "d163" -> class 3 */
-	{ 1, 0x8a0d0403, 20, 4, 0, 3 }, /* class 1: "d103" -> class 3 */
-	{ 1, 0x8a1d170c, 819, 2, 0, 3 }, /* class 1: "d7" -> class 3 */
-	{ 1, 0x8afdfb0c, 282, 4, 0, 3 }, /* class 1: "d164" -> class 3 */
-	{ 1, 0x8b0d0596, 8, 4, 0, 3 }, /* class 1: "d100" -> class 3 */
-	{ 1, 0x8b1d189f, 787, 2, 0, 3 }, /* class 1: "d6" -> class 3 */
-	{ 1, 0x8bfdfc9f, 286, 4, 0, 3 }, /* class 1: "d165" -> class 3 */
-	{ 1, 0x8c0d0729, 12, 4, 0, 3 }, /* class 1: "d101" -> class 3 */
-	{ 1, 0x8c0f45c0, 71, 4, 0, 3 }, /* class 1: "d115" -> class 3 */
-	{ 1, 0x8c1d1a32, 755, 2, 0, 3 }, /* class 1: "d5" -> class 3 */
-	{ 1, 0x8cfdfe32, 290, 4, 0, 3 }, /* class 1: "d166" -> class 3 */
-	{ 1, 0x8d0d08bc, 32, 4, 0, 3 }, /* class 1: "d106" -> class 3 */
-	{ 1, 0x8d0f4753, 67, 4, 0, 3 }, /* class 1: "d114" -> class 3 */
-	{ 1, 0x8d1d1bc5, 723, 2, 0, 3 }, /* class 1: "d4" -> class 3 */
-	{ 1, 0x8dfdffc5, 294, 4, 0, 3 }, /* class 1: "d167" -> class 3 */
-	{ 1, 0x8e0d0a4f, 36, 4, 0, 3 }, /* class 1: "d107" -> class 3 */
-	{ 1, 0x8e0f48e6, 79, 4, 0, 3 }, /* class 1: "d117" -> class 3 */
-	{ 1, 0x8efe0158, 298, 4, 0, 3 }, /* class 1: "d168" -> class 3 */
-	{ 1, 0x8f0d0be2, 24, 4, 0, 3 }, /* class 1: "d104" -> class 3 */
-	{ 1, 0x8f0f4a79, 75, 4, 0, 3 }, /* class 1: "d116" -> class 3 */
-	{ 1, 0x8ffe02eb, 302, 4, 0, 3 }, /* class 1: "d169" -> class 3 */
-	{ 1, 0x900d0d75, 28, 4, 0, 3 }, /* class 1: "d105" -> class 3 */
-	{ 1, 0x900f4c0c, 55, 4, 0, 3 }, /* class 1: "d111" -> class 3 */
-	{ 1, 0x901d207e, 883, 2, 0, 3 }, /* class 1: "d9" -> class 3 */
-	{ 1, 0x90dcb860, 856, 3, 0, 3 }, /* class 1: "d81" -> class 3 */
-	{ 1, 0x910f4d9f, 51, 4, 0, 3 }, /* class 1: "d110" -> class 3 */
-	{ 1, 0x911d2211, 851, 2, 0, 3 }, /* class 1: "d8" -> class 3 */
-	{ 1, 0x91cfee00, 763, 3, 0, 3 }, /* class 1: "d52" -> class 3 */
-	{ 1, 0x91dcb9f3, 853, 3, 0, 3 }, /* class 1: "d80" -> class 3 */
-	{ 1, 0x920f4f32, 63, 4, 0, 3 }, /* class 1: "d113" -> class 3 */
-	{ 1, 0x92cfef93, 766, 3, 0, 3 }, /* class 1: "d53" -> class 3 */
-	{ 1, 0x92dcbb86, 862, 3, 0, 3 }, /* class 1: "d83" -> class 3 */
-	{ 1, 0x930d122e, 40, 4, 0, 3 }, /* class 1: "d108" -> class 3 */
-	{ 1, 0x930f50c5, 59, 4, 0, 3 }, /* class 1: "d112" -> class 3 */
-	{ 1, 0x932099e6, 384, 4, 0, 3 }, /* class 1: "d188" -> class 3 */
-	{ 1, 0x93cff126, 757, 3, 0, 3 }, /* class 1: "d50" -> class 3 */
-	{ 1, 0x93dcbd19, 859, 3, 0, 3 }, /* class 1: "d82" -> class 3 */
-	{ 1, 0x940d13c1, 44, 4, 0, 3 }, /* class 1: "d109" -> class 3 */
-	{ 1, 0x94209b79, 388, 4, 0, 3 }, /* class 1: "d189" -> class 3 */
-	{ 1, 0x94cff2b9, 760, 3, 0, 3 }, /* class 1: "d51" -> class 3 */
-	{ 1, 0x94dcbeac, 868, 3, 0, 3 }, /* class 1: "d85" -> class 3 */
-	{ 1, 0x95cff44c, 775, 3, 0, 3 }, /* class 1: "d56" -> class 3 */
-	{ 1, 0x95dcc03f, 865, 3, 0, 3 }, /* class 1: "d84" -> class 3 */
-	{ 1, 0x96cff5df, 778, 3, 0, 3 }, /* class 1: "d57" -> class 3 */
-	{ 1, 0x96dcc1d2, 874, 3, 0, 3 }, /* class 1: "d87" -> class 3 */
-	{ 1, 0x97cff772, 769, 3, 0, 3 }, /* class 1: "d54" -> class 3 */
-	{ 1, 0x97dcc365, 871, 3, 0, 3 }, /* class 1: "d86" -> class 3 */
-	{ 1, 0x980f58a4, 87, 4, 0, 3 }, /* class 1: "d119" -> class 3 */
-	{ 1, 0x98cff905, 772, 3, 0, 3 }, /* class 1: "d55" -> class 3 */
-	{ 1, 0x98dcc4f8, 880, 3, 0, 3 }, /* class 1: "d89" -> class 3 */
-	{ 1, 0x990f5a37, 83, 4, 0, 3 }, /* class 1: "d118" -> class 3 */
-	{ 1, 0x9920a358, 360, 4, 0, 3 }, /* class 1: "d182" -> class 3 */
-	{ 1, 0x99dcc68b, 877, 3, 0, 3 }, /* class 1: "d88" -> class 3 */
-	{ 1, 0x9a20a4eb, 364, 4, 0, 3 }, /* class 1: "d183" -> class 3 */
-	{ 1, 0x9a6e3030, 569, 4, 0, 3 }, /* class 1: "d230" -> class 3 */
-	{ 1, 0x9b20a67e, 352, 4, 0, 3 }, /* class 1: "d180" -> class 3 */
-	{ 1, 0x9b6e31c3, 573, 4, 0, 3 }, /* class 1: "d231" -> class 3 */
-	{ 1, 0x9bcffdbe, 781, 3, 0, 3 }, /* class 1: "d58" -> class 3 */
-	{ 1, 0x9c0ae1c2, 173, 4, 0, 3 }, /* class 1: "d139" -> class 3 */
-	{ 1, 0x9c20a811, 356, 4, 0, 3 }, /* class 1: "d181" -> class 3 */
-	{ 1, 0x9c6e3356, 577, 4, 0, 3 }, /* class 1: "d232" -> class 3 */
-	{ 1, 0x9c7d3de0, 663, 4, 0, 3 }, /* class 1: "d252" -> class 3 */
-	{ 1, 0x9ccfff51, 784, 3, 0, 3 }, /* class 1: "d59" -> class 3 */
-	{ 1, 0x9d0ae355, 169, 4, 0, 3 }, /* class 1: "d138" -> class 3 */
-	{ 1, 0x9d20a9a4, 376, 4, 0, 3 }, /* class 1: "d186" -> class 3 */
-	{ 1, 0x9d6e34e9, 581, 4, 0, 3 }, /* class 1: "d233" -> class 3 */
-	{ 1, 0x9d707380, 538, 4, 0, 3 }, /* class 1: "d223" -> class 3 */
-	{ 1, 0x9d7d3f73, 667, 4, 0, 3 }, /* class 1: "d253" -> class 3 */
-	{ 1, 0x9e0ae4e8, 165, 4, 0, 3 }, /* class 1: "d137" -> class 3 */
-	{ 1, 0x9e20ab37, 380, 4, 0, 3 }, /* class 1: "d187" -> class 3 */
-	{ 1, 0x9e6e367c, 585, 4, 0, 3 }, /* class 1: "d234" -> class 3 */
-	{ 1, 0x9e707513, 534, 4, 0, 3 }, /* class 1: "d222" -> class 3 */
-	{ 1, 0x9e7d4106, 655, 4, 0, 3 }, /* class 1: "d250" -> class 3 */
-	{ 1, 0x9f0ae67b, 161, 4, 0, 3 }, /* class 1: "d136" -> class 3 */
-	{ 1, 0x9f20acca, 368, 4, 0, 3 }, /* class 1: "d184" -> class 3 */
-	{ 1, 0x9f6e380f, 589, 4, 0, 3 }, /* class 1: "d235" -> class 3 */
-	{ 1, 0x9f7076a6, 530, 4, 0, 3 }, /* class 1: "d221" -> class 3 */
-	{ 1, 0x9f7d4299, 659, 4, 0, 3 }, /* class 1: "d251" -> class 3 */
-	{ 1, 0x9f7f8130, 632, 4, 0, 3 }, /* class 1: "d245" -> class 3 */
-	{ 1, 0x9fcb86dc, 845, 3, 0, 3 }, /* class 1: "d78" -> class 3 */
-	{ 1, 0xa00ae80e, 157, 4, 0, 3 }, /* class 1: "d135" -> class 3 */
-	{ 1, 0xa020ae5d, 372, 4, 0, 3 }, /* class 1: "d185" -> class 3 */
-	{ 1, 0xa06e39a2, 593, 4, 0, 3 }, /* class 1: "d236" -> class 3 */
-	{ 1, 0xa0707839, 526, 4, 0, 3 }, /* class 1: "d220" -> class 3 */
-	{ 1, 0xa07f82c3, 628, 4, 0, 3 }, /* class 1: "d244" -> class 3 */
-	{ 1, 0xa0cb886f, 848, 3, 0, 3 }, /* class 1: "d79" -> class 3 */
-	{ 1, 0xa10ae9a1, 153, 4, 0, 3 }, /* class 1: "d134" -> class 3 */
-	{ 1, 0xa16e3b35, 597, 4, 0, 3 }, /* class 1: "d237" -> class 3 */
-	{ 1, 0xa17079cc, 554, 4, 0, 3 }, /* class 1: "d227" -> class 3 */
-	{ 1, 0xa17f8456, 640, 4, 0, 3 }, /* class 1: "d247" -> class 3 */
-	{ 1, 0xa20aeb34, 149, 4, 0, 3 }, /* class 1: "d133" -> class 3 */
-	{ 1, 0xa26e3cc8, 601, 4, 0, 3 }, /* class 1: "d238" -> class 3 */
-	{ 1, 0xa2707b5f, 550, 4, 0, 3 }, /* class 1: "d226" -> class 3 */
-	{ 1, 0xa27d4752, 671, 4, 0, 3 }, /* class 1: "d254" -> class 3 */
-	{ 1, 0xa27f85e9, 636, 4, 0, 3 }, /* class 1: "d246" -> class 3 */
-	{ 1, 0xa30aecc7, 145, 4, 0, 3 }, /* class 1: "d132" -> class 3 */
-	{ 1, 0xa36e3e5b, 605, 4, 0, 3 }, /* class 1: "d239" -> class 3 */
-	{ 1, 0xa3707cf2, 546, 4, 0, 3 }, /* class 1: "d225" -> class 3 */
-	{ 1, 0xa37d48e5, 675, 4, 0, 3 }, /* class 1: "d255" -> class 3 */
-	{ 1, 0xa37f877c, 616, 4, 0, 3 }, /* class 1: "d241" -> class 3 */
-	{ 1, 0xa3cb8d28, 833, 3, 0, 3 }, /* class 1: "d74" -> class 3 */
-	{ 1, 0xa40aee5a, 141, 4, 0, 3 }, /* class 1: "d131" -> class 3 */
-	{ 1, 0xa4707e85, 542, 4, 0, 3 }, /* class 1: "d224" -> class 3 */
-	{ 1, 0xa47f890f, 612, 4, 0, 3 }, /* class 1: "d240" -> class 3 */
-	{ 1, 0xa4cb8ebb, 836, 3, 0, 3 }, /* class 1: "d75" -> class 3 */
-	{ 1, 0xa4cdcd52, 816, 3, 0, 3 }, /* class 1: "d69" -> class 3 */
-	{ 1, 0xa50aefed, 137, 4, 0, 3 }, /* class 1: "d130" -> class 3 */
-	{ 1, 0xa57f8aa2, 624, 4, 0, 3 }, /* class 1: "d243" -> class 3 */
-	{ 1, 0xa5cb904e, 839, 3, 0, 3 }, /* class 1: "d76" -> class 3 */
-	{ 1, 0xa5cdcee5, 813, 3, 0, 3 }, /* class 1: "d68" -> class 3 */
-	{ 1, 0xa67f8c35, 620, 4, 0, 3 }, /* class 1: "d242" -> class 3 */
-	{ 1, 0xa6cb91e1, 842, 3, 0, 3 }, /* class 1: "d77" -> class 3 */
-	{ 1, 0xa6cdd078, 810, 3, 0, 3 }, /* class 1: "d67" -> class 3 */
-	{ 1, 0xa770833e, 562, 4, 0, 3 }, /* class 1: "d229" -> class 3 */
-	{ 1, 0xa7cb9374, 821, 3, 0, 3 }, /* class 1: "d70" -> class 3 */
-	{ 1, 0xa7cdd20b, 807, 3, 0, 3 }, /* class 1: "d66" -> class 3 */
-	{ 1, 0xa87084d1, 558, 4, 0, 3 }, /* class 1: "d228" -> class 3 */
-	{ 1, 0xa8cb9507, 824, 3, 0, 3 }, /* class 1: "d71" -> class 3 */
-	{ 1, 0xa8cdd39e, 804, 3, 0, 3 }, /* class 1: "d65" -> class 3 */
-	{ 1, 0xa9cb969a, 827, 3, 0, 3 }, /* class 1: "d72" -> class 3 */
-	{ 1, 0xa9cdd531, 801, 3, 0, 3 }, /* class 1: "d64" -> class 3 */
-	{ 1, 0xaacb982d, 830, 3, 0, 3 }, /* class 1: "d73" -> class 3 */
-	{ 1, 0xaacdd6c4, 798, 3, 0, 3 }, /* class 1: "d63" -> class 3 */
-	{ 1, 0xab7f9414, 648, 4, 0, 3 }, /* class 1: "d249" -> class 3 */
-	{ 1, 0xabcdd857, 795, 3, 0, 3 }, /* class 1: "d62" -> class 3 */
-	{ 1, 0xac7f95a7, 644, 4, 0, 3 }, /* class 1: "d248" -> class 3 */
-	{ 1, 0xaccdd9ea, 792, 3, 0, 3 }, /* class 1: "d61" -> class 3 */
-	{ 1, 0xadcddb7d, 789, 3, 0, 3 }, /* class 1: "d60" -> class 3 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[5] = { 1, 0x20d30db4, 752, 3, 0, 3 }, /* class 1: "d49" -> class 3 */
+	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[7] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[10] = { 1, 0x1d23b1bb, 411, 4, 0, 3 }, /* class 1: "d194" -> class 3 */
+	[11] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[12] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[13] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[14] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[15] = { 1, 0x9bcffdbe, 781, 3, 0, 3 }, /* class 1: "d58" -> class 3 */
+	[16] = { 1, 0xa10ae9a1, 153, 4, 0, 3 }, /* class 1: "d134" -> class 3 */
+	[17] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[18] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[19] = { 1, 0xa06e39a2, 593, 4, 0, 3 }, /* class 1: "d236" -> class 3 */
+	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[21] = { 1, 0x9d20a9a4, 376, 4, 0, 3 }, /* class 1: "d186" -> class 3 */
+	[22] = { 1, 0xac7f95a7, 644, 4, 0, 3 }, /* class 1: "d248" -> class 3 */
+	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 1, 0x1c07d9ab, 114, 4, 0, 3 }, /* class 1: "d125" -> class 3 */
+	[27] = { 1, 0x3175d9aa, 468, 4, 0, 3 }, /* class 1: "d207" -> class 3 */
+	[28] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[29] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[30] = { 1, 0x14c1b1af, 708, 3, 0, 3 }, /* class 1: "d35" -> class 3 */
+	[31] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[32] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[33] = { 1, 0x0a010190, 321, 4, 0, 3 }, /* class 1: "d173" -> class 3 */
+	[34] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[35] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[36] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[37] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[38] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[39] = { 1, 0x8b0d0596, 8, 4, 0, 3 }, /* class 1: "d100" -> class 3 */
+	[40] = { 1, 0x10034999, 200, 4, 0, 3 }, /* class 1: "d145" -> class 3 */
+	[41] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[42] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[43] = { 1, 0x2223b99a, 407, 4, 0, 3 }, /* class 1: "d193" -> class 3 */
+	[44] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[45] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[46] = { 1, 0x910f4d9f, 51, 4, 0, 3 }, /* class 1: "d110" -> class 3 */
+	[47] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[48] = { 1, 0x1b059981, 231, 4, 0, 3 }, /* class 1: "d152" -> class 3 */
+	[49] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[50] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[51] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[52] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[53] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[54] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[55] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[56] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[57] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[58] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[59] = { 1, 0x2107e18a, 102, 4, 0, 3 }, /* class 1: "d122" -> class 3 */
+	[60] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[61] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[62] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[63] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[64] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[65] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[66] = { 1, 0x91dcb9f3, 853, 3, 0, 3 }, /* class 1: "d80" -> class 3 */
+	[67] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[68] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[69] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[70] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[71] = { 1, 0x16d2fdf6, 746, 3, 0, 3 }, /* class 1: "d47" -> class 3 */
+	[72] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[73] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[74] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[75] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[76] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[77] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[78] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[79] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[80] = { 1, 0xa6cb91e1, 842, 3, 0, 3 }, /* class 1: "d77" -> class 3 */
+	[81] = { 1, 0x9c7d3de0, 663, 4, 0, 3 }, /* class 1: "d252" -> class 3 */
+	[82] = { 1, 0x217381e3, 511, 4, 0, 3 }, /* class 1: "d217" -> class 3 */
+	[83] = { 1, 0x1bc639e2, 5, 3, 0, 3 }, /* class 1: "d10" -> class 3 */
+	[84] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[85] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[86] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[87] = { 1, 0x932099e6, 384, 4, 0, 3 }, /* class 1: "d188" -> class 3 */
+	[88] = { 1, 0xa27f85e9, 636, 4, 0, 3 }, /* class 1: "d246" -> class 3 */
+	[89] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[90] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[91] = { 1, 0xaccdd9ea, 792, 3, 0, 3 }, /* class 1: "d61" -> class 3 */
+	[92] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[93] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[94] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[95] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[96] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[97] = { 1, 0x0fc1a9d0, 693, 3, 0, 3 }, /* class 1: "d30" -> class 3 */
+	[98] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[99] = { 1, 0x96dcc1d2, 874, 3, 0, 3 }, /* class 1: "d87" -> class 3 */
+	[100] = { 1, 0x1bd305d5, 731, 3, 0, 3 }, /* class 1: "d42" -> class 3 */
+	[101] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[102] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[103] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[104] = { 1, 0x15c3f1d9, 437, 3, 0, 3 }, /* class 1: "d20" -> class 3 */
+	[105] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[106] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[107] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[108] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[109] = { 1, 0x1823a9dc, 431, 4, 0, 3 }, /* class 1: "d199" -> class 3 */
+	[110] = { 1, 0x96cff5df, 778, 3, 0, 3 }, /* class 1: "d57" -> class 3 */
+	[111] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[112] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[113] = { 1, 0x8c0f45c0, 71, 4, 0, 3 }, /* class 1: "d115" -> class 3 */
+	[114] = { 1, 0x110589c3, 255, 4, 0, 3 }, /* class 1: "d158" -> class 3 */
+	[115] = { 1, 0x267389c2, 483, 4, 0, 3 }, /* class 1: "d210" -> class 3 */
+	[116] = { 1, 0x9b6e31c3, 573, 4, 0, 3 }, /* class 1: "d231" -> class 3 */
+	[117] = { 1, 0x9c0ae1c2, 173, 4, 0, 3 }, /* class 1: "d139" -> class 3 */
+	[118] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[119] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[120] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[121] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[122] = { 1, 0x2c75d1cb, 440, 4, 0, 3 }, /* class 1: "d200" -> class 3 */
+	[123] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[124] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[125] = { 1, 0x1707d1cc, 126, 4, 0, 3 }, /* class 1: "d128" -> class 3 */
+	[126] = { 1, 0xa17079cc, 554, 4, 0, 3 }, /* class 1: "d227" -> class 3 */
+	[127] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[128] = { 1, 0xa9cdd531, 801, 3, 0, 3 }, /* class 1: "d64" -> class 3 */
+	[129] = { 1, 0x9f7f8130, 632, 4, 0, 3 }, /* class 1: "d245" -> class 3 */
+	[130] = { 1, 0x2475c533, 472, 4, 0, 3 }, /* class 1: "d208" -> class 3 */
+	[131] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[132] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[133] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[134] = { 1, 0x2ad9d937, 894, 3, 0, 3 }, /* class 1: "d93" -> class 3 */
+	[135] = { 0, 0xfd0c5087, 0, 1, 0, 1 }, /* class 0: "x" -> class 1 */
+	[136] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[137] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[138] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[139] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[140] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[141] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[142] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[143] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[144] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[145] = { 1, 0x12c3ed20, 566, 3, 0, 3 }, /* class 1: "d23" -> class 3 */
+	[146] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[147] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[148] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[149] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[150] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[151] = { 1, 0x93cff126, 757, 3, 0, 3 }, /* class 1: "d50" -> class 3 */
+	[152] = { 1, 0x18c63529, 220, 3, 0, 3 }, /* class 1: "d15" -> class 3 */
+	[153] = { 1, 0xa3cb8d28, 833, 3, 0, 3 }, /* class 1: "d74" -> class 3 */
+	[154] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[155] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[156] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[157] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[158] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[159] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[160] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[161] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[162] = { 1, 0x9e707513, 534, 4, 0, 3 }, /* class 1: "d222" -> class 3 */
+	[163] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[164] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[165] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[166] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[167] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[168] = { 1, 0x93dcbd19, 859, 3, 0, 3 }, /* class 1: "d82" -> class 3 */
+	[169] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[170] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[171] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[172] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[173] = { 1, 0x18d3011c, 728, 3, 0, 3 }, /* class 1: "d41" -> class 3 */
+	[174] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[175] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[176] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[177] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[178] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[179] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[180] = { 1, 0x98cff905, 772, 3, 0, 3 }, /* class 1: "d55" -> class 3 */
+	[181] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[182] = { 1, 0xa8cb9507, 824, 3, 0, 3 }, /* class 1: "d71" -> class 3 */
+	[183] = { 1, 0x9e7d4106, 655, 4, 0, 3 }, /* class 1: "d250" -> class 3 */
+	[184] = { 1, 0x23738509, 503, 4, 0, 3 }, /* class 1: "d215" -> class 3 */
+	[185] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[186] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[187] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[188] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[189] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[190] = { 1, 0xa47f890f, 612, 4, 0, 3 }, /* class 1: "d240" -> class 3 */
+	[191] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[192] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[193] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[194] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[195] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[196] = { 1, 0x900d0d75, 28, 4, 0, 3 }, /* class 1: "d105" -> class 3 */
+	[197] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[198] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[199] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[200] = { 1, 0x891d1579, 1, 2, 0, 3 }, /* class 1: "d0" -> class 3 */
+	[201] = { 1, 0x89fdf979, 278, 4, 0, 3 }, /* class 1: "d163" -> class 3 */
+	[202] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[203] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[204] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[205] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[206] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[207] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[208] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[209] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[210] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[211] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[212] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[213] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[214] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[215] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[216] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[217] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[218] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[219] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[220] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[221] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[222] = { 1, 0x0f01096f, 333, 4, 0, 3 }, /* class 1: "d176" -> class 3 */
+	[223] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[224] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[225] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[226] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[227] = { 1, 0xa4cdcd52, 816, 3, 0, 3 }, /* class 1: "d69" -> class 3 */
+	[228] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[229] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[230] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[231] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[232] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[233] = { 1, 0x25d9d158, 903, 3, 0, 3 }, /* class 1: "d96" -> class 3 */
+	[234] = { 1, 0x8efe0158, 298, 4, 0, 3 }, /* class 1: "d168" -> class 3 */
+	[235] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[236] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[237] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[238] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[239] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[240] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[241] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[242] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[243] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[244] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[245] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[246] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[247] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[248] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[249] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[250] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[251] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[252] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[253] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[254] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[255] = { 1, 0x1401114e, 345, 4, 0, 3 }, /* class 1: "d179" -> class 3 */
+	[256] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[257] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[258] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[259] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[260] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[261] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[262] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[263] = { 1, 0x0c0104b6, 313, 4, 0, 3 }, /* class 1: "d171" -> class 3 */
+	[264] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[265] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[266] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[267] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[268] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[269] = { 1, 0x8d0d08bc, 32, 4, 0, 3 }, /* class 1: "d106" -> class 3 */
+	[270] = { 1, 0x12034cbf, 192, 4, 0, 3 }, /* class 1: "d143" -> class 3 */
+	[271] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[272] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[273] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[274] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[275] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[276] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[277] = { 1, 0x980f58a4, 87, 4, 0, 3 }, /* class 1: "d119" -> class 3 */
+	[278] = { 1, 0x1d059ca7, 239, 4, 0, 3 }, /* class 1: "d154" -> class 3 */
+	[279] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[280] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[281] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[282] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[283] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[284] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[285] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[286] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[287] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[288] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[289] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[290] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[291] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[292] = { 1, 0x11010c95, 325, 4, 0, 3 }, /* class 1: "d174" -> class 3 */
+	[293] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[294] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[295] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[296] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[297] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[298] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[299] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[300] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[301] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[302] = { 1, 0x8b1d189f, 787, 2, 0, 3 }, /* class 1: "d6" -> class 3 */
+	[303] = { 1, 0x8bfdfc9f, 286, 4, 0, 3 }, /* class 1: "d165" -> class 3 */
+	[304] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[305] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[306] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[307] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[308] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[309] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[310] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[311] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[312] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[313] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[314] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[315] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[316] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[317] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[318] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[319] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[320] = { 1, 0x2e75d4f1, 448, 4, 0, 3 }, /* class 1: "d202" -> class 3 */
+	[321] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[322] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[323] = { 1, 0xa3707cf2, 546, 4, 0, 3 }, /* class 1: "d225" -> class 3 */
+	[324] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[325] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[326] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[327] = { 1, 0x11c1acf6, 699, 3, 0, 3 }, /* class 1: "d32" -> class 3 */
+	[328] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[329] = { 1, 0x98dcc4f8, 880, 3, 0, 3 }, /* class 1: "d89" -> class 3 */
+	[330] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[331] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[332] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[333] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[334] = { 1, 0x17c3f4ff, 679, 3, 0, 3 }, /* class 1: "d26" -> class 3 */
+	[335] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[336] = { 1, 0x1f23b4e1, 419, 4, 0, 3 }, /* class 1: "d196" -> class 3 */
+	[337] = { 1, 0x0d0344e0, 204, 4, 0, 3 }, /* class 1: "d146" -> class 3 */
+	[338] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[339] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[340] = { 1, 0xa37d48e5, 675, 4, 0, 3 }, /* class 1: "d255" -> class 3 */
+	[341] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[342] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[343] = { 1, 0x8e0f48e6, 79, 4, 0, 3 }, /* class 1: "d117" -> class 3 */
+	[344] = { 1, 0x9d6e34e9, 581, 4, 0, 3 }, /* class 1: "d233" -> class 3 */
+	[345] = { 1, 0x9e0ae4e8, 165, 4, 0, 3 }, /* class 1: "d137" -> class 3 */
+	[346] = { 1, 0x9a20a4eb, 364, 4, 0, 3 }, /* class 1: "d183" -> class 3 */
+	[347] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[348] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[349] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[350] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[351] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[352] = { 1, 0x1e07dcd1, 122, 4, 0, 3 }, /* class 1: "d127" -> class 3 */
+	[353] = { 1, 0xa87084d1, 558, 4, 0, 3 }, /* class 1: "d228" -> class 3 */
+	[354] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[355] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[356] = { 1, 0x16c1b4d5, 714, 3, 0, 3 }, /* class 1: "d37" -> class 3 */
+	[357] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[358] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[359] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[360] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[361] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[362] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[363] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[364] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[365] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[366] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[367] = { 1, 0x1cc3fcde, 688, 3, 0, 3 }, /* class 1: "d29" -> class 3 */
+	[368] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[369] = { 1, 0x861d10c0, 691, 2, 0, 3 }, /* class 1: "d3" -> class 3 */
+	[370] = { 1, 0x86fdf4c0, 266, 4, 0, 3 }, /* class 1: "d160" -> class 3 */
+	[371] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[372] = { 1, 0x930f50c5, 59, 4, 0, 3 }, /* class 1: "d112" -> class 3 */
+	[373] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[374] = { 1, 0xa30aecc7, 145, 4, 0, 3 }, /* class 1: "d132" -> class 3 */
+	[375] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[376] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[377] = { 1, 0x180594c8, 227, 4, 0, 3 }, /* class 1: "d151" -> class 3 */
+	[378] = { 1, 0xa26e3cc8, 601, 4, 0, 3 }, /* class 1: "d238" -> class 3 */
+	[379] = { 1, 0x9f20acca, 368, 4, 0, 3 }, /* class 1: "d184" -> class 3 */
+	[380] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[381] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[382] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[383] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[384] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[385] = { 1, 0x10058830, 259, 4, 0, 3 }, /* class 1: "d159" -> class 3 */
+	[386] = { 1, 0x9a6e3030, 569, 4, 0, 3 }, /* class 1: "d230" -> class 3 */
+	[387] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[388] = { 1, 0xa67f8c35, 620, 4, 0, 3 }, /* class 1: "d242" -> class 3 */
+	[389] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[390] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[391] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[392] = { 1, 0xa0707839, 526, 4, 0, 3 }, /* class 1: "d220" -> class 3 */
+	[393] = { 1, 0x2b75d038, 444, 4, 0, 3 }, /* class 1: "d201" -> class 3 */
+	[394] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[395] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[396] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[397] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[398] = { 1, 0x95dcc03f, 865, 3, 0, 3 }, /* class 1: "d84" -> class 3 */
+	[399] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[400] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[401] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[402] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[403] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[404] = { 1, 0x19c3f825, 609, 3, 0, 3 }, /* class 1: "d24" -> class 3 */
+	[405] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[406] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[407] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[408] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[409] = { 1, 0x1c23b028, 415, 4, 0, 3 }, /* class 1: "d195" -> class 3 */
+	[410] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[411] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[412] = { 1, 0xaacb982d, 830, 3, 0, 3 }, /* class 1: "d73" -> class 3 */
+	[413] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[414] = { 1, 0x2573882f, 495, 4, 0, 3 }, /* class 1: "d213" -> class 3 */
+	[415] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[416] = { 1, 0x9c20a811, 356, 4, 0, 3 }, /* class 1: "d181" -> class 3 */
+	[417] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[418] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[419] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[420] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[421] = { 1, 0xab7f9414, 648, 4, 0, 3 }, /* class 1: "d249" -> class 3 */
+	[422] = { 1, 0x3075d817, 456, 4, 0, 3 }, /* class 1: "d204" -> class 3 */
+	[423] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[424] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[425] = { 1, 0x1b07d818, 110, 4, 0, 3 }, /* class 1: "d124" -> class 3 */
+	[426] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[427] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[428] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[429] = { 1, 0x13c1b01c, 705, 3, 0, 3 }, /* class 1: "d34" -> class 3 */
+	[430] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[431] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[432] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[433] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[434] = { 1, 0x8a0d0403, 20, 4, 0, 3 }, /* class 1: "d103" -> class 3 */
+	[435] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[436] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[437] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[438] = { 1, 0x2123b807, 395, 4, 0, 3 }, /* class 1: "d190" -> class 3 */
+	[439] = { 1, 0x0f034806, 196, 4, 0, 3 }, /* class 1: "d144" -> class 3 */
+	[440] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[441] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[442] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[443] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[444] = { 1, 0x24c6480d, 392, 3, 0, 3 }, /* class 1: "d19" -> class 3 */
+	[445] = { 1, 0x900f4c0c, 55, 4, 0, 3 }, /* class 1: "d111" -> class 3 */
+	[446] = { 1, 0x9f6e380f, 589, 4, 0, 3 }, /* class 1: "d235" -> class 3 */
+	[447] = { 1, 0xa00ae80e, 157, 4, 0, 3 }, /* class 1: "d135" -> class 3 */
+	[448] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[449] = { 1, 0x15c63070, 263, 3, 0, 3 }, /* class 1: "d16" -> class 3 */
+	[450] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[451] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[452] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[453] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[454] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[455] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[456] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[457] = { 1, 0xa6cdd078, 810, 3, 0, 3 }, /* class 1: "d67" -> class 3 */
+	[458] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[459] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[460] = { 1, 0x1c035c7d, 216, 4, 0, 3 }, /* class 1: "d149" -> class 3 */
+	[461] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[462] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[463] = { 1, 0x27d9d47e, 897, 3, 0, 3 }, /* class 1: "d94" -> class 3 */
+	[464] = { 1, 0x901d207e, 883, 2, 0, 3 }, /* class 1: "d9" -> class 3 */
+	[465] = { 1, 0x90dcb860, 856, 3, 0, 3 }, /* class 1: "d81" -> class 3 */
+	[466] = { 1, 0x15d2fc63, 737, 3, 0, 3 }, /* class 1: "d44" -> class 3 */
+	[467] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[468] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[469] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[470] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[471] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[472] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[473] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[474] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[475] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[476] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[477] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[478] = { 1, 0xa0cb886f, 848, 3, 0, 3 }, /* class 1: "d79" -> class 3 */
+	[479] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[480] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[481] = { 1, 0x20738050, 507, 4, 0, 3 }, /* class 1: "d216" -> class 3 */
+	[482] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[483] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[484] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[485] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[486] = { 1, 0xabcdd857, 795, 3, 0, 3 }, /* class 1: "d62" -> class 3 */
+	[487] = { 1, 0xa17f8456, 640, 4, 0, 3 }, /* class 1: "d247" -> class 3 */
+	[488] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[489] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[490] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[491] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[492] = { 1, 0x2cd9dc5d, 888, 3, 0, 3 }, /* class 1: "d91" -> class 3 */
+	[493] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[494] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[495] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[496] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[497] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[498] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[499] = { 1, 0x1ad30442, 734, 3, 0, 3 }, /* class 1: "d43" -> class 3 */
+	[500] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[501] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[502] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[503] = { 1, 0x14c3f046, 480, 3, 0, 3 }, /* class 1: "d21" -> class 3 */
+	[504] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[505] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[506] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[507] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[508] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[509] = { 1, 0x95cff44c, 775, 3, 0, 3 }, /* class 1: "d56" -> class 3 */
+	[510] = { 1, 0x1ac6384f, 134, 3, 0, 3 }, /* class 1: "d13" -> class 3 */
+	[511] = { 1, 0xa5cb904e, 839, 3, 0, 3 }, /* class 1: "d76" -> class 3 */
+	[512] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[513] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[514] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[515] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[516] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[517] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[518] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[519] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[520] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[521] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[522] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[523] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[524] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[525] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[526] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[527] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[528] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[529] = { 1, 0x2375c3a0, 476, 4, 0, 3 }, /* class 1: "d209" -> class 3 */
+	[530] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[531] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[532] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[533] = { 1, 0x29d9d7a4, 891, 3, 0, 3 }, /* class 1: "d92" -> class 3 */
+	[534] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[535] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[536] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[537] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[538] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[539] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[540] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[541] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[542] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[543] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[544] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[545] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[546] = { 1, 0x92cfef93, 766, 3, 0, 3 }, /* class 1: "d53" -> class 3 */
+	[547] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[548] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[549] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[550] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[551] = { 1, 0x17c63396, 177, 3, 0, 3 }, /* class 1: "d14" -> class 3 */
+	[552] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[553] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[554] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[555] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[556] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[557] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[558] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[559] = { 1, 0xa8cdd39e, 804, 3, 0, 3 }, /* class 1: "d65" -> class 3 */
+	[560] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[561] = { 1, 0x9d707380, 538, 4, 0, 3 }, /* class 1: "d223" -> class 3 */
+	[562] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[563] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[564] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[565] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[566] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[567] = { 1, 0x92dcbb86, 862, 3, 0, 3 }, /* class 1: "d83" -> class 3 */
+	[568] = { 1, 0x17d2ff89, 743, 3, 0, 3 }, /* class 1: "d46" -> class 3 */
+	[569] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[570] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[571] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[572] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[573] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[574] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[575] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[576] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[577] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[578] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[579] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[580] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[581] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[582] = { 1, 0x2007dff7, 98, 4, 0, 3 }, /* class 1: "d121" -> class 3 */
+	[583] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[584] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[585] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[586] = { 1, 0x18c1b7fb, 720, 3, 0, 3 }, /* class 1: "d39" -> class 3 */
+	[587] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[588] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[589] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[590] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[591] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[592] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[593] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[594] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[595] = { 1, 0x8f0d0be2, 24, 4, 0, 3 }, /* class 1: "d104" -> class 3 */
+	[596] = { 1, 0x14034fe5, 184, 4, 0, 3 }, /* class 1: "d141" -> class 3 */
+	[597] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[598] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[599] = { 1, 0x881d13e6, 3, 2, 0, 3 }, /* class 1: "d1" -> class 3 */
+	[600] = { 1, 0x88fdf7e6, 274, 4, 0, 3 }, /* class 1: "d162" -> class 3 */
+	[601] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[602] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[603] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[604] = { 1, 0x2f7397ed, 519, 4, 0, 3 }, /* class 1: "d219" -> class 3 */
+	[605] = { 1, 0xa50aefed, 137, 4, 0, 3 }, /* class 1: "d130" -> class 3 */
+	[606] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[607] = { 1, 0x1a0597ee, 235, 4, 0, 3 }, /* class 1: "d153" -> class 3 */
+	[608] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[609] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[610] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[611] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[612] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[613] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[614] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[615] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[616] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[617] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[618] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[619] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[620] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[621] = { 1, 0x0e0107dc, 337, 4, 0, 3 }, /* class 1: "d177" -> class 3 */
+	[622] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[623] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[624] = { 1, 0x940d13c1, 44, 4, 0, 3 }, /* class 1: "d109" -> class 3 */
+	[625] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[626] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[627] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[628] = { 1, 0x24d9cfc5, 912, 3, 0, 3 }, /* class 1: "d99" -> class 3 */
+	[629] = { 1, 0x8d1d1bc5, 723, 2, 0, 3 }, /* class 1: "d4" -> class 3 */
+	[630] = { 1, 0x8dfdffc5, 294, 4, 0, 3 }, /* class 1: "d167" -> class 3 */
+	[631] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[632] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[633] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[634] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[635] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[636] = { 1, 0x1f059fcd, 247, 4, 0, 3 }, /* class 1: "d156" -> class 3 */
+	[637] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[638] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[639] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[640] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[641] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[642] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[643] = { 1, 0x920f4f32, 63, 4, 0, 3 }, /* class 1: "d113" -> class 3 */
+	[644] = { 1, 0xa16e3b35, 597, 4, 0, 3 }, /* class 1: "d237" -> class 3 */
+	[645] = { 1, 0xa20aeb34, 149, 4, 0, 3 }, /* class 1: "d133" -> class 3 */
+	[646] = { 1, 0x9e20ab37, 380, 4, 0, 3 }, /* class 1: "d187" -> class 3 */
+	[647] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[648] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[649] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[650] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[651] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[652] = { 1, 0x3275db3d, 464, 4, 0, 3 }, /* class 1: "d206" -> class 3 */
+	[653] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[654] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[655] = { 1, 0x1d07db3e, 118, 4, 0, 3 }, /* class 1: "d126" -> class 3 */
+	[656] = { 1, 0xa770833e, 562, 4, 0, 3 }, /* class 1: "d229" -> class 3 */
+	[657] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[658] = { 1, 0x0b010323, 317, 4, 0, 3 }, /* class 1: "d172" -> class 3 */
+	[659] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[660] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[661] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[662] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[663] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[664] = { 1, 0x8c0d0729, 12, 4, 0, 3 }, /* class 1: "d101" -> class 3 */
+	[665] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[666] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[667] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[668] = { 1, 0x2323bb2d, 403, 4, 0, 3 }, /* class 1: "d192" -> class 3 */
+	[669] = { 1, 0x11034b2c, 188, 4, 0, 3 }, /* class 1: "d142" -> class 3 */
+	[670] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[671] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[672] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[673] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[674] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[675] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[676] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[677] = { 1, 0x1c059b14, 243, 4, 0, 3 }, /* class 1: "d155" -> class 3 */
+	[678] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[679] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[680] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[681] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[682] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[683] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[684] = { 1, 0x2207e31d, 106, 4, 0, 3 }, /* class 1: "d123" -> class 3 */
+	[685] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[686] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[687] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[688] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[689] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[690] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[691] = { 1, 0x10010b02, 329, 4, 0, 3 }, /* class 1: "d175" -> class 3 */
+	[692] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[693] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[694] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[695] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[696] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[697] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[698] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[699] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[700] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[701] = { 1, 0x8a1d170c, 819, 2, 0, 3 }, /* class 1: "d7" -> class 3 */
+	[702] = { 1, 0x8afdfb0c, 282, 4, 0, 3 }, /* class 1: "d164" -> class 3 */
+	[703] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[704] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[705] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[706] = { 1, 0x9d7d3f73, 667, 4, 0, 3 }, /* class 1: "d253" -> class 3 */
+	[707] = { 1, 0x97cff772, 769, 3, 0, 3 }, /* class 1: "d54" -> class 3 */
+	[708] = { 1, 0x1cc63b75, 48, 3, 0, 3 }, /* class 1: "d11" -> class 3 */
+	[709] = { 1, 0xa7cb9374, 821, 3, 0, 3 }, /* class 1: "d70" -> class 3 */
+	[710] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[711] = { 1, 0x22738376, 499, 4, 0, 3 }, /* class 1: "d214" -> class 3 */
+	[712] = { 1, 0x94209b79, 388, 4, 0, 3 }, /* class 1: "d189" -> class 3 */
+	[713] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[714] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[715] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[716] = { 1, 0xadcddb7d, 789, 3, 0, 3 }, /* class 1: "d60" -> class 3 */
+	[717] = { 1, 0xa37f877c, 616, 4, 0, 3 }, /* class 1: "d241" -> class 3 */
+	[718] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[719] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[720] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[721] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[722] = { 1, 0x10c1ab63, 696, 3, 0, 3 }, /* class 1: "d31" -> class 3 */
+	[723] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[724] = { 1, 0x97dcc365, 871, 3, 0, 3 }, /* class 1: "d86" -> class 3 */
+	[725] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[726] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[727] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[728] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[729] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[730] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[731] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[732] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[733] = { 1, 0x16c3f36c, 682, 3, 0, 3 }, /* class 1: "d27" -> class 3 */
+	[734] = { 1, 0x1923ab6f, 427, 4, 0, 3 }, /* class 1: "d198" -> class 3 */
+	[735] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[736] = { 1, 0x9ccfff51, 784, 3, 0, 3 }, /* class 1: "d59" -> class 3 */
+	[737] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[738] = { 1, 0x8d0f4753, 67, 4, 0, 3 }, /* class 1: "d114" -> class 3 */
+	[739] = { 1, 0xa27d4752, 671, 4, 0, 3 }, /* class 1: "d254" -> class 3 */
+	[740] = { 1, 0x27738b55, 487, 4, 0, 3 }, /* class 1: "d211" -> class 3 */
+	[741] = { 1, 0x9d0ae355, 169, 4, 0, 3 }, /* class 1: "d138" -> class 3 */
+	[742] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[743] = { 1, 0x9c6e3356, 577, 4, 0, 3 }, /* class 1: "d232" -> class 3 */
+	[744] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[745] = { 1, 0x9920a358, 360, 4, 0, 3 }, /* class 1: "d182" -> class 3 */
+	[746] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[747] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[748] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[749] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[750] = { 1, 0x1807d35f, 130, 4, 0, 3 }, /* class 1: "d129" -> class 3 */
+	[751] = { 1, 0x2d75d35e, 452, 4, 0, 3 }, /* class 1: "d203" -> class 3 */
+	[752] = { 1, 0xa2707b5f, 550, 4, 0, 3 }, /* class 1: "d226" -> class 3 */
+	[753] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[754] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[755] = { 1, 0x15c1b342, 711, 3, 0, 3 }, /* class 1: "d36" -> class 3 */
+	[756] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[757] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[758] = { 1, 0x21d30f47, 749, 3, 0, 3 }, /* class 1: "d48" -> class 3 */
+	[759] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[760] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[761] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[762] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[763] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[764] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[765] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[766] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[767] = { 1, 0x1e23b34e, 423, 4, 0, 3 }, /* class 1: "d197" -> class 3 */
+	[768] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[769] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[770] = { 1, 0x13c3eeb3, 523, 3, 0, 3 }, /* class 1: "d22" -> class 3 */
+	[771] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[772] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[773] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[774] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[775] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[776] = { 1, 0x94cff2b9, 760, 3, 0, 3 }, /* class 1: "d51" -> class 3 */
+	[777] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[778] = { 1, 0xa4cb8ebb, 836, 3, 0, 3 }, /* class 1: "d75" -> class 3 */
+	[779] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[780] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[781] = { 1, 0x19c636bc, 91, 3, 0, 3 }, /* class 1: "d12" -> class 3 */
+	[782] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[783] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[784] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[785] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[786] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[787] = { 1, 0xa57f8aa2, 624, 4, 0, 3 }, /* class 1: "d243" -> class 3 */
+	[788] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[789] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[790] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[791] = { 1, 0x9f7076a6, 530, 4, 0, 3 }, /* class 1: "d221" -> class 3 */
+	[792] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[793] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[794] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[795] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[796] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[797] = { 1, 0x94dcbeac, 868, 3, 0, 3 }, /* class 1: "d85" -> class 3 */
+	[798] = { 1, 0x19d302af, 725, 3, 0, 3 }, /* class 1: "d40" -> class 3 */
+	[799] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[800] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[801] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[802] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[803] = { 1, 0x18c3f692, 652, 3, 0, 3 }, /* class 1: "d25" -> class 3 */
+	[804] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[805] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[806] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[807] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[808] = { 1, 0x9f7d4299, 659, 4, 0, 3 }, /* class 1: "d251" -> class 3 */
+	[809] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[810] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[811] = { 1, 0xa9cb969a, 827, 3, 0, 3 }, /* class 1: "d72" -> class 3 */
+	[812] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[813] = { 1, 0x2473869c, 491, 4, 0, 3 }, /* class 1: "d212" -> class 3 */
+	[814] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[815] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[816] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[817] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[818] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[819] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[820] = { 1, 0xa4707e85, 542, 4, 0, 3 }, /* class 1: "d224" -> class 3 */
+	[821] = { 1, 0x2f75d684, 460, 4, 0, 3 }, /* class 1: "d205" -> class 3 */
+	[822] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[823] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[824] = { 1, 0x12c1ae89, 702, 3, 0, 3 }, /* class 1: "d33" -> class 3 */
+	[825] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[826] = { 1, 0x99dcc68b, 877, 3, 0, 3 }, /* class 1: "d88" -> class 3 */
+	[827] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[828] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[829] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[830] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[831] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[832] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[833] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[834] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[835] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[836] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[837] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[838] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[839] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[840] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[841] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[842] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[843] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[844] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[845] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[846] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[847] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[848] = { 1, 0x150112e1, 341, 4, 0, 3 }, /* class 1: "d178" -> class 3 */
+	[849] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[850] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[851] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[852] = { 1, 0xa5cdcee5, 813, 3, 0, 3 }, /* class 1: "d68" -> class 3 */
+	[853] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[854] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[855] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[856] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[857] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[858] = { 1, 0x26d9d2eb, 906, 3, 0, 3 }, /* class 1: "d97" -> class 3 */
+	[859] = { 1, 0x1b035aea, 212, 4, 0, 3 }, /* class 1: "d148" -> class 3 */
+	[860] = { 1, 0x8ffe02eb, 302, 4, 0, 3 }, /* class 1: "d169" -> class 3 */
+	[861] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[862] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[863] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[864] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[865] = { 1, 0x14d2fad0, 740, 3, 0, 3 }, /* class 1: "d45" -> class 3 */
+	[866] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[867] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[868] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[869] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[870] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[871] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[872] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[873] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[874] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[875] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[876] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[877] = { 1, 0x9fcb86dc, 845, 3, 0, 3 }, /* class 1: "d78" -> class 3 */
+	[878] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[879] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[880] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[881] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[882] = { 1, 0xa07f82c3, 628, 4, 0, 3 }, /* class 1: "d244" -> class 3 */
+	[883] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[884] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[885] = { 1, 0xaacdd6c4, 798, 3, 0, 3 }, /* class 1: "d63" -> class 3 */
+	[886] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[887] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[888] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[889] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[890] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[891] = { 1, 0x2bd9daca, 885, 3, 0, 3 }, /* class 1: "d90" -> class 3 */
+	[892] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[893] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[894] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[895] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[896] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[897] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[898] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[899] = { 1, 0x23d9ce32, 909, 3, 0, 3 }, /* class 1: "d98" -> class 3 */
+	[900] = { 1, 0x8c1d1a32, 755, 2, 0, 3 }, /* class 1: "d5" -> class 3 */
+	[901] = { 1, 0x8cfdfe32, 290, 4, 0, 3 }, /* class 1: "d166" -> class 3 */
+	[902] = { 1, 0x990f5a37, 83, 4, 0, 3 }, /* class 1: "d118" -> class 3 */
+	[903] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[904] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[905] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[906] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[907] = { 1, 0x1e059e3a, 251, 4, 0, 3 }, /* class 1: "d157" -> class 3 */
+	[908] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[909] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[910] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[911] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[912] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[913] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[914] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[915] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[916] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[917] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[918] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[919] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[920] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[921] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[922] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[923] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[924] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[925] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[926] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[927] = { 1, 0x930d122e, 40, 4, 0, 3 }, /* class 1: "d108" -> class 3 */
+	[928] = { 1, 0x28d9d611, 900, 3, 0, 3 }, /* class 1: "d95" -> class 3 */
+	[929] = { 1, 0x911d2211, 851, 2, 0, 3 }, /* class 1: "d8" -> class 3 */
+	[930] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[931] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[932] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[933] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[934] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[935] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[936] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[937] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[938] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[939] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[940] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[941] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[942] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[943] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[944] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[945] = { 1, 0x91cfee00, 763, 3, 0, 3 }, /* class 1: "d52" -> class 3 */
+	[946] = { 1, 0x16c63203, 306, 3, 0, 3 }, /* class 1: "d17" -> class 3 */
+	[947] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[948] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[949] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[950] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[951] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[952] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[953] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[954] = { 1, 0xa7cdd20b, 807, 3, 0, 3 }, /* class 1: "d66" -> class 3 */
+	[955] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[956] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[957] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[958] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[959] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[960] = { 1, 0x1dc3fe71, 685, 3, 0, 3 }, /* class 1: "d28" -> class 3 */
+	[961] = { 1, 0x890d0270, 16, 4, 0, 3 }, /* class 1: "d102" -> class 3 */
+	[962] = { 1, 0x0e034673, 208, 4, 0, 3 }, /* class 1: "d147" -> class 3 */
+	[963] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[964] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[965] = { 1, 0x2023b674, 399, 4, 0, 3 }, /* class 1: "d191" -> class 3 */
+	[966] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[967] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[968] = { 1, 0x8f0f4a79, 75, 4, 0, 3 }, /* class 1: "d116" -> class 3 */
+	[969] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[970] = { 1, 0x9f0ae67b, 161, 4, 0, 3 }, /* class 1: "d136" -> class 3 */
+	[971] = { 1, 0x23c6467a, 349, 3, 0, 3 }, /* class 1: "d18" -> class 3 */
+	[972] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[973] = { 1, 0x9e6e367c, 585, 4, 0, 3 }, /* class 1: "d234" -> class 3 */
+	[974] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[975] = { 1, 0x9b20a67e, 352, 4, 0, 3 }, /* class 1: "d180" -> class 3 */
+	[976] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[977] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[978] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[979] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[980] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[981] = { 1, 0x1f07de64, 94, 4, 0, 3 }, /* class 1: "d120" -> class 3 */
+	[982] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[983] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[984] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[985] = { 1, 0x17c1b668, 717, 3, 0, 3 }, /* class 1: "d38" -> class 3 */
+	[986] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[987] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[988] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[989] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[990] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[991] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[992] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[993] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[994] = { 1, 0x871d1253, 435, 2, 0, 3 }, /* class 1: "d2" -> class 3 */
+	[995] = { 1, 0x13034e52, 180, 4, 0, 3 }, /* class 1: "d140" -> class 3 */
+	[996] = { 1, 0x87fdf653, 270, 4, 0, 3 }, /* class 1: "d161" -> class 3 */
+	[997] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[998] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[999] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1000] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1001] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1002] = { 1, 0x1905965b, 223, 4, 0, 3 }, /* class 1: "d150" -> class 3 */
+	[1003] = { 1, 0x2e73965a, 515, 4, 0, 3 }, /* class 1: "d218" -> class 3 */
+	[1004] = { 1, 0xa020ae5d, 372, 4, 0, 3 }, /* class 1: "d185" -> class 3 */
+	[1005] = { 1, 0xa36e3e5b, 605, 4, 0, 3 }, /* class 1: "d239" -> class 3 */
+	[1006] = { 1, 0xa40aee5a, 141, 4, 0, 3 }, /* class 1: "d131" -> class 3 */
+	[1007] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1008] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1009] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1010] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1011] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1012] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1013] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1014] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1015] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1016] = { 1, 0x0d010649, 309, 4, 0, 3 }, /* class 1: "d170" -> class 3 */
+	[1017] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1018] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1019] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1020] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1021] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1022] = { 1, 0x8e0d0a4f, 36, 4, 0, 3 }, /* class 1: "d107" -> class 3 */
+	[1023] = { 0xffffffff, 0, 0, 0, 0, 0 },
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -787,27 +1555,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	return fpol_classes[cls].default_child |

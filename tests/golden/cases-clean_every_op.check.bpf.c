@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 41
 #define FPOL_POOL_SIZE 239
-#define FPOL_SEARCH_STEPS 7
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 128
+#define FPOL_MAX_PROBE 3
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 0
@@ -668,49 +668,137 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[41] = {
-	{ 0, 0x5f342caa, 5, 2, 0, 2 }, /* class 0: "op" -> class 2 */
-	{ 0, 0x5fb91e8c, 0, 5, 1, 1 }, /* class 0: "group" -> class 1 */
-	{ 1, 0x0cfb5881, 26, 4, 1, 8 }, /* class 1: "list" -> class 8 */
-	{ 1, 0x13254bc4, 7, 3, 1, 4 }, /* class 1: "all" -> class 4 */
-	{ 1, 0x26bb595d, 10, 6, 1, 5 }, /* class 1: "create" -> class 5 */
-	{ 1, 0x67c2444a, 16, 6, 1, 6 }, /* class 1: "delete" -> class 6 */
-	{ 1, 0xbe269f5c, 38, 5, 1, 11 }, /* class 1: "write" -> class 11 */
-	{ 1, 0xcedfa3c5, 30, 4, 1, 9 }, /* class 1: "read" -> class 9 */
-	{ 1, 0xd33b3297, 34, 4, 1, 10 }, /* class 1: "stat" -> class 10 */
-	{ 1, 0xdf0b4a5c, 22, 4, 1, 7 }, /* class 1: "exec" -> class 7 */
-	{ 2, 0x069fa287, 125, 5, 0, 24 }, /* class 2: "lseek" -> class 24 */
-	{ 2, 0x0ddb0669, 106, 4, 0, 21 }, /* class 2: "link" -> class 21 */
-	{ 2, 0x0e697db6, 78, 5, 0, 17 }, /* class 2: "fsync" -> class 17 */
-	{ 2, 0x1036ae7e, 166, 7, 0, 32 }, /* class 2: "release" -> class 32 */
-	{ 2, 0x1126caeb, 43, 6, 0, 12 }, /* class 2: "access" -> class 12 */
-	{ 2, 0x26bb595d, 10, 6, 0, 14 }, /* class 2: "create" -> class 14 */
-	{ 2, 0x2b916ccd, 83, 8, 0, 18 }, /* class 2: "fsyncdir" -> class 18 */
-	{ 2, 0x3457d57c, 205, 7, 0, 37 }, /* class 2: "setattr" -> class 37 */
-	{ 2, 0x36523d4e, 135, 5, 0, 26 }, /* class 2: "mknod" -> class 26 */
-	{ 2, 0x3e468adf, 200, 5, 0, 36 }, /* class 2: "rmdir" -> class 36 */
-	{ 2, 0x3e486c69, 158, 8, 0, 31 }, /* class 2: "readlink" -> class 31 */
-	{ 2, 0x5ae63e52, 233, 6, 0, 41 }, /* class 2: "unlink" -> class 41 */
-	{ 2, 0x61791c38, 144, 7, 0, 28 }, /* class 2: "opendir" -> class 28 */
-	{ 2, 0x6a612954, 226, 7, 0, 40 }, /* class 2: "symlink" -> class 40 */
-	{ 2, 0x72b77394, 151, 7, 0, 30 }, /* class 2: "readdir" -> class 30 */
-	{ 2, 0x75b192d0, 91, 7, 0, 19 }, /* class 2: "getattr" -> class 19 */
-	{ 2, 0x81f2b7d3, 194, 6, 0, 35 }, /* class 2: "rename" -> class 35 */
-	{ 2, 0x87e4b04a, 98, 8, 0, 20 }, /* class 2: "getxattr" -> class 20 */
-	{ 2, 0xabe3e5d8, 130, 5, 0, 25 }, /* class 2: "mkdir" -> class 25 */
-	{ 2, 0xae69f0de, 64, 9, 0, 15 }, /* class 2: "fallocate" -> class 15 */
-	{ 2, 0xb2703c30, 220, 6, 0, 39 }, /* class 2: "statfs" -> class 39 */
-	{ 2, 0xb2f3fe9d, 73, 5, 0, 16 }, /* class 2: "flush" -> class 16 */
-	{ 2, 0xbe269f5c, 38, 5, 0, 42 }, /* class 2: "write" -> class 42 */
-	{ 2, 0xc0802498, 183, 11, 0, 34 }, /* class 2: "removexattr" -> class 34 */
-	{ 2, 0xcedfa3c5, 30, 4, 0, 29 }, /* class 2: "read" -> class 29 */
-	{ 2, 0xd35ec4c9, 140, 4, 0, 27 }, /* class 2: "open" -> class 27 */
-	{ 2, 0xda1ea2d5, 173, 10, 0, 33 }, /* class 2: "releasedir" -> class 33 */
-	{ 2, 0xe21480be, 212, 8, 0, 38 }, /* class 2: "setxattr" -> class 38 */
-	{ 2, 0xea496f14, 110, 9, 0, 22 }, /* class 2: "listxattr" -> class 22 */
-	{ 2, 0xf758858b, 119, 6, 0, 23 }, /* class 2: "lookup" -> class 23 */
-	{ 2, 0xfa85ebfd, 49, 15, 0, 13 }, /* class 2: "copy_file_range" -> class 13 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[7] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[9] = { 2, 0x1126caeb, 43, 6, 0, 12 }, /* class 2: "access" -> class 12 */
+	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[11] = { 2, 0x0ddb0669, 106, 4, 0, 21 }, /* class 2: "link" -> class 21 */
+	[12] = { 0, 0x5fb91e8c, 0, 5, 1, 1 }, /* class 0: "group" -> class 1 */
+	[13] = { 2, 0x3e486c69, 158, 8, 0, 31 }, /* class 2: "readlink" -> class 31 */
+	[14] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[15] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[16] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[17] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[18] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[19] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[21] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[22] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[27] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[28] = { 2, 0x1036ae7e, 166, 7, 0, 32 }, /* class 2: "release" -> class 32 */
+	[29] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[30] = { 2, 0x3457d57c, 205, 7, 0, 37 }, /* class 2: "setattr" -> class 37 */
+	[31] = { 2, 0xfa85ebfd, 49, 15, 0, 13 }, /* class 2: "copy_file_range" -> class 13 */
+	[32] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[33] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[34] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[35] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[36] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[37] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[38] = { 1, 0xd33b3297, 34, 4, 1, 10 }, /* class 1: "stat" -> class 10 */
+	[39] = { 2, 0xcedfa3c5, 30, 4, 0, 29 }, /* class 2: "read" -> class 29 */
+	[40] = { 2, 0x87e4b04a, 98, 8, 0, 20 }, /* class 2: "getxattr" -> class 20 */
+	[41] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[42] = { 0, 0x5f342caa, 5, 2, 0, 2 }, /* class 0: "op" -> class 2 */
+	[43] = { 2, 0xd35ec4c9, 140, 4, 0, 27 }, /* class 2: "open" -> class 27 */
+	[44] = { 2, 0x36523d4e, 135, 5, 0, 26 }, /* class 2: "mknod" -> class 26 */
+	[45] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[46] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[47] = { 2, 0x2b916ccd, 83, 8, 0, 18 }, /* class 2: "fsyncdir" -> class 18 */
+	[48] = { 1, 0x0cfb5881, 26, 4, 1, 8 }, /* class 1: "list" -> class 8 */
+	[49] = { 2, 0x5ae63e52, 233, 6, 0, 41 }, /* class 2: "unlink" -> class 41 */
+	[50] = { 2, 0x75b192d0, 91, 7, 0, 19 }, /* class 2: "getattr" -> class 19 */
+	[51] = { 2, 0x81f2b7d3, 194, 6, 0, 35 }, /* class 2: "rename" -> class 35 */
+	[52] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[53] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[54] = { 2, 0x6a612954, 226, 7, 0, 40 }, /* class 2: "symlink" -> class 40 */
+	[55] = { 2, 0xda1ea2d5, 173, 10, 0, 33 }, /* class 2: "releasedir" -> class 33 */
+	[56] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[57] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[58] = { 2, 0xabe3e5d8, 130, 5, 0, 25 }, /* class 2: "mkdir" -> class 25 */
+	[59] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[60] = { 2, 0xae69f0de, 64, 9, 0, 15 }, /* class 2: "fallocate" -> class 15 */
+	[61] = { 2, 0x3e468adf, 200, 5, 0, 36 }, /* class 2: "rmdir" -> class 36 */
+	[62] = { 2, 0xbe269f5c, 38, 5, 0, 42 }, /* class 2: "write" -> class 42 */
+	[63] = { 2, 0x26bb595d, 10, 6, 0, 14 }, /* class 2: "create" -> class 14 */
+	[64] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[65] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[66] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[67] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[68] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[69] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[70] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[71] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[72] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[73] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[74] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[75] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[76] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[77] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[78] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[79] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[80] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[81] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[82] = { 2, 0xb2703c30, 220, 6, 0, 39 }, /* class 2: "statfs" -> class 39 */
+	[83] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[84] = { 2, 0x0e697db6, 78, 5, 0, 17 }, /* class 2: "fsync" -> class 17 */
+	[85] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[86] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[87] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[88] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[89] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[90] = { 2, 0x61791c38, 144, 7, 0, 28 }, /* class 2: "opendir" -> class 28 */
+	[91] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[92] = { 2, 0xe21480be, 212, 8, 0, 38 }, /* class 2: "setxattr" -> class 38 */
+	[93] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[94] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[95] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[96] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[97] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[98] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[99] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[100] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[101] = { 2, 0x069fa287, 125, 5, 0, 24 }, /* class 2: "lseek" -> class 24 */
+	[102] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[103] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[104] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[105] = { 2, 0xf758858b, 119, 6, 0, 23 }, /* class 2: "lookup" -> class 23 */
+	[106] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[107] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[108] = { 1, 0x26bb595d, 10, 6, 1, 5 }, /* class 1: "create" -> class 5 */
+	[109] = { 1, 0xbe269f5c, 38, 5, 1, 11 }, /* class 1: "write" -> class 11 */
+	[110] = { 1, 0xdf0b4a5c, 22, 4, 1, 7 }, /* class 1: "exec" -> class 7 */
+	[111] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[112] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[113] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[114] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[115] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[116] = { 1, 0xcedfa3c5, 30, 4, 1, 9 }, /* class 1: "read" -> class 9 */
+	[117] = { 1, 0x13254bc4, 7, 3, 1, 4 }, /* class 1: "all" -> class 4 */
+	[118] = { 2, 0x72b77394, 151, 7, 0, 30 }, /* class 2: "readdir" -> class 30 */
+	[119] = { 2, 0xea496f14, 110, 9, 0, 22 }, /* class 2: "listxattr" -> class 22 */
+	[120] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[121] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[122] = { 2, 0xc0802498, 183, 11, 0, 34 }, /* class 2: "removexattr" -> class 34 */
+	[123] = { 1, 0x67c2444a, 16, 6, 1, 6 }, /* class 1: "delete" -> class 6 */
+	[124] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[125] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[126] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[127] = { 2, 0xb2f3fe9d, 73, 5, 0, 16 }, /* class 2: "flush" -> class 16 */
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -850,27 +938,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	return fpol_classes[cls].default_child |

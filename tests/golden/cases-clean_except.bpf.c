@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 9
 #define FPOL_POOL_SIZE 39
-#define FPOL_SEARCH_STEPS 5
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 32
+#define FPOL_MAX_PROBE 2
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 0
@@ -388,17 +388,41 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[9] = {
-	{ 0, 0xc63ccd52, 12, 3, 0, 4 }, /* class 0: "srv" -> class 4 */
-	{ 0, 0xcf02b886, 8, 4, 0, 3 }, /* class 0: "logs" -> class 3 */
-	{ 0, 0xd2c8c28e, 4, 4, 0, 2 }, /* class 0: "home" -> class 2 */
-	{ 0, 0xd872e2a5, 0, 4, 0, 1 }, /* class 0: "data" -> class 1 */
-	{ 1, 0xb3156c4e, 15, 3, 1, 5 }, /* class 1: "tmp" -> class 5 */
-	{ 3, 0xc462a115, 18, 7, 1, 5 }, /* class 3: "scratch" -> class 5 */
-	{ 4, 0x090aa9ab, 25, 5, 0, 10 }, /* class 4: "index" -> class 10 */
-	{ 4, 0xcc909380, 30, 6, 1, 5 }, /* class 4: "public" -> class 5 */
-	{ 7, 0x5acad8be, 36, 3, 1, 5 }, /* class 7: "bin" -> class 5 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 4, 0xcc909380, 30, 6, 1, 5 }, /* class 4: "public" -> class 5 */
+	[5] = { 0, 0xd872e2a5, 0, 4, 0, 1 }, /* class 0: "data" -> class 1 */
+	[6] = { 0, 0xcf02b886, 8, 4, 0, 3 }, /* class 0: "logs" -> class 3 */
+	[7] = { 3, 0xc462a115, 18, 7, 1, 5 }, /* class 3: "scratch" -> class 5 */
+	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[9] = { 7, 0x5acad8be, 36, 3, 1, 5 }, /* class 7: "bin" -> class 5 */
+	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[11] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[12] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[13] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[14] = { 0, 0xd2c8c28e, 4, 4, 0, 2 }, /* class 0: "home" -> class 2 */
+	[15] = { 4, 0x090aa9ab, 25, 5, 0, 10 }, /* class 4: "index" -> class 10 */
+	[16] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[17] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[18] = { 0, 0xc63ccd52, 12, 3, 0, 4 }, /* class 0: "srv" -> class 4 */
+	[19] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[21] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[22] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[27] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[28] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[29] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[30] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[31] = { 1, 0xb3156c4e, 15, 3, 1, 5 }, /* class 1: "tmp" -> class 5 */
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -567,27 +591,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	if (cls == 3) {

@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 8
 #define FPOL_POOL_SIZE 64
-#define FPOL_SEARCH_STEPS 5
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 16
+#define FPOL_MAX_PROBE 2
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 0
@@ -520,16 +520,25 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[8] = {
-	{ 0, 0x3e376597, 14, 15, 0, 2 }, /* class 0: "a "quoted" name" -> class 2 */
-	{ 0, 0x667c6911, 52, 6, 0, 7 }, /* class 0: "secret" -> class 7 */
-	{ 0, 0xa82b5049, 39, 5, 0, 4 }, /* class 0: "café" -> class 4 */
-	{ 0, 0xd47757dd, 44, 7, 0, 5 }, /* class 0: "hexA~\xff\xe9" -> class 5 */
-	{ 0, 0xe3451f5f, 29, 10, 0, 3 }, /* class 0: "back\slash" -> class 3 */
-	{ 0, 0xf014d5f9, 0, 14, 0, 1 }, /* class 0: "#not a comment" -> class 1 */
-	{ 0, 0xf40c425c, 51, 1, 0, 6 }, /* class 0: "q" -> class 6 */
-	{ 4, 0x999a082b, 58, 6, 0, 13 }, /* class 4: "naïve" -> class 13 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 4, 0x999a082b, 58, 6, 0, 13 }, /* class 4: "naïve" -> class 13 */
+	[1] = { 0, 0x667c6911, 52, 6, 0, 7 }, /* class 0: "secret" -> class 7 */
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[7] = { 0, 0x3e376597, 14, 15, 0, 2 }, /* class 0: "a "quoted" name" -> class 2 */
+	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[9] = { 0, 0xa82b5049, 39, 5, 0, 4 }, /* class 0: "café" -> class 4 */
+	[10] = { 0, 0xf014d5f9, 0, 14, 0, 1 }, /* class 0: "#not a comment" -> class 1 */
+	[11] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[12] = { 0, 0xf40c425c, 51, 1, 0, 6 }, /* class 0: "q" -> class 6 */
+	[13] = { 0, 0xd47757dd, 44, 7, 0, 5 }, /* class 0: "hexA~\xff\xe9" -> class 5 */
+	[14] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[15] = { 0, 0xe3451f5f, 29, 10, 0, 3 }, /* class 0: "back\slash" -> class 3 */
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -689,27 +698,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	if (cls == 0) {

@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 79
 #define FPOL_POOL_SIZE 62
-#define FPOL_SEARCH_STEPS 8
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 256
+#define FPOL_MAX_PROBE 2
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 0
@@ -577,87 +577,265 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[79] = {
-	{ 0, 0x33dc28fd, 22, 7, 0, 7 }, /* class 0: "uploads" -> class 7 */
-	{ 0, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 0: "vmcore" -> class 2 */
-	{ 0, 0x667c6911, 13, 6, 0, 5 }, /* class 0: "secret" -> class 5 */
-	{ 0, 0x7d4ef3c7, 35, 10, 0, 8 }, /* class 0: "with space" -> class 8 */
-	{ 0, 0x8d9c244d, 6, 3, 0, 3 }, /* class 0: "etc" -> class 3 */
-	{ 0, 0xc63ccd52, 19, 3, 0, 6 }, /* class 0: "srv" -> class 6 */
-	{ 0, 0xd2c8c28e, 9, 4, 1, 4 }, /* class 0: "home" -> class 4 */
-	{ 0, 0xdd5e607e, 2, 4, 1, 2 }, /* class 0: "core" -> class 2 */
-	{ 0, 0xe40c292c, 0, 1, 1, 1 }, /* class 0: "a" -> class 1 */
-	{ 0, 0xe70c2de5, 1, 1, 1, 1 }, /* class 0: "b" -> class 1 */
-	{ 0, 0xfd0c5087, 45, 1, 1, 9 }, /* class 0: "x" -> class 9 */
-	{ 1, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 1: "vmcore" -> class 2 */
-	{ 1, 0xdd5e607e, 2, 4, 1, 2 }, /* class 1: "core" -> class 2 */
-	{ 2, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 2: "vmcore" -> class 2 */
-	{ 2, 0xdd5e607e, 2, 4, 1, 2 }, /* class 2: "core" -> class 2 */
-	{ 3, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 3: "vmcore" -> class 2 */
-	{ 3, 0x7d1a6a9b, 46, 6, 0, 13 }, /* class 3: "passwd" -> class 13 */
-	{ 3, 0xdd5e607e, 2, 4, 1, 2 }, /* class 3: "core" -> class 2 */
-	{ 4, 0x61ae7ecb, 29, 6, 1, 14 }, /* class 4: "vmcore" -> class 14 */
-	{ 4, 0xdd5e607e, 2, 4, 1, 14 }, /* class 4: "core" -> class 14 */
-	{ 5, 0x61ae7ecb, 29, 6, 1, 17 }, /* class 5: "vmcore" -> class 17 */
-	{ 5, 0xdd5e607e, 2, 4, 1, 17 }, /* class 5: "core" -> class 17 */
-	{ 6, 0x61ae7ecb, 29, 6, 0, 19 }, /* class 6: "vmcore" -> class 19 */
-	{ 6, 0xdd5e607e, 2, 4, 0, 19 }, /* class 6: "core" -> class 19 */
-	{ 7, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 7: "vmcore" -> class 22 */
-	{ 7, 0xdd5e607e, 2, 4, 1, 22 }, /* class 7: "core" -> class 22 */
-	{ 8, 0x61ae7ecb, 29, 6, 1, 25 }, /* class 8: "vmcore" -> class 25 */
-	{ 8, 0xdd5e607e, 2, 4, 1, 25 }, /* class 8: "core" -> class 25 */
-	{ 9, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 9: "vmcore" -> class 2 */
-	{ 9, 0xdd5e607e, 2, 4, 1, 2 }, /* class 9: "core" -> class 2 */
-	{ 9, 0xfc0c4ef4, 52, 1, 1, 27 }, /* class 9: "y" -> class 27 */
-	{ 10, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 10: "vmcore" -> class 2 */
-	{ 10, 0xdd5e607e, 2, 4, 1, 2 }, /* class 10: "core" -> class 2 */
-	{ 11, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 11: "vmcore" -> class 2 */
-	{ 11, 0xdd5e607e, 2, 4, 1, 2 }, /* class 11: "core" -> class 2 */
-	{ 13, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 13: "vmcore" -> class 2 */
-	{ 13, 0xdd5e607e, 2, 4, 1, 2 }, /* class 13: "core" -> class 2 */
-	{ 14, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 14: "vmcore" -> class 2 */
-	{ 14, 0xbe93ce65, 53, 4, 1, 29 }, /* class 14: ".ssh" -> class 29 */
-	{ 14, 0xdd5e607e, 2, 4, 1, 2 }, /* class 14: "core" -> class 2 */
-	{ 15, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 15: "vmcore" -> class 2 */
-	{ 15, 0xbe93ce65, 53, 4, 1, 29 }, /* class 15: ".ssh" -> class 29 */
-	{ 15, 0xdd5e607e, 2, 4, 1, 2 }, /* class 15: "core" -> class 2 */
-	{ 16, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 16: "vmcore" -> class 2 */
-	{ 16, 0xbe93ce65, 53, 4, 1, 29 }, /* class 16: ".ssh" -> class 29 */
-	{ 16, 0xdd5e607e, 2, 4, 1, 2 }, /* class 16: "core" -> class 2 */
-	{ 17, 0x61ae7ecb, 29, 6, 1, 17 }, /* class 17: "vmcore" -> class 17 */
-	{ 17, 0xdd5e607e, 2, 4, 1, 17 }, /* class 17: "core" -> class 17 */
-	{ 18, 0x61ae7ecb, 29, 6, 1, 17 }, /* class 18: "vmcore" -> class 17 */
-	{ 18, 0xdd5e607e, 2, 4, 1, 17 }, /* class 18: "core" -> class 17 */
-	{ 19, 0x265dafe5, 57, 5, 0, 30 }, /* class 19: "cache" -> class 30 */
-	{ 19, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 19: "vmcore" -> class 2 */
-	{ 19, 0xdd5e607e, 2, 4, 1, 2 }, /* class 19: "core" -> class 2 */
-	{ 20, 0x265dafe5, 57, 5, 0, 30 }, /* class 20: "cache" -> class 30 */
-	{ 20, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 20: "vmcore" -> class 2 */
-	{ 20, 0xdd5e607e, 2, 4, 1, 2 }, /* class 20: "core" -> class 2 */
-	{ 21, 0x265dafe5, 57, 5, 0, 30 }, /* class 21: "cache" -> class 30 */
-	{ 21, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 21: "vmcore" -> class 2 */
-	{ 21, 0xdd5e607e, 2, 4, 1, 2 }, /* class 21: "core" -> class 2 */
-	{ 22, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 22: "vmcore" -> class 22 */
-	{ 22, 0xdd5e607e, 2, 4, 1, 22 }, /* class 22: "core" -> class 22 */
-	{ 23, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 23: "vmcore" -> class 22 */
-	{ 23, 0xdd5e607e, 2, 4, 1, 22 }, /* class 23: "core" -> class 22 */
-	{ 24, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 24: "vmcore" -> class 22 */
-	{ 24, 0xdd5e607e, 2, 4, 1, 22 }, /* class 24: "core" -> class 22 */
-	{ 25, 0x61ae7ecb, 29, 6, 1, 25 }, /* class 25: "vmcore" -> class 25 */
-	{ 25, 0xdd5e607e, 2, 4, 1, 25 }, /* class 25: "core" -> class 25 */
-	{ 26, 0x61ae7ecb, 29, 6, 1, 25 }, /* class 26: "vmcore" -> class 25 */
-	{ 26, 0xdd5e607e, 2, 4, 1, 25 }, /* class 26: "core" -> class 25 */
-	{ 27, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 27: "vmcore" -> class 2 */
-	{ 27, 0xdd5e607e, 2, 4, 1, 2 }, /* class 27: "core" -> class 2 */
-	{ 30, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 30: "vmcore" -> class 32 */
-	{ 30, 0xdd5e607e, 2, 4, 1, 32 }, /* class 30: "core" -> class 32 */
-	{ 32, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 32: "vmcore" -> class 32 */
-	{ 32, 0xdd5e607e, 2, 4, 1, 32 }, /* class 32: "core" -> class 32 */
-	{ 33, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 33: "vmcore" -> class 32 */
-	{ 33, 0xdd5e607e, 2, 4, 1, 32 }, /* class 33: "core" -> class 32 */
-	{ 34, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 34: "vmcore" -> class 32 */
-	{ 34, 0xdd5e607e, 2, 4, 1, 32 }, /* class 34: "core" -> class 32 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[7] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[10] = { 17, 0x61ae7ecb, 29, 6, 1, 17 }, /* class 17: "vmcore" -> class 17 */
+	[11] = { 5, 0xdd5e607e, 2, 4, 1, 17 }, /* class 5: "core" -> class 17 */
+	[12] = { 18, 0xdd5e607e, 2, 4, 1, 17 }, /* class 18: "core" -> class 17 */
+	[13] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[14] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[15] = { 4, 0x61ae7ecb, 29, 6, 1, 14 }, /* class 4: "vmcore" -> class 14 */
+	[16] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[17] = { 0, 0x667c6911, 13, 6, 0, 5 }, /* class 0: "secret" -> class 5 */
+	[18] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[19] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[21] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[22] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 33, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 33: "vmcore" -> class 32 */
+	[27] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[28] = { 2, 0xdd5e607e, 2, 4, 1, 2 }, /* class 2: "core" -> class 2 */
+	[29] = { 7, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 7: "vmcore" -> class 22 */
+	[30] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[31] = { 20, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 20: "vmcore" -> class 2 */
+	[32] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[33] = { 10, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 10: "vmcore" -> class 2 */
+	[34] = { 15, 0xdd5e607e, 2, 4, 1, 2 }, /* class 15: "core" -> class 2 */
+	[35] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[36] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[37] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[38] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[39] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[40] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[41] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[42] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[43] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[44] = { 0, 0xe40c292c, 0, 1, 1, 1 }, /* class 0: "a" -> class 1 */
+	[45] = { 23, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 23: "vmcore" -> class 22 */
+	[46] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[47] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[48] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[49] = { 20, 0x265dafe5, 57, 5, 0, 30 }, /* class 20: "cache" -> class 30 */
+	[50] = { 26, 0x61ae7ecb, 29, 6, 1, 25 }, /* class 26: "vmcore" -> class 25 */
+	[51] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[52] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[53] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[54] = { 13, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 13: "vmcore" -> class 2 */
+	[55] = { 25, 0xdd5e607e, 2, 4, 1, 25 }, /* class 25: "core" -> class 25 */
+	[56] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[57] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[58] = { 15, 0xbe93ce65, 53, 4, 1, 29 }, /* class 15: ".ssh" -> class 29 */
+	[59] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[60] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[61] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[62] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[63] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[64] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[65] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[66] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[67] = { 8, 0x61ae7ecb, 29, 6, 1, 25 }, /* class 8: "vmcore" -> class 25 */
+	[68] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[69] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[70] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[71] = { 9, 0xdd5e607e, 2, 4, 1, 2 }, /* class 9: "core" -> class 2 */
+	[72] = { 22, 0xdd5e607e, 2, 4, 1, 22 }, /* class 22: "core" -> class 22 */
+	[73] = { 34, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 34: "vmcore" -> class 32 */
+	[74] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[75] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[76] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[77] = { 0, 0x8d9c244d, 6, 3, 0, 3 }, /* class 0: "etc" -> class 3 */
+	[78] = { 21, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 21: "vmcore" -> class 2 */
+	[79] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[80] = { 11, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 11: "vmcore" -> class 2 */
+	[81] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[82] = { 0, 0xc63ccd52, 19, 3, 0, 6 }, /* class 0: "srv" -> class 6 */
+	[83] = { 24, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 24: "vmcore" -> class 22 */
+	[84] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[85] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[86] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[87] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[88] = { 6, 0xdd5e607e, 2, 4, 0, 19 }, /* class 6: "core" -> class 19 */
+	[89] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[90] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[91] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[92] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[93] = { 19, 0xdd5e607e, 2, 4, 1, 2 }, /* class 19: "core" -> class 2 */
+	[94] = { 32, 0xdd5e607e, 2, 4, 1, 32 }, /* class 32: "core" -> class 32 */
+	[95] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[96] = { 21, 0x265dafe5, 57, 5, 0, 30 }, /* class 21: "cache" -> class 30 */
+	[97] = { 27, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 27: "vmcore" -> class 2 */
+	[98] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[99] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[100] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[101] = { 14, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 14: "vmcore" -> class 2 */
+	[102] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[103] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[104] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[105] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[106] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[107] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[108] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[109] = { 3, 0xdd5e607e, 2, 4, 1, 2 }, /* class 3: "core" -> class 2 */
+	[110] = { 16, 0xdd5e607e, 2, 4, 1, 2 }, /* class 16: "core" -> class 2 */
+	[111] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[112] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[113] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[114] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[115] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[116] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[117] = { 16, 0xbe93ce65, 53, 4, 1, 29 }, /* class 16: ".ssh" -> class 29 */
+	[118] = { 30, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 30: "vmcore" -> class 32 */
+	[119] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[120] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[121] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[122] = { 1, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 1: "vmcore" -> class 2 */
+	[123] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[124] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[125] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[126] = { 0, 0xdd5e607e, 2, 4, 1, 2 }, /* class 0: "core" -> class 2 */
+	[127] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[128] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[129] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[130] = { 25, 0x61ae7ecb, 29, 6, 1, 25 }, /* class 25: "vmcore" -> class 25 */
+	[131] = { 13, 0xdd5e607e, 2, 4, 1, 2 }, /* class 13: "core" -> class 2 */
+	[132] = { 26, 0xdd5e607e, 2, 4, 1, 25 }, /* class 26: "core" -> class 25 */
+	[133] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[134] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[135] = { 0, 0xfd0c5087, 45, 1, 1, 9 }, /* class 0: "x" -> class 9 */
+	[136] = { 3, 0x7d1a6a9b, 46, 6, 0, 13 }, /* class 3: "passwd" -> class 13 */
+	[137] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[138] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[139] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[140] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[141] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[142] = { 0, 0xd2c8c28e, 9, 4, 1, 4 }, /* class 0: "home" -> class 4 */
+	[143] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[144] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[145] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[146] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[147] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[148] = { 10, 0xdd5e607e, 2, 4, 1, 2 }, /* class 10: "core" -> class 2 */
+	[149] = { 15, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 15: "vmcore" -> class 2 */
+	[150] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[151] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[152] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[153] = { 23, 0xdd5e607e, 2, 4, 1, 22 }, /* class 23: "core" -> class 22 */
+	[154] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[155] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[156] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[157] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[158] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[159] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[160] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[161] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[162] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[163] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[164] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[165] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[166] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[167] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[168] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[169] = { 2, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 2: "vmcore" -> class 2 */
+	[170] = { 7, 0xdd5e607e, 2, 4, 1, 22 }, /* class 7: "core" -> class 22 */
+	[171] = { 20, 0xdd5e607e, 2, 4, 1, 2 }, /* class 20: "core" -> class 2 */
+	[172] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[173] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[174] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[175] = { 33, 0xdd5e607e, 2, 4, 1, 32 }, /* class 33: "core" -> class 32 */
+	[176] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[177] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[178] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[179] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[180] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[181] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[182] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[183] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[184] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[185] = { 18, 0x61ae7ecb, 29, 6, 1, 17 }, /* class 18: "vmcore" -> class 17 */
+	[186] = { 4, 0xdd5e607e, 2, 4, 1, 14 }, /* class 4: "core" -> class 14 */
+	[187] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[188] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[189] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[190] = { 5, 0x61ae7ecb, 29, 6, 1, 17 }, /* class 5: "vmcore" -> class 17 */
+	[191] = { 17, 0xdd5e607e, 2, 4, 1, 17 }, /* class 17: "core" -> class 17 */
+	[192] = { 30, 0xdd5e607e, 2, 4, 1, 32 }, /* class 30: "core" -> class 32 */
+	[193] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[194] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[195] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[196] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[197] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[198] = { 19, 0x265dafe5, 57, 5, 0, 30 }, /* class 19: "cache" -> class 30 */
+	[199] = { 0, 0x7d4ef3c7, 35, 10, 0, 8 }, /* class 0: "with space" -> class 8 */
+	[200] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[201] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[202] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[203] = { 0, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 0: "vmcore" -> class 2 */
+	[204] = { 14, 0xbe93ce65, 53, 4, 1, 29 }, /* class 14: ".ssh" -> class 29 */
+	[205] = { 9, 0xfc0c4ef4, 52, 1, 1, 27 }, /* class 9: "y" -> class 27 */
+	[206] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[207] = { 1, 0xdd5e607e, 2, 4, 1, 2 }, /* class 1: "core" -> class 2 */
+	[208] = { 14, 0xdd5e607e, 2, 4, 1, 2 }, /* class 14: "core" -> class 2 */
+	[209] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[210] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[211] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[212] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[213] = { 27, 0xdd5e607e, 2, 4, 1, 2 }, /* class 27: "core" -> class 2 */
+	[214] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[215] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[216] = { 3, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 3: "vmcore" -> class 2 */
+	[217] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[218] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[219] = { 16, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 16: "vmcore" -> class 2 */
+	[220] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[221] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[222] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[223] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[224] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[225] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[226] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[227] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[228] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[229] = { 0, 0xe70c2de5, 1, 1, 1, 1 }, /* class 0: "b" -> class 1 */
+	[230] = { 11, 0xdd5e607e, 2, 4, 1, 2 }, /* class 11: "core" -> class 2 */
+	[231] = { 24, 0xdd5e607e, 2, 4, 1, 22 }, /* class 24: "core" -> class 22 */
+	[232] = { 19, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 19: "vmcore" -> class 2 */
+	[233] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[234] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[235] = { 32, 0x61ae7ecb, 29, 6, 1, 32 }, /* class 32: "vmcore" -> class 32 */
+	[236] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[237] = { 6, 0x61ae7ecb, 29, 6, 0, 19 }, /* class 6: "vmcore" -> class 19 */
+	[238] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[239] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[240] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[241] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[242] = { 9, 0x61ae7ecb, 29, 6, 1, 2 }, /* class 9: "vmcore" -> class 2 */
+	[243] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[244] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[245] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[246] = { 8, 0xdd5e607e, 2, 4, 1, 25 }, /* class 8: "core" -> class 25 */
+	[247] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[248] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[249] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[250] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[251] = { 21, 0xdd5e607e, 2, 4, 1, 2 }, /* class 21: "core" -> class 2 */
+	[252] = { 34, 0xdd5e607e, 2, 4, 1, 32 }, /* class 34: "core" -> class 32 */
+	[253] = { 0, 0x33dc28fd, 22, 7, 0, 7 }, /* class 0: "uploads" -> class 7 */
+	[254] = { 22, 0x61ae7ecb, 29, 6, 1, 22 }, /* class 22: "vmcore" -> class 22 */
+	[255] = { 0xffffffff, 0, 0, 0, 0, 0 },
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -853,27 +1031,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	if (cls == 0) {

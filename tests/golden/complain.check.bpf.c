@@ -217,8 +217,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NSLOTS 47
 #define FPOL_NLITERALS 12
 #define FPOL_POOL_SIZE 50
-#define FPOL_SEARCH_STEPS 5
-#define FPOL_MAX_COLLISIONS 1
+#define FPOL_LITERAL_SLOTS 32
+#define FPOL_MAX_PROBE 3
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 1
 #define FPOL_CASE_INSENSITIVE 0
@@ -434,20 +434,41 @@ struct fpol_literal {
 	__u32 child;
 };
 
-/* Child names that lead to another class, sorted by (class, hash). */
-const struct fpol_literal fpol_literals[12] = {
-	{ 0, 0x324cbfac, 8, 3, 1, 3 }, /* class 0: "lib" -> class 3 */
-	{ 0, 0x4691aa31, 22, 3, 1, 3 }, /* class 0: "usr" -> class 3 */
-	{ 0, 0x7bfddaae, 11, 5, 1, 3 }, /* class 0: "lib64" -> class 3 */
-	{ 0, 0x8d9c244d, 5, 3, 1, 2 }, /* class 0: "etc" -> class 2 */
-	{ 0, 0xb3156c4e, 19, 3, 1, 4 }, /* class 0: "tmp" -> class 4 */
-	{ 0, 0xbd22a17a, 16, 3, 1, 3 }, /* class 0: "opt" -> class 3 */
-	{ 0, 0xc39bf2a3, 0, 5, 1, 1 }, /* class 0: "build" -> class 1 */
-	{ 1, 0x408bb4ff, 25, 4, 1, 6 }, /* class 1: ".git" -> class 6 */
-	{ 2, 0xc23f059d, 29, 3, 1, 8 }, /* class 2: "ssl" -> class 8 */
-	{ 6, 0x23ff66c7, 32, 6, 1, 9 }, /* class 6: "config" -> class 9 */
-	{ 6, 0x9fbca9db, 38, 5, 1, 10 }, /* class 6: "hooks" -> class 10 */
-	{ 8, 0x62cb0d0c, 43, 7, 1, 11 }, /* class 8: "private" -> class 11 */
+/* Child names that lead to another class: an open-addressing table keyed by
+ * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
+const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
+	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[1] = { 6, 0x23ff66c7, 32, 6, 1, 9 }, /* class 6: "config" -> class 9 */
+	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[3] = { 0, 0xc39bf2a3, 0, 5, 1, 1 }, /* class 0: "build" -> class 1 */
+	[4] = { 8, 0x62cb0d0c, 43, 7, 1, 11 }, /* class 8: "private" -> class 11 */
+	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[7] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[11] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[12] = { 0, 0x324cbfac, 8, 3, 1, 3 }, /* class 0: "lib" -> class 3 */
+	[13] = { 0, 0x8d9c244d, 5, 3, 1, 2 }, /* class 0: "etc" -> class 2 */
+	[14] = { 0, 0x7bfddaae, 11, 5, 1, 3 }, /* class 0: "lib64" -> class 3 */
+	[15] = { 0, 0xb3156c4e, 19, 3, 1, 4 }, /* class 0: "tmp" -> class 4 */
+	[16] = { 1, 0x408bb4ff, 25, 4, 1, 6 }, /* class 1: ".git" -> class 6 */
+	[17] = { 0, 0x4691aa31, 22, 3, 1, 3 }, /* class 0: "usr" -> class 3 */
+	[18] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[19] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[21] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[22] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 0, 0xbd22a17a, 16, 3, 1, 3 }, /* class 0: "opt" -> class 3 */
+	[27] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[28] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[29] = { 6, 0x9fbca9db, 38, 5, 1, 10 }, /* class 6: "hooks" -> class 10 */
+	[30] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[31] = { 2, 0xc23f059d, 29, 3, 1, 8 }, /* class 2: "ssl" -> class 8 */
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
@@ -576,27 +597,13 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
 		return 0;
 	__u32 h = fpol_name_hash(len);
-	__u32 lo = 0, hi = FPOL_NLITERALS;
-	for (int step = 0; step < FPOL_SEARCH_STEPS; step++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= FPOL_NLITERALS)
-			break;
-		const struct fpol_literal *e = &fpol_literals[mid];
-		if (e->cls < cls || (e->cls == cls && e->hash < h))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (int k = 0; k < FPOL_MAX_COLLISIONS; k++) {
-		__u32 idx = lo + k;
-		if (idx >= FPOL_NLITERALS)
-			break;
+	__u32 home = h ^ (cls * 0x9e3779b1);
+	for (__u32 k = 0; k < FPOL_MAX_PROBE; k++) {
+		__u32 idx = (home + k) & (FPOL_LITERAL_SLOTS - 1);
 		const struct fpol_literal *e = &fpol_literals[idx];
-		if (e->cls != cls || e->hash != h)
-			break;
-		if (e->length == len && fpol_pool_equal(e->offset, len))
+		if (e->cls == 0xffffffff)
+			break;  /* an empty slot ends the probe sequence */
+		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
 	return fpol_classes[cls].default_child |
