@@ -15,3 +15,7 @@ test: deps
 # Regenerate expected outputs after an intended change; review the diff before committing.
 goldens: deps
 	$(PYTHON) -m pytest -q tests --update-goldens --update-cases
+
+# Every benchmark, side by side in one run; writes benchmarks/REPORT.md (needs root).
+bench: deps
+	$(PYTHON) benchmarks/run.py

@@ -1,0 +1,41 @@
+"""Scale regressions fail here: the 10,000-rule benchmark policy checks, lowers, renders,
+and its check object builds, verifies in this kernel and decides like the evaluator.
+No timing assertions: benchmarks/REPORT.md holds the figures."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fpol.compiler.driver import check
+from fpol.compiler.evaluate import Evaluator, Request, parse_path
+
+from kernel_support import require_bpf
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from policies import policy_text  # noqa: E402
+
+
+def test_ten_thousand_rules_build_verify_and_decide(tmp_path):
+    require_bpf()
+    from fpol.compiler.lower import lower
+    from fpol.compiler.render import render
+    from fpol.runtime.engine import CheckEngine
+    from fpol.runtime.objects import build
+
+    checked = check(policy_text(10_000).encode(), "b10000.fpol")
+    assert checked.ok, checked.diagnostics[:3]
+    tree = checked.classes
+    assert len(tree.classes) > 10_000
+    model = lower(tree, source_name="b10000.fpol")
+    assert "struct fuse_ops b10000_0" in render(model, "struct_ops")
+    evaluator = Evaluator(checked.policy)
+    with CheckEngine(build(checked, "check", model=model)) as engine:
+        stats = dict(engine.report.programs)["fpol_check"]
+        assert 0 < stats.insns_processed < 1_000_000
+        for op, path in [("write", "/srv/s5000/data/x"), ("read", "/home/u9997/private/k"),
+                         ("read", "/var/log/l9998/syslog"), ("unlink", "/etc/e9999/passwd"),
+                         ("open", "/usr/bin/ls"), ("write", "/srv/s5001/data/x")]:
+            req = Request(op, parse_path(path))
+            got, want = engine.evaluate(req).decision, evaluator.evaluate(req).decision
+            assert (got.kind, got.errno, got.audit) == (want.kind, want.errno, want.audit), path
