@@ -148,7 +148,7 @@ def report(results: list[dict], mount: str, seconds: float) -> str:
         "",
         "Policies: N rules over distinct trees, four kinds in turn (`deny write under /srv/sI/data "
         "with EPERM`, `deny read under /home/uI/private`, `audit read under /var/log/lI`, "
-        "`deny all under /etc/eI with EROFS`); see `policy_text` in benchmarks/run.py.",
+        "`deny all under /etc/eI with EROFS`); see benchmarks/policies.py.",
         "",
         "## Decision cost in the kernel",
         "",
