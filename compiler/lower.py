@@ -295,6 +295,9 @@ class Strictness:
         self._vectors: dict[tuple, int] = {}
         self._vector_of: dict[int, int] = {}
         self._vector_by_id: dict[int, tuple] = {}
+        self._floor = None
+        self._below: dict[int, tuple] = {}
+        self.floor_memo: dict[tuple[int, int], bool] = {}
 
     def _strictness(self, c: Class) -> int:
         """An id for the class's vector of strictness per atom (few distinct ones exist)."""
@@ -340,10 +343,21 @@ class Strictness:
                 # of d's children (for a d with many names, this may pair more than the
                 # names do, which can only refuse more), then s's own names.
                 fan = (d, cs.default)
-                pairs = [(cd.child(n, self.fold), t) for n, t in cs.literals]
+                pairs = []
                 if fan not in self.fanned:
-                    fans.append(fan)
-                    pairs += [(t, cs.default) for t in self.targets(cd)]
+                    if self._uniform(cs.default):
+                        # Every node below s's default child is that one class, so each
+                        # of d's children, and all below them, must be at least as strict
+                        # as it: compare the pointwise minimum over them instead.
+                        if not self._floor_ok(cd, cs.default):
+                            ok = False
+                            break
+                    else:
+                        fans.append(fan)
+                        pairs = [(t, cs.default) for t in self.targets(cd)]
+                # s's own names last, so they are explored first: where a stricter subtree
+                # hides, it is usually behind one of them.
+                pairs += [(cd.child(n, self.fold), t) for n, t in cs.literals]
             else:
                 pairs = [(cd.child(n, self.fold), cs.child(n, self.fold)) for n in self._names(cd, cs)]
             for pair in pairs:
@@ -356,6 +370,45 @@ class Strictness:
             self.fanned.update(fans)
         else:
             self.memo[key] = False
+            self.memo[(d, s)] = False  # the pair whose rows disagree
+        return ok
+
+    def _uniform(self, cid: int) -> bool:
+        """Every descendant of class `cid` is in class `cid`."""
+        c = self.tree.classes[cid]
+        return not c.literals and not c.globs and c.default == cid
+
+    def _floors(self) -> list[tuple]:
+        """Per class, the pointwise minimum strictness over it and every class below it."""
+        if self._floor is None:
+            classes = self.tree.classes
+            floor = [self._vector_by_id[self._strictness(c)] for c in classes]
+            changed = True
+            while changed:  # a fixed point over the class graph (it has cycles)
+                changed = False
+                for c in classes:
+                    low = floor[c.id]
+                    for t in self.targets(c):
+                        if any(x < y for x, y in zip(floor[t], low)):
+                            low = tuple(min(x, y) for x, y in zip(floor[t], low))
+                    if low != floor[c.id]:
+                        floor[c.id] = low
+                        changed = True
+            self._floor = floor
+        return self._floor
+
+    def _floor_ok(self, d: Class, x: int) -> bool:
+        """Every class below `d` is at least as strict as the uniform class `x`."""
+        key = (d.id, x)
+        ok = self.floor_memo.get(key)
+        if ok is None:
+            floors = self._floors()
+            below = self._below.get(d.id)
+            if below is None:
+                vectors = [floors[t] for t in self.targets(d)]
+                below = self._below[d.id] = tuple(min(col) for col in zip(*vectors))
+            target = self._vector_by_id[self._strictness(self.tree.classes[x])]
+            ok = self.floor_memo[key] = all(a >= b for a, b in zip(below, target))
         return ok
 
     def targets(self, c: Class) -> tuple[int, ...]:
@@ -469,14 +522,24 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     )
 
 
+_runtime_cache: dict[int, tuple] = {}
+
+
 def _runtime(d: Decision) -> tuple:
     """What a program does with a decision: its return code, and for audited decisions
     the event it sends (which names the rule). Programs whose decisions agree on this
     may be shared between instances even when different rules decided."""
+    hit = _runtime_cache.get(id(d))
+    if hit is not None and hit[0] is d:
+        return hit[1]
     keep_rule = d.audit and d.rules
-    return (Decision(d.kind, d.errno, d.mode, d.audit, d.rules if keep_rule else (),
-                     d.audit_rules if d.audit else (), d.complained),
-            d.rules[0] if keep_rule else None)
+    out = (Decision(d.kind, d.errno, d.mode, d.audit, d.rules if keep_rule else (),
+                    d.audit_rules if d.audit else (), d.complained),
+           d.rules[0] if keep_rule else None)
+    if len(_runtime_cache) > 100_000:
+        _runtime_cache.clear()
+    _runtime_cache[id(d)] = (d, out)
+    return out
 
 
 def _namespace_signature(tree: ClassTree, c: Class, kind: str, op: str, strict) -> Optional[tuple]:
@@ -501,9 +564,18 @@ def _namespace_signature(tree: ClassTree, c: Class, kind: str, op: str, strict) 
     return None
 
 
+_ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.items()}
+
+
 def _uniform(c: Class, op: str) -> Optional[Decision]:
-    decisions = {c.decision(a) for a in ops.ATOMS_OF_OP[op]}
-    return decisions.pop() if len(decisions) == 1 else None
+    """The class's decision for `op` if it does not depend on the request's details."""
+    slots = _ATOM_SLOTS[op]
+    first = c.table[slots[0]]
+    for i in slots[1:]:
+        d = c.table[i]
+        if d is not first and d != first:  # decisions are mostly shared objects
+            return None
+    return first
 
 
 def _trivial(d: Optional[Decision]) -> bool:
