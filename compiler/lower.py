@@ -152,6 +152,7 @@ class ClassInfo:
     row: int
     default_child: int
     default_inherit_ok: bool
+    daemon_lookup: bool  # objects of this class have ops the daemon performs (userspace instead)
     instance: str
     example: str
 
@@ -429,6 +430,13 @@ class Strictness:
         return sorted(lits) + [w for _, w in sorted(glob_combinations(globs, frozenset(lits)).items())]
 
 
+def _daemon_lookup(c: Class) -> bool:
+    """Ops redirected `instead` reach the daemon as ordinary requests carrying the object's
+    nodeid, which only the daemon can assign: so the daemon must look such objects up."""
+    return any(d.kind == "userspace" and d.mode == "instead"
+               for atom, d in zip(ops.ATOMS, c.table) if atom != "lookup")
+
+
 def _children(c: Class) -> list[int]:
     out = [t for _, t in c.literals] + [t for _, t in c.masks] + [c.default]
     return sorted(set(out))
@@ -499,7 +507,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         glob_classes.append(GlobClass(c.id, ids, masks))
 
     infos = [ClassInfo(c.id, class_row[c.id], c.default,
-                       strict.at_least_as_strict(c.id, c.default),
+                       strict.at_least_as_strict(c.id, c.default), _daemon_lookup(c),
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
 

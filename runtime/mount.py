@@ -41,6 +41,7 @@ class MountEntry:
     target: str
     fstype: str
     source: str
+    options: str = ""  # the superblock options (fuse-bpf mounts carry root_bpf= there)
 
 
 def _unescape(field: str) -> str:
@@ -65,7 +66,8 @@ def mount_entry(path: str) -> Optional[MountEntry]:
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
             if len(fields) >= 5 and len(tail) >= 2 and _unescape(fields[4]) == path:
-                found = MountEntry(path, tail[0], _unescape(tail[1]))
+                found = MountEntry(path, tail[0], _unescape(tail[1]),
+                                   tail[2] if len(tail) > 2 else "")
     return found
 
 
@@ -146,16 +148,109 @@ def _preflight(source: str, mountpoint: str, err: TextIO) -> None:
 
 def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = False,
           audit: Optional[str] = None, handler: Optional[str] = None,
-          passthrough: bool = True, out: TextIO = None, err: TextIO = None) -> int:
+          passthrough: bool = True, out: TextIO = None, err: TextIO = None,
+          mode: str = "auto") -> int:
     """Mount and serve (see the module docstring). Returns the exit code; in background mode
-    the caller gets 0 after the daemon is ready, and the daemon never returns here."""
+    the caller gets 0 after the daemon is ready, and the daemon never returns here.
+
+    mode: `daemon` enforces in the daemon (any kernel with FUSE); `fuse-bpf` loads the
+    policy's programs and lets the kernel enforce (fuse-bpf kernels); `auto` picks fuse-bpf
+    where the kernel has struct fuse_ops."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
+        if mode != "daemon":
+            from .probe import fuse_ops_abi
+
+            abi = fuse_ops_abi()
+            if abi is not None:
+                return _mount_fusebpf(policy_path, source, mountpoint, foreground, audit,
+                                      handler, abi, out, err)
+            if mode == "fuse-bpf":
+                raise MountError(EXIT_ENV, "this kernel has no struct fuse_ops (fuse-bpf is not "
+                                           "in mainline Linux); use --mode daemon (the default "
+                                           "here) to enforce the policy in the daemon")
         return _mount(policy_path, source, mountpoint, foreground, audit, handler,
                       passthrough, out, err)
     except MountError as e:
         print(f"fpol mount: {e.message}", file=err)
         return e.code
+
+
+def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_spec, abi,
+                   out: TextIO, err: TextIO) -> int:
+    """fuse-bpf: attach the policy's instances (or reuse them), mount with root_dir and
+    root_bpf, and run a daemon only if the policy sends anything to userspace (spec §8)."""
+    from . import libbpf, libc, loader
+    from .fuse import fusebpf
+    from .fuse.bpfserver import FuseBpfServer
+    from .fuse.device import Channel
+    from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
+    from .objects import build
+
+    checked = _check_policy(policy_path, err)
+    source, mountpoint = _resolve(source), _resolve(mountpoint)
+    _preflight(source, mountpoint, err)
+    p = checked.policy
+    if not any(l.policy == p.name for l in loader.status()):
+        try:
+            loader.load(build(checked, "struct_ops", abi=abi).path, p.name)
+        except (loader.LoadRefused, libbpf.LibbpfError) as e:
+            raise MountError(EXIT_ENV, f"cannot load the policy's fuse_ops instances: {e}") from None
+    root_bpf = f"{p.name}_0"
+    root_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    channel = None
+    if p.needs_daemon:
+        try:
+            channel = Channel.open()
+        except OSError as e:
+            os.close(root_fd)
+            raise MountError(EXIT_ENV, f"cannot open /dev/fuse: {e.strerror}") from None
+    options = fusebpf.mount_options(root_fd, root_bpf, channel.fd if channel else None,
+                                    no_daemon=not p.needs_daemon,
+                                    uid=os.getuid(), gid=os.getgid())
+    try:
+        libc.mount(source, mountpoint, FSTYPE, libc.MS_NOSUID | libc.MS_NODEV, options)
+    except OSError as e:
+        if channel:
+            channel.close()
+        os.close(root_fd)
+        raise MountError(EXIT_ENV, f"mount({mountpoint}) with root_bpf={root_bpf} failed: "
+                                   f"{e.strerror}") from None
+    os.close(root_fd)  # the kernel holds the backing root now
+    summary = (f"fpol mount: {source} on {mountpoint}, policy {p.name} enforced by fuse-bpf "
+               f"({abi}, {len(checked.classes.classes)} instances, root_bpf={root_bpf})")
+    if channel is None:
+        print(summary + "; no daemon (the policy sends nothing to userspace)", file=err, flush=True)
+        return EXIT_OK
+    try:
+        handler = load_handler(handler_spec) if handler_spec else None
+        audit_stream = open(audit, "a", encoding="utf-8") if audit else err
+    except (HandlerError, OSError) as e:
+        channel.close()
+        _detach(mountpoint)
+        raise MountError(EXIT_USAGE, str(e)) from None
+    enforcer = Enforcer(checked.classes, AuditLog(audit_stream, p), handler,
+                        handler_spec or "default")
+    server = FuseBpfServer(channel, os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
+                           enforcer, lambda cls: f"{p.name}_{cls}")
+    try:
+        server.handshake()
+    except BaseException as e:
+        channel.close()
+        try:
+            _detach(mountpoint)
+        except OSError:
+            pass
+        raise MountError(EXIT_ENV, f"FUSE handshake failed, unmounted again: {e}") from None
+    print(summary + "; the daemon serves what the programs send to userspace", file=err, flush=True)
+    if not foreground:
+        pid = os.fork()
+        if pid:
+            channel.close()
+            print(pid, file=out, flush=True)
+            return EXIT_OK
+        os._exit(_daemon(server, mountpoint, err))
+    return _serve(server, mountpoint, err)
 
 
 def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, passthrough,
@@ -287,7 +382,37 @@ def umount(mountpoint: str, err: TextIO = None) -> int:
     except OSError as e:
         print(f"fpol umount: {path}: {e.strerror}", file=err)
         return EXIT_ENV
+    _unload_if_unused(entry, err)
     return EXIT_OK
+
+
+def _unload_if_unused(entry, err: TextIO) -> None:
+    """A fuse-bpf mount's policy stays loaded while another mount still names it."""
+    policy = _root_bpf_policy(entry.options)
+    if policy is None:
+        return
+    try:
+        with open("/proc/self/mountinfo") as f:
+            still = any(_root_bpf_policy(line.partition(" - ")[2].split()[-1]) == policy
+                        for line in f if " - " in line)
+    except OSError:
+        return
+    if still:
+        return
+    from . import loader
+
+    try:
+        loader.unload(policy)
+        print(f"fpol umount: unloaded policy {policy}", file=err)
+    except loader.LoadRefused:
+        pass
+
+
+def _root_bpf_policy(options: str) -> Optional[str]:
+    for opt in options.split(","):
+        if opt.startswith("root_bpf="):
+            return opt[len("root_bpf="):].rsplit("_", 1)[0]
+    return None
 
 
 # --- command line -------------------------------------------------------------------------
@@ -307,6 +432,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                         "(number or name) to refuse it; MODULE may be a path to a .py file")
     p.add_argument("--no-passthrough", dest="passthrough", action="store_false",
                    help="serve all reads and writes in the daemon (no FUSE passthrough)")
+    p.add_argument("--mode", choices=("auto", "daemon", "fuse-bpf"), default="auto",
+                   help="who enforces: fuse-bpf (the policy's programs, on kernels with "
+                        "struct fuse_ops), daemon (any kernel with FUSE), or auto (fuse-bpf "
+                        "where the kernel has it; the default)")
 
 
 def add_umount_arguments(p: argparse.ArgumentParser) -> None:
@@ -316,7 +445,8 @@ def add_umount_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_mount_command(args) -> int:
     return mount(args.policy, args.source, args.mountpoint, args.foreground, args.audit,
-                 args.handler, getattr(args, "passthrough", True))
+                 args.handler, getattr(args, "passthrough", True),
+                 mode=getattr(args, "mode", "auto"))
 
 
 def run_umount_command(args) -> int:

@@ -317,6 +317,7 @@ struct fpol_class {
 	__u32 flags;          /* FPOL_CLASS_* */
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
+#define FPOL_CLASS_DAEMON_LOOKUP      2  /* the daemon performs some ops: it must look these up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_sc_0) */
@@ -1413,6 +1414,9 @@ static __always_inline __u32 fpol_lookup_code(__u32 dir, __u32 child, __u32 word
 		return BPF_FUSE_USER;
 	if (FPOL_KIND(word) != FPOL_ALLOW)
 		return fpol_code(word);
+	if (child < FPOL_NCLASSES && (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
+		/* Its ops `instead` come to the daemon by nodeid: the daemon must name it. */
+		return BPF_FUSE_USER;
 	/* A child of another class gets its instance in the postfilter. */
 	return child != dir ? BPF_FUSE_POSTFILTER : BPF_FUSE_CONTINUE;
 }

@@ -311,6 +311,7 @@ struct fpol_class {
 	__u32 flags;          /* FPOL_CLASS_* */
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
+#define FPOL_CLASS_DAEMON_LOOKUP      2  /* the daemon performs some ops: it must look these up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_us_0) */
@@ -318,13 +319,13 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 1: e.g. /a (instance clean_us_1) */
 	{ .row = 1, .default_child = 1, .flags = 1 },
 	/* class 2: e.g. /b (instance clean_us_2) */
-	{ .row = 2, .default_child = 2, .flags = 1 },
+	{ .row = 2, .default_child = 2, .flags = 3 },
 	/* class 3: e.g. /c (instance clean_us_3) */
 	{ .row = 3, .default_child = 3, .flags = 1 },
 	/* class 4: e.g. /d (instance clean_us_4) */
 	{ .row = 4, .default_child = 4, .flags = 1 },
 	/* class 5: e.g. /e (instance clean_us_5) */
-	{ .row = 5, .default_child = 6, .flags = 1 },
+	{ .row = 5, .default_child = 6, .flags = 3 },
 	/* class 6: e.g. /... (instance clean_us_6) */
 	{ .row = 0, .default_child = 6, .flags = 1 },
 };
@@ -623,6 +624,9 @@ static __always_inline __u32 fpol_lookup_code(__u32 dir, __u32 child, __u32 word
 		return BPF_FUSE_USER;
 	if (FPOL_KIND(word) != FPOL_ALLOW)
 		return fpol_code(word);
+	if (child < FPOL_NCLASSES && (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
+		/* Its ops `instead` come to the daemon by nodeid: the daemon must name it. */
+		return BPF_FUSE_USER;
 	/* A child of another class gets its instance in the postfilter. */
 	return child != dir ? BPF_FUSE_POSTFILTER : BPF_FUSE_CONTINUE;
 }

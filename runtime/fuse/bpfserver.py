@@ -1,0 +1,166 @@
+"""The daemon on a fuse-bpf kernel (spec §6, §8, §9).
+
+There the policy's programs decide in the kernel, and the daemon sees only what they
+send to userspace:
+
+- filter requests (opcode | FUSE_PREFILTER / FUSE_POSTFILTER), for rules redirected to
+  userspace `before` or `after`: the handler vets them, and the reply hands the
+  arguments back (a prefilter its in-args, a postfilter its out-args) or refuses;
+- ordinary requests, for ops a program returned BPF_FUSE_USER for (plain `redirect ...
+  to userspace`): performed like the stock daemon performs them. A LOOKUP reply names
+  the child's backing file and its class's fuse_ops instance, because on this path
+  nothing is inherited (§8); entries go through FUSE_DEV_IOC_BPF_RESPONSE, never write().
+
+Nothing here has met a fuse-bpf kernel (none is available): it follows the spec, and the
+tests drive it with the request bytes the spec describes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Callable, Optional
+
+from fpol.compiler.decide import Decision
+
+from . import fusebpf
+from . import protocol as P
+from .device import Request
+from .enforce import Event
+from .server import NO_REPLY, FuseServer, _check_name
+
+Op = P.Opcode
+
+# In-args of filter requests: (fixed struct bytes, NUL-terminated names that follow).
+IN_ARGS = {
+    Op.LOOKUP: (0, 1), Op.GETATTR: (16, 0), Op.SETATTR: (88, 0), Op.OPEN: (8, 0),
+    Op.OPENDIR: (8, 0), Op.CREATE: (16, 1), Op.MKNOD: (16, 1), Op.MKDIR: (8, 1),
+    Op.READ: (40, 0), Op.WRITE: (40, 0), Op.LSEEK: (24, 0), Op.COPY_FILE_RANGE: (56, 0),
+    Op.GETXATTR: (8, 1), Op.LISTXATTR: (8, 0), Op.STATFS: (0, 0), Op.READDIR: (40, 0),
+    Op.ACCESS: (8, 0), Op.LINK: (8, 1), Op.SETXATTR: (16, 2), Op.REMOVEXATTR: (0, 1),
+    Op.FALLOCATE: (32, 0), Op.FLUSH: (24, 0), Op.RELEASE: (24, 0), Op.RELEASEDIR: (24, 0),
+    Op.FSYNC: (16, 0), Op.FSYNCDIR: (16, 0),
+}
+# A prefilter's last in-arg, when it is an immutable name, is not part of the reply (§9).
+IMMUTABLE_LAST_NAME = frozenset({Op.CREATE, Op.MKNOD, Op.MKDIR})
+
+OP_NAMES = {
+    Op.LOOKUP: "lookup", Op.GETATTR: "getattr", Op.SETATTR: "setattr", Op.OPEN: "open",
+    Op.OPENDIR: "opendir", Op.CREATE: "create", Op.MKNOD: "mknod", Op.MKDIR: "mkdir",
+    Op.READ: "read", Op.WRITE: "write", Op.LSEEK: "lseek",
+    Op.COPY_FILE_RANGE: "copy_file_range", Op.GETXATTR: "getxattr",
+    Op.LISTXATTR: "listxattr", Op.STATFS: "statfs", Op.READDIR: "readdir",
+    Op.ACCESS: "access", Op.LINK: "link", Op.SETXATTR: "setxattr",
+    Op.REMOVEXATTR: "removexattr", Op.FALLOCATE: "fallocate", Op.FLUSH: "flush",
+    Op.RELEASE: "release", Op.RELEASEDIR: "releasedir", Op.FSYNC: "fsync",
+    Op.FSYNCDIR: "fsyncdir",
+}
+
+
+def split_in_args(opcode: int, args: bytes) -> tuple[int, list[bytes]]:
+    """(length of the in-args, the names among them) for a filter request's payload."""
+    fixed, names = IN_ARGS.get(opcode, (len(args), 0))
+    pos, found = fixed, []
+    for _ in range(names):
+        end = args.find(b"\0", pos)
+        if end < 0:
+            raise fusebpf.FuseBpfError(f"opcode {opcode}: a name without its NUL")
+        found.append(args[pos:end])
+        pos = end + 1
+    return pos, found
+
+
+class FuseBpfServer(FuseServer):
+    """Serves what a fuse-bpf kernel's programs send to userspace."""
+
+    def __init__(self, channel, root_fd: int, enforcer, instance_of: Callable[[int], str],
+                 send_bpf_response: Callable[[int, bytes], None] = fusebpf.send_bpf_response,
+                 **kw):
+        # Data never moves through this daemon on fuse-bpf: the kernel uses the backing
+        # files itself, so FUSE passthrough is not asked for.
+        super().__init__(channel, root_fd, enforcer, passthrough=False, **kw)
+        self.instance_of = instance_of
+        self.send_bpf_response = send_bpf_response
+
+    def dispatch(self, req: Request) -> None:
+        if fusebpf.is_filter(req.opcode):
+            self.stats["requests"] += 1
+            self.stats["filter"] += 1
+            self._filter(req)
+            return
+        super().dispatch(req)
+
+    # --- ordinary lookups: entries name the backing file and the child's instance -----------
+
+    def lookup(self, req: Request):
+        parent = self.inodes.get(req.nodeid)
+        name = _check_name(P.split_names(req.body, 1)[0])
+        cls = self.enf.child_class(parent.cls, name)
+        node, st = self.enf.run(self.enf.decision(cls, "lookup"),
+                                self._event(req, "lookup", parent, name),
+                                lambda: self.inodes.lookup(parent, name, cls),
+                                undo=lambda res: self.inodes.forget(res[0].nodeid, 1))
+        entry = P.entry_out(node.nodeid, st)
+        fd = self._backing_fd(parent, name, st)
+        if fd is None:
+            return entry  # no backing (a symlink, a device): a classic FUSE node
+        try:
+            reply = fusebpf.lookup_reply(req.unique, entry, [
+                fusebpf.backing(fd), fusebpf.program(self.instance_of(cls))])
+            self.send_bpf_response(self.ch.fd, reply)
+        finally:
+            os.close(fd)  # the kernel took its own reference while handling the ioctl
+        return NO_REPLY
+
+    @staticmethod
+    def _backing_fd(parent, name: bytes, st) -> Optional[int]:
+        """A descriptor the kernel can take as the child's backing file (not O_PATH:
+        fget() refuses those), or None for objects that cannot be opened so."""
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            return None
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if stat.S_ISDIR(st.st_mode):
+            flags |= os.O_DIRECTORY
+        try:
+            return os.open(name, flags, dir_fd=parent.fd)
+        except OSError:
+            return None
+
+    # --- filter requests ------------------------------------------------------------------
+
+    def _filter(self, req: Request) -> None:
+        header = P.IN_HEADER.unpack(self.ch.buf)
+        try:
+            f = fusebpf.parse_filter_request(bytes(self.ch.view[:header.len]))
+            in_len, names = split_in_args(f.opcode, f.args)
+        except fusebpf.FuseBpfError as e:
+            self.log(f"malformed filter request: {e}")
+            self.ch.send(fusebpf.filter_reply(req.unique, -errno.EIO))
+            return
+        mode = "before" if f.phase == "pre" else "after"
+        op = OP_NAMES.get(f.opcode, f"opcode {f.opcode}")
+        node = self.inodes.nodes.get(f.nodeid) if f.nodeid else None
+        path = node.path() if node is not None else None
+        if path is not None and names and f.opcode in (Op.LOOKUP, Op.CREATE, Op.MKNOD, Op.MKDIR):
+            path = path + (names[0],)
+        ev = Event(op, path, pid=f.pid, uid=f.uid, gid=f.gid)
+        d = Decision("userspace", mode=mode)
+        result = None if f.phase == "pre" else (0 if not f.error_in else -f.error_in)
+        refused = self.enf._consult(ev, d, mode, result)
+        self.enf._log_userspace(ev, d, None, refused, refused or (result or 0))
+        if refused:
+            self.ch.send(fusebpf.filter_reply(req.unique, -refused))
+            return
+        if f.phase == "pre":
+            end = in_len
+            if f.opcode in IMMUTABLE_LAST_NAME:
+                end = IN_ARGS[f.opcode][0]
+            payload = f.args[:end]
+        else:
+            payload = f.args[in_len:]
+        reply = fusebpf.filter_reply(req.unique, 0, payload)
+        if f.opcode == Op.LOOKUP and f.phase == "post":
+            self.send_bpf_response(self.ch.fd, reply)  # lookup replies go through the ioctl
+        else:
+            self.ch.send(reply)
