@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 4
 #define FPOL_NROWS 2
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 257
 #define FPOL_POOL_SIZE 915
 #define FPOL_LITERAL_SLOTS 1024
 #define FPOL_MAX_PROBE 4

@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 5
 #define FPOL_NROWS 3
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 3
 #define FPOL_POOL_SIZE 17
 #define FPOL_LITERAL_SLOTS 8
 #define FPOL_MAX_PROBE 2

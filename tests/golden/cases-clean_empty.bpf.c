@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 1
 #define FPOL_NROWS 1
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 0
 #define FPOL_POOL_SIZE 1
 #define FPOL_LITERAL_SLOTS 1
 #define FPOL_MAX_PROBE 1

@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 43
 #define FPOL_NROWS 40
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 41
 #define FPOL_POOL_SIZE 239
 #define FPOL_LITERAL_SLOTS 128
 #define FPOL_MAX_PROBE 3

@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 13
 #define FPOL_NROWS 5
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 9
 #define FPOL_POOL_SIZE 39
 #define FPOL_LITERAL_SLOTS 32
 #define FPOL_MAX_PROBE 2

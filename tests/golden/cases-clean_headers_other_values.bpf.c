@@ -213,7 +213,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 4
 #define FPOL_NROWS 3
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 2
 #define FPOL_POOL_SIZE 12
 #define FPOL_LITERAL_SLOTS 4
 #define FPOL_MAX_PROBE 1

@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 3
 #define FPOL_NROWS 2
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 1
 #define FPOL_POOL_SIZE 7
 #define FPOL_LITERAL_SLOTS 2
 #define FPOL_MAX_PROBE 1

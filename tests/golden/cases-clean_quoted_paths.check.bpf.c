@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 18
 #define FPOL_NROWS 15
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 8
 #define FPOL_POOL_SIZE 64
 #define FPOL_LITERAL_SLOTS 16
 #define FPOL_MAX_PROBE 2

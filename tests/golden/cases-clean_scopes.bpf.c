@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 35
 #define FPOL_NROWS 17
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 79
 #define FPOL_POOL_SIZE 62
 #define FPOL_LITERAL_SLOTS 256
 #define FPOL_MAX_PROBE 2

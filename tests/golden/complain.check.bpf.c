@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 12
 #define FPOL_NROWS 7
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 12
 #define FPOL_POOL_SIZE 50
 #define FPOL_LITERAL_SLOTS 32
 #define FPOL_MAX_PROBE 3

@@ -215,7 +215,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NCLASSES 10
 #define FPOL_NROWS 6
 #define FPOL_NSLOTS 47
-#define FPOL_NLITERALS 6
 #define FPOL_POOL_SIZE 38
 #define FPOL_LITERAL_SLOTS 16
 #define FPOL_MAX_PROBE 1
