@@ -110,6 +110,13 @@ class Row:
     def groups(self) -> list[tuple[int, list[str], str]]:
         """(word, atoms, what decided) per distinct word, the most common first: the C
         fills the row with the first and names the atoms of the others."""
+        cached = self.__dict__.get("_groups")
+        if cached is not None:
+            return cached
+        self._groups = self._group()
+        return self._groups
+
+    def _group(self) -> list[tuple[int, list[str], str]]:
         by_word: dict[int, list[str]] = {}
         why: dict[int, str] = {}
         for atom, word, comment in zip(ops.ATOMS, self.words, self.comments):

@@ -11,7 +11,7 @@ import functools
 import re
 from typing import Optional
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from fpol.grammar import grammar_text
@@ -184,14 +184,19 @@ def decode_string(raw: str, span: Span, reporter: Reporter) -> bytes:
     return bytes(out)
 
 
-@v_args(meta=True)
-class _Builder(Transformer):
-    """Lark tree -> ast nodes, shifting line numbers by `offset`."""
+class _Builder:
+    """Lark tree -> ast nodes, shifting line numbers by `offset`. A plain recursive walk:
+    lark's Transformer with v_args wraps every method call, which dominates large files."""
 
     def __init__(self, reporter: Reporter, offset: int):
-        super().__init__()
         self.reporter = reporter
         self.offset = offset
+
+    def transform(self, tree):
+        if isinstance(tree, Token):
+            return tree
+        children = [self.transform(child) for child in tree.children]
+        return getattr(self, tree.data)(tree.meta, children)
 
     def _span(self, x) -> Span:
         return _span_of(x, self.offset)

@@ -116,11 +116,24 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+_logic_cache: dict[int, tuple[Model, str]] = {}
+
+
+def _logic(model: Model, context: dict) -> str:
+    """The decision logic both objects include, rendered once per model."""
+    hit = _logic_cache.get(id(model))
+    if hit is None or hit[0] is not model:
+        _logic_cache.clear()
+        hit = _logic_cache[id(model)] = (model, _environment().get_template("logic.h.j2").render(**context))
+    return hit[1]
+
+
 def render(model: Model, which: str = "struct_ops") -> str:
     """The C source of the struct_ops object (`struct_ops`) or the check object (`check`)."""
     name = {"struct_ops": "policy.bpf.c.j2", "check": "check.bpf.c.j2"}[which]
     context = dict(vars(model))
     context["model"] = model
+    context["logic"] = _logic(model, context)
     text = _environment().get_template(name).render(**context)
     # Blank-line runs left by template control lines are noise in the output.
     return re.sub(r"\n{3,}", "\n\n", text)
