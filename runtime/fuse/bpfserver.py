@@ -28,7 +28,7 @@ from . import fusebpf
 from . import protocol as P
 from .device import Request
 from .enforce import Event
-from .server import NO_REPLY, FuseServer, _check_name
+from .server import NO_REPLY, FuseServer
 
 Op = P.Opcode
 
@@ -94,13 +94,7 @@ class FuseBpfServer(FuseServer):
     # --- ordinary lookups: entries name the backing file and the child's instance -----------
 
     def lookup(self, req: Request):
-        parent = self.inodes.get(req.nodeid)
-        name = _check_name(P.split_names(req.body, 1)[0])
-        cls = self.enf.child_class(parent.cls, name)
-        node, st = self.enf.run(self.enf.decision(cls, "lookup"),
-                                self._event(req, "lookup", parent, name),
-                                lambda: self.inodes.lookup(parent, name, cls),
-                                undo=lambda res: self.inodes.forget(res[0].nodeid, 1))
+        node, st, parent, name, cls = self._lookup(req)
         entry = P.entry_out(node.nodeid, st)
         fd = self._backing_fd(parent, name, st)
         if fd is None:

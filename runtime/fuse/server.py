@@ -180,15 +180,19 @@ class FuseServer:
     # --- lookup and attributes ----------------------------------------------------------
 
     def lookup(self, req: Request):
+        node, st, _, _, _ = self._lookup(req)
+        return P.entry_out(node.nodeid, st)
+
+    def _lookup(self, req: Request):
+        """Decide and perform a LOOKUP: (node, stat, parent, name, class of the child)."""
         parent = self.inodes.get(req.nodeid)
         name = _check_name(P.split_names(req.body, 1)[0])
         cls = self.enf.child_class(parent.cls, name)
-
         node, st = self.enf.run(self.enf.decision(cls, "lookup"),
                                 self._event(req, "lookup", parent, name),
                                 lambda: self.inodes.lookup(parent, name, cls),
                                 undo=lambda res: self.inodes.forget(res[0].nodeid, 1))
-        return P.entry_out(node.nodeid, st)
+        return node, st, parent, name, cls
 
     def forget(self, req: Request):
         self.inodes.forget(req.nodeid, P.FORGET_IN.unpack(req.body).nlookup)
