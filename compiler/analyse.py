@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from . import ast, ops
-from .diagnostics import Reporter, Span, did_you_mean
+from .diagnostics import Reporter, did_you_mean
 from .fmt import render_rule, render_scope
 from .paths import ANY, PathProblem, glob_patterns, name_patterns, normalise_path
 from .policy import Default, Policy, Rule, Term, pattern_specificity
@@ -209,7 +209,7 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
                          "mount with the daemon, or use allow/deny")
     elif st.target is not None:
         reporter.add("FP021", f"`to userspace` belongs to `redirect`, not `{action}`",
-                     st.target.span, f"write `redirect ... to userspace`, or drop `to userspace`")
+                     st.target.span, "write `redirect ... to userspace`, or drop `to userspace`")
 
     errno = None
     if len(st.errnos) > 1:

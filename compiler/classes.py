@@ -17,7 +17,7 @@ from typing import Optional
 
 from . import ops
 from .decide import Decision, decide
-from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, part_matches, show_pattern
+from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
@@ -441,9 +441,5 @@ def _transition_signature(st: RawState, block: list[int]):
     return (lits, tuple(g.text for g in globs), masks, default)
 
 
-def path_of(pattern) -> str:
-    return show_pattern(pattern)
-
-
 __all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw", "matching_rules",
-           "part_matches", "realisable_masks", "tables"]
+           "realisable_masks", "tables"]

@@ -86,7 +86,7 @@ def to_text(policy: Policy, v: Verdict) -> str:
     lines = [head]
     where = policy.file
     if v.exdev and v.note:
-        pass
+        pass  # a realisation's refusal: the note below says why
     elif v.exdev:
         lost = policy.rules[v.lost_rule] if v.lost_rule is not None else None
         at = show_path(v.request.path + v.exdev_suffix)

@@ -48,7 +48,7 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                      f"{', '.join(str(rules[i].line) for i in tie)} match the same {ops.atom_op(atom)} "
                      f"requests with equal specificity but different {kind}s ({values})",
                      first.span, "make one scope more specific, or use one " + kind,
-                     related=tuple((f"ties with this rule", r.span) for r in others))
+                     related=tuple(("ties with this rule", r.span) for r in others))
 
     for r in rules:
         if r.index not in matched:

@@ -23,7 +23,7 @@ from fpol import __version__
 from . import ops
 from .classes import Class, ClassTree
 from .decide import Decision
-from .paths import Glob, glob_combinations
+from .paths import glob_combinations
 from .policy import STRICTNESS, Policy
 
 KIND_CODE = {"allow": 0, "deny": 1, "userspace": 2}
@@ -142,8 +142,6 @@ class GlobFunc:
     id: int
     text: str
     segments: list[bytes]  # the glob split at `*`
-    anchored_start: bool
-    anchored_end: bool
 
 
 @dataclass
@@ -175,7 +173,6 @@ class Program:
     classes: list[int]  # every class (instance) using it
     op: str = ""
     params: str = ""
-    args: str = ""
     # default_filter: (opcode, word, op, slot)
     switch: list[tuple[int, int, str, str]] = field(default_factory=list)
 
@@ -287,6 +284,9 @@ def _detail_slots():
         open_slots.append(SLOT.get(f"open:{_bits(r or not w, w, x)}"))
         access_slots.append(SLOT[f"access:{_bits(r, w, x)}"])
     return open_slots, [SLOT["create:w"], SLOT["create:rw"]], access_slots
+
+
+OPEN_SLOTS, CREATE_SLOTS, ACCESS_SLOTS = _detail_slots()
 
 
 class Strictness:
@@ -507,8 +507,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
             if gid is None:
                 gid = glob_ids[g.text] = len(globs)
                 segs = g.text.split(b"*")
-                globs.append(GlobFunc(gid, g.text.decode("utf-8", "backslashreplace"), segs,
-                                      True, True))
+                globs.append(GlobFunc(gid, g.text.decode("utf-8", "backslashreplace"), segs))
             ids.append(gid)
         masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         glob_classes.append(GlobClass(c.id, ids, masks))
@@ -530,8 +529,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         pool_size=max(1, len(pool)),
         case_insensitive=policy.case_insensitive,
         any_audit=any(d.audit for c in classes for d in c.table),
-        open_slots=_detail_slots()[0], create_slots=_detail_slots()[1],
-        access_slots=_detail_slots()[2],
+        open_slots=OPEN_SLOTS, create_slots=CREATE_SLOTS, access_slots=ACCESS_SLOTS,
         cfr_dst_everywhere=all(c.decision("copy_file_range:dst").kind == "allow"
                                and not c.decision("copy_file_range:dst").audit for c in classes),
     )

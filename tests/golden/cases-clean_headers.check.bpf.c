@@ -689,12 +689,6 @@ static __always_inline __u32 fpol_last_word(void)
 	struct fpol_scratch *sc = fpol_scratch();
 	return sc ? sc->word : FPOL_WORD_BADNAME;
 }
-
-static __always_inline __u32 fpol_last_child(void)
-{
-	struct fpol_scratch *sc = fpol_scratch();
-	return sc ? sc->child : 0;
-}
 /* ---- end of decision logic ---- */
 
 #define FPOL_MAX_DEPTH 16

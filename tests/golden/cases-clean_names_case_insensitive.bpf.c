@@ -768,12 +768,6 @@ static __always_inline __u32 fpol_last_word(void)
 	struct fpol_scratch *sc = fpol_scratch();
 	return sc ? sc->word : FPOL_WORD_BADNAME;
 }
-
-static __always_inline __u32 fpol_last_child(void)
-{
-	struct fpol_scratch *sc = fpol_scratch();
-	return sc ? sc->child : 0;
-}
 /* ---- end of decision logic ---- */
 
 /* Instance names, by class: what lookup_postfilter writes into FUSE_ENTRY_BPF entries. */
