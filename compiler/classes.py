@@ -339,13 +339,17 @@ def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
 
 
 def tables(policy: Policy, raw: list[RawState]) -> list[tuple[Decision, ...]]:
+    """Each state's decision table. Equal tables are one object, so later stages can key
+    them by identity instead of hashing 47 decisions again and again."""
     memo: dict[frozenset, tuple[Decision, ...]] = {}
+    interned: dict[tuple[Decision, ...], tuple[Decision, ...]] = {}
     out = []
     for st in raw:
         key = frozenset(r.index for r in matching_rules(policy, st.accepted_terms))
         if key not in memo:
             rules = [policy.rules[i] for i in sorted(key)]
-            memo[key] = tuple(decide(policy, atom, rules) for atom in ops.ATOMS)
+            t = tuple(decide(policy, atom, rules) for atom in ops.ATOMS)
+            memo[key] = interned.setdefault(t, t)
         out.append(memo[key])
     return out
 
@@ -357,8 +361,8 @@ def build(policy: Policy) -> ClassTree:
 
 def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ...]]) -> ClassTree:
     """Moore partition refinement, then renumber classes breadth-first from the root."""
-    label_ids: dict = {}
-    block = [label_ids.setdefault(t, len(label_ids)) for t in table]
+    label_ids: dict[int, int] = {}  # tables are interned (see tables()): key by identity
+    block = [label_ids.setdefault(id(t), len(label_ids)) for t in table]
     while True:
         sigs: dict = {}
         new_block = []

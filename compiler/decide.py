@@ -28,6 +28,16 @@ class Decision:
     # Rules that tie at the top specificity with different errnos / modes (an error).
     tie: tuple[int, ...] = ()
 
+    def __hash__(self) -> int:
+        # Decision tables (tuples of these) are dictionary keys all through the compiler;
+        # computing the field hash once per object keeps that cheap.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.kind, self.errno, self.mode, self.audit, self.rules, self.audit_rules,
+                      self.complained, self.tie))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     def short(self) -> str:
         """`deny EACCES`, `userspace after`, `allow`, plus `+audit`."""
         text = self.kind

@@ -103,27 +103,27 @@ def _errno_name(value: int) -> str:
 
 @dataclass
 class Row:
+    """One distinct decision table: (word, atoms, what decided) per distinct word, the most
+    common first; the C fills the row with the first word and names the atoms of the others."""
+
     id: int
-    words: list[int]
-    comments: list[str]  # per atom slot
+    groups: list[tuple[int, list[str], str]]
 
-    def groups(self) -> list[tuple[int, list[str], str]]:
-        """(word, atoms, what decided) per distinct word, the most common first: the C
-        fills the row with the first and names the atoms of the others."""
-        cached = self.__dict__.get("_groups")
-        if cached is not None:
-            return cached
-        self._groups = self._group()
-        return self._groups
 
-    def _group(self) -> list[tuple[int, list[str], str]]:
-        by_word: dict[int, list[str]] = {}
-        why: dict[int, str] = {}
-        for atom, word, comment in zip(ops.ATOMS, self.words, self.comments):
-            by_word.setdefault(word, []).append(atom)
-            why.setdefault(word, comment.split(": ", 1)[1])
-        order = sorted(by_word, key=lambda w: (-len(by_word[w]), ops.ATOMS.index(by_word[w][0])))
-        return [(w, by_word[w], why[w]) for w in order]
+def _row(rid: int, table: tuple, who) -> Row:
+    by_word: dict[int, list[int]] = {}
+    why: dict[int, str] = {}
+    seen: dict[int, int] = {}  # id(decision) -> word: tables share decision objects
+    for i, d in enumerate(table):
+        word = seen.get(id(d))
+        if word is None:
+            rule = d.rules[0] if d.rules else None
+            word = seen[id(d)] = pack(d, rule)
+            if word not in why:
+                why[word] = f"{d.short()} ({who(rule)})"
+        by_word.setdefault(word, []).append(i)
+    order = sorted(by_word, key=lambda w: (-len(by_word[w]), by_word[w][0]))
+    return Row(rid, [(w, [ops.ATOMS[i] for i in by_word[w]], why[w]) for w in order])
 
 
 @dataclass
@@ -444,11 +444,6 @@ def _daemon_lookup(c: Class) -> bool:
                for atom, d in zip(ops.ATOMS, c.table) if atom != "lookup")
 
 
-def _children(c: Class) -> list[int]:
-    out = [t for _, t in c.literals] + [t for _, t in c.masks] + [c.default]
-    return sorted(set(out))
-
-
 def _instance_name(policy: Policy, cls: int) -> str:
     return f"{policy.name}_{cls}"
 
@@ -461,21 +456,23 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     classes = tree.classes
 
     # Decision rows, deduplicated.
-    row_of_table: dict[tuple, int] = {}
+    who_cache: dict[Optional[int], str] = {}
+
+    def who(rule: Optional[int]) -> str:
+        text = who_cache.get(rule)
+        if text is None:
+            text = who_cache[rule] = f"{source_name}:{policy.rules[rule].line} {policy.rules[rule].text}" \
+                if rule is not None else f"default {policy.default.text}"
+        return text
+
+    row_of_table: dict[int, int] = {}  # equal tables are one object (classes.tables)
     rows: list[Row] = []
     class_row: list[int] = []
     for c in classes:
-        rid = row_of_table.get(c.table)
+        rid = row_of_table.get(id(c.table))
         if rid is None:
-            rid = row_of_table[c.table] = len(rows)
-            words, comments = [], []
-            for atom, d in zip(ops.ATOMS, c.table):
-                rule = d.rules[0] if d.rules else None
-                words.append(pack(d, rule))
-                who = f"{source_name}:{policy.rules[rule].line} {policy.rules[rule].text}" \
-                    if rule is not None else f"default {policy.default.text}"
-                comments.append(f"{atom}: {d.short()} ({who})")
-            rows.append(Row(rid, words, comments))
+            rid = row_of_table[id(c.table)] = len(rows)
+            rows.append(_row(rid, c.table, who))
         class_row.append(rid)
 
     # Literal transitions and the name pool.
@@ -535,48 +532,6 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     )
 
 
-_runtime_cache: dict[int, tuple] = {}
-
-
-def _runtime(d: Decision) -> tuple:
-    """What a program does with a decision: its return code, and for audited decisions
-    the event it sends (which names the rule). Programs whose decisions agree on this
-    may be shared between instances even when different rules decided."""
-    hit = _runtime_cache.get(id(d))
-    if hit is not None and hit[0] is d:
-        return hit[1]
-    keep_rule = d.audit and d.rules
-    out = (Decision(d.kind, d.errno, d.mode, d.audit, d.rules if keep_rule else (),
-                    d.audit_rules if d.audit else (), d.complained),
-           d.rules[0] if keep_rule else None)
-    if len(_runtime_cache) > 100_000:
-        _runtime_cache.clear()
-    _runtime_cache[id(d)] = (d, out)
-    return out
-
-
-def _namespace_signature(tree: ClassTree, c: Class, kind: str, op: str, strict) -> Optional[tuple]:
-    """When a namespace program's answers do not depend on which class it serves, what
-    they are (so instances can share it); None when the program must be the class's own.
-    A class with no literal or glob transitions sends every name to its default child,
-    so its programs are fixed by that child's decisions."""
-    if kind == "link":
-        return (kind, _runtime(c.decision("link:src")))
-    if kind == "cfr":
-        return (kind, _runtime(c.decision("copy_file_range:src")))
-    if kind == "lookup" or c.literals or c.globs:
-        return None
-    k = tree.classes[c.default]
-    if kind == "create":
-        return (kind, tuple(_runtime(k.decision(a)) for a in ops.ATOMS_OF_OP[op]),
-                strict.at_least_as_strict(c.id, k.id))
-    if kind == "remove":
-        return (kind, _runtime(k.decision(op)))
-    if kind == "rename":
-        return (kind, _runtime(k.decision("rename:src")), _runtime(k.decision("rename:dst")))
-    return None
-
-
 _ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.items()}
 
 
@@ -595,81 +550,149 @@ def _trivial(d: Optional[Decision]) -> bool:
     return d is not None and d.kind == "allow" and not d.audit
 
 
-def _needs_hook(tree: ClassTree, c: Class, kind: str, op: str, strict: Strictness) -> bool:
-    classes = tree.classes
-    if kind == "object":
-        return not _trivial(_uniform(c, op))
-    if kind == "cfr":
-        return True if len(classes) > 1 else not _trivial(_uniform(c, op))
-    if kind == "link":
-        return len(classes) > 1 or not _trivial(_uniform(c, op))
-    kids = [classes[k] for k in _children(c)]
-    if kind == "lookup":
-        return any(k.id != c.id or not _trivial(k.decision("lookup")) for k in kids)
-    if kind == "remove":
-        return any(not _trivial(k.decision(op)) for k in kids)
-    if kind == "create":
-        return any(not _trivial(_uniform(k, op)) or not strict.at_least_as_strict(c.id, k.id)
-                   for k in kids)
-    if kind == "rename":
-        return len(classes) > 1 or not _trivial(_uniform(c, op))
-    return True
+class _Planner:
+    """Chooses each instance's programs; instances share a program where it behaves the same."""
 
+    def __init__(self, tree: ClassTree, abi: str, strict: "Strictness"):
+        self.tree, self.abi, self.strict = tree, abi, strict
+        self.classes = tree.classes
+        self.programs: dict[tuple, Program] = {}
+        self._runtime_ids: dict[tuple, int] = {}
+        self._runtime_of: dict[int, tuple[Decision, int]] = {}
+        self._plans: dict[int, tuple[tuple, list]] = {}
 
-def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness):
-    """Choose each instance's programs; instances share a program where it behaves the same."""
-    policy = tree.policy
-    programs: dict[tuple, Program] = {}
-    instances = []
-    hook_params = {h[0]: h[1] for h in HOOKS}
+    def runtime(self, d: Decision) -> int:
+        """What a program does with a decision, as a small number: its return code, and for
+        audited decisions the event it sends (which names the rule). Programs whose decisions
+        agree on this may be shared between instances even when different rules decided."""
+        hit = self._runtime_of.get(id(d))
+        if hit is not None and hit[0] is d:
+            return hit[1]
+        keep_rule = d.audit and d.rules
+        key = (d.kind, d.errno, d.mode, d.audit, d.rules[0] if keep_rule else None,
+               d.audit_rules if d.audit else (), d.complained)
+        n = self._runtime_ids.setdefault(key, len(self._runtime_ids))
+        self._runtime_of[id(d)] = (d, n)  # keeps d alive, so its id is not reused
+        return n
 
-    def program(key: tuple, make) -> Program:
-        p = programs.get(key)
+    def namespace_signature(self, c: Class, kind: str, op: str) -> Optional[tuple]:
+        """When a namespace program's answers do not depend on which class it serves, what
+        they are (so instances can share it); None when the program must be the class's own.
+        A class with no literal or glob transitions sends every name to its default child,
+        so its programs are fixed by that child's decisions."""
+        rt = self.runtime
+        if kind == "link":
+            return (kind, rt(c.decision("link:src")))
+        if kind == "cfr":
+            return (kind, rt(c.decision("copy_file_range:src")))
+        if kind == "lookup" or c.literals or c.globs:
+            return None
+        k = self.classes[c.default]
+        if kind == "create":
+            return (kind, tuple(rt(k.decision(a)) for a in ops.ATOMS_OF_OP[op]),
+                    self.strict.at_least_as_strict(c.id, k.id))
+        if kind == "remove":
+            return (kind, rt(k.decision(op)))
+        if kind == "rename":
+            return (kind, rt(k.decision("rename:src")), rt(k.decision("rename:dst")))
+        return None
+
+    def needs_hook(self, c: Class, kids: list[Class], kind: str, op: str, kids_ok) -> bool:
+        """Whether class `c` needs a program in the namespace hook of `op` (`kids_ok()`: every
+        class a child of `c` can be in is at least as strict as `c`)."""
+        many = len(self.classes) > 1
+        if kind in ("cfr", "link", "rename"):
+            return many or not _trivial(_uniform(c, op))
+        if kind == "lookup":
+            return any(k.id != c.id or not _trivial(k.decision("lookup")) for k in kids)
+        if kind == "remove":
+            return any(not _trivial(k.decision(op)) for k in kids)
+        if kind == "create":
+            return not kids_ok() or any(not _trivial(_uniform(k, op)) for k in kids)
+        return True
+
+    def program(self, key: tuple, make) -> Program:
+        p = self.programs.get(key)
         if p is None:
-            p = programs[key] = make()
+            p = self.programs[key] = make()
         return p
 
-    for c in tree.classes:
-        members: list[tuple[str, str]] = []
-        default_switch = []
-        default_key = []  # what the default_filter does, for sharing it
+    def _object_plan(self, table: tuple) -> list:
+        """Per hook, for an object op: None (no program), ("default", switch entry, key) or
+        ("object", signature). It depends only on the decision table, which classes share."""
+        plan = self._plans.get(id(table))
+        if plan is not None and plan[0] is table:
+            return plan[1]
+        rt = self.runtime
+        out: list = []
         for member, params, kind, op in HOOKS:
-            if not _needs_hook(tree, c, kind, op, strict):
+            if kind != "object":
+                out.append(None)
                 continue
-            uniform = _uniform(c, op) if kind == "object" else None
-            if abi == "v4" and kind == "object" and uniform is not None and \
+            slots = _ATOM_SLOTS[op]
+            uniform = table[slots[0]]
+            if any(table[i] != uniform for i in slots[1:]):
+                uniform = None
+            if _trivial(uniform):
+                out.append(None)
+            elif self.abi == "v4" and uniform is not None and \
                     op not in ("fsync", "fsyncdir", "access"):  # access needs its mask
                 # A decision that does not depend on the request's details: default_filter.
                 rule = uniform.rules[0] if uniform.rules else None
-                default_switch.append((OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]))
-                default_key.append((OPCODES[op], _runtime(uniform)))
-                continue
+                out.append(("default", (OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]),
+                            (OPCODES[op], rt(uniform))))
+            elif op in ("fsync", "fsyncdir"):
+                out.append(("fsync", (rt(table[SLOT["fsync"]]), rt(table[SLOT["fsyncdir"]]))))
+            else:
+                out.append(("object", tuple(rt(table[i]) for i in slots)))
+        self._plans[id(table)] = (table, out)
+        return out
+
+    def instance(self, c: Class, name: str) -> Instance:
+        members: list[tuple[str, str]] = []
+        default_switch = []
+        default_key = []  # what the default_filter does, for sharing it
+        kids = [self.classes[k] for k in self.strict.targets(c)]
+        plan = self._object_plan(c.table)
+        ok: list[bool] = []
+
+        def kids_ok() -> bool:
+            if not ok:
+                ok.append(all(self.strict.at_least_as_strict(c.id, k.id) for k in kids))
+            return ok[0]
+
+        for (member, params, kind, op), step in zip(HOOKS, plan):
             if kind == "object":
-                signature = tuple(_runtime(c.decision(a)) for a in ops.ATOMS_OF_OP[op])
-                if op in ("fsync", "fsyncdir"):
+                if step is None:
+                    continue
+                if step[0] == "default":
+                    default_switch.append(step[1])
+                    default_key.append(step[2])
+                    continue
+                if step[0] == "fsync":
                     # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so one program
                     # serves both and decides by opcode.
-                    signature = (_runtime(c.decision("fsync")), _runtime(c.decision("fsyncdir")))
-                    key = ("fsync", signature)
-                    p = program(key, lambda: Program(f"fpol_fsync_{c.id}", "fsync_prefilter",
-                                                     "fsync", c.id, [], "fsync",
-                                                     hook_params["fsync"]))
+                    p = self.program(("fsync", step[1]), lambda: Program(
+                        f"fpol_fsync_{c.id}", "fsync_prefilter", "fsync", c.id, [], "fsync",
+                        HOOK_PARAMS["fsync"]))
                     for slot in ("fsync_prefilter", "dir_fsync_prefilter"):
                         if (slot, p.name) not in members:
                             members.append((slot, p.name))
                     if c.id not in p.classes:
                         p.classes.append(c.id)
                     continue
-                key = (member, signature)
+                key = (member, step[1])
+            elif not self.needs_hook(c, kids, kind, op, kids_ok):
+                continue
             else:
-                shared = _namespace_signature(tree, c, kind, op, strict)
+                shared = self.namespace_signature(c, kind, op)
                 key = (member, shared) if shared is not None else (member, c.id)
-            name = f"fpol_{member}_{c.id}"
-            p = program(key, lambda: Program(name, f"{member}_prefilter", kind, c.id, [], op, params))
+            p = self.program(key, lambda: Program(f"fpol_{member}_{c.id}", f"{member}_prefilter",
+                                                  kind, c.id, [], op, params))
             p.classes.append(c.id)
             members.append((f"{member}_prefilter", p.name))
             if member == "lookup":
-                post = program(("lookup_post", c.id), lambda: Program(
+                post = self.program(("lookup_post", c.id), lambda: Program(
                     f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
                     "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
                               "struct fuse_buffer *entries"))
@@ -678,18 +701,26 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
             if member == "mkdir":
                 # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
                 # is set, so it must never be NULL.
-                post = program(("noop_mkdir",), lambda: Program(
+                post = self.program(("noop_mkdir",), lambda: Program(
                     "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
                     "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
                 post.classes.append(c.id)
                 members.append(("mkdir_postfilter", post.name))
         if default_switch:
-            key = ("default_filter", tuple(default_key))
-            p = program(key, lambda: Program(f"fpol_default_{c.id}", "default_filter", "default",
-                                             c.id, [], "", "", switch=sorted(default_switch)))
+            p = self.program(("default_filter", tuple(default_key)), lambda: Program(
+                f"fpol_default_{c.id}", "default_filter", "default", c.id, [], "", "",
+                switch=sorted(default_switch)))
             p.classes.append(c.id)
             members.insert(0, ("default_filter", p.name))
-        instances.append(Instance(c.id, _instance_name(policy, c.id), members,
-                                  c.example.decode("utf-8", "backslashreplace")))
-    ordered = sorted(programs.values(), key=lambda p: (p.cls, p.hook))
+        return Instance(c.id, name, members, c.example.decode("utf-8", "backslashreplace"))
+
+
+HOOK_PARAMS = {h[0]: h[1] for h in HOOKS}
+
+
+def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness):
+    """Each instance's programs, and the programs (shared where they behave the same)."""
+    planner = _Planner(tree, abi, strict)
+    instances = [planner.instance(c, info.instance) for c, info in zip(tree.classes, infos)]
+    ordered = sorted(planner.programs.values(), key=lambda p: (p.cls, p.hook))
     return ordered, instances

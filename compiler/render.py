@@ -101,6 +101,91 @@ def _glob_body(g) -> str:
     return "\n".join(lines)
 
 
+# The big tables (one entry per class, row, literal slot, instance, program) are formatted
+# here rather than by template loops: at 10,000 rules jinja's per-item overhead dominated
+# the compile. The templates keep the file's structure; these write the entries.
+
+def _class_entries(classes) -> str:
+    return "".join(
+        f"\t/* class {c.id}: e.g. {_ccomment(c.example)} (instance {c.instance}) */\n"
+        f"\t{{ .row = {c.row}, .default_child = {c.default_child}, .flags = "
+        f"{(1 if c.default_inherit_ok else 0) + (2 if c.daemon_lookup else 0)} }},\n"
+        for c in classes)
+
+
+def _row_entries(rows) -> str:
+    out = []
+    for row in rows:
+        out.append(f"\t[{row.id}] = {{\n")
+        for k, (word, atoms, why) in enumerate(row.groups):
+            if k == 0:
+                out.append(f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n")
+                continue
+            out.append(f"\t\t/* {_ccomment(why)} */\n")
+            for i in range(0, len(atoms), 4):
+                out.append("\t\t" + " ".join(f"[FPOL_SLOT_{_cname(a)}] = 0x{word:08x},"
+                                              for a in atoms[i:i + 4]) + "\n")
+        out.append("\t},\n")
+    return "".join(out)
+
+
+def _literal_entries(table) -> str:
+    return "".join(
+        f"\t[{i}] = {{ {e.cls}, 0x{e.hash:08x}, {e.offset}, {e.length}, {1 if e.inherit_ok else 0}, "
+        f"{e.child} }}, /* class {e.cls}: \"{_ccomment(e.name)}\" -> class {e.child} */\n"
+        if e else f"\t[{i}] = {{ 0xffffffff, 0, 0, 0, 0, 0 }},\n"
+        for i, e in enumerate(table))
+
+
+def _instance_names(instances) -> str:
+    return "".join(f'\t"{i.name}",\n' for i in instances)
+
+
+def _instance_entries(instances) -> str:
+    return "".join(
+        f"\n/* class {i.cls}: e.g. {_ccomment(i.example)} */\nSEC(\".struct_ops\")\n"
+        f"struct fuse_ops {_cident(i.name)} = {{\n"
+        + "".join(f"\t.{member} = (void *){prog},\n" for member, prog in i.members)
+        + f'\t.name = "{i.name}",\n}};\n'
+        for i in instances)
+
+
+# Programs that are one line: a stub macro of templates/programs.j2, with its arguments.
+_STUB_ARGS = {"FPOL_STUB_OBJECT": True, "FPOL_STUB_CREATE": True, "FPOL_STUB_REMOVE": False}
+
+
+def _stub_name(p) -> str:
+    """The stub macro a program instantiates, or "" when it is written out in full."""
+    if p.kind == "object":
+        return {"open": "FPOL_STUB_OPEN", "access": "FPOL_STUB_ACCESS"}.get(p.op, "FPOL_STUB_OBJECT")
+    if p.kind == "create":
+        return "FPOL_STUB_CREATE_OPEN" if p.op == "create" else "FPOL_STUB_CREATE"
+    if p.kind == "rename":
+        return "FPOL_STUB_RENAME2" if p.hook == "rename2_prefilter" else "FPOL_STUB_RENAME"
+    if p.kind in ("fsync", "lookup", "lookup_post", "remove", "link", "cfr"):
+        return f"FPOL_STUB_{p.kind.upper()}"
+    return ""
+
+
+def _stub_call(p, stub: str) -> str:
+    args = f"{p.name}, {p.cls}"
+    if stub in _STUB_ARGS:
+        args += f", {p.hook}, FPOL_SLOT_{_cname(p.op)}"
+        if _STUB_ARGS[stub] and p.params:
+            args += f", {p.params}"
+    also = f"  /* also classes {', '.join(map(str, p.classes[1:]))} */" if len(p.classes) > 1 else ""
+    return f"{stub}({args}){also}"
+
+
+def _program_entries(programs, model: Model, macros) -> str:
+    """A line per stub program; programs that are not stubs written out by the template."""
+    out = []
+    for p in programs:
+        stub = _stub_name(p)
+        out.append(_stub_call(p, stub) + "\n" if stub else f"\n{macros.program(p, model)}\n\n")
+    return "".join(out)
+
+
 @functools.lru_cache(maxsize=None)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -110,9 +195,12 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(cname=_cname, ccomment=_ccomment, cident=_cident, chunks=_chunks,
-                       glob_body=_glob_body, describe=_describe)
+                       glob_body=_glob_body, describe=_describe, class_entries=_class_entries,
+                       row_entries=_row_entries, literal_entries=_literal_entries,
+                       instance_names=_instance_names, instance_entries=_instance_entries)
     macros = env.get_template("programs.j2").module
-    env.filters["program"] = lambda p, model: macros.program(p, model)
+    env.filters["program_entries"] = lambda programs, model: _program_entries(programs, model, macros)
+    env.filters["stub_macros"] = lambda programs: macros.stub_macros({_stub_name(p) for p in programs})
     return env
 
 

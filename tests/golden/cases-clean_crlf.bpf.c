@@ -779,58 +779,136 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 	return code;
 }
 
-/* copy_file_range_prefilter for classes 0, 1, 3 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
+/* open: the slot comes from the access mode and O_TRUNC/O_APPEND in the flags. */
+#define FPOL_STUB_OPEN(FN, CLS)									\
+SEC("struct_ops/open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)		\
+{												\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_open_slot(in->flags)), 0);		\
 }
 
-/* create_open_prefilter for class 0 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
+/* The VFS asks access_prefilter on every permission check (path walk, open, create);
+ * those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
+#define FPOL_STUB_ACCESS(FN, CLS)								\
+SEC("struct_ops/access_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)		\
+{												\
+	if (!(in->mask & MAY_ACCESS))								\
+		return BPF_FUSE_CONTINUE;							\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_access_slot(in->mask)), 0);		\
 }
 
-/* link_prefilter for classes 0, 1, 2, 3 */
-SEC("struct_ops/link_prefilter")
-__u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
-{
-	return fpol_finish(meta, fpol_on_link(0), 0);
+/* lookup of a name in a directory of class CLS. */
+#define FPOL_STUB_LOOKUP(FN, CLS)								\
+SEC("struct_ops/lookup_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_lookup(CLS, len), len);				\
 }
 
-/* lookup_postfilter for class 0 */
 /* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(0, fpol_read_name(name));
-	if (child == 0)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
+#define FPOL_STUB_LOOKUP_POST(FN, CLS)								\
+SEC("struct_ops/lookup_postfilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,	\
+	       struct fuse_entry_out *out, struct fuse_buffer *entries)				\
+{												\
+	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };			\
+	struct bpf_dynptr dp;									\
+	if (meta->error_in)									\
+		return BPF_FUSE_CONTINUE;							\
+	__u32 child = fpol_on_child(CLS, fpol_read_name(name));					\
+	if (child == CLS)									\
+		return BPF_FUSE_CONTINUE;							\
+	if (child >= FPOL_NCLASSES)								\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);				\
+	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);					\
+	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);					\
+	return BPF_FUSE_CONTINUE;								\
 }
 
-/* lookup_prefilter for class 0 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(0, len), len);
+/* create (open with O_CREAT) of a name in a directory of class CLS. */
+#define FPOL_STUB_CREATE_OPEN(FN, CLS)								\
+SEC("struct_ops/create_open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in,		\
+	       struct fuse_buffer *name)								\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, fpol_create_slot(in->flags), len), len);	\
 }
 
-/* mkdir_postfilter for classes 0, 1, 2 */
+/* mknod, mkdir, symlink: a new name in a directory of class CLS. */
+#define FPOL_STUB_CREATE(FN, CLS, HOOK, SLOT, ...)						\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, __VA_ARGS__)				\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, SLOT, len), len);				\
+}
+
+/* unlink, rmdir: a name in a directory of class CLS. */
+#define FPOL_STUB_REMOVE(FN, CLS, HOOK, SLOT)							\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_remove(CLS, SLOT, len), len);				\
+}
+
+/* rename in a directory of class CLS. Nodeids are 0 below the root unless assigned, so
+ * only equal non-zero ones prove the destination is this directory. */
+#define FPOL_RENAME_BODY(CLS, EXCHANGE)								\
+{												\
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;				\
+	__u32 dst = 0, len = fpol_read_name(old_name);						\
+	__u32 src = fpol_on_child(CLS, len);							\
+	if (known)										\
+		dst = fpol_on_child(CLS, fpol_read_name(new_name));				\
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)					\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__u32 code = fpol_on_rename(src, known, dst, EXCHANGE);					\
+	if (known)										\
+		len = fpol_read_name(old_name);  /* the event names the object moved */	\
+	return fpol_finish(meta, code, len);							\
+}
+
+#define FPOL_STUB_RENAME2(FN, CLS)								\
+SEC("struct_ops/rename2_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, (in->flags & RENAME_EXCHANGE) != 0)
+
+#define FPOL_STUB_RENAME(FN, CLS)								\
+SEC("struct_ops/rename_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, 0)
+
+/* link: meta->nodeid is 0, so the object's class is CLS's link decision. */
+#define FPOL_STUB_LINK(FN, CLS)									\
+SEC("struct_ops/link_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in,		\
+	       struct fuse_buffer *name)							\
+{												\
+	return fpol_finish(meta, fpol_on_link(CLS), 0);						\
+}
+
+/* copy_file_range from an object of class CLS. */
+#define FPOL_STUB_CFR(FN, CLS)									\
+SEC("struct_ops/copy_file_range_prefilter")							\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)	\
+{												\
+	return fpol_finish(meta, fpol_on_copy_file_range(CLS), 0);				\
+}
+
+/* The programs: a stub per line, for its class (and every other class named after it). */
+FPOL_STUB_CFR(fpol_copy_file_range_0, 0)  /* also classes 1, 3 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_0, 0)
+FPOL_STUB_LINK(fpol_link_0, 0)  /* also classes 1, 2, 3 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_0, 0)
+FPOL_STUB_LOOKUP(fpol_lookup_0, 0)
+
 /* Quirk (spec §10): set whenever mkdir_prefilter is; never asked for (no prefilter
  * returns POSTFILTER for mkdir), and harmless if it is. */
 SEC("struct_ops/mkdir_postfilter")
@@ -839,102 +917,15 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 	return BPF_FUSE_CONTINUE;
 }
 
-/* mkdir_prefilter for class 0 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 0 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 0 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 0 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 0 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 0 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 0 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for class 1 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_1, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(1, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for classes 1, 2 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_CREATE(fpol_mkdir_0, 0, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_0, 0, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_0, 0)
+FPOL_STUB_RENAME(fpol_rename_0, 0)
+FPOL_STUB_REMOVE(fpol_rmdir_0, 0, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_0, 0, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_1, 1)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)  /* also classes 2 */
 
 /* default_filter for class 1 */
 SEC("struct_ops/default_filter")
@@ -957,108 +948,16 @@ __u32 BPF_PROG(fpol_default_1, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* mkdir_prefilter for classes 1, 2 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for classes 1, 2 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for class 1 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(1, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for classes 1, 2 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for classes 1, 2 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for classes 1, 2 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for classes 1, 2 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for classes 1, 2 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for class 2 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_2, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(2, fpol_access_slot(in->mask)), 0);
-}
-
-/* copy_file_range_prefilter for class 2 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_2, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(2), 0);
-}
+FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 2 */
+FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 2 */
+FPOL_STUB_OPEN(fpol_open_1, 1)
+FPOL_STUB_RENAME2(fpol_rename2_1, 1)  /* also classes 2 */
+FPOL_STUB_RENAME(fpol_rename_1, 1)  /* also classes 2 */
+FPOL_STUB_REMOVE(fpol_rmdir_1, 1, rmdir_prefilter, FPOL_SLOT_RMDIR)  /* also classes 2 */
+FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 2 */
+FPOL_STUB_REMOVE(fpol_unlink_1, 1, unlink_prefilter, FPOL_SLOT_UNLINK)  /* also classes 2 */
+FPOL_STUB_ACCESS(fpol_access_2, 2)
+FPOL_STUB_CFR(fpol_copy_file_range_2, 2)
 
 /* default_filter for class 2 */
 SEC("struct_ops/default_filter")
@@ -1085,43 +984,8 @@ __u32 BPF_PROG(fpol_default_2, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* rename2_prefilter for class 3 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 3 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
+FPOL_STUB_RENAME2(fpol_rename2_3, 3)
+FPOL_STUB_RENAME(fpol_rename_3, 3)
 
 /* One instance per class. */
 
@@ -1192,4 +1056,3 @@ struct fuse_ops crlf_3 = {
 	.link_prefilter = (void *)fpol_link_0,
 	.name = "crlf_3",
 };
-

@@ -746,6 +746,8 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 	return code;
 }
 
+/* The programs: a stub per line, for its class (and every other class named after it). */
+
 /* One instance per class. */
 
 /* class 0: e.g. / */
@@ -753,4 +755,3 @@ SEC(".struct_ops")
 struct fuse_ops clean_em_0 = {
 	.name = "clean_em_0",
 };
-

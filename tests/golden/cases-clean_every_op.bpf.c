@@ -1265,58 +1265,145 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 	return code;
 }
 
-/* copy_file_range_prefilter for classes 0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
+/* open: the slot comes from the access mode and O_TRUNC/O_APPEND in the flags. */
+#define FPOL_STUB_OPEN(FN, CLS)									\
+SEC("struct_ops/open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)		\
+{												\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_open_slot(in->flags)), 0);		\
 }
 
-/* create_open_prefilter for class 0 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
+/* The VFS asks access_prefilter on every permission check (path walk, open, create);
+ * those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
+#define FPOL_STUB_ACCESS(FN, CLS)								\
+SEC("struct_ops/access_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)		\
+{												\
+	if (!(in->mask & MAY_ACCESS))								\
+		return BPF_FUSE_CONTINUE;							\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_access_slot(in->mask)), 0);		\
 }
 
-/* link_prefilter for classes 0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42 */
-SEC("struct_ops/link_prefilter")
-__u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
-{
-	return fpol_finish(meta, fpol_on_link(0), 0);
+/* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
+ * slot, so one program serves fsync and fsyncdir and tells them apart by opcode. */
+#define FPOL_STUB_FSYNC(FN, CLS)								\
+SEC("struct_ops/fsync_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)		\
+{												\
+	return fpol_finish(meta, fpol_on_fsync(CLS, meta->opcode), 0);				\
 }
 
-/* lookup_postfilter for class 0 */
+/* lookup of a name in a directory of class CLS. */
+#define FPOL_STUB_LOOKUP(FN, CLS)								\
+SEC("struct_ops/lookup_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_lookup(CLS, len), len);				\
+}
+
 /* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(0, fpol_read_name(name));
-	if (child == 0)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
+#define FPOL_STUB_LOOKUP_POST(FN, CLS)								\
+SEC("struct_ops/lookup_postfilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,	\
+	       struct fuse_entry_out *out, struct fuse_buffer *entries)				\
+{												\
+	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };			\
+	struct bpf_dynptr dp;									\
+	if (meta->error_in)									\
+		return BPF_FUSE_CONTINUE;							\
+	__u32 child = fpol_on_child(CLS, fpol_read_name(name));					\
+	if (child == CLS)									\
+		return BPF_FUSE_CONTINUE;							\
+	if (child >= FPOL_NCLASSES)								\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);				\
+	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);					\
+	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);					\
+	return BPF_FUSE_CONTINUE;								\
 }
 
-/* lookup_prefilter for class 0 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(0, len), len);
+/* create (open with O_CREAT) of a name in a directory of class CLS. */
+#define FPOL_STUB_CREATE_OPEN(FN, CLS)								\
+SEC("struct_ops/create_open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in,		\
+	       struct fuse_buffer *name)								\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, fpol_create_slot(in->flags), len), len);	\
 }
 
-/* mkdir_postfilter for classes 0, 1, 2, 4, 5, 11, 14, 25, 42 */
+/* mknod, mkdir, symlink: a new name in a directory of class CLS. */
+#define FPOL_STUB_CREATE(FN, CLS, HOOK, SLOT, ...)						\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, __VA_ARGS__)				\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, SLOT, len), len);				\
+}
+
+/* unlink, rmdir: a name in a directory of class CLS. */
+#define FPOL_STUB_REMOVE(FN, CLS, HOOK, SLOT)							\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_remove(CLS, SLOT, len), len);				\
+}
+
+/* rename in a directory of class CLS. Nodeids are 0 below the root unless assigned, so
+ * only equal non-zero ones prove the destination is this directory. */
+#define FPOL_RENAME_BODY(CLS, EXCHANGE)								\
+{												\
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;				\
+	__u32 dst = 0, len = fpol_read_name(old_name);						\
+	__u32 src = fpol_on_child(CLS, len);							\
+	if (known)										\
+		dst = fpol_on_child(CLS, fpol_read_name(new_name));				\
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)					\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__u32 code = fpol_on_rename(src, known, dst, EXCHANGE);					\
+	if (known)										\
+		len = fpol_read_name(old_name);  /* the event names the object moved */	\
+	return fpol_finish(meta, code, len);							\
+}
+
+#define FPOL_STUB_RENAME2(FN, CLS)								\
+SEC("struct_ops/rename2_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, (in->flags & RENAME_EXCHANGE) != 0)
+
+#define FPOL_STUB_RENAME(FN, CLS)								\
+SEC("struct_ops/rename_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, 0)
+
+/* link: meta->nodeid is 0, so the object's class is CLS's link decision. */
+#define FPOL_STUB_LINK(FN, CLS)									\
+SEC("struct_ops/link_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in,		\
+	       struct fuse_buffer *name)							\
+{												\
+	return fpol_finish(meta, fpol_on_link(CLS), 0);						\
+}
+
+/* copy_file_range from an object of class CLS. */
+#define FPOL_STUB_CFR(FN, CLS)									\
+SEC("struct_ops/copy_file_range_prefilter")							\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)	\
+{												\
+	return fpol_finish(meta, fpol_on_copy_file_range(CLS), 0);				\
+}
+
+/* The programs: a stub per line, for its class (and every other class named after it). */
+FPOL_STUB_CFR(fpol_copy_file_range_0, 0)  /* also classes 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_0, 0)
+FPOL_STUB_LINK(fpol_link_0, 0)  /* also classes 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_0, 0)
+FPOL_STUB_LOOKUP(fpol_lookup_0, 0)
+
 /* Quirk (spec §10): set whenever mkdir_prefilter is; never asked for (no prefilter
  * returns POSTFILTER for mkdir), and harmless if it is. */
 SEC("struct_ops/mkdir_postfilter")
@@ -1325,361 +1412,36 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 	return BPF_FUSE_CONTINUE;
 }
 
-/* mkdir_prefilter for class 0 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 0 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 0 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 0 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 0 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 1 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 1 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(1, fpol_read_name(name));
-	if (child == 1)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 1 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(1, len), len);
-}
-
-/* mkdir_prefilter for class 1 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 1 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 1 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 1 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 1 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 1 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 1 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 2 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 2 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(2, fpol_read_name(name));
-	if (child == 2)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 2 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(2, len), len);
-}
-
-/* mkdir_prefilter for class 2 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 2 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_2, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 2 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(2, len);
-	if (known)
-		dst = fpol_on_child(2, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 2 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(2, len);
-	if (known)
-		dst = fpol_on_child(2, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 2 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(2, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 2 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 2 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(2, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* rename2_prefilter for classes 3, 7, 8, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 36, 37, 38, 39, 40, 41 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for classes 3, 7, 8, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 36, 37, 38, 39, 40, 41 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* access_prefilter for class 4 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_4, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(4, fpol_access_slot(in->mask)), 0);
-}
-
-/* copy_file_range_prefilter for class 4 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_4, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(4), 0);
-}
-
-/* create_open_prefilter for class 4 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_CREATE(fpol_mkdir_0, 0, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_0, 0, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_0, 0)
+FPOL_STUB_RENAME(fpol_rename_0, 0)
+FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_1, 1)
+FPOL_STUB_LOOKUP(fpol_lookup_1, 1)
+FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_1, 1)
+FPOL_STUB_RENAME(fpol_rename_1, 1)
+FPOL_STUB_REMOVE(fpol_rmdir_1, 1, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_1, 1, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_2, 2)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_2, 2)
+FPOL_STUB_LOOKUP(fpol_lookup_2, 2)
+FPOL_STUB_CREATE(fpol_mkdir_2, 2, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_2, 2, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_2, 2)
+FPOL_STUB_RENAME(fpol_rename_2, 2)
+FPOL_STUB_REMOVE(fpol_rmdir_2, 2, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_2, 2, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_2, 2, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_RENAME2(fpol_rename2_3, 3)  /* also classes 7, 8, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 36, 37, 38, 39, 40, 41 */
+FPOL_STUB_RENAME(fpol_rename_3, 3)  /* also classes 7, 8, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 36, 37, 38, 39, 40, 41 */
+FPOL_STUB_ACCESS(fpol_access_4, 4)
+FPOL_STUB_CFR(fpol_copy_file_range_4, 4)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_4, 4)
 
 /* default_filter for class 4 */
 SEC("struct_ops/default_filter")
@@ -1728,270 +1490,29 @@ __u32 BPF_PROG(fpol_default_4, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* fsync_prefilter for class 4 */
-/* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so this one program serves fsync and fsyncdir and tells them apart by opcode. */
-SEC("struct_ops/fsync_prefilter")
-__u32 BPF_PROG(fpol_fsync_4, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)
-{
-	return fpol_finish(meta, fpol_on_fsync(4, meta->opcode), 0);
-}
-
-/* link_prefilter for class 4 */
-SEC("struct_ops/link_prefilter")
-__u32 BPF_PROG(fpol_link_4, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
-{
-	return fpol_finish(meta, fpol_on_link(4), 0);
-}
-
-/* lookup_postfilter for class 4 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(4, fpol_read_name(name));
-	if (child == 4)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 4 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(4, len), len);
-}
-
-/* mkdir_prefilter for class 4 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 4 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_4, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 4 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(4, len);
-	if (known)
-		dst = fpol_on_child(4, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 4 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(4, len);
-	if (known)
-		dst = fpol_on_child(4, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 4 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(4, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 4 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 4 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(4, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 5 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_5, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, fpol_create_slot(in->flags), len), len);
-}
-
-/* mkdir_prefilter for class 5 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_5, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 5 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_5, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 5 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(5, len);
-	if (known)
-		dst = fpol_on_child(5, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 5 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(5, len);
-	if (known)
-		dst = fpol_on_child(5, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 5 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* rename2_prefilter for class 6 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(6, len);
-	if (known)
-		dst = fpol_on_child(6, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 6 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(6, len);
-	if (known)
-		dst = fpol_on_child(6, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 6 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(6, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* unlink_prefilter for class 6 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(6, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for class 7 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_7, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(7, fpol_access_slot(in->mask)), 0);
-}
-
-/* open_prefilter for class 7 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_7, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(7, fpol_open_slot(in->flags)), 0);
-}
+FPOL_STUB_FSYNC(fpol_fsync_4, 4)
+FPOL_STUB_LINK(fpol_link_4, 4)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_4, 4)
+FPOL_STUB_LOOKUP(fpol_lookup_4, 4)
+FPOL_STUB_CREATE(fpol_mkdir_4, 4, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_4, 4, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_4, 4)
+FPOL_STUB_RENAME(fpol_rename_4, 4)
+FPOL_STUB_REMOVE(fpol_rmdir_4, 4, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_4, 4, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_4, 4, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_5, 5)
+FPOL_STUB_CREATE(fpol_mkdir_5, 5, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_5, 5, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_5, 5)
+FPOL_STUB_RENAME(fpol_rename_5, 5)
+FPOL_STUB_CREATE(fpol_symlink_5, 5, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_RENAME2(fpol_rename2_6, 6)
+FPOL_STUB_RENAME(fpol_rename_6, 6)
+FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_7, 7)
+FPOL_STUB_OPEN(fpol_open_7, 7)
 
 /* default_filter for class 8 */
 SEC("struct_ops/default_filter")
@@ -2008,31 +1529,9 @@ __u32 BPF_PROG(fpol_default_8, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* access_prefilter for class 9 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_9, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(9, fpol_access_slot(in->mask)), 0);
-}
-
-/* copy_file_range_prefilter for class 9 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_9, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(9), 0);
-}
-
-/* create_open_prefilter for class 9 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_9, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(9, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_ACCESS(fpol_access_9, 9)
+FPOL_STUB_CFR(fpol_copy_file_range_9, 9)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_9, 9)
 
 /* default_filter for class 9 */
 SEC("struct_ops/default_filter")
@@ -2047,23 +1546,8 @@ __u32 BPF_PROG(fpol_default_9, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* open_prefilter for class 9 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_9, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(9, fpol_open_slot(in->flags)), 0);
-}
-
-/* access_prefilter for class 10 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_10, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(10, fpol_access_slot(in->mask)), 0);
-}
+FPOL_STUB_OPEN(fpol_open_9, 9)
+FPOL_STUB_ACCESS(fpol_access_10, 10)
 
 /* default_filter for class 10 */
 SEC("struct_ops/default_filter")
@@ -2086,24 +1570,8 @@ __u32 BPF_PROG(fpol_default_10, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* access_prefilter for class 11 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_11, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(11, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 11 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_ACCESS(fpol_access_11, 11)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_11, 11)
 
 /* default_filter for class 11 */
 SEC("struct_ops/default_filter")
@@ -2126,178 +1594,22 @@ __u32 BPF_PROG(fpol_default_11, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* mkdir_prefilter for class 11 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_11, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 11 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_11, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for class 11 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(11, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for class 11 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(11, len);
-	if (known)
-		dst = fpol_on_child(11, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 11 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(11, len);
-	if (known)
-		dst = fpol_on_child(11, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 11 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(11, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 11 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 11 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(11, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for class 12 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_12, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(12, fpol_access_slot(in->mask)), 0);
-}
-
-/* copy_file_range_prefilter for classes 13, 29 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_13, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(13), 0);
-}
-
-/* create_open_prefilter for classes 14, 42 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_14, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, fpol_create_slot(in->flags), len), len);
-}
-
-/* mkdir_prefilter for classes 14, 25, 42 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_14, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for classes 14, 26, 42 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_14, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 14 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(14, len);
-	if (known)
-		dst = fpol_on_child(14, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 14 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(14, len);
-	if (known)
-		dst = fpol_on_child(14, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for classes 14, 40, 42 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_14, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_SYMLINK, len), len);
-}
+FPOL_STUB_CREATE(fpol_mkdir_11, 11, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_11, 11, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_11, 11)
+FPOL_STUB_RENAME2(fpol_rename2_11, 11)
+FPOL_STUB_RENAME(fpol_rename_11, 11)
+FPOL_STUB_REMOVE(fpol_rmdir_11, 11, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_11, 11, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_11, 11, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_12, 12)
+FPOL_STUB_CFR(fpol_copy_file_range_13, 13)  /* also classes 29 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_14, 14)  /* also classes 42 */
+FPOL_STUB_CREATE(fpol_mkdir_14, 14, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 25, 42 */
+FPOL_STUB_CREATE(fpol_mknod_14, 14, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 26, 42 */
+FPOL_STUB_RENAME2(fpol_rename2_14, 14)
+FPOL_STUB_RENAME(fpol_rename_14, 14)
+FPOL_STUB_CREATE(fpol_symlink_14, 14, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 40, 42 */
 
 /* default_filter for class 15 */
 SEC("struct_ops/default_filter")
@@ -2325,23 +1637,8 @@ __u32 BPF_PROG(fpol_default_16, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* fsync_prefilter for class 17 */
-/* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so this one program serves fsync and fsyncdir and tells them apart by opcode. */
-SEC("struct_ops/fsync_prefilter")
-__u32 BPF_PROG(fpol_fsync_17, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)
-{
-	return fpol_finish(meta, fpol_on_fsync(17, meta->opcode), 0);
-}
-
-/* fsync_prefilter for class 18 */
-/* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so this one program serves fsync and fsyncdir and tells them apart by opcode. */
-SEC("struct_ops/fsync_prefilter")
-__u32 BPF_PROG(fpol_fsync_18, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)
-{
-	return fpol_finish(meta, fpol_on_fsync(18, meta->opcode), 0);
-}
+FPOL_STUB_FSYNC(fpol_fsync_17, 17)
+FPOL_STUB_FSYNC(fpol_fsync_18, 18)
 
 /* default_filter for class 19 */
 SEC("struct_ops/default_filter")
@@ -2369,12 +1666,7 @@ __u32 BPF_PROG(fpol_default_20, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* link_prefilter for class 21 */
-SEC("struct_ops/link_prefilter")
-__u32 BPF_PROG(fpol_link_21, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
-{
-	return fpol_finish(meta, fpol_on_link(21), 0);
-}
+FPOL_STUB_LINK(fpol_link_21, 21)
 
 /* default_filter for class 22 */
 SEC("struct_ops/default_filter")
@@ -2389,34 +1681,8 @@ __u32 BPF_PROG(fpol_default_22, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* lookup_postfilter for class 23 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_23, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(23, fpol_read_name(name));
-	if (child == 23)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 23 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_23, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(23, len), len);
-}
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_23, 23)
+FPOL_STUB_LOOKUP(fpol_lookup_23, 23)
 
 /* default_filter for class 24 */
 SEC("struct_ops/default_filter")
@@ -2457,24 +1723,8 @@ __u32 BPF_PROG(fpol_default_28, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* access_prefilter for class 29 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_29, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(29, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 29 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_29, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(29, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_ACCESS(fpol_access_29, 29)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_29, 29)
 
 /* default_filter for class 29 */
 SEC("struct_ops/default_filter")
@@ -2489,12 +1739,7 @@ __u32 BPF_PROG(fpol_default_29, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* open_prefilter for class 29 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_29, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(29, fpol_open_slot(in->flags)), 0);
-}
+FPOL_STUB_OPEN(fpol_open_29, 29)
 
 /* default_filter for class 30 */
 SEC("struct_ops/default_filter")
@@ -2561,51 +1806,9 @@ __u32 BPF_PROG(fpol_default_34, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* rename2_prefilter for classes 35, 42 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_35, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(35, len);
-	if (known)
-		dst = fpol_on_child(35, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for classes 35, 42 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_35, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(35, len);
-	if (known)
-		dst = fpol_on_child(35, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for classes 36, 42 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_36, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(36, FPOL_SLOT_RMDIR, len), len);
-}
+FPOL_STUB_RENAME2(fpol_rename2_35, 35)  /* also classes 42 */
+FPOL_STUB_RENAME(fpol_rename_35, 35)  /* also classes 42 */
+FPOL_STUB_REMOVE(fpol_rmdir_36, 36, rmdir_prefilter, FPOL_SLOT_RMDIR)  /* also classes 42 */
 
 /* default_filter for class 37 */
 SEC("struct_ops/default_filter")
@@ -2646,24 +1849,8 @@ __u32 BPF_PROG(fpol_default_39, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* unlink_prefilter for classes 41, 42 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_41, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(41, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for class 42 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_42, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(42, fpol_access_slot(in->mask)), 0);
-}
+FPOL_STUB_REMOVE(fpol_unlink_41, 41, unlink_prefilter, FPOL_SLOT_UNLINK)  /* also classes 42 */
+FPOL_STUB_ACCESS(fpol_access_42, 42)
 
 /* default_filter for class 42 */
 SEC("struct_ops/default_filter")
@@ -2686,12 +1873,7 @@ __u32 BPF_PROG(fpol_default_42, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* open_prefilter for class 42 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_42, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(42, fpol_open_slot(in->flags)), 0);
-}
+FPOL_STUB_OPEN(fpol_open_42, 42)
 
 /* One instance per class. */
 
@@ -3236,4 +2418,3 @@ struct fuse_ops clean_ev_42 = {
 	.access_prefilter = (void *)fpol_access_42,
 	.name = "clean_ev_42",
 };
-

@@ -930,58 +930,136 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 	return code;
 }
 
-/* copy_file_range_prefilter for classes 0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 12 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
+/* open: the slot comes from the access mode and O_TRUNC/O_APPEND in the flags. */
+#define FPOL_STUB_OPEN(FN, CLS)									\
+SEC("struct_ops/open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)		\
+{												\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_open_slot(in->flags)), 0);		\
 }
 
-/* create_open_prefilter for class 0 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
+/* The VFS asks access_prefilter on every permission check (path walk, open, create);
+ * those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
+#define FPOL_STUB_ACCESS(FN, CLS)								\
+SEC("struct_ops/access_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)		\
+{												\
+	if (!(in->mask & MAY_ACCESS))								\
+		return BPF_FUSE_CONTINUE;							\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_access_slot(in->mask)), 0);		\
 }
 
-/* link_prefilter for classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 */
-SEC("struct_ops/link_prefilter")
-__u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
-{
-	return fpol_finish(meta, fpol_on_link(0), 0);
+/* lookup of a name in a directory of class CLS. */
+#define FPOL_STUB_LOOKUP(FN, CLS)								\
+SEC("struct_ops/lookup_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_lookup(CLS, len), len);				\
 }
 
-/* lookup_postfilter for class 0 */
 /* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(0, fpol_read_name(name));
-	if (child == 0)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
+#define FPOL_STUB_LOOKUP_POST(FN, CLS)								\
+SEC("struct_ops/lookup_postfilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,	\
+	       struct fuse_entry_out *out, struct fuse_buffer *entries)				\
+{												\
+	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };			\
+	struct bpf_dynptr dp;									\
+	if (meta->error_in)									\
+		return BPF_FUSE_CONTINUE;							\
+	__u32 child = fpol_on_child(CLS, fpol_read_name(name));					\
+	if (child == CLS)									\
+		return BPF_FUSE_CONTINUE;							\
+	if (child >= FPOL_NCLASSES)								\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);				\
+	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);					\
+	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);					\
+	return BPF_FUSE_CONTINUE;								\
 }
 
-/* lookup_prefilter for class 0 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(0, len), len);
+/* create (open with O_CREAT) of a name in a directory of class CLS. */
+#define FPOL_STUB_CREATE_OPEN(FN, CLS)								\
+SEC("struct_ops/create_open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in,		\
+	       struct fuse_buffer *name)								\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, fpol_create_slot(in->flags), len), len);	\
 }
 
-/* mkdir_postfilter for classes 0, 1, 2, 3, 4, 6, 7, 8, 10 */
+/* mknod, mkdir, symlink: a new name in a directory of class CLS. */
+#define FPOL_STUB_CREATE(FN, CLS, HOOK, SLOT, ...)						\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, __VA_ARGS__)				\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, SLOT, len), len);				\
+}
+
+/* unlink, rmdir: a name in a directory of class CLS. */
+#define FPOL_STUB_REMOVE(FN, CLS, HOOK, SLOT)							\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_remove(CLS, SLOT, len), len);				\
+}
+
+/* rename in a directory of class CLS. Nodeids are 0 below the root unless assigned, so
+ * only equal non-zero ones prove the destination is this directory. */
+#define FPOL_RENAME_BODY(CLS, EXCHANGE)								\
+{												\
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;				\
+	__u32 dst = 0, len = fpol_read_name(old_name);						\
+	__u32 src = fpol_on_child(CLS, len);							\
+	if (known)										\
+		dst = fpol_on_child(CLS, fpol_read_name(new_name));				\
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)					\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__u32 code = fpol_on_rename(src, known, dst, EXCHANGE);					\
+	if (known)										\
+		len = fpol_read_name(old_name);  /* the event names the object moved */	\
+	return fpol_finish(meta, code, len);							\
+}
+
+#define FPOL_STUB_RENAME2(FN, CLS)								\
+SEC("struct_ops/rename2_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, (in->flags & RENAME_EXCHANGE) != 0)
+
+#define FPOL_STUB_RENAME(FN, CLS)								\
+SEC("struct_ops/rename_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, 0)
+
+/* link: meta->nodeid is 0, so the object's class is CLS's link decision. */
+#define FPOL_STUB_LINK(FN, CLS)									\
+SEC("struct_ops/link_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in,		\
+	       struct fuse_buffer *name)							\
+{												\
+	return fpol_finish(meta, fpol_on_link(CLS), 0);						\
+}
+
+/* copy_file_range from an object of class CLS. */
+#define FPOL_STUB_CFR(FN, CLS)									\
+SEC("struct_ops/copy_file_range_prefilter")							\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)	\
+{												\
+	return fpol_finish(meta, fpol_on_copy_file_range(CLS), 0);				\
+}
+
+/* The programs: a stub per line, for its class (and every other class named after it). */
+FPOL_STUB_CFR(fpol_copy_file_range_0, 0)  /* also classes 1, 2, 3, 5, 6, 7, 8, 9, 10, 12 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_0, 0)
+FPOL_STUB_LINK(fpol_link_0, 0)  /* also classes 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_0, 0)
+FPOL_STUB_LOOKUP(fpol_lookup_0, 0)
+
 /* Quirk (spec §10): set whenever mkdir_prefilter is; never asked for (no prefilter
  * returns POSTFILTER for mkdir), and harmless if it is. */
 SEC("struct_ops/mkdir_postfilter")
@@ -990,102 +1068,15 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 	return BPF_FUSE_CONTINUE;
 }
 
-/* mkdir_prefilter for class 0 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 0 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 0 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 0 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 0 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 0 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 0 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for classes 1, 6 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_1, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(1, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 1 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_CREATE(fpol_mkdir_0, 0, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_0, 0, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_0, 0)
+FPOL_STUB_RENAME(fpol_rename_0, 0)
+FPOL_STUB_REMOVE(fpol_rmdir_0, 0, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_0, 0, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_1, 1)  /* also classes 6 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)
 
 /* default_filter for classes 1, 6 */
 SEC("struct_ops/default_filter")
@@ -1108,377 +1099,39 @@ __u32 BPF_PROG(fpol_default_1, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* lookup_postfilter for class 1 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(1, fpol_read_name(name));
-	if (child == 1)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 1 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(1, len), len);
-}
-
-/* mkdir_prefilter for class 1 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 1 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for classes 1, 6 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(1, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for class 1 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 1 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 1 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 1 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 1 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(1, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for classes 2, 7, 12 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_2, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(2, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 2 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 2 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(2, fpol_read_name(name));
-	if (child == 2)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 2 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(2, len), len);
-}
-
-/* mkdir_prefilter for class 2 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 2 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_2, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for classes 2, 7, 12 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(2, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for classes 2, 5, 12 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(2, len);
-	if (known)
-		dst = fpol_on_child(2, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for classes 2, 5, 12 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(2, len);
-	if (known)
-		dst = fpol_on_child(2, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 2 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 3 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_3, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 3 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_3, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(3, fpol_read_name(name));
-	if (child == 3)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 3 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(3, len), len);
-}
-
-/* mkdir_prefilter for class 3 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 3 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_3, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 3 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 3 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 3 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(3, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 3 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 3 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(3, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for classes 4, 11 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_4, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(4, fpol_access_slot(in->mask)), 0);
-}
-
-/* copy_file_range_prefilter for classes 4, 11 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_4, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(4), 0);
-}
-
-/* create_open_prefilter for class 4 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_1, 1)
+FPOL_STUB_LOOKUP(fpol_lookup_1, 1)
+FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_1, 1)  /* also classes 6 */
+FPOL_STUB_RENAME2(fpol_rename2_1, 1)
+FPOL_STUB_RENAME(fpol_rename_1, 1)
+FPOL_STUB_REMOVE(fpol_rmdir_1, 1, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_1, 1, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_2, 2)  /* also classes 7, 12 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_2, 2)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_2, 2)
+FPOL_STUB_LOOKUP(fpol_lookup_2, 2)
+FPOL_STUB_CREATE(fpol_mkdir_2, 2, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_2, 2, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_2, 2)  /* also classes 7, 12 */
+FPOL_STUB_RENAME2(fpol_rename2_2, 2)  /* also classes 5, 12 */
+FPOL_STUB_RENAME(fpol_rename_2, 2)  /* also classes 5, 12 */
+FPOL_STUB_CREATE(fpol_symlink_2, 2, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_3, 3)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_3, 3)
+FPOL_STUB_LOOKUP(fpol_lookup_3, 3)
+FPOL_STUB_CREATE(fpol_mkdir_3, 3, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_3, 3, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_3, 3)
+FPOL_STUB_RENAME(fpol_rename_3, 3)
+FPOL_STUB_REMOVE(fpol_rmdir_3, 3, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_3, 3, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_3, 3, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_4, 4)  /* also classes 11 */
+FPOL_STUB_CFR(fpol_copy_file_range_4, 4)  /* also classes 11 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_4, 4)
 
 /* default_filter for classes 4, 11 */
 SEC("struct_ops/default_filter")
@@ -1493,660 +1146,59 @@ __u32 BPF_PROG(fpol_default_4, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* lookup_postfilter for class 4 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(4, fpol_read_name(name));
-	if (child == 4)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 4 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(4, len), len);
-}
-
-/* mkdir_prefilter for class 4 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 4 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_4, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for classes 4, 11 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(4, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for class 4 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(4, len);
-	if (known)
-		dst = fpol_on_child(4, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 4 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(4, len);
-	if (known)
-		dst = fpol_on_child(4, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 4 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 6 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_6, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, fpol_create_slot(in->flags), len), len);
-}
-
-/* mkdir_prefilter for class 6 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_6, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 6 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_6, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 6 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(6, len);
-	if (known)
-		dst = fpol_on_child(6, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 6 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(6, len);
-	if (known)
-		dst = fpol_on_child(6, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 6 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(6, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 6 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 6 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(6, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 7 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_7, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 7 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_7, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(7, fpol_read_name(name));
-	if (child == 7)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 7 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_7, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(7, len), len);
-}
-
-/* mkdir_prefilter for class 7 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_7, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 7 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_7, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 7 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_7, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(7, len);
-	if (known)
-		dst = fpol_on_child(7, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 7 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_7, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(7, len);
-	if (known)
-		dst = fpol_on_child(7, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 7 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_7, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 8 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_8, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 8 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_8, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(8, fpol_read_name(name));
-	if (child == 8)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 8 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(8, len), len);
-}
-
-/* mkdir_prefilter for class 8 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_8, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 8 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_8, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 8 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_8, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(8, len);
-	if (known)
-		dst = fpol_on_child(8, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 8 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_8, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(8, len);
-	if (known)
-		dst = fpol_on_child(8, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 8 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(8, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 8 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 8 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(8, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* lookup_postfilter for class 9 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_9, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(9, fpol_read_name(name));
-	if (child == 9)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 9 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(9, len), len);
-}
-
-/* rename2_prefilter for class 9 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_9, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(9, len);
-	if (known)
-		dst = fpol_on_child(9, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 9 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_9, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(9, len);
-	if (known)
-		dst = fpol_on_child(9, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 9 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(9, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* unlink_prefilter for class 9 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(9, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 10 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_10, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(10, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 10 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_10, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(10, fpol_read_name(name));
-	if (child == 10)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 10 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_10, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(10, len), len);
-}
-
-/* mkdir_prefilter for class 10 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_10, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(10, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 10 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_10, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(10, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 10 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_10, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(10, len);
-	if (known)
-		dst = fpol_on_child(10, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 10 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_10, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(10, len);
-	if (known)
-		dst = fpol_on_child(10, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 10 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_10, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(10, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 11 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 11 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_11, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(11, fpol_read_name(name));
-	if (child == 11)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 11 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(11, len), len);
-}
-
-/* rename2_prefilter for class 11 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(11, len);
-	if (known)
-		dst = fpol_on_child(11, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 11 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(11, len);
-	if (known)
-		dst = fpol_on_child(11, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_4, 4)
+FPOL_STUB_LOOKUP(fpol_lookup_4, 4)
+FPOL_STUB_CREATE(fpol_mkdir_4, 4, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_4, 4, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_4, 4)  /* also classes 11 */
+FPOL_STUB_RENAME2(fpol_rename2_4, 4)
+FPOL_STUB_RENAME(fpol_rename_4, 4)
+FPOL_STUB_CREATE(fpol_symlink_4, 4, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_6, 6)
+FPOL_STUB_CREATE(fpol_mkdir_6, 6, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_6, 6, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_6, 6)
+FPOL_STUB_RENAME(fpol_rename_6, 6)
+FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_6, 6, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_7, 7)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_7, 7)
+FPOL_STUB_LOOKUP(fpol_lookup_7, 7)
+FPOL_STUB_CREATE(fpol_mkdir_7, 7, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_7, 7, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_7, 7)
+FPOL_STUB_RENAME(fpol_rename_7, 7)
+FPOL_STUB_CREATE(fpol_symlink_7, 7, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_8, 8)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
+FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
+FPOL_STUB_CREATE(fpol_mkdir_8, 8, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_8, 8, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_8, 8)
+FPOL_STUB_RENAME(fpol_rename_8, 8)
+FPOL_STUB_REMOVE(fpol_rmdir_8, 8, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_8, 8, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_8, 8, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_9, 9)
+FPOL_STUB_LOOKUP(fpol_lookup_9, 9)
+FPOL_STUB_RENAME2(fpol_rename2_9, 9)
+FPOL_STUB_RENAME(fpol_rename_9, 9)
+FPOL_STUB_REMOVE(fpol_rmdir_9, 9, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_REMOVE(fpol_unlink_9, 9, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_10, 10)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_10, 10)
+FPOL_STUB_LOOKUP(fpol_lookup_10, 10)
+FPOL_STUB_CREATE(fpol_mkdir_10, 10, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_10, 10, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_10, 10)
+FPOL_STUB_RENAME(fpol_rename_10, 10)
+FPOL_STUB_CREATE(fpol_symlink_10, 10, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_11, 11)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_11, 11)
+FPOL_STUB_LOOKUP(fpol_lookup_11, 11)
+FPOL_STUB_RENAME2(fpol_rename2_11, 11)
+FPOL_STUB_RENAME(fpol_rename_11, 11)
 
 /* One instance per class. */
 
@@ -2375,4 +1427,3 @@ struct fuse_ops clean_ex_12 = {
 	.access_prefilter = (void *)fpol_access_2,
 	.name = "clean_ex_12",
 };
-

@@ -1631,31 +1631,133 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 	return code;
 }
 
-/* access_prefilter for classes 0, 1, 2, 3, 4, 6, 7, 9, 11, 12, 14, 16, 19, 21, 22, 24, 27, 29, 30, 32 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_0, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(0, fpol_access_slot(in->mask)), 0);
+/* open: the slot comes from the access mode and O_TRUNC/O_APPEND in the flags. */
+#define FPOL_STUB_OPEN(FN, CLS)									\
+SEC("struct_ops/open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)		\
+{												\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_open_slot(in->flags)), 0);		\
 }
 
-/* copy_file_range_prefilter for classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34 */
-SEC("struct_ops/copy_file_range_prefilter")
-__u32 BPF_PROG(fpol_copy_file_range_0, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)
-{
-	return fpol_finish(meta, fpol_on_copy_file_range(0), 0);
+/* The VFS asks access_prefilter on every permission check (path walk, open, create);
+ * those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
+#define FPOL_STUB_ACCESS(FN, CLS)								\
+SEC("struct_ops/access_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)		\
+{												\
+	if (!(in->mask & MAY_ACCESS))								\
+		return BPF_FUSE_CONTINUE;							\
+	return fpol_finish(meta, fpol_on_object(CLS, fpol_access_slot(in->mask)), 0);		\
 }
 
-/* create_open_prefilter for class 0 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, fpol_create_slot(in->flags), len), len);
+/* lookup of a name in a directory of class CLS. */
+#define FPOL_STUB_LOOKUP(FN, CLS)								\
+SEC("struct_ops/lookup_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_lookup(CLS, len), len);				\
 }
+
+/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
+#define FPOL_STUB_LOOKUP_POST(FN, CLS)								\
+SEC("struct_ops/lookup_postfilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,	\
+	       struct fuse_entry_out *out, struct fuse_buffer *entries)				\
+{												\
+	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };			\
+	struct bpf_dynptr dp;									\
+	if (meta->error_in)									\
+		return BPF_FUSE_CONTINUE;							\
+	__u32 child = fpol_on_child(CLS, fpol_read_name(name));					\
+	if (child == CLS)									\
+		return BPF_FUSE_CONTINUE;							\
+	if (child >= FPOL_NCLASSES)								\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);				\
+	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);					\
+	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);					\
+	return BPF_FUSE_CONTINUE;								\
+}
+
+/* create (open with O_CREAT) of a name in a directory of class CLS. */
+#define FPOL_STUB_CREATE_OPEN(FN, CLS)								\
+SEC("struct_ops/create_open_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in,		\
+	       struct fuse_buffer *name)								\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, fpol_create_slot(in->flags), len), len);	\
+}
+
+/* mknod, mkdir, symlink: a new name in a directory of class CLS. */
+#define FPOL_STUB_CREATE(FN, CLS, HOOK, SLOT, ...)						\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, __VA_ARGS__)				\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_create(CLS, SLOT, len), len);				\
+}
+
+/* unlink, rmdir: a name in a directory of class CLS. */
+#define FPOL_STUB_REMOVE(FN, CLS, HOOK, SLOT)							\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)		\
+{												\
+	__u32 len = fpol_read_name(name);							\
+	return fpol_finish(meta, fpol_on_remove(CLS, SLOT, len), len);				\
+}
+
+/* rename in a directory of class CLS. Nodeids are 0 below the root unless assigned, so
+ * only equal non-zero ones prove the destination is this directory. */
+#define FPOL_RENAME_BODY(CLS, EXCHANGE)								\
+{												\
+	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;				\
+	__u32 dst = 0, len = fpol_read_name(old_name);						\
+	__u32 src = fpol_on_child(CLS, len);							\
+	if (known)										\
+		dst = fpol_on_child(CLS, fpol_read_name(new_name));				\
+	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)					\
+		return fpol_code(FPOL_WORD_BADNAME);						\
+	__u32 code = fpol_on_rename(src, known, dst, EXCHANGE);					\
+	if (known)										\
+		len = fpol_read_name(old_name);  /* the event names the object moved */	\
+	return fpol_finish(meta, code, len);							\
+}
+
+#define FPOL_STUB_RENAME2(FN, CLS)								\
+SEC("struct_ops/rename2_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, (in->flags & RENAME_EXCHANGE) != 0)
+
+#define FPOL_STUB_RENAME(FN, CLS)								\
+SEC("struct_ops/rename_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in,		\
+	       struct fuse_buffer *old_name, struct fuse_buffer *new_name)			\
+FPOL_RENAME_BODY(CLS, 0)
+
+/* link: meta->nodeid is 0, so the object's class is CLS's link decision. */
+#define FPOL_STUB_LINK(FN, CLS)									\
+SEC("struct_ops/link_prefilter")								\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in,		\
+	       struct fuse_buffer *name)							\
+{												\
+	return fpol_finish(meta, fpol_on_link(CLS), 0);						\
+}
+
+/* copy_file_range from an object of class CLS. */
+#define FPOL_STUB_CFR(FN, CLS)									\
+SEC("struct_ops/copy_file_range_prefilter")							\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_range_in *in)	\
+{												\
+	return fpol_finish(meta, fpol_on_copy_file_range(CLS), 0);				\
+}
+
+/* The programs: a stub per line, for its class (and every other class named after it). */
+FPOL_STUB_ACCESS(fpol_access_0, 0)  /* also classes 1, 2, 3, 4, 6, 7, 9, 11, 12, 14, 16, 19, 21, 22, 24, 27, 29, 30, 32 */
+FPOL_STUB_CFR(fpol_copy_file_range_0, 0)  /* also classes 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_0, 0)
 
 /* default_filter for classes 0, 1, 2, 3, 4, 6, 7, 9, 10, 11, 12, 14, 15, 16, 19, 20, 21, 22, 23, 24, 27, 28, 29, 30, 31, 32, 33 */
 SEC("struct_ops/default_filter")
@@ -1670,43 +1772,10 @@ __u32 BPF_PROG(fpol_default_0, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* link_prefilter for classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34 */
-SEC("struct_ops/link_prefilter")
-__u32 BPF_PROG(fpol_link_0, const struct bpf_fuse_meta_info *meta, struct fuse_link_in *in, struct fuse_buffer *name)
-{
-	return fpol_finish(meta, fpol_on_link(0), 0);
-}
+FPOL_STUB_LINK(fpol_link_0, 0)  /* also classes 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_0, 0)
+FPOL_STUB_LOOKUP(fpol_lookup_0, 0)
 
-/* lookup_postfilter for class 0 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_0, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(0, fpol_read_name(name));
-	if (child == 0)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 0 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(0, len), len);
-}
-
-/* mkdir_postfilter for classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 29, 30, 32, 33, 34 */
 /* Quirk (spec §10): set whenever mkdir_prefilter is; never asked for (no prefilter
  * returns POSTFILTER for mkdir), and harmless if it is. */
 SEC("struct_ops/mkdir_postfilter")
@@ -1715,521 +1784,50 @@ __u32 BPF_PROG(fpol_mkdir_post, const struct bpf_fuse_meta_info *meta, const str
 	return BPF_FUSE_CONTINUE;
 }
 
-/* mkdir_prefilter for class 0 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 0 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_0, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for classes 0, 1, 2, 3, 4, 6, 7, 9, 11, 12, 14, 16, 19, 21, 22, 24, 27, 29, 30, 32 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_0, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(0, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for class 0 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 0 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_0, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(0, len);
-	if (known)
-		dst = fpol_on_child(0, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 0 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 0 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(0, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 0 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_0, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(0, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 1 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_1, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 1 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_1, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(1, fpol_read_name(name));
-	if (child == 1)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 1 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(1, len), len);
-}
-
-/* mkdir_prefilter for class 1 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_1, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 1 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_1, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 1 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 1 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_1, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(1, len);
-	if (known)
-		dst = fpol_on_child(1, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 1 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_1, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(1, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 2 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_2, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 2 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_2, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(2, fpol_read_name(name));
-	if (child == 2)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 2 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(2, len), len);
-}
-
-/* mkdir_prefilter for class 2 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_2, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 2 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_2, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 2 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(2, len);
-	if (known)
-		dst = fpol_on_child(2, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 2 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_2, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(2, len);
-	if (known)
-		dst = fpol_on_child(2, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 2 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_2, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(2, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 3 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_3, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 3 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_3, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(3, fpol_read_name(name));
-	if (child == 3)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 3 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(3, len), len);
-}
-
-/* mkdir_prefilter for class 3 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 3 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_3, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 3 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 3 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_3, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(3, len);
-	if (known)
-		dst = fpol_on_child(3, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 3 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(3, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 3 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(3, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 3 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_3, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(3, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 4 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_4, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 4 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_4, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(4, fpol_read_name(name));
-	if (child == 4)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 4 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(4, len), len);
-}
-
-/* mkdir_prefilter for class 4 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_4, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 4 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_4, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 4 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(4, len);
-	if (known)
-		dst = fpol_on_child(4, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 4 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_4, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(4, len);
-	if (known)
-		dst = fpol_on_child(4, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 4 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_4, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(4, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* access_prefilter for classes 5, 8, 13, 17, 25, 34 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_5, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(5, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 5 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_5, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, fpol_create_slot(in->flags), len), len);
-}
+FPOL_STUB_CREATE(fpol_mkdir_0, 0, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_0, 0, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_0, 0)  /* also classes 1, 2, 3, 4, 6, 7, 9, 11, 12, 14, 16, 19, 21, 22, 24, 27, 29, 30, 32 */
+FPOL_STUB_RENAME2(fpol_rename2_0, 0)
+FPOL_STUB_RENAME(fpol_rename_0, 0)
+FPOL_STUB_REMOVE(fpol_rmdir_0, 0, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_0, 0, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_1, 1)
+FPOL_STUB_LOOKUP(fpol_lookup_1, 1)
+FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_1, 1)
+FPOL_STUB_RENAME(fpol_rename_1, 1)
+FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_2, 2)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_2, 2)
+FPOL_STUB_LOOKUP(fpol_lookup_2, 2)
+FPOL_STUB_CREATE(fpol_mkdir_2, 2, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_2, 2, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_2, 2)
+FPOL_STUB_RENAME(fpol_rename_2, 2)
+FPOL_STUB_CREATE(fpol_symlink_2, 2, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_3, 3)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_3, 3)
+FPOL_STUB_LOOKUP(fpol_lookup_3, 3)
+FPOL_STUB_CREATE(fpol_mkdir_3, 3, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_3, 3, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_3, 3)
+FPOL_STUB_RENAME(fpol_rename_3, 3)
+FPOL_STUB_REMOVE(fpol_rmdir_3, 3, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_3, 3, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_3, 3, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_4, 4)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_4, 4)
+FPOL_STUB_LOOKUP(fpol_lookup_4, 4)
+FPOL_STUB_CREATE(fpol_mkdir_4, 4, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_4, 4, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_4, 4)
+FPOL_STUB_RENAME(fpol_rename_4, 4)
+FPOL_STUB_CREATE(fpol_symlink_4, 4, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_ACCESS(fpol_access_5, 5)  /* also classes 8, 13, 17, 25, 34 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_5, 5)
 
 /* default_filter for classes 5, 8, 13, 17, 18, 25, 26, 34 */
 SEC("struct_ops/default_filter")
@@ -2254,3067 +1852,257 @@ __u32 BPF_PROG(fpol_default_5, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-/* lookup_postfilter for class 5 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_5, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(5, fpol_read_name(name));
-	if (child == 5)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 5 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(5, len), len);
-}
-
-/* mkdir_prefilter for class 5 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_5, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 5 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_5, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* open_prefilter for classes 5, 8, 13, 17, 18, 25, 26, 34 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_5, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(5, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for class 5 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(5, len);
-	if (known)
-		dst = fpol_on_child(5, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 5 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_5, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(5, len);
-	if (known)
-		dst = fpol_on_child(5, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 5 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(5, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 5 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(5, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 5 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_5, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(5, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 6 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_6, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 6 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_6, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(6, fpol_read_name(name));
-	if (child == 6)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 6 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(6, len), len);
-}
-
-/* mkdir_prefilter for class 6 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_6, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 6 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_6, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 6 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(6, len);
-	if (known)
-		dst = fpol_on_child(6, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 6 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_6, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(6, len);
-	if (known)
-		dst = fpol_on_child(6, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 6 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_6, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(6, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 7 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_7, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 7 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_7, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(7, fpol_read_name(name));
-	if (child == 7)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 7 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_7, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(7, len), len);
-}
-
-/* mkdir_prefilter for class 7 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_7, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 7 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_7, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 7 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_7, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(7, len);
-	if (known)
-		dst = fpol_on_child(7, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 7 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_7, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(7, len);
-	if (known)
-		dst = fpol_on_child(7, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 7 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_7, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(7, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 8 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_8, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 8 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_8, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(8, fpol_read_name(name));
-	if (child == 8)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 8 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(8, len), len);
-}
-
-/* mkdir_prefilter for class 8 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_8, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 8 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_8, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 8 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_8, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(8, len);
-	if (known)
-		dst = fpol_on_child(8, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 8 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_8, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(8, len);
-	if (known)
-		dst = fpol_on_child(8, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 8 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(8, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 8 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(8, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 8 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_8, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(8, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 9 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_9, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(9, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 9 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_9, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(9, fpol_read_name(name));
-	if (child == 9)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 9 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(9, len), len);
-}
-
-/* mkdir_prefilter for class 9 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_9, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(9, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 9 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_9, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(9, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 9 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_9, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(9, len);
-	if (known)
-		dst = fpol_on_child(9, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 9 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_9, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(9, len);
-	if (known)
-		dst = fpol_on_child(9, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 9 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_9, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(9, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* access_prefilter for classes 10, 15, 20, 23, 28, 31, 33 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_10, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(10, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 10 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_10, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(10, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 10 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_10, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(10, fpol_read_name(name));
-	if (child == 10)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 10 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_10, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(10, len), len);
-}
-
-/* open_prefilter for classes 10, 15, 20, 23, 28, 31, 33 */
-SEC("struct_ops/open_prefilter")
-__u32 BPF_PROG(fpol_open_10, const struct bpf_fuse_meta_info *meta, struct fuse_open_in *in)
-{
-	return fpol_finish(meta, fpol_on_object(10, fpol_open_slot(in->flags)), 0);
-}
-
-/* rename2_prefilter for class 10 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_10, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(10, len);
-	if (known)
-		dst = fpol_on_child(10, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 10 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_10, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(10, len);
-	if (known)
-		dst = fpol_on_child(10, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* create_open_prefilter for class 11 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_11, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 11 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_11, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(11, fpol_read_name(name));
-	if (child == 11)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 11 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(11, len), len);
-}
-
-/* mkdir_prefilter for class 11 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_11, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 11 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_11, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 11 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(11, len);
-	if (known)
-		dst = fpol_on_child(11, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 11 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_11, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(11, len);
-	if (known)
-		dst = fpol_on_child(11, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 11 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_11, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(11, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 12 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_12, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(12, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 12 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_12, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(12, fpol_read_name(name));
-	if (child == 12)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 12 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_12, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(12, len), len);
-}
-
-/* mkdir_prefilter for class 12 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_12, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(12, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 12 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_12, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(12, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 12 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_12, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(12, len);
-	if (known)
-		dst = fpol_on_child(12, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 12 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_12, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(12, len);
-	if (known)
-		dst = fpol_on_child(12, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 12 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_12, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(12, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 13 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_13, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(13, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 13 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_13, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(13, fpol_read_name(name));
-	if (child == 13)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 13 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_13, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(13, len), len);
-}
-
-/* mkdir_prefilter for class 13 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_13, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(13, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 13 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_13, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(13, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 13 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_13, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(13, len);
-	if (known)
-		dst = fpol_on_child(13, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 13 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_13, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(13, len);
-	if (known)
-		dst = fpol_on_child(13, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 13 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_13, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(13, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 14 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_14, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 14 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_14, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(14, fpol_read_name(name));
-	if (child == 14)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 14 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_14, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(14, len), len);
-}
-
-/* mkdir_prefilter for class 14 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_14, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 14 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_14, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 14 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(14, len);
-	if (known)
-		dst = fpol_on_child(14, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 14 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_14, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(14, len);
-	if (known)
-		dst = fpol_on_child(14, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 14 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_14, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(14, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 15 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_15, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(15, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 15 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_15, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(15, fpol_read_name(name));
-	if (child == 15)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 15 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_15, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(15, len), len);
-}
-
-/* rename2_prefilter for class 15 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_15, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(15, len);
-	if (known)
-		dst = fpol_on_child(15, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 15 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_15, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(15, len);
-	if (known)
-		dst = fpol_on_child(15, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* create_open_prefilter for class 16 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_16, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(16, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 16 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_16, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(16, fpol_read_name(name));
-	if (child == 16)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 16 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_16, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(16, len), len);
-}
-
-/* mkdir_prefilter for class 16 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_16, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(16, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 16 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_16, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(16, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 16 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_16, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(16, len);
-	if (known)
-		dst = fpol_on_child(16, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 16 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_16, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(16, len);
-	if (known)
-		dst = fpol_on_child(16, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 16 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_16, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(16, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 17 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_17, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(17, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 17 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_17, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(17, fpol_read_name(name));
-	if (child == 17)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 17 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(17, len), len);
-}
-
-/* mkdir_prefilter for class 17 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_17, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(17, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 17 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_17, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(17, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 17 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_17, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(17, len);
-	if (known)
-		dst = fpol_on_child(17, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 17 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_17, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(17, len);
-	if (known)
-		dst = fpol_on_child(17, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 17 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(17, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 17 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(17, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 17 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_17, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(17, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* access_prefilter for classes 18, 26 */
-SEC("struct_ops/access_prefilter")
-__u32 BPF_PROG(fpol_access_18, const struct bpf_fuse_meta_info *meta, struct fuse_access_in *in)
-{
-	/* The VFS asks access_prefilter on every permission check (path walk, open,
-	 * create); those requests are judged by their own hooks. access(2) sets MAY_ACCESS. */
-	if (!(in->mask & MAY_ACCESS))
-		return BPF_FUSE_CONTINUE;
-	return fpol_finish(meta, fpol_on_object(18, fpol_access_slot(in->mask)), 0);
-}
-
-/* create_open_prefilter for class 18 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_18, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(18, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 18 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_18, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(18, fpol_read_name(name));
-	if (child == 18)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 18 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(18, len), len);
-}
-
-/* mkdir_prefilter for class 18 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_18, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(18, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 18 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_18, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(18, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 18 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_18, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(18, len);
-	if (known)
-		dst = fpol_on_child(18, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 18 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_18, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(18, len);
-	if (known)
-		dst = fpol_on_child(18, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 18 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(18, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 18 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(18, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 18 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_18, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(18, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 19 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_19, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(19, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 19 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_19, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(19, fpol_read_name(name));
-	if (child == 19)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 19 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_19, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(19, len), len);
-}
-
-/* mkdir_prefilter for class 19 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_19, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(19, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 19 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_19, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(19, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 19 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_19, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(19, len);
-	if (known)
-		dst = fpol_on_child(19, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 19 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_19, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(19, len);
-	if (known)
-		dst = fpol_on_child(19, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 19 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_19, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(19, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 20 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_20, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(20, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 20 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_20, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(20, fpol_read_name(name));
-	if (child == 20)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 20 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_20, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(20, len), len);
-}
-
-/* mkdir_prefilter for class 20 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_20, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(20, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 20 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_20, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(20, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 20 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_20, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(20, len);
-	if (known)
-		dst = fpol_on_child(20, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 20 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_20, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(20, len);
-	if (known)
-		dst = fpol_on_child(20, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 20 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_20, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(20, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 21 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_21, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(21, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 21 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_21, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(21, fpol_read_name(name));
-	if (child == 21)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 21 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_21, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(21, len), len);
-}
-
-/* mkdir_prefilter for class 21 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_21, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(21, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 21 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_21, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(21, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 21 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_21, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(21, len);
-	if (known)
-		dst = fpol_on_child(21, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 21 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_21, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(21, len);
-	if (known)
-		dst = fpol_on_child(21, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 21 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_21, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(21, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 22 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_22, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(22, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 22 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_22, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(22, fpol_read_name(name));
-	if (child == 22)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 22 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_22, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(22, len), len);
-}
-
-/* mkdir_prefilter for class 22 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_22, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(22, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 22 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_22, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(22, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 22 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_22, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(22, len);
-	if (known)
-		dst = fpol_on_child(22, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 22 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_22, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(22, len);
-	if (known)
-		dst = fpol_on_child(22, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 22 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_22, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(22, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 23 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_23, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(23, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 23 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_23, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(23, fpol_read_name(name));
-	if (child == 23)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 23 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_23, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(23, len), len);
-}
-
-/* mkdir_prefilter for class 23 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_23, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(23, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 23 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_23, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(23, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 23 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_23, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(23, len);
-	if (known)
-		dst = fpol_on_child(23, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 23 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_23, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(23, len);
-	if (known)
-		dst = fpol_on_child(23, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 23 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_23, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(23, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 24 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_24, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(24, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 24 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_24, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(24, fpol_read_name(name));
-	if (child == 24)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 24 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_24, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(24, len), len);
-}
-
-/* mkdir_prefilter for class 24 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_24, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(24, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 24 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_24, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(24, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 24 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_24, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(24, len);
-	if (known)
-		dst = fpol_on_child(24, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 24 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_24, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(24, len);
-	if (known)
-		dst = fpol_on_child(24, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 24 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_24, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(24, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 25 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_25, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(25, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 25 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_25, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(25, fpol_read_name(name));
-	if (child == 25)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 25 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(25, len), len);
-}
-
-/* mkdir_prefilter for class 25 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_25, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(25, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 25 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_25, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(25, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 25 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_25, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(25, len);
-	if (known)
-		dst = fpol_on_child(25, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 25 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_25, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(25, len);
-	if (known)
-		dst = fpol_on_child(25, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 25 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(25, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 25 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(25, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 25 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_25, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(25, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 26 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_26, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(26, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 26 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_26, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(26, fpol_read_name(name));
-	if (child == 26)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 26 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(26, len), len);
-}
-
-/* mkdir_prefilter for class 26 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_26, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(26, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 26 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_26, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(26, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 26 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_26, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(26, len);
-	if (known)
-		dst = fpol_on_child(26, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 26 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_26, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(26, len);
-	if (known)
-		dst = fpol_on_child(26, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 26 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(26, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 26 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(26, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 26 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_26, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(26, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 27 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_27, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(27, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 27 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_27, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(27, fpol_read_name(name));
-	if (child == 27)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 27 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_27, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(27, len), len);
-}
-
-/* mkdir_prefilter for class 27 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_27, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(27, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 27 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_27, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(27, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 27 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_27, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(27, len);
-	if (known)
-		dst = fpol_on_child(27, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 27 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_27, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(27, len);
-	if (known)
-		dst = fpol_on_child(27, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 27 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_27, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(27, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 28 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_28, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(28, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 28 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_28, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(28, fpol_read_name(name));
-	if (child == 28)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 28 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_28, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(28, len), len);
-}
-
-/* rename2_prefilter for class 28 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_28, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(28, len);
-	if (known)
-		dst = fpol_on_child(28, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 28 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_28, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(28, len);
-	if (known)
-		dst = fpol_on_child(28, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* create_open_prefilter for class 29 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_29, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(29, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 29 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_29, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(29, fpol_read_name(name));
-	if (child == 29)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 29 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_29, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(29, len), len);
-}
-
-/* mkdir_prefilter for class 29 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_29, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(29, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 29 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_29, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(29, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 29 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_29, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(29, len);
-	if (known)
-		dst = fpol_on_child(29, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 29 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_29, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(29, len);
-	if (known)
-		dst = fpol_on_child(29, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* symlink_prefilter for class 29 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_29, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(29, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* create_open_prefilter for class 30 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_30, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(30, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 30 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_30, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(30, fpol_read_name(name));
-	if (child == 30)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 30 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(30, len), len);
-}
-
-/* mkdir_prefilter for class 30 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_30, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(30, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 30 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_30, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(30, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 30 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_30, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(30, len);
-	if (known)
-		dst = fpol_on_child(30, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 30 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_30, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(30, len);
-	if (known)
-		dst = fpol_on_child(30, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 30 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(30, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 30 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(30, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 30 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_30, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(30, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 31 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_31, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(31, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 31 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_31, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(31, fpol_read_name(name));
-	if (child == 31)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 31 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_31, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(31, len), len);
-}
-
-/* rename2_prefilter for class 31 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_31, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(31, len);
-	if (known)
-		dst = fpol_on_child(31, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 31 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_31, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(31, len);
-	if (known)
-		dst = fpol_on_child(31, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* create_open_prefilter for class 32 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_32, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(32, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 32 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_32, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(32, fpol_read_name(name));
-	if (child == 32)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 32 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(32, len), len);
-}
-
-/* mkdir_prefilter for class 32 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_32, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(32, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 32 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_32, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(32, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 32 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_32, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(32, len);
-	if (known)
-		dst = fpol_on_child(32, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 32 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_32, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(32, len);
-	if (known)
-		dst = fpol_on_child(32, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 32 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(32, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 32 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(32, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 32 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_32, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(32, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 33 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_33, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(33, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 33 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_33, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(33, fpol_read_name(name));
-	if (child == 33)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 33 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(33, len), len);
-}
-
-/* mkdir_prefilter for class 33 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_33, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(33, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 33 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_33, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(33, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 33 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_33, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(33, len);
-	if (known)
-		dst = fpol_on_child(33, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 33 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_33, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(33, len);
-	if (known)
-		dst = fpol_on_child(33, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 33 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(33, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 33 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(33, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 33 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_33, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(33, FPOL_SLOT_UNLINK, len), len);
-}
-
-/* create_open_prefilter for class 34 */
-SEC("struct_ops/create_open_prefilter")
-__u32 BPF_PROG(fpol_create_open_34, const struct bpf_fuse_meta_info *meta, struct fuse_create_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(34, fpol_create_slot(in->flags), len), len);
-}
-
-/* lookup_postfilter for class 34 */
-/* A child of another class gets that class's instance: one FUSE_ENTRY_BPF entry. */
-SEC("struct_ops/lookup_postfilter")
-__u32 BPF_PROG(fpol_lookup_post_34, const struct bpf_fuse_meta_info *meta, const struct fuse_buffer *name,
-	       struct fuse_entry_out *out, struct fuse_buffer *entries)
-{
-	struct fuse_bpf_entry_out entry = { .entry_type = FUSE_ENTRY_BPF };
-	struct bpf_dynptr dp;
-	if (meta->error_in)
-		return BPF_FUSE_CONTINUE;
-	__u32 child = fpol_on_child(34, fpol_read_name(name));
-	if (child == 34)
-		return BPF_FUSE_CONTINUE;
-	if (child >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__builtin_memcpy(entry.name, fpol_instance_names[child], 16);
-	bpf_fuse_get_rw_dynptr(entries, &dp, sizeof(entry), 0);
-	bpf_dynptr_write(&dp, 0, &entry, sizeof(entry), 0);
-	return BPF_FUSE_CONTINUE;
-}
-
-/* lookup_prefilter for class 34 */
-SEC("struct_ops/lookup_prefilter")
-__u32 BPF_PROG(fpol_lookup_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_lookup(34, len), len);
-}
-
-/* mkdir_prefilter for class 34 */
-SEC("struct_ops/mkdir_prefilter")
-__u32 BPF_PROG(fpol_mkdir_34, const struct bpf_fuse_meta_info *meta, struct fuse_mkdir_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(34, FPOL_SLOT_MKDIR, len), len);
-}
-
-/* mknod_prefilter for class 34 */
-SEC("struct_ops/mknod_prefilter")
-__u32 BPF_PROG(fpol_mknod_34, const struct bpf_fuse_meta_info *meta, struct fuse_mknod_in *in, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(34, FPOL_SLOT_MKNOD, len), len);
-}
-
-/* rename2_prefilter for class 34 */
-SEC("struct_ops/rename2_prefilter")
-__u32 BPF_PROG(fpol_rename2_34, const struct bpf_fuse_meta_info *meta, struct fuse_rename2_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(34, len);
-	if (known)
-		dst = fpol_on_child(34, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, (in->flags & RENAME_EXCHANGE) != 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rename_prefilter for class 34 */
-SEC("struct_ops/rename_prefilter")
-__u32 BPF_PROG(fpol_rename_34, const struct bpf_fuse_meta_info *meta, struct fuse_rename_in *in, struct fuse_buffer *old_name, struct fuse_buffer *new_name)
-{
-	/* Nodeids are 0 below the root unless assigned, so only equal non-zero ones
-	 * prove the destination is this directory. */
-	__u32 known = meta->nodeid != 0 && in->newdir == meta->nodeid;
-	__u32 dst = 0, len = fpol_read_name(old_name);
-	__u32 src = fpol_on_child(34, len);
-	if (known)
-		dst = fpol_on_child(34, fpol_read_name(new_name));
-	if (src >= FPOL_NCLASSES || dst >= FPOL_NCLASSES)
-		return fpol_code(FPOL_WORD_BADNAME);
-	__u32 code = fpol_on_rename(src, known, dst, 0);
-	if (known)
-		len = fpol_read_name(old_name);  /* the event names the object moved */
-	return fpol_finish(meta, code, len);
-}
-
-/* rmdir_prefilter for class 34 */
-SEC("struct_ops/rmdir_prefilter")
-__u32 BPF_PROG(fpol_rmdir_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(34, FPOL_SLOT_RMDIR, len), len);
-}
-
-/* symlink_prefilter for class 34 */
-SEC("struct_ops/symlink_prefilter")
-__u32 BPF_PROG(fpol_symlink_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name, struct fuse_buffer *path)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_create(34, FPOL_SLOT_SYMLINK, len), len);
-}
-
-/* unlink_prefilter for class 34 */
-SEC("struct_ops/unlink_prefilter")
-__u32 BPF_PROG(fpol_unlink_34, const struct bpf_fuse_meta_info *meta, struct fuse_buffer *name)
-{
-	__u32 len = fpol_read_name(name);
-	return fpol_finish(meta, fpol_on_remove(34, FPOL_SLOT_UNLINK, len), len);
-}
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_5, 5)
+FPOL_STUB_LOOKUP(fpol_lookup_5, 5)
+FPOL_STUB_CREATE(fpol_mkdir_5, 5, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_5, 5, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_5, 5)  /* also classes 8, 13, 17, 18, 25, 26, 34 */
+FPOL_STUB_RENAME2(fpol_rename2_5, 5)
+FPOL_STUB_RENAME(fpol_rename_5, 5)
+FPOL_STUB_REMOVE(fpol_rmdir_5, 5, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_5, 5, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_5, 5, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_6, 6)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_6, 6)
+FPOL_STUB_LOOKUP(fpol_lookup_6, 6)
+FPOL_STUB_CREATE(fpol_mkdir_6, 6, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_6, 6, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_6, 6)
+FPOL_STUB_RENAME(fpol_rename_6, 6)
+FPOL_STUB_CREATE(fpol_symlink_6, 6, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_7, 7)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_7, 7)
+FPOL_STUB_LOOKUP(fpol_lookup_7, 7)
+FPOL_STUB_CREATE(fpol_mkdir_7, 7, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_7, 7, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_7, 7)
+FPOL_STUB_RENAME(fpol_rename_7, 7)
+FPOL_STUB_CREATE(fpol_symlink_7, 7, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_8, 8)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
+FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
+FPOL_STUB_CREATE(fpol_mkdir_8, 8, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_8, 8, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_8, 8)
+FPOL_STUB_RENAME(fpol_rename_8, 8)
+FPOL_STUB_REMOVE(fpol_rmdir_8, 8, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_8, 8, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_8, 8, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_9, 9)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_9, 9)
+FPOL_STUB_LOOKUP(fpol_lookup_9, 9)
+FPOL_STUB_CREATE(fpol_mkdir_9, 9, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_9, 9, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_9, 9)
+FPOL_STUB_RENAME(fpol_rename_9, 9)
+FPOL_STUB_CREATE(fpol_symlink_9, 9, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_ACCESS(fpol_access_10, 10)  /* also classes 15, 20, 23, 28, 31, 33 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_10, 10)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_10, 10)
+FPOL_STUB_LOOKUP(fpol_lookup_10, 10)
+FPOL_STUB_OPEN(fpol_open_10, 10)  /* also classes 15, 20, 23, 28, 31, 33 */
+FPOL_STUB_RENAME2(fpol_rename2_10, 10)
+FPOL_STUB_RENAME(fpol_rename_10, 10)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_11, 11)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_11, 11)
+FPOL_STUB_LOOKUP(fpol_lookup_11, 11)
+FPOL_STUB_CREATE(fpol_mkdir_11, 11, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_11, 11, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_11, 11)
+FPOL_STUB_RENAME(fpol_rename_11, 11)
+FPOL_STUB_CREATE(fpol_symlink_11, 11, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_12, 12)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_12, 12)
+FPOL_STUB_LOOKUP(fpol_lookup_12, 12)
+FPOL_STUB_CREATE(fpol_mkdir_12, 12, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_12, 12, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_12, 12)
+FPOL_STUB_RENAME(fpol_rename_12, 12)
+FPOL_STUB_CREATE(fpol_symlink_12, 12, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_13, 13)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_13, 13)
+FPOL_STUB_LOOKUP(fpol_lookup_13, 13)
+FPOL_STUB_CREATE(fpol_mkdir_13, 13, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_13, 13, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_13, 13)
+FPOL_STUB_RENAME(fpol_rename_13, 13)
+FPOL_STUB_CREATE(fpol_symlink_13, 13, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_14, 14)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_14, 14)
+FPOL_STUB_LOOKUP(fpol_lookup_14, 14)
+FPOL_STUB_CREATE(fpol_mkdir_14, 14, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_14, 14, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_14, 14)
+FPOL_STUB_RENAME(fpol_rename_14, 14)
+FPOL_STUB_CREATE(fpol_symlink_14, 14, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_15, 15)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_15, 15)
+FPOL_STUB_LOOKUP(fpol_lookup_15, 15)
+FPOL_STUB_RENAME2(fpol_rename2_15, 15)
+FPOL_STUB_RENAME(fpol_rename_15, 15)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_16, 16)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_16, 16)
+FPOL_STUB_LOOKUP(fpol_lookup_16, 16)
+FPOL_STUB_CREATE(fpol_mkdir_16, 16, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_16, 16, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_16, 16)
+FPOL_STUB_RENAME(fpol_rename_16, 16)
+FPOL_STUB_CREATE(fpol_symlink_16, 16, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_17, 17)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_17, 17)
+FPOL_STUB_LOOKUP(fpol_lookup_17, 17)
+FPOL_STUB_CREATE(fpol_mkdir_17, 17, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_17, 17, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_17, 17)
+FPOL_STUB_RENAME(fpol_rename_17, 17)
+FPOL_STUB_REMOVE(fpol_rmdir_17, 17, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_17, 17, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_17, 17, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_ACCESS(fpol_access_18, 18)  /* also classes 26 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_18, 18)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_18, 18)
+FPOL_STUB_LOOKUP(fpol_lookup_18, 18)
+FPOL_STUB_CREATE(fpol_mkdir_18, 18, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_18, 18, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_18, 18)
+FPOL_STUB_RENAME(fpol_rename_18, 18)
+FPOL_STUB_REMOVE(fpol_rmdir_18, 18, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_18, 18, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_18, 18, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_19, 19)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_19, 19)
+FPOL_STUB_LOOKUP(fpol_lookup_19, 19)
+FPOL_STUB_CREATE(fpol_mkdir_19, 19, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_19, 19, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_19, 19)
+FPOL_STUB_RENAME(fpol_rename_19, 19)
+FPOL_STUB_CREATE(fpol_symlink_19, 19, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_20, 20)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_20, 20)
+FPOL_STUB_LOOKUP(fpol_lookup_20, 20)
+FPOL_STUB_CREATE(fpol_mkdir_20, 20, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_20, 20, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_20, 20)
+FPOL_STUB_RENAME(fpol_rename_20, 20)
+FPOL_STUB_CREATE(fpol_symlink_20, 20, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_21, 21)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_21, 21)
+FPOL_STUB_LOOKUP(fpol_lookup_21, 21)
+FPOL_STUB_CREATE(fpol_mkdir_21, 21, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_21, 21, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_21, 21)
+FPOL_STUB_RENAME(fpol_rename_21, 21)
+FPOL_STUB_CREATE(fpol_symlink_21, 21, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_22, 22)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_22, 22)
+FPOL_STUB_LOOKUP(fpol_lookup_22, 22)
+FPOL_STUB_CREATE(fpol_mkdir_22, 22, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_22, 22, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_22, 22)
+FPOL_STUB_RENAME(fpol_rename_22, 22)
+FPOL_STUB_CREATE(fpol_symlink_22, 22, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_23, 23)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_23, 23)
+FPOL_STUB_LOOKUP(fpol_lookup_23, 23)
+FPOL_STUB_CREATE(fpol_mkdir_23, 23, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_23, 23, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_23, 23)
+FPOL_STUB_RENAME(fpol_rename_23, 23)
+FPOL_STUB_CREATE(fpol_symlink_23, 23, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_24, 24)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_24, 24)
+FPOL_STUB_LOOKUP(fpol_lookup_24, 24)
+FPOL_STUB_CREATE(fpol_mkdir_24, 24, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_24, 24, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_24, 24)
+FPOL_STUB_RENAME(fpol_rename_24, 24)
+FPOL_STUB_CREATE(fpol_symlink_24, 24, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_25, 25)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_25, 25)
+FPOL_STUB_LOOKUP(fpol_lookup_25, 25)
+FPOL_STUB_CREATE(fpol_mkdir_25, 25, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_25, 25, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_25, 25)
+FPOL_STUB_RENAME(fpol_rename_25, 25)
+FPOL_STUB_REMOVE(fpol_rmdir_25, 25, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_25, 25, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_25, 25, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_26, 26)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_26, 26)
+FPOL_STUB_LOOKUP(fpol_lookup_26, 26)
+FPOL_STUB_CREATE(fpol_mkdir_26, 26, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_26, 26, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_26, 26)
+FPOL_STUB_RENAME(fpol_rename_26, 26)
+FPOL_STUB_REMOVE(fpol_rmdir_26, 26, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_26, 26, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_26, 26, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_27, 27)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_27, 27)
+FPOL_STUB_LOOKUP(fpol_lookup_27, 27)
+FPOL_STUB_CREATE(fpol_mkdir_27, 27, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_27, 27, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_27, 27)
+FPOL_STUB_RENAME(fpol_rename_27, 27)
+FPOL_STUB_CREATE(fpol_symlink_27, 27, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_28, 28)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_28, 28)
+FPOL_STUB_LOOKUP(fpol_lookup_28, 28)
+FPOL_STUB_RENAME2(fpol_rename2_28, 28)
+FPOL_STUB_RENAME(fpol_rename_28, 28)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_29, 29)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_29, 29)
+FPOL_STUB_LOOKUP(fpol_lookup_29, 29)
+FPOL_STUB_CREATE(fpol_mkdir_29, 29, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_29, 29, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_29, 29)
+FPOL_STUB_RENAME(fpol_rename_29, 29)
+FPOL_STUB_CREATE(fpol_symlink_29, 29, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_30, 30)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_30, 30)
+FPOL_STUB_LOOKUP(fpol_lookup_30, 30)
+FPOL_STUB_CREATE(fpol_mkdir_30, 30, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_30, 30, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_30, 30)
+FPOL_STUB_RENAME(fpol_rename_30, 30)
+FPOL_STUB_REMOVE(fpol_rmdir_30, 30, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_30, 30, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_30, 30, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_31, 31)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_31, 31)
+FPOL_STUB_LOOKUP(fpol_lookup_31, 31)
+FPOL_STUB_RENAME2(fpol_rename2_31, 31)
+FPOL_STUB_RENAME(fpol_rename_31, 31)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_32, 32)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_32, 32)
+FPOL_STUB_LOOKUP(fpol_lookup_32, 32)
+FPOL_STUB_CREATE(fpol_mkdir_32, 32, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_32, 32, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_32, 32)
+FPOL_STUB_RENAME(fpol_rename_32, 32)
+FPOL_STUB_REMOVE(fpol_rmdir_32, 32, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_32, 32, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_32, 32, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_33, 33)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_33, 33)
+FPOL_STUB_LOOKUP(fpol_lookup_33, 33)
+FPOL_STUB_CREATE(fpol_mkdir_33, 33, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_33, 33, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_33, 33)
+FPOL_STUB_RENAME(fpol_rename_33, 33)
+FPOL_STUB_REMOVE(fpol_rmdir_33, 33, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_33, 33, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_33, 33, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_34, 34)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_34, 34)
+FPOL_STUB_LOOKUP(fpol_lookup_34, 34)
+FPOL_STUB_CREATE(fpol_mkdir_34, 34, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_34, 34, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_34, 34)
+FPOL_STUB_RENAME(fpol_rename_34, 34)
+FPOL_STUB_REMOVE(fpol_rmdir_34, 34, rmdir_prefilter, FPOL_SLOT_RMDIR)
+FPOL_STUB_CREATE(fpol_symlink_34, 34, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_34, 34, unlink_prefilter, FPOL_SLOT_UNLINK)
 
 /* One instance per class. */
 
@@ -6025,4 +2813,3 @@ struct fuse_ops clean_sc_34 = {
 	.access_prefilter = (void *)fpol_access_5,
 	.name = "clean_sc_34",
 };
-
