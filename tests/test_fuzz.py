@@ -1,0 +1,157 @@
+"""Fuzzing the whole pipeline with hypothesis (the strategies are tests/strategies.py).
+
+(a) Any text -- random bytes, random text, generated policies with random edits -- goes
+    through `check` without raising, and every diagnostic has a file:line:col span inside
+    the input; whatever parses formats to a fixpoint with the same diagnostic codes.
+(b) Every generated policy that checks clean (no errors):
+    - its class tree decides as the reference evaluator at the paths of generated requests;
+    - its C renders deterministically (render twice, lower twice: the same bytes) and the
+      `fpol fmt` spelling of the policy gives the same C (up to the line numbers quoted in
+      comments, which `fmt` may change by joining continuation lines);
+    - clang compiles it, the check object verifies in this kernel, and the kernel engine
+      decides generated requests as the evaluator does (or more strictly where
+      docs/realisation.md says the realisation refuses: tests/oracles.agree).
+
+Example counts are modest so the file runs in about a minute: the pure-Python properties
+take a few hundred examples, the compile-and-verify one a dozen (clang costs about a
+second per policy). fuzz/ has the coverage-guided counterparts (docs/fuzzing.md).
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from fpol.compiler import ops
+from fpol.compiler.driver import check
+from fpol.compiler.evaluate import Evaluator
+from fpol.compiler.fmt import format_policy
+from fpol.compiler.lower import lower
+from fpol.compiler.render import render
+
+from kernel_support import require_bpf
+from oracles import (agree, assert_classes_agree, assert_fmt_fixpoint, assert_sane,
+                     assert_spans_inside, c_without_line_numbers, engine_for)
+from strategies import mutated, policies, requests
+
+QUICK = settings(max_examples=300, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MEDIUM = settings(QUICK, max_examples=120)
+# clang and the kernel are involved: few examples, and no shrinking (each shrink step
+# would compile again; the failure message names the policy and the request anyway).
+KERNEL = settings(QUICK, max_examples=12, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+# --- (a) any text -------------------------------------------------------------------------
+
+@QUICK
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(_encode)))
+def test_any_bytes_check_with_spans_inside(data):
+    result = assert_sane(data)
+    assert_spans_inside(result)
+    assert_fmt_fixpoint(data)
+
+
+@QUICK
+@given(mutated())
+def test_edited_policies_check_with_spans_inside(text):
+    data = _encode(text)
+    result = assert_sane(data)
+    assert_spans_inside(result)
+    assert_fmt_fixpoint(data)
+    assert_spans_inside(check(data, "p.fpol", no_daemon=True))
+
+
+@QUICK
+@given(policies())
+def test_generated_policies_have_no_syntax_errors_and_spans_inside(text):
+    result = assert_sane(_encode(text))
+    assert_spans_inside(result)
+    assert not [d for d in result.diagnostics if d.code in ("FP001", "FP002", "FP012")], text
+
+
+# --- (b) clean policies through the generator -------------------------------------------------
+
+def _clean(text: str):
+    checked = check(_encode(text), "gen.fpol")
+    return checked if checked.ok else None
+
+
+@QUICK
+@given(policies(), st.lists(requests(min_depth=0), min_size=1, max_size=30))
+def test_clean_policies_class_tree_agrees_with_the_evaluator(text, reqs):
+    checked = _clean(text)
+    if checked is None:
+        return
+    evaluator = Evaluator(checked.policy)
+    for req in reqs:
+        assert_classes_agree(checked, evaluator, req.path)
+        if req.to is not None:
+            assert_classes_agree(checked, evaluator, req.to)
+        evaluator.evaluate(req)  # whole requests (two ends, no gain by moving) never raise
+
+
+@MEDIUM
+@given(policies(min_rules=1))
+def test_clean_policies_render_deterministically(text):
+    checked = _clean(text)
+    if checked is None:
+        return
+    model = lower(checked.classes, source_name="gen.fpol")
+    first = {w: render(model, w) for w in ("struct_ops", "check")}
+    assert {w: render(model, w) for w in first} == first  # render twice
+    again = _clean(text)
+    model2 = lower(again.classes, source_name="gen.fpol")
+    assert {w: render(model2, w) for w in first} == first  # check and lower twice
+    # The canonical spelling compiles to the same C.
+    canonical = format_policy(checked.tree)
+    formatted = _clean(canonical)
+    assert formatted is not None, canonical
+    model3 = lower(formatted.classes, source_name="gen.fpol")
+    for w, c in first.items():
+        assert c_without_line_numbers(render(model3, w)) == c_without_line_numbers(c), (w, canonical)
+
+
+@KERNEL
+@given(policies(min_rules=1), st.lists(requests(), min_size=60, max_size=60))
+def test_clean_policies_compile_verify_and_agree_in_the_kernel(text, reqs):
+    require_bpf()
+    checked = _clean(text)
+    if checked is None:
+        return
+    evaluator = Evaluator(checked.policy)
+    with engine_for(checked) as engine:
+        stats = dict(engine.report.programs)
+        assert set(stats) == {"fpol_check", "fpol_hook"}
+        assert all(s is not None and s.insns_processed > 0 for s in stats.values())
+        for req in reqs:
+            expected, got = evaluator.evaluate(req), engine.evaluate(req)
+            assert agree(expected, got) != "DIFFERENT", (
+                f"{text!r}\n{req}: evaluator {expected.decision.short()}, "
+                f"kernel {got.decision.short()}")
+
+
+def test_the_strategies_reach_every_op_and_mostly_check_clean():
+    """The generators are worth their examples: across a fixed sample, every op and group
+    name and every scope kind is written, and most policies are free of errors."""
+    seen, outcomes = set(), []
+
+    @settings(max_examples=80, derandomize=True, database=None, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(policies(min_rules=3))
+    def collect(text):
+        checked = check(_encode(text), "gen.fpol")
+        outcomes.append(checked.ok)
+        for st_ in checked.tree.statements:
+            seen.update(w.text for w in getattr(st_, "ops", ()))
+            seen.update(s.kind for s in getattr(st_, "scopes", ()))
+
+    collect()
+    assert len(outcomes) == 80
+    assert set(ops.OP_NAMES) <= seen, sorted(set(ops.OP_NAMES) - seen)
+    assert {"under", "at", "matching", "named"} <= seen
+    assert sum(outcomes) >= 0.7 * len(outcomes), sum(outcomes)
