@@ -155,3 +155,55 @@ def test_the_strategies_reach_every_op_and_mostly_check_clean():
     assert set(ops.OP_NAMES) <= seen, sorted(set(ops.OP_NAMES) - seen)
     assert {"under", "at", "matching", "named"} <= seen
     assert sum(outcomes) >= 0.7 * len(outcomes), sum(outcomes)
+
+
+# --- found by fuzz/fuzz_wire.py: malformed requests get the parsers' own errors -------------
+
+def _wire_request(opcode: int, body: bytes, ext: bytes = b"", extlen=None) -> bytes:
+    from fpol.runtime.fuse import protocol as P
+
+    n = P.IN_HEADER.size + len(body) + len(ext)
+    return P.IN_HEADER.pack(len=n, opcode=opcode, unique=2, nodeid=1, uid=0, gid=0, pid=1,
+                            total_extlen=len(ext) // 8 if extlen is None else extlen) + body + ext
+
+
+def test_short_or_unterminated_request_bodies_are_protocol_errors():
+    import pytest
+
+    from fpol.runtime.fuse import protocol as P
+
+    with pytest.raises(P.ProtocolError, match="fuse_open_in needs 8 bytes"):
+        P.OPEN_IN.unpack(b"\1\0\0")
+    with pytest.raises(P.ProtocolError, match="needs 16 bytes"):
+        P.FORGET_ONE.unpack(bytes(24), 16)
+    with pytest.raises(P.ProtocolError, match="name 2 of 2 has no terminating NUL"):
+        P.split_names(b"a\0b", 2)
+    assert P.split_names(b"a\0b\0", 2) == [b"a", b"b"]
+    # Extensions longer than the request: the body would have been sliced from the end.
+    buf = _wire_request(P.Opcode.LOOKUP, b"name\0", extlen=4)
+    with pytest.raises(P.ProtocolError, match="does not fit"):
+        P.body_of(buf, P.IN_HEADER.unpack(buf))
+    with pytest.raises(P.ProtocolError):
+        P.parse_init(P.INIT_IN_COMPAT.pack(major=7, minor=45, max_readahead=0, flags=0)[:12])
+
+
+def test_malformed_filter_requests_are_fuse_bpf_errors():
+    import pytest
+
+    from fpol.runtime.fuse import fusebpf as B
+    from fpol.runtime.fuse import protocol as P
+    from fpol.runtime.fuse.bpfserver import split_in_args
+
+    with pytest.raises(B.FuseBpfError, match="shorter than a request header"):
+        B.parse_filter_request(bytes(12))
+    # An error_in extension record of 8 bytes: a header with no error after it.
+    short_ext = P.EXT_HEADER.pack(size=8, type=B.FUSE_ERROR_IN)
+    with pytest.raises(B.FuseBpfError, match="has no error"):
+        B.parse_filter_request(_wire_request(P.Opcode.OPEN | B.FUSE_POSTFILTER, bytes(8), short_ext))
+    # A prefilter open whose in-args are shorter than fuse_open_in.
+    f = B.parse_filter_request(_wire_request(P.Opcode.OPEN | B.FUSE_PREFILTER, b"\0" * 5))
+    with pytest.raises(B.FuseBpfError, match="needs 8"):
+        split_in_args(f.opcode, f.args)
+    ok = B.parse_filter_request(_wire_request(P.Opcode.OPEN | B.FUSE_POSTFILTER, bytes(24),
+                                              B.error_in_extension(-2)))
+    assert ok.error_in == -2 and split_in_args(ok.opcode, ok.args) == (8, [])

@@ -61,6 +61,9 @@ OP_NAMES = {
 def split_in_args(opcode: int, args: bytes) -> tuple[int, list[bytes]]:
     """(length of the in-args, the names among them) for a filter request's payload."""
     fixed, names = IN_ARGS.get(opcode, (len(args), 0))
+    if fixed > len(args):
+        raise fusebpf.FuseBpfError(f"opcode {opcode}: {len(args)} bytes of in-args, its "
+                                   f"structure needs {fixed}")
     pos, found = fixed, []
     for _ in range(names):
         end = args.find(b"\0", pos)

@@ -171,6 +171,8 @@ def is_filter(opcode: int) -> bool:
 def parse_filter_request(buf: bytes) -> FilterRequest:
     """A daemon filter request: header opcode = base | 0x10000 (pre) or | 0x20000 (post);
     a postfilter request ends with the error_in extension {size 16, type 33, u32, pad}."""
+    if len(buf) < P.IN_HEADER.size:
+        raise FuseBpfError(f"{len(buf)} bytes: shorter than a request header")
     h = P.IN_HEADER.unpack(buf)
     if h.len != len(buf):
         raise FuseBpfError(f"header says {h.len} bytes, got {len(buf)}")
@@ -190,6 +192,8 @@ def parse_filter_request(buf: bytes) -> FilterRequest:
         if ext.size < P.EXT_HEADER.size or pos + ext.size > h.len:
             raise FuseBpfError("malformed extension record")
         if ext.type == FUSE_ERROR_IN:
+            if ext.size < P.EXT_HEADER.size + 4:
+                raise FuseBpfError(f"error_in extension of {ext.size} bytes has no error")
             (error_in,) = struct.unpack_from("<i", buf, pos + P.EXT_HEADER.size)
         pos += ext.size
     if phase == "post" and error_in is None:

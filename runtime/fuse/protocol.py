@@ -38,6 +38,9 @@ class Layout:
         return self.struct.pack(*(values.get(n, 0) for n in self.names))
 
     def unpack(self, buf, offset: int = 0):
+        if offset < 0 or len(buf) - offset < self.size:
+            raise ProtocolError(f"{self.name} needs {self.size} bytes, the request has "
+                                f"{max(len(buf) - offset, 0)}")
         return self.tuple._make(self.struct.unpack_from(buf, offset))
 
 
@@ -226,7 +229,9 @@ def split_names(buf, count: int) -> list[bytes]:
     out, pos = [], 0
     data = bytes(buf)
     for _ in range(count):
-        end = data.index(b"\0", pos)
+        end = data.find(b"\0", pos)
+        if end < 0:
+            raise ProtocolError(f"name {len(out) + 1} of {count} has no terminating NUL")
         out.append(data[pos:end])
         pos = end + 1
     return out
@@ -235,7 +240,11 @@ def split_names(buf, count: int) -> list[bytes]:
 def body_of(buf, header) -> memoryview:
     """The in-args of a request: everything after the header, minus any extensions."""
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
-    return view[IN_HEADER.size:header.len - header.total_extlen * 8]
+    end = header.len - header.total_extlen * 8
+    if header.len > len(view) or end < IN_HEADER.size:
+        raise ProtocolError(f"request of {header.len} bytes with {header.total_extlen * 8} "
+                            f"bytes of extensions does not fit its {IN_HEADER.size}-byte header")
+    return view[IN_HEADER.size:end]
 
 
 # --- INIT -------------------------------------------------------------------------------
@@ -324,7 +333,8 @@ def negotiate(req: InitRequest, want_passthrough: bool = True,
 
 
 class ProtocolError(Exception):
-    """The kernel sent something this daemon cannot speak."""
+    """The kernel sent something this daemon cannot speak (or a request that is malformed:
+    too short for its structure, a name without its NUL, extensions past its end)."""
 
 
 # --- replies ---------------------------------------------------------------------------
