@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import ops
-from .decide import Decision, decide
+from .decide import Decision, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 
@@ -348,7 +348,7 @@ def tables(policy: Policy, raw: list[RawState]) -> list[tuple[Decision, ...]]:
         key = frozenset(r.index for r in matching_rules(policy, st.accepted_terms))
         if key not in memo:
             rules = [policy.rules[i] for i in sorted(key)]
-            t = tuple(decide(policy, atom, rules) for atom in ops.ATOMS)
+            t = decide_table(policy, rules)
             memo[key] = interned.setdefault(t, t)
         out.append(memo[key])
     return out
@@ -406,6 +406,10 @@ def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ..
 
 def _reduced(st: RawState, block: list[int]):
     """Transitions in terms of blocks, without entries that change nothing."""
+    if not st.globs and not st.masks:  # the common case, kept cheap: literals and a default
+        default = block[st.default]
+        lits = tuple((lit, block[t]) for lit, t in sorted(st.literals.items()) if block[t] != default)
+        return lits, (), (), default
     masks = {m: block[t] for m, t in st.masks.items()}
     keep = list(range(len(st.globs)))
 

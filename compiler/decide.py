@@ -60,10 +60,36 @@ def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tup
 
 def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
     """The decision for `atom` on a node where exactly the rules `matching` hold."""
-    relevant = [r for r in matching if atom in r.atoms]
+    return _decide_selected(policy, atom, [r for r in matching if atom in r.atoms])
+
+
+def decide_table(policy: Policy, matching: Iterable[Rule]) -> tuple[Decision, ...]:
+    """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold."""
+    selecting: dict[str, list[Rule]] = {}
+    indexes: dict[str, list[int]] = {}
+    for r in matching:
+        for atom in r.atoms:
+            selecting.setdefault(atom, []).append(r)
+            indexes.setdefault(atom, []).append(r.index)
+    out = []
+    pid = id(policy)
+    for atom in ops.ATOMS:
+        key = (pid, atom in _HANDLE_ATOMS, tuple(indexes.get(atom, ())))
+        hit = _memo.get(key)
+        out.append(hit[1] if hit is not None and hit[0] is policy
+                   else _decide_selected(policy, atom, selecting.get(atom, _NONE)))
+    return tuple(out)
+
+
+_NONE: list = []
+_HANDLE_ATOMS = frozenset(a for a in ops.ATOMS if ops.is_handle_atom(a))
+
+
+def _decide_selected(policy: Policy, atom: str, relevant: list) -> Decision:
+    """The decision for `atom` given the matching rules that select it (in rule order)."""
     # The outcome depends on the atom only through which rules select it and whether
     # it is a handle op: memoise on that (large policies repeat it endlessly).
-    key = (id(policy), ops.is_handle_atom(atom), tuple(r.index for r in relevant))
+    key = (id(policy), atom in _HANDLE_ATOMS, tuple(r.index for r in relevant))
     hit = _memo.get(key)
     if hit is not None and hit[0] is policy:
         return hit[1]

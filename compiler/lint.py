@@ -5,7 +5,7 @@ can never decide anything (warnings), exact because they walk every class.
 from __future__ import annotations
 
 from . import ops
-from .classes import RawState, matching_rules
+from .classes import ATOM_INDEX, RawState, matching_rules
 from .decide import Decision
 from .diagnostics import Reporter
 from .policy import Policy
@@ -20,6 +20,7 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
     ties: dict[tuple[int, ...], str] = {}
     except_used: set[tuple[int, int]] = set()
     unscoped = {r.index for r in rules if not r.terms}
+    seen: set[tuple[int, tuple[int, ...]]] = set()  # (table, matching rules) pairs done
     for st, table in zip(raw, tables):
         here = matching_rules(policy, st.accepted_terms)
         candidates = {ri for ri, key in st.accepted_terms if key[0] == "t"} | unscoped
@@ -28,16 +29,25 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                 for i in range(len(r.excepts)):
                     if (r.index, ("x", i)) in st.accepted_terms:
                         except_used.add((r.index, i))
+        key = (id(table), tuple(r.index for r in here))
+        if key in seen:  # many states share both; what follows depends on nothing else
+            continue
+        seen.add(key)
+        first_atom: dict[int, str] = {}  # tables share decision objects: visit each once
         for atom, d in zip(ops.ATOMS, table):
-            if d.tie:
-                ties.setdefault(d.tie, atom)
-            decided.update(d.rules)
-            decided.update(d.audit_rules)
-            for r in here:
-                if atom in r.atoms:
-                    matched.add(r.index)
-                    if r.index not in d.rules:
-                        deciders_where_matched.setdefault(r.index, set()).update(d.rules)
+            if id(d) not in first_atom:
+                first_atom[id(d)] = atom
+                if d.tie:
+                    ties.setdefault(d.tie, atom)
+                decided.update(d.rules)
+                decided.update(d.audit_rules)
+        for r in here:
+            if r.atoms:  # the table has every atom
+                matched.add(r.index)
+            for atom in r.atoms:
+                d = table[ATOM_INDEX[atom]]
+                if r.index not in d.rules:
+                    deciders_where_matched.setdefault(r.index, set()).update(d.rules)
 
     for tie, atom in sorted(ties.items()):
         first, *others = (rules[i] for i in tie)

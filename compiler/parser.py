@@ -7,8 +7,10 @@ the tree of the good ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 from typing import Optional
 
 from lark import Lark, Token
@@ -32,8 +34,10 @@ _TERMINAL_LABELS = {
 
 @functools.lru_cache(maxsize=None)
 def _lark() -> Lark:
+    # The builder runs inside the LALR parser at each reduction, so no parse tree is built
+    # and walked again; it sees every token (keywords included) and takes spans from them.
     return Lark(grammar_text(), start=["file", "statement"], parser="lalr",
-                propagate_positions=True, maybe_placeholders=False)
+                keep_all_tokens=True, maybe_placeholders=False, transformer=_BUILDER)
 
 
 def keywords() -> frozenset[str]:
@@ -58,24 +62,27 @@ def parse(data: "bytes | str", file: str, reporter: Optional[Reporter] = None) -
 
 
 def _parse_statements(source: Source, reporter: Reporter) -> list[ast.Statement]:
+    # Whole file first. Its diagnostics (bad escapes) are kept only if it parses: the
+    # per-line pass below would report them again.
+    scratch = Reporter(reporter.file)
     try:
-        tree = _lark().parse(source.blanked, start="file")
+        with _building(scratch, 0):
+            statements = _lark().parse(source.blanked, start="file")
     except UnexpectedInput:
         pass
     else:
-        builder = _Builder(reporter, 0)
-        return [builder.transform(child) for child in tree.children]
+        reporter.items.extend(scratch.items)
+        return statements
     statements = []
     for ll in source.logical:
         text = source.logical_text(ll)
         if text.endswith("\r"):  # the CR of a CRLF line ending: the statement ends here
             text = text[:-1]
         try:
-            tree = _lark().parse(text, start="statement")
+            with _building(reporter, ll.first - 1):
+                statements.append(_lark().parse(text, start="statement"))
         except UnexpectedInput as e:
             _report_syntax(e, ll.first - 1, reporter)
-            continue
-        statements.append(_Builder(reporter, ll.first - 1).transform(tree))
     return statements
 
 
@@ -153,11 +160,6 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1]
 
 
-def _span_of(meta_or_token, offset: int) -> Span:
-    return Span(meta_or_token.line + offset, meta_or_token.column,
-                meta_or_token.end_line + offset, meta_or_token.end_column)
-
-
 _ESCAPE = re.compile(r'\\(x[0-9A-Fa-f]{2}|["\\])|\\(x.{0,2}|.)', re.S)
 
 
@@ -185,90 +187,111 @@ def decode_string(raw: str, span: Span, reporter: Reporter) -> bytes:
 
 
 class _Builder:
-    """Lark tree -> ast nodes, shifting line numbers by `offset`. A plain recursive walk:
-    lark's Transformer with v_args wraps every method call, which dominates large files."""
+    """Parser callbacks: each grammar rule's children (tokens and what these callbacks made
+    of its subrules) -> ast nodes. Line numbers shift by `offset` (for single statements);
+    a node's span runs from its first token to its last, keywords included."""
 
-    def __init__(self, reporter: Reporter, offset: int):
-        self.reporter = reporter
-        self.offset = offset
+    def __init__(self):
+        self.reporter: Optional[Reporter] = None
+        self.offset = 0
 
-    def transform(self, tree):
-        if isinstance(tree, Token):
-            return tree
-        children = [self.transform(child) for child in tree.children]
-        return getattr(self, tree.data)(tree.meta, children)
+    # spans ------------------------------------------------------------------
+    def _tok_span(self, tok: Token) -> Span:
+        o = self.offset
+        return Span(tok.line + o, tok.column, tok.end_line + o, tok.end_column)
 
-    def _span(self, x) -> Span:
-        return _span_of(x, self.offset)
+    def _start(self, x) -> tuple[int, int]:
+        if isinstance(x, Token):
+            return x.line + self.offset, x.column
+        if isinstance(x, tuple):
+            return self._start(x[1] if x and x[0] == "except" else x[0])
+        return x.span.line, x.span.column
+
+    def _end(self, x) -> tuple[int, int]:
+        if isinstance(x, Token):
+            return x.end_line + self.offset, x.end_column
+        if isinstance(x, tuple):
+            return self._end(x[-1])
+        return x.span.end_line, x.span.end_column
+
+    def _span(self, ch: list) -> Span:
+        return Span(*self._start(ch[0]), *self._end(ch[-1]))
 
     def _word(self, tok: Token) -> ast.Word:
-        return ast.Word(str(tok), self._span(tok))
+        return ast.Word(str(tok), self._tok_span(tok))
 
-    def policy_stmt(self, meta, ch):
-        return ast.Header("policy", self._word(ch[0]), self._span(meta))
+    # rules --------------------------------------------------------------------
+    def file(self, ch):
+        return [c for c in ch if not isinstance(c, Token)]
 
-    def abi_stmt(self, meta, ch):
-        return ast.Header("abi", self._word(ch[0]), self._span(meta))
+    def _header(self, keyword, ch):
+        return ast.Header(keyword, self._word(ch[1]), self._span(ch))
 
-    def mode_stmt(self, meta, ch):
-        return ast.Header("mode", self._word(ch[0]), self._span(meta))
+    def policy_stmt(self, ch):
+        return self._header("policy", ch)
 
-    def names_stmt(self, meta, ch):
-        return ast.Header("names", self._word(ch[0]), self._span(meta))
+    def abi_stmt(self, ch):
+        return self._header("abi", ch)
 
-    def default_allow(self, meta, ch):
-        return ast.Default(self._word(ch[0]), None, None, self._span(meta))
+    def mode_stmt(self, ch):
+        return self._header("mode", ch)
 
-    def default_deny(self, meta, ch):
-        errno = ch[1] if len(ch) > 1 else None
-        return ast.Default(self._word(ch[0]), errno, None, self._span(meta))
+    def names_stmt(self, ch):
+        return self._header("names", ch)
 
-    def default_redirect(self, meta, ch):
-        target = ch[1] if len(ch) > 1 else None
-        return ast.Default(self._word(ch[0]), None, target, self._span(meta))
+    def default_allow(self, ch):
+        return ast.Default(self._word(ch[1]), None, None, self._span(ch))
 
-    def action(self, meta, ch):
+    def default_deny(self, ch):
+        errno = ch[2] if len(ch) > 2 else None
+        return ast.Default(self._word(ch[1]), errno, None, self._span(ch))
+
+    def default_redirect(self, ch):
+        target = ch[2] if len(ch) > 2 else None
+        return ast.Default(self._word(ch[1]), None, target, self._span(ch))
+
+    def action(self, ch):
         return self._word(ch[0])
 
-    def op(self, meta, ch):
+    def op(self, ch):
         return self._word(ch[0])
 
-    def oplist(self, meta, ch):
-        return tuple(ch)
+    def oplist(self, ch):
+        return tuple(c for c in ch if not isinstance(c, Token))  # drop the commas
 
-    def target(self, meta, ch):
-        return ast.Target(str(ch[0]) if ch else None, self._span(meta))
+    def target(self, ch):  # "to" "userspace" [mode]
+        return ast.Target(str(ch[2]) if len(ch) > 2 else None, self._span(ch))
 
-    def errno_clause(self, meta, ch):
-        return self._word(ch[0])
+    def errno_clause(self, ch):  # "with" WORD
+        return self._word(ch[1])
 
-    def path(self, meta, ch):
+    def path(self, ch):
         tok = ch[0]
-        span = self._span(tok)
+        span = self._tok_span(tok)
         raw = str(tok)
         if tok.type == "STRING":
             return ast.PathLit(raw, decode_string(raw, span, self.reporter), True, span)
         return ast.PathLit(raw, raw.encode(), False, span)
 
-    def _scope(self, kind, meta, ch):
-        return ast.Scope(kind, ch[0], self._span(meta))
+    def _scope(self, kind, ch):  # KEYWORD path
+        return ast.Scope(kind, ch[1], self._span(ch))
 
-    def under(self, meta, ch):
-        return self._scope("under", meta, ch)
+    def under(self, ch):
+        return self._scope("under", ch)
 
-    def at(self, meta, ch):
-        return self._scope("at", meta, ch)
+    def at(self, ch):
+        return self._scope("at", ch)
 
-    def matching(self, meta, ch):
-        return self._scope("matching", meta, ch)
+    def matching(self, ch):
+        return self._scope("matching", ch)
 
-    def named(self, meta, ch):
-        return self._scope("named", meta, ch)
+    def named(self, ch):
+        return self._scope("named", ch)
 
-    def except_clause(self, meta, ch):
-        return ("except", tuple(ch))
+    def except_clause(self, ch):  # "except" scope ("," scope)*
+        return ("except", tuple(c for c in ch if not isinstance(c, Token)))
 
-    def rule(self, meta, ch):
+    def rule(self, ch):
         action, ops, *rest = ch
         target = None
         scopes, excepts, errnos = [], [], []
@@ -282,4 +305,18 @@ class _Builder:
             elif isinstance(item, ast.Word):
                 errnos.append(item)
         return ast.Rule(action, ops, target, tuple(scopes), tuple(excepts), tuple(errnos),
-                        self._span(meta))
+                        self._span(ch))
+
+
+_BUILDER = _Builder()
+_BUILD_LOCK = threading.Lock()  # one builder, so one parse at a time
+
+
+@contextlib.contextmanager
+def _building(reporter: Reporter, offset: int):
+    with _BUILD_LOCK:
+        _BUILDER.reporter, _BUILDER.offset = reporter, offset
+        try:
+            yield
+        finally:
+            _BUILDER.reporter = None
