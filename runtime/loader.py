@@ -10,10 +10,11 @@ each map's element, which unregisters the instance, then removes the pins.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from . import libbpf
 
@@ -54,43 +55,82 @@ def preflight(struct_name: str) -> None:
 
 
 def load(obj_path: str, policy: str, struct_name: str = "fuse_ops",
-         pin_root: str = PIN_ROOT) -> Loaded:
-    """Load the object and attach every struct_ops instance in it, or none."""
+         pin_root: str = PIN_ROOT,
+         step: Optional[Callable[[str, str], None]] = None) -> Loaded:
+    """Load the object and attach every struct_ops instance in it, or none.
+
+    A failure at any point (the object, an attach, the pin directory, a pin, or an
+    interrupt) detaches what was attached, removes what was pinned and re-raises: the
+    kernel and bpffs are left as they were. A taken name (a policy pinned under that
+    name, or an instance name another program registered) is LoadRefused.
+
+    `step(what, instance)` is called before each attach ("attach") and each pin ("pin"):
+    a seam for tests, which raise from it to fail the load part-way."""
     preflight(struct_name)
     if not bpffs_mounted(os.path.dirname(pin_root)):
         raise LoadRefused(f"bpffs is not mounted at {os.path.dirname(pin_root)} "
                           "(mount -t bpf bpf /sys/fs/bpf)")
     pin_dir = os.path.join(pin_root, policy)
     if os.path.exists(pin_dir):
-        raise LoadRefused(f"a policy named `{policy}` is already loaded ({pin_dir}); "
-                          f"`fpol unload {policy}` first")
+        raise _already_loaded(policy, pin_dir)
+    step = step or (lambda what, name: None)
     obj = libbpf.BpfObject(obj_path)
     attached: list[tuple[str, libbpf.Link]] = []
     pinned: list[str] = []
+    made_dir = False
     try:
         obj.load()
         for m in obj.maps():
-            if m.type == libbpf.BPF_MAP_TYPE_STRUCT_OPS:
+            if m.type != libbpf.BPF_MAP_TYPE_STRUCT_OPS:
+                continue
+            step("attach", m.name)
+            try:
                 attached.append((m.name, m.attach_struct_ops()))
-        os.makedirs(pin_dir)
+            except libbpf.LibbpfError as e:
+                if e.errno == errno.EEXIST:
+                    raise LoadRefused(
+                        f"an instance named `{m.name}` is already registered in the kernel "
+                        f"(by another policy or program); nothing was loaded. `fpol status` "
+                        f"lists fpol's policies; unload the other one or rename this policy"
+                    ) from None
+                raise
+        os.makedirs(pin_root, exist_ok=True)
+        try:
+            os.mkdir(pin_dir)
+        except FileExistsError:  # another `fpol load` of the same name got there first
+            raise _already_loaded(policy, pin_dir) from None
+        made_dir = True
         for name, link in attached:
+            step("pin", name)
             path = os.path.join(pin_dir, name)
             link.pin(path)
             pinned.append(path)
     except BaseException:
-        # All or nothing: detach what was attached and remove what was pinned.
+        # All or nothing: unpin, detach, and remove only what this call made; a failure
+        # while undoing must not hide the error that caused it.
         for path in pinned:
-            _remove_pin(path)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         for _, link in attached:
             link.destroy()
-        if os.path.isdir(pin_dir):
-            os.rmdir(pin_dir)
+        if made_dir:
+            try:
+                os.rmdir(pin_dir)
+            except OSError:
+                pass
         obj.close()
         raise
     # The pins keep the instances registered; closing our handles must not detach them,
     # so the links are left alone (never destroyed) and only the object is closed.
     obj.close()
     return Loaded(policy, [name for name, _ in attached], pin_dir)
+
+
+def _already_loaded(policy: str, pin_dir: str) -> LoadRefused:
+    return LoadRefused(f"a policy named `{policy}` is already loaded ({pin_dir}); "
+                       f"`fpol unload {policy}` first")
 
 
 def _unregister(path: str) -> None:

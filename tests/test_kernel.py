@@ -18,7 +18,8 @@ from fpol.compiler.cases import parse_cases
 from fpol.compiler.driver import check, check_file
 from fpol.compiler.evaluate import Evaluator
 
-from kernel_support import require_bpf
+from kernel_support import pin_root, tcp_cc_object  # noqa: F401 (fixtures, shared with test_faults.py)
+from kernel_support import registered_cc as _registered, require_bpf
 from oracles import agree, engine_for
 from strategies import policies, requests
 
@@ -103,38 +104,6 @@ def test_verifier_log_maps_to_the_rule():
 
 # --- the struct_ops loader, on a struct_ops type this kernel has -------------------------
 
-TCP_CC = os.path.join(HERE, "data", "tcp_cc.bpf.c")
-
-
-@pytest.fixture(scope="module")
-def tcp_cc_object(tmp_path_factory):
-    require_bpf()
-    from fpol.compiler.clang import CFLAGS, find_clang, include_flags
-
-    out = str(tmp_path_factory.mktemp("tcpcc") / "tcp_cc.bpf.o")
-    subprocess.run([find_clang(), *CFLAGS, *include_flags(), "-c", TCP_CC, "-o", out], check=True)
-    return out
-
-
-def _registered() -> set[str]:
-    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
-        return set(f.read().split())
-
-
-@pytest.fixture
-def pin_root(tmp_path):
-    from fpol.runtime.loader import PIN_ROOT
-
-    root = os.path.join(os.path.dirname(PIN_ROOT), f"fpol-test-{os.getpid()}")
-    yield root
-    from fpol.runtime import loader
-
-    for l in loader.status(root):
-        loader.unload(l.policy, root)
-    if os.path.isdir(root):
-        os.rmdir(root)
-
-
 def test_load_attach_pin_status_unload(tcp_cc_object, pin_root):
     from fpol.runtime import loader
 
@@ -152,26 +121,6 @@ def test_load_attach_pin_status_unload(tcp_cc_object, pin_root):
     assert loader.unload("fpoltest", pin_root) == ["fpoltest_1", "fpoltest_2"]
     assert not ({"fpoltest_1", "fpoltest_2"} & _registered())
     assert loader.status(pin_root) == []
-
-
-def test_load_is_all_or_nothing(tcp_cc_object, pin_root):
-    """A name collision on the second instance detaches the first and pins nothing."""
-    from fpol.runtime import libbpf, loader
-
-    # Take `fpoltest_2` under another policy directory first.
-    blocker = loader.load(tcp_cc_object, "blocker", "tcp_congestion_ops", pin_root)
-    assert "fpoltest_2" in _registered()
-    loader.unload("blocker", pin_root)
-    with libbpf.BpfObject(tcp_cc_object) as obj:
-        obj.load()
-        taken = [m for m in obj.maps() if m.name == "fpoltest_2"][0].attach_struct_ops()
-        with pytest.raises(libbpf.LibbpfError) as err:
-            loader.load(tcp_cc_object, "fpoltest", "tcp_congestion_ops", pin_root)
-        assert err.value.errno == 17  # EEXIST
-        assert "fpoltest_1" not in _registered()  # rolled back
-        assert not os.path.exists(os.path.join(pin_root, "fpoltest"))
-        taken.destroy()
-    assert blocker.instances == ["fpoltest_1", "fpoltest_2"]
 
 
 def test_fpol_load_exits_3_without_fuse_ops_and_leaves_nothing(tmp_path):
