@@ -42,6 +42,7 @@ class MountEntry:
     fstype: str
     source: str
     options: str = ""  # the superblock options (fuse-bpf mounts carry root_bpf= there)
+    dev: str = ""  # major:minor of the superblock; for FUSE, minor is the connection number
 
 
 def _unescape(field: str) -> str:
@@ -67,8 +68,25 @@ def mount_entry(path: str) -> Optional[MountEntry]:
             fields, tail = left.split(), right.split()
             if len(fields) >= 5 and len(tail) >= 2 and _unescape(fields[4]) == path:
                 found = MountEntry(path, tail[0], _unescape(tail[1]),
-                                   tail[2] if len(tail) > 2 else "")
+                                   tail[2] if len(tail) > 2 else "", fields[2])
     return found
+
+
+def fpol_mounts() -> list[tuple[str, MountEntry]]:
+    """Every fpol mount in this mount namespace, with its state ("live" or "dead")."""
+    targets = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and tail and tail[0] == FSTYPE:
+                targets.append(_unescape(fields[4]))
+    out = []
+    for target in dict.fromkeys(targets):
+        state, entry = mount_state(target)
+        if entry is not None and entry.fstype == FSTYPE:
+            out.append((state, entry))
+    return out
 
 
 def mount_state(path: str) -> tuple[str, Optional[MountEntry]]:
@@ -124,14 +142,19 @@ def _check_policy(policy_path: str, err: TextIO):
 
 
 def _preflight(source: str, mountpoint: str, err: TextIO) -> None:
+    from .fuse import device
+
     if os.geteuid() != 0:
         raise MountError(EXIT_ENV, "must run as root: mount(2) and FUSE passthrough need "
                                    "CAP_SYS_ADMIN")
-    if not os.path.exists("/dev/fuse"):
-        raise MountError(EXIT_ENV, "no /dev/fuse on this machine (load the fuse module, or "
-                                   "give the container the device)")
+    if not os.path.exists(device.DEVICE):
+        raise MountError(EXIT_ENV, f"no {device.DEVICE} on this machine: load the fuse module "
+                                   "(modprobe fuse), or give the container the device "
+                                   "(--device /dev/fuse); nothing mounted")
     if not os.path.isdir(source):
-        raise MountError(EXIT_USAGE, f"source {source} is not a directory")
+        what = "does not exist" if not os.path.lexists(source) else "is not a directory"
+        raise MountError(EXIT_USAGE, f"source {source} {what}: it must be the backing "
+                                     "directory; nothing mounted")
     state, entry = mount_state(mountpoint)
     if state == "dead":
         from . import libc
@@ -143,7 +166,37 @@ def _preflight(source: str, mountpoint: str, err: TextIO) -> None:
         raise MountError(EXIT_USAGE, f"{mountpoint} is already an fpol mount (of "
                                      f"{entry.source}); run `fpol umount {mountpoint}` first")
     if not os.path.isdir(mountpoint):
-        raise MountError(EXIT_USAGE, f"mountpoint {mountpoint} is not a directory")
+        what = "does not exist" if not os.path.lexists(mountpoint) else "is not a directory"
+        raise MountError(EXIT_USAGE, f"mountpoint {mountpoint} {what}; nothing mounted")
+
+
+def _open_device():
+    from .fuse.device import DEVICE, Channel
+
+    try:
+        return Channel.open()
+    except OSError as e:
+        hint = {errno.ENXIO: "the fuse module is not loaded (modprobe fuse)",
+                errno.ENODEV: "the fuse module is not loaded (modprobe fuse)",
+                errno.EACCES: "run as root, or give the container the device",
+                errno.EPERM: "run as root, or give the container the device",
+                errno.EISDIR: "it is not the FUSE character device",
+                }.get(e.errno, "check that it is the FUSE device (crw-rw-rw- 10,229)")
+        raise MountError(EXIT_ENV, f"cannot open {DEVICE}: {e.strerror}; {hint}; "
+                                   "nothing mounted") from None
+
+
+def _mount_failed(mountpoint: str, e: OSError, extra: str = "") -> MountError:
+    hint = {errno.EINVAL: "the kernel refused the FUSE mount (is the device the FUSE device, "
+                          "and the kernel's FUSE recent enough?)",
+            errno.ENODEV: "this kernel has no FUSE filesystem (modprobe fuse)",
+            errno.EPERM: "mount(2) needs CAP_SYS_ADMIN in this mount namespace",
+            errno.ENOTDIR: "the mountpoint must be a directory",
+            errno.ENOENT: "the mountpoint or source disappeared",
+            }.get(e.errno, "")
+    strerror = os.strerror(e.errno) if e.errno else str(e)
+    return MountError(EXIT_ENV, f"mount({mountpoint}){extra} failed: {strerror}"
+                                + (f"; {hint}" if hint else "") + "; nothing mounted")
 
 
 def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = False,
@@ -180,31 +233,49 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
                    out: TextIO, err: TextIO) -> int:
     """fuse-bpf: attach the policy's instances (or reuse them), mount with root_dir and
     root_bpf, and run a daemon only if the policy sends anything to userspace (spec §8)."""
-    from . import libbpf, libc, loader
-    from .fuse import fusebpf
-    from .fuse.bpfserver import FuseBpfServer
-    from .fuse.device import Channel
-    from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
+    from . import libbpf, loader
     from .objects import build
 
     checked = _check_policy(policy_path, err)
     source, mountpoint = _resolve(source), _resolve(mountpoint)
     _preflight(source, mountpoint, err)
     p = checked.policy
+    loaded_here = False
     if not any(l.policy == p.name for l in loader.status()):
         try:
             loader.load(build(checked, "struct_ops", abi=abi).path, p.name)
         except (loader.LoadRefused, libbpf.LibbpfError) as e:
             raise MountError(EXIT_ENV, f"cannot load the policy's fuse_ops instances: {e}") from None
+        loaded_here = True
+    try:
+        return _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit,
+                                     handler_spec, abi, out, err)
+    except BaseException:
+        if loaded_here:  # a failed start leaves nothing behind, the instances included
+            try:
+                loader.unload(p.name)
+            except (loader.LoadRefused, OSError):
+                pass
+        raise
+
+
+def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handler_spec, abi,
+                          out: TextIO, err: TextIO) -> int:
+    from . import libc
+    from .fuse import fusebpf
+    from .fuse.bpfserver import FuseBpfServer
+    from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
+
+    p = checked.policy
     root_bpf = f"{p.name}_0"
     root_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     channel = None
     if p.needs_daemon:
         try:
-            channel = Channel.open()
-        except OSError as e:
+            channel = _open_device()
+        except MountError:
             os.close(root_fd)
-            raise MountError(EXIT_ENV, f"cannot open /dev/fuse: {e.strerror}") from None
+            raise
     options = fusebpf.mount_options(root_fd, root_bpf, channel.fd if channel else None,
                                     no_daemon=not p.needs_daemon,
                                     uid=os.getuid(), gid=os.getgid())
@@ -214,9 +285,9 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
         if channel:
             channel.close()
         os.close(root_fd)
-        raise MountError(EXIT_ENV, f"mount({mountpoint}) with root_bpf={root_bpf} failed: "
-                                   f"{e.strerror}") from None
+        raise _mount_failed(mountpoint, e, f" with root_bpf={root_bpf}") from None
     os.close(root_fd)  # the kernel holds the backing root now
+    dev = _dev_of(mountpoint)
     summary = (f"fpol mount: {source} on {mountpoint}, policy {p.name} enforced by fuse-bpf "
                f"({abi}, {len(checked.classes.classes)} instances, root_bpf={root_bpf})")
     if channel is None:
@@ -249,14 +320,13 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
             channel.close()
             print(pid, file=out, flush=True)
             return EXIT_OK
-        os._exit(_daemon(server, mountpoint, err))
-    return _serve(server, mountpoint, err)
+        os._exit(_daemon(server, mountpoint, dev, err))
+    return _serve(server, mountpoint, dev, err)
 
 
 def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, passthrough,
            out: TextIO, err: TextIO) -> int:
     from . import libc
-    from .fuse.device import Channel
     from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
     from .fuse.server import FuseServer
 
@@ -275,15 +345,18 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
                         handler_spec or "default")
     root_fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        channel = Channel.open()
-    except OSError as e:
-        raise MountError(EXIT_ENV, f"cannot open /dev/fuse: {e.strerror}") from None
+        channel = _open_device()
+    except MountError:
+        os.close(root_fd)
+        raise
     options = f"fd={channel.fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
     try:
         libc.mount(source, mountpoint, FSTYPE, libc.MS_NOSUID | libc.MS_NODEV, options)
     except OSError as e:
         channel.close()
-        raise MountError(EXIT_ENV, f"mount({mountpoint}) failed: {e.strerror}") from None
+        os.close(root_fd)
+        raise _mount_failed(mountpoint, e) from None
+    dev = _dev_of(mountpoint)
     server = FuseServer(channel, root_fd, enforcer, passthrough=passthrough)
     try:
         negotiated = server.handshake()
@@ -293,6 +366,7 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
             _detach(mountpoint)
         except OSError:
             pass
+        os.close(root_fd)
         raise MountError(EXIT_ENV, f"FUSE handshake failed, unmounted again: {e}") from None
     p = checked.policy
     print(f"fpol mount: {source} on {mountpoint}, policy {p.name} ({len(p.rules)} rules, "
@@ -306,11 +380,30 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
             os.close(root_fd)
             print(pid, file=out, flush=True)
             return EXIT_OK
-        os._exit(_daemon(server, mountpoint, err))  # the daemon never returns to the caller
-    return _serve(server, mountpoint, err)
+        os._exit(_daemon(server, mountpoint, dev, err))  # the daemon never returns to the caller
+    return _serve(server, mountpoint, dev, err)
 
 
-def _daemon(server, mountpoint: str, err: TextIO) -> int:
+def _dev_of(mountpoint: str) -> str:
+    """The superblock (major:minor) of the mount just made at mountpoint, read from
+    mountinfo (a stat would be a FUSE request, and nobody serves them yet)."""
+    entry = mount_entry(mountpoint)
+    return entry.dev if entry is not None and entry.fstype == FSTYPE else ""
+
+
+def _ours(mountpoint: str, dev: str) -> bool:
+    """Is our mount (same superblock) still attached at mountpoint?"""
+    entry = mount_entry(mountpoint)
+    return entry is not None and bool(dev) and entry.dev == dev
+
+
+class _Terminated(BaseException):
+    """SIGTERM/SIGINT after the mount was already detached: stop serving its open files.
+    (BaseException: raised from the signal handler, it must not be taken for a failed
+    request by the servers' `except Exception`.)"""
+
+
+def _daemon(server, mountpoint: str, dev: str, err: TextIO) -> int:
     try:
         os.setsid()
         os.chdir("/")
@@ -319,43 +412,175 @@ def _daemon(server, mountpoint: str, err: TextIO) -> int:
         os.dup2(null, 1)  # so `pid=$(fpol mount ...)` returns: the pipe must close
         os.close(null)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        return _serve(server, mountpoint, err)
-    except BaseException:
-        try:
-            import traceback
-
-            print(f"fpol mount: daemon for {mountpoint} failed:\n{traceback.format_exc()}",
-                  file=err, flush=True)
-        except (OSError, ValueError):
-            pass
+        return _serve(server, mountpoint, dev, err)
+    except BaseException as e:
+        _say(err, f"daemon for {mountpoint} failed: {_what_failed(e)}")
         return 1
 
 
-def _serve(server, mountpoint: str, err: TextIO) -> int:
+def _say(err: TextIO, msg: str) -> None:
+    try:
+        print(f"fpol mount: {msg}", file=err, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _what_failed(e: BaseException) -> str:
+    """One line: the error, and where in fpol it was raised (for a bug report)."""
+    import traceback
+
+    where = ""
+    frames = traceback.extract_tb(e.__traceback__)
+    if frames:
+        f = frames[-1]
+        where = f" (at {os.path.basename(f.filename)}:{f.lineno} in {f.name})"
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _serve(server, mountpoint: str, dev: str, err: TextIO) -> int:
+    """Serve until unmounted. Whatever ends the serving -- an unmount, SIGTERM, an aborted
+    connection (/sys/fs/fuse/connections/N/abort), a /dev/fuse error, a bug -- the daemon
+    leaves no mount behind: the connection is closed and a mount left dead by it is
+    detached. Returns 0 when stopped by an unmount or a signal, 1 on an error."""
+    from . import libc
+    from .fuse.device import DeviceError
+
     os.umask(0)  # the kernel already applied the caller's umask to every mode it sends
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # one O_PATH descriptor per looked-up node
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def stop(signum, frame):
-        try:
-            _detach(mountpoint)
-        except OSError:
-            pass  # already gone: the read loop ends with ENODEV
+        if not dev or _ours(mountpoint, dev):
+            try:
+                _detach(mountpoint)  # lazily when busy: open files are served until closed
+            except OSError:
+                pass  # already gone: the read loop ends with ENODEV
+            return
+        # Already detached (an earlier signal or `fpol umount --lazy`) and still serving
+        # open files: a stop request now ends them (they fail with ENOTCONN).
+        raise _Terminated()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    server.serve()
+    failure: Optional[BaseException] = None
+    terminated = False
     try:
-        print(f"fpol mount: {mountpoint} unmounted; {server.summary()}", file=err, flush=True)
-    except (OSError, ValueError):
-        pass
+        server.serve()
+    except _Terminated:
+        terminated = True
+    except Exception as e:  # DeviceError, or a bug: reported below, never a traceback
+        failure = e
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        server.ch.close()  # ends the connection: nothing can wait on this daemon any more
+    cleared = False
+    if dev and _ours(mountpoint, dev) and mount_state(mountpoint)[0] == "dead":
+        # An aborted connection or a failure leaves the mount attached but dead.
+        try:
+            libc.umount2(mountpoint, libc.MNT_DETACH)
+            cleared = True
+        except OSError:
+            pass
+    try:
+        summary = server.summary()
+    except Exception:
+        summary = ""
+    if failure is not None:
+        what = str(failure) if isinstance(failure, DeviceError) else _what_failed(failure)
+        _say(err, f"the daemon for {mountpoint} stopped: {what}; "
+                  + ("the mount was removed" if cleared else "the mount is gone")
+                  + "; the files on the source are untouched. " + summary)
+        return 1
+    if terminated:
+        _say(err, f"{mountpoint} (already detached) stopped by a signal: files still open "
+                  f"on it now fail with ENOTCONN; {summary}")
+    elif cleared:
+        _say(err, f"the connection of {mountpoint} was aborted; removed the dead mount; "
+                  f"{summary}")
+    else:
+        _say(err, f"{mountpoint} unmounted; {summary}")
     return EXIT_OK
 
 
 # --- umount -------------------------------------------------------------------------------
 
-def umount(mountpoint: str, err: TextIO = None) -> int:
+EXIT_BUSY = 1  # refused: the mount is in use (docs/cli.md, exit codes)
+
+
+def mount_users(path: str) -> dict[int, tuple[str, list[str]]]:
+    """Processes using anything at or under `path`: pid -> (command, ["open file /x", ...])
+    from /proc (descriptors, working and root directories, executables, mappings)."""
+    prefix = path.rstrip("/") + "/"
+
+    def inside(p: str) -> bool:
+        if p.endswith(" (deleted)"):
+            p = p[:-len(" (deleted)")]
+        return p == path or p.startswith(prefix)
+
+    users: dict[int, tuple[str, list[str]]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid, base = int(name), f"/proc/{name}"
+        uses: list[str] = []
+        try:
+            for what, link in (("working directory", "cwd"), ("root directory", "root"),
+                               ("executable", "exe")):
+                try:
+                    target = os.readlink(f"{base}/{link}")
+                except OSError:
+                    continue
+                if inside(target):
+                    uses.append(f"{what} {target}")
+            try:
+                fds = os.listdir(f"{base}/fd")
+            except OSError:
+                fds = []
+            for fd in fds:
+                try:
+                    target = os.readlink(f"{base}/fd/{fd}")
+                except OSError:
+                    continue
+                if inside(target):
+                    uses.append(f"open file {target}")
+            try:
+                with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
+                    mapped = {line.split(None, 5)[5].rstrip("\n") for line in f
+                              if len(line.split(None, 5)) == 6}
+            except OSError:
+                mapped = set()
+            uses.extend(f"mapping {m}" for m in sorted(mapped) if inside(m))
+            if uses:
+                try:
+                    with open(f"{base}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                users[pid] = (comm, list(dict.fromkeys(uses)))
+        except OSError:
+            continue  # the process went away while we looked
+    return users
+
+
+def describe_users(users: dict[int, tuple[str, list[str]]], limit: int = 8) -> str:
+    if not users:
+        return "no process found using it (a mount under it, or a process in another mount " \
+               "namespace?)"
+    parts = []
+    for pid in sorted(users)[:limit]:
+        comm, uses = users[pid]
+        shown = ", ".join(uses[:3]) + (f", and {len(uses) - 3} more" if len(uses) > 3 else "")
+        parts.append(f"pid {pid} ({comm}: {shown})")
+    more = len(users) - limit
+    return "; ".join(parts) + (f"; and {more} more processes" if more > 0 else "")
+
+
+def umount(mountpoint: str, err: TextIO = None, lazy: bool = False) -> int:
+    """Unmount an fpol mount. A busy one is refused (exit 1, naming what uses it) unless
+    `lazy`: then it is detached at once, its open files keep working, and its daemon exits
+    when the last is closed. A dead one (its daemon gone) is removed."""
     err = err or sys.stderr
     from . import libc
 
@@ -374,11 +599,28 @@ def umount(mountpoint: str, err: TextIO = None) -> int:
     try:
         if state == "dead":
             libc.umount2(path, libc.MNT_DETACH)
-            print(f"fpol umount: removed the dead mount at {path}", file=err)
+            print(f"fpol umount: removed the dead mount at {path} (its daemon had exited; "
+                  "the files on the source are untouched)", file=err)
         else:
-            how = _detach(path)
-            if how != "unmounted":
-                print(f"fpol umount: {path} {how}", file=err)
+            try:
+                libc.umount2(path, 0)
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                users = describe_users(mount_users(path))
+                if not lazy:
+                    print(f"fpol umount: {path} is busy, not unmounted: {users}. Close those "
+                          f"files, or `fpol umount --lazy {mountpoint}` to detach it now "
+                          "(open files keep working until closed, then the daemon exits)",
+                          file=err)
+                    return EXIT_BUSY
+                libc.umount2(path, libc.MNT_DETACH)
+                policy = _root_bpf_policy(entry.options)
+                print(f"fpol umount: {path} detached while in use ({users}); the daemon serves "
+                      "those open files and exits when the last is closed"
+                      + (f"; policy {policy} stays loaded (`fpol unload {policy}` once they "
+                         "are closed)" if policy else ""), file=err)
+                return EXIT_OK
     except OSError as e:
         print(f"fpol umount: {path}: {e.strerror}", file=err)
         return EXIT_ENV
@@ -441,6 +683,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
 def add_umount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT",
                    help="an fpol mount; a dead one (daemon gone) is removed too")
+    p.add_argument("-l", "--lazy", action="store_true",
+                   help="if the mount is busy, detach it now: files open on it keep working "
+                        "until closed, then the daemon exits (default: refuse, naming the "
+                        "processes that use it)")
 
 
 def run_mount_command(args) -> int:
@@ -450,7 +696,7 @@ def run_mount_command(args) -> int:
 
 
 def run_umount_command(args) -> int:
-    return umount(args.mountpoint)
+    return umount(args.mountpoint, lazy=getattr(args, "lazy", False))
 
 
 def main(argv=None) -> int:

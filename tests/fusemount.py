@@ -83,7 +83,7 @@ class Mount:
         """Unmount (whatever state the daemon is in) and reap it; returns its exit code."""
         if mount_entry(str(self.mnt)) is not None:
             with open(os.devnull, "w") as null:
-                umount(str(self.mnt), err=null)
+                umount(str(self.mnt), err=null, lazy=True)
         rc = -1
         if self.proc is not None:
             try:

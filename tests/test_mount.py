@@ -759,31 +759,8 @@ def test_external_umount_ends_the_daemon(lone):
     assert lone.proc.wait(timeout=10) == 0
 
 
-def test_killed_daemon_leaves_a_dead_mount_that_umount_removes(lone):
-    lone.start()
-    lone.kill9()
-    assert errno_of(os.stat, str(lone.mnt)) == errno.ENOTCONN
-    assert mount_state(str(lone.mnt))[0] == "dead"
-    done = subprocess.run(MOUNT_CMD + ["umount", str(lone.mnt)], cwd=str(ROOT),
-                          capture_output=True, text=True)
-    assert done.returncode == 0 and "dead" in done.stderr
-    assert mount_entry(str(lone.mnt)) is None and os.path.isdir(lone.mnt)
-
-
-def test_mount_clears_a_dead_mount_first(lone):
-    lone.start()
-    lone.kill9()
-    assert mount_state(str(lone.mnt))[0] == "dead"
-    lone.start()
-    assert "cleared a dead mount" in lone.stderr()
-    assert read(lone.path("f.txt")) == b"f"
-    assert lone.stop() == 0
-
-
-def test_second_mount_on_a_live_mountpoint_is_refused(lone):
-    lone.start()
-    done = subprocess.run(lone.args(), cwd=str(ROOT), capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "already an fpol mount" in done.stderr
+# A daemon killed (idle or mid-operation), a mount on a live fpol mount, busy unmounts and
+# /dev/fuse failures: tests/test_faults.py.
 
 
 def test_a_policy_that_denies_everything_still_mounts_and_unmounts(tmp_path_factory):
