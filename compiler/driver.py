@@ -2,10 +2,14 @@
 
 parse -> analyse -> classes -> lint. Later stages run only when the earlier ones
 found no errors, so every diagnostic reported is a real one.
+
+The policy is read once, as bytes, and every stage works from that one copy (a file
+that changes during a compile is compiled as it was read); `Checked.digest` names it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +30,9 @@ class Checked:
     policy: Optional[Policy]
     classes: Optional[ClassTree]
     diagnostics: list[Diagnostic]
+    # sha256 of the bytes checked: every later stage works from this one read, so this
+    # names exactly what was compiled (the file may have changed since).
+    digest: str = ""
 
     @property
     def ok(self) -> bool:
@@ -40,6 +47,7 @@ class Checked:
 
 def check(data: "bytes | str", file: str, no_daemon: bool = False,
           build_classes: bool = True) -> Checked:
+    digest = hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
     reporter = Reporter(file)
     tree, source, _ = parse(data, file, reporter)
     policy = analyse(tree, reporter, no_daemon=no_daemon)
@@ -55,7 +63,7 @@ def check(data: "bytes | str", file: str, no_daemon: bool = False,
             reporter.add("FP026", f"policy too complex: {e}", span,
                          "split overlapping globs into fewer rules, or use `under` paths")
     return Checked(tree, source, policy if not reporter.has_errors else None,
-                   classes if not reporter.has_errors else None, reporter.sorted())
+                   classes if not reporter.has_errors else None, reporter.sorted(), digest)
 
 
 def check_file(path: str, no_daemon: bool = False, build_classes: bool = True) -> Checked:

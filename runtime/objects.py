@@ -3,13 +3,15 @@
 Both objects of a policy come from one lowering. The cache ($XDG_CACHE_HOME/fpol,
 keyed by the C text and the compiler) makes repeated `verify`, `explain --engine
 kernel` and test runs fast; the C text is kept beside the object so failures can
-be mapped back to policy rules.
+be mapped back to policy rules. Entries are written whole (temporary file, then rename),
+so concurrent builds of one policy never corrupt the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,8 +44,37 @@ def build(checked, which: str, abi: Optional[str] = None, model: Optional[Model]
     key = hashlib.sha256((clang + "\0" + source).encode()).hexdigest()[:32]
     suffix = ".check.bpf.o" if which == "check" else ".bpf.o"
     path = os.path.join(cache_dir(), f"{checked.policy.name}-{key}{suffix}")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        compile_c(source, tmp, checked.policy.name)
-        os.replace(tmp, path)
+    if not _complete(path):
+        # Built under a name of its own and renamed into place: concurrent builds of the
+        # same policy (two processes, or threads) each rename a whole object over the
+        # entry, so a reader never sees a partial one; a failed or interrupted build
+        # removes its file.
+        tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+        try:
+            compile_c(source, tmp, checked.policy.name)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
     return Built(model, path, source)
+
+
+def _complete(path: str) -> bool:
+    """A cache entry that is a whole 64-bit ELF object: its section header table, which
+    clang writes last, lies within the file. One damaged by something else (a full disk,
+    a truncating copy) is rebuilt, not loaded."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+        return False
+    order = "<" if head[5] == 1 else ">"
+    (shoff,) = struct.unpack_from(order + "Q", head, 0x28)
+    shentsize, shnum = struct.unpack_from(order + "HH", head, 0x3A)
+    return shoff > 0 and shoff + shentsize * shnum <= size
