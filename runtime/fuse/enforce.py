@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TextIO, TypeVar, Union
 
 from fpol.compiler.classes import ATOM_INDEX, ClassTree
@@ -201,6 +201,16 @@ class Enforcer:
     def stricter(first: Verdict, second: Verdict) -> Verdict:
         """RENAME_EXCHANGE moves both objects: the stricter of the two directions."""
         return first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
+
+    def carried(self, d: Decision) -> Decision:
+        """An allowed move the daemon refuses because it would carry an open passthrough
+        handle into a class that does not plainly allow what the handle was opened for
+        (the kernel serves that handle's reads and writes without asking the daemon, so the
+        new class's rules could not reach them): EXDEV, as for "no gain by moving", so that
+        mv copies instead. In complain mode it is logged and allowed, like any refusal."""
+        if self.policy.mode == "complain":
+            return replace(d, audit=True, complained=True) if d.kind == ALLOW else d
+        return Decision(DENY, errno="EXDEV", audit=d.audit, audit_rules=d.audit_rules)
 
     @staticmethod
     def combine(first: Decision, second: Decision) -> Decision:

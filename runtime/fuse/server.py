@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Callable, Optional
 
 from fpol.compiler import ops as langops
+from fpol.compiler.policy import ALLOW, DENY
 
 from .. import libc
 from . import protocol as P
@@ -56,6 +57,8 @@ class FuseServer:
         self.passthrough = False
         self.log = log or (lambda msg: print(f"fpol mount: {msg}", file=sys.stderr, flush=True))
         self.stats: Counter = Counter()
+        # nodeid -> open regular-file handles served by the daemon (FOPEN_DIRECT_IO)
+        self.daemon_io: Counter = Counter()
         self.stopping = False
         self.handlers: dict[int, Callable[[Request], object]] = {
             Op.LOOKUP: self.lookup, Op.FORGET: self.forget, Op.BATCH_FORGET: self.batch_forget,
@@ -332,9 +335,17 @@ class FuseServer:
         name, newname = (_check_name(n) for n in P.split_names(names, 2))
         src, dst = self._child_path(parent, name), self._child_path(newparent, newname)
         verdict = self.enf.two_path("rename", src, dst)
-        if flags & P.RENAME_EXCHANGE:  # both objects move: judge both directions
+        exchange = bool(flags & P.RENAME_EXCHANGE)
+        if exchange:  # both objects move: judge both directions
             verdict = self.enf.stricter(verdict, self.enf.two_path("rename", dst, src))
         event = Event("rename", src, dst, flags, 0, req.pid, req.uid, req.gid)
+        decision, carried = verdict.decision, False
+        if decision.kind != DENY:
+            carried = self._carries_passthrough(parent.children.get(name), newparent, newname) \
+                or (exchange and self._carries_passthrough(newparent.children.get(newname),
+                                                           parent, name))
+            if carried:
+                decision = self.enf.carried(decision)
 
         # The kernel only replaces targets it has looked up (it has a node for them). A
         # target it was never shown -- hidden by a lookup denied with ENOENT, or made
@@ -353,12 +364,42 @@ class FuseServer:
                     raise
                 # a backing filesystem without RENAME_NOREPLACE: a plain rename
                 os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
-            self.inodes.moved(parent, name, newparent, newname,
-                              bool(flags & P.RENAME_EXCHANGE), self.enf.child_class)
+            self.inodes.moved(parent, name, newparent, newname, exchange, self.enf.child_class)
             return b""
-        return self.enf.run(verdict.decision, event, perform,
+        return self.enf.run(decision, event, perform,
                             rule=verdict.lost_rule if verdict.exdev else None,
-                            exdev=verdict.exdev)
+                            exdev=verdict.exdev or carried)
+
+    def _carries_passthrough(self, node: Optional[Node], newparent: Node,
+                             newname: bytes) -> bool:
+        """Would moving node (and what is beneath it) to newparent/newname take an open
+        passthrough handle into a class that does not plainly allow what the handle was
+        opened for? The kernel serves such a handle's reads and writes itself, so the new
+        class's decisions could never be applied to them. (Handles served by the daemon are
+        judged again on every request and need no check.) Also refused: a class whose opens
+        the daemon serves, which the kernel would fail while the handle is open."""
+        if node is None:
+            return False
+        for h in self.handles.handles.values():
+            if not h.passthrough:
+                continue
+            names, n = [], h.node
+            while n is not None and n is not node:
+                names.append(n.name)
+                n = n.parent
+            if n is None:
+                continue  # not beneath the moved node
+            cls = self.enf.child_class(newparent.cls, newname)
+            for below in reversed(names):
+                cls = self.enf.child_class(cls, below)
+            acc = h.flags & os.O_ACCMODE
+            if acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(cls, "read"):
+                return True
+            if acc in (os.O_WRONLY, os.O_RDWR) and not self.enf.plain_allow(cls, "write"):
+                return True
+            if not self._passthrough_class(cls):
+                return True  # its later opens would be served by the daemon: EIO (above)
+        return False
 
     @staticmethod
     def _child_path(parent: Node, name: bytes) -> tuple[bytes, ...]:
@@ -448,19 +489,44 @@ class FuseServer:
         h = Handle(node, fd, flags)
         self.handles.add(h)
         open_flags, backing_id = self._io_mode(h)
+        if not h.passthrough and stat.S_ISREG(node.mode):
+            self.daemon_io[node.nodeid] += 1
         return h, P.open_out(h.fh, open_flags, backing_id)
 
+    def _passthrough_class(self, cls: int) -> bool:
+        """May opens of this class's files be handed to the kernel? Only when its read and
+        its write decisions are each a plain allow or a deny, so that every open of one
+        file gets the same I/O mode: the kernel fails (EIO) a daemon-served open of a file
+        open for passthrough, and a passthrough open of a file whose daemon-served open is
+        mapped. A class that audits writes, say, has its reads served by the daemon too."""
+        for atom in ("read", "write"):
+            if not self.enf.plain_allow(cls, atom) and self.enf.decision(cls, atom).kind != DENY:
+                return False
+        return True
+
     def _io_mode(self, h: Handle) -> tuple[int, int]:
-        """Passthrough when every read/write this open allows is a plain allow, else daemon I/O."""
+        """Passthrough when the class allows it and every read/write this open allows is a
+        plain allow, else daemon I/O."""
         node = h.node
         acc = h.flags & os.O_ACCMODE
         writes = acc in (os.O_WRONLY, os.O_RDWR)
         needs_daemon = (
-            (acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(node.cls, "read"))
+            not self._passthrough_class(node.cls)
+            or (acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(node.cls, "read"))
             or (writes and not self.enf.plain_allow(node.cls, "write"))
             # Under HANDLE_KILLPRIV_V2 the kernel leaves clearing set-id bits on write to
             # the daemon (FUSE_WRITE_KILL_SUIDGID), which a passthrough write never reaches.
-            or (writes and node.mode & (stat.S_ISUID | stat.S_ISGID)))
+            or (writes and node.mode & (stat.S_ISUID | stat.S_ISGID))
+            # A daemon-served open of it may be mapped (the kernel then refuses passthrough);
+            # after a rename its class may allow passthrough while such opens remain.
+            or self.daemon_io[node.nodeid] > 0)
+        if needs_daemon and node.backing_users and not node.mode & (stat.S_ISUID | stat.S_ISGID) \
+                and self._only_logged(node.cls, acc):
+            # Open for passthrough already (a complain-mode move carried such an open here,
+            # see _carries_passthrough): the kernel would fail a daemon-served open (EIO).
+            # What this one needs the daemon for is only logging its reads and writes; its
+            # open is logged, its I/O is not.
+            needs_daemon = False
         if not self.passthrough or needs_daemon or not stat.S_ISREG(node.mode):
             self.stats["daemon_opens"] += 1
             return P.FOPEN_DIRECT_IO, 0
@@ -480,9 +546,20 @@ class FuseServer:
         self.stats["passthrough_opens"] += 1
         return P.FOPEN_PASSTHROUGH, node.backing_id
 
+    def _only_logged(self, cls: int, acc: int) -> bool:
+        """Are the reads and writes an open in this access mode allows decided `allow`
+        (audited, or a deny that complain mode logs), not sent to userspace?"""
+        atoms = (["read"] if acc in (os.O_RDONLY, os.O_RDWR) else []) \
+            + (["write"] if acc in (os.O_WRONLY, os.O_RDWR) else [])
+        return all(self.enf.decision(cls, a).kind == ALLOW for a in atoms)
+
     def _close_handle(self, h: Handle) -> None:
         os.close(h.fd)
         node = h.node
+        if not h.passthrough and stat.S_ISREG(node.mode):
+            self.daemon_io[node.nodeid] -= 1
+            if self.daemon_io[node.nodeid] <= 0:
+                del self.daemon_io[node.nodeid]
         if h.passthrough:
             node.backing_users -= 1
             if node.backing_users == 0 and node.backing_id:
