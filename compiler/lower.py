@@ -111,17 +111,20 @@ class Row:
 
 
 def _row(rid: int, table: tuple, who) -> Row:
+    slots_of: dict[int, list[int]] = {}  # id(decision) -> its slots: tables share decisions
+    for i, d in enumerate(table):
+        slots_of.setdefault(id(d), []).append(i)
     by_word: dict[int, list[int]] = {}
     why: dict[int, str] = {}
-    seen: dict[int, int] = {}  # id(decision) -> word: tables share decision objects
-    for i, d in enumerate(table):
-        word = seen.get(id(d))
-        if word is None:
-            rule = d.rules[0] if d.rules else None
-            word = seen[id(d)] = pack(d, rule)
-            if word not in why:
-                why[word] = f"{d.short()} ({who(rule)})"
-        by_word.setdefault(word, []).append(i)
+    for slots in slots_of.values():
+        d = table[slots[0]]
+        rule = d.rules[0] if d.rules else None
+        word = pack(d, rule)
+        if word in by_word:  # two decision objects, one word: merge, in slot order
+            by_word[word] = sorted(by_word[word] + slots)
+        else:
+            by_word[word] = slots
+            why[word] = f"{d.short()} ({who(rule)})"
     order = sorted(by_word, key=lambda w: (-len(by_word[w]), by_word[w][0]))
     return Row(rid, [(w, [ops.ATOMS[i] for i in by_word[w]], why[w]) for w in order])
 
@@ -303,18 +306,38 @@ class Strictness:
         self._vectors: dict[tuple, int] = {}
         self._vector_of: dict[int, int] = {}
         self._vector_by_id: dict[int, tuple] = {}
+        self._vector_of_table: dict[int, tuple[tuple, int]] = {}
+        self._mins: dict[tuple[int, int], int] = {}
         self._floor = None
-        self._below: dict[int, tuple] = {}
+        self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
 
     def _strictness(self, c: Class) -> int:
         """An id for the class's vector of strictness per atom (few distinct ones exist)."""
         v = self._vector_of.get(c.id)
         if v is None:
-            vec = tuple(STRICTNESS[d.kind] for d in c.table)
-            v = self._vector_of[c.id] = self._vectors.setdefault(vec, len(self._vectors))
-            self._vector_by_id[v] = vec
+            by_table = self._vector_of_table.get(id(c.table))  # tables are interned
+            if by_table is None or by_table[0] is not c.table:
+                by_table = self._vector_of_table[id(c.table)] = (
+                    c.table, self._vector_id(tuple(STRICTNESS[d.kind] for d in c.table)))
+            v = self._vector_of[c.id] = by_table[1]
         return v
+
+    def _vector_id(self, vec: tuple) -> int:
+        v = self._vectors.setdefault(vec, len(self._vectors))
+        self._vector_by_id[v] = vec
+        return v
+
+    def _min_vector(self, a: int, b: int) -> int:
+        """The pointwise minimum of two strictness vectors, by id."""
+        if a == b:
+            return a
+        key = (a, b) if a < b else (b, a)
+        m = self._mins.get(key)
+        if m is None:
+            va, vb = self._vector_by_id[a], self._vector_by_id[b]
+            m = self._mins[key] = self._vector_id(tuple(min(x, y) for x, y in zip(va, vb)))
+        return m
 
     def _row_ok(self, d: Class, s: Class) -> bool:
         key = (self._strictness(d), self._strictness(s))
@@ -386,19 +409,19 @@ class Strictness:
         c = self.tree.classes[cid]
         return not c.literals and not c.globs and c.default == cid
 
-    def _floors(self) -> list[tuple]:
-        """Per class, the pointwise minimum strictness over it and every class below it."""
+    def _floors(self) -> list[int]:
+        """Per class, the pointwise minimum strictness over it and every class below it
+        (as a vector id)."""
         if self._floor is None:
             classes = self.tree.classes
-            floor = [self._vector_by_id[self._strictness(c)] for c in classes]
+            floor = [self._strictness(c) for c in classes]
             changed = True
             while changed:  # a fixed point over the class graph (it has cycles)
                 changed = False
                 for c in classes:
                     low = floor[c.id]
                     for t in self.targets(c):
-                        if any(x < y for x, y in zip(floor[t], low)):
-                            low = tuple(min(x, y) for x, y in zip(floor[t], low))
+                        low = self._min_vector(low, floor[t])
                     if low != floor[c.id]:
                         floor[c.id] = low
                         changed = True
@@ -413,10 +436,12 @@ class Strictness:
             floors = self._floors()
             below = self._below.get(d.id)
             if below is None:
-                vectors = [floors[t] for t in self.targets(d)]
-                below = self._below[d.id] = tuple(min(col) for col in zip(*vectors))
+                below = floors[self.targets(d)[0]]
+                for t in self.targets(d):
+                    below = self._min_vector(below, floors[t])
+                self._below[d.id] = below
             target = self._vector_by_id[self._strictness(self.tree.classes[x])]
-            ok = self.floor_memo[key] = all(a >= b for a, b in zip(below, target))
+            ok = self.floor_memo[key] = all(a >= b for a, b in zip(self._vector_by_id[below], target))
         return ok
 
     def targets(self, c: Class) -> tuple[int, ...]:
@@ -437,11 +462,11 @@ class Strictness:
         return sorted(lits) + [w for _, w in sorted(glob_combinations(globs, frozenset(lits)).items())]
 
 
-def _daemon_lookup(c: Class) -> bool:
+def _daemon_lookup(table: tuple) -> bool:
     """Ops redirected `instead` reach the daemon as ordinary requests carrying the object's
     nodeid, which only the daemon can assign: so the daemon must look such objects up."""
     return any(d.kind == "userspace" and d.mode == "instead"
-               for atom, d in zip(ops.ATOMS, c.table) if atom != "lookup")
+               for atom, d in zip(ops.ATOMS, table) if atom != "lookup")
 
 
 def _instance_name(policy: Policy, cls: int) -> str:
@@ -467,12 +492,14 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
 
     row_of_table: dict[int, int] = {}  # equal tables are one object (classes.tables)
     rows: list[Row] = []
+    row_tables: list[tuple] = []
     class_row: list[int] = []
     for c in classes:
         rid = row_of_table.get(id(c.table))
         if rid is None:
             rid = row_of_table[id(c.table)] = len(rows)
             rows.append(_row(rid, c.table, who))
+            row_tables.append(c.table)
         class_row.append(rid)
 
     # Literal transitions and the name pool.
@@ -509,8 +536,9 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         glob_classes.append(GlobClass(c.id, ids, masks))
 
+    daemon_lookup = [_daemon_lookup(row_table) for row_table in row_tables]
     infos = [ClassInfo(c.id, class_row[c.id], c.default,
-                       strict.at_least_as_strict(c.id, c.default), _daemon_lookup(c),
+                       strict.at_least_as_strict(c.id, c.default), daemon_lookup[class_row[c.id]],
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
 
@@ -537,10 +565,13 @@ _ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.ite
 
 def _uniform(c: Class, op: str) -> Optional[Decision]:
     """The class's decision for `op` if it does not depend on the request's details."""
-    slots = _ATOM_SLOTS[op]
-    first = c.table[slots[0]]
+    return _uniform_in(c.table, _ATOM_SLOTS[op])
+
+
+def _uniform_in(table: tuple, slots: list[int]) -> Optional[Decision]:
+    first = table[slots[0]]
     for i in slots[1:]:
-        d = c.table[i]
+        d = table[i]
         if d is not first and d != first:  # decisions are mostly shared objects
             return None
     return first
@@ -630,9 +661,7 @@ class _Planner:
                 out.append(None)
                 continue
             slots = _ATOM_SLOTS[op]
-            uniform = table[slots[0]]
-            if any(table[i] != uniform for i in slots[1:]):
-                uniform = None
+            uniform = _uniform_in(table, slots)
             if _trivial(uniform):
                 out.append(None)
             elif self.abi == "v4" and uniform is not None and \
