@@ -190,15 +190,35 @@ def _object_paths(out: str) -> tuple[str, str]:
 
 
 def build_objects(checked, out: str, abi=None) -> tuple[str, str]:
-    """Render and build both objects of a checked policy."""
+    """Render and build both objects of a checked policy.
+
+    Each object is built into a temporary file beside its destination and renamed over it
+    only once both are built, so a failed or interrupted compile leaves OUT as it was: never
+    half-written, never one new object beside an old one (the check object is renamed
+    first, the struct_ops object last)."""
     from fpol.compiler.clang import compile_c
     from fpol.compiler.lower import lower
     from fpol.compiler.render import render
 
     model = lower(checked.classes, abi=abi, source_name=os.path.basename(checked.source.file))
     main, check_obj = _object_paths(out)
-    compile_c(render(model, "struct_ops"), main, checked.policy.name)
-    compile_c(render(model, "check"), check_obj, checked.policy.name + ".check")
+    temps: list[str] = []
+    try:
+        for path in (main, check_obj):  # clang creates them (so the umask applies)
+            directory, base = os.path.split(os.path.abspath(path))
+            temps.append(os.path.join(directory, f".{base}.{os.getpid()}-"
+                                                 f"{os.urandom(4).hex()}.tmp"))
+        compile_c(render(model, "struct_ops"), temps[0], checked.policy.name)
+        compile_c(render(model, "check"), temps[1], checked.policy.name + ".check")
+        os.replace(temps[1], check_obj)
+        os.replace(temps[0], main)
+    except BaseException:
+        for tmp in temps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
     return main, check_obj
 
 
@@ -233,6 +253,9 @@ def cmd_compile(args) -> int:
         model = lower(checked.classes, abi=args.abi, source_name=os.path.basename(checked.source.file))
         return _emit_text(render(model, "struct_ops" if args.emit == "c" else "check"), args.output)
     out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".bpf.o"
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"cannot write {out}: no directory {out_dir}")
     try:
         main, check_obj = build_objects(checked, out, args.abi)
     except ToolMissing as e:
@@ -241,7 +264,12 @@ def cmd_compile(args) -> int:
     except CompileFailure as e:
         print(f"fpol: {e}", file=sys.stderr)
         return EXIT_POLICY
-    print(f"wrote {main} ({len(checked.classes.classes)} fuse_ops instances) and {check_obj}")
+    except OSError as e:
+        print(f"fpol: cannot write {out}: {e.strerror}"
+              f"{f' ({e.filename})' if e.filename else ''}; nothing written", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {main} ({len(checked.classes.classes)} fuse_ops instances) and {check_obj} "
+          f"from {checked.source.file} (sha256 {checked.digest})")
     return EXIT_OK
 
 
@@ -334,7 +362,11 @@ def cmd_load(args) -> int:
         return EXIT_ENV
     if args.target.endswith(".o"):
         obj_path = args.target
-        name = loader.policy_name_of(obj_path)
+        try:
+            name = loader.policy_name_of(obj_path)
+        except libbpf.LibbpfError as e:
+            raise UsageError(f"cannot open {obj_path} as a BPF object ({e}); build one with "
+                             "`fpol compile`") from None
         if name is None:
             raise UsageError(f"{obj_path} does not look like an fpol struct_ops object")
     else:
@@ -349,11 +381,16 @@ def cmd_load(args) -> int:
     try:
         loaded = loader.load(obj_path, name, what)
     except loader.LoadRefused as e:
-        print(f"fpol: {e}", file=sys.stderr)
+        print(f"fpol: load refused: {e}", file=sys.stderr)
         return EXIT_POLICY
     except libbpf.LibbpfError as e:
-        print(f"fpol: load failed, nothing left attached: {e}", file=sys.stderr)
+        print(f"fpol: load of {name} failed, nothing left attached or pinned: {e}",
+              file=sys.stderr)
         return EXIT_POLICY
+    except OSError as e:
+        print(f"fpol: load of {name} failed, nothing left attached or pinned: "
+              f"{e.filename or loader.PIN_ROOT}: {e.strerror}", file=sys.stderr)
+        return EXIT_ENV
     print(f"loaded {loaded.policy}: {len(loaded.instances)} instances pinned under {loaded.pin_dir}; "
           f"mount with root_bpf={loaded.instances[0] if loaded.instances else '?'}")
     return EXIT_OK
@@ -373,12 +410,27 @@ def cmd_unload(args) -> int:
 
 def cmd_status(args) -> int:
     from fpol.runtime import loader
+    from fpol.runtime.mount import fpol_mounts
 
-    loaded = loader.status()
+    try:
+        loaded = loader.status()
+    except OSError as e:
+        print(f"fpol: cannot list {loader.PIN_ROOT}: {e.strerror} (run as root)",
+              file=sys.stderr)
+        return EXIT_ENV
     if not loaded:
         print("no policies loaded")
     for l in loaded:
         print(f"{l.policy}: {len(l.instances)} instances ({', '.join(l.instances)}) at {l.pin_dir}")
+    mounts = fpol_mounts()
+    if not mounts:
+        print("no fpol mounts")
+    for state, m in mounts:
+        if state == "dead":
+            print(f"mount {m.target}: {m.source}, DEAD (its daemon exited; the files on the "
+                  f"source are untouched): `fpol umount {m.target}` removes it")
+        else:
+            print(f"mount {m.target}: {m.source}, served")
     return EXIT_OK
 
 
@@ -503,8 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("name", metavar="NAME", help="the policy name (see fpol status)")
     un.set_defaults(func=cmd_unload)
 
-    st = sub.add_parser("status", help="list loaded policies",
-                        description="List the policies pinned under /sys/fs/bpf/fpol/.")
+    st = sub.add_parser("status", help="list loaded policies and fpol mounts",
+                        description="List the policies pinned under /sys/fs/bpf/fpol/ and the "
+                                    "fpol mounts, marking a mount whose daemon died as DEAD.")
     st.set_defaults(func=cmd_status)
 
     from fpol.runtime.mount import (add_mount_arguments, add_umount_arguments,
