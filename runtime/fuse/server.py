@@ -340,6 +340,10 @@ class FuseServer:
             verdict = self.enf.stricter(verdict, self.enf.two_path("rename", dst, src))
         event = Event("rename", src, dst, flags, 0, req.pid, req.uid, req.gid)
         decision, carried = verdict.decision, False
+        if flags & P.RENAME_WHITEOUT:
+            # The whiteout left at the old name is a new character device there: a mknod.
+            decision = self.enf.combine(decision, self.enf.decision(
+                self.enf.child_class(parent.cls, name), "mknod"))
         if decision.kind != DENY:
             carried = self._carries_passthrough(parent.children.get(name), newparent, newname) \
                 or (exchange and self._carries_passthrough(newparent.children.get(newname),
@@ -350,17 +354,18 @@ class FuseServer:
         # The kernel only replaces targets it has looked up (it has a node for them). A
         # target it was never shown -- hidden by a lookup denied with ENOENT, or made
         # behind our back -- is not silently replaced: RENAME_NOREPLACE, so EEXIST.
-        unseen = not flags and newname not in newparent.children
+        # (RENAME_WHITEOUT combines with RENAME_NOREPLACE; RENAME_EXCHANGE needs a target.)
+        unseen = not exchange and newname not in newparent.children
 
         def perform():
             try:
                 if flags or unseen:
                     libc.renameat2(parent.fd, name, newparent.fd, newname,
-                                   flags or P.RENAME_NOREPLACE)
+                                   flags | (P.RENAME_NOREPLACE if unseen else 0))
                 else:
                     os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
             except OSError as e:
-                if not (unseen and e.errno == errno.EINVAL):
+                if not (unseen and not flags and e.errno == errno.EINVAL):
                     raise
                 # a backing filesystem without RENAME_NOREPLACE: a plain rename
                 os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
