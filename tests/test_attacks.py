@@ -471,7 +471,8 @@ class World:
         elif op == "rmdir":
             os.rmdir(self.p(a[0]))
         elif op == "rename":
-            flags = {None: 0, "noreplace": 1, "exchange": 2}[a[2] if len(a) > 2 else None]
+            flags = {None: 0, "noreplace": 1, "exchange": 2, "whiteout": 4}[
+                a[2] if len(a) > 2 else None]
             if flags:
                 libc.renameat2(libc.AT_FDCWD, self.p(a[0]), libc.AT_FDCWD, self.p(a[1]), flags)
             else:
@@ -655,6 +656,8 @@ class Mapper:
             reqs.append(Request(op, ca, cb))
             if op == "rename" and len(a) > 2 and a[2] == "exchange":
                 reqs.append(Request(op, cb, ca))
+            if op == "rename" and len(a) > 2 and a[2] == "whiteout":
+                reqs.append(Request("mknod", ca))  # the whiteout device left at the old name
             return reqs
         if op == "symlink":
             reqs, comps, st, done = self.resolve(a[1], follow=False)
