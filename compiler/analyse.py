@@ -148,7 +148,13 @@ def _default(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool) -> Defau
 def _errno(word: ast.Word, reporter: Reporter) -> Optional[str]:
     if word.text in ERRNOS:
         # Aliases (ENOTSUP and EOPNOTSUPP) are one errno: keep one name for each value.
-        return canonical_errno(word.text)
+        name = canonical_errno(word.text)
+        if name == "ENOSYS":
+            reporter.add("FP107", "`with ENOSYS` reaches applications as ENOSYS only on fuse-bpf: "
+                         "through the daemon it is replied as EOPNOTSUPP, because FUSE reads "
+                         "ENOSYS as \"not implemented\" and stops asking", word.span,
+                         "use EOPNOTSUPP (or EPERM/EACCES) so both paths deny alike")
+        return name
     hint = did_you_mean(word.text, ERRNOS) or "errnos are symbolic names such as EACCES, EPERM, EROFS"
     reporter.add("FP004", f"unknown errno `{word.text}`", word.span, hint)
     return None

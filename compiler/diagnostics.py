@@ -39,6 +39,8 @@ CODES: dict[str, tuple[str, str]] = {
     "FP103": (WARNING, "except removes nothing"),
     "FP104": (WARNING, "duplicate rule"),
     "FP105": (WARNING, "rule matches nothing"),
+    "FP106": (WARNING, "hidden names can be replaced"),
+    "FP107": (WARNING, "ENOSYS is not delivered as written"),
 }
 
 

@@ -49,6 +49,8 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                 if r.index not in d.rules:
                     deciders_where_matched.setdefault(r.index, set()).update(d.rules)
 
+    _hidden_but_replaceable(policy, tables, reporter)
+
     for tie, atom in sorted(ties.items()):
         first, *others = (rules[i] for i in tie)
         kind = "errno" if first.action == "deny" else "userspace mode"
@@ -80,3 +82,35 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
             reporter.add("FP101", "rule never decides anything: wherever it matches, "
                          + ("a stricter or more specific rule decides" if others else "another rule decides"),
                          r.span, "remove it, or narrow the rule that shadows it", related=related)
+
+
+# Atoms that put a new object at a name. The kernel takes a lookup's ENOENT as absence, so
+# after `deny lookup ... with ENOENT` these still reach the name: create opens (and may
+# truncate) the hidden object, rename and link replace it, mkdir/mknod/symlink fail with
+# EEXIST and so reveal it.
+_ONTO_NAME = ("create:w", "create:rw", "mknod", "mkdir", "symlink", "rename:dst", "link:dst")
+
+
+def _hidden_but_replaceable(policy: Policy, tables: list[tuple[Decision, ...]],
+                            reporter: Reporter) -> None:
+    """FP106: a node whose lookup is denied with ENOENT while some op onto its name is not
+    denied, reported once per deciding rule, naming the ops (exact: every table is seen)."""
+    lookup, onto = ATOM_INDEX["lookup"], [(a, ATOM_INDEX[a]) for a in _ONTO_NAME]
+    open_ops: dict[int, set[str]] = {}
+    done: set[int] = set()
+    for table in tables:
+        if id(table) in done:
+            continue
+        done.add(id(table))
+        d = table[lookup]
+        if d.kind != "deny" or d.errno != "ENOENT" or not d.rules:
+            continue
+        missing = {ops.atom_op(a) for a, i in onto if table[i].kind != "deny"}
+        if missing:
+            open_ops.setdefault(d.rules[0], set()).update(missing)
+    for ri, missing in sorted(open_ops.items()):
+        names = ", ".join(sorted(missing, key=ops.SINGLE_OPS.index))
+        reporter.add("FP106", f"names this rule hides from lookup can still be replaced: "
+                     f"{names} onto them {'is' if len(missing) == 1 else 'are'} not denied "
+                     "(the kernel takes ENOENT as absence)", policy.rules[ri].span,
+                     f"deny {names} in the same scope too, e.g. add them to this rule's ops")
