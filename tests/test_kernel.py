@@ -155,3 +155,30 @@ def test_struct_ops_object_opens_but_cannot_load_here(tmp_path):
             # Refused for want of fuse-bpf: its kfuncs or its struct, whichever libbpf meets first.
             assert ("fuse_ops is not found in kernel BTF" in err.value.log
                     or "'bpf_fuse_get_ro_dynptr': not found" in err.value.log), err.value.log
+
+
+def test_names_a_program_cannot_read_are_denied_never_allowed():
+    """A name over 255 bytes (the kernel never sends one, but a program must not trust
+    that) is denied with ENAMETOOLONG by every namespace hook, even where all is allowed."""
+    import struct
+
+    from fpol.runtime.engine import NAME_SLOT, OP_NUMBER
+    from fpol.compiler.lower import unpack
+
+    checked = check("audit read named \"*.log\"\n", "t.fpol").require()
+    with engine_for(checked) as engine:
+        code, word, _ = engine.hook("lookup", 0, names=(b"x" * 255,))
+        assert unpack(word)["kind"] == "allow" and code == 0  # the longest real name
+        for length in (256, 1000, 0xFFFFFFFF):
+            for kind, op in (("lookup", "lookup"), ("create", "create"), ("remove", "unlink"),
+                             ("rename", "rename")):
+                req = struct.pack("<6I2Q2I", engine.HOOK_KINDS.index(kind), 0, OP_NUMBER[op],
+                                  0o101, 0, 0, 1, 1, length, length)
+                req += (b"x" * NAME_SLOT) * 2
+                engine.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), req)
+                ctx = bytearray(12)
+                assert engine.obj.program("fpol_hook").test_run(ctx) == 0
+                code, word, _ = struct.unpack("<3I", bytes(ctx))
+                d = unpack(word)
+                assert (d["kind"], d["errno"]) == ("deny", "ENAMETOOLONG"), (kind, length, d)
+                assert code == (-36) & 0xFFFFFFFF
