@@ -8,7 +8,6 @@ diagnostic codes. The oracles are tests/oracles.py, the ones the hypothesis test
     python3 fuzz/fuzz_check.py -max_total_time=300
 """
 
-import sys
 
 import atheris
 

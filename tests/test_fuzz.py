@@ -19,6 +19,8 @@ second per policy). fuzz/ has the coverage-guided counterparts (docs/fuzzing.md)
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -34,12 +36,15 @@ from oracles import (agree, assert_classes_agree, assert_fmt_fixpoint, assert_sa
                      assert_spans_inside, c_without_line_numbers, engine_for)
 from strategies import mutated, policies, requests
 
-QUICK = settings(max_examples=300, deadline=None,
+# FPOL_FUZZ_SCALE=N multiplies every example count, for a longer search than the suite's.
+SCALE = max(1, int(os.environ.get("FPOL_FUZZ_SCALE", "1")))
+QUICK = settings(max_examples=300 * SCALE, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-MEDIUM = settings(QUICK, max_examples=120)
+MEDIUM = settings(QUICK, max_examples=120 * SCALE)
 # clang and the kernel are involved: few examples, and no shrinking (each shrink step
 # would compile again; the failure message names the policy and the request anyway).
-KERNEL = settings(QUICK, max_examples=12, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+KERNEL = settings(QUICK, max_examples=12 * SCALE,
+                  phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 def _encode(text: str) -> bytes:
@@ -207,3 +212,27 @@ def test_malformed_filter_requests_are_fuse_bpf_errors():
     ok = B.parse_filter_request(_wire_request(P.Opcode.OPEN | B.FUSE_POSTFILTER, bytes(24),
                                               B.error_in_extension(-2)))
     assert ok.error_in == -2 and split_in_args(ok.opcode, ok.args) == (8, [])
+
+
+# --- found by test_clean_policies_compile_verify_and_agree_in_the_kernel ---------------------
+
+def test_link_in_a_single_class_policy_is_judged_at_the_new_name():
+    """With one class the kernel judged link by the object's `link:src` alone, so
+    `deny create` (which selects `link:dst`) still let hard links make new names, and an
+    `audit create` did not audit them. The new name is in the same class: judge it there."""
+    require_bpf()
+    from fpol.compiler.evaluate import Request
+
+    cases = [("deny create\n", "deny EACCES"), ("audit create\n", "allow +audit"),
+             ("deny write with EROFS\naudit link\n", "deny EROFS +audit"),
+             ("mode complain\ndeny create\n", "allow +audit")]
+    for text, want in cases:
+        checked = check(text, "link.fpol").require()
+        assert len(checked.classes.classes) == 1
+        evaluator = Evaluator(checked.policy)
+        with engine_for(checked) as engine:
+            for req in (Request("link", (b"a",), (b"b",)),
+                        Request("link", (b"d", b"a"), (b"e", b"f", b"b"))):
+                expected, got = evaluator.evaluate(req), engine.evaluate(req)
+                assert expected.decision.short() == want, (text, expected.decision.short())
+                assert agree(expected, got) == "same", (text, req, got.decision.short())

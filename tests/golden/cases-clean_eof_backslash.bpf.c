@@ -557,13 +557,14 @@ static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 
 /* link of an object of class `s`: the program runs in the object's class and does not
  * learn the destination directory (spec §10); the new name shares the inode and so its
- * program, which is right only if every place is class `s`. */
+ * program, which is right only if every place is class `s`. With a single class the
+ * new name is in class `s` too, and is judged there (`deny create` denies links). */
 static __always_inline __u32 fpol_link(__u32 s)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_LINK_SRC);
-	if (FPOL_KIND(word) != FPOL_ALLOW || (word & FPOL_COMPLAINED))
-		return word;
 	if (FPOL_NCLASSES == 1)
+		return fpol_stricter(word, fpol_word(s, FPOL_SLOT_LINK_DST));
+	if (FPOL_KIND(word) != FPOL_ALLOW || (word & FPOL_COMPLAINED))
 		return word;
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
