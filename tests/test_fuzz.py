@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +44,9 @@ QUICK = settings(max_examples=300 * SCALE, deadline=None,
 MEDIUM = settings(QUICK, max_examples=120 * SCALE)
 # clang and the kernel are involved: few examples, and no shrinking (each shrink step
 # would compile again; the failure message names the policy and the request anyway).
-KERNEL = settings(QUICK, max_examples=12 * SCALE,
+# In the suite the kernel property runs a fixed set of examples (derandomised, like
+# test_kernel's); a scaled run (FPOL_FUZZ_SCALE > 1) searches anew each time.
+KERNEL = settings(QUICK, max_examples=12 * SCALE, derandomize=SCALE == 1,
                   phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
@@ -173,8 +176,6 @@ def _wire_request(opcode: int, body: bytes, ext: bytes = b"", extlen=None) -> by
 
 
 def test_short_or_unterminated_request_bodies_are_protocol_errors():
-    import pytest
-
     from fpol.runtime.fuse import protocol as P
 
     with pytest.raises(P.ProtocolError, match="fuse_open_in needs 8 bytes"):
@@ -193,8 +194,6 @@ def test_short_or_unterminated_request_bodies_are_protocol_errors():
 
 
 def test_malformed_filter_requests_are_fuse_bpf_errors():
-    import pytest
-
     from fpol.runtime.fuse import fusebpf as B
     from fpol.runtime.fuse import protocol as P
     from fpol.runtime.fuse.bpfserver import split_in_args
@@ -236,3 +235,33 @@ def test_link_in_a_single_class_policy_is_judged_at_the_new_name():
                 expected, got = evaluator.evaluate(req), engine.evaluate(req)
                 assert expected.decision.short() == want, (text, expected.decision.short())
                 assert agree(expected, got) == "same", (text, req, got.decision.short())
+
+
+# Open: where the program cannot see the destination (link and copy_file_range always,
+# rename below the root) and the object's own end is not `allow`, the kernel returns the
+# object's decision alone. A redirected object moved into a denied place goes to
+# userspace where the language denies, and the destination's audit flag is lost. Which
+# realisation is right (refuse with EXDEV as for allowed moves, or leave it to the daemon)
+# is the generator's call (templates/logic.h.j2: fpol_link, fpol_rename,
+# fpol_copy_file_range); these reproducers turn into failures once it is made.
+UNSEEN_DESTINATION = [
+    ("redirect link to userspace under /a\ndeny write under /b\n", "link"),
+    ("redirect rename to userspace under /a\ndeny write under /b\n", "rename"),
+    ("redirect copy_file_range to userspace under /a\ndeny write under /b\n", "copy_file_range"),
+    ("deny link under /a with EPERM\naudit create under /b\n", "link"),
+    ("deny read under /a\naudit write under /b\n", "copy_file_range"),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="open: the unseen destination of a two-path op whose "
+                   "object end is not allowed (see the comment above)")
+@pytest.mark.parametrize("text, op", UNSEEN_DESTINATION)
+def test_two_path_ops_with_an_unseen_destination_and_a_non_allowed_object(text, op):
+    require_bpf()
+    from fpol.compiler.evaluate import Request
+
+    checked = check(text, "two.fpol").require()
+    req = Request(op, (b"a", b"x"), (b"b", b"y"))
+    with engine_for(checked) as engine:
+        expected, got = Evaluator(checked.policy).evaluate(req), engine.evaluate(req)
+    assert agree(expected, got) != "DIFFERENT", (expected.decision.short(), got.decision.short())
