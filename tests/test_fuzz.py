@@ -215,26 +215,30 @@ def test_malformed_filter_requests_are_fuse_bpf_errors():
 
 # --- found by test_clean_policies_compile_verify_and_agree_in_the_kernel ---------------------
 
-def test_link_in_a_single_class_policy_is_judged_at_the_new_name():
-    """With one class the kernel judged link by the object's `link:src` alone, so
-    `deny create` (which selects `link:dst`) still let hard links make new names, and an
-    `audit create` did not audit them. The new name is in the same class: judge it there."""
+def test_link_and_rename_in_a_single_class_policy_are_judged_at_the_new_name():
+    """With one class the kernel judged link by the object's `link:src` alone, and rename
+    below the root (where the destination directory is unknown) by `rename:src` alone, so
+    `deny create` (which selects `link:dst` and `rename:dst`) still let hard links and
+    renames make new names, and `audit create` did not audit them. The new name is in
+    the same class: judge it there."""
     require_bpf()
     from fpol.compiler.evaluate import Request
 
     cases = [("deny create\n", "deny EACCES"), ("audit create\n", "allow +audit"),
-             ("deny write with EROFS\naudit link\n", "deny EROFS +audit"),
-             ("mode complain\ndeny create\n", "allow +audit")]
+             ("deny write with EROFS\naudit link, rename\n", "deny EROFS +audit"),
+             ("mode complain\ndeny create\n", "allow +audit"),
+             ("allow delete\ndefault redirect to userspace\n", "userspace instead")]
     for text, want in cases:
         checked = check(text, "link.fpol").require()
         assert len(checked.classes.classes) == 1
         evaluator = Evaluator(checked.policy)
         with engine_for(checked) as engine:
-            for req in (Request("link", (b"a",), (b"b",)),
-                        Request("link", (b"d", b"a"), (b"e", b"f", b"b"))):
-                expected, got = evaluator.evaluate(req), engine.evaluate(req)
-                assert expected.decision.short() == want, (text, expected.decision.short())
-                assert agree(expected, got) == "same", (text, req, got.decision.short())
+            for op in ("link", "rename"):
+                for req in (Request(op, (b"a",), (b"b",)),
+                            Request(op, (b"d", b"a"), (b"e", b"f", b"b"))):
+                    expected, got = evaluator.evaluate(req), engine.evaluate(req)
+                    assert expected.decision.short() == want, (text, req, expected.decision.short())
+                    assert agree(expected, got) == "same", (text, req, got.decision.short())
 
 
 # Open: where the program cannot see the destination (link and copy_file_range always,

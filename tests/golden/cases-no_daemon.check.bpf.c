@@ -573,6 +573,8 @@ static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 	__u32 word = fpol_word(s, FPOL_SLOT_RENAME_SRC);
 	if (d_known)
 		word = fpol_stricter(word, fpol_word(d, FPOL_SLOT_RENAME_DST));
+	else if (FPOL_NCLASSES == 1)  /* one class: the new name is in class `s` too */
+		word = fpol_stricter(word, fpol_word(s, FPOL_SLOT_RENAME_DST));
 	if (FPOL_KIND(word) != FPOL_ALLOW || (word & FPOL_COMPLAINED))
 		return word;
 	if (d_known ? s == d : FPOL_NCLASSES == 1)
