@@ -241,26 +241,24 @@ def test_link_and_rename_in_a_single_class_policy_are_judged_at_the_new_name():
                     assert agree(expected, got) == "same", (text, req, got.decision.short())
 
 
-# Open: where the program cannot see the destination (link and copy_file_range always,
-# rename below the root) and the object's own end is not `allow`, the kernel returns the
-# object's decision alone. A redirected object moved into a denied place goes to
-# userspace where the language denies, and the destination's audit flag is lost. Which
-# realisation is right (refuse with EXDEV as for allowed moves, or leave it to the daemon)
-# is the generator's call (templates/logic.h.j2: fpol_link, fpol_rename,
-# fpol_copy_file_range); these reproducers turn into failures once it is made.
+# Found by fuzzing: where the program cannot see the destination (link and copy_file_range
+# always, rename below the root) and the object's own end is not `allow`, the kernel
+# returned the object's decision alone: a redirected object moved into a denied place went
+# to userspace where the language denies. Now a redirected end is refused with EXDEV like
+# an allowed one, and a denied end stays denied, marked as the realisation's (its errno is
+# the object's; whether the destination audits is unknown). docs/realisation.md.
 UNSEEN_DESTINATION = [
-    ("redirect link to userspace under /a\ndeny write under /b\n", "link"),
-    ("redirect rename to userspace under /a\ndeny write under /b\n", "rename"),
-    ("redirect copy_file_range to userspace under /a\ndeny write under /b\n", "copy_file_range"),
-    ("deny link under /a with EPERM\naudit create under /b\n", "link"),
-    ("deny read under /a\naudit write under /b\n", "copy_file_range"),
+    ("redirect link to userspace under /a\ndeny write under /b\n", "link", "deny EXDEV"),
+    ("redirect rename to userspace under /a\ndeny write under /b\n", "rename", "deny EXDEV"),
+    ("redirect copy_file_range to userspace under /a\ndeny write under /b\n", "copy_file_range",
+     "deny EXDEV"),
+    ("deny link under /a with EPERM\naudit create under /b\n", "link", "deny EPERM"),
+    ("deny read under /a\naudit write under /b\n", "copy_file_range", "deny EACCES"),
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="open: the unseen destination of a two-path op whose "
-                   "object end is not allowed (see the comment above)")
-@pytest.mark.parametrize("text, op", UNSEEN_DESTINATION)
-def test_two_path_ops_with_an_unseen_destination_and_a_non_allowed_object(text, op):
+@pytest.mark.parametrize("text, op, want", UNSEEN_DESTINATION)
+def test_two_path_ops_with_an_unseen_destination_and_a_non_allowed_object(text, op, want):
     require_bpf()
     from fpol.compiler.evaluate import Request
 
@@ -268,4 +266,5 @@ def test_two_path_ops_with_an_unseen_destination_and_a_non_allowed_object(text, 
     req = Request(op, (b"a", b"x"), (b"b", b"y"))
     with engine_for(checked) as engine:
         expected, got = Evaluator(checked.policy).evaluate(req), engine.evaluate(req)
-    assert agree(expected, got) != "DIFFERENT", (expected.decision.short(), got.decision.short())
+    assert got.decision.short() == want and got.note, (got.decision.short(), got.note)
+    assert agree(expected, got) == "stricter", (expected.decision.short(), got.decision.short())

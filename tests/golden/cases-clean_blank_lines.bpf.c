@@ -550,6 +550,20 @@ static __always_inline __u32 fpol_new_object(__u32 slot, __u32 k, __u32 inherit_
 	return word;
 }
 
+/* A two-path op whose destination the program cannot see, in a policy of more than one
+ * class. An allowed or redirected object end cannot be followed to a place the program
+ * does not know: EXDEV (callers fall back to copy + delete, which the destination's own
+ * programs judge). A denied object end stays denied, with its own errno; whether the
+ * destination would audit is unknown. Both are marked as the realisation's. */
+static __always_inline __u32 fpol_unseen_destination(__u32 word)
+{
+	if (word & FPOL_COMPLAINED)
+		return word;
+	if (FPOL_KIND(word) == FPOL_DENY)
+		return word | FPOL_REALISED;
+	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
+}
+
 /* rename of child class `s` to child class `d` of one directory. fuse-bpf keeps
  * an inode's program for as long as it is cached (spec §8), so the moved object goes
  * on being judged as class `s`: safe only when its new place is class `s` as well.
@@ -562,9 +576,11 @@ static __always_inline __u32 fpol_rename(__u32 s, int d_known, __u32 d)
 		word = fpol_stricter(word, fpol_word(d, FPOL_SLOT_RENAME_DST));
 	else if (FPOL_NCLASSES == 1)  /* one class: the new name is in class `s` too */
 		word = fpol_stricter(word, fpol_word(s, FPOL_SLOT_RENAME_DST));
+	else
+		return fpol_unseen_destination(word);
 	if (FPOL_KIND(word) != FPOL_ALLOW || (word & FPOL_COMPLAINED))
 		return word;
-	if (d_known ? s == d : FPOL_NCLASSES == 1)
+	if (!d_known || s == d)
 		return word;
 	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
 }
@@ -578,9 +594,7 @@ static __always_inline __u32 fpol_link(__u32 s)
 	__u32 word = fpol_word(s, FPOL_SLOT_LINK_SRC);
 	if (FPOL_NCLASSES == 1)
 		return fpol_stricter(word, fpol_word(s, FPOL_SLOT_LINK_DST));
-	if (FPOL_KIND(word) != FPOL_ALLOW || (word & FPOL_COMPLAINED))
-		return word;
-	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
+	return fpol_unseen_destination(word);
 }
 
 /* lookup_prefilter's answer for the child class `child` of directory class `dir`,
@@ -606,9 +620,9 @@ static __always_inline __u32 fpol_lookup_code(__u32 dir, __u32 child, __u32 word
 static __always_inline __u32 fpol_copy_file_range(__u32 s)
 {
 	__u32 word = fpol_word(s, FPOL_SLOT_COPY_FILE_RANGE_SRC);
-	if (FPOL_KIND(word) != FPOL_ALLOW || (word & FPOL_COMPLAINED) || FPOL_CFR_DST_EVERYWHERE)
+	if (FPOL_CFR_DST_EVERYWHERE)  /* the destination allows, wherever it is */
 		return word;
-	return fpol_refuse(FPOL_WORD_EXDEV, word & FPOL_AUDIT);
+	return fpol_unseen_destination(word);
 }
 
 /* ---- hook bodies ----
