@@ -9,6 +9,8 @@ that changes during a compile is compiled as it was read); `Checked.digest` name
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 from dataclasses import dataclass
 from typing import Optional
@@ -21,6 +23,21 @@ from .lint import lint
 from .parser import parse
 from .policy import Policy
 from .source import Source
+
+
+@contextlib.contextmanager
+def few_collections():
+    """Run the compiler with Python's cyclic GC asked to collect young objects less often.
+    A compile allocates millions of small objects that live to its end, and with the
+    default thresholds the collector rescans them over and over: about 40% of the time of
+    a 10,000-rule compile (benchmarks/REPORT.md). Nothing the compiler makes is cyclic
+    garbage worth collecting early."""
+    old = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 @dataclass

@@ -614,8 +614,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from fpol.compiler.driver import few_collections
+
     try:
-        return args.func(args)
+        with few_collections():
+            return args.func(args)
     except UsageError as e:
         print(f"fpol: {e}", file=sys.stderr)
         return EXIT_USAGE
