@@ -119,6 +119,9 @@ class FuseServer:
                 err = errno.EOPNOTSUPP  # ENOSYS would tell the kernel the op is unimplemented
         except Unmounted:
             raise
+        except P.ProtocolError as e:  # a malformed request: the caller gets EIO, no traceback
+            self.log(f"malformed request (opcode {req.opcode}): {e}")
+            err = errno.EIO
         except Exception:
             self.log(f"internal error on opcode {req.opcode}:\n{traceback.format_exc()}")
             err = errno.EIO
