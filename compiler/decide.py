@@ -60,7 +60,8 @@ def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tup
 
 def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
     """The decision for `atom` on a node where exactly the rules `matching` hold."""
-    return _decide_selected(policy, atom, [r for r in matching if atom in r.atoms])
+    relevant = [r for r in matching if atom in r.atoms]
+    return _decide_selected(policy, atom, relevant, tuple(r.index for r in relevant))
 
 
 def decide_table(policy: Policy, matching: Iterable[Rule]) -> tuple[Decision, ...]:
@@ -71,25 +72,21 @@ def decide_table(policy: Policy, matching: Iterable[Rule]) -> tuple[Decision, ..
         for atom in r.atoms:
             selecting.setdefault(atom, []).append(r)
             indexes.setdefault(atom, []).append(r.index)
-    out = []
-    pid = id(policy)
-    for atom in ops.ATOMS:
-        key = (pid, atom in _HANDLE_ATOMS, tuple(indexes.get(atom, ())))
-        hit = _memo.get(key)
-        out.append(hit[1] if hit is not None and hit[0] is policy
-                   else _decide_selected(policy, atom, selecting.get(atom, _NONE)))
-    return tuple(out)
+    return tuple(_decide_selected(policy, atom, selecting.get(atom, _NONE),
+                                  tuple(indexes.get(atom, ())))
+                 for atom in ops.ATOMS)
 
 
 _NONE: list = []
 _HANDLE_ATOMS = frozenset(a for a in ops.ATOMS if ops.is_handle_atom(a))
 
 
-def _decide_selected(policy: Policy, atom: str, relevant: list) -> Decision:
-    """The decision for `atom` given the matching rules that select it (in rule order)."""
+def _decide_selected(policy: Policy, atom: str, relevant: list, indexes: tuple) -> Decision:
+    """The decision for `atom` given the matching rules that select it (in rule order) and
+    their indexes."""
     # The outcome depends on the atom only through which rules select it and whether
     # it is a handle op: memoise on that (large policies repeat it endlessly).
-    key = (id(policy), atom in _HANDLE_ATOMS, tuple(r.index for r in relevant))
+    key = (id(policy), atom in _HANDLE_ATOMS, indexes)
     hit = _memo.get(key)
     if hit is not None and hit[0] is policy:
         return hit[1]
