@@ -699,15 +699,18 @@ class _Planner:
                     default_key.append(step[2])
                     continue
                 if step[0] == "fsync":
-                    # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so one program
-                    # serves both and decides by opcode.
-                    p = self.program(("fsync", step[1]), lambda: Program(
-                        f"fpol_fsync_{c.id}", "fsync_prefilter", "fsync", c.id, [], "fsync",
-                        HOOK_PARAMS["fsync"]))
-                    for slot in ("fsync_prefilter", "dir_fsync_prefilter"):
-                        if (slot, p.name) not in members:
-                            members.append((slot, p.name))
-                    if c.id not in p.classes:
+                    # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so both
+                    # members are set and both programs decide by opcode. Each member has a
+                    # program of its own: libbpf and the kernel refuse one program in two
+                    # members (its expected attach type is its member's index).
+                    for hook in ("fsync", "dir_fsync"):
+                        slot = f"{hook}_prefilter"
+                        if any(m == slot for m, _ in members):
+                            continue
+                        p = self.program(("fsync", hook, step[1]), lambda: Program(
+                            f"fpol_{hook}_{c.id}", slot, "fsync", c.id, [], "fsync",
+                            HOOK_PARAMS["fsync"]))
+                        members.append((slot, p.name))
                         p.classes.append(c.id)
                     continue
                 key = (member, step[1])
@@ -751,5 +754,13 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
     """Each instance's programs, and the programs (shared where they behave the same)."""
     planner = _Planner(tree, abi, strict)
     instances = [planner.instance(c, info.instance) for c, info in zip(tree.classes, infos)]
+    if not planner.programs:
+        # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes
+        # resolving the struct_ops type of a map no program fills: give the root instance
+        # one program that changes nothing (CONTINUE is what a NULL member does).
+        planner.programs[("noop_getattr",)] = Program(
+            "fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0], "getattr",
+            HOOK_PARAMS["getattr"])
+        instances[0].members.append(("getattr_prefilter", "fpol_getattr_noop"))
     ordered = sorted(planner.programs.values(), key=lambda p: (p.cls, p.hook))
     return ordered, instances

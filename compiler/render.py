@@ -169,6 +169,8 @@ def _stub_name(p) -> str:
 
 def _stub_call(p, stub: str) -> str:
     args = f"{p.name}, {p.cls}"
+    if stub == "FPOL_STUB_FSYNC":  # one program per member: the member is an argument
+        args += f", {p.hook}"
     if stub in _STUB_ARGS:
         args += f", {p.hook}, FPOL_SLOT_{_cname(p.op)}"
         if _STUB_ARGS[stub] and p.params:

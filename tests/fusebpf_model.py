@@ -124,6 +124,10 @@ class FuseBpfModel:
             return CONTINUE, 0, 0
         members = self.members[ops]
         prog = members.get(member + "_prefilter")
+        if op == "fsyncdir" and prog is not None:
+            # Quirk (spec §10): a non-NULL dir_fsync_prefilter makes the kernel call the
+            # fsync_prefilter member's program.
+            prog = members.get("fsync_prefilter")
         if prog is None:
             # v4: a NULL member means CALL_DEFAULT, answered by default_filter if set.
             default = members.get("default_filter") if self.abi == "v4" else None
@@ -135,6 +139,8 @@ class FuseBpfModel:
                     return self.engine.hook("object", p.cls, op=sw_op, **kw)
             return CONTINUE, 0, 0
         p = self.programs[prog]
+        if p.kind == "noop":
+            return CONTINUE, 0, 0
         if kind == "fsync":
             return self.engine.hook("fsync", p.cls, op="fsync", opcode=opcode, **kw)
         if kind == "rename" and member == "rename2":

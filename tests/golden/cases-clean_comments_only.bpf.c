@@ -765,10 +765,19 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 
 /* The programs: a stub per line, for its class (and every other class named after it). */
 
+/* The object's only program, changing nothing: libbpf loads an object's struct_ops
+ * maps correctly only when it has a program. */
+SEC("struct_ops/getattr_prefilter")
+__u32 BPF_PROG(fpol_getattr_noop, const struct bpf_fuse_meta_info *meta, struct fuse_getattr_in *in)
+{
+	return BPF_FUSE_CONTINUE;
+}
+
 /* One instance per class. */
 
 /* class 0: e.g. / */
 SEC(".struct_ops")
 struct fuse_ops clean_co_0 = {
+	.getattr_prefilter = (void *)fpol_getattr_noop,
 	.name = "clean_co_0",
 };

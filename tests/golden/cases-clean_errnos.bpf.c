@@ -867,9 +867,10 @@ __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in 
 }
 
 /* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so one program serves fsync and fsyncdir and tells them apart by opcode. */
-#define FPOL_STUB_FSYNC(FN, CLS)								\
-SEC("struct_ops/fsync_prefilter")								\
+ * slot, so both members are set, each with a program of its own (one program cannot
+ * serve two members), and both tell fsync and fsyncdir apart by opcode. */
+#define FPOL_STUB_FSYNC(FN, CLS, HOOK)								\
+SEC("struct_ops/" #HOOK)									\
 __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)		\
 {												\
 	return fpol_finish(meta, fpol_on_fsync(CLS, meta->opcode), 0);				\
@@ -1156,7 +1157,8 @@ __u32 BPF_PROG(fpol_default_6, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_FSYNC(fpol_fsync_6, 6)
+FPOL_STUB_FSYNC(fpol_dir_fsync_6, 6, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_6, 6, fsync_prefilter)
 FPOL_STUB_LINK(fpol_link_6, 6)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_6, 6)
 FPOL_STUB_LOOKUP(fpol_lookup_6, 6)
@@ -1274,7 +1276,7 @@ struct fuse_ops clean_er_6 = {
 	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_6,
 	.fsync_prefilter = (void *)fpol_fsync_6,
-	.dir_fsync_prefilter = (void *)fpol_fsync_6,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_6,
 	.lookup_prefilter = (void *)fpol_lookup_6,
 	.lookup_postfilter = (void *)fpol_lookup_post_6,
 	.mknod_prefilter = (void *)fpol_mknod_6,

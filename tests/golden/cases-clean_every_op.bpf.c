@@ -1302,9 +1302,10 @@ __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in 
 }
 
 /* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so one program serves fsync and fsyncdir and tells them apart by opcode. */
-#define FPOL_STUB_FSYNC(FN, CLS)								\
-SEC("struct_ops/fsync_prefilter")								\
+ * slot, so both members are set, each with a program of its own (one program cannot
+ * serve two members), and both tell fsync and fsyncdir apart by opcode. */
+#define FPOL_STUB_FSYNC(FN, CLS, HOOK)								\
+SEC("struct_ops/" #HOOK)									\
 __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)		\
 {												\
 	return fpol_finish(meta, fpol_on_fsync(CLS, meta->opcode), 0);				\
@@ -1507,7 +1508,8 @@ __u32 BPF_PROG(fpol_default_4, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_FSYNC(fpol_fsync_4, 4)
+FPOL_STUB_FSYNC(fpol_dir_fsync_4, 4, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_4, 4, fsync_prefilter)
 FPOL_STUB_LINK(fpol_link_4, 4)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_4, 4)
 FPOL_STUB_LOOKUP(fpol_lookup_4, 4)
@@ -1654,8 +1656,10 @@ __u32 BPF_PROG(fpol_default_16, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_FSYNC(fpol_fsync_17, 17)
-FPOL_STUB_FSYNC(fpol_fsync_18, 18)
+FPOL_STUB_FSYNC(fpol_dir_fsync_17, 17, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_17, 17, fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_dir_fsync_18, 18, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_18, 18, fsync_prefilter)
 
 /* default_filter for class 19 */
 SEC("struct_ops/default_filter")
@@ -1966,7 +1970,7 @@ struct fuse_ops clean_ev_4 = {
 	.create_open_prefilter = (void *)fpol_create_open_4,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_4,
 	.fsync_prefilter = (void *)fpol_fsync_4,
-	.dir_fsync_prefilter = (void *)fpol_fsync_4,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_4,
 	.lookup_prefilter = (void *)fpol_lookup_4,
 	.lookup_postfilter = (void *)fpol_lookup_post_4,
 	.mknod_prefilter = (void *)fpol_mknod_4,
@@ -2141,7 +2145,7 @@ SEC(".struct_ops")
 struct fuse_ops clean_ev_17 = {
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.fsync_prefilter = (void *)fpol_fsync_17,
-	.dir_fsync_prefilter = (void *)fpol_fsync_17,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_17,
 	.rename2_prefilter = (void *)fpol_rename2_3,
 	.rename_prefilter = (void *)fpol_rename_3,
 	.link_prefilter = (void *)fpol_link_0,
@@ -2153,7 +2157,7 @@ SEC(".struct_ops")
 struct fuse_ops clean_ev_18 = {
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.fsync_prefilter = (void *)fpol_fsync_18,
-	.dir_fsync_prefilter = (void *)fpol_fsync_18,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_18,
 	.rename2_prefilter = (void *)fpol_rename2_3,
 	.rename_prefilter = (void *)fpol_rename_3,
 	.link_prefilter = (void *)fpol_link_0,

@@ -920,9 +920,10 @@ __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in 
 }
 
 /* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so one program serves fsync and fsyncdir and tells them apart by opcode. */
-#define FPOL_STUB_FSYNC(FN, CLS)								\
-SEC("struct_ops/fsync_prefilter")								\
+ * slot, so both members are set, each with a program of its own (one program cannot
+ * serve two members), and both tell fsync and fsyncdir apart by opcode. */
+#define FPOL_STUB_FSYNC(FN, CLS, HOOK)								\
+SEC("struct_ops/" #HOOK)									\
 __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)		\
 {												\
 	return fpol_finish(meta, fpol_on_fsync(CLS, meta->opcode), 0);				\
@@ -1223,7 +1224,8 @@ __u32 BPF_PROG(fpol_default_7, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_FSYNC(fpol_fsync_7, 7)
+FPOL_STUB_FSYNC(fpol_dir_fsync_7, 7, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_7, 7, fsync_prefilter)
 FPOL_STUB_LINK(fpol_link_7, 7)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_7, 7)
 FPOL_STUB_LOOKUP(fpol_lookup_7, 7)
@@ -1359,7 +1361,7 @@ struct fuse_ops clean_op_7 = {
 	.create_open_prefilter = (void *)fpol_create_open_1,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_2,
 	.fsync_prefilter = (void *)fpol_fsync_7,
-	.dir_fsync_prefilter = (void *)fpol_fsync_7,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_7,
 	.lookup_prefilter = (void *)fpol_lookup_7,
 	.lookup_postfilter = (void *)fpol_lookup_post_7,
 	.mknod_prefilter = (void *)fpol_mknod_1,

@@ -842,9 +842,10 @@ __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in 
 }
 
 /* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so one program serves fsync and fsyncdir and tells them apart by opcode. */
-#define FPOL_STUB_FSYNC(FN, CLS)								\
-SEC("struct_ops/fsync_prefilter")								\
+ * slot, so both members are set, each with a program of its own (one program cannot
+ * serve two members), and both tell fsync and fsyncdir apart by opcode. */
+#define FPOL_STUB_FSYNC(FN, CLS, HOOK)								\
+SEC("struct_ops/" #HOOK)									\
 __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)		\
 {												\
 	return fpol_finish(meta, fpol_on_fsync(CLS, meta->opcode), 0);				\
@@ -1084,7 +1085,8 @@ __u32 BPF_PROG(fpol_default_5, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_FSYNC(fpol_fsync_5, 5)
+FPOL_STUB_FSYNC(fpol_dir_fsync_5, 5, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_5, 5, fsync_prefilter)
 FPOL_STUB_LINK(fpol_link_5, 5)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_5, 5)
 FPOL_STUB_LOOKUP(fpol_lookup_5, 5)
@@ -1167,7 +1169,7 @@ struct fuse_ops clean_us_5 = {
 	.default_filter = (void *)fpol_default_5,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_2,
 	.fsync_prefilter = (void *)fpol_fsync_5,
-	.dir_fsync_prefilter = (void *)fpol_fsync_5,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_5,
 	.lookup_prefilter = (void *)fpol_lookup_5,
 	.lookup_postfilter = (void *)fpol_lookup_post_5,
 	.rename2_prefilter = (void *)fpol_rename2_1,

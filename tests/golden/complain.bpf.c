@@ -930,9 +930,10 @@ __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_access_in 
 }
 
 /* Quirk (spec §10): fuse-bpf checks dir_fsync_prefilter but calls the fsync_prefilter
- * slot, so one program serves fsync and fsyncdir and tells them apart by opcode. */
-#define FPOL_STUB_FSYNC(FN, CLS)								\
-SEC("struct_ops/fsync_prefilter")								\
+ * slot, so both members are set, each with a program of its own (one program cannot
+ * serve two members), and both tell fsync and fsyncdir apart by opcode. */
+#define FPOL_STUB_FSYNC(FN, CLS, HOOK)								\
+SEC("struct_ops/" #HOOK)									\
 __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_fsync_in *in)		\
 {												\
 	return fpol_finish(meta, fpol_on_fsync(CLS, meta->opcode), 0);				\
@@ -1242,7 +1243,8 @@ __u32 BPF_PROG(fpol_default_10, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_FSYNC(fpol_fsync_10, 10)
+FPOL_STUB_FSYNC(fpol_dir_fsync_10, 10, dir_fsync_prefilter)
+FPOL_STUB_FSYNC(fpol_fsync_10, 10, fsync_prefilter)
 FPOL_STUB_LINK(fpol_link_10, 10)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_10, 10)
 FPOL_STUB_LOOKUP(fpol_lookup_10, 10)
@@ -1466,7 +1468,7 @@ struct fuse_ops buildbox_10 = {
 	.create_open_prefilter = (void *)fpol_create_open_10,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_10,
 	.fsync_prefilter = (void *)fpol_fsync_10,
-	.dir_fsync_prefilter = (void *)fpol_fsync_10,
+	.dir_fsync_prefilter = (void *)fpol_dir_fsync_10,
 	.lookup_prefilter = (void *)fpol_lookup_10,
 	.lookup_postfilter = (void *)fpol_lookup_post_10,
 	.mknod_prefilter = (void *)fpol_mknod_10,
