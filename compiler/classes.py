@@ -289,8 +289,12 @@ def build_raw(policy: Policy) -> list[RawState]:
         globs = tuple(sorted(by_glob))
         prefix = example.rstrip(b"/") + b"/"
 
+        # closure(base | advanced) = closure(base) | closure(advanced): the base (positions
+        # at a `**`, many in a deep state under overlapping rules) is closed once per state.
+        base_closed = _closure(base, parts) - floating
+
         def target(advanced, name: bytes) -> int:
-            return intern(_closure(base | set(advanced), parts) - floating, prefix + name)
+            return intern(base_closed | (_closure(advanced, parts) - floating), prefix + name)
 
         literals = {}
         for lit in sorted(by_literal):
@@ -363,11 +367,14 @@ def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ..
     """Moore partition refinement, then renumber classes breadth-first from the root."""
     label_ids: dict[int, int] = {}  # tables are interned (see tables()): key by identity
     block = [label_ids.setdefault(id(t), len(label_ids)) for t in table]
+    # What each state's literal names would do without their literal entry: it depends only
+    # on the state, not on the partition, so it is worked out once (see _Moves).
+    moves = [_Moves(st) for st in raw]
     while True:
         sigs: dict = {}
         new_block = []
-        for sid, st in enumerate(raw):
-            sig = (block[sid],) + _transition_signature(st, block)
+        for sid, mv in enumerate(moves):
+            sig = (block[sid],) + mv.signature(block)
             new_block.append(sigs.setdefault(sig, len(sigs)))
         if len(sigs) == len(set(block)):
             block = new_block
@@ -382,11 +389,11 @@ def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ..
     number: dict[int, int] = {}
     queue = deque([block[0]])
     number[block[0]] = 0
+    reduced: dict[int, tuple] = {}
     while queue:
         b = queue.popleft()
         order.append(b)
-        st = raw[rep[b]]
-        lits, globs, masks, default = _reduced(st, block)
+        lits, globs, masks, default = reduced[b] = moves[rep[b]].reduced(block)
         for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
             if t not in number:
                 number[t] = len(number)
@@ -394,7 +401,7 @@ def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ..
     classes = []
     for b in order:
         st = raw[rep[b]]
-        lits, globs, masks, default = _reduced(st, block)
+        lits, globs, masks, default = reduced[b]
         classes.append(Class(
             id=number[b], table=table[rep[b]],
             literals=tuple((lit, number[t]) for lit, t in lits),
@@ -404,49 +411,67 @@ def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ..
     return ClassTree(policy, tuple(classes), len(raw))
 
 
-def _reduced(st: RawState, block: list[int]):
-    """Transitions in terms of blocks, without entries that change nothing."""
-    if not st.globs and not st.masks:  # the common case, kept cheap: literals and a default
-        default = block[st.default]
-        lits = tuple((lit, block[t]) for lit, t in sorted(st.literals.items()) if block[t] != default)
-        return lits, (), (), default
-    masks = {m: block[t] for m, t in st.masks.items()}
-    keep = list(range(len(st.globs)))
+class _Moves:
+    """A state's transitions, prepared for being read in terms of blocks again and again
+    during refinement: literal names with the state a name of theirs would reach without
+    the literal entry (by the globs it matches), and the glob masks by state."""
 
-    def remapped(kept: list[int]):
-        """Masks over the kept globs -> block, or None if two names would disagree."""
-        out: dict[int, int] = {}
-        for m, b in masks.items():
-            r = sum(1 << j for j, i in enumerate(kept) if m >> i & 1)
-            if out.setdefault(r, b) != b:
-                return None
-        return out
+    __slots__ = ("st", "lits", "masks")
 
-    # Drop every glob whose outcome never depends on it (greedy, checked exactly).
-    for i in range(len(st.globs)):
-        trial = [k for k in keep if k != i]
-        if remapped(trial) is not None:
-            keep = trial
-    reduced = remapped(keep) or {}
-    default = reduced.get(0, block[st.default])
-    globs = tuple(st.globs[i] for i in keep)
-    reduced_masks = tuple(sorted((m, b) for m, b in reduced.items() if b != default))
+    def __init__(self, st: RawState):
+        self.st = st
+        if not st.globs and not st.masks:
+            self.lits = tuple(sorted(st.literals.items()))
+            self.masks = None
+            return
+        self.masks = tuple(st.masks.items())
+        lits = []
+        for lit, t in sorted(st.literals.items()):
+            m = 0
+            for i, g in enumerate(st.globs):
+                if g.matches(lit):
+                    m |= 1 << i
+            lits.append((lit, t, st.masks.get(m, st.default)))
+        self.lits = tuple(lits)
 
-    def other_target(name: bytes) -> int:
-        m = 0
-        for i, g in enumerate(st.globs):
-            if g.matches(name):
-                m |= 1 << i
-        return masks.get(m, block[st.default])
+    def reduced(self, block: list[int]):
+        """Transitions in terms of blocks, without entries that change nothing."""
+        st = self.st
+        if self.masks is None:  # the common case, kept cheap: literals and a default
+            default = block[st.default]
+            lits = tuple((lit, block[t]) for lit, t in self.lits if block[t] != default)
+            return lits, (), (), default
+        masks = [(m, block[t]) for m, t in self.masks]
+        n = len(st.globs)
+        first = masks[0][1] if masks else block[st.default]
+        if all(b == first for _, b in masks):
+            # Every name the globs can tell apart goes to one block: no glob matters.
+            keep: list[int] = []
+        else:
+            # Drop every glob whose outcome never depends on it (greedy in glob order,
+            # checked exactly): masks are compared on the kept bits only.
+            kept = (1 << n) - 1
+            for i in range(n):
+                trial = kept & ~(1 << i)
+                seen: dict[int, int] = {}
+                for m, b in masks:
+                    if seen.setdefault(m & trial, b) != b:
+                        break
+                else:
+                    kept = trial
+            keep = [i for i in range(n) if kept >> i & 1]
+        reduced: dict[int, int] = {}
+        for m, b in masks:
+            reduced.setdefault(sum(1 << j for j, i in enumerate(keep) if m >> i & 1), b)
+        default = reduced.get(0, block[st.default])
+        globs = tuple(st.globs[i] for i in keep)
+        reduced_masks = tuple(sorted((m, b) for m, b in reduced.items() if b != default))
+        lits = tuple((lit, block[t]) for lit, t, other in self.lits if block[t] != block[other])
+        return lits, globs, reduced_masks, default
 
-    lits = tuple((lit, block[t]) for lit, t in sorted(st.literals.items())
-                 if block[t] != other_target(lit))
-    return lits, globs, reduced_masks, default
-
-
-def _transition_signature(st: RawState, block: list[int]):
-    lits, globs, masks, default = _reduced(st, block)
-    return (lits, tuple(g.text for g in globs), masks, default)
+    def signature(self, block: list[int]):
+        lits, globs, masks, default = self.reduced(block)
+        return (lits, tuple(g.text for g in globs), masks, default)
 
 
 __all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw", "matching_rules",
