@@ -671,15 +671,28 @@ def generate(seed: int, n: int) -> list[Step]:
     rng = random.Random(seed)
     users = ["a", "b", "c", "a", "b", "c", "root"]
     steps = []
+    existing = [p for p, *_ in TREE]
+    made: list[str] = []  # names the sequence tried to make: likely there later
+
+    def pick(new: bool) -> str:
+        r = rng.random()
+        if new and r < 0.6 or not made and r < 0.2:
+            return rng.choice(PATHS)
+        if made and r < 0.55:
+            return rng.choice(made)
+        return rng.choice(existing)
+
     for _ in range(n):
         u = rng.choice(users)
-        p = rng.choice(PATHS)
         kw = {"umask": rng.choice(UMASKS)}
         op = rng.choices(
             ["create", "mkdir", "mkfifo", "chmod", "chown", "truncate", "ftruncate", "utime",
              "rename", "unlink", "rmdir", "link", "symlink", "open", "write", "read", "stat",
              "readlink", "listdir"],
             weights=[8, 4, 2, 6, 6, 3, 2, 6, 6, 4, 2, 4, 3, 8, 5, 3, 2, 1, 2])[0]
+        p = pick(new=op in ("create", "mkdir", "mkfifo", "symlink"))
+        if op in ("create", "mkdir", "mkfifo", "symlink"):
+            made.append(p)
         if op == "create":
             kw.update(mode=rng.choice(FILE_MODES),
                       flags=rng.choice([["O_WRONLY"], ["O_RDWR"], ["O_WRONLY", "O_EXCL"],
@@ -699,7 +712,8 @@ def generate(seed: int, n: int) -> list[Step]:
                                         [T2, NOW], [OMIT, OMIT]]),
                       follow=rng.random() < 0.9)
         elif op in ("rename", "link"):
-            kw.update(to=rng.choice(PATHS))
+            kw.update(to=pick(new=True))
+            made.append(kw["to"])
         elif op == "symlink":
             kw.update(target=rng.choice(["n1", "../pub/a-file", "../home-a/secret", "d1",
                                          "../root-only/f"]))
@@ -711,13 +725,13 @@ def generate(seed: int, n: int) -> list[Step]:
     return steps
 
 
-SEEDS = list(range(1, 9)) + [random.randrange(1 << 30) for _ in range(
+SEEDS = list(range(1, 11)) + [random.randrange(1 << 30) for _ in range(
     int(os.environ.get("FPOL_MULTIUSER_SEEDS", "0")))]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_generated(world, seed):
-    steps = generate(seed, 40)
+    steps = generate(seed, 50)
     out = run_case(world, steps, stop_at_first=True)
     # a sequence that never succeeds or never fails would test little
     rcs = [line.split(": plain ")[1].split(" /")[0] for line in out.log]
