@@ -391,6 +391,8 @@ def cmd_load(args) -> int:
         print(f"fpol: load of {name} failed, nothing left attached or pinned: "
               f"{e.filename or loader.PIN_ROOT}: {e.strerror}", file=sys.stderr)
         return EXIT_ENV
+    for note in loaded.notes:
+        print(f"fpol: {note}", file=sys.stderr)
     print(f"loaded {loaded.policy}: {len(loaded.instances)} instances pinned under {loaded.pin_dir}; "
           f"mount with root_bpf={loaded.instances[0] if loaded.instances else '?'}")
     return EXIT_OK

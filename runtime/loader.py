@@ -13,7 +13,7 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import libbpf
@@ -34,6 +34,7 @@ class Loaded:
     policy: str
     instances: list[str]
     pin_dir: str
+    notes: list[str] = field(default_factory=list)  # what the load did besides attaching
 
 
 def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
@@ -42,6 +43,23 @@ def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
             return any(line.split()[1] == path and line.split()[2] == "bpf" for line in f)
     except OSError:
         return False
+
+
+def ensure_bpffs(path: str = "/sys/fs/bpf") -> Optional[str]:
+    """Mount bpffs at `path` where it is missing, as bpftool does (a fresh machine, or a
+    container, may have none). Returns a note saying so, or None when it was mounted."""
+    if bpffs_mounted(path):
+        return None
+    from . import libc
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        libc.mount("bpf", path, "bpf", 0, "mode=0700")
+    except OSError as e:
+        raise LoadRefused(f"bpffs is not mounted at {path} and mounting it failed: "
+                          f"{os.strerror(e.errno) if e.errno else e}; mount it "
+                          f"(mount -t bpf bpf {path}) and try again") from None
+    return f"mounted bpffs at {path} (it was not mounted; pins need it)"
 
 
 def preflight(struct_name: str) -> None:
@@ -67,9 +85,7 @@ def load(obj_path: str, policy: str, struct_name: str = "fuse_ops",
     `step(what, instance)` is called before each attach ("attach") and each pin ("pin"):
     a seam for tests, which raise from it to fail the load part-way."""
     preflight(struct_name)
-    if not bpffs_mounted(os.path.dirname(pin_root)):
-        raise LoadRefused(f"bpffs is not mounted at {os.path.dirname(pin_root)} "
-                          "(mount -t bpf bpf /sys/fs/bpf)")
+    note = ensure_bpffs(os.path.dirname(pin_root))
     pin_dir = os.path.join(pin_root, policy)
     if os.path.exists(pin_dir):
         raise _already_loaded(policy, pin_dir)
@@ -125,7 +141,7 @@ def load(obj_path: str, policy: str, struct_name: str = "fuse_ops",
     # The pins keep the instances registered; closing our handles must not detach them,
     # so the links are left alone (never destroyed) and only the object is closed.
     obj.close()
-    return Loaded(policy, [name for name, _ in attached], pin_dir)
+    return Loaded(policy, [name for name, _ in attached], pin_dir, [note] if note else [])
 
 
 def _already_loaded(policy: str, pin_dir: str) -> LoadRefused:

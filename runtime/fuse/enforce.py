@@ -86,7 +86,8 @@ def show_path(path: Optional[tuple[bytes, ...]]) -> Optional[str]:
 # --- audit ------------------------------------------------------------------------------
 
 class AuditLog:
-    """JSON lines, one per event, flushed at once (a crash must not lose the trail)."""
+    """JSON lines, one per event, each reaching the file whole in one write(2) at once (a
+    crash must not lose the trail, and a reader must never see half a line)."""
 
     def __init__(self, stream: TextIO, policy: Policy):
         self.stream = stream
@@ -104,15 +105,30 @@ class AuditLog:
         rec = {"time": round(time.time(), 6), "op": ev.op, "path": show_path(ev.path),
                "to": show_path(ev.to) if ev.to is not None else None,
                "decision": decision, "errno": errno_name(errno) if errno else None,
-               "rule": self.rule(rule), "pid": ev.pid or None}
+               "rule": self.rule(rule), "pid": ev.pid or None, "uid": ev.uid, "gid": ev.gid}
         if result is not None:
             rec["result"] = "ok" if result == 0 else errno_name(result)
         rec.update(extra)
         try:
-            self.stream.write(json.dumps(rec, ensure_ascii=True) + "\n")
-            self.stream.flush()
+            write_line(self.stream, json.dumps(rec, ensure_ascii=True) + "\n")
         except (OSError, ValueError):
             pass  # a closed or broken audit stream must not stop the filesystem
+
+
+def write_line(stream: TextIO, line: str) -> None:
+    """One line in one write(2) on the stream's descriptor (O_APPEND files take it whole),
+    after whatever the stream still buffers; a stream without a descriptor gets write()."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        stream.write(line)
+        stream.flush()
+        return
+    stream.flush()
+    data = line.encode("utf-8", "surrogateescape")
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
 
 
 # --- handlers ---------------------------------------------------------------------------
