@@ -1,8 +1,11 @@
 """`fpol mount` / `fpol umount`: enforce a policy on a FUSE mount of a backing directory.
 
 mount: check the policy, open /dev/fuse, mount(2) a `fuse.fpol` filesystem over
-MOUNTPOINT, answer INIT, then (unless --foreground) fork into the background and print the
-daemon's pid. The daemon serves until the filesystem is unmounted (`fpol umount`, umount(8),
+MOUNTPOINT for every user (`allow_other,default_permissions`: the kernel applies the backing
+tree's ownership and modes, the policy decides on top; `--owner-only` serves root alone),
+answer INIT, then (unless --foreground) fork into the background and print the daemon's
+pid. The background daemon holds none of the caller's descriptors: it logs to its own file
+(`--log`, default /var/log/fpol/MOUNTPOINT-NAME.log). The daemon serves until the filesystem is unmounted (`fpol umount`, umount(8),
 or SIGINT/SIGTERM, which unmount it), then exits 0. A start that fails after mount(2)
 unmounts again. A daemon that crashed or was killed leaves a dead mount ("Transport endpoint
 is not connected"); `fpol umount` removes it, and `fpol mount` on the same mountpoint
@@ -25,6 +28,24 @@ from typing import Optional, TextIO
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
 FSTYPE = "fuse.fpol"
+LOG_DIR = "/var/log/fpol"
+# Every user may use the mount; the kernel checks the backing tree's ownership and modes.
+SHARED_OPTIONS = "allow_other,default_permissions"
+
+
+def default_log(mountpoint: str) -> str:
+    """/var/log/fpol/<mountpoint with / as ->.log: /srv/data logs to srv-data.log."""
+    name = mountpoint.strip("/").replace("-", "--").replace("/", "-") or "root"
+    return os.path.join(LOG_DIR, name + ".log")
+
+
+def _open_log(path: str) -> TextIO:
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "a", encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise MountError(EXIT_USAGE, f"cannot open the daemon log {path}: {e.strerror}; "
+                                     "choose another with --log; nothing mounted") from None
 
 
 class MountError(Exception):
@@ -202,7 +223,7 @@ def _mount_failed(mountpoint: str, e: OSError, extra: str = "") -> MountError:
 def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = False,
           audit: Optional[str] = None, handler: Optional[str] = None,
           passthrough: bool = True, out: TextIO = None, err: TextIO = None,
-          mode: str = "auto") -> int:
+          mode: str = "auto", owner_only: bool = False, log: Optional[str] = None) -> int:
     """Mount and serve (see the module docstring). Returns the exit code; in background mode
     the caller gets 0 after the daemon is ready, and the daemon never returns here.
 
@@ -223,7 +244,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
                                            "in mainline Linux); use --mode daemon (the default "
                                            "here) to enforce the policy in the daemon")
         return _mount(policy_path, source, mountpoint, foreground, audit, handler,
-                      passthrough, out, err)
+                      passthrough, out, err, owner_only, log)
     except MountError as e:
         print(f"fpol mount: {e.message}", file=err)
         return e.code
@@ -325,7 +346,8 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
 
 
 def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, passthrough,
-           out: TextIO, err: TextIO) -> int:
+           out: TextIO, err: TextIO, owner_only: bool = False,
+           log: Optional[str] = None) -> int:
     from . import libc
     from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
     from .fuse.server import FuseServer
@@ -337,8 +359,12 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         handler = load_handler(handler_spec) if handler_spec else None
     except HandlerError as e:
         raise MountError(EXIT_USAGE, str(e)) from None
+    # The daemon's messages go to the caller's stderr in the foreground, to its own log
+    # file in the background (or wherever --log says).
+    log = log or (None if foreground else default_log(mountpoint))
+    log_stream = _open_log(log) if log else err
     try:
-        audit_stream = open(audit, "a", encoding="utf-8") if audit else err
+        audit_stream = open(audit, "a", encoding="utf-8") if audit else log_stream
     except OSError as e:
         raise MountError(EXIT_USAGE, f"cannot open audit file {audit}: {e.strerror}") from None
     enforcer = Enforcer(checked.classes, AuditLog(audit_stream, checked.policy), handler,
@@ -350,6 +376,8 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         os.close(root_fd)
         raise
     options = f"fd={channel.fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+    if not owner_only:
+        options += "," + SHARED_OPTIONS
     try:
         libc.mount(source, mountpoint, FSTYPE, libc.MS_NOSUID | libc.MS_NODEV, options)
     except OSError as e:
@@ -357,7 +385,8 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         os.close(root_fd)
         raise _mount_failed(mountpoint, e) from None
     dev = _dev_of(mountpoint)
-    server = FuseServer(channel, root_fd, enforcer, passthrough=passthrough)
+    server = FuseServer(channel, root_fd, enforcer, passthrough=passthrough,
+                        log=lambda msg: _say(log_stream, msg))
     try:
         negotiated = server.handshake()
     except BaseException as e:
@@ -369,10 +398,13 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         os.close(root_fd)
         raise MountError(EXIT_ENV, f"FUSE handshake failed, unmounted again: {e}") from None
     p = checked.policy
-    print(f"fpol mount: {source} on {mountpoint}, policy {p.name} ({len(p.rules)} rules, "
-          f"{len(checked.classes.classes)} classes, mode {p.mode}); FUSE "
-          f"{negotiated.major}.{negotiated.minor}; passthrough {negotiated.note}", file=err,
-          flush=True)
+    summary = (f"fpol mount: {source} on {mountpoint}, policy {p.name} ({len(p.rules)} rules, "
+               f"{len(checked.classes.classes)} classes, mode {p.mode}); FUSE "
+               f"{negotiated.major}.{negotiated.minor}; passthrough {negotiated.note}; "
+               + ("owner only (root)" if owner_only else "every user, Unix permissions first"))
+    print(summary + (f"; the daemon logs to {log}" if log else ""), file=err, flush=True)
+    if log_stream is not err:
+        print(summary, file=log_stream, flush=True)
     if not foreground:
         pid = os.fork()
         if pid:
@@ -380,8 +412,9 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
             os.close(root_fd)
             print(pid, file=out, flush=True)
             return EXIT_OK
-        os._exit(_daemon(server, mountpoint, dev, err))  # the daemon never returns to the caller
-    return _serve(server, mountpoint, dev, err)
+        # the daemon never returns to the caller
+        os._exit(_daemon(server, mountpoint, dev, log_stream))
+    return _serve(server, mountpoint, dev, log_stream)
 
 
 def _dev_of(mountpoint: str) -> str:
@@ -404,13 +437,19 @@ class _Terminated(BaseException):
 
 
 def _daemon(server, mountpoint: str, dev: str, err: TextIO) -> int:
+    """The background daemon: a session of its own, holding none of the caller's
+    descriptors (so `fpol mount ... | tail` and `pid=$(fpol mount ...)` return at once),
+    its messages going to `err`, its log file."""
     try:
         os.setsid()
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
-        os.dup2(null, 1)  # so `pid=$(fpol mount ...)` returns: the pipe must close
+        os.dup2(null, 1)
+        os.dup2(err.fileno() if err.fileno() > 2 else null, 2)  # a stray write lands there
         os.close(null)
+        sys.stdin = sys.stdout = open(os.devnull, "r+")
+        sys.stderr = err
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         return _serve(server, mountpoint, dev, err)
     except BaseException as e:
@@ -674,6 +713,13 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                         "(number or name) to refuse it; MODULE may be a path to a .py file")
     p.add_argument("--no-passthrough", dest="passthrough", action="store_false",
                    help="serve all reads and writes in the daemon (no FUSE passthrough)")
+    p.add_argument("--owner-only", action="store_true",
+                   help="serve root (the mounting user) alone (default: "
+                        "every user, the backing tree's ownership and modes applied first)")
+    p.add_argument("--log", metavar="FILE",
+                   help="where the daemon writes its messages, and audit events without "
+                        "--audit (default: standard error in the foreground, "
+                        f"{LOG_DIR}/MOUNTPOINT-NAME.log in the background)")
     p.add_argument("--mode", choices=("auto", "daemon", "fuse-bpf"), default="auto",
                    help="who enforces: fuse-bpf (the policy's programs, on kernels with "
                         "struct fuse_ops), daemon (any kernel with FUSE), or auto (fuse-bpf "
@@ -692,7 +738,8 @@ def add_umount_arguments(p: argparse.ArgumentParser) -> None:
 def run_mount_command(args) -> int:
     return mount(args.policy, args.source, args.mountpoint, args.foreground, args.audit,
                  args.handler, getattr(args, "passthrough", True),
-                 mode=getattr(args, "mode", "auto"))
+                 mode=getattr(args, "mode", "auto"),
+                 owner_only=getattr(args, "owner_only", False), log=getattr(args, "log", None))
 
 
 def run_umount_command(args) -> int:

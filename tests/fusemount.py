@@ -39,9 +39,11 @@ class Mount:
     """`fpol mount --foreground` in a child process, with its stderr in a file."""
 
     def __init__(self, policy: Path, source: Path, mountpoint: Path, audit: Path,
-                 handler: Optional[str] = None, passthrough: bool = True):
+                 handler: Optional[str] = None, passthrough: bool = True,
+                 extra_args: tuple[str, ...] = ()):
         self.policy, self.source, self.mnt, self.audit_path = policy, source, mountpoint, audit
         self.handler, self.passthrough = handler, passthrough
+        self.extra_args = extra_args  # more `fpol mount` options, e.g. ("--owner-only",)
         self.proc: Optional[subprocess.Popen] = None
         self.err_path = audit.with_suffix(".stderr")
         self._audit_pos = 0
@@ -55,7 +57,7 @@ class Mount:
             a += ["--handler", self.handler]
         if not self.passthrough:
             a.append("--no-passthrough")
-        return a
+        return a + list(self.extra_args)
 
     def start(self, timeout: float = 15.0) -> "Mount":
         if mount_entry(str(self.mnt)) is None:  # a dead mount there is fpol mount's to clear

@@ -796,13 +796,30 @@ def test_exit_codes(tmp_path, monkeypatch, capsys):
     assert mount_entry(str(mnt)) is None
 
 
-def test_access_follows_the_read_and_write_groups(custom):
-    m = custom
+@pytest.fixture(scope="module")
+def custom_owner_only(tmp_path_factory, custom_policy):
+    with mounted(tmp_path_factory, "custom_owner", CUSTOM_TREE, policy=custom_policy,
+                 extra_args=("--owner-only",)) as m:
+        yield m
+
+
+def test_access_follows_the_read_and_write_groups(custom_owner_only):
+    # Without default_permissions the kernel asks the daemon (FUSE_ACCESS), which decides
+    # access(2) by the policy.
+    m = custom_owner_only
     assert os.access(m.path("w/sub/c.txt"), os.R_OK | os.W_OK)
     assert not os.access(m.path("w/b.key"), os.R_OK)  # access with MAY_READ is `read`
     assert os.access(m.path("w/b.key"), os.W_OK)
     assert not os.access(m.path("ro/a.txt"), os.W_OK)
     assert os.access(m.path("ro/a.txt"), os.F_OK)
+
+
+def test_access_on_a_shared_mount_reports_unix_permissions(custom):
+    # With default_permissions (every user) the kernel answers access(2) from the mode
+    # bits alone and never asks the daemon; the policy applies when the object is used.
+    m = custom
+    assert os.access(m.path("w/b.key"), os.R_OK)
+    denied(m, errno.EACCES, os.open, m.path("w/b.key"), RO)
 
 
 # --- differential: the mount against the reference evaluator -----------------------------

@@ -8,6 +8,11 @@ complain mode) are served here with FOPEN_DIRECT_IO so that every read and write
 Attribute and entry timeouts are 0: the backing tree is the only truth about sizes and
 times, which passthrough writes change behind the daemon's back.
 
+Many users share the mount: the kernel checks the backing tree's ownership and modes first
+(`default_permissions`), and every backing call that creates, changes, removes or opens an
+object runs with the requester's filesystem credentials (creds.py), so new objects are the
+requester's and the daemon's root rights are never lent to anyone.
+
 Single-threaded on purpose: requests are short metadata operations (data moves in the
 kernel), and one thread needs no locking around the inode and handle tables.
 """
@@ -18,7 +23,6 @@ import errno
 import os
 import stat
 import sys
-import time
 import traceback
 from collections import Counter
 from typing import Callable, Optional
@@ -28,6 +32,7 @@ from fpol.compiler.policy import ALLOW, DENY
 
 from .. import libc
 from . import protocol as P
+from .creds import Credentials
 from .device import Channel, Request, Unmounted
 from .enforce import Enforcer, Event, Refused
 from .inodes import Handle, HandleTable, InodeTable, Node, proc_path
@@ -51,6 +56,7 @@ class FuseServer:
                  passthrough: bool = True, log: Callable[[str], None] = None):
         self.ch = channel
         self.enf = enforcer
+        self.creds = Credentials()
         self.inodes = InodeTable(root_fd, enforcer.root_class)
         self.handles = HandleTable()
         self.want_passthrough = passthrough
@@ -161,13 +167,18 @@ class FuseServer:
         node, st = self.inodes.lookup(parent, name, cls)
         return P.entry_out(node.nodeid, st)
 
+    def _as(self, req: Request):
+        """A context in which backing calls run with the requester's credentials."""
+        return self.creds.acting_as(req.uid, req.gid, req.pid)
+
     def _new_object(self, req: Request, op: str, name: bytes, create: Callable[[Node], None]):
         parent = self.inodes.get(req.nodeid)
         _check_name(name)
         cls = self.enf.child_class(parent.cls, name)
 
         def perform():
-            create(parent)
+            with self._as(req):  # the requester's object: its owner, its group, its rights
+                create(parent)
             return self._entry(parent, name, cls)
         return self.enf.run(self.enf.decision(cls, op), self._event(req, op, parent, name),
                             perform)
@@ -217,13 +228,19 @@ class FuseServer:
     def setattr(self, req: Request):
         a = P.SETATTR_IN.unpack(req.body)
         handle = self.handles.handles.get(a.fh) if a.valid & P.FATTR_FH else None
-        return self._node_op(req, "setattr", lambda node: self._setattr(node, a, handle))
+        return self._node_op(req, "setattr", lambda node: self._setattr(req, node, a, handle))
 
-    def _setattr(self, node: Node, a, handle: Optional[Handle]) -> bytes:
+    def _setattr(self, req: Request, node: Node, a, handle: Optional[Handle]) -> bytes:
+        v = a.valid
+        if v & P.FATTR_KILL_SUIDGID and not v & P.FATTR_MODE:
+            self._kill_privs(node)  # asked of the filesystem itself: the daemon's rights
+        with self._as(req):
+            self._change_attributes(node, a, handle)
+        return P.attr_out(os.stat(node.fd))
+
+    def _change_attributes(self, node: Node, a, handle: Optional[Handle]) -> None:
         v = a.valid
         target, follow = self._target(node)
-        if v & P.FATTR_KILL_SUIDGID and not v & P.FATTR_MODE:
-            self._kill_privs(node)
         if v & P.FATTR_MODE:
             if node.is_symlink:
                 raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
@@ -237,15 +254,13 @@ class FuseServer:
             else:
                 os.truncate(target, a.size)
         if v & (P.FATTR_ATIME | P.FATTR_MTIME | P.FATTR_ATIME_NOW | P.FATTR_MTIME_NOW):
-            # os.utime has no UTIME_OMIT: keep an unchanged time by writing it back.
-            st = os.stat(node.fd)
-            now = time.time_ns()
-            atime = (now if v & P.FATTR_ATIME_NOW else a.atime * 10**9 + a.atimensec) \
-                if v & (P.FATTR_ATIME | P.FATTR_ATIME_NOW) else st.st_atime_ns
-            mtime = (now if v & P.FATTR_MTIME_NOW else a.mtime * 10**9 + a.mtimensec) \
-                if v & (P.FATTR_MTIME | P.FATTR_MTIME_NOW) else st.st_mtime_ns
-            os.utime(target, ns=(atime, mtime), follow_symlinks=follow)
-        return P.attr_out(os.stat(node.fd))
+            # UTIME_NOW where the kernel says "now": a writer who is not the owner may set
+            # the current time but no other; UTIME_OMIT keeps a time not asked for.
+            libc.utimensat(libc.AT_FDCWD, os.fsencode(target),
+                           a.atime * 10**9 + a.atimensec if v & P.FATTR_ATIME else None,
+                           a.mtime * 10**9 + a.mtimensec if v & P.FATTR_MTIME else None,
+                           now_atime=bool(v & P.FATTR_ATIME_NOW),
+                           now_mtime=bool(v & P.FATTR_MTIME_NOW), follow=follow)
 
     @staticmethod
     def _kill_privs(node: Node) -> None:
@@ -312,7 +327,8 @@ class FuseServer:
         cls = self.enf.child_class(parent.cls, name)
 
         def perform():
-            remove(name, dir_fd=parent.fd)
+            with self._as(req):
+                remove(name, dir_fd=parent.fd)
             self.inodes.unlinked(parent, name)
             return b""
         return self.enf.run(self.enf.decision(cls, op), self._event(req, op, parent, name),
@@ -361,22 +377,28 @@ class FuseServer:
         unseen = not exchange and newname not in newparent.children
 
         def perform():
-            try:
-                if flags or unseen:
-                    libc.renameat2(parent.fd, name, newparent.fd, newname,
-                                   flags | (P.RENAME_NOREPLACE if unseen else 0))
-                else:
-                    os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
-            except OSError as e:
-                if not (unseen and not flags and e.errno == errno.EINVAL):
-                    raise
-                # a backing filesystem without RENAME_NOREPLACE: a plain rename
-                os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
+            with self._as(req):
+                self._rename_backing(parent, name, newparent, newname, flags, unseen)
             self.inodes.moved(parent, name, newparent, newname, exchange, self.enf.child_class)
             return b""
         return self.enf.run(decision, event, perform,
                             rule=verdict.lost_rule if verdict.exdev else None,
                             exdev=verdict.exdev or carried)
+
+    @staticmethod
+    def _rename_backing(parent: Node, name: bytes, newparent: Node, newname: bytes,
+                        flags: int, unseen: bool) -> None:
+        try:
+            if flags or unseen:
+                libc.renameat2(parent.fd, name, newparent.fd, newname,
+                               flags | (P.RENAME_NOREPLACE if unseen else 0))
+            else:
+                os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
+        except OSError as e:
+            if not (unseen and not flags and e.errno == errno.EINVAL):
+                raise
+            # a backing filesystem without RENAME_NOREPLACE: a plain rename
+            os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
 
     def _carries_passthrough(self, node: Optional[Node], newparent: Node,
                              newname: bytes) -> bool:
@@ -430,8 +452,9 @@ class FuseServer:
 
         def perform():
             parent, name = node.entry()
-            os.link(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd,
-                    follow_symlinks=False)
+            with self._as(req):
+                os.link(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd,
+                        follow_symlinks=False)
             return self._entry(newparent, newname, self.enf.child_class(newparent.cls, newname))
         return self.enf.run(verdict.decision, event, perform,
                             rule=verdict.lost_rule if verdict.exdev else None,
@@ -447,7 +470,8 @@ class FuseServer:
             if not stat.S_ISREG(node.mode) and not stat.S_ISDIR(node.mode):
                 # FIFOs and devices are opened by the kernel itself; a symlink never is.
                 raise OSError(errno.ELOOP if node.is_symlink else errno.EINVAL, "not a file")
-            fd = os.open(proc_path(node.fd), (flags & ~_DROP_OPEN_FLAGS) | os.O_CLOEXEC)
+            with self._as(req):
+                fd = os.open(proc_path(node.fd), (flags & ~_DROP_OPEN_FLAGS) | os.O_CLOEXEC)
             if a.open_flags & P.FUSE_OPEN_KILL_SUIDGID:  # O_TRUNC by an unprivileged caller
                 try:
                     self._kill_privs(node)
@@ -472,9 +496,10 @@ class FuseServer:
             # object there that it was never shown (a name hidden by a lookup denied with
             # ENOENT) is not opened, let alone truncated -- EEXIST. O_NOFOLLOW: a symlink
             # planted under the name must not redirect the create.
-            fd = os.open(name, (a.flags & ~(os.O_NOCTTY | langops.FMODE_EXEC)) | os.O_CREAT
-                         | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(a.mode),
-                         dir_fd=parent.fd)
+            with self._as(req):
+                fd = os.open(name, (a.flags & ~(os.O_NOCTTY | langops.FMODE_EXEC)) | os.O_CREAT
+                             | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(a.mode),
+                             dir_fd=parent.fd)
             try:
                 pfd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
                 st = os.stat(pfd)
@@ -664,7 +689,8 @@ class FuseServer:
 
         def perform(node: Node):
             target, follow = self._target(node)
-            os.setxattr(target, name, value, a.flags, follow_symlinks=follow)
+            with self._as(req):
+                os.setxattr(target, name, value, a.flags, follow_symlinks=follow)
             return b""
         return self._node_op(req, "setxattr", perform)
 
@@ -674,7 +700,8 @@ class FuseServer:
 
         def perform(node: Node):
             target, follow = self._target(node)
-            return self._sized(os.getxattr(target, name, follow_symlinks=follow), a.size)
+            with self._as(req):
+                return self._sized(os.getxattr(target, name, follow_symlinks=follow), a.size)
         return self._node_op(req, "getxattr", perform)
 
     def listxattr(self, req: Request):
@@ -682,7 +709,8 @@ class FuseServer:
 
         def perform(node: Node):
             target, follow = self._target(node)
-            names = os.listxattr(target, follow_symlinks=follow)
+            with self._as(req):
+                names = os.listxattr(target, follow_symlinks=follow)
             return self._sized(b"".join(os.fsencode(n) + b"\0" for n in names), a.size)
         return self._node_op(req, "listxattr", perform)
 
@@ -700,7 +728,8 @@ class FuseServer:
 
         def perform(node: Node):
             target, follow = self._target(node)
-            os.removexattr(target, name, follow_symlinks=follow)
+            with self._as(req):
+                os.removexattr(target, name, follow_symlinks=follow)
             return b""
         return self._node_op(req, "removexattr", perform)
 
@@ -708,7 +737,8 @@ class FuseServer:
 
     def opendir(self, req: Request):
         def perform(node: Node):
-            fd = os.open(proc_path(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            with self._as(req):
+                fd = os.open(proc_path(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             h = Handle(node, fd, os.O_RDONLY)
             self.handles.add(h)
             return h
