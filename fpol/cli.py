@@ -365,8 +365,9 @@ def cmd_load(args) -> int:
         try:
             name = loader.policy_name_of(obj_path)
         except libbpf.LibbpfError as e:
-            raise UsageError(f"cannot open {obj_path} as a BPF object ({e}); build one with "
-                             "`fpol compile`") from None
+            why = f"libbpf: {e.reason}" if e.reason else str(e)
+            raise UsageError(f"cannot open {obj_path} as a BPF object ({why}); build one "
+                             "with `fpol compile`") from None
         if name is None:
             raise UsageError(f"{obj_path} does not look like an fpol struct_ops object")
     else:

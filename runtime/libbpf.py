@@ -35,16 +35,37 @@ class LibbpfError(Exception):
         self.errno = abs(err)
         self.messages = messages
         name = errno_module.errorcode.get(self.errno, str(self.errno))
-        super().__init__(f"{what}: {os.strerror(self.errno)} ({name})")
+        text = f"{what}: {os.strerror(self.errno)} ({name})"
+        if self.reason:
+            text += f": {self.reason}"
+        super().__init__(text)
+
+    @property
+    def reason(self) -> str:
+        """libbpf's own account of the refusal: its first warning that names what failed
+        (a program, a map, a struct_ops member, an extern), else its first warning."""
+        warnings = [m.strip() for m in self.messages if m.startswith(_WARN_MARK)]
+        lines = [w[len(_WARN_MARK):].removeprefix("libbpf: ").splitlines()[0] for w in warnings
+                 if w[len(_WARN_MARK):].strip()]
+        lines = [l for l in lines if "PROG LOAD LOG" not in l]
+        telling = [l for l in lines if not l.startswith(("failed to load object",
+                                                         "failed to load BPF skeleton"))]
+        return (telling or lines or [""])[0]
 
     @property
     def log(self) -> str:
-        return "".join(self.messages)
+        return "".join(m.removeprefix(_WARN_MARK) for m in self.messages)
 
     @property
     def verifier_log(self) -> str:
         m = re.search(r"-- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --", self.log, re.S)
         return m.group(1) if m else ""
+
+
+# libbpf's warnings (LIBBPF_WARN) are kept with this mark in front, so a refusal can be
+# told from the debug chatter around it.
+_WARN_MARK = "\x00W"
+LIBBPF_WARN = 0
 
 
 class LibbpfMissing(Exception):
@@ -94,7 +115,7 @@ class _Lib:
         else:
             text = fmt.decode("utf-8", "replace")
             n = len(text)
-        self.messages.append(text)
+        self.messages.append(_WARN_MARK + text if level == LIBBPF_WARN else text)
         return n
 
     def _prototypes(self):

@@ -142,3 +142,50 @@ def two_member_object(tmp_path) -> str:
     subprocess.run([find_clang(), *CFLAGS, *include_flags(), "-c", str(src),
                     "-o", out], check=True)
     return out
+
+
+# --- a refused object's error says why: libbpf's own line, naming program and member -----
+
+def test_refused_object_error_names_program_and_member(tmp_path):
+    require_bpf()
+    from fpol.runtime import libbpf, loader
+
+    obj = two_member_object(tmp_path)
+    with pytest.raises(libbpf.LibbpfError) as err:
+        loader.policy_name_of(obj)
+    message = str(err.value)
+    assert "cannot use prog shared_fn" in message and "func ptr undo_cwnd" in message, message
+    assert err.value.reason.startswith("struct_ops reloc fpoltwo: cannot use prog shared_fn")
+
+
+def test_fpol_load_of_a_refused_object_prints_libbpfs_reason(tmp_path, monkeypatch, capsys):
+    require_bpf()
+    from fpol import cli
+    from fpol.runtime import loader
+
+    obj = two_member_object(tmp_path)
+    monkeypatch.setattr(loader, "preflight", lambda name: None)  # as on a fuse-bpf kernel
+    status = cli.main(["load", obj])
+    err = capsys.readouterr().err
+    assert status != 0
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert "cannot use prog shared_fn" in err and "func ptr undo_cwnd" in err, err
+    assert "Traceback" not in err
+
+
+def test_load_failure_of_a_missing_kfunc_names_it(tmp_path):
+    """A load libbpf refuses (here: fuse-bpf's kfuncs are missing) carries the line naming
+    what is missing, not only the errno."""
+    require_bpf()
+    from fpol.runtime import libbpf
+    from fpol.runtime.probe import fuse_ops_abi
+
+    if fuse_ops_abi() is not None:
+        pytest.skip("this kernel has fuse-bpf: the secrets object loads")
+    path = _build(os.path.join(HERE, "..", "examples", "secrets.fpol"), "v4")
+    with libbpf.BpfObject(path) as obj:
+        with pytest.raises(libbpf.LibbpfError) as err:
+            obj.load()
+    assert "bpf_fuse_get_" in str(err.value) or "fuse_ops is not found" in str(err.value), \
+        str(err.value)
