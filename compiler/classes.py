@@ -197,18 +197,19 @@ def _collect(policy: Policy) -> _Patterns:
     return pats
 
 
-def _closure(positions, parts: list[tuple]) -> frozenset:
-    out = set()
-    stack = list(positions)
-    while stack:
-        pos = stack.pop()
-        if pos in out:
-            continue
-        out.add(pos)
-        pid, k = pos
-        pattern = parts[pid]
-        if k < len(pattern) and pattern[k] is ANY:
-            stack.append((pid, k + 1))
+def _closure(positions, parts: list[tuple], at_any: Optional[frozenset] = None) -> frozenset:
+    """The positions plus every position reached from them by skipping `**` parts.
+    `at_any`, when given, is the set of every position at a `**` (build_raw's), so the
+    work is set operations over the few positions that can move."""
+    if at_any is None:
+        at_any = frozenset((pid, k) for pid, pattern in enumerate(parts)
+                           for k, part in enumerate(pattern) if part is ANY)
+    out = set(positions)
+    todo = out & at_any
+    while todo:
+        todo = {(pid, k + 1) for pid, k in todo} - out
+        out |= todo
+        todo &= at_any
     return frozenset(out)
 
 
@@ -240,7 +241,9 @@ def build_raw(policy: Policy) -> list[RawState]:
     a policy with many `named` rules does not pay for them at every state."""
     pats = _collect(policy)
     parts = pats.parts
-    start = _closure({(pid, 0) for pid in range(len(parts))}, parts)
+    at_any = frozenset((pid, k) for pid, pattern in enumerate(parts)
+                       for k, part in enumerate(pattern) if part is ANY)
+    start = _closure({(pid, 0) for pid in range(len(parts))}, parts, at_any)
     floating = frozenset((pid, k) for pid, k in start
                          if parts[pid] and parts[pid][0] is ANY and all(p is ANY for p in parts[pid][:k]))
     float_accepted = frozenset(pats.term_of[pid] for pid, k in floating if k == len(parts[pid]))
@@ -291,10 +294,10 @@ def build_raw(policy: Policy) -> list[RawState]:
 
         # closure(base | advanced) = closure(base) | closure(advanced): the base (positions
         # at a `**`, many in a deep state under overlapping rules) is closed once per state.
-        base_closed = _closure(base, parts) - floating
+        base_closed = _closure(base, parts, at_any) - floating
 
         def target(advanced, name: bytes) -> int:
-            return intern(base_closed | (_closure(advanced, parts) - floating), prefix + name)
+            return intern(base_closed | (_closure(advanced, parts, at_any) - floating), prefix + name)
 
         literals = {}
         for lit in sorted(by_literal):
@@ -317,29 +320,39 @@ def build_raw(policy: Policy) -> list[RawState]:
     return states  # type: ignore[return-value]
 
 
-_unscoped_cache: dict[int, tuple[Policy, tuple[int, ...]]] = {}
+_shape_cache: dict[int, tuple[Policy, tuple[int, ...], list, dict]] = {}
 
 
-def _unscoped(policy: Policy) -> tuple[int, ...]:
-    """Rules with no scope (they hold everywhere), computed once per policy."""
-    hit = _unscoped_cache.get(id(policy))
+def _shapes(policy: Policy):
+    """Per policy, computed once: the rules with no scope (they hold everywhere), each
+    rule's scope terms and except terms as (rule, key) pairs, and a memo of
+    matching_rules by accepted set (many states share one)."""
+    hit = _shape_cache.get(id(policy))
     if hit is None or hit[0] is not policy:
-        hit = _unscoped_cache[id(policy)] = (policy, tuple(r.index for r in policy.rules if not r.terms))
-    return hit[1]
+        _shape_cache.clear()
+        shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
+                   frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
+                  for r in policy.rules]
+        hit = _shape_cache[id(policy)] = (
+            policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {})
+    return hit
 
 
 def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
     """The rules whose every scope term holds and no except term holds. Only rules
     with a term among `accepted` (or with no scope at all) can match."""
-    candidates = {ri for ri, key in accepted if key[0] == "t"}
-    candidates.update(_unscoped(policy))
-    out = []
-    for ri in sorted(candidates):
-        r = policy.rules[ri]
-        if all(((ri, ("t", i)) in accepted) for i in range(len(r.terms))) and \
-                not any(((ri, ("x", i)) in accepted) for i in range(len(r.excepts))):
-            out.append(r)
-    return out
+    _, unscoped, shapes, memo = _shapes(policy)
+    out = memo.get(accepted)
+    if out is None:
+        candidates = {ri for ri, key in accepted if key[0] == "t"}
+        candidates.update(unscoped)
+        out = []
+        for ri in sorted(candidates):
+            need, excl = shapes[ri]
+            if need <= accepted and accepted.isdisjoint(excl):
+                out.append(policy.rules[ri])
+        memo[accepted] = out
+    return list(out)
 
 
 def tables(policy: Policy, raw: list[RawState]) -> list[tuple[Decision, ...]]:

@@ -21,9 +21,9 @@ from typing import Optional
 from fpol import __version__
 
 from . import ops
-from .classes import Class, ClassTree
+from .classes import Class, ClassTree, realisable_masks
 from .decide import Decision
-from .paths import glob_combinations
+from .paths import Glob, glob_combinations
 from .policy import STRICTNESS, Policy
 
 KIND_CODE = {"allow": 0, "deny": 1, "userspace": 2}
@@ -459,7 +459,11 @@ class Strictness:
             return [b"x"]  # both send every name to their default child
         lits = {lit for lit, _ in a.literals} | {lit for lit, _ in b.literals}
         globs = sorted({g.text for g in a.globs} | {g.text for g in b.globs})
-        return sorted(lits) + [w for _, w in sorted(glob_combinations(globs, frozenset(lits)).items())]
+        # The witnesses of the globs alone (memoised) serve unless one is a literal name.
+        combos = realisable_masks(tuple(Glob(g) for g in globs))
+        if any(w in lits for w in combos.values()):
+            combos = glob_combinations(globs, frozenset(lits))
+        return sorted(lits) + [w for _, w in sorted(combos.items())]
 
 
 def _daemon_lookup(table: tuple) -> bool:
