@@ -428,12 +428,20 @@ def cmd_status(args) -> int:
     mounts = fpol_mounts()
     if not mounts:
         print("no fpol mounts")
+    from fpol.runtime import registry
+
+    records = {r.mountpoint: r for r in registry.all()}
     for state, m in mounts:
+        rec = records.get(m.target)
+        policy = (f"policy {rec.policy} ({rec.policy_path}, {rec.mode}"
+                  + (f", daemon pid {rec.pid}" if rec.pid else ", no daemon")
+                  + f", since {rec.loaded_at})") if rec else "policy unknown (not in fpol's " \
+            f"mount registry, {registry.REGISTRY_DIR})"
         if state == "dead":
-            print(f"mount {m.target}: {m.source}, DEAD (its daemon exited; the files on the "
-                  f"source are untouched): `fpol umount {m.target}` removes it")
+            print(f"mount {m.target}: {m.source}, {policy}, DEAD (its daemon exited; the files "
+                  f"on the source are untouched): `fpol umount {m.target}` removes it")
         else:
-            print(f"mount {m.target}: {m.source}, served")
+            print(f"mount {m.target}: {m.source}, {policy}, served")
     return EXIT_OK
 
 

@@ -313,6 +313,7 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
                f"({abi}, {len(checked.classes.classes)} instances, root_bpf={root_bpf})")
     if channel is None:
         print(summary + "; no daemon (the policy sends nothing to userspace)", file=err, flush=True)
+        _record_mount(checked, source, mountpoint, dev, "fuse-bpf", None, err)
         return EXIT_OK
     try:
         handler = load_handler(handler_spec) if handler_spec else None
@@ -339,9 +340,11 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
         pid = os.fork()
         if pid:
             channel.close()
+            _record_mount(checked, source, mountpoint, dev, "fuse-bpf", pid, err)
             print(pid, file=out, flush=True)
             return EXIT_OK
         os._exit(_daemon(server, mountpoint, dev, err))
+    _record_mount(checked, source, mountpoint, dev, "fuse-bpf", os.getpid(), err)
     return _serve(server, mountpoint, dev, err)
 
 
@@ -410,10 +413,12 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         if pid:
             channel.close()
             os.close(root_fd)
+            _record_mount(checked, source, mountpoint, dev, "daemon", pid, err)
             print(pid, file=out, flush=True)
             return EXIT_OK
         # the daemon never returns to the caller
         os._exit(_daemon(server, mountpoint, dev, log_stream))
+    _record_mount(checked, source, mountpoint, dev, "daemon", os.getpid(), err)
     return _serve(server, mountpoint, dev, log_stream)
 
 
@@ -522,6 +527,7 @@ def _serve(server, mountpoint: str, dev: str, err: TextIO) -> int:
             cleared = True
         except OSError:
             pass
+    _forget_mount(mountpoint, dev)  # the daemon is done: so is its record
     try:
         summary = server.summary()
     except Exception:
@@ -635,6 +641,7 @@ def umount(mountpoint: str, err: TextIO = None, lazy: bool = False) -> int:
     if os.geteuid() != 0:
         print("fpol umount: must run as root", file=err)
         return EXIT_ENV
+    rec = _registry_record(path)  # read while the mount is there: after, it is stale
     try:
         if state == "dead":
             libc.umount2(path, libc.MNT_DETACH)
@@ -654,7 +661,8 @@ def umount(mountpoint: str, err: TextIO = None, lazy: bool = False) -> int:
                           file=err)
                     return EXIT_BUSY
                 libc.umount2(path, libc.MNT_DETACH)
-                policy = _root_bpf_policy(entry.options)
+                _forget_mount(path, entry.dev)
+                policy = _policy_of(entry, rec)
                 print(f"fpol umount: {path} detached while in use ({users}); the daemon serves "
                       "those open files and exits when the last is closed"
                       + (f"; policy {policy} stays loaded (`fpol unload {policy}` once they "
@@ -663,21 +671,27 @@ def umount(mountpoint: str, err: TextIO = None, lazy: bool = False) -> int:
     except OSError as e:
         print(f"fpol umount: {path}: {e.strerror}", file=err)
         return EXIT_ENV
-    _unload_if_unused(entry, err)
+    _forget_mount(path, entry.dev)
+    _unload_if_unused(entry, err, rec)
     return EXIT_OK
 
 
-def _unload_if_unused(entry, err: TextIO) -> None:
-    """A fuse-bpf mount's policy stays loaded while another mount still names it."""
-    policy = _root_bpf_policy(entry.options)
+def _unload_if_unused(entry, err: TextIO, rec=None) -> None:
+    """A fuse-bpf mount's policy stays loaded while another mount still uses it. Which
+    policy a mount uses comes from root_bpf= in mountinfo where the kernel prints it, else
+    from fpol's mount registry (the RFC kernel does not print it)."""
+    from . import registry
+
+    policy = _policy_of(entry, rec)
     if policy is None:
         return
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open(registry.MOUNTINFO) as f:
             still = any(_root_bpf_policy(line.partition(" - ")[2].split()[-1]) == policy
                         for line in f if " - " in line)
     except OSError:
         return
+    still = still or any(r.policy == policy and r.mode == "fuse-bpf" for r in registry.all())
     if still:
         return
     from . import loader
@@ -694,6 +708,51 @@ def _root_bpf_policy(options: str) -> Optional[str]:
         if opt.startswith("root_bpf="):
             return opt[len("root_bpf="):].rsplit("_", 1)[0]
     return None
+
+
+def _policy_of(entry, rec) -> Optional[str]:
+    """The loaded policy a fuse-bpf mount uses: root_bpf= if mountinfo shows it, else the
+    mount registry's record; None for a daemon mount (it loads nothing)."""
+    policy = _root_bpf_policy(entry.options)
+    if policy is None and rec is not None and rec.mode == "fuse-bpf":
+        policy = rec.policy
+    return policy
+
+
+# --- the mount registry (runtime/registry.py) ---------------------------------------------
+
+def _record_mount(checked, source: str, mountpoint: str, dev: str, mode: str,
+                  pid: Optional[int], err: TextIO) -> None:
+    """Record a mount just made. A registry that cannot be written costs `fpol umount`
+    its knowledge of the policy, not the mount: say so and go on."""
+    from . import registry
+
+    try:
+        registry.record(registry.MountRecord(
+            mountpoint=mountpoint, dev=dev, source=source, policy=checked.policy.name,
+            policy_path=os.path.abspath(checked.source.file), policy_sha256=checked.digest,
+            mode=mode, pid=pid, loaded_at=registry.now()))
+    except OSError as e:
+        _say(err, f"cannot record the mount in {registry.REGISTRY_DIR}: {e.strerror}; "
+                  "`fpol status` will not name its policy")
+
+
+def _registry_record(mountpoint: str):
+    from . import registry
+
+    try:
+        return registry.get(mountpoint)
+    except OSError:
+        return None
+
+
+def _forget_mount(mountpoint: str, dev: str) -> None:
+    from . import registry
+
+    try:
+        registry.remove(mountpoint, dev or None)
+    except OSError:
+        pass
 
 
 # --- command line -------------------------------------------------------------------------
