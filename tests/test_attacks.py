@@ -11,7 +11,8 @@ each with the result the mount must give (format: tests/attacks/README.md). Two 
   otherwise the step is allowed; `language: DECISION` states a different language verdict
   explicitly where the mount's result differs on purpose.
 * test_mount: the same steps through a real `fpol mount` of the file's policy (one mount per
-  file; the backing tree is rebuilt before each case). Every step must give its errno; after
+  file; the backing tree is rebuilt before each case). Steps after an `as UID:GID` line run
+  as that user (effective ids and groups switched around the step), on both sides. Every step must give its errno; after
   each refused step (and each step marked `unchanged`) the backing tree must be exactly as it
   was (names, types, sizes, modes, owners, mtimes, link counts, contents, xattrs); at the end
   of the case the backing tree must equal the shadow.
@@ -22,6 +23,7 @@ evaluator's decisions.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -29,7 +31,9 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -69,6 +73,7 @@ class Step:
     by: Optional[str] = None  # "kernel" | "fs": refused below the policy
     audit: Optional[bool] = None  # `+audit` / `-audit`: the step is (not) logged
     language: Optional[Expectation] = None  # the language's verdict, stated where it differs
+    user: Optional[tuple] = None  # (uid, gid, groups) from an `as` line; None: root
 
     @property
     def result_name(self) -> str:
@@ -87,12 +92,16 @@ class Case:
     def id(self) -> str:
         return f"{self.file.path.stem}/{self.name}"
 
+    @property
+    def users(self) -> bool:
+        return any(s.user for s in self.steps)
+
 
 @dataclass
 class TreeEntry:
     line: int
     path: bytes
-    kind: str  # dir | file | symlink | link | xattr | mode | fifo
+    kind: str  # dir | file | symlink | link | xattr | mode | fifo | owner
     value: object = None
     extra: object = None
 
@@ -278,11 +287,23 @@ def _tree_entry(text: str, line: int) -> list[TreeEntry]:
         return [TreeEntry(line, path, "link", _bytes(rest[1], line))]
     if len(rest) == 2 and rest[0] == "mode":
         return [TreeEntry(line, path, "mode", int(rest[1], 8))]
+    if len(rest) == 2 and rest[0] == "owner" and re.fullmatch(r"\d+:\d+", rest[1]):
+        return [TreeEntry(line, path, "owner", tuple(int(x) for x in rest[1].split(":")))]
     if len(rest) == 3 and rest[0] == "xattr":
         return [TreeEntry(line, path, "xattr", rest[1], _bytes(rest[2], line))]
     raise AttackSyntaxError(f"line {line}: tree entries are `PATH/`, `PATH \"content\"`, "
                             "`PATH -> TARGET`, `PATH link OTHER`, `PATH mode 0NNN`, "
-                            "`PATH xattr NAME \"value\"` or `PATH fifo`")
+                            "`PATH xattr NAME \"value\"`, `PATH owner UID:GID` or `PATH fifo`")
+
+
+def _user(words: list[str], line: int) -> Optional[tuple]:
+    """`as root` or `as UID:GID[:GROUP,...]`: who runs the case's following steps."""
+    if words == ["as", "root"]:
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)(?::(\d+(?:,\d+)*))?", words[1]) if len(words) == 2 else None
+    if not m:
+        raise AttackSyntaxError(f"line {line}: expected `as root` or `as UID:GID[:GROUP,...]`")
+    return int(m[1]), int(m[2]), tuple(int(g) for g in m[3].split(",")) if m[3] else ()
 
 
 def parse_attack(path: Path) -> AttackFile:
@@ -292,6 +313,7 @@ def parse_attack(path: Path) -> AttackFile:
     cases: list[Case] = []
     section = None
     block: list[str] = []
+    user = None
     af = AttackFile(path, "", "", tree, cases)
     try:
         for n, raw in enumerate(lines, 1):
@@ -316,6 +338,7 @@ def parse_attack(path: Path) -> AttackFile:
                     if any(c.name == name.strip() for c in cases):
                         raise AttackSyntaxError(f"line {n}: duplicate case `{name.strip()}`")
                     cases.append(Case(af, name.strip(), n, title.strip()))
+                    user = None  # each case starts as root
                     section = "case"
                 else:
                     raise AttackSyntaxError(f"line {n}: expected `policy FILE`, `policy:`, "
@@ -325,8 +348,11 @@ def parse_attack(path: Path) -> AttackFile:
                 block.append(raw)
             elif section == "tree":
                 tree.extend(_tree_entry(raw.strip(), n))
+            elif section == "case" and _tokens(raw)[0][:1] == ["as"] and "->" not in raw:
+                user = _user(_tokens(raw)[0], n)
             elif section == "case":
                 cases[-1].steps.append(_step(raw.strip(), n))
+                cases[-1].steps[-1].user = user
             else:
                 raise AttackSyntaxError(f"line {n}: indented line outside a section")
     except AttackSyntaxError as e:
@@ -370,6 +396,8 @@ def build(root: bytes, tree: list[TreeEntry], mnt: bytes) -> None:
             os.chmod(p, e.value)
         elif e.kind == "xattr":
             os.setxattr(p, e.value, e.extra, follow_symlinks=False)
+        elif e.kind == "owner":
+            os.chown(p, *e.value, follow_symlinks=False)
 
 
 def clear(root: bytes) -> None:
@@ -546,11 +574,51 @@ class World:
             os.close(fd)
 
 
+_PR_SET_DUMPABLE = 4
+
+
+@contextmanager
+def acting_as(user: Optional[tuple]):
+    """Run as (uid, gid, groups): effective ids and supplementary groups, restored after.
+    None: as we are (root)."""
+    if user is None:
+        yield
+        return
+    uid, gid, groups = user
+    old = os.getgroups()
+    os.setgroups(list(groups))
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(old)
+        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # the euid change cleared it
+
+
 def attempt(world: World, s: Step) -> tuple[int, Optional[bytes]]:
     try:
-        return 0, world.run(s)
+        with acting_as(s.user):
+            return 0, world.run(s)
     except OSError as e:
         return e.errno, None
+
+
+@contextmanager
+def shadow_dir(case: Case, tmp_path: Path):
+    """Where the case's plain directory goes: under tmp_path, or, for a case with steps
+    run as other users, under a directory they can reach."""
+    if not case.users:
+        yield os.fsencode(str(tmp_path / "shadow"))
+        return
+    base = tempfile.mkdtemp(prefix="fpol-attack-", dir="/tmp")
+    os.chmod(base, 0o755)
+    try:
+        yield os.fsencode(base + "/shadow")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --- the requests a step makes of the policy ------------------------------------------------------
@@ -823,7 +891,8 @@ def test_the_corpus_is_complete():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_language(case: Case, tmp_path):
     evaluator = Evaluator(case.file.policy)
-    problems = play(case, os.fsencode(str(tmp_path / "shadow")), evaluator=evaluator)
+    with shadow_dir(case, tmp_path) as shadow:
+        problems = play(case, shadow, evaluator=evaluator)
     assert not problems, "\n".join(problems)
 
 
@@ -837,12 +906,18 @@ class Mounts:
     def __init__(self, factory):
         self.factory = factory
         self.current: Optional[tuple[str, Mount]] = None
+        self.tmp: Optional[Path] = None  # a base outside the factory's, removed on stop
 
     def get(self, af: AttackFile) -> Mount:
         if self.current and self.current[0] == af.path.stem:
             return self.current[1]
         self.stop()
-        base = self.factory.mktemp(f"attack-{af.path.stem}")
+        if any(c.users for c in af.cases):  # other users must reach the mount
+            base = Path(tempfile.mkdtemp(prefix=f"fpol-attack-{af.path.stem}-", dir="/tmp"))
+            os.chmod(base, 0o755)
+            self.tmp = base
+        else:
+            base = self.factory.mktemp(f"attack-{af.path.stem}")
         policy = base / "policy.fpol"
         policy.write_text(af.policy_text, encoding="utf-8")
         (base / "src").mkdir()
@@ -855,6 +930,9 @@ class Mounts:
             m = self.current[1]
             self.current = None
             rc = m.stop()
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
             assert rc == 0, f"daemon exited {rc}: {m.stderr()}"
 
 
@@ -871,7 +949,8 @@ def mounts(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_mount(case: Case, mounts, tmp_path):
     m = mounts.get(case.file)
-    problems = play(case, os.fsencode(str(tmp_path / "shadow")), mount=m)
+    with shadow_dir(case, tmp_path) as shadow:
+        problems = play(case, shadow, mount=m)
     if m.proc.poll() is not None:
         problems.append(f"the daemon died: {m.stderr()}")
     assert not problems, "\n".join(problems)
@@ -889,6 +968,7 @@ if __name__ == "__main__":  # python3 tests/test_attacks.py FILE [CASE]: the req
                 continue
             print(f"case {c.name}: {c.title}")
             with tempfile.TemporaryDirectory() as tmp:
+                os.chmod(tmp, 0o755)  # steps run `as` other users reach it
                 for p in play(c, os.fsencode(tmp + "/shadow"), evaluator=Evaluator(af.policy),
                               trace=print):
                     print("PROBLEM:", p)
