@@ -435,7 +435,8 @@ def cmd_status(args) -> int:
         rec = records.get(m.target)
         policy = (f"policy {rec.policy} ({rec.policy_path}, {rec.mode}"
                   + (f", daemon pid {rec.pid}" if rec.pid else ", no daemon")
-                  + f", since {rec.loaded_at})") if rec else "policy unknown (not in fpol's " \
+                  + f", since {rec.loaded_at}"
+                  + (f", log {rec.log}" if rec.log else "") + ")") if rec else "policy unknown (not in fpol's " \
             f"mount registry, {registry.REGISTRY_DIR})"
         if state == "dead":
             print(f"mount {m.target}: {m.source}, {policy}, DEAD (its daemon exited; the files "

@@ -413,12 +413,12 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         if pid:
             channel.close()
             os.close(root_fd)
-            _record_mount(checked, source, mountpoint, dev, "daemon", pid, err)
+            _record_mount(checked, source, mountpoint, dev, "daemon", pid, err, log)
             print(pid, file=out, flush=True)
             return EXIT_OK
         # the daemon never returns to the caller
         os._exit(_daemon(server, mountpoint, dev, log_stream))
-    _record_mount(checked, source, mountpoint, dev, "daemon", os.getpid(), err)
+    _record_mount(checked, source, mountpoint, dev, "daemon", os.getpid(), err, log)
     return _serve(server, mountpoint, dev, log_stream)
 
 
@@ -722,7 +722,7 @@ def _policy_of(entry, rec) -> Optional[str]:
 # --- the mount registry (runtime/registry.py) ---------------------------------------------
 
 def _record_mount(checked, source: str, mountpoint: str, dev: str, mode: str,
-                  pid: Optional[int], err: TextIO) -> None:
+                  pid: Optional[int], err: TextIO, log: Optional[str] = None) -> None:
     """Record a mount just made. A registry that cannot be written costs `fpol umount`
     its knowledge of the policy, not the mount: say so and go on."""
     from . import registry
@@ -731,7 +731,8 @@ def _record_mount(checked, source: str, mountpoint: str, dev: str, mode: str,
         registry.record(registry.MountRecord(
             mountpoint=mountpoint, dev=dev, source=source, policy=checked.policy.name,
             policy_path=os.path.abspath(checked.source.file), policy_sha256=checked.digest,
-            mode=mode, pid=pid, loaded_at=registry.now()))
+            mode=mode, pid=pid, loaded_at=registry.now(),
+            log=os.path.abspath(log) if log else None))
     except OSError as e:
         _say(err, f"cannot record the mount in {registry.REGISTRY_DIR}: {e.strerror}; "
                   "`fpol status` will not name its policy")
