@@ -274,8 +274,10 @@ class World:
         return name
 
 
-@pytest.fixture(scope="module")
-def world():
+@pytest.fixture(scope="module", params=["passthrough", "no-passthrough"])
+def world(request):
+    """One mount for the module, per I/O mode: with FUSE passthrough (the kernel does reads
+    and writes on the backing file) and without (the daemon does them)."""
     base = tempfile.mkdtemp(prefix="fpol-multiuser-", dir="/tmp")
     os.chmod(base, 0o755)  # other users reach the mount and the twin through it
     src, twin, mnt = (os.path.join(base, x) for x in ("src", "twin", "mnt"))
@@ -284,7 +286,8 @@ def world():
         os.chmod(d, 0o755)
     policy = Path(base) / "allow.fpol"
     policy.write_text("policy allowall\ndefault allow\n")
-    m = Mount(policy, Path(src), Path(mnt), Path(base) / "audit.log")
+    m = Mount(policy, Path(src), Path(mnt), Path(base) / "audit.log",
+              passthrough=request.param == "passthrough")
     w = World(base, src, twin, mnt, m)
     try:
         m.start()
