@@ -65,9 +65,10 @@ def _python_for_users() -> Optional[str]:
     return None
 
 
-def _others_can_run(path: str) -> bool:
+def _others_can_run(path: str, bit: int = stat.S_IXOTH) -> bool:
+    """Can a user who is neither owner nor in the group run (or with S_IROTH, read) path?"""
     p = os.path.realpath(path)
-    if not os.stat(p).st_mode & stat.S_IXOTH:
+    if not os.stat(p).st_mode & bit:
         return False
     d = os.path.dirname(p)
     while d != "/":
@@ -85,7 +86,7 @@ def _why_not() -> Optional[str]:
         return "no setpriv (util-linux) to run steps as other users"
     if _python_for_users() is None:
         return "no python3 that an unprivileged user can execute"
-    if not _others_can_run(str(HELPER)) and not os.stat(HELPER).st_mode & stat.S_IROTH:
+    if not _others_can_run(str(HELPER), stat.S_IROTH):
         return f"{HELPER} is not readable by other users"
     return None
 
@@ -586,7 +587,11 @@ CASES = {
         S("a", "listdir", "home-b", want="EACCES"),
         S("c", "open", "home-b/f", flags=["O_RDONLY"], want="EACCES"),
         S("a", "access", "pub/a-open", mode=os.W_OK | os.R_OK),
-        S("b", "access", "pub/a-file", mode=os.W_OK),
+        S("b", "access", "pub/a-file", mode=os.W_OK),           # False, not an error
+        S("b", "access", "home-a/secret", mode=os.R_OK),
+        S("c", "access", "root-only/f", mode=os.F_OK),          # cannot search root-only
+        S("a", "access", "home-a/suid", mode=os.X_OK),
+        S("c", "access", "shared/b-file", mode=os.W_OK),
         S("b", "create", "pub/a-file", mode=0o600, flags=["O_WRONLY", "O_EXCL"], want="EEXIST"),
         S("b", "open", "home-a", flags=["O_RDONLY", "O_DIRECTORY"]),
         S("b", "open", "home-a/sub", flags=["O_RDONLY", "O_DIRECTORY"], want="EACCES"),
@@ -691,8 +696,8 @@ def generate(seed: int, n: int) -> list[Step]:
         op = rng.choices(
             ["create", "mkdir", "mkfifo", "chmod", "chown", "truncate", "ftruncate", "utime",
              "rename", "unlink", "rmdir", "link", "symlink", "open", "write", "read", "stat",
-             "readlink", "listdir"],
-            weights=[8, 4, 2, 6, 6, 3, 2, 6, 6, 4, 2, 4, 3, 8, 5, 3, 2, 1, 2])[0]
+             "readlink", "listdir", "access"],
+            weights=[8, 4, 2, 6, 6, 3, 2, 6, 6, 4, 2, 4, 3, 8, 5, 3, 2, 1, 2, 2])[0]
         p = pick(new=op in ("create", "mkdir", "mkfifo", "symlink"))
         if op in ("create", "mkdir", "mkfifo", "symlink"):
             made.append(p)
@@ -724,6 +729,8 @@ def generate(seed: int, n: int) -> list[Step]:
             kw.update(flags=rng.choice(FLAGS), read=rng.random() < 0.5)
         elif op == "write":
             kw.update(data=rng.choice(["x", "hello"]), append=rng.random() < 0.5)
+        elif op == "access":
+            kw.update(mode=rng.choice([os.F_OK, os.R_OK, os.W_OK, os.X_OK, os.R_OK | os.W_OK]))
         steps.append(S(u, op, p, want=None, **kw))
     return steps
 
@@ -772,6 +779,7 @@ def test_users_at_once(world):
             t.start()
         for t in threads:
             t.join(60)
+        assert not any(t.is_alive() for t in threads), f"users still busy on the {side} after 60 s"
     for u in plans:
         assert results[u, "twin"] == [0] * len(plans[u]), f"{u} on the plain directory"
         assert results[u, "mount"] == results[u, "twin"], f"user {u}: results differ"
