@@ -786,3 +786,43 @@ def test_users_at_once(world):
     want = {k: v[0] for k, v in snapshot(os.path.join(world.twin, case)).items()}
     got = {k: v[0] for k, v in snapshot(os.path.join(world.src, case)).items()}
     assert want == got, "backing tree differs:\n  " + "\n  ".join(diff(want, got))
+
+
+# --- --owner-only: the root-only mount of before -----------------------------------------------
+
+class OwnerOnlyMount(Mount):
+    def args(self, foreground: bool = True) -> list[str]:
+        return super().args(foreground) + ["--owner-only"]
+
+
+def test_owner_only_serves_root_alone():
+    """`fpol mount --owner-only`: no allow_other, so the kernel refuses every other user
+    before the daemon is asked; root is served as before."""
+    from fpol.runtime.mount import mount_entry
+
+    base = tempfile.mkdtemp(prefix="fpol-owneronly-", dir="/tmp")
+    os.chmod(base, 0o755)
+    src, mnt = os.path.join(base, "src"), os.path.join(base, "mnt")
+    build_tree(src)
+    os.mkdir(mnt)
+    policy = Path(base) / "allow.fpol"
+    policy.write_text("policy allowall\ndefault allow\n")
+    m = OwnerOnlyMount(policy, Path(src), Path(mnt), Path(base) / "audit.log")
+    actors = []
+    try:
+        m.start()
+        assert "allow_other" not in mount_entry(mnt).options.split(",")
+        root, a = Actor("root", mnt), Actor("a", mnt)
+        actors += [root, a]
+        assert root.call({"op": "stat", "path": "home-a/secret"})["rc"] == 0
+        assert root.call({"op": "read", "path": "home-a/secret"})["value"] == "secret-a"
+        for op in ({"op": "stat", "path": ""}, {"op": "listdir", "path": "pub"},
+                   {"op": "read", "path": "pub/a-file"},
+                   {"op": "create", "path": "pub/x", "flags": ["O_WRONLY"]}):
+            assert a.call(op)["rc"] == "EACCES", op
+    finally:
+        for x in actors:
+            x.close()
+        rc = m.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    assert rc == 0, f"daemon exited {rc}: {m.stderr()}"
