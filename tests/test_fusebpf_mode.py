@@ -8,11 +8,13 @@ On this kernel, `--mode fuse-bpf` must refuse cleanly.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +40,7 @@ def header(opcode: int, unique: int, nodeid: int, body: bytes, extlen: int = 0) 
 
 
 class Rig:
-    def __init__(self, tmp_path, handler=None):
+    def __init__(self, tmp_path, handler=None, policy: bytes = POLICY, prefix: str = "fbt"):
         self.backing = tmp_path / "backing"
         for d in ("ro", "daemon", "vetted", "seen"):
             (self.backing / d).mkdir(parents=True)
@@ -46,7 +48,8 @@ class Rig:
         os.symlink("file", self.backing / "daemon" / "link")
         (self.backing / "vetted" / "doc").write_text("y")
         self.audit_path = tmp_path / "audit.jsonl"
-        checked = check(POLICY, "fbt.fpol").require()
+        self.logs: list[str] = []
+        checked = check(policy, f"{prefix}.fpol").require()
         self.tree = checked.classes
         enforcer = Enforcer(checked.classes, AuditLog(open(self.audit_path, "a"), checked.policy),
                             handler, "test" if handler else "default")
@@ -54,9 +57,9 @@ class Rig:
         self.ioctls: list[bytes] = []
         root = os.open(self.backing, os.O_PATH | os.O_DIRECTORY)
         self.server = FuseBpfServer(Channel(daemon_end.detach()), root, enforcer,
-                                    lambda cls: f"fbt_{cls}",
+                                    lambda cls: f"{prefix}_{cls}",
                                     send_bpf_response=lambda fd, reply: self.ioctls.append(reply),
-                                    log=lambda msg: None)
+                                    log=self.logs.append)
 
     def ask(self, request: bytes) -> bytes:
         """Send one request as the kernel would; the daemon's written reply (or b'')."""
@@ -191,3 +194,94 @@ def test_fuse_bpf_mode_is_refused_cleanly_on_this_kernel(tmp_path):
     with open("/proc/self/mounts") as f:
         assert str(mnt) not in f.read()
     assert (set(os.listdir("/sys/fs/bpf")) if os.path.isdir("/sys/fs/bpf") else set()) == pins
+
+
+# --- requests naming nodeid 0, as the RFC kernel sends them for inodes it looked up itself --
+
+ANDROID = (Path(__file__).resolve().parent.parent / "examples" / "android-media.fpol").read_bytes()
+ACL = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in (
+    (0x01, 6, 0xFFFFFFFF), (0x02, 4, 1000), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
+    (0x20, 4, 0xFFFFFFFF)))  # user::rw- user:1000:r-- group::r-- mask::r-- other::r--
+
+
+def getxattr_request(unique: int, nodeid: int, name: bytes, size: int = 4096) -> bytes:
+    return header(P.Opcode.GETXATTR, unique, nodeid, P.GETXATTR_IN.pack(size=size, padding=0)
+                  + name + b"\0")
+
+
+def error_reply(unique: int, err: int) -> bytes:
+    return struct.pack("<IiQ", 16, -err, unique)
+
+
+def test_lookup_under_nodeid_0_is_answered_eio_never_estale(tmp_path):
+    """The daemon cannot tell which directory nodeid 0 is; it says EIO (and logs why),
+    never ESTALE. The realisation keeps the kernel from sending this (next test)."""
+    rig = Rig(tmp_path)
+    request = header(P.Opcode.LOOKUP, 21, 0, b"file\0")
+    assert request == struct.pack("<IIQQIIIHH", 40 + 5, P.Opcode.LOOKUP, 21, 0, 0, 0, 4242, 0, 0) \
+        + b"file\0"
+    assert rig.ask(request) == error_reply(21, errno.EIO)
+    assert any("nodeid 0" in line and "EIO" in line for line in rig.logs)
+    assert rig.ioctls == []
+
+
+def test_android_media_lookups_resolve_through_the_daemon(tmp_path):
+    """android-media: each directory on the way to Android/data is looked up by the daemon
+    (the realisation sends those lookups to userspace), so every LOOKUP names a parent the
+    daemon handed out. Each reply, byte for byte: entry_out with the daemon's nodeid, a
+    BACKING entry and the child's instance."""
+    rig = Rig(tmp_path, policy=ANDROID, prefix="media")
+    app = rig.backing / "storage" / "emulated" / "Android" / "data" / "com.app"
+    app.mkdir(parents=True)
+    (app / "f").write_bytes(b"hello")
+    parent, path, unique = P.ROOT_ID, (), 30
+    for name in (b"storage", b"emulated", b"Android", b"data", b"com.app", b"f"):
+        path += (name,)
+        unique += 1
+        assert rig.ask(header(P.Opcode.LOOKUP, unique, parent, name + b"\0")) == b""
+        reply = rig.ioctls[-1]
+        nodeid = P.ENTRY_OUT.unpack(reply, P.OUT_HEADER.size).nodeid
+        assert nodeid not in (0, P.ROOT_ID, parent)
+        st = os.lstat(rig.backing.joinpath(*(n.decode() for n in path)))
+        (fd,) = struct.unpack_from("<Q", reply, P.OUT_HEADER.size + P.ENTRY_OUT.size + 16)
+        cls = rig.tree.classify(path).id
+        expected = P.reply(unique, P.entry_out(nodeid, st)
+                           + struct.pack("<IIQQ", fusebpf.EntryType.BACKING, 0, 0, fd)
+                           + struct.pack("<II16s", fusebpf.EntryType.BPF, 0, f"media_{cls}".encode()))
+        assert reply == expected
+        parent = nodeid
+    assert not any("nodeid 0" in line for line in rig.logs)
+
+
+@pytest.mark.parametrize("name", [b"system.posix_acl_access", b"system.posix_acl_default"])
+def test_acl_read_of_nodeid_0_is_enodata(tmp_path, name):
+    """The RFC kernel sends `ls -l`'s ACL reads of backed inodes to the daemon, past the
+    programs, naming nodeid 0: "no ACL", not an error per entry."""
+    rig = Rig(tmp_path)
+    request = getxattr_request(22, 0, name)
+    assert len(request) == 40 + 8 + len(name) + 1
+    assert rig.ask(request) == error_reply(22, errno.ENODATA)
+    assert rig.ask(getxattr_request(23, 0, name, size=0)) == error_reply(23, errno.ENODATA)
+    assert not rig.logs
+
+
+def test_other_xattr_read_of_nodeid_0_is_eio_with_a_reason(tmp_path):
+    rig = Rig(tmp_path)
+    assert rig.ask(getxattr_request(24, 0, b"user.x")) == error_reply(24, errno.EIO)
+    assert any("getxattr of nodeid 0" in line for line in rig.logs)
+
+
+def test_acl_read_of_a_node_the_daemon_knows_is_the_backing_files_acl(tmp_path):
+    rig = Rig(tmp_path)
+    target = rig.backing / "daemon" / "file"
+    os.setxattr(target, "system.posix_acl_access", ACL)
+    daemon = rig.lookup(P.ROOT_ID, b"daemon")
+    node = rig.lookup(daemon, b"file", unique=2)
+    stored = os.getxattr(target, "system.posix_acl_access")
+    assert rig.ask(getxattr_request(25, node, b"system.posix_acl_access")) == P.reply(25, stored)
+    size_only = rig.ask(getxattr_request(26, node, b"system.posix_acl_access", size=0))
+    assert size_only == P.reply(26, struct.pack("<II", len(stored), 0))
+    # The other file has none: ENODATA, as the backing file says.
+    vetted = rig.lookup(P.ROOT_ID, b"vetted", unique=3)
+    assert rig.ask(getxattr_request(27, vetted, b"system.posix_acl_default")) == \
+        error_reply(27, errno.ENODATA)

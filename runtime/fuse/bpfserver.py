@@ -58,6 +58,11 @@ OP_NAMES = {
 }
 
 
+# Requests whose nodeid names no inode.
+NODELESS = frozenset({Op.INIT, Op.DESTROY, Op.INTERRUPT, Op.BATCH_FORGET})
+ACL_PREFIX = b"system.posix_acl_"
+
+
 def split_in_args(opcode: int, args: bytes) -> tuple[int, list[bytes]]:
     """(length of the in-args, the names among them) for a filter request's payload."""
     fixed, names = IN_ARGS.get(opcode, (len(args), 0))
@@ -92,7 +97,39 @@ class FuseBpfServer(FuseServer):
             self.stats["filter"] += 1
             self._filter(req)
             return
+        if req.nodeid == 0 and req.opcode not in NODELESS:
+            self.stats["requests"] += 1
+            self.stats["nodeid 0"] += 1
+            self._unnamed(req)
+            return
         super().dispatch(req)
+
+    # --- requests about inodes the kernel looked up itself (nodeid 0) ----------------------
+
+    def _unnamed(self, req: Request) -> None:
+        """A request naming nodeid 0: an inode the kernel looked up itself, which the
+        daemon never saw, so it cannot tell which file is meant. The realisation sends
+        nothing else here (objects and directories the daemon must serve are looked up by
+        the daemon, spec §8), except what the RFC kernel sends past the programs: reads of
+        POSIX ACLs, which `ls -l` makes. Those are answered "no ACL" (ENODATA): the file is
+        unknown. Anything else is answered EIO with a line saying why -- never ESTALE,
+        which would tell the caller its handle went stale."""
+        if req.opcode == Op.FORGET:
+            return  # nothing to forget: the daemon handed out no such node
+        if req.opcode == Op.GETXATTR:
+            try:
+                name = P.split_names(req.body[P.GETXATTR_IN.size:], 1)[0]
+            except Exception:
+                name = b""
+            if name.startswith(ACL_PREFIX):
+                self.stats["acl reads, nodeid 0"] += 1
+                self.ch.reply_error(req.unique, errno.ENODATA)
+                return
+        op = OP_NAMES.get(req.opcode, f"opcode {req.opcode}")
+        self.log(f"{op} of nodeid 0 (an inode the kernel looked up itself, unknown to the "
+                 f"daemon): answered EIO; the policy's objects send no such request")
+        if req.opcode not in P.NO_REPLY_OPCODES:
+            self.ch.reply_error(req.unique, errno.EIO)
 
     # --- ordinary lookups: entries name the backing file and the child's instance -----------
 
