@@ -473,6 +473,31 @@ def _daemon_lookup(table: tuple) -> bool:
                for atom, d in zip(ops.ATOMS, table) if atom != "lookup")
 
 
+def _daemon_named(classes, strict, row_daemon: list[bool], class_row: list[int]) -> list[bool]:
+    """Per class: must the daemon look its objects up (so they carry a nodeid it knows)?
+
+    Objects the kernel looks up itself have nodeid 0, and a request the daemon gets for a
+    child of such a directory (a LOOKUP sent to userspace) names nothing it can resolve. So
+    the daemon looks up an object when its own ops come to the daemon `instead`
+    (_daemon_lookup), and also every directory on the way to one whose lookups come to the
+    daemon: every class with a child class whose lookup is redirected to userspace, or
+    whose objects the daemon looks up, transitively."""
+    named = [row_daemon[class_row[c.id]] for c in classes]
+    parents: dict[int, list[int]] = {}
+    for c in classes:
+        for k in strict.targets(c):
+            parents.setdefault(k, []).append(c.id)
+    todo = [c.id for c in classes if named[c.id] or c.decision("lookup").kind == "userspace"]
+    seen = set(todo)
+    while todo:
+        for p in parents.get(todo.pop(), ()):
+            named[p] = True
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return named
+
+
 def _instance_name(policy: Policy, cls: int) -> str:
     return f"{policy.name}_{cls}"
 
@@ -540,9 +565,10 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         glob_classes.append(GlobClass(c.id, ids, masks))
 
-    daemon_lookup = [_daemon_lookup(row_table) for row_table in row_tables]
+    daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
+                                  class_row)
     infos = [ClassInfo(c.id, class_row[c.id], c.default,
-                       strict.at_least_as_strict(c.id, c.default), daemon_lookup[class_row[c.id]],
+                       strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
 
@@ -638,6 +664,8 @@ class _Planner:
         many = len(self.classes) > 1
         if kind in ("cfr", "link", "rename"):
             return many or not _trivial(_uniform(c, op))
+        if kind in ("lookup", "create") and any(self.named[k.id] for k in kids):
+            return True  # the daemon must look up (or make) such children: route them there
         if kind == "lookup":
             return any(k.id != c.id or not _trivial(k.decision("lookup")) for k in kids)
         if kind == "remove":
@@ -757,6 +785,7 @@ HOOK_PARAMS = {h[0]: h[1] for h in HOOKS}
 def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness):
     """Each instance's programs, and the programs (shared where they behave the same)."""
     planner = _Planner(tree, abi, strict)
+    planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
     instances = [planner.instance(c, info.instance) for c, info in zip(tree.classes, infos)]
     if not planner.programs:
         # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes

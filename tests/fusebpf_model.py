@@ -51,6 +51,7 @@ class Inode:
     ops: Optional[str]  # instance name
     nodeid: int
     is_dir: bool
+    daemon: bool = False  # a classic FUSE inode (no backing, no program): the daemon serves it
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Outcome:
     errno: Optional[str] = None
     mode: Optional[str] = None
     realised: bool = False  # refused by the realisation, not by a rule
+    unresolved: Optional[str] = None  # a request the daemon got naming a node it cannot know
     stage: str = "op"  # "op", or "lookup" when the path walk itself failed
     inherited: bool = False  # the object was judged with an instance it inherited
 
@@ -77,6 +79,19 @@ class Outcome:
             return Outcome("userspace", mode="before", stage=stage)
         if signed == USER_POSTFILTER:
             return Outcome("userspace", mode="after", stage=stage)
+        return Outcome("allow", stage=stage)
+
+    @staticmethod
+    def from_word(word: int, stage: str = "op") -> "Outcome":
+        """What the daemon does with a request it performs: the policy's decision word."""
+        kind = word & 3
+        if kind == 1:
+            err = (word >> 8) & 0xFF
+            return Outcome("deny", CANONICAL_ERRNO.get(err, str(err)),
+                           realised=bool(word & REALISED), stage=stage)
+        if kind == 2:
+            mode = {1: "before", 2: "after"}.get((word >> 2) & 3, "instead")
+            return Outcome("userspace", mode=mode, stage=stage)
         return Outcome("allow", stage=stage)
 
 
@@ -115,8 +130,37 @@ class FuseBpfModel:
         self.classify = classify  # what fpol's daemon attaches when a lookup goes to it
         self.dcache: dict[tuple, Inode] = {(): Inode(1, model.instances[0].name, ROOT_NODEID, True)}
         self.icache: dict[int, Inode] = {}
+        # The daemon's node table: the nodeids it handed out (the root's is the kernel's).
+        # Inodes the kernel looked up itself carry nodeid 0 (spec §8).
+        self.daemon_nodes: dict[int, tuple] = {ROOT_NODEID: ()}
+        self.next_nodeid = ROOT_NODEID + 1
+        self.sent: list[tuple[str, int, Optional[tuple]]] = []  # (op, nodeid, path) to the daemon
+
+    def _to_daemon(self, op: str, nodeid: int, path: Optional[tuple]) -> Optional[str]:
+        """An ordinary request (not a filter one) reaches the daemon naming `nodeid`: the
+        reason it cannot resolve it, or None."""
+        self.sent.append((op, nodeid, path))
+        if nodeid == 0:
+            return f"{op} names nodeid 0 (an inode the kernel looked up itself)"
+        if nodeid not in self.daemon_nodes:
+            return f"{op} names nodeid {nodeid}, which the daemon never handed out"
+        return None
 
     # --- one program call (spec §6 steps 1-3) --------------------------------------------
+
+    def _call(self, node: Inode, node_path: tuple, op: str, **kw) -> tuple[int, int, int]:
+        """The kernel's dispatch of `op` on `node` (the object, or the directory for ops on
+        a name in it): its program's answer, or, for a classic FUSE inode the daemon made,
+        USER with the decision the daemon applies (the word of the class it gave it)."""
+        if not node.daemon:
+            return self._prefilter(node.ops, op, **kw)
+        member, kind, opcode = FSYNCDIR if op == "fsyncdir" else MEMBERS[op]
+        cls = self.classify(node_path)
+        if kind == "fsync":
+            _, word, child = self.engine.hook("fsync", cls, op="fsync", opcode=opcode, **kw)
+        else:
+            _, word, child = self.engine.hook(kind, cls, op=op, **kw)
+        return USER, word, child
 
     def _prefilter(self, ops: Optional[str], op: str, **kw) -> tuple[int, int, int]:
         member, kind, opcode = FSYNCDIR if op == "fsyncdir" else MEMBERS[op]
@@ -163,17 +207,30 @@ class FuseBpfModel:
         return node, None
 
     def lookup(self, dir_path: tuple, parent: Inode, name: bytes):
-        code, word, _ = self._prefilter(parent.ops, "lookup", names=(name,), nodeid=parent.nodeid)
+        code, word, _ = self._call(parent, dir_path, "lookup", names=(name,), nodeid=parent.nodeid)
         pre = Outcome.from_code(code, word, stage="lookup")
         if pre.kind == "deny":
             return None, pre
         path = dir_path + (name,)
+        nodeid = 0
+        if code == USER:
+            # An ordinary LOOKUP to the daemon, naming the parent by its nodeid.
+            why = self._to_daemon("lookup", parent.nodeid, dir_path)
+            if why is not None:
+                return None, Outcome("deny", "ESTALE", stage="lookup", unresolved=why)
+            # The daemon judges it by the policy (the word is the child's lookup decision).
+            pre = Outcome.from_word(word, stage="lookup")
+            if pre.kind == "deny":
+                return None, pre
         if path not in self.backing.entries:
             return None, Outcome("deny", "ENOENT", stage="lookup")
         if code in (USER, USER_POSTFILTER):
             # The daemon answers (or vets) the lookup and names the child's instance itself;
             # on this path nothing is inherited.
             ops = self.instance_of_class[self.classify(path)]
+            if code == USER:
+                nodeid = self.next_nodeid
+                self.next_nodeid += 1
         elif code == POSTFILTER:
             post = self.members[parent.ops].get("lookup_postfilter")
             ops = parent.ops
@@ -188,7 +245,11 @@ class FuseBpfModel:
         existing = self.icache.get(ino)
         if existing is not None and existing.ops != ops:
             return None, Outcome("deny", "EINVAL", stage="lookup")  # cannot change a program
-        node = existing or Inode(ino, ops, 0, path in self.backing.dirs)
+        node = existing or Inode(ino, ops, nodeid, path in self.backing.dirs)
+        if nodeid and not node.nodeid:
+            node.nodeid = nodeid
+        if node.nodeid and node.nodeid != ROOT_NODEID:
+            self.daemon_nodes[node.nodeid] = path
         self.icache[ino] = node
         self.dcache[path] = node
         self.last_lookup = pre
@@ -216,11 +277,14 @@ class FuseBpfModel:
                     return failure
                 out = self.last_lookup  # the prefilter's routing: CONTINUE/POSTFILTER or userspace
                 return out if out.kind == "userspace" else Outcome("allow")
-            code, word, _ = self._prefilter(parent.ops, op, names=(path[-1],), flags=flags,
-                                            nodeid=parent.nodeid)
+            code, word, _ = self._call(parent, path[:-1], op, names=(path[-1],), flags=flags,
+                                       nodeid=parent.nodeid)
             out = Outcome.from_code(code, word)
+            if code == USER:
+                out = Outcome.from_word(word)
+                out.unresolved = self._to_daemon(op, parent.nodeid, path[:-1])
             if out.kind == "allow":
-                self._apply(op, path, parent)
+                self._apply(op, path, parent, by_daemon=code == USER)
             return out
         if op == "rename":
             parent, failure = self.walk(path[:-1])
@@ -232,9 +296,13 @@ class FuseBpfModel:
             _, failure = self.walk(path)
             if failure:
                 return failure
-            code, word, _ = self._prefilter(parent.ops, "rename", names=(path[-1], to[-1]),
-                                            nodeid=parent.nodeid, newdir=dparent.nodeid)
+            code, word, _ = self._call(parent, path[:-1], "rename", names=(path[-1], to[-1]),
+                                       nodeid=parent.nodeid, newdir=dparent.nodeid)
             out = Outcome.from_code(code, word)
+            if code == USER:
+                out = Outcome.from_word(word)
+                out.unresolved = (self._to_daemon("rename", parent.nodeid, path[:-1])
+                                  or self._to_daemon("rename", dparent.nodeid, to[:-1]))
             if out.kind == "allow":
                 self._move(path, to)
             return out
@@ -246,20 +314,24 @@ class FuseBpfModel:
             dparent, failure = self.walk(to[:-1])
             if failure:
                 return failure
-            code, word, _ = self._prefilter(node.ops, "link", names=(to[-1],), nodeid=0)
-            out = Outcome.from_code(code, word)
+            code, word, _ = self._call(node, path, "link", names=(to[-1],), nodeid=0)
+            out = Outcome.from_code(code, word) if code != USER else Outcome.from_word(word)
             if out.kind == "allow":
                 self.backing.entries[to] = self.backing.entries[path]
                 self.dcache[to] = node
         else:
             detail = mask | 16 if op == "access" else flags  # access(2) carries MAY_ACCESS
-            code, word, _ = self._prefilter(node.ops, op, flags=detail, nodeid=node.nodeid)
+            code, word, _ = self._call(node, path, op, flags=detail, nodeid=node.nodeid)
             out = Outcome.from_code(code, word)
+            if code == USER:
+                out = Outcome.from_word(word)
+                out.unresolved = self._to_daemon(op, node.nodeid, path)
         out.inherited = inherited
         return out
 
-    def _apply(self, op: str, path: tuple, parent: Inode) -> None:
-        """A created object's inode gets the directory's instance (spec §8)."""
+    def _apply(self, op: str, path: tuple, parent: Inode, by_daemon: bool = False) -> None:
+        """A created object's inode gets the directory's instance (spec §8); one the daemon
+        created is a classic FUSE inode with a nodeid the daemon handed out."""
         if op in ("unlink", "rmdir"):
             ino = self.backing.entries.pop(path, None)
             self.backing.dirs.discard(path)
@@ -269,6 +341,10 @@ class FuseBpfModel:
             return
         self.backing.add(path, op == "mkdir")
         node = Inode(self.backing.entries[path], parent.ops, 0, op == "mkdir")
+        if by_daemon:
+            node = Inode(node.ino, None, self.next_nodeid, op == "mkdir", daemon=True)
+            self.next_nodeid += 1
+            self.daemon_nodes[node.nodeid] = path
         self.icache[node.ino] = node
         self.dcache[path] = node
 

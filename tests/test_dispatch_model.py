@@ -84,6 +84,10 @@ def _check(results, label, evaluator, fb, req):
 
 
 def _assert(results):
+    unresolved = [r for r in results if r[3].unresolved]
+    assert not unresolved, "the daemon got requests it cannot resolve (it would answer " \
+        "ESTALE):\n" + "\n".join(f"{label}: {req.op} {req.path}: {got.unresolved}"
+                                  for label, req, _, got, _ in unresolved[:20])
     looser = [r for r in results if r[4] == "LOOSER"]
     assert not looser, "\n".join(
         f"{label}: {req.op} {req.path} {req.to or ''}: language says {exp}, fuse-bpf model "
@@ -189,3 +193,94 @@ def test_judge_classifies_outcomes():
     assert judge(allow, Outcome("deny", "EACCES", stage="lookup")) == "stricter:lookup"
     assert judge(allow, Outcome("deny", "EACCES")) == "LOOSER"
     assert judge(deny, Outcome("deny", "EPERM")) == "LOOSER"
+
+
+# --- nodeid 0: inodes the kernel looked up itself, and what the daemon can resolve ---------
+
+ANDROID = os.path.join(os.path.dirname(__file__), "..", "examples", "android-media.fpol")
+APP_FILES = [
+    (b"storage", b"emulated", b"Android", b"data", b"com.app", b"files", b"a.txt"),
+    (b"storage", b"1A2B-3C4D", b"Android", b"obb", b"com.game", b"main.obb"),
+    (b"storage", b"emulated", b"Android", b"media", b"x"),
+    (b"storage", b"emulated", b"DCIM", b"Camera", b"p.jpg"),
+    (b"storage", b"emulated", b"Music", b"song.mp3"),
+]
+
+
+def _android(lower_fn=None):
+    from fpol.compiler.lower import lower
+    from fpol.runtime.engine import CheckEngine
+    from fpol.runtime.objects import build
+
+    require_bpf()
+    checked = check_file(ANDROID).require()
+    model = (lower_fn or lower)(checked.classes)
+    return checked, model, CheckEngine(build(checked, "check", model=model))
+
+
+def test_android_media_lookups_resolve_in_the_model():
+    """Every lookup the kernel sends the daemon names a parent the daemon handed out: the
+    directories on the way to Android/data and Android/obb are looked up by the daemon,
+    and objects elsewhere the kernel looks up itself keep nodeid 0."""
+    checked, model, engine = _android()
+    try:
+        ev = Evaluator(checked.policy)
+        fb = _fresh(checked, model, engine, APP_FILES, {p[:-1] for p in APP_FILES})
+        results = []
+        node = {}
+        for path in APP_FILES:
+            for i in range(1, len(path) + 1):
+                _check(results, "walk", ev, fb, Request("lookup", path[:i]))
+            _check(results, "open", ev, fb, Request("open", path))
+            node.update((path[:i], fb.dcache[path[:i]]) for i in range(1, len(path) + 1))
+        _assert(results)
+        lookups = [(nodeid, parent) for op, nodeid, parent in fb.sent if op == "lookup"]
+        assert any(parent[-1:] == (b"data",) for _, parent in lookups), fb.sent
+        assert all(nodeid != 0 for nodeid, _ in lookups)
+        assert node[(b"storage", b"emulated", b"Android", b"data")].nodeid > 1
+        assert node[APP_FILES[0]].nodeid > 1
+        # Outside the app trees the kernel looks up alone: nodeid 0.
+        assert node[(b"storage", b"emulated", b"Music", b"song.mp3")].nodeid == 0
+        assert node[(b"storage", b"emulated", b"DCIM", b"Camera", b"p.jpg")].nodeid == 0
+        assert not any(r[3].unresolved for r in results)
+    finally:
+        engine.close()
+
+
+def test_the_model_catches_lookups_under_nodeid_0(monkeypatch):
+    """Without naming the ancestors (the fault the RFC kernel showed: ESTALE), the model
+    reports the daemon getting LOOKUP with parent nodeid 0."""
+    from fpol.compiler import lower as lowermod
+
+    monkeypatch.setattr(lowermod, "_daemon_named",
+                        lambda classes, strict, row, class_row: [row[class_row[c.id]]
+                                                                 for c in classes])
+    checked, model, engine = _android()
+    try:
+        fb = _fresh(checked, model, engine, APP_FILES, {p[:-1] for p in APP_FILES})
+        _, failure = fb.walk(APP_FILES[0])
+        assert failure is not None and failure.unresolved and "nodeid 0" in failure.unresolved
+    finally:
+        engine.close()
+
+
+def test_android_media_new_app_directory_resolves():
+    """A directory made under Android/data: the kernel would give it its parent's nodeid
+    (spec §8), so the realisation lets the daemon make it; lookups inside then name a node
+    the daemon knows."""
+    checked, model, engine = _android()
+    try:
+        ev = Evaluator(checked.policy)
+        data = (b"storage", b"emulated", b"Android", b"data")
+        fb = _fresh(checked, model, engine, [data], {data})
+        results = []
+        made = _check(results, "mkdir", ev, fb, Request("mkdir", data + (b"com.new",)))
+        assert made.kind == "allow"
+        assert fb.dcache[data + (b"com.new",)].daemon and fb.dcache[data + (b"com.new",)].nodeid > 1
+        _check(results, "create inside", ev, fb, Request("create", data + (b"com.new", b"f"),
+                                                         flags=0o101))
+        _check(results, "lookup inside", ev, fb, Request("lookup", data + (b"com.new", b"f")))
+        _check(results, "open inside", ev, fb, Request("open", data + (b"com.new", b"f")))
+        _assert(results)
+    finally:
+        engine.close()

@@ -313,29 +313,29 @@ struct fpol_class {
 	__u32 flags;          /* FPOL_CLASS_* */
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
-#define FPOL_CLASS_DAEMON_LOOKUP      2  /* the daemon performs some ops: it must look these up */
+#define FPOL_CLASS_DAEMON_LOOKUP      2  /* requests about these, or their children, go to the daemon: it looks them up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance media_0) */
-	{ .row = 0, .default_child = 2, .flags = 1 },
+	{ .row = 0, .default_child = 2, .flags = 3 },
 	/* class 1: e.g. /storage (instance media_1) */
-	{ .row = 1, .default_child = 4, .flags = 1 },
+	{ .row = 1, .default_child = 4, .flags = 3 },
 	/* class 2: e.g. /... (instance media_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /storage/emulated (instance media_3) */
-	{ .row = 1, .default_child = 4, .flags = 1 },
+	{ .row = 1, .default_child = 4, .flags = 3 },
 	/* class 4: e.g. /storage/- (instance media_4) */
 	{ .row = 1, .default_child = 4, .flags = 1 },
 	/* class 5: e.g. /storage/emulated/android (instance media_5) */
-	{ .row = 2, .default_child = 4, .flags = 1 },
+	{ .row = 2, .default_child = 4, .flags = 3 },
 	/* class 6: e.g. /storage/emulated/dcim (instance media_6) */
 	{ .row = 3, .default_child = 6, .flags = 1 },
 	/* class 7: e.g. /storage/emulated/movies (instance media_7) */
 	{ .row = 4, .default_child = 7, .flags = 1 },
 	/* class 8: e.g. /storage/emulated/android/data (instance media_8) */
-	{ .row = 5, .default_child = 9, .flags = 1 },
+	{ .row = 5, .default_child = 9, .flags = 3 },
 	/* class 9: e.g. /storage/emulated/android/data/... (instance media_9) */
-	{ .row = 6, .default_child = 9, .flags = 1 },
+	{ .row = 6, .default_child = 9, .flags = 3 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -715,11 +715,15 @@ static __always_inline __u32 fpol_lookup_code(__u32 dir, __u32 child, __u32 word
 		/* `before` would let the child inherit this class: let the daemon do the
 		 * whole lookup and attach the right instance itself. */
 		return BPF_FUSE_USER;
-	if (FPOL_KIND(word) != FPOL_ALLOW)
+	if (FPOL_KIND(word) != FPOL_ALLOW && FPOL_KIND(word) != FPOL_USERSPACE)
 		return fpol_code(word);
 	if (child < FPOL_NCLASSES && (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
-		/* Its ops `instead` come to the daemon by nodeid: the daemon must name it. */
+		/* Requests about it, or about its children, come to the daemon by nodeid (its
+		 * ops `instead`, lookups in it sent to userspace): the daemon must name it,
+		 * and judges the lookup by the policy itself, handlers included. */
 		return BPF_FUSE_USER;
+	if (FPOL_KIND(word) != FPOL_ALLOW)
+		return fpol_code(word);
 	/* A child of another class gets its instance in the postfilter. */
 	return child != dir ? BPF_FUSE_POSTFILTER : BPF_FUSE_CONTINUE;
 }
@@ -783,7 +787,13 @@ __noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
 		return fpol_done(FPOL_WORD_BADNAME, dir);
 	__u32 r = fpol_child(dir, len);
 	__u32 child = r & ~FPOL_INHERIT_OK;
-	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+	__u32 code = fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+	if (code == BPF_FUSE_CONTINUE && child < FPOL_NCLASSES &&
+	    (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
+		/* The kernel would give the new object its parent's nodeid (spec §8), which
+		 * names the wrong node to the daemon: let the daemon create and name it. */
+		return BPF_FUSE_USER;
+	return code;
 }
 
 /* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
@@ -1109,6 +1119,7 @@ FPOL_STUB_RENAME2(fpol_rename2_6, 6)
 FPOL_STUB_RENAME(fpol_rename_6, 6)
 FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_8, 8)  /* also classes 9 */
 
 /* default_filter for class 8 */
 SEC("struct_ops/default_filter")
@@ -1129,6 +1140,7 @@ __u32 BPF_PROG(fpol_default_8, const struct bpf_fuse_meta_info *meta)
 
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
 FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
+FPOL_STUB_CREATE(fpol_mkdir_8, 8, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 9 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_9, 9)
 FPOL_STUB_LOOKUP(fpol_lookup_9, 9)
 
@@ -1277,10 +1289,13 @@ SEC(".struct_ops")
 struct fuse_ops media_8 = {
 	.default_filter = (void *)fpol_default_8,
 	.open_prefilter = (void *)fpol_open_1,
+	.create_open_prefilter = (void *)fpol_create_open_8,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_8,
 	.lookup_postfilter = (void *)fpol_lookup_post_8,
 	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mkdir_prefilter = (void *)fpol_mkdir_8,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
 	.link_prefilter = (void *)fpol_link_1,
@@ -1294,10 +1309,13 @@ SEC(".struct_ops")
 struct fuse_ops media_9 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_1,
+	.create_open_prefilter = (void *)fpol_create_open_8,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_9,
 	.lookup_postfilter = (void *)fpol_lookup_post_9,
 	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mkdir_prefilter = (void *)fpol_mkdir_8,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
 	.link_prefilter = (void *)fpol_link_1,

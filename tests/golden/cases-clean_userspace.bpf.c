@@ -310,19 +310,19 @@ struct fpol_class {
 	__u32 flags;          /* FPOL_CLASS_* */
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
-#define FPOL_CLASS_DAEMON_LOOKUP      2  /* the daemon performs some ops: it must look these up */
+#define FPOL_CLASS_DAEMON_LOOKUP      2  /* requests about these, or their children, go to the daemon: it looks them up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_us_0) */
-	{ .row = 0, .default_child = 6, .flags = 1 },
+	{ .row = 0, .default_child = 6, .flags = 3 },
 	/* class 1: e.g. /a (instance clean_us_1) */
-	{ .row = 1, .default_child = 1, .flags = 1 },
+	{ .row = 1, .default_child = 1, .flags = 3 },
 	/* class 2: e.g. /b (instance clean_us_2) */
 	{ .row = 2, .default_child = 2, .flags = 3 },
 	/* class 3: e.g. /c (instance clean_us_3) */
 	{ .row = 3, .default_child = 3, .flags = 1 },
 	/* class 4: e.g. /d (instance clean_us_4) */
-	{ .row = 4, .default_child = 4, .flags = 1 },
+	{ .row = 4, .default_child = 4, .flags = 3 },
 	/* class 5: e.g. /e (instance clean_us_5) */
 	{ .row = 5, .default_child = 6, .flags = 3 },
 	/* class 6: e.g. /... (instance clean_us_6) */
@@ -638,11 +638,15 @@ static __always_inline __u32 fpol_lookup_code(__u32 dir, __u32 child, __u32 word
 		/* `before` would let the child inherit this class: let the daemon do the
 		 * whole lookup and attach the right instance itself. */
 		return BPF_FUSE_USER;
-	if (FPOL_KIND(word) != FPOL_ALLOW)
+	if (FPOL_KIND(word) != FPOL_ALLOW && FPOL_KIND(word) != FPOL_USERSPACE)
 		return fpol_code(word);
 	if (child < FPOL_NCLASSES && (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
-		/* Its ops `instead` come to the daemon by nodeid: the daemon must name it. */
+		/* Requests about it, or about its children, come to the daemon by nodeid (its
+		 * ops `instead`, lookups in it sent to userspace): the daemon must name it,
+		 * and judges the lookup by the policy itself, handlers included. */
 		return BPF_FUSE_USER;
+	if (FPOL_KIND(word) != FPOL_ALLOW)
+		return fpol_code(word);
 	/* A child of another class gets its instance in the postfilter. */
 	return child != dir ? BPF_FUSE_POSTFILTER : BPF_FUSE_CONTINUE;
 }
@@ -706,7 +710,13 @@ __noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
 		return fpol_done(FPOL_WORD_BADNAME, dir);
 	__u32 r = fpol_child(dir, len);
 	__u32 child = r & ~FPOL_INHERIT_OK;
-	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+	__u32 code = fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+	if (code == BPF_FUSE_CONTINUE && child < FPOL_NCLASSES &&
+	    (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
+		/* The kernel would give the new object its parent's nodeid (spec §8), which
+		 * names the wrong node to the daemon: let the daemon create and name it. */
+		return BPF_FUSE_USER;
+	return code;
 }
 
 /* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
@@ -977,10 +987,14 @@ FPOL_STUB_RENAME(fpol_rename_0, 0)
 FPOL_STUB_REMOVE(fpol_rmdir_0, 0, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_0, 0, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)  /* also classes 4 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_1, 1)
 FPOL_STUB_LOOKUP(fpol_lookup_1, 1)
+FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 2, 4 */
+FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 2, 4 */
 FPOL_STUB_RENAME2(fpol_rename2_1, 1)  /* also classes 2, 3, 4, 5, 6 */
 FPOL_STUB_RENAME(fpol_rename_1, 1)  /* also classes 2, 3, 4, 5, 6 */
+FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 2, 4 */
 FPOL_STUB_ACCESS(fpol_access_2, 2)
 FPOL_STUB_CFR(fpol_copy_file_range_2, 2)  /* also classes 5 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_2, 2)
@@ -999,6 +1013,9 @@ __u32 BPF_PROG(fpol_default_2, const struct bpf_fuse_meta_info *meta)
 	}
 	return BPF_FUSE_CONTINUE;
 }
+
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_2, 2)
+FPOL_STUB_LOOKUP(fpol_lookup_2, 2)
 
 /* default_filter for class 3 */
 SEC("struct_ops/default_filter")
@@ -1115,12 +1132,17 @@ struct fuse_ops clean_us_0 = {
 /* class 1: e.g. /a */
 SEC(".struct_ops")
 struct fuse_ops clean_us_1 = {
+	.create_open_prefilter = (void *)fpol_create_open_1,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_1,
 	.lookup_postfilter = (void *)fpol_lookup_post_1,
+	.mknod_prefilter = (void *)fpol_mknod_1,
+	.mkdir_prefilter = (void *)fpol_mkdir_1,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_1,
 	.rename_prefilter = (void *)fpol_rename_1,
 	.link_prefilter = (void *)fpol_link_0,
+	.symlink_prefilter = (void *)fpol_symlink_1,
 	.name = "clean_us_1",
 };
 
@@ -1130,9 +1152,15 @@ struct fuse_ops clean_us_2 = {
 	.default_filter = (void *)fpol_default_2,
 	.create_open_prefilter = (void *)fpol_create_open_2,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_2,
+	.lookup_prefilter = (void *)fpol_lookup_2,
+	.lookup_postfilter = (void *)fpol_lookup_post_2,
+	.mknod_prefilter = (void *)fpol_mknod_1,
+	.mkdir_prefilter = (void *)fpol_mkdir_1,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_1,
 	.rename_prefilter = (void *)fpol_rename_1,
 	.link_prefilter = (void *)fpol_link_0,
+	.symlink_prefilter = (void *)fpol_symlink_1,
 	.access_prefilter = (void *)fpol_access_2,
 	.name = "clean_us_2",
 };
@@ -1154,12 +1182,17 @@ struct fuse_ops clean_us_3 = {
 SEC(".struct_ops")
 struct fuse_ops clean_us_4 = {
 	.default_filter = (void *)fpol_default_4,
+	.create_open_prefilter = (void *)fpol_create_open_1,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_4,
 	.lookup_postfilter = (void *)fpol_lookup_post_4,
+	.mknod_prefilter = (void *)fpol_mknod_1,
+	.mkdir_prefilter = (void *)fpol_mkdir_1,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_1,
 	.rename_prefilter = (void *)fpol_rename_1,
 	.link_prefilter = (void *)fpol_link_0,
+	.symlink_prefilter = (void *)fpol_symlink_1,
 	.name = "clean_us_4",
 };
 

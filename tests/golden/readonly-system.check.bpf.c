@@ -310,7 +310,7 @@ struct fpol_class {
 	__u32 flags;          /* FPOL_CLASS_* */
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
-#define FPOL_CLASS_DAEMON_LOOKUP      2  /* the daemon performs some ops: it must look these up */
+#define FPOL_CLASS_DAEMON_LOOKUP      2  /* requests about these, or their children, go to the daemon: it looks them up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance sysro_0) */
@@ -727,11 +727,15 @@ static __always_inline __u32 fpol_lookup_code(__u32 dir, __u32 child, __u32 word
 		/* `before` would let the child inherit this class: let the daemon do the
 		 * whole lookup and attach the right instance itself. */
 		return BPF_FUSE_USER;
-	if (FPOL_KIND(word) != FPOL_ALLOW)
+	if (FPOL_KIND(word) != FPOL_ALLOW && FPOL_KIND(word) != FPOL_USERSPACE)
 		return fpol_code(word);
 	if (child < FPOL_NCLASSES && (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
-		/* Its ops `instead` come to the daemon by nodeid: the daemon must name it. */
+		/* Requests about it, or about its children, come to the daemon by nodeid (its
+		 * ops `instead`, lookups in it sent to userspace): the daemon must name it,
+		 * and judges the lookup by the policy itself, handlers included. */
 		return BPF_FUSE_USER;
+	if (FPOL_KIND(word) != FPOL_ALLOW)
+		return fpol_code(word);
 	/* A child of another class gets its instance in the postfilter. */
 	return child != dir ? BPF_FUSE_POSTFILTER : BPF_FUSE_CONTINUE;
 }
@@ -795,7 +799,13 @@ __noinline __u32 fpol_on_create(__u32 dir, __u32 slot, __u32 len)
 		return fpol_done(FPOL_WORD_BADNAME, dir);
 	__u32 r = fpol_child(dir, len);
 	__u32 child = r & ~FPOL_INHERIT_OK;
-	return fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+	__u32 code = fpol_done(fpol_new_object(slot, child, (r & FPOL_INHERIT_OK) != 0), child);
+	if (code == BPF_FUSE_CONTINUE && child < FPOL_NCLASSES &&
+	    (fpol_classes[child].flags & FPOL_CLASS_DAEMON_LOOKUP))
+		/* The kernel would give the new object its parent's nodeid (spec §8), which
+		 * names the wrong node to the daemon: let the daemon create and name it. */
+		return BPF_FUSE_USER;
+	return code;
 }
 
 /* unlink or rmdir (`slot`) of the scratch name in class `dir`. */
