@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -44,8 +45,9 @@ class CompileFailure(Exception):
             out.append(f"  generated line {self.c_line}: {self.c_text}")
         if self.rule:
             out.append(f"  generated for: {self.rule}")
-        out.append("  clang said:")
-        out.extend("    " + line for line in self.output.strip().splitlines()[:20])
+        if self.output.strip():
+            out.append("  clang said:")
+            out.extend("    " + line for line in self.output.strip().splitlines()[:20])
         return "\n".join(out)
 
 
@@ -95,15 +97,33 @@ def compile_c(source: str, output: str, name: str = "policy") -> None:
             f.write(source)
         cmd = [clang, *CFLAGS, *include_flags(), "-c", c_path, "-o", output]
         proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode < 0:
+        raise _killed(-proc.returncode, proc.stderr or proc.stdout, len(source))
     if proc.returncode != 0:
-        raise _failure(source, proc.stderr or proc.stdout, c_path)
+        raise _failure(source, proc.stderr or proc.stdout, c_path, proc.returncode)
+
+
+def _killed(sig: int, output: str, size: int) -> CompileFailure:
+    """clang ended by a signal: say which, and what to do."""
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    if sig == signal.SIGKILL:
+        why = (f"clang was killed by {name} while building {size:,} bytes of generated C: most "
+               "likely out of memory (the kernel's OOM killer, or a memory limit such as "
+               "`ulimit -v` or a cgroup, sends SIGKILL). Free memory or raise the limit, or "
+               "split the policy into smaller ones")
+    else:
+        why = f"clang was killed by {name} while building {size:,} bytes of generated C"
+    return CompileFailure(why, output)
 
 
 _DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: (?P<msg>.*)$", re.M)
 _RULE_COMMENT = re.compile(r"/\* .*?(\S+\.fpol:\d+ [^*]*?) \*/|/\* rule \d+: (\S+:\d+ [^*]*?) \*/")
 
 
-def _failure(source: str, output: str, c_path: str) -> CompileFailure:
+def _failure(source: str, output: str, c_path: str, status: int = 1) -> CompileFailure:
     lines = source.splitlines()
     for m in _DIAG.finditer(output):
         if not m.group("file").endswith(os.path.basename(c_path)):
@@ -118,4 +138,14 @@ def _failure(source: str, output: str, c_path: str) -> CompileFailure:
                 break
         return CompileFailure(f"clang rejected the generated C: {m.group('msg')}", output,
                               n, text, rule)
-    return CompileFailure("clang failed", output)
+    killed = re.search(r"\bKilled\b", output)
+    if killed:  # the driver lives, its compiler process (cc1) was killed
+        out = _killed(signal.SIGKILL, output, len(source))
+        out.message = out.message.replace("clang was killed", "clang's compiler process was killed", 1)
+        return out
+    first = next((line.strip() for line in output.splitlines()
+                  if re.search(r"error|fatal|LLVM ERROR|terminate|Killed|out of memory", line, re.I)),
+                 next((line.strip() for line in output.splitlines() if line.strip()), ""))
+    if first:
+        return CompileFailure(f"clang failed (exit status {status}): {first}", output)
+    return CompileFailure(f"clang failed (exit status {status}) and printed nothing", output)

@@ -42,8 +42,14 @@ class LibbpfError(Exception):
 
     @property
     def reason(self) -> str:
-        """libbpf's own account of the refusal: its first warning that names what failed
+        """The verifier's own reason when it refused a program (the line of its log that
+        says why, e.g. "R2 unbounded memory access" or "jump out of range ..."); else
+        libbpf's own account of the refusal: its first warning that names what failed
         (a program, a map, a struct_ops member, an extern), else its first warning."""
+        why = verifier_reason(self.verifier_log)
+        if why:
+            program = re.search(r"prog '([^']+)': -- BEGIN PROG LOAD LOG --", self.log)
+            return f"verifier: {why}" + (f" (program {program.group(1)})" if program else "")
         warnings = [m.strip() for m in self.messages if m.startswith(_WARN_MARK)]
         lines = [w[len(_WARN_MARK):].removeprefix("libbpf: ").splitlines()[0] for w in warnings
                  if w[len(_WARN_MARK):].strip()]
@@ -60,6 +66,23 @@ class LibbpfError(Exception):
     def verifier_log(self) -> str:
         m = re.search(r"-- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --", self.log, re.S)
         return m.group(1) if m else ""
+
+
+_VERIFIER_NOISE = re.compile(
+    r"^(\d+: \(|; |processed \d+ insns|verification time|stack depth|from \d+ to \d+|func#|"
+    r"Validating |mark_precise|last_idx|regs=|parent |Func#|propagating|frame\d|\.\.\.|"
+    r"Live regs|-- END|libbpf:)")
+_REGISTER_STATE = re.compile(r"^(\d+: )?((R\d+(_[rwD]+)?|fp-?\d+(_[rwD]+)?)=\S+\s*)+$")
+
+
+def verifier_reason(log: str) -> str:
+    """The line of a verifier log that says why it refused: the last one that is not an
+    instruction, a source annotation, a register state or the closing statistics."""
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if line and not _VERIFIER_NOISE.match(line) and not _REGISTER_STATE.match(line):
+            return line
+    return ""
 
 
 # libbpf's warnings (LIBBPF_WARN) are kept with this mark in front, so a refusal can be

@@ -275,3 +275,56 @@ def test_missing_clang_is_tool_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("CLANG", "no-such-clang-on-path-99")
     with pytest.raises(ToolMissing):
         clangmod.find_clang()
+
+
+# --- clang ending badly says why in one line (issue 13) ---------------------------------
+
+def _fake_clang(tmp_path, body: str) -> str:
+    path = tmp_path / "fake-clang"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_clang_killed_says_signal_and_what_to_do(monkeypatch, tmp_path):
+    try:
+        clangmod.include_flags()
+    except ToolMissing as e:
+        pytest.skip(f"libbpf headers missing: {e}")
+    monkeypatch.setenv("CLANG", _fake_clang(tmp_path, "kill -KILL $$"))
+    with pytest.raises(CompileFailure) as info:
+        compile_c("int x;\n", str(tmp_path / "x.o"), "x")
+    first = str(info.value).splitlines()[0]
+    assert "killed by SIGKILL" in first and "out of memory" in first
+    assert "split the policy" in first
+    assert "clang said" not in str(info.value)  # it said nothing
+    assert not (tmp_path / "x.o").exists()
+
+
+def test_clang_driver_reporting_its_compiler_killed(monkeypatch, tmp_path):
+    try:
+        clangmod.include_flags()
+    except ToolMissing as e:
+        pytest.skip(f"libbpf headers missing: {e}")
+    monkeypatch.setenv("CLANG", _fake_clang(
+        tmp_path, "echo 'clang: error: unable to execute command: Killed' >&2; exit 254"))
+    with pytest.raises(CompileFailure) as info:
+        compile_c("int x;\n", str(tmp_path / "x.o"), "x")
+    first = str(info.value).splitlines()[0]
+    assert "compiler process was killed by SIGKILL" in first and "out of memory" in first
+    assert "unable to execute command: Killed" in str(info.value)
+
+
+def test_clang_failing_without_a_diagnostic_names_its_status(monkeypatch, tmp_path):
+    try:
+        clangmod.include_flags()
+    except ToolMissing as e:
+        pytest.skip(f"libbpf headers missing: {e}")
+    monkeypatch.setenv("CLANG", _fake_clang(tmp_path, "exit 3"))
+    with pytest.raises(CompileFailure) as info:
+        compile_c("int x;\n", str(tmp_path / "x.o"), "x")
+    assert str(info.value) == "clang failed (exit status 3) and printed nothing"
+    monkeypatch.setenv("CLANG", _fake_clang(tmp_path, "echo 'LLVM ERROR: out of memory' >&2; exit 1"))
+    with pytest.raises(CompileFailure) as info:
+        compile_c("int x;\n", str(tmp_path / "x.o"), "x")
+    assert str(info.value).splitlines()[0] == "clang failed (exit status 1): LLVM ERROR: out of memory"

@@ -102,6 +102,52 @@ def test_verifier_log_maps_to_the_rule():
     assert rule == "p.fpol:3 deny write under /secret"
 
 
+REJECTED_C = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+const volatile __u32 fpol_rows[4] = { 1, 2, 3, 4 };
+/* rule 0: p.fpol:3 deny write under /x */
+SEC("syscall")
+int fpol_check(void *ctx)
+{
+	__u32 slot = bpf_get_prandom_u32();
+	return fpol_rows[slot];
+}
+"""
+
+
+def test_verifier_rejection_says_the_verifiers_reason(tmp_path):
+    """The error's one line carries the verifier's own reason, not just the errno, and
+    the log maps back to the generated line and the rule behind it (issue 13)."""
+    require_bpf()
+    from fpol.compiler.clang import compile_c
+    from fpol.runtime import libbpf
+    from fpol.runtime.engine import rule_for_verifier_log
+
+    path = str(tmp_path / "rejected.o")
+    compile_c(REJECTED_C, path, "rejected")
+    with pytest.raises(libbpf.LibbpfError) as err:
+        with libbpf.BpfObject(path) as obj:
+            obj.load()
+    e = err.value
+    assert e.reason.startswith("verifier: R") and "unbounded memory access" in e.reason, e.reason
+    assert "(program fpol_check)" in e.reason
+    assert e.reason in str(e).splitlines()[0]
+    line, text, rule = rule_for_verifier_log(e.verifier_log, REJECTED_C)
+    assert text == "return fpol_rows[slot];" and rule == "p.fpol:3 deny write under /x"
+
+
+def test_verifier_reason_is_the_line_that_says_why():
+    from fpol.runtime.libbpf import verifier_reason
+
+    log = ("func#0 @0\n0: R1=ctx() R10=fp0\n; x @ p.c:3\n0: (85) call bpf_get_prandom_u32#7\n"
+           "jump out of range from insn 637 to -23583\n"
+           "processed 0 insns (limit 1000000) max_states_per_insn 0 total_states 0\n")
+    assert verifier_reason(log) == "jump out of range from insn 637 to -23583"
+    assert verifier_reason("") == ""
+
+
 # --- the struct_ops loader, on a struct_ops type this kernel has -------------------------
 
 def test_load_attach_pin_status_unload(tcp_cc_object, pin_root):
