@@ -285,3 +285,49 @@ def test_acl_read_of_a_node_the_daemon_knows_is_the_backing_files_acl(tmp_path):
     vetted = rig.lookup(P.ROOT_ID, b"vetted", unique=3)
     assert rig.ask(getxattr_request(27, vetted, b"system.posix_acl_default")) == \
         error_reply(27, errno.ENODATA)
+
+
+# --- audit lines and handler events name the path and the deciding rule -------------------
+
+def test_filter_events_name_the_path_and_the_deciding_rule(tmp_path):
+    seen = []
+    rig = Rig(tmp_path, handler=lambda ev: seen.append(ev) or None)
+    vetted = rig.lookup(P.ROOT_ID, b"vetted")
+    doc = rig.lookup(vetted, b"doc", unique=2)
+    reply = rig.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 40, doc, struct.pack("<II", 0, 0)))
+    assert P.OUT_HEADER.unpack(reply).error == 0
+    rule = {"line": 4, "text": "redirect open to userspace before under /vetted"}
+    assert seen[-1]["path"] == "/vetted/doc" and seen[-1]["rule"] == rule
+    assert "path_unknown" not in seen[-1]
+    # Without a handler the default one performs and logs it: the same path and rule.
+    rig2 = Rig(tmp_path / "2")
+    vetted = rig2.lookup(P.ROOT_ID, b"vetted")
+    doc = rig2.lookup(vetted, b"doc", unique=2)
+    rig2.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 41, doc, struct.pack("<II", 0, 0)))
+    line = [e for e in rig2.audit() if e["op"] == "open"][-1]
+    assert line["path"] == "/vetted/doc" and line["rule"] == rule and line["mode"] == "before"
+    assert "path_unknown" not in line
+
+
+def test_a_lookup_filter_names_the_child_and_its_rule(tmp_path):
+    policy = POLICY + b"redirect lookup to userspace before under /vetted\n"
+    seen = []
+    rig = Rig(tmp_path, handler=lambda ev: seen.append(ev) or None, policy=policy)
+    vetted = rig.lookup(P.ROOT_ID, b"vetted")
+    rig.ask(header(P.Opcode.LOOKUP | fusebpf.FUSE_PREFILTER, 42, vetted, b"doc\0"))
+    assert seen[-1]["path"] == "/vetted/doc"
+    assert seen[-1]["rule"] == {"line": 6, "text": "redirect lookup to userspace before under /vetted"}
+
+
+@pytest.mark.parametrize("nodeid, why", [(0, "nodeid 0"), (987654, "not in the daemon's node table")])
+def test_a_filter_event_whose_path_is_unknowable_says_so(tmp_path, nodeid, why):
+    seen = []
+    rig = Rig(tmp_path, handler=lambda ev: seen.append(ev) or None)
+    rig.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 43, nodeid, struct.pack("<II", 0, 0)))
+    assert seen[-1]["path"] is None and why in seen[-1]["path_unknown"]
+    assert seen[-1]["rule"] is None  # the class is unknown: so is the rule, never a guess
+    rig2 = Rig(tmp_path / "2")
+    rig2.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 44, nodeid, struct.pack("<II", 0, 0)))
+    line = rig2.audit()[-1]
+    assert line["path"] is None and why in line["path_unknown"] and line["rule"] is None
+    assert line["decision"] == "userspace" and line["mode"] == "before"

@@ -18,16 +18,20 @@ tests drive it with the request bytes the spec describes.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from fpol.compiler.decide import Decision
+from fpol.compiler.ops import ATOMS_OF_OP
 
 from . import fusebpf
 from . import protocol as P
 from .device import Request
-from .enforce import Event
+from .enforce import Event, _refusal, errno_name, show_path, write_line
 from .server import NO_REPLY, FuseServer
 
 Op = P.Opcode
@@ -56,6 +60,19 @@ OP_NAMES = {
     Op.RELEASE: "release", Op.RELEASEDIR: "releasedir", Op.FSYNC: "fsync",
     Op.FSYNCDIR: "fsyncdir",
 }
+
+
+@dataclass
+class FilterEvent(Event):
+    """An event of a filter request: where the daemon cannot know the path, why."""
+
+    path_unknown: Optional[str] = None
+
+    def as_dict(self) -> dict:
+        out = super().as_dict()
+        if self.path is None:
+            out["path_unknown"] = self.path_unknown or "unknown to the daemon"
+        return out
 
 
 # Requests whose nodeid names no inode.
@@ -163,6 +180,68 @@ class FuseBpfServer(FuseServer):
 
     # --- filter requests ------------------------------------------------------------------
 
+    def _filter_subject(self, f, names) -> tuple[Optional[tuple], Optional[int], Optional[str]]:
+        """(path, class, why the path is unknown) of a filter request's object, from the
+        daemon's node table: the node the request names, or for an op on a name in a
+        directory (lookup, create, mknod, mkdir) that name in it."""
+        if not f.nodeid:
+            return None, None, ("nodeid 0: an inode the kernel looked up itself, which the "
+                                "daemon never saw")
+        node = self.inodes.nodes.get(f.nodeid)
+        if node is None:
+            return None, None, f"nodeid {f.nodeid} is not in the daemon's node table"
+        path = node.path()
+        if path is None:
+            return None, node.cls, "the object was unlinked while open"
+        if names and f.opcode in (Op.LOOKUP, Op.CREATE, Op.MKNOD, Op.MKDIR):
+            return path + (names[0],), self.enf.child_class(node.cls, names[0]), None
+        return path, node.cls, None
+
+    def _consult_filter(self, ev: "FilterEvent", mode: str, rule: Optional[dict],
+                        result: Optional[int]) -> Optional[int]:
+        """Ask the handler (Enforcer._consult, with the rule as found here)."""
+        if self.enf.handler is None:
+            return None
+        info = ev.as_dict()
+        info["mode"] = mode
+        info["rule"] = rule
+        if result is not None:
+            info["result"] = 0 if result == 0 else -result
+        try:
+            return _refusal(self.enf.handler(info))
+        except Exception as e:
+            self.log(f"handler {self.enf.handler_name} failed on {ev.op} "
+                     f"{show_path(ev.path)}: {type(e).__name__}: {e}; refusing with EIO")
+            return errno.EIO
+
+    def _audit_filter(self, ev: "FilterEvent", mode: str, rule: Optional[dict],
+                      refused: Optional[int], result: int) -> None:
+        """One audit line, as AuditLog.write makes them, saying why a path is missing."""
+        rec = {"time": round(time.time(), 6), "op": ev.op, "path": show_path(ev.path),
+               "to": None, "decision": "userspace",
+               "errno": errno_name(refused) if refused else None, "rule": rule,
+               "pid": ev.pid or None, "uid": ev.uid, "gid": ev.gid,
+               "result": "ok" if result == 0 else errno_name(result), "mode": mode,
+               "handler": self.enf.handler_name}
+        if ev.path is None:
+            rec["path_unknown"] = ev.path_unknown
+        try:
+            write_line(self.enf.audit.stream, json.dumps(rec, ensure_ascii=True) + "\n")
+        except (OSError, ValueError):
+            pass  # a closed or broken audit stream must not stop the filesystem
+
+    def _filter_decision(self, op: str, cls: Optional[int], mode: str) -> Decision:
+        """The class's decision that sent this op to userspace `mode` (its rule is the
+        deciding rule); without a class, a bare userspace decision (no rule known)."""
+        bare = Decision("userspace", mode=mode)
+        if cls is None:
+            return bare
+        found = [self.enf.decision(cls, atom) for atom in ATOMS_OF_OP.get(op, ())]
+        for d in found:
+            if d.kind == "userspace" and d.mode == mode:
+                return d
+        return next((d for d in found if d.kind == "userspace"), bare)
+
     def _filter(self, req: Request) -> None:
         header = P.IN_HEADER.unpack(self.ch.buf)
         try:
@@ -174,15 +253,16 @@ class FuseBpfServer(FuseServer):
             return
         mode = "before" if f.phase == "pre" else "after"
         op = OP_NAMES.get(f.opcode, f"opcode {f.opcode}")
-        node = self.inodes.nodes.get(f.nodeid) if f.nodeid else None
-        path = node.path() if node is not None else None
-        if path is not None and names and f.opcode in (Op.LOOKUP, Op.CREATE, Op.MKNOD, Op.MKDIR):
-            path = path + (names[0],)
-        ev = Event(op, path, pid=f.pid, uid=f.uid, gid=f.gid)
-        d = Decision("userspace", mode=mode)
+        path, cls, unknown = self._filter_subject(f, names)
+        ev = FilterEvent(op, path, pid=f.pid, uid=f.uid, gid=f.gid, path_unknown=unknown)
+        d = self._filter_decision(op, cls, mode)
+        # The deciding rule: the class decision's (its default's when no rule decided),
+        # or none at all when the class is unknown.
+        rule = self.enf.audit.rule(d.rules[0] if d.rules else None) if cls is not None else None
         result = None if f.phase == "pre" else (0 if not f.error_in else -f.error_in)
-        refused = self.enf._consult(ev, d, mode, result)
-        self.enf._log_userspace(ev, d, None, refused, refused or (result or 0))
+        refused = self._consult_filter(ev, mode, rule, result)
+        if self.enf.handler is None or refused or d.audit:  # as Enforcer._log_userspace
+            self._audit_filter(ev, mode, rule, refused, refused or (result or 0))
         if refused:
             self.ch.send(fusebpf.filter_reply(req.unique, -refused))
             return
