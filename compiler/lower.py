@@ -467,9 +467,11 @@ class Strictness:
 
 
 def _daemon_lookup(table: tuple) -> bool:
-    """Ops redirected `instead` reach the daemon as ordinary requests carrying the object's
-    nodeid, which only the daemon can assign: so the daemon must look such objects up."""
-    return any(d.kind == "userspace" and d.mode == "instead"
+    """Ops redirected to userspace reach the daemon carrying the object's nodeid, which
+    only the daemon can assign (the kernel's own lookups give nodeid 0): `instead`, as
+    ordinary requests it must resolve; `before` and `after`, as filter requests whose
+    events must name the object's path. So the daemon must look such objects up."""
+    return any(d.kind == "userspace"
                for atom, d in zip(ops.ATOMS, table) if atom != "lookup")
 
 

@@ -135,6 +135,7 @@ class FuseBpfModel:
         self.daemon_nodes: dict[int, tuple] = {ROOT_NODEID: ()}
         self.next_nodeid = ROOT_NODEID + 1
         self.sent: list[tuple[str, int, Optional[tuple]]] = []  # (op, nodeid, path) to the daemon
+        self.filters: list[tuple[str, int, Optional[tuple]]] = []  # filter requests, likewise
 
     def _to_daemon(self, op: str, nodeid: int, path: Optional[tuple]) -> Optional[str]:
         """An ordinary request (not a filter one) reaches the daemon naming `nodeid`: the
@@ -326,6 +327,10 @@ class FuseBpfModel:
             if code == USER:
                 out = Outcome.from_word(word)
                 out.unresolved = self._to_daemon(op, node.nodeid, path)
+            elif code in (USER_PREFILTER, USER_POSTFILTER):
+                # A filter request: the daemon answers any nodeid, but names the object's
+                # path in its events only for nodes it handed out.
+                self.filters.append((op, node.nodeid, path))
         out.inherited = inherited
         return out
 
