@@ -155,6 +155,21 @@ class GlobClass:
 
 
 @dataclass
+class GlobMask:
+    """One glob transition: a name of class `cls` matching exactly the globs of `mask`."""
+
+    cls: int
+    mask: int
+    child: int
+    inherit_ok: bool
+    names: str  # the globs of the mask, for the comment
+
+
+# Name globs one class may test: bit i of a 64-bit mask is its i-th glob.
+MAX_CLASS_GLOBS = 64
+
+
+@dataclass
 class ClassInfo:
     id: int
     row: int
@@ -163,6 +178,10 @@ class ClassInfo:
     daemon_lookup: bool  # objects of this class have ops the daemon performs (userspace instead)
     instance: str
     example: str
+    glob_first: int = 0  # its globs: fpol_class_globs[glob_first, + nglobs)
+    nglobs: int = 0
+    mask_first: int = 0  # its masks: fpol_glob_masks[mask_first, + nmasks), sorted by mask
+    nmasks: int = 0
 
 
 @dataclass
@@ -274,6 +293,12 @@ class Model:
     create_slots: list[int]  # index r -> slot
     access_slots: list[int]  # index r | w << 1 | x << 2 -> slot
     cfr_dst_everywhere: bool  # every class allows copy_file_range's destination side
+    # Glob transitions as data: per class, a run of glob ids and a run of masks.
+    class_globs: list = field(default_factory=list)  # (first class, glob id), runs in class order
+    glob_runs: list = field(default_factory=list)  # (offset, classes testing that run)
+    glob_masks: list = field(default_factory=list)  # GlobMask in class order, masks sorted
+    max_class_globs: int = 0
+    mask_search: int = 0  # binary search steps that find any mask of a class
 
 
 def _bits(r: int, w: int, x: int) -> str:
@@ -567,12 +592,39 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         glob_classes.append(GlobClass(c.id, ids, masks))
 
+    # ... as data: fpol_child walks a class's globs and binary-searches its masks, so its
+    # code is the same size however many classes test globs.
+    class_globs: list[tuple[int, int]] = []
+    glob_masks: list[GlobMask] = []
+    runs: dict[int, tuple[int, int, int, int]] = {}
+    glob_runs: dict[tuple[int, ...], tuple[int, list[int]]] = {}
+    mask_search = 0
+    for gc in glob_classes:
+        if len(gc.globs) > MAX_CLASS_GLOBS:
+            raise ValueError(f"class {gc.cls} tests {len(gc.globs)} name globs "
+                             f"(at most {MAX_CLASS_GLOBS})")
+        texts = [globs[g].text for g in gc.globs]
+        run = glob_runs.get(tuple(gc.globs))
+        if run is None:  # classes testing the same globs share one run
+            run = glob_runs[tuple(gc.globs)] = (len(class_globs), [])
+            class_globs.extend((gc.cls, g) for g in gc.globs)
+        run[1].append(gc.cls)
+        runs[gc.cls] = (run[0], len(gc.globs), len(glob_masks), len(gc.masks))
+        for m, t, ok in sorted(gc.masks):
+            names = " & ".join(f'"{texts[i]}"' for i in range(len(texts)) if m >> i & 1)
+            glob_masks.append(GlobMask(gc.cls, m, t, ok, names or "no glob"))
+        mask_search = max(mask_search, len(gc.masks).bit_length())
+
     daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
                                   class_row)
     infos = [ClassInfo(c.id, class_row[c.id], c.default,
                        strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
+    for info in infos:
+        run = runs.get(info.id)
+        if run:
+            info.glob_first, info.nglobs, info.mask_first, info.nmasks = run
 
     programs, instances = _programs(tree, abi, infos, strict)
     return Model(
@@ -589,6 +641,9 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         open_slots=OPEN_SLOTS, create_slots=CREATE_SLOTS, access_slots=ACCESS_SLOTS,
         cfr_dst_everywhere=all(c.decision("copy_file_range:dst").kind == "allow"
                                and not c.decision("copy_file_range:dst").audit for c in classes),
+        class_globs=class_globs, glob_runs=sorted(glob_runs.values()), glob_masks=glob_masks,
+        max_class_globs=max((len(gc.globs) for gc in glob_classes), default=0),
+        mask_search=mask_search,
     )
 
 

@@ -109,8 +109,36 @@ def _class_entries(classes) -> str:
     return "".join(
         f"\t/* class {c.id}: e.g. {_ccomment(c.example)} (instance {c.instance}) */\n"
         f"\t{{ .row = {c.row}, .default_child = {c.default_child}, .flags = "
-        f"{(1 if c.default_inherit_ok else 0) + (2 if c.daemon_lookup else 0)} }},\n"
+        f"{(1 if c.default_inherit_ok else 0) + (2 if c.daemon_lookup else 0)}"
+        + (f", .globs = {c.glob_first}, .masks = {c.mask_first}, .nglobs = {c.nglobs}, "
+           f".nmasks = {c.nmasks}" if c.nglobs else "")
+        + " },\n"
         for c in classes)
+
+
+def _class_glob_entries(class_globs, globs, runs) -> str:
+    """A line per run of glob ids (classes testing the same globs share one), the globs
+    and the classes named in the comment."""
+    if not class_globs:
+        return "\t0, /* no class tests a glob */\n"
+    out = []
+    ends = [offset for offset, _ in runs[1:]] + [len(class_globs)]
+    for (offset, classes), end in zip(runs, ends):
+        ids = [g for _, g in class_globs[offset:end]]
+        names = ", ".join(f'"{_ccomment(globs[g].text)}"' for g in ids)
+        who = f"class {classes[0]}" if len(classes) == 1 else \
+            f"classes {', '.join(map(str, classes))}"
+        out.append(f"\t/* [{offset}] {who}: {names} */\n\t" + " ".join(f"{g}," for g in ids) + "\n")
+    return "".join(out)
+
+
+def _glob_mask_entries(masks) -> str:
+    if not masks:
+        return "\t{ 0, 0, 0 }, /* no class tests a glob */\n"
+    return "".join(
+        f"\t[{i}] = {{ 0x{m.mask:x}, {m.child}{' | FPOL_INHERIT_OK' if m.inherit_ok else ''}, {m.cls} }}, "
+        f"/* class {m.cls}: names matching {_ccomment(m.names)} -> class {m.child} */\n"
+        for i, m in enumerate(masks))
 
 
 def _row_entries(rows) -> str:
@@ -199,6 +227,7 @@ def _environment() -> jinja2.Environment:
     env.filters.update(cname=_cname, ccomment=_ccomment, cident=_cident, chunks=_chunks,
                        glob_body=_glob_body, describe=_describe, class_entries=_class_entries,
                        row_entries=_row_entries, literal_entries=_literal_entries,
+                       class_glob_entries=_class_glob_entries, glob_mask_entries=_glob_mask_entries,
                        instance_names=_instance_names, instance_entries=_instance_entries)
     macros = env.get_template("programs.j2").module
     env.filters["program_entries"] = lambda programs, model: _program_entries(programs, model, macros)

@@ -311,6 +311,10 @@ struct fpol_class {
 	__u32 row;            /* index into fpol_rows */
 	__u32 default_child;  /* class of a name no literal or glob picks */
 	__u32 flags;          /* FPOL_CLASS_* */
+	__u32 globs;          /* its name globs: fpol_class_globs[globs, globs + nglobs) */
+	__u32 masks;          /* where they lead: fpol_glob_masks[masks, masks + nmasks) */
+	__u16 nglobs;
+	__u16 nmasks;
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
 #define FPOL_CLASS_DAEMON_LOOKUP      2  /* requests about these, or their children, go to the daemon: it looks them up */
@@ -319,7 +323,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance media_0) */
 	{ .row = 0, .default_child = 2, .flags = 3 },
 	/* class 1: e.g. /storage (instance media_1) */
-	{ .row = 1, .default_child = 4, .flags = 3 },
+	{ .row = 1, .default_child = 4, .flags = 3, .globs = 0, .masks = 0, .nglobs = 1, .nmasks = 1 },
 	/* class 2: e.g. /... (instance media_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /storage/emulated (instance media_3) */
@@ -329,9 +333,9 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 5: e.g. /storage/emulated/android (instance media_5) */
 	{ .row = 2, .default_child = 4, .flags = 3 },
 	/* class 6: e.g. /storage/emulated/dcim (instance media_6) */
-	{ .row = 3, .default_child = 6, .flags = 3 },
+	{ .row = 3, .default_child = 6, .flags = 1 },
 	/* class 7: e.g. /storage/emulated/movies (instance media_7) */
-	{ .row = 4, .default_child = 7, .flags = 3 },
+	{ .row = 4, .default_child = 7, .flags = 1 },
 	/* class 8: e.g. /storage/emulated/android/data (instance media_8) */
 	{ .row = 5, .default_child = 9, .flags = 3 },
 	/* class 9: e.g. /storage/emulated/android/data/... (instance media_9) */
@@ -570,6 +574,31 @@ __noinline int fpol_pool_equal(__u32 offset, __u32 len)
 	}
 	return 1;
 }
+#define FPOL_NGLOBS 1
+#define FPOL_NCLASS_GLOBS 1
+#define FPOL_NGLOB_MASKS 1
+#define FPOL_MAX_CLASS_GLOBS 1
+#define FPOL_MASK_SEARCH 1
+#define FPOL_INHERIT_OK (1u << 31)
+
+/* The name globs each class tests, in runs that classes testing the same globs share
+ * (bit i of a class's mask is the i-th glob of its run). */
+const __u16 fpol_class_globs[FPOL_NCLASS_GLOBS] = {
+	/* [0] class 1: "????-????" */
+	0,
+};
+
+struct fpol_glob_mask {
+	__u64 mask;      /* exactly these of the class's globs match the name */
+	__u32 child;     /* the name's class, | FPOL_INHERIT_OK */
+	__u32 cls;       /* the class testing (for reading only) */
+};
+
+/* Where a name matching some of a class's globs leads, per class sorted by mask;
+ * a mask not listed leads to the class's default child. */
+const struct fpol_glob_mask fpol_glob_masks[FPOL_NGLOB_MASKS] = {
+	[0] = { 0x1, 3, 1 }, /* class 1: names matching "????-????" -> class 3 */
+};
 
 /* Does the scratch name match glob 0, "????-????"? */
 __noinline int fpol_glob_0(__u32 len)
@@ -583,10 +612,19 @@ __noinline int fpol_glob_0(__u32 len)
 	return 1;
 }
 
-#define FPOL_INHERIT_OK (1u << 31)
+/* Does the scratch name match glob `gid`? */
+__noinline int fpol_glob(__u32 gid, __u32 len)
+{
+	switch (gid) {
+	case 0: return fpol_glob_0(len);
+	}
+	return 0;
+}
 
 /* The class of the child of a node in class `cls` named by the scratch name, with
- * FPOL_INHERIT_OK set when a new object there may inherit `cls` safely. */
+ * FPOL_INHERIT_OK set when a new object there may inherit `cls` safely. Literal names
+ * first, then the class's globs (a mask of those the name matches, looked up in its
+ * sorted run of masks), then its default child. */
 __noinline __u32 fpol_child(__u32 cls, __u32 len)
 {
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
@@ -601,15 +639,39 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
-	if (cls == 1) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 3;
+	const struct fpol_class *c = &fpol_classes[cls];
+	__u32 nglobs = c->nglobs;
+	if (nglobs) {
+		__u64 mask = 0;
+		__u32 first = c->globs;
+		for (__u32 i = 0; i < FPOL_MAX_CLASS_GLOBS; i++) {
+			if (i >= nglobs)
+				break;
+			__u32 g = first + i;
+			fpol_barrier_var(g);
+			if (g >= FPOL_NCLASS_GLOBS)
+				break;
+			if (fpol_glob(fpol_class_globs[g], len))
+				mask |= 1ull << i;
+		}
+		__u32 lo = c->masks, hi = c->masks + c->nmasks;
+		for (__u32 k = 0; k < FPOL_MASK_SEARCH; k++) {
+			if (lo >= hi)
+				break;
+			__u32 mid = lo + (hi - lo) / 2;
+			fpol_barrier_var(mid);
+			if (mid >= FPOL_NGLOB_MASKS)
+				break;
+			__u64 m = fpol_glob_masks[mid].mask;
+			if (m == mask)
+				return fpol_glob_masks[mid].child;
+			if (m < mask)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
 	}
-	return fpol_classes[cls].default_child |
-	       ((fpol_classes[cls].flags & FPOL_CLASS_DEFAULT_INHERIT_OK) ? FPOL_INHERIT_OK : 0);
+	return c->default_child | ((c->flags & FPOL_CLASS_DEFAULT_INHERIT_OK) ? FPOL_INHERIT_OK : 0);
 }
 
 static __always_inline __u32 fpol_open_slot(__u32 flags)
@@ -1114,17 +1176,12 @@ FPOL_STUB_RENAME(fpol_rename_5, 5)
 FPOL_STUB_REMOVE(fpol_rmdir_5, 5, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_5, 5, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_5, 5, unlink_prefilter, FPOL_SLOT_UNLINK)
-FPOL_STUB_CREATE_OPEN(fpol_create_open_6, 6)  /* also classes 7, 8, 9 */
-FPOL_STUB_LOOKUP_POST(fpol_lookup_post_6, 6)
-FPOL_STUB_LOOKUP(fpol_lookup_6, 6)
-FPOL_STUB_CREATE(fpol_mkdir_6, 6, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 7, 8, 9 */
 FPOL_STUB_OPEN(fpol_open_6, 6)  /* also classes 7 */
 FPOL_STUB_RENAME2(fpol_rename2_6, 6)
 FPOL_STUB_RENAME(fpol_rename_6, 6)
 FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)
-FPOL_STUB_LOOKUP_POST(fpol_lookup_post_7, 7)
-FPOL_STUB_LOOKUP(fpol_lookup_7, 7)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_8, 8)  /* also classes 9 */
 
 /* default_filter for class 8 */
 SEC("struct_ops/default_filter")
@@ -1145,6 +1202,7 @@ __u32 BPF_PROG(fpol_default_8, const struct bpf_fuse_meta_info *meta)
 
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
 FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
+FPOL_STUB_CREATE(fpol_mkdir_8, 8, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 9 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_9, 9)
 FPOL_STUB_LOOKUP(fpol_lookup_9, 9)
 
@@ -1261,13 +1319,8 @@ SEC(".struct_ops")
 struct fuse_ops media_6 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_6,
-	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
-	.lookup_prefilter = (void *)fpol_lookup_6,
-	.lookup_postfilter = (void *)fpol_lookup_post_6,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_6,
-	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rmdir_prefilter = (void *)fpol_rmdir_6,
 	.rename2_prefilter = (void *)fpol_rename2_6,
 	.rename_prefilter = (void *)fpol_rename_6,
@@ -1283,13 +1336,8 @@ SEC(".struct_ops")
 struct fuse_ops media_7 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_6,
-	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
-	.lookup_prefilter = (void *)fpol_lookup_7,
-	.lookup_postfilter = (void *)fpol_lookup_post_7,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_6,
-	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
 	.link_prefilter = (void *)fpol_link_1,
@@ -1303,12 +1351,12 @@ SEC(".struct_ops")
 struct fuse_ops media_8 = {
 	.default_filter = (void *)fpol_default_8,
 	.open_prefilter = (void *)fpol_open_1,
-	.create_open_prefilter = (void *)fpol_create_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_8,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_8,
 	.lookup_postfilter = (void *)fpol_lookup_post_8,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_prefilter = (void *)fpol_mkdir_8,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
@@ -1323,12 +1371,12 @@ SEC(".struct_ops")
 struct fuse_ops media_9 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_1,
-	.create_open_prefilter = (void *)fpol_create_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_8,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_9,
 	.lookup_postfilter = (void *)fpol_lookup_post_9,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_prefilter = (void *)fpol_mkdir_8,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,

@@ -311,47 +311,51 @@ struct fpol_class {
 	__u32 row;            /* index into fpol_rows */
 	__u32 default_child;  /* class of a name no literal or glob picks */
 	__u32 flags;          /* FPOL_CLASS_* */
+	__u32 globs;          /* its name globs: fpol_class_globs[globs, globs + nglobs) */
+	__u32 masks;          /* where they lead: fpol_glob_masks[masks, masks + nmasks) */
+	__u16 nglobs;
+	__u16 nmasks;
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
 #define FPOL_CLASS_DAEMON_LOOKUP      2  /* requests about these, or their children, go to the daemon: it looks them up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_qu_0) */
-	{ .row = 0, .default_child = 9, .flags = 1 },
+	{ .row = 0, .default_child = 9, .flags = 1, .globs = 0, .masks = 0, .nglobs = 1, .nmasks = 1 },
 	/* class 1: e.g. /#not a comment (instance clean_qu_1) */
-	{ .row = 1, .default_child = 1, .flags = 1 },
+	{ .row = 1, .default_child = 1, .flags = 1, .globs = 0, .masks = 1, .nglobs = 1, .nmasks = 1 },
 	/* class 2: e.g. /a "quoted" name (instance clean_qu_2) */
-	{ .row = 2, .default_child = 2, .flags = 1 },
+	{ .row = 2, .default_child = 2, .flags = 1, .globs = 0, .masks = 2, .nglobs = 1, .nmasks = 1 },
 	/* class 3: e.g. /back\slash (instance clean_qu_3) */
-	{ .row = 3, .default_child = 3, .flags = 1 },
+	{ .row = 3, .default_child = 3, .flags = 1, .globs = 0, .masks = 3, .nglobs = 1, .nmasks = 1 },
 	/* class 4: e.g. /café (instance clean_qu_4) */
-	{ .row = 0, .default_child = 9, .flags = 1 },
+	{ .row = 0, .default_child = 9, .flags = 1, .globs = 0, .masks = 4, .nglobs = 1, .nmasks = 1 },
 	/* class 5: e.g. /hexA~\xff\xe9 (instance clean_qu_5) */
-	{ .row = 4, .default_child = 5, .flags = 1 },
+	{ .row = 4, .default_child = 5, .flags = 1, .globs = 0, .masks = 5, .nglobs = 1, .nmasks = 1 },
 	/* class 6: e.g. /q (instance clean_qu_6) */
-	{ .row = 0, .default_child = 9, .flags = 1 },
+	{ .row = 0, .default_child = 9, .flags = 1, .globs = 1, .masks = 6, .nglobs = 2, .nmasks = 2 },
 	/* class 7: e.g. /secret (instance clean_qu_7) */
-	{ .row = 5, .default_child = 7, .flags = 1 },
+	{ .row = 5, .default_child = 7, .flags = 1, .globs = 0, .masks = 8, .nglobs = 1, .nmasks = 1 },
 	/* class 8: e.g. /"" (instance clean_qu_8) */
-	{ .row = 6, .default_child = 9, .flags = 1 },
+	{ .row = 6, .default_child = 9, .flags = 1, .globs = 0, .masks = 9, .nglobs = 1, .nmasks = 1 },
 	/* class 9: e.g. /" (instance clean_qu_9) */
-	{ .row = 0, .default_child = 9, .flags = 1 },
+	{ .row = 0, .default_child = 9, .flags = 1, .globs = 0, .masks = 10, .nglobs = 1, .nmasks = 1 },
 	/* class 10: e.g. /#not a comment/"" (instance clean_qu_10) */
-	{ .row = 7, .default_child = 1, .flags = 1 },
+	{ .row = 7, .default_child = 1, .flags = 1, .globs = 0, .masks = 11, .nglobs = 1, .nmasks = 1 },
 	/* class 11: e.g. /a "quoted" name/"" (instance clean_qu_11) */
-	{ .row = 8, .default_child = 2, .flags = 1 },
+	{ .row = 8, .default_child = 2, .flags = 1, .globs = 0, .masks = 12, .nglobs = 1, .nmasks = 1 },
 	/* class 12: e.g. /back\slash/"" (instance clean_qu_12) */
-	{ .row = 9, .default_child = 3, .flags = 1 },
+	{ .row = 9, .default_child = 3, .flags = 1, .globs = 0, .masks = 13, .nglobs = 1, .nmasks = 1 },
 	/* class 13: e.g. /café/naïve (instance clean_qu_13) */
-	{ .row = 10, .default_child = 13, .flags = 1 },
+	{ .row = 10, .default_child = 13, .flags = 1, .globs = 0, .masks = 14, .nglobs = 1, .nmasks = 1 },
 	/* class 14: e.g. /hexA~\xff\xe9/"" (instance clean_qu_14) */
-	{ .row = 11, .default_child = 5, .flags = 1 },
+	{ .row = 11, .default_child = 5, .flags = 1, .globs = 0, .masks = 15, .nglobs = 1, .nmasks = 1 },
 	/* class 15: e.g. /q/\ (instance clean_qu_15) */
 	{ .row = 12, .default_child = 15, .flags = 1 },
 	/* class 16: e.g. /secret/"" (instance clean_qu_16) */
-	{ .row = 13, .default_child = 7, .flags = 1 },
+	{ .row = 13, .default_child = 7, .flags = 1, .globs = 0, .masks = 16, .nglobs = 1, .nmasks = 1 },
 	/* class 17: e.g. /café/naïve/"" (instance clean_qu_17) */
-	{ .row = 14, .default_child = 13, .flags = 1 },
+	{ .row = 14, .default_child = 13, .flags = 1, .globs = 0, .masks = 17, .nglobs = 1, .nmasks = 1 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -657,6 +661,50 @@ __noinline int fpol_pool_equal(__u32 offset, __u32 len)
 	}
 	return 1;
 }
+#define FPOL_NGLOBS 2
+#define FPOL_NCLASS_GLOBS 3
+#define FPOL_NGLOB_MASKS 18
+#define FPOL_MAX_CLASS_GLOBS 2
+#define FPOL_MASK_SEARCH 2
+#define FPOL_INHERIT_OK (1u << 31)
+
+/* The name globs each class tests, in runs that classes testing the same globs share
+ * (bit i of a class's mask is the i-th glob of its run). */
+const __u16 fpol_class_globs[FPOL_NCLASS_GLOBS] = {
+	/* [0] classes 0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17: ""*"" */
+	0,
+	/* [1] class 6: ""*"", "\*" */
+	0, 1,
+};
+
+struct fpol_glob_mask {
+	__u64 mask;      /* exactly these of the class's globs match the name */
+	__u32 child;     /* the name's class, | FPOL_INHERIT_OK */
+	__u32 cls;       /* the class testing (for reading only) */
+};
+
+/* Where a name matching some of a class's globs leads, per class sorted by mask;
+ * a mask not listed leads to the class's default child. */
+const struct fpol_glob_mask fpol_glob_masks[FPOL_NGLOB_MASKS] = {
+	[0] = { 0x1, 8, 0 }, /* class 0: names matching ""*"" -> class 8 */
+	[1] = { 0x1, 10, 1 }, /* class 1: names matching ""*"" -> class 10 */
+	[2] = { 0x1, 11, 2 }, /* class 2: names matching ""*"" -> class 11 */
+	[3] = { 0x1, 12, 3 }, /* class 3: names matching ""*"" -> class 12 */
+	[4] = { 0x1, 8, 4 }, /* class 4: names matching ""*"" -> class 8 */
+	[5] = { 0x1, 14, 5 }, /* class 5: names matching ""*"" -> class 14 */
+	[6] = { 0x1, 8, 6 }, /* class 6: names matching ""*"" -> class 8 */
+	[7] = { 0x2, 15, 6 }, /* class 6: names matching "\*" -> class 15 */
+	[8] = { 0x1, 16, 7 }, /* class 7: names matching ""*"" -> class 16 */
+	[9] = { 0x1, 8 | FPOL_INHERIT_OK, 8 }, /* class 8: names matching ""*"" -> class 8 */
+	[10] = { 0x1, 8, 9 }, /* class 9: names matching ""*"" -> class 8 */
+	[11] = { 0x1, 10 | FPOL_INHERIT_OK, 10 }, /* class 10: names matching ""*"" -> class 10 */
+	[12] = { 0x1, 11 | FPOL_INHERIT_OK, 11 }, /* class 11: names matching ""*"" -> class 11 */
+	[13] = { 0x1, 12 | FPOL_INHERIT_OK, 12 }, /* class 12: names matching ""*"" -> class 12 */
+	[14] = { 0x1, 17, 13 }, /* class 13: names matching ""*"" -> class 17 */
+	[15] = { 0x1, 14 | FPOL_INHERIT_OK, 14 }, /* class 14: names matching ""*"" -> class 14 */
+	[16] = { 0x1, 16 | FPOL_INHERIT_OK, 16 }, /* class 16: names matching ""*"" -> class 16 */
+	[17] = { 0x1, 17 | FPOL_INHERIT_OK, 17 }, /* class 17: names matching ""*"" -> class 17 */
+};
 
 /* Does the scratch name match glob 0, ""*""? */
 __noinline int fpol_glob_0(__u32 len)
@@ -689,10 +737,20 @@ __noinline int fpol_glob_1(__u32 len)
 	return 1;
 }
 
-#define FPOL_INHERIT_OK (1u << 31)
+/* Does the scratch name match glob `gid`? */
+__noinline int fpol_glob(__u32 gid, __u32 len)
+{
+	switch (gid) {
+	case 0: return fpol_glob_0(len);
+	case 1: return fpol_glob_1(len);
+	}
+	return 0;
+}
 
 /* The class of the child of a node in class `cls` named by the scratch name, with
- * FPOL_INHERIT_OK set when a new object there may inherit `cls` safely. */
+ * FPOL_INHERIT_OK set when a new object there may inherit `cls` safely. Literal names
+ * first, then the class's globs (a mask of those the name matches, looked up in its
+ * sorted run of masks), then its default child. */
 __noinline __u32 fpol_child(__u32 cls, __u32 len)
 {
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
@@ -707,131 +765,39 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
-	if (cls == 0) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 8;
+	const struct fpol_class *c = &fpol_classes[cls];
+	__u32 nglobs = c->nglobs;
+	if (nglobs) {
+		__u64 mask = 0;
+		__u32 first = c->globs;
+		for (__u32 i = 0; i < FPOL_MAX_CLASS_GLOBS; i++) {
+			if (i >= nglobs)
+				break;
+			__u32 g = first + i;
+			fpol_barrier_var(g);
+			if (g >= FPOL_NCLASS_GLOBS)
+				break;
+			if (fpol_glob(fpol_class_globs[g], len))
+				mask |= 1ull << i;
+		}
+		__u32 lo = c->masks, hi = c->masks + c->nmasks;
+		for (__u32 k = 0; k < FPOL_MASK_SEARCH; k++) {
+			if (lo >= hi)
+				break;
+			__u32 mid = lo + (hi - lo) / 2;
+			fpol_barrier_var(mid);
+			if (mid >= FPOL_NGLOB_MASKS)
+				break;
+			__u64 m = fpol_glob_masks[mid].mask;
+			if (m == mask)
+				return fpol_glob_masks[mid].child;
+			if (m < mask)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
 	}
-	if (cls == 1) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 2) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 11;
-	}
-	if (cls == 3) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 12;
-	}
-	if (cls == 4) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 8;
-	}
-	if (cls == 5) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 14;
-	}
-	if (cls == 6) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_1(len))
-			mask |= 2;
-		if (mask == 1)
-			return 8;
-		if (mask == 2)
-			return 15;
-	}
-	if (cls == 7) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 16;
-	}
-	if (cls == 8) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 8 | FPOL_INHERIT_OK;
-	}
-	if (cls == 9) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 8;
-	}
-	if (cls == 10) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10 | FPOL_INHERIT_OK;
-	}
-	if (cls == 11) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 11 | FPOL_INHERIT_OK;
-	}
-	if (cls == 12) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 12 | FPOL_INHERIT_OK;
-	}
-	if (cls == 13) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 17;
-	}
-	if (cls == 14) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 14 | FPOL_INHERIT_OK;
-	}
-	if (cls == 16) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 16 | FPOL_INHERIT_OK;
-	}
-	if (cls == 17) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 17 | FPOL_INHERIT_OK;
-	}
-	return fpol_classes[cls].default_child |
-	       ((fpol_classes[cls].flags & FPOL_CLASS_DEFAULT_INHERIT_OK) ? FPOL_INHERIT_OK : 0);
+	return c->default_child | ((c->flags & FPOL_CLASS_DEFAULT_INHERIT_OK) ? FPOL_INHERIT_OK : 0);
 }
 
 static __always_inline __u32 fpol_open_slot(__u32 flags)

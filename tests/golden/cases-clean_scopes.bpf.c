@@ -314,81 +314,85 @@ struct fpol_class {
 	__u32 row;            /* index into fpol_rows */
 	__u32 default_child;  /* class of a name no literal or glob picks */
 	__u32 flags;          /* FPOL_CLASS_* */
+	__u32 globs;          /* its name globs: fpol_class_globs[globs, globs + nglobs) */
+	__u32 masks;          /* where they lead: fpol_glob_masks[masks, masks + nmasks) */
+	__u16 nglobs;
+	__u16 nmasks;
 };
 #define FPOL_CLASS_DEFAULT_INHERIT_OK 1  /* a new object may inherit this class safely */
 #define FPOL_CLASS_DAEMON_LOOKUP      2  /* requests about these, or their children, go to the daemon: it looks them up */
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_sc_0) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 0, .nglobs = 1, .nmasks = 1 },
 	/* class 1: e.g. /a (instance clean_sc_1) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 1, .masks = 1, .nglobs = 2, .nmasks = 2 },
 	/* class 2: e.g. /core (instance clean_sc_2) */
-	{ .row = 1, .default_child = 11, .flags = 1 },
+	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 3, .nglobs = 1, .nmasks = 1 },
 	/* class 3: e.g. /etc (instance clean_sc_3) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 4, .nglobs = 1, .nmasks = 1 },
 	/* class 4: e.g. /home (instance clean_sc_4) */
-	{ .row = 0, .default_child = 16, .flags = 1 },
+	{ .row = 0, .default_child = 16, .flags = 1, .globs = 0, .masks = 5, .nglobs = 1, .nmasks = 1 },
 	/* class 5: e.g. /secret (instance clean_sc_5) */
-	{ .row = 2, .default_child = 5, .flags = 1 },
+	{ .row = 2, .default_child = 5, .flags = 1, .globs = 0, .masks = 6, .nglobs = 1, .nmasks = 1 },
 	/* class 6: e.g. /srv (instance clean_sc_6) */
-	{ .row = 0, .default_child = 21, .flags = 0 },
+	{ .row = 0, .default_child = 21, .flags = 0, .globs = 0, .masks = 7, .nglobs = 1, .nmasks = 1 },
 	/* class 7: e.g. /uploads (instance clean_sc_7) */
-	{ .row = 0, .default_child = 7, .flags = 1 },
+	{ .row = 0, .default_child = 7, .flags = 1, .globs = 3, .masks = 8, .nglobs = 2, .nmasks = 2 },
 	/* class 8: e.g. /with space (instance clean_sc_8) */
-	{ .row = 3, .default_child = 8, .flags = 1 },
+	{ .row = 3, .default_child = 8, .flags = 1, .globs = 0, .masks = 10, .nglobs = 1, .nmasks = 1 },
 	/* class 9: e.g. /x (instance clean_sc_9) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 11, .nglobs = 1, .nmasks = 1 },
 	/* class 10: e.g. /.exe (instance clean_sc_10) */
-	{ .row = 4, .default_child = 11, .flags = 1 },
+	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 12, .nglobs = 1, .nmasks = 1 },
 	/* class 11: e.g. /. (instance clean_sc_11) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 13, .nglobs = 1, .nmasks = 1 },
 	/* class 12: e.g. /a/c. (instance clean_sc_12) */
-	{ .row = 5, .default_child = 12, .flags = 1 },
+	{ .row = 5, .default_child = 12, .flags = 1, .globs = 0, .masks = 14, .nglobs = 1, .nmasks = 1 },
 	/* class 13: e.g. /etc/passwd (instance clean_sc_13) */
-	{ .row = 6, .default_child = 11, .flags = 1 },
+	{ .row = 6, .default_child = 11, .flags = 1, .globs = 0, .masks = 15, .nglobs = 1, .nmasks = 1 },
 	/* class 14: e.g. /home/core (instance clean_sc_14) */
-	{ .row = 1, .default_child = 11, .flags = 1 },
+	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 16, .nglobs = 1, .nmasks = 1 },
 	/* class 15: e.g. /home/.exe (instance clean_sc_15) */
-	{ .row = 4, .default_child = 11, .flags = 1 },
+	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 17, .nglobs = 1, .nmasks = 1 },
 	/* class 16: e.g. /home/. (instance clean_sc_16) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 18, .nglobs = 1, .nmasks = 1 },
 	/* class 17: e.g. /secret/core (instance clean_sc_17) */
-	{ .row = 7, .default_child = 5, .flags = 1 },
+	{ .row = 7, .default_child = 5, .flags = 1, .globs = 0, .masks = 19, .nglobs = 1, .nmasks = 1 },
 	/* class 18: e.g. /secret/.exe (instance clean_sc_18) */
-	{ .row = 8, .default_child = 5, .flags = 1 },
+	{ .row = 8, .default_child = 5, .flags = 1, .globs = 0, .masks = 20, .nglobs = 1, .nmasks = 1 },
 	/* class 19: e.g. /srv/core (instance clean_sc_19) */
-	{ .row = 1, .default_child = 11, .flags = 1 },
+	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 21, .nglobs = 1, .nmasks = 1 },
 	/* class 20: e.g. /srv/.exe (instance clean_sc_20) */
-	{ .row = 4, .default_child = 11, .flags = 1 },
+	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 22, .nglobs = 1, .nmasks = 1 },
 	/* class 21: e.g. /srv/. (instance clean_sc_21) */
-	{ .row = 0, .default_child = 11, .flags = 1 },
+	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 23, .nglobs = 1, .nmasks = 1 },
 	/* class 22: e.g. /uploads/core (instance clean_sc_22) */
-	{ .row = 1, .default_child = 7, .flags = 1 },
+	{ .row = 1, .default_child = 7, .flags = 1, .globs = 3, .masks = 24, .nglobs = 2, .nmasks = 2 },
 	/* class 23: e.g. /uploads/.exe (instance clean_sc_23) */
-	{ .row = 4, .default_child = 7, .flags = 1 },
+	{ .row = 4, .default_child = 7, .flags = 1, .globs = 3, .masks = 26, .nglobs = 2, .nmasks = 2 },
 	/* class 24: e.g. /uploads/.tmp (instance clean_sc_24) */
-	{ .row = 9, .default_child = 7, .flags = 1 },
+	{ .row = 9, .default_child = 7, .flags = 1, .globs = 3, .masks = 28, .nglobs = 2, .nmasks = 2 },
 	/* class 25: e.g. /with space/core (instance clean_sc_25) */
-	{ .row = 10, .default_child = 8, .flags = 1 },
+	{ .row = 10, .default_child = 8, .flags = 1, .globs = 0, .masks = 30, .nglobs = 1, .nmasks = 1 },
 	/* class 26: e.g. /with space/.exe (instance clean_sc_26) */
-	{ .row = 11, .default_child = 8, .flags = 1 },
+	{ .row = 11, .default_child = 8, .flags = 1, .globs = 0, .masks = 31, .nglobs = 1, .nmasks = 1 },
 	/* class 27: e.g. /x/y (instance clean_sc_27) */
-	{ .row = 12, .default_child = 11, .flags = 1 },
+	{ .row = 12, .default_child = 11, .flags = 1, .globs = 0, .masks = 32, .nglobs = 1, .nmasks = 1 },
 	/* class 28: e.g. /a/c./.exe (instance clean_sc_28) */
-	{ .row = 13, .default_child = 12, .flags = 1 },
+	{ .row = 13, .default_child = 12, .flags = 1, .globs = 0, .masks = 33, .nglobs = 1, .nmasks = 1 },
 	/* class 29: e.g. /home/core/.ssh (instance clean_sc_29) */
-	{ .row = 14, .default_child = 29, .flags = 1 },
+	{ .row = 14, .default_child = 29, .flags = 1, .globs = 0, .masks = 34, .nglobs = 1, .nmasks = 1 },
 	/* class 30: e.g. /srv/core/cache (instance clean_sc_30) */
-	{ .row = 0, .default_child = 30, .flags = 1 },
+	{ .row = 0, .default_child = 30, .flags = 1, .globs = 5, .masks = 35, .nglobs = 2, .nmasks = 2 },
 	/* class 31: e.g. /home/core/.ssh/.exe (instance clean_sc_31) */
-	{ .row = 15, .default_child = 29, .flags = 1 },
+	{ .row = 15, .default_child = 29, .flags = 1, .globs = 0, .masks = 37, .nglobs = 1, .nmasks = 1 },
 	/* class 32: e.g. /srv/core/cache/core (instance clean_sc_32) */
-	{ .row = 1, .default_child = 30, .flags = 1 },
+	{ .row = 1, .default_child = 30, .flags = 1, .globs = 5, .masks = 38, .nglobs = 2, .nmasks = 2 },
 	/* class 33: e.g. /srv/core/cache/.exe (instance clean_sc_33) */
-	{ .row = 4, .default_child = 30, .flags = 1 },
+	{ .row = 4, .default_child = 30, .flags = 1, .globs = 5, .masks = 40, .nglobs = 2, .nmasks = 2 },
 	/* class 34: e.g. /srv/core/cache/..dat (instance clean_sc_34) */
-	{ .row = 16, .default_child = 30, .flags = 1 },
+	{ .row = 16, .default_child = 30, .flags = 1, .globs = 5, .masks = 42, .nglobs = 2, .nmasks = 2 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -954,6 +958,80 @@ __noinline int fpol_pool_equal(__u32 offset, __u32 len)
 	}
 	return 1;
 }
+#define FPOL_NGLOBS 4
+#define FPOL_NCLASS_GLOBS 7
+#define FPOL_NGLOB_MASKS 44
+#define FPOL_MAX_CLASS_GLOBS 2
+#define FPOL_MASK_SEARCH 2
+#define FPOL_INHERIT_OK (1u << 31)
+
+/* The name globs each class tests, in runs that classes testing the same globs share
+ * (bit i of a class's mask is the i-th glob of its run). */
+const __u16 fpol_class_globs[FPOL_NCLASS_GLOBS] = {
+	/* [0] classes 0, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 25, 26, 27, 28, 29, 31: "*.exe" */
+	0,
+	/* [1] class 1: "*.exe", "c?" */
+	0, 1,
+	/* [3] classes 7, 22, 23, 24: "*.exe", "*.tmp" */
+	0, 2,
+	/* [5] classes 30, 32, 33, 34: "*.exe", "?.dat" */
+	0, 3,
+};
+
+struct fpol_glob_mask {
+	__u64 mask;      /* exactly these of the class's globs match the name */
+	__u32 child;     /* the name's class, | FPOL_INHERIT_OK */
+	__u32 cls;       /* the class testing (for reading only) */
+};
+
+/* Where a name matching some of a class's globs leads, per class sorted by mask;
+ * a mask not listed leads to the class's default child. */
+const struct fpol_glob_mask fpol_glob_masks[FPOL_NGLOB_MASKS] = {
+	[0] = { 0x1, 10, 0 }, /* class 0: names matching "*.exe" -> class 10 */
+	[1] = { 0x1, 10, 1 }, /* class 1: names matching "*.exe" -> class 10 */
+	[2] = { 0x2, 12 | FPOL_INHERIT_OK, 1 }, /* class 1: names matching "c?" -> class 12 */
+	[3] = { 0x1, 10, 2 }, /* class 2: names matching "*.exe" -> class 10 */
+	[4] = { 0x1, 10, 3 }, /* class 3: names matching "*.exe" -> class 10 */
+	[5] = { 0x1, 15, 4 }, /* class 4: names matching "*.exe" -> class 15 */
+	[6] = { 0x1, 18, 5 }, /* class 5: names matching "*.exe" -> class 18 */
+	[7] = { 0x1, 20, 6 }, /* class 6: names matching "*.exe" -> class 20 */
+	[8] = { 0x1, 23, 7 }, /* class 7: names matching "*.exe" -> class 23 */
+	[9] = { 0x2, 24, 7 }, /* class 7: names matching "*.tmp" -> class 24 */
+	[10] = { 0x1, 26, 8 }, /* class 8: names matching "*.exe" -> class 26 */
+	[11] = { 0x1, 10, 9 }, /* class 9: names matching "*.exe" -> class 10 */
+	[12] = { 0x1, 10 | FPOL_INHERIT_OK, 10 }, /* class 10: names matching "*.exe" -> class 10 */
+	[13] = { 0x1, 10, 11 }, /* class 11: names matching "*.exe" -> class 10 */
+	[14] = { 0x1, 28, 12 }, /* class 12: names matching "*.exe" -> class 28 */
+	[15] = { 0x1, 10, 13 }, /* class 13: names matching "*.exe" -> class 10 */
+	[16] = { 0x1, 10, 14 }, /* class 14: names matching "*.exe" -> class 10 */
+	[17] = { 0x1, 10 | FPOL_INHERIT_OK, 15 }, /* class 15: names matching "*.exe" -> class 10 */
+	[18] = { 0x1, 10, 16 }, /* class 16: names matching "*.exe" -> class 10 */
+	[19] = { 0x1, 18, 17 }, /* class 17: names matching "*.exe" -> class 18 */
+	[20] = { 0x1, 18 | FPOL_INHERIT_OK, 18 }, /* class 18: names matching "*.exe" -> class 18 */
+	[21] = { 0x1, 10, 19 }, /* class 19: names matching "*.exe" -> class 10 */
+	[22] = { 0x1, 10 | FPOL_INHERIT_OK, 20 }, /* class 20: names matching "*.exe" -> class 10 */
+	[23] = { 0x1, 10, 21 }, /* class 21: names matching "*.exe" -> class 10 */
+	[24] = { 0x1, 23, 22 }, /* class 22: names matching "*.exe" -> class 23 */
+	[25] = { 0x2, 24, 22 }, /* class 22: names matching "*.tmp" -> class 24 */
+	[26] = { 0x1, 23 | FPOL_INHERIT_OK, 23 }, /* class 23: names matching "*.exe" -> class 23 */
+	[27] = { 0x2, 24, 23 }, /* class 23: names matching "*.tmp" -> class 24 */
+	[28] = { 0x1, 23, 24 }, /* class 24: names matching "*.exe" -> class 23 */
+	[29] = { 0x2, 24 | FPOL_INHERIT_OK, 24 }, /* class 24: names matching "*.tmp" -> class 24 */
+	[30] = { 0x1, 26, 25 }, /* class 25: names matching "*.exe" -> class 26 */
+	[31] = { 0x1, 26 | FPOL_INHERIT_OK, 26 }, /* class 26: names matching "*.exe" -> class 26 */
+	[32] = { 0x1, 10, 27 }, /* class 27: names matching "*.exe" -> class 10 */
+	[33] = { 0x1, 28 | FPOL_INHERIT_OK, 28 }, /* class 28: names matching "*.exe" -> class 28 */
+	[34] = { 0x1, 31, 29 }, /* class 29: names matching "*.exe" -> class 31 */
+	[35] = { 0x1, 33, 30 }, /* class 30: names matching "*.exe" -> class 33 */
+	[36] = { 0x2, 34, 30 }, /* class 30: names matching "?.dat" -> class 34 */
+	[37] = { 0x1, 31 | FPOL_INHERIT_OK, 31 }, /* class 31: names matching "*.exe" -> class 31 */
+	[38] = { 0x1, 33, 32 }, /* class 32: names matching "*.exe" -> class 33 */
+	[39] = { 0x2, 34, 32 }, /* class 32: names matching "?.dat" -> class 34 */
+	[40] = { 0x1, 33 | FPOL_INHERIT_OK, 33 }, /* class 33: names matching "*.exe" -> class 33 */
+	[41] = { 0x2, 34, 33 }, /* class 33: names matching "?.dat" -> class 34 */
+	[42] = { 0x1, 33, 34 }, /* class 34: names matching "*.exe" -> class 33 */
+	[43] = { 0x2, 34 | FPOL_INHERIT_OK, 34 }, /* class 34: names matching "?.dat" -> class 34 */
+};
 
 /* Does the scratch name match glob 0, "*.exe"? */
 __noinline int fpol_glob_0(__u32 len)
@@ -1022,10 +1100,22 @@ __noinline int fpol_glob_3(__u32 len)
 	return 1;
 }
 
-#define FPOL_INHERIT_OK (1u << 31)
+/* Does the scratch name match glob `gid`? */
+__noinline int fpol_glob(__u32 gid, __u32 len)
+{
+	switch (gid) {
+	case 0: return fpol_glob_0(len);
+	case 1: return fpol_glob_1(len);
+	case 2: return fpol_glob_2(len);
+	case 3: return fpol_glob_3(len);
+	}
+	return 0;
+}
 
 /* The class of the child of a node in class `cls` named by the scratch name, with
- * FPOL_INHERIT_OK set when a new object there may inherit `cls` safely. */
+ * FPOL_INHERIT_OK set when a new object there may inherit `cls` safely. Literal names
+ * first, then the class's globs (a mask of those the name matches, looked up in its
+ * sorted run of masks), then its default child. */
 __noinline __u32 fpol_child(__u32 cls, __u32 len)
 {
 	if (cls >= FPOL_NCLASSES || len > FPOL_NAME_MAX)
@@ -1040,289 +1130,39 @@ __noinline __u32 fpol_child(__u32 cls, __u32 len)
 		if (e->cls == cls && e->hash == h && e->length == len && fpol_pool_equal(e->offset, len))
 			return e->child | (e->inherit_ok ? FPOL_INHERIT_OK : 0);
 	}
-	if (cls == 0) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
+	const struct fpol_class *c = &fpol_classes[cls];
+	__u32 nglobs = c->nglobs;
+	if (nglobs) {
+		__u64 mask = 0;
+		__u32 first = c->globs;
+		for (__u32 i = 0; i < FPOL_MAX_CLASS_GLOBS; i++) {
+			if (i >= nglobs)
+				break;
+			__u32 g = first + i;
+			fpol_barrier_var(g);
+			if (g >= FPOL_NCLASS_GLOBS)
+				break;
+			if (fpol_glob(fpol_class_globs[g], len))
+				mask |= 1ull << i;
+		}
+		__u32 lo = c->masks, hi = c->masks + c->nmasks;
+		for (__u32 k = 0; k < FPOL_MASK_SEARCH; k++) {
+			if (lo >= hi)
+				break;
+			__u32 mid = lo + (hi - lo) / 2;
+			fpol_barrier_var(mid);
+			if (mid >= FPOL_NGLOB_MASKS)
+				break;
+			__u64 m = fpol_glob_masks[mid].mask;
+			if (m == mask)
+				return fpol_glob_masks[mid].child;
+			if (m < mask)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
 	}
-	if (cls == 1) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_1(len))
-			mask |= 2;
-		if (mask == 1)
-			return 10;
-		if (mask == 2)
-			return 12 | FPOL_INHERIT_OK;
-	}
-	if (cls == 2) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 3) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 4) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 15;
-	}
-	if (cls == 5) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 18;
-	}
-	if (cls == 6) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 20;
-	}
-	if (cls == 7) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_2(len))
-			mask |= 2;
-		if (mask == 1)
-			return 23;
-		if (mask == 2)
-			return 24;
-	}
-	if (cls == 8) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 26;
-	}
-	if (cls == 9) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 10) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10 | FPOL_INHERIT_OK;
-	}
-	if (cls == 11) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 12) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 28;
-	}
-	if (cls == 13) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 14) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 15) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10 | FPOL_INHERIT_OK;
-	}
-	if (cls == 16) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 17) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 18;
-	}
-	if (cls == 18) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 18 | FPOL_INHERIT_OK;
-	}
-	if (cls == 19) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 20) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10 | FPOL_INHERIT_OK;
-	}
-	if (cls == 21) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 22) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_2(len))
-			mask |= 2;
-		if (mask == 1)
-			return 23;
-		if (mask == 2)
-			return 24;
-	}
-	if (cls == 23) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_2(len))
-			mask |= 2;
-		if (mask == 1)
-			return 23 | FPOL_INHERIT_OK;
-		if (mask == 2)
-			return 24;
-	}
-	if (cls == 24) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_2(len))
-			mask |= 2;
-		if (mask == 1)
-			return 23;
-		if (mask == 2)
-			return 24 | FPOL_INHERIT_OK;
-	}
-	if (cls == 25) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 26;
-	}
-	if (cls == 26) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 26 | FPOL_INHERIT_OK;
-	}
-	if (cls == 27) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 10;
-	}
-	if (cls == 28) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 28 | FPOL_INHERIT_OK;
-	}
-	if (cls == 29) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 31;
-	}
-	if (cls == 30) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_3(len))
-			mask |= 2;
-		if (mask == 1)
-			return 33;
-		if (mask == 2)
-			return 34;
-	}
-	if (cls == 31) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (mask == 1)
-			return 31 | FPOL_INHERIT_OK;
-	}
-	if (cls == 32) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_3(len))
-			mask |= 2;
-		if (mask == 1)
-			return 33;
-		if (mask == 2)
-			return 34;
-	}
-	if (cls == 33) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_3(len))
-			mask |= 2;
-		if (mask == 1)
-			return 33 | FPOL_INHERIT_OK;
-		if (mask == 2)
-			return 34;
-	}
-	if (cls == 34) {
-		__u32 mask = 0;
-		if (fpol_glob_0(len))
-			mask |= 1;
-		if (fpol_glob_3(len))
-			mask |= 2;
-		if (mask == 1)
-			return 33;
-		if (mask == 2)
-			return 34 | FPOL_INHERIT_OK;
-	}
-	return fpol_classes[cls].default_child |
-	       ((fpol_classes[cls].flags & FPOL_CLASS_DEFAULT_INHERIT_OK) ? FPOL_INHERIT_OK : 0);
+	return c->default_child | ((c->flags & FPOL_CLASS_DEFAULT_INHERIT_OK) ? FPOL_INHERIT_OK : 0);
 }
 
 static __always_inline __u32 fpol_open_slot(__u32 flags)
