@@ -287,3 +287,72 @@ def test_android_media_new_app_directory_resolves():
         _assert(results)
     finally:
         engine.close()
+
+
+# --- the mount registry, driven by a model of mounts and loaded policies -------------------
+
+@pytest.mark.parametrize("shows_root_bpf", [False, True], ids=["rfc-mountinfo", "root_bpf-shown"])
+def test_mount_registry_against_a_model(tmp_path, monkeypatch, shows_root_bpf):
+    """Random mounts and umounts of fuse-bpf and daemon mounts: `fpol umount` unloads a
+    policy exactly when the last fuse-bpf mount using it goes, whether mountinfo shows
+    root_bpf= (then the registry is not needed) or not (the RFC kernel: the registry
+    says). The registry lists exactly the mounts the model has."""
+    import io
+    import random
+
+    from fpol.runtime import libc, loader, registry
+    from fpol.runtime import mount as mountmod
+    from fpol.runtime.mount import MountEntry
+
+    info = tmp_path / "mountinfo"
+    monkeypatch.setattr(registry, "REGISTRY_DIR", str(tmp_path / "run" / "fpol" / "mounts"))
+    monkeypatch.setattr(registry, "MOUNTINFO", str(info))
+    lines: dict[str, str] = {}
+    unloaded: list[str] = []
+
+    def write_info():
+        info.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n" + "".join(lines.values()))
+
+    def state(path):
+        line = lines.get(path)
+        if line is None:
+            return "none", None
+        left, _, right = line.partition(" - ")
+        tail = right.split()
+        return "live", MountEntry(path, tail[0], tail[1], tail[2], left.split()[2])
+
+    def umount2(path, flags):
+        lines.pop(path, None)
+        write_info()
+
+    monkeypatch.setattr(mountmod, "mount_state", state)
+    monkeypatch.setattr(mountmod, "_resolve", lambda p: p)
+    monkeypatch.setattr(libc, "umount2", umount2)
+    monkeypatch.setattr(loader, "unload", lambda policy: unloaded.append(policy) or [])
+
+    model: dict[str, tuple[str, str]] = {}  # mountpoint -> (policy, mode)
+    rng = random.Random(12)
+    minor = 40
+    for step in range(300):
+        mnt = f"/mnt/{rng.randrange(5)}"
+        if mnt not in model:
+            policy, mode = rng.choice(["media", "home", "secrets"]), rng.choice(["fuse-bpf", "daemon"])
+            minor += 1
+            opts = "rw,user_id=0,group_id=0"
+            if shows_root_bpf and mode == "fuse-bpf":
+                opts += f",root_bpf={policy}_0"
+            lines[mnt] = f"{minor} 22 0:{minor} / {mnt} rw - fuse.fpol /src{mnt} {opts}\n"
+            write_info()
+            registry.record(registry.MountRecord(
+                mountpoint=mnt, dev=f"0:{minor}", source=f"/src{mnt}", policy=policy,
+                policy_path=f"/p/{policy}.fpol", policy_sha256="0" * 64, mode=mode,
+                pid=None if mode == "fuse-bpf" else 1000 + step, loaded_at=registry.now()))
+            model[mnt] = (policy, mode)
+        else:
+            policy, mode = model.pop(mnt)
+            del unloaded[:]
+            assert mountmod.umount(mnt, err=io.StringIO()) == 0
+            still = any(p == policy and m == "fuse-bpf" for p, m in model.values())
+            expect = [policy] if mode == "fuse-bpf" and not still else []
+            assert unloaded == expect, (step, mnt, policy, mode, model)
+        assert {r.mountpoint: (r.policy, r.mode) for r in registry.all()} == model, step
