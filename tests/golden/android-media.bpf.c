@@ -333,9 +333,9 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 5: e.g. /storage/emulated/android (instance media_5) */
 	{ .row = 2, .default_child = 4, .flags = 3 },
 	/* class 6: e.g. /storage/emulated/dcim (instance media_6) */
-	{ .row = 3, .default_child = 6, .flags = 1 },
+	{ .row = 3, .default_child = 6, .flags = 3 },
 	/* class 7: e.g. /storage/emulated/movies (instance media_7) */
-	{ .row = 4, .default_child = 7, .flags = 1 },
+	{ .row = 4, .default_child = 7, .flags = 3 },
 	/* class 8: e.g. /storage/emulated/android/data (instance media_8) */
 	{ .row = 5, .default_child = 9, .flags = 3 },
 	/* class 9: e.g. /storage/emulated/android/data/... (instance media_9) */
@@ -1176,12 +1176,17 @@ FPOL_STUB_RENAME(fpol_rename_5, 5)
 FPOL_STUB_REMOVE(fpol_rmdir_5, 5, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_5, 5, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_5, 5, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_6, 6)  /* also classes 7, 8, 9 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_6, 6)
+FPOL_STUB_LOOKUP(fpol_lookup_6, 6)
+FPOL_STUB_CREATE(fpol_mkdir_6, 6, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 7, 8, 9 */
 FPOL_STUB_OPEN(fpol_open_6, 6)  /* also classes 7 */
 FPOL_STUB_RENAME2(fpol_rename2_6, 6)
 FPOL_STUB_RENAME(fpol_rename_6, 6)
 FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)
-FPOL_STUB_CREATE_OPEN(fpol_create_open_8, 8)  /* also classes 9 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_7, 7)
+FPOL_STUB_LOOKUP(fpol_lookup_7, 7)
 
 /* default_filter for class 8 */
 SEC("struct_ops/default_filter")
@@ -1202,7 +1207,6 @@ __u32 BPF_PROG(fpol_default_8, const struct bpf_fuse_meta_info *meta)
 
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
 FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
-FPOL_STUB_CREATE(fpol_mkdir_8, 8, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 9 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_9, 9)
 FPOL_STUB_LOOKUP(fpol_lookup_9, 9)
 
@@ -1319,8 +1323,13 @@ SEC(".struct_ops")
 struct fuse_ops media_6 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.lookup_prefilter = (void *)fpol_lookup_6,
+	.lookup_postfilter = (void *)fpol_lookup_post_6,
 	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rmdir_prefilter = (void *)fpol_rmdir_6,
 	.rename2_prefilter = (void *)fpol_rename2_6,
 	.rename_prefilter = (void *)fpol_rename_6,
@@ -1336,8 +1345,13 @@ SEC(".struct_ops")
 struct fuse_ops media_7 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.lookup_prefilter = (void *)fpol_lookup_7,
+	.lookup_postfilter = (void *)fpol_lookup_post_7,
 	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
 	.link_prefilter = (void *)fpol_link_1,
@@ -1351,12 +1365,12 @@ SEC(".struct_ops")
 struct fuse_ops media_8 = {
 	.default_filter = (void *)fpol_default_8,
 	.open_prefilter = (void *)fpol_open_1,
-	.create_open_prefilter = (void *)fpol_create_open_8,
+	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_8,
 	.lookup_postfilter = (void *)fpol_lookup_post_8,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_8,
+	.mkdir_prefilter = (void *)fpol_mkdir_6,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
@@ -1371,12 +1385,12 @@ SEC(".struct_ops")
 struct fuse_ops media_9 = {
 	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_1,
-	.create_open_prefilter = (void *)fpol_create_open_8,
+	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_9,
 	.lookup_postfilter = (void *)fpol_lookup_post_9,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_8,
+	.mkdir_prefilter = (void *)fpol_mkdir_6,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,

@@ -333,9 +333,9 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 5: e.g. /storage/emulated/android (instance media_5) */
 	{ .row = 2, .default_child = 4, .flags = 3 },
 	/* class 6: e.g. /storage/emulated/dcim (instance media_6) */
-	{ .row = 3, .default_child = 6, .flags = 1 },
+	{ .row = 3, .default_child = 6, .flags = 3 },
 	/* class 7: e.g. /storage/emulated/movies (instance media_7) */
-	{ .row = 4, .default_child = 7, .flags = 1 },
+	{ .row = 4, .default_child = 7, .flags = 3 },
 	/* class 8: e.g. /storage/emulated/android/data (instance media_8) */
 	{ .row = 5, .default_child = 9, .flags = 3 },
 	/* class 9: e.g. /storage/emulated/android/data/... (instance media_9) */

@@ -317,13 +317,13 @@ struct fpol_class {
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_co_0) */
-	{ .row = 0, .default_child = 5, .flags = 1 },
+	{ .row = 0, .default_child = 5, .flags = 3 },
 	/* class 1: e.g. /a (instance clean_co_1) */
 	{ .row = 0, .default_child = 5, .flags = 1 },
 	/* class 2: e.g. /c (instance clean_co_2) */
 	{ .row = 1, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /media (instance clean_co_3) */
-	{ .row = 2, .default_child = 3, .flags = 1 },
+	{ .row = 2, .default_child = 3, .flags = 3 },
 	/* class 4: e.g. /secret (instance clean_co_4) */
 	{ .row = 3, .default_child = 7, .flags = 0 },
 	/* class 5: e.g. /... (instance clean_co_5) */
@@ -1103,6 +1103,7 @@ FPOL_STUB_RENAME(fpol_rename_2, 2)
 FPOL_STUB_REMOVE(fpol_rmdir_2, 2, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_2, 2, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_2, 2, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_3, 3)
 
 /* default_filter for class 3 */
 SEC("struct_ops/default_filter")
@@ -1117,8 +1118,13 @@ __u32 BPF_PROG(fpol_default_3, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_3, 3)
+FPOL_STUB_LOOKUP(fpol_lookup_3, 3)
+FPOL_STUB_CREATE(fpol_mkdir_3, 3, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_3, 3, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
 FPOL_STUB_RENAME2(fpol_rename2_3, 3)  /* also classes 5, 6 */
 FPOL_STUB_RENAME(fpol_rename_3, 3)  /* also classes 5, 6 */
+FPOL_STUB_CREATE(fpol_symlink_3, 3, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_ACCESS(fpol_access_4, 4)  /* also classes 7 */
 FPOL_STUB_CFR(fpol_copy_file_range_4, 4)  /* also classes 7 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_4, 4)
@@ -1232,10 +1238,17 @@ struct fuse_ops clean_co_2 = {
 SEC(".struct_ops")
 struct fuse_ops clean_co_3 = {
 	.default_filter = (void *)fpol_default_3,
+	.create_open_prefilter = (void *)fpol_create_open_3,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.lookup_prefilter = (void *)fpol_lookup_3,
+	.lookup_postfilter = (void *)fpol_lookup_post_3,
+	.mknod_prefilter = (void *)fpol_mknod_3,
+	.mkdir_prefilter = (void *)fpol_mkdir_3,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_3,
 	.rename_prefilter = (void *)fpol_rename_3,
 	.link_prefilter = (void *)fpol_link_0,
+	.symlink_prefilter = (void *)fpol_symlink_3,
 	.name = "clean_co_3",
 };
 

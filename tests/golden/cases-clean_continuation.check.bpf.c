@@ -317,13 +317,13 @@ struct fpol_class {
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance clean_co_0) */
-	{ .row = 0, .default_child = 5, .flags = 1 },
+	{ .row = 0, .default_child = 5, .flags = 3 },
 	/* class 1: e.g. /a (instance clean_co_1) */
 	{ .row = 0, .default_child = 5, .flags = 1 },
 	/* class 2: e.g. /c (instance clean_co_2) */
 	{ .row = 1, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /media (instance clean_co_3) */
-	{ .row = 2, .default_child = 3, .flags = 1 },
+	{ .row = 2, .default_child = 3, .flags = 3 },
 	/* class 4: e.g. /secret (instance clean_co_4) */
 	{ .row = 3, .default_child = 7, .flags = 0 },
 	/* class 5: e.g. /... (instance clean_co_5) */

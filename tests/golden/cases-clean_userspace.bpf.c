@@ -324,7 +324,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 2: e.g. /b (instance clean_us_2) */
 	{ .row = 2, .default_child = 2, .flags = 3 },
 	/* class 3: e.g. /c (instance clean_us_3) */
-	{ .row = 3, .default_child = 3, .flags = 1 },
+	{ .row = 3, .default_child = 3, .flags = 3 },
 	/* class 4: e.g. /d (instance clean_us_4) */
 	{ .row = 4, .default_child = 4, .flags = 3 },
 	/* class 5: e.g. /e (instance clean_us_5) */
@@ -1054,14 +1054,14 @@ FPOL_STUB_RENAME(fpol_rename_0, 0)
 FPOL_STUB_REMOVE(fpol_rmdir_0, 0, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_0, 0, unlink_prefilter, FPOL_SLOT_UNLINK)
-FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)  /* also classes 4 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)  /* also classes 3, 4 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_1, 1)
 FPOL_STUB_LOOKUP(fpol_lookup_1, 1)
 FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 2, 4 */
-FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 2, 4 */
+FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 2, 3, 4 */
 FPOL_STUB_RENAME2(fpol_rename2_1, 1)  /* also classes 2, 3, 4, 5, 6 */
 FPOL_STUB_RENAME(fpol_rename_1, 1)  /* also classes 2, 3, 4, 5, 6 */
-FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 2, 4 */
+FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 2, 3, 4 */
 FPOL_STUB_ACCESS(fpol_access_2, 2)
 FPOL_STUB_CFR(fpol_copy_file_range_2, 2)  /* also classes 5 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_2, 2)
@@ -1099,6 +1099,8 @@ __u32 BPF_PROG(fpol_default_3, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_3, 3)
+FPOL_STUB_LOOKUP(fpol_lookup_3, 3)
 FPOL_STUB_CREATE(fpol_mkdir_3, 3, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 
 /* default_filter for class 4 */
@@ -1236,12 +1238,17 @@ struct fuse_ops clean_us_2 = {
 SEC(".struct_ops")
 struct fuse_ops clean_us_3 = {
 	.default_filter = (void *)fpol_default_3,
+	.create_open_prefilter = (void *)fpol_create_open_1,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.lookup_prefilter = (void *)fpol_lookup_3,
+	.lookup_postfilter = (void *)fpol_lookup_post_3,
+	.mknod_prefilter = (void *)fpol_mknod_1,
 	.mkdir_prefilter = (void *)fpol_mkdir_3,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_1,
 	.rename_prefilter = (void *)fpol_rename_1,
 	.link_prefilter = (void *)fpol_link_0,
+	.symlink_prefilter = (void *)fpol_symlink_1,
 	.name = "clean_us_3",
 };
 

@@ -324,7 +324,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 2: e.g. /b (instance clean_us_2) */
 	{ .row = 2, .default_child = 2, .flags = 3 },
 	/* class 3: e.g. /c (instance clean_us_3) */
-	{ .row = 3, .default_child = 3, .flags = 1 },
+	{ .row = 3, .default_child = 3, .flags = 3 },
 	/* class 4: e.g. /d (instance clean_us_4) */
 	{ .row = 4, .default_child = 4, .flags = 3 },
 	/* class 5: e.g. /e (instance clean_us_5) */

@@ -318,19 +318,19 @@ struct fpol_class {
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance secrets_0) */
-	{ .row = 0, .default_child = 2, .flags = 1 },
+	{ .row = 0, .default_child = 2, .flags = 3 },
 	/* class 1: e.g. /secret (instance secrets_1) */
-	{ .row = 1, .default_child = 5, .flags = 0, .globs = 0, .masks = 0, .nglobs = 3, .nmasks = 5 },
+	{ .row = 1, .default_child = 5, .flags = 2, .globs = 0, .masks = 0, .nglobs = 3, .nmasks = 5 },
 	/* class 2: e.g. /. (instance secrets_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /secret/keys (instance secrets_3) */
-	{ .row = 2, .default_child = 6, .flags = 1 },
+	{ .row = 2, .default_child = 6, .flags = 3 },
 	/* class 4: e.g. /secret/.key (instance secrets_4) */
 	{ .row = 3, .default_child = 5, .flags = 1, .globs = 0, .masks = 5, .nglobs = 3, .nmasks = 5 },
 	/* class 5: e.g. /secret/. (instance secrets_5) */
 	{ .row = 1, .default_child = 5, .flags = 1, .globs = 0, .masks = 10, .nglobs = 3, .nmasks = 5 },
 	/* class 6: e.g. /secret/keys/. (instance secrets_6) */
-	{ .row = 4, .default_child = 6, .flags = 1 },
+	{ .row = 4, .default_child = 6, .flags = 3 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -1286,6 +1286,9 @@ __u32 BPF_PROG(fpol_default_6, const struct bpf_fuse_meta_info *meta)
 	return BPF_FUSE_CONTINUE;
 }
 
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_6, 6)
+FPOL_STUB_LOOKUP(fpol_lookup_6, 6)
+
 /* One instance per class. */
 
 /* class 0: e.g. / */
@@ -1412,6 +1415,8 @@ struct fuse_ops secrets_6 = {
 	.open_prefilter = (void *)fpol_open_3,
 	.create_open_prefilter = (void *)fpol_create_open_3,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_3,
+	.lookup_prefilter = (void *)fpol_lookup_6,
+	.lookup_postfilter = (void *)fpol_lookup_post_6,
 	.mknod_prefilter = (void *)fpol_mknod_3,
 	.mkdir_prefilter = (void *)fpol_mkdir_3,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
