@@ -33,6 +33,29 @@ LOG_DIR = "/var/log/fpol"
 SHARED_OPTIONS = "allow_other,default_permissions"
 
 
+DEFAULT_CACHE_SECONDS = 1.0  # libfuse's usual entry and attribute timeout
+
+
+def cache_seconds(spec: str) -> float:
+    """`--cache auto|off|SECONDS` -> the timeout for what the policy lets the kernel cache."""
+    if spec == "auto":
+        return DEFAULT_CACHE_SECONDS
+    if spec == "off":
+        return 0.0
+    try:
+        value = float(spec)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 3600.0:
+        raise MountError(EXIT_USAGE, f"--cache {spec}: give auto, off, or a number of seconds "
+                                     "from 0 to 3600; nothing mounted")
+    return value
+
+
+def describe_cache(seconds: float) -> str:
+    return f"{seconds:g} s where the policy allows" if seconds else "off"
+
+
 def default_log(mountpoint: str) -> str:
     """/var/log/fpol/<mountpoint with / as ->.log: /srv/data logs to srv-data.log."""
     name = mountpoint.strip("/").replace("-", "--").replace("/", "-") or "root"
@@ -116,7 +139,9 @@ def mount_state(path: str) -> tuple[str, Optional[MountEntry]]:
     if entry is None:
         return "none", None
     try:
-        os.stat(path)
+        # statfs always reaches the daemon (a stat may be answered from the kernel's
+        # attribute cache); a dead connection fails it with ENOTCONN.
+        os.statvfs(path)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             return "dead", entry
@@ -223,7 +248,8 @@ def _mount_failed(mountpoint: str, e: OSError, extra: str = "") -> MountError:
 def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = False,
           audit: Optional[str] = None, handler: Optional[str] = None,
           passthrough: bool = True, out: TextIO = None, err: TextIO = None,
-          mode: str = "auto", owner_only: bool = False, log: Optional[str] = None) -> int:
+          mode: str = "auto", owner_only: bool = False, log: Optional[str] = None,
+          cache: str = "auto") -> int:
     """Mount and serve (see the module docstring). Returns the exit code; in background mode
     the caller gets 0 after the daemon is ready, and the daemon never returns here.
 
@@ -244,7 +270,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
                                            "in mainline Linux); use --mode daemon (the default "
                                            "here) to enforce the policy in the daemon")
         return _mount(policy_path, source, mountpoint, foreground, audit, handler,
-                      passthrough, out, err, owner_only, log)
+                      passthrough, out, err, owner_only, log, cache_seconds(cache))
     except MountError as e:
         print(f"fpol mount: {e.message}", file=err)
         return e.code
@@ -350,7 +376,7 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
 
 def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, passthrough,
            out: TextIO, err: TextIO, owner_only: bool = False,
-           log: Optional[str] = None) -> int:
+           log: Optional[str] = None, cache: float = 0.0) -> int:
     from . import libc
     from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
     from .fuse.server import FuseServer
@@ -389,7 +415,7 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         raise _mount_failed(mountpoint, e) from None
     dev = _dev_of(mountpoint)
     server = FuseServer(channel, root_fd, enforcer, passthrough=passthrough,
-                        log=lambda msg: _say(log_stream, msg))
+                        log=lambda msg: _say(log_stream, msg), cache_seconds=cache)
     try:
         negotiated = server.handshake()
     except BaseException as e:
@@ -404,7 +430,11 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
     summary = (f"fpol mount: {source} on {mountpoint}, policy {p.name} ({len(p.rules)} rules, "
                f"{len(checked.classes.classes)} classes, mode {p.mode}); FUSE "
                f"{negotiated.major}.{negotiated.minor}; passthrough {negotiated.note}; "
-               + ("owner only (root)" if owner_only else "every user, Unix permissions first"))
+               + ("owner only (root)" if owner_only else "every user, Unix permissions first")
+               + f"; kernel cache {describe_cache(cache)}")
+    if foreground:  # recorded before it says it is ready (a test may stop it at once)
+        _record_mount(checked, source, mountpoint, dev, "daemon", os.getpid(), err, log,
+                      describe_cache(cache))
     print(summary + (f"; the daemon logs to {log}" if log else ""), file=err, flush=True)
     if log_stream is not err:
         print(summary, file=log_stream, flush=True)
@@ -413,12 +443,12 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         if pid:
             channel.close()
             os.close(root_fd)
-            _record_mount(checked, source, mountpoint, dev, "daemon", pid, err, log)
+            _record_mount(checked, source, mountpoint, dev, "daemon", pid, err, log,
+                          describe_cache(cache))
             print(pid, file=out, flush=True)
             return EXIT_OK
         # the daemon never returns to the caller
         os._exit(_daemon(server, mountpoint, dev, log_stream))
-    _record_mount(checked, source, mountpoint, dev, "daemon", os.getpid(), err, log)
     return _serve(server, mountpoint, dev, log_stream)
 
 
@@ -722,7 +752,8 @@ def _policy_of(entry, rec) -> Optional[str]:
 # --- the mount registry (runtime/registry.py) ---------------------------------------------
 
 def _record_mount(checked, source: str, mountpoint: str, dev: str, mode: str,
-                  pid: Optional[int], err: TextIO, log: Optional[str] = None) -> None:
+                  pid: Optional[int], err: TextIO, log: Optional[str] = None,
+                  cache: str = "off") -> None:
     """Record a mount just made. A registry that cannot be written costs `fpol umount`
     its knowledge of the policy, not the mount: say so and go on."""
     from . import registry
@@ -732,7 +763,7 @@ def _record_mount(checked, source: str, mountpoint: str, dev: str, mode: str,
             mountpoint=mountpoint, dev=dev, source=source, policy=checked.policy.name,
             policy_path=os.path.abspath(checked.source.file), policy_sha256=checked.digest,
             mode=mode, pid=pid, loaded_at=registry.now(),
-            log=os.path.abspath(log) if log else None))
+            log=os.path.abspath(log) if log else None, cache=cache))
     except OSError as e:
         _say(err, f"cannot record the mount in {registry.REGISTRY_DIR}: {e.strerror}; "
                   "`fpol status` will not name its policy")
@@ -776,6 +807,11 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--owner-only", action="store_true",
                    help="serve root (the mounting user) alone (default: "
                         "every user, the backing tree's ownership and modes applied first)")
+    p.add_argument("--cache", metavar="auto|off|SECONDS", default="auto",
+                   help="how long the kernel may keep entries and attributes the policy "
+                        "proves safe to cache (plain-allow lookup and getattr): auto "
+                        f"({DEFAULT_CACHE_SECONDS:g} s, the default), off, or seconds. Changes "
+                        "made to SOURCE outside the mount show within that time")
     p.add_argument("--log", metavar="FILE",
                    help="where the daemon writes its messages, and audit events without "
                         "--audit (default: standard error in the foreground, "
@@ -799,7 +835,8 @@ def run_mount_command(args) -> int:
     return mount(args.policy, args.source, args.mountpoint, args.foreground, args.audit,
                  args.handler, getattr(args, "passthrough", True),
                  mode=getattr(args, "mode", "auto"),
-                 owner_only=getattr(args, "owner_only", False), log=getattr(args, "log", None))
+                 owner_only=getattr(args, "owner_only", False), log=getattr(args, "log", None),
+                 cache=getattr(args, "cache", "auto"))
 
 
 def run_umount_command(args) -> int:

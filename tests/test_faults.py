@@ -464,7 +464,8 @@ def assert_reported_dead_and_recover(mounts: Mounts, m: Mount, via_umount: bool)
     assert mount_state(str(m.mnt))[0] == "dead"
     status = fpol("status")
     assert status.returncode == 0
-    assert f"mount {m.mnt}: {m.source}, DEAD" in status.stdout
+    line = next(l for l in status.stdout.splitlines() if l.startswith(f"mount {m.mnt}: "))
+    assert line.startswith(f"mount {m.mnt}: {m.source}, ") and ", DEAD" in line
     assert f"`fpol umount {m.mnt}` removes it" in status.stdout
     if via_umount:
         done = fpol("umount", str(m.mnt))
@@ -626,7 +627,9 @@ def test_a_killed_background_daemon_is_reported_and_cleared(mounts):
         os.kill(pid, signal.SIGKILL)
         assert wait_gone(pid)
         assert mount_state(str(mounts.mnt))[0] == "dead"
-        assert f"mount {mounts.mnt}: {mounts.src}, DEAD" in fpol("status").stdout
+        line = next(l for l in fpol("status").stdout.splitlines()
+                    if l.startswith(f"mount {mounts.mnt}: "))
+        assert line.startswith(f"mount {mounts.mnt}: {mounts.src}, ") and ", DEAD" in line
         # A second `fpol mount` there clears it and works.
         done = fpol_mount_bg(mounts)
         assert done.returncode == 0 and "cleared a dead mount" in done.stderr

@@ -140,6 +140,20 @@ class Channel:
     def reply_error(self, unique: int, err: int) -> None:
         self.send(P.reply_error(unique, err))
 
+    def notify(self, message: bytes) -> bool:
+        """Send a notification; False if the kernel refused it (ENOENT: it holds no such
+        node or name any more, which is what an invalidation wanted anyway)."""
+        while True:
+            try:
+                os.write(self.fd, message)
+                return True
+            except OSError as e:
+                if e.errno in _TRANSIENT:
+                    continue
+                if e.errno in _GONE:
+                    raise Unmounted() from None
+                return False
+
     # --- passthrough ---------------------------------------------------------------------
 
     def backing_open(self, fd: int) -> int:

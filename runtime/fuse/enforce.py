@@ -24,10 +24,11 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TextIO, TypeVar, Union
 
-from fpol.compiler.classes import ATOM_INDEX, ClassTree
+from fpol.compiler.classes import ClassTree
 from fpol.compiler.decide import Decision
-from fpol.compiler.evaluate import Evaluator, Request as EvalRequest, Verdict
+from fpol.compiler.evaluate import Verdict
 from fpol.compiler.policy import ALLOW, DENY, STRICTNESS, USERSPACE, Policy
+from fpol.compiler.view import PolicyView
 
 T = TypeVar("T")
 
@@ -183,35 +184,45 @@ def _refusal(answer: Union[None, int, str]) -> Optional[int]:
 # --- the enforcer -----------------------------------------------------------------------
 
 class Enforcer:
-    def __init__(self, classes: ClassTree, audit: AuditLog, handler: Optional[Handler] = None,
-                 handler_name: str = "default"):
-        self.tree = classes
-        self.policy = classes.policy
-        self.classes = classes.classes
-        self.fold = self.policy.case_insensitive
-        self.evaluator = Evaluator(self.policy)
+    """Decides requests with one PolicyView at a time; `swap` replaces it (a reload).
+
+    Class handles are the view's: whoever stores them (the inode table) must classify
+    again after a swap."""
+
+    def __init__(self, view: Union[PolicyView, ClassTree], audit: AuditLog,
+                 handler: Optional[Handler] = None, handler_name: str = "default"):
+        self.view = view if isinstance(view, PolicyView) else PolicyView(view)
         self.audit = audit
         self.handler = handler
         self.handler_name = handler_name if handler else "default"
 
+    def swap(self, view: PolicyView) -> None:
+        self.view = view
+        self.audit.policy = view.policy
+
+    @property
+    def policy(self) -> Policy:
+        return self.view.policy
+
     # --- decisions ---------------------------------------------------------------------
 
-    root_class = 0
+    @property
+    def root_class(self) -> int:
+        return self.view.root
 
     def child_class(self, parent_cls: int, name: bytes) -> int:
-        return self.classes[parent_cls].child(name, self.fold)
+        return self.view.child(parent_cls, name)
 
     def decision(self, cls: int, atom: str) -> Decision:
-        return self.classes[cls].table[ATOM_INDEX[atom]]
+        return self.view.decision(cls, atom)
 
     def plain_allow(self, cls: int, atom: str) -> bool:
         """Allowed with nothing to log or ask: the kernel may do it without the daemon."""
-        d = self.decision(cls, atom)
-        return d.kind == ALLOW and not d.audit and not d.complained
+        return self.view.plain_allow(cls, atom)
 
     def two_path(self, op: str, src: tuple, dst: tuple) -> Verdict:
         """rename / link / copy_file_range with full paths: the evaluator's exact semantics."""
-        return self.evaluator.evaluate(EvalRequest(op, src, dst))
+        return self.view.two_path(op, src, dst)
 
     @staticmethod
     def stricter(first: Verdict, second: Verdict) -> Verdict:

@@ -27,7 +27,7 @@ def proc_path(fd: int) -> str:
 
 class Node:
     __slots__ = ("nodeid", "parent", "name", "fd", "cls", "nlookup", "dev", "ino", "mode",
-                 "children", "backing_id", "backing_users")
+                 "children", "backing_id", "backing_users", "last_path")
 
     def __init__(self, nodeid: int, parent: Optional["Node"], name: Optional[bytes], fd: int,
                  cls: int, st: os.stat_result):
@@ -41,6 +41,9 @@ class Node:
         self.children: dict[bytes, Node] = {}
         self.backing_id = 0  # passthrough id shared by all open handles of this node
         self.backing_users = 0
+        # Once unlinked: the path it had, by which a reload classifies it again (its open
+        # handles are still decided by a class).
+        self.last_path: Optional[tuple[bytes, ...]] = None
 
     @property
     def is_root(self) -> bool:
@@ -154,6 +157,7 @@ class InodeTable:
         src = parent.children.pop(name, None)
         dst = newparent.children.pop(newname, None)
         if dst is not None and not exchange:
+            dst.last_path = dst.path()
             dst.parent = None
             dst.name = None
             dst = None
@@ -164,13 +168,33 @@ class InodeTable:
                 self._reclassify(node, classify)
 
     def _reclassify(self, node: Node, classify: Callable[[int, bytes], int]) -> None:
-        stack = [node]
+        for n in self.subtree(node):
+            n.cls = classify(n.parent.cls, n.name)
+
+    @staticmethod
+    def subtree(node: Optional[Node]) -> list[Node]:
+        """node and every known node below it, parents before children ([] for None)."""
+        out, stack = [], [node] if node is not None else []
         while stack:
             n = stack.pop()
-            n.cls = classify(n.parent.cls, n.name)
+            out.append(n)
             stack.extend(n.children.values())
+        return out
+
+    def reclassify_all(self, child: Callable[[int, bytes], int], root_class: int,
+                       classify: Callable[[tuple[bytes, ...]], int]) -> list[Node]:
+        """Give every node its class in another policy (a reload): linked nodes by their
+        path from the root, unlinked ones by the path they had. Returns every node."""
+        for top in self.nodes.values():
+            if top.parent is not None:
+                continue  # reached from its top (the root, or an unlinked directory)
+            top.cls = root_class if top.is_root else classify(top.last_path or ())
+            for n in self.subtree(top)[1:]:
+                n.cls = child(n.parent.cls, n.name)
+        return list(self.nodes.values())
 
     def _detach(self, node: Node) -> None:
+        node.last_path = node.path()
         if node.parent is not None and node.parent.children.get(node.name) is node:
             del node.parent.children[node.name]
         node.parent = None

@@ -337,6 +337,40 @@ class ProtocolError(Exception):
     too short for its structure, a name without its NUL, extensions past its end)."""
 
 
+# --- notifications (unsolicited messages to the kernel: unique 0, error = the code) -----
+
+class Notify(enum.IntEnum):
+    INVAL_INODE = 2
+    INVAL_ENTRY = 3
+    INC_EPOCH = 8  # 7.44: every dentry of the connection must be looked up again
+
+
+NOTIFY_INVAL_INODE_OUT = Layout("fuse_notify_inval_inode_out", "ino:Q off:q len:q")
+NOTIFY_INVAL_ENTRY_OUT = Layout("fuse_notify_inval_entry_out", "parent:Q namelen:I flags:I")
+INC_EPOCH_MINOR = 44
+
+
+def notification(code: int, payload: bytes = b"") -> bytes:
+    return OUT_HEADER.pack(len=OUT_HEADER.size + len(payload), error=code, unique=0) + payload
+
+
+def inval_attributes(nodeid: int) -> bytes:
+    """Forget the cached attributes of a node (off < 0: its page cache is left alone, and
+    the kernel takes no lock the daemon could be waiting on)."""
+    return notification(Notify.INVAL_INODE, NOTIFY_INVAL_INODE_OUT.pack(ino=nodeid, off=-1, len=0))
+
+
+def inval_entry(parent: int, name: bytes) -> bytes:
+    """Forget a cached name. The kernel locks the parent directory for it, so this must
+    never be sent while a request that holds that lock waits on the sender."""
+    return notification(Notify.INVAL_ENTRY, NOTIFY_INVAL_ENTRY_OUT.pack(
+        parent=parent, namelen=len(name), flags=0) + name + b"\0")
+
+
+def inc_epoch() -> bytes:
+    return notification(Notify.INC_EPOCH)
+
+
 # --- replies ---------------------------------------------------------------------------
 
 def reply(unique: int, payload: bytes = b"") -> bytes:

@@ -5,8 +5,12 @@ the backing tree, always relative to a node's O_PATH descriptor (inodes.py). All
 of regular files are handed to the kernel with FOPEN_PASSTHROUGH, so their reads and writes
 never reach the daemon; files whose read/write decisions need the daemon (audit, userspace,
 complain mode) are served here with FOPEN_DIRECT_IO so that every read and write is seen.
-Attribute and entry timeouts are 0: the backing tree is the only truth about sizes and
-times, which passthrough writes change behind the daemon's back.
+The kernel may cache entries and attributes only where the policy proves it safe (the
+PolicyView's cache rule per class: lookup or getattr a plain allow); everywhere else the
+timeouts are 0 so the daemon sees every request. Whatever the mount itself changes that
+could leave a cached answer deciding a later request -- a move into a class that may not be
+cached, a reload -- is invalidated before the reply (FUSE_NOTIFY_INC_EPOCH and
+INVAL_INODE take no lock the kernel could be holding for a request in flight).
 
 Many users share the mount: the kernel checks the backing tree's ownership and modes first
 (`default_permissions`), and every backing call that creates, changes, removes or opens an
@@ -23,6 +27,7 @@ import errno
 import os
 import stat
 import sys
+import threading
 import traceback
 from collections import Counter
 from typing import Callable, Optional
@@ -33,6 +38,7 @@ from fpol.compiler.policy import ALLOW, DENY
 from .. import libc
 from . import protocol as P
 from .creds import Credentials
+from fpol.compiler.view import PolicyView
 from .device import Channel, Request, Unmounted
 from .enforce import Enforcer, Event, Refused
 from .inodes import Handle, HandleTable, InodeTable, Node, proc_path
@@ -53,10 +59,17 @@ def _check_name(name: bytes) -> bytes:
 
 class FuseServer:
     def __init__(self, channel: Channel, root_fd: int, enforcer: Enforcer,
-                 passthrough: bool = True, log: Callable[[str], None] = None):
+                 passthrough: bool = True, log: Callable[[str], None] = None,
+                 cache_seconds: float = 0.0):
         self.ch = channel
         self.enf = enforcer
         self.creds = Credentials()
+        self.cache_seconds = cache_seconds
+        self.ttls = self._timeouts(enforcer.view)
+        self.epoch = False  # the kernel takes FUSE_NOTIFY_INC_EPOCH (set at INIT)
+        # Held while a request is decided and performed: a reload swaps the policy
+        # between two requests, never during one.
+        self.lock = threading.Lock()
         self.inodes = InodeTable(root_fd, enforcer.root_class)
         self.handles = HandleTable()
         self.want_passthrough = passthrough
@@ -96,13 +109,16 @@ class FuseServer:
             self.ch.reply(req.unique, neg.reply)
             if not neg.retry:
                 self.passthrough = neg.passthrough
+                self.epoch = neg.minor >= P.INC_EPOCH_MINOR
                 return neg
 
     def serve(self) -> None:
         """Serve until the filesystem is unmounted (ENODEV) or the kernel sends DESTROY."""
         try:
             while not self.stopping:
-                self.dispatch(self.ch.read())
+                req = self.ch.read()
+                with self.lock:
+                    self.dispatch(req)
         except Unmounted:
             pass
         finally:
@@ -139,6 +155,66 @@ class FuseServer:
             return
         self.ch.reply_error(req.unique, err if 0 < err <= P.MAX_ERRNO else errno.EIO)
 
+    # --- what the kernel may cache --------------------------------------------------------
+
+    def _timeouts(self, view: PolicyView) -> tuple[tuple[float, float], ...]:
+        """(entry, attribute) timeout per class of the view, for this mount's cache time."""
+        return tuple(view.cache(c).timeouts(self.cache_seconds) for c in range(len(view)))
+
+    def _entry_out(self, node: Node, st) -> bytes:
+        entry, attr = self.ttls[node.cls]
+        return P.entry_out(node.nodeid, st, entry_valid=entry, attr_valid=self._attr_ttl(attr, st))
+
+    def _attr_out(self, node: Node, st) -> bytes:
+        return P.attr_out(st, self._attr_ttl(self.ttls[node.cls][1], st))
+
+    @staticmethod
+    def _attr_ttl(ttl: float, st) -> float:
+        # A file with several names has a node (a kernel inode) per name, and a write or
+        # chmod through one name would leave the others' cached attributes stale.
+        return 0.0 if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) else ttl
+
+    def _cached(self, nodes: list[Node]) -> list[tuple[Node, tuple[float, float]]]:
+        """The timeouts the kernel holds for these nodes now (before their classes change)."""
+        return [(n, self.ttls[n.cls]) for n in nodes]
+
+    def _invalidate_lost(self, before: list[tuple[Node, tuple[float, float]]]) -> None:
+        """After nodes changed class: whatever the kernel may still hold for them that their
+        new class does not allow it to cache is dropped, before the request is answered."""
+        entries = []
+        for node, (entry, attr) in before:
+            new_entry, new_attr = self.ttls[node.cls]
+            if attr > new_attr:
+                self.ch.notify(P.inval_attributes(node.nodeid))
+            if entry > new_entry:
+                entries.append(node)
+        if entries:
+            self._drop_entries(entries)
+
+    def _drop_entries(self, nodes: list[Node]) -> None:
+        if self.epoch:
+            # One lock-free message: every dentry is looked up again on its next use.
+            self.ch.notify(P.inc_epoch())
+            self.stats["epochs"] += 1
+            return
+        # Older kernels: one INVAL_ENTRY per name. The kernel takes the parent's lock for
+        # it, which a request waiting on this thread may hold: sent from another thread.
+        messages = [P.inval_entry(n.parent.nodeid, n.name) for n in nodes
+                    if n.parent is not None]
+        threading.Thread(target=lambda: [self.ch.notify(m) for m in messages],
+                         daemon=True).start()
+
+    def swap(self, view: PolicyView) -> None:
+        """Decide every later request with `view` (a reload): classify every known node
+        again, and drop everything the kernel caches, at once. Call with self.lock held."""
+        self.enf.swap(view)
+        self.ttls = self._timeouts(view)
+        nodes = self.inodes.reclassify_all(view.child, view.root, view.classify)
+        if self.cache_seconds:
+            for node in nodes:
+                self.ch.notify(P.inval_attributes(node.nodeid))
+            self._drop_entries([n for n in nodes if not n.is_root])
+
     # --- helpers -----------------------------------------------------------------------------
 
     def _event(self, req: Request, op: str, node: Node, name: Optional[bytes] = None,
@@ -165,7 +241,7 @@ class FuseServer:
     def _entry(self, parent: Node, name: bytes, cls: int) -> bytes:
         """Look up a name just created and reply its entry (the kernel counts it as a lookup)."""
         node, st = self.inodes.lookup(parent, name, cls)
-        return P.entry_out(node.nodeid, st)
+        return self._entry_out(node, st)
 
     def _as(self, req: Request):
         """A context in which backing calls run with the requester's credentials."""
@@ -198,7 +274,7 @@ class FuseServer:
 
     def lookup(self, req: Request):
         node, st, _, _, _ = self._lookup(req)
-        return P.entry_out(node.nodeid, st)
+        return self._entry_out(node, st)
 
     def _lookup(self, req: Request):
         """Decide and perform a LOOKUP: (node, stat, parent, name, class of the child)."""
@@ -223,7 +299,7 @@ class FuseServer:
         return NO_REPLY
 
     def getattr(self, req: Request):
-        return self._node_op(req, "getattr", lambda node: P.attr_out(os.stat(node.fd)))
+        return self._node_op(req, "getattr", lambda node: self._attr_out(node, os.stat(node.fd)))
 
     def setattr(self, req: Request):
         a = P.SETATTR_IN.unpack(req.body)
@@ -236,7 +312,7 @@ class FuseServer:
             self._kill_privs(node)  # asked of the filesystem itself: the daemon's rights
         with self._as(req):
             self._change_attributes(node, a, handle)
-        return P.attr_out(os.stat(node.fd))
+        return self._attr_out(node, os.stat(node.fd))
 
     def _change_attributes(self, node: Node, a, handle: Optional[Handle]) -> None:
         v = a.valid
@@ -379,7 +455,11 @@ class FuseServer:
         def perform():
             with self._as(req):
                 self._rename_backing(parent, name, newparent, newname, flags, unseen)
+            moving = self._cached(self.inodes.subtree(parent.children.get(name))
+                                  + (self.inodes.subtree(newparent.children.get(newname))
+                                     if exchange else []))
             self.inodes.moved(parent, name, newparent, newname, exchange, self.enf.child_class)
+            self._invalidate_lost(moving)
             return b""
         return self.enf.run(decision, event, perform,
                             rule=verdict.lost_rule if verdict.exdev else None,
@@ -455,6 +535,8 @@ class FuseServer:
             with self._as(req):
                 os.link(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd,
                         follow_symlinks=False)
+            if self.cache_seconds:  # its link count changed: the kernel holds the old one
+                self.ch.notify(P.inval_attributes(node.nodeid))
             return self._entry(newparent, newname, self.enf.child_class(newparent.cls, newname))
         return self.enf.run(verdict.decision, event, perform,
                             rule=verdict.lost_rule if verdict.exdev else None,
@@ -508,7 +590,7 @@ class FuseServer:
                 raise
             node = self.inodes.remember(parent, name, pfd, st, cls)
             h, open_reply = self._open_handle(node, fd, a.flags)
-            return h, P.entry_out(node.nodeid, st) + open_reply
+            return h, self._entry_out(node, st) + open_reply
 
         def undo(res):
             h = res[0]
@@ -527,15 +609,10 @@ class FuseServer:
         return h, P.open_out(h.fh, open_flags, backing_id)
 
     def _passthrough_class(self, cls: int) -> bool:
-        """May opens of this class's files be handed to the kernel? Only when its read and
-        its write decisions are each a plain allow or a deny, so that every open of one
-        file gets the same I/O mode: the kernel fails (EIO) a daemon-served open of a file
-        open for passthrough, and a passthrough open of a file whose daemon-served open is
-        mapped. A class that audits writes, say, has its reads served by the daemon too."""
-        for atom in ("read", "write"):
-            if not self.enf.plain_allow(cls, atom) and self.enf.decision(cls, atom).kind != DENY:
-                return False
-        return True
+        """May opens of this class's files be handed to the kernel (PolicyView.passthrough)?
+        The kernel fails (EIO) a daemon-served open of a file open for passthrough, and a
+        passthrough open of a file whose daemon-served open is mapped."""
+        return self.enf.view.passthrough(cls)
 
     def _io_mode(self, h: Handle) -> tuple[int, int]:
         """Passthrough when the class allows it and every read/write this open allows is a
@@ -806,7 +883,7 @@ class FuseServer:
             node, st = self.inodes.lookup(parent, name, cls)
         except OSError:
             return empty
-        return P.entry_out(node.nodeid, st)
+        return self._entry_out(node, st)
 
     def releasedir(self, req: Request):
         return self._release(req, "releasedir")

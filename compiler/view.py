@@ -1,0 +1,151 @@
+"""PolicyView: the compiled policy as the daemon asks it, one immutable value per policy.
+
+The daemon never indexes class tables or decision words itself: it asks a view which class
+a child name falls in, what a class decides for an op, whether the kernel may serve a
+class's opens (passthrough) and cache its lookups and attributes, and the evaluator's exact
+answer for two-path ops. A reload builds a new view and swaps one reference; class handles
+of one view mean nothing in another, so the daemon classifies its nodes again from the root.
+
+What the kernel may cache is decided here, per class, from the class's decisions alone:
+
+- an entry (a name -> node) may be cached when the class's `lookup` is a plain allow: no
+  deny, no audit, no redirect, nothing complain mode would log. A cached entry means the
+  kernel resolves the name without asking, and that is only safe when asking would always
+  be answered "yes" without a trace.
+- attributes may be cached when the class's `getattr` is a plain allow, for the same reason
+  (`stat` is answered from the cache).
+
+Everything else keeps timeouts of 0, so the daemon sees every such request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .classes import ATOM_INDEX, ClassTree
+from .decide import Decision
+from .evaluate import Evaluator, Request, Verdict
+from .policy import ALLOW, DENY, USERSPACE
+
+# The two ops whose answers the kernel's dentry and attribute caches stand in for.
+CACHED_OPS = ("lookup", "getattr")
+
+
+def plain_allow(d: Decision) -> bool:
+    """Allowed with nothing to log or ask: the kernel may act without the daemon."""
+    return d.kind == ALLOW and not d.audit and not d.complained
+
+
+def why_not_plain(d: Decision) -> str:
+    """In a few words, what keeps a decision from being a plain allow."""
+    if d.kind == DENY:
+        return f"denied ({d.errno or 'EACCES'})"
+    if d.kind == USERSPACE:
+        return f"sent to userspace ({d.mode or 'instead'})"
+    if d.complained:
+        return "logged by complain mode"
+    if d.audit:
+        return "audited"
+    return "allowed"
+
+
+@dataclass(frozen=True)
+class CacheRule:
+    """What the kernel may cache for the objects of one class, and why."""
+
+    entries: bool
+    attributes: bool
+    why: str
+
+    def timeouts(self, seconds: float) -> tuple[float, float]:
+        """(entry, attribute) timeouts for a FUSE reply, given the mount's cache time."""
+        return (seconds if self.entries else 0.0, seconds if self.attributes else 0.0)
+
+
+def cache_rule(table: tuple[Decision, ...]) -> CacheRule:
+    """The cache rule of a class with this decision table."""
+    lookup = table[ATOM_INDEX["lookup"]]
+    getattr_ = table[ATOM_INDEX["getattr"]]
+    entries, attributes = plain_allow(lookup), plain_allow(getattr_)
+    if entries and attributes:
+        why = "lookup and getattr are plain allows"
+    else:
+        reasons = [f"{op} {why_not_plain(d)}" for op, d in (("lookup", lookup),
+                                                              ("getattr", getattr_))
+                   if not plain_allow(d)]
+        why = "; ".join(reasons) + ": the daemon must see every such request"
+    return CacheRule(entries, attributes, why)
+
+
+def describe_cache(rule: CacheRule) -> str:
+    """One line for `fpol compile --emit classes`."""
+    what = {(True, True): "entries and attributes", (True, False): "entries only",
+            (False, True): "attributes only", (False, False): "nothing"}
+    return f"kernel may cache: {what[rule.entries, rule.attributes]} ({rule.why})"
+
+
+class PolicyView:
+    """One compiled policy, as the daemon asks it. Immutable once built.
+
+    Classes are handles (small ints) meaningful only within this view."""
+
+    def __init__(self, tree: ClassTree, sha256: Optional[str] = None):
+        self.tree = tree
+        self.policy = tree.policy
+        self.name = self.policy.name
+        self.sha256 = sha256
+        self._classes = tree.classes
+        self._fold = self.policy.case_insensitive
+        self._evaluator = Evaluator(self.policy)
+        self._cache = tuple(cache_rule(c.table) for c in tree.classes)
+        self._passthrough = tuple(self._allows_passthrough(c.table) for c in tree.classes)
+        self.root = 0
+        self.mode = self.policy.mode
+
+    # --- classes -----------------------------------------------------------------------
+
+    def child(self, cls: int, name: bytes) -> int:
+        return self._classes[cls].child(name, self._fold)
+
+    def classify(self, comps: tuple[bytes, ...]) -> int:
+        cls = self.root
+        for name in comps:
+            cls = self.child(cls, name)
+        return cls
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def decision(self, cls: int, atom: str) -> Decision:
+        return self._classes[cls].table[ATOM_INDEX[atom]]
+
+    def plain_allow(self, cls: int, atom: str) -> bool:
+        return plain_allow(self.decision(cls, atom))
+
+    def two_path(self, op: str, src: tuple, dst: tuple) -> Verdict:
+        """rename / link / copy_file_range with full paths: the evaluator's exact answer."""
+        return self._evaluator.evaluate(Request(op, src, dst))
+
+    # --- what the kernel may do without the daemon --------------------------------------
+
+    def cache(self, cls: int) -> CacheRule:
+        return self._cache[cls]
+
+    def passthrough(self, cls: int) -> bool:
+        """May opens of this class's files be handed to the kernel? Only when its read and
+        its write decisions are each a plain allow or a deny, so that every open of one
+        file gets the same I/O mode (the kernel refuses to mix passthrough and
+        daemon-served opens of one file). A class that audits writes has its reads served
+        by the daemon too."""
+        return self._passthrough[cls]
+
+    @staticmethod
+    def _allows_passthrough(table: tuple[Decision, ...]) -> bool:
+        for atom in ("read", "write"):
+            d = table[ATOM_INDEX[atom]]
+            if not plain_allow(d) and d.kind != DENY:
+                return False
+        return True
