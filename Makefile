@@ -2,9 +2,13 @@
 # Both install what they need first (scripts/install-deps is fast when all is there).
 PYTHON ?= python3
 
-.PHONY: deps demo test goldens bench
+.PHONY: deps bench-deps demo test goldens bench
 deps:
 	@scripts/install-deps
+
+# bindfs, the baseline of the mount benchmark (not needed by `make test`).
+bench-deps:
+	@scripts/install-bench-deps
 
 demo: deps
 	@scripts/demo
@@ -17,5 +21,5 @@ goldens: deps
 	$(PYTHON) -m pytest -q tests --update-goldens --update-cases
 
 # Every benchmark, side by side in one run; writes benchmarks/REPORT.md (needs root).
-bench: deps
+bench: deps bench-deps
 	$(PYTHON) benchmarks/run.py

@@ -1,140 +1,389 @@
-"""Throughput through `fpol mount` vs the backing directory, with and without passthrough.
+"""`fpol mount` side by side with the backing directory and bindfs, in one run.
 
-    sudo python3 benchmarks/mount_bench.py [--seconds 1.0] [--files 1000]
+    sudo python3 benchmarks/mount_bench.py [--seconds 2] [--ops 5000] [--job-files 3000]
 
-Each figure is the rate one Python process reaches in a fixed time (default 1 s) of:
-stat over many files; open + read 4 KiB + close of small files; pread and pwrite of 4 KiB
-blocks at successive offsets on one open descriptor of a 64 MiB file. The mount enforces a
-small policy that allows everything measured. Needs root and /dev/fuse.
+One Python process runs each workload against four targets over the same backing directory
+(ext4): the directory itself (native); `fpol mount --cache auto` (the default: entries and
+attributes the policy proves safe are cached 1 s, allowed opens use kernel passthrough);
+`fpol mount --cache off`; and bindfs with its default options (`bindfs SRC MNT`, the Debian
+package; `make bench` installs it). The mount enforces POLICY below (one deny, one audit rule,
+neither touching the measured files). Workloads:
+
+- rates over a fixed time (--seconds each): stat, a tree walk with lstat of every entry
+  (like `find -ls`) over 2,000 files of 4 KiB in 20 directories, open + read 4 KiB + close,
+  pread and pwrite of 4 KiB at successive offsets of one open 64 MiB file;
+- fixed counts (--ops each, one directory): create + write 4 KiB + close, rename, unlink;
+- one real job: `tar -xf` of a tarball of --job-files small files (100 B - 8 KiB in 30
+  directories) into the target, then a walk that lstats and reads every file back.
+
+Prints Markdown: the table, per-operation microseconds, the job's seconds, and each of the
+issue-15 targets met or missed (and by how much). Needs root, /dev/fuse and bindfs; every
+mount made is unmounted at the end, also when a workload fails or the run is interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
+import signal
+import stat as S
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from typing import Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICY = "policy bench\ndeny write under /readonly with EROFS\naudit read under /logged\n"
 BIG = 64 << 20
 BLOCK = 4096
+DIRS, PER_DIR = 20, 100  # the tree: 2,000 files of 4 KiB
+JOB_DIRS = 30
+MAX_CALLS = 50_000_000  # a bound on any timed loop, whatever the clock says
+
+# (key, label, unit): rates are per second, higher is better; the job is seconds, lower is.
+WORKLOADS = [
+    ("stat", "stat", "ops"),
+    ("walk", "tree walk with lstat (like `find -ls`), entries", "ops"),
+    ("open_read", "open + read 4 KiB + close", "ops"),
+    ("create", "create + write 4 KiB + close", "ops"),
+    ("rename", "rename", "ops"),
+    ("unlink", "unlink", "ops"),
+    ("pread", "pread 4 KiB", "ops"),
+    ("pwrite", "pwrite 4 KiB", "ops"),
+]
+PER_OP = ("stat", "rename", "unlink", "create")  # also shown as microseconds per operation
+TARGETS = [("native", "native"), ("auto", "fpol --cache auto"), ("off", "fpol --cache off"),
+           ("bindfs", "bindfs")]
+# Issue 15: fpol (default mount) at least this fraction of native; and >= bindfs everywhere.
+NATIVE_TARGETS = {"stat": 0.5, "walk": 0.5, "open_read": 0.2, "create": 0.2, "pread": 0.9}
 
 
-def rate(fn, seconds: float) -> float:
-    """Calls per second of fn over `seconds` (checked every 64 calls)."""
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of fn over `seconds` (the clock is checked every 64 calls)."""
     count, start = 0, time.perf_counter()
     deadline = start + seconds
-    while True:
+    while count < MAX_CALLS:
         for _ in range(64):
             fn()
         count += 64
         now = time.perf_counter()
         if now >= deadline:
-            return count / (now - start)
+            break
+    return count / (time.perf_counter() - start)
 
 
-def measure(root: str, seconds: float, files: int) -> dict[str, float]:
-    names = [os.path.join(root, "small", f"f{i}") for i in range(files)]
-    out = {}
+def tree_names(root: str) -> list[str]:
+    return [os.path.join(root, "tree", f"d{d:02}", f"f{i:03}")
+            for i in range(PER_DIR) for d in range(DIRS)]
+
+
+def walk_lstat(top: str, read: bool = False) -> int:
+    """lstat every entry under top (and read every regular file if asked); entries seen."""
+    seen, stack = 0, [top]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                st = os.lstat(entry.path)
+                seen += 1
+                if S.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif read and S.S_ISREG(st.st_mode):
+                    fd = os.open(entry.path, os.O_RDONLY)
+                    try:
+                        while os.read(fd, 1 << 16):
+                            pass
+                    finally:
+                        os.close(fd)
+    return seen
+
+
+def counted(fn: Callable[[int], object], n: int) -> float:
+    """Operations per second of fn(0) .. fn(n-1)."""
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - start)
+
+
+def measure(root: str, key: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
+    """Every workload against one target, rooted at `root` (the mount or the directory)."""
+    names = tree_names(root)
+    out: dict[str, float] = {}
     i = [0]
 
     def do_stat():
-        os.stat(names[i[0] % files])
+        os.stat(names[i[0] % len(names)])
         i[0] += 1
-    out["stat/s"] = rate(do_stat, seconds)
+    out["stat"] = rate(do_stat, seconds)
+
+    tree, walked, start = os.path.join(root, "tree"), 0, time.perf_counter()
+    while walked < MAX_CALLS:
+        walked += walk_lstat(tree)
+        if time.perf_counter() - start >= seconds:
+            break
+    out["walk"] = walked / (time.perf_counter() - start)
 
     def open_read_close():
-        fd = os.open(names[i[0] % files], os.O_RDONLY)
+        fd = os.open(names[i[0] % len(names)], os.O_RDONLY)
         os.read(fd, BLOCK)
         os.close(fd)
         i[0] += 1
-    out["open+read4k+close/s"] = rate(open_read_close, seconds)
+    out["open_read"] = rate(open_read_close, seconds)
+
+    scratch = os.path.join(root, f"scratch-{key}")
+    os.mkdir(scratch)
+    block = os.urandom(BLOCK)
+
+    def create(n):
+        fd = os.open(os.path.join(scratch, f"c{n}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, block)
+        os.close(fd)
+    out["create"] = counted(create, ops)
+    out["rename"] = counted(lambda n: os.rename(os.path.join(scratch, f"c{n}"),
+                                                os.path.join(scratch, f"r{n}")), ops)
+    out["unlink"] = counted(lambda n: os.unlink(os.path.join(scratch, f"r{n}")), ops)
+    os.rmdir(scratch)
 
     fd = os.open(os.path.join(root, "big"), os.O_RDWR)
     off = [0]
-    buf = os.urandom(BLOCK)
 
     def pread():
         os.pread(fd, BLOCK, off[0])
         off[0] = (off[0] + BLOCK) % BIG
 
     def pwrite():
-        os.pwrite(fd, buf, off[0])
+        os.pwrite(fd, block, off[0])
         off[0] = (off[0] + BLOCK) % BIG
     try:
-        out["pread4k/s"] = rate(pread, seconds)
+        out["pread"] = rate(pread, seconds)
         off[0] = 0
-        out["pwrite4k/s"] = rate(pwrite, seconds)
+        out["pwrite"] = rate(pwrite, seconds)
     finally:
         os.close(fd)
+
+    job = os.path.join(root, f"job-{key}")
+    os.mkdir(job)
+    start = time.perf_counter()
+    subprocess.run(["tar", "-xf", tarball, "-C", job], check=True)
+    out["job_extract"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out["job_entries"] = walk_lstat(job, read=True)
+    out["job_read"] = time.perf_counter() - start
+    out["job"] = out["job_extract"] + out["job_read"]
     return out
 
 
-def populate(src: str, files: int) -> None:
-    os.makedirs(os.path.join(src, "small"))
+def populate(src: str, work: str, job_files: int) -> str:
+    """The backing tree (2,000 files of 4 KiB in 20 directories, a 64 MiB file) and the
+    job's tarball, built outside every target; returns the tarball's path."""
     block = os.urandom(BLOCK)
-    for i in range(files):
-        with open(os.path.join(src, "small", f"f{i}"), "wb") as f:
+    for d in range(DIRS):
+        os.makedirs(os.path.join(src, "tree", f"d{d:02}"))
+    for name in tree_names(src):
+        with open(name, "wb") as f:
             f.write(block)
     with open(os.path.join(src, "big"), "wb") as f:
         for _ in range(BIG // (1 << 20)):
             f.write(os.urandom(1 << 20))
+    rng = random.Random(15)
+    files = os.path.join(work, "jobfiles")
+    for n in range(job_files):
+        d = os.path.join(files, f"pkg{n % JOB_DIRS:02}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"m{n:05}.txt"), "wb") as f:
+            f.write(rng.randbytes(rng.randint(100, 8192)))
+    tarball = os.path.join(work, "job.tar")
+    with tarfile.open(tarball, "w") as t:
+        t.add(files, arcname="job")
+    shutil.rmtree(files)
+    return tarball
 
 
-def mounted_run(policy: str, src: str, mnt: str, passthrough: bool, seconds: float,
-                files: int) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "fpol.runtime.mount", "mount", policy, src, mnt,
-           "--audit", os.devnull]
-    if not passthrough:
-        cmd.append("--no-passthrough")
-    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          check=True)
-    pid = int(done.stdout.decode().strip())
-    try:
-        return measure(mnt, seconds, files)
-    finally:
-        subprocess.run([sys.executable, "-m", "fpol.runtime.mount", "umount", mnt], cwd=ROOT,
-                       check=True)
-        for _ in range(500):  # the daemon exits once the mount is gone
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.01)
+# --- mounts --------------------------------------------------------------------------------
+
+def _fpol(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fpol.runtime.mount", *args], cwd=ROOT, **kw)
+
+
+def is_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def unmount(kind: str, mnt: str) -> None:
+    """Unmount by the target's own tool, then lazily by umount(8) if it is still there."""
+    if not is_mounted(mnt):
+        return
+    if kind == "bindfs":
+        subprocess.run(["umount", mnt], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        _fpol("umount", mnt, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        if not is_mounted(mnt):
+            return
+        time.sleep(0.01)
+    subprocess.run(["umount", "-l", mnt], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def mount(kind: str, policy: str, src: str, mnt: str, log: str) -> tuple[Optional[int], str]:
+    """Mount target `kind` at mnt: (daemon pid or None, what the mount said)."""
+    if kind == "bindfs":
+        done = subprocess.run(["bindfs", src, mnt], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"bindfs failed: {done.stderr.strip()}")
+        return None, subprocess.run(["bindfs", "--version"], capture_output=True,
+                                    text=True).stdout.strip()
+    done = _fpol("mount", policy, src, mnt, "--cache", kind, "--audit", os.devnull,
+                 "--log", log, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fpol mount failed ({done.returncode}): {done.stderr.strip()}")
+    said = done.stderr.strip().splitlines()[-1]  # "fpol mount: SRC on MNT, policy ..."
+    return int(done.stdout.strip()), said.split(f"{mnt}, ", 1)[-1].split("; the daemon logs")[0]
+
+
+def wait_gone(pid: Optional[int]) -> None:
+    for _ in range(500):  # a daemon exits once its mount is gone
+        if pid is None or not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.01)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def _short(factor: float) -> str:
+    """How far a target is missed: the throughput is short by this factor."""
+    return f"{(factor - 1) * 100:.0f}%" if factor < 2 else f"{factor:.1f}x"
+
+
+def table(rows: dict[str, dict[str, float]], notes: list[str], args) -> str:
+    have = [k for k, _ in TARGETS if k in rows]
+    label = dict(TARGETS)
+    out = [f"{args.seconds:g} s per rate, {args.ops:,} operations per count, "
+           f"{DIRS * PER_DIR:,} files of 4 KiB in {DIRS} directories, a 64 MiB file for "
+           f"pread/pwrite; kernel {os.uname().release}, {os.cpu_count()} CPUs (load average "
+           f"{os.getloadavg()[0]:.1f} at the end: the machine is shared). Policy: "
+           "`deny write under /readonly with EROFS`, `audit read under /logged`.", ""]
+    out += ["| workload | " + " | ".join(f"{label[k]}/s" for k in have) + " | "
+            + " | ".join(f"{label[k]}/native" for k in have if k != "native") + " |",
+            "|---" * (1 + len(have) + len(have) - 1) + "|"]
+    for key, name, _ in WORKLOADS:
+        if not all(key in rows[k] for k in have):
+            continue
+        out.append(f"| {name} | " + " | ".join(f"{rows[k][key]:,.0f}" for k in have) + " | "
+                   + " | ".join(_ratio(rows[k][key], rows["native"][key])
+                                for k in have if k != "native") + " |")
+    if all("job" in rows[k] for k in have):
+        job = f"real job: untar {args.job_files:,} files + walk and read back, s"
+        out.append(f"| {job} | " + " | ".join(f"{rows[k]['job']:.2f}" for k in have) + " | "
+                   + " | ".join(_ratio(rows["native"]["job"], rows[k]["job"])
+                                for k in have if k != "native") + " |")
+    out += ["", "Per operation, µs (1 / rate):", "",
+            "| operation | " + " | ".join(label[k] for k in have) + " |",
+            "|---" * (1 + len(have)) + "|"]
+    names = {k: n for k, n, _ in WORKLOADS}
+    for w in PER_OP:
+        out.append(f"| {names[w]} | " + " | ".join(f"{1e6 / rows[k][w]:.1f}" for k in have)
+                   + " |")
+    if all("job" in rows[k] for k in have):
+        out += ["", "Real job, s, extract with `tar -xf` + walk, lstat and read every file: "
+                + "; ".join(f"{label[k]} {rows[k]['job_extract']:.3f} + "
+                            f"{rows[k]['job_read']:.3f}" for k in have)
+                + ". In the table the job's ratio is native time / target time (higher is "
+                "better, as for the rates)."]
+    out += ["", *notes, "", "Targets (issue 15) for the default mount, fpol --cache auto:", ""]
+    if "auto" not in rows:
+        return "\n".join(out + ["- not measured: the fpol mount failed."])
+    fp = rows["auto"]
+    for key, name, _ in WORKLOADS + [("job", "real job", "s")]:
+        if key not in fp:
+            continue
+        want = NATIVE_TARGETS.get(key)
+        if want is not None and "native" in rows:
+            got = fp[key] / rows["native"][key]
+            verdict = "met" if got >= want else f"**missed** by {_short(want / got)}"
+            out.append(f"- {name} >= {want:g}x native: {got:.2f}x, {verdict}")
+        if "bindfs" in rows and key in rows["bindfs"]:
+            if key == "job":  # seconds: lower is better
+                got = rows["bindfs"][key] / fp[key]
+            else:
+                got = fp[key] / rows["bindfs"][key]
+            verdict = "met" if got >= 1 else f"**missed** by {_short(1 / got)}"
+            out.append(f"- {name} >= bindfs: {got:.2f}x bindfs, {verdict}")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
-    ap.add_argument("--files", type=int, default=1000, help="small files for stat/open")
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per rate (default 2)")
+    ap.add_argument("--ops", type=int, default=5000,
+                    help="creates, renames and unlinks per target (default 5000)")
+    ap.add_argument("--job-files", type=int, default=3000, help="files in the job's tarball")
+    ap.add_argument("--targets", default=",".join(k for k, _ in TARGETS),
+                    help="comma-separated subset of native,auto,off,bindfs")
     args = ap.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("mount_bench: needs root and /dev/fuse", file=sys.stderr)
         return 3
-    work = tempfile.mkdtemp(prefix="fpol-bench-")
+    wanted = args.targets.split(",")
+    if "bindfs" in wanted and shutil.which("bindfs") is None:
+        print("mount_bench: bindfs is not installed (scripts/install-bench-deps)",
+              file=sys.stderr)
+        return 3
+    # SIGTERM unwinds like ^C, so the finally below unmounts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = tempfile.mkdtemp(prefix="fpol-mount-bench-")
+    mounts: list[tuple[str, str]] = []
+    rows: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    failed = False
     try:
-        src, mnt = os.path.join(work, "src"), os.path.join(work, "mnt")
-        os.mkdir(mnt)
-        populate(src, args.files)
+        src = os.path.join(work, "src")
+        os.mkdir(src)
+        tarball = populate(src, work, args.job_files)
         policy = os.path.join(work, "bench.fpol")
         with open(policy, "w") as f:
             f.write(POLICY)
-        rows = [("backing directory (ext4)", measure(src, args.seconds, args.files)),
-                ("fpol mount, passthrough", mounted_run(policy, src, mnt, True, args.seconds,
-                                                        args.files)),
-                ("fpol mount, daemon I/O", mounted_run(policy, src, mnt, False, args.seconds,
-                                                       args.files))]
+        for key, name in TARGETS:
+            if key not in wanted:
+                continue
+            print(f"mount_bench: {name} ...", file=sys.stderr)
+            if key == "native":
+                rows[key] = measure(src, key, args.seconds, args.ops, tarball)
+                continue
+            mnt = os.path.join(work, f"mnt-{key}")
+            os.mkdir(mnt)
+            mounts.append((key, mnt))
+            pid, said = mount(key, policy, src, mnt, os.path.join(work, f"{key}.log"))
+            notes.append(f"{name}: {said}")
+            try:
+                rows[key] = measure(mnt, key, args.seconds, args.ops, tarball)
+            except Exception as e:
+                failed = True
+                notes.append(f"{name}: FAILED during the workloads: {e!r}")
+            finally:
+                unmount(key, mnt)
+                wait_gone(pid)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    cols = list(rows[0][1])
-    print(f"{'target':<28}" + "".join(f"{c:>22}" for c in cols))
-    for name, figures in rows:
-        print(f"{name:<28}" + "".join(f"{figures[c]:>22,.0f}" for c in cols))
-    print(f"({args.seconds:g} s per figure, {args.files} files of 4 KiB, 64 MiB file, "
-          f"kernel {os.uname().release}, {os.cpu_count()} CPUs)")
-    return 0
+        for key, mnt in mounts:
+            unmount(key, mnt)
+        left = [mnt for _, mnt in mounts if is_mounted(mnt)]
+        if left:  # never remove files through a mount
+            print(f"mount_bench: still mounted, {work} left in place: {left}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if "native" not in rows:
+        print("mount_bench: the native run is needed for the ratios", file=sys.stderr)
+        return 2
+    print(table(rows, [f"- {n}" for n in notes], args))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
