@@ -1,6 +1,7 @@
 """`fpol mount` side by side with the backing directory and bindfs, in one run.
 
     sudo python3 benchmarks/mount_bench.py [--seconds 2] [--ops 5000] [--job-files 3000]
+        [--update-report benchmarks/REPORT.md]
 
 One Python process runs each workload against four targets over the same backing directory
 (ext4): the directory itself (native); `fpol mount --cache auto` (the default: entries and
@@ -254,6 +255,23 @@ def wait_gone(pid: Optional[int]) -> None:
 
 # --- the report ----------------------------------------------------------------------------
 
+HEADING = "## Mount throughput: fpol mount vs the backing directory and bindfs"
+
+
+def update_report(path: str, section: str) -> None:
+    """Replace the report's mount section (from its `## Mount throughput` heading to the next
+    `## ` heading or the end) by `section`, leaving every other section as it is."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## Mount throughput")),
+                 len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    new = lines[:start] + section.splitlines() + [""] + lines[end:]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(new).rstrip("\n") + "\n")
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
@@ -266,7 +284,10 @@ def _short(factor: float) -> str:
 def table(rows: dict[str, dict[str, float]], notes: list[str], args) -> str:
     have = [k for k, _ in TARGETS if k in rows]
     label = dict(TARGETS)
-    out = [f"{args.seconds:g} s per rate, {args.ops:,} operations per count, "
+    out = [HEADING, "", "Written by benchmarks/mount_bench.py (run by `make bench`): one run, each "
+           "workload against the backing directory (native), `fpol mount` with the kernel "
+           "cache on (`--cache auto`, the default) and off, and bindfs with default options.",
+           "", f"{args.seconds:g} s per rate, {args.ops:,} operations per count, "
            f"{DIRS * PER_DIR:,} files of 4 KiB in {DIRS} directories, a 64 MiB file for "
            f"pread/pwrite; kernel {os.uname().release}, {os.cpu_count()} CPUs (load average "
            f"{os.getloadavg()[0]:.1f} at the end: the machine is shared). Policy: "
@@ -328,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--job-files", type=int, default=3000, help="files in the job's tarball")
     ap.add_argument("--targets", default=",".join(k for k, _ in TARGETS),
                     help="comma-separated subset of native,auto,off,bindfs")
+    ap.add_argument("--update-report", metavar="REPORT.md",
+                    help="also replace the mount section of this report (benchmarks/run.py "
+                         "writes the whole report; this reruns the mount part alone)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("mount_bench: needs root and /dev/fuse", file=sys.stderr)
@@ -382,7 +406,10 @@ def main(argv=None) -> int:
     if "native" not in rows:
         print("mount_bench: the native run is needed for the ratios", file=sys.stderr)
         return 2
-    print(table(rows, [f"- {n}" for n in notes], args))
+    section = table(rows, [f"- {n}" for n in notes], args)
+    print(section)
+    if args.update_report:
+        update_report(args.update_report, section)
     return 1 if failed else 0
 
 
