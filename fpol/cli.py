@@ -588,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "mount whose daemon died.")
     add_umount_arguments(um)
     um.set_defaults(func=run_umount_command)
+    from fpol.runtime import reload as reload_cmd
+
+    rl = sub.add_parser("reload", help="swap the policy of a live fpol mount, no remount",
+                        description="Check POLICY and make the daemon of MOUNTPOINT enforce it "
+                                    "from the next request on, dropping the kernel's caches. A "
+                                    "policy with errors is refused and the old one stays.")
+    reload_cmd.add_arguments(rl)
+    rl.set_defaults(func=reload_cmd.run_command)
 
     e = sub.add_parser("explain", help="what happens to one request, and which rule decides",
                        description="Decide one request against a policy and name the deciding rule.",

@@ -396,8 +396,10 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         audit_stream = open(audit, "a", encoding="utf-8") if audit else log_stream
     except OSError as e:
         raise MountError(EXIT_USAGE, f"cannot open audit file {audit}: {e.strerror}") from None
-    enforcer = Enforcer(checked.classes, AuditLog(audit_stream, checked.policy), handler,
-                        handler_spec or "default")
+    from fpol.compiler.view import PolicyView
+
+    enforcer = Enforcer(PolicyView(checked.classes, checked.digest),
+                        AuditLog(audit_stream, checked.policy), handler, handler_spec or "default")
     root_fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         channel = _open_device()
@@ -426,6 +428,7 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
             pass
         os.close(root_fd)
         raise MountError(EXIT_ENV, f"FUSE handshake failed, unmounted again: {e}") from None
+    control = _control(server, mountpoint, log_stream)
     p = checked.policy
     summary = (f"fpol mount: {source} on {mountpoint}, policy {p.name} ({len(p.rules)} rules, "
                f"{len(checked.classes.classes)} classes, mode {p.mode}); FUSE "
@@ -448,8 +451,22 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
             print(pid, file=out, flush=True)
             return EXIT_OK
         # the daemon never returns to the caller
-        os._exit(_daemon(server, mountpoint, dev, log_stream))
-    return _serve(server, mountpoint, dev, log_stream)
+        os._exit(_daemon(server, mountpoint, dev, log_stream, control))
+    return _serve(server, mountpoint, dev, log_stream, control)
+
+
+def _control(server, mountpoint: str, log_stream: TextIO):
+    """The control socket `fpol reload` talks to; a mount without one still works (and
+    says it cannot be reloaded)."""
+    from .reload import ControlServer, reloader
+
+    def log(msg: str) -> None:
+        _say(log_stream, msg)
+    try:
+        return ControlServer(mountpoint, reloader(server, mountpoint, log), log)
+    except OSError as e:
+        log(f"no control socket ({e.strerror}): `fpol reload` cannot reach this mount")
+        return None
 
 
 def _dev_of(mountpoint: str) -> str:
@@ -471,7 +488,7 @@ class _Terminated(BaseException):
     request by the servers' `except Exception`.)"""
 
 
-def _daemon(server, mountpoint: str, dev: str, err: TextIO) -> int:
+def _daemon(server, mountpoint: str, dev: str, err: TextIO, control=None) -> int:
     """The background daemon: a session of its own, holding none of the caller's
     descriptors (so `fpol mount ... | tail` and `pid=$(fpol mount ...)` return at once),
     its messages going to `err`, its log file."""
@@ -486,7 +503,7 @@ def _daemon(server, mountpoint: str, dev: str, err: TextIO) -> int:
         sys.stdin = sys.stdout = open(os.devnull, "r+")
         sys.stderr = err
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        return _serve(server, mountpoint, dev, err)
+        return _serve(server, mountpoint, dev, err, control)
     except BaseException as e:
         _say(err, f"daemon for {mountpoint} failed: {_what_failed(e)}")
         return 1
@@ -511,7 +528,7 @@ def _what_failed(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def _serve(server, mountpoint: str, dev: str, err: TextIO) -> int:
+def _serve(server, mountpoint: str, dev: str, err: TextIO, control=None) -> int:
     """Serve until unmounted. Whatever ends the serving -- an unmount, SIGTERM, an aborted
     connection (/sys/fs/fuse/connections/N/abort), a /dev/fuse error, a bug -- the daemon
     leaves no mount behind: the connection is closed and a mount left dead by it is
@@ -539,6 +556,8 @@ def _serve(server, mountpoint: str, dev: str, err: TextIO) -> int:
     signal.signal(signal.SIGINT, stop)
     failure: Optional[BaseException] = None
     terminated = False
+    if control is not None:
+        control.start()
     try:
         server.serve()
     except _Terminated:
@@ -548,6 +567,8 @@ def _serve(server, mountpoint: str, dev: str, err: TextIO) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if control is not None:
+            control.close()
         server.ch.close()  # ends the connection: nothing can wait on this daemon any more
     cleared = False
     if dev and _ours(mountpoint, dev) and mount_state(mountpoint)[0] == "dead":

@@ -94,6 +94,12 @@ def _file(mountpoint: str) -> str:
     return os.path.join(REGISTRY_DIR, key + ".json")
 
 
+def record_file(mountpoint: str) -> str:
+    """The file that holds (or would hold) the record of `mountpoint`; the daemon's control
+    socket sits beside it with the suffix .sock (runtime/reload.py)."""
+    return _file(mountpoint)
+
+
 def record(rec: MountRecord) -> str:
     """Write (or replace) the record of rec.mountpoint; returns its file."""
     if rec.mode not in MODES:
