@@ -526,6 +526,14 @@ CASES = {
         S("root", "chown", "home-a/open-suid", uid=B, gid=-1),  # root too (Linux >= 2.2.13)
         S("root", "stat", "home-a/open-suid"),
     ],
+    "chown-without-change": [  # chown(-1, -1): no id changes, yet ctime and set-id bits do
+        S("c", "chown", "pub/root-file", uid=-1, gid=-1),       # anyone: ctime only
+        S("a", "chown", "home-a/suid", uid=-1, gid=-1),         # the owner: set-id cleared
+        S("a", "chown", "home-a/sgid-nox", uid=-1, gid=-1),     # no group exec: S_ISGID kept
+        S("b", "chown", "home-a/open-suid", uid=-1, gid=-1, want="EPERM"),  # clearing is a chmod
+        S("root", "chown", "home-a/open-suid", uid=-1, gid=-1),
+        S("a", "chown", "home-a", uid=-1, gid=-1),              # a directory keeps its bits
+    ],
     "setid-cleared-on-write": [
         S("b", "write", "home-a/open-suid", data="x"),       # not the owner: both bits cleared
         S("b", "stat", "home-a/open-suid"),
