@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 policy errors or failed expectations, 2 usage, 3 environment
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -412,7 +413,9 @@ def cmd_unload(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from fpol.runtime import loader
+    from dataclasses import asdict
+
+    from fpol.runtime import loader, registry
     from fpol.runtime.mount import fpol_mounts
 
     try:
@@ -421,23 +424,32 @@ def cmd_status(args) -> int:
         print(f"fpol: cannot list {loader.PIN_ROOT}: {e.strerror} (run as root)",
               file=sys.stderr)
         return EXIT_ENV
+    records = {r.mountpoint: r for r in registry.all()}
+    mounts = [(state, m, records.get(m.target)) for state, m in fpol_mounts()]
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps({
+            "policies": [{"policy": l.policy, "instances": l.instances, "pin_dir": l.pin_dir}
+                         for l in loaded],
+            "mounts": [dict({"mountpoint": m.target, "source": m.source, "state": state},
+                            **({k: v for k, v in asdict(rec).items()
+                                if k not in ("mountpoint", "source")} if rec else {}))
+                       for state, m, rec in mounts]}, indent=1))
+        return EXIT_OK
     if not loaded:
         print("no policies loaded")
     for l in loaded:
         print(f"{l.policy}: {len(l.instances)} instances ({', '.join(l.instances)}) at {l.pin_dir}")
-    mounts = fpol_mounts()
     if not mounts:
         print("no fpol mounts")
-    from fpol.runtime import registry
-
-    records = {r.mountpoint: r for r in registry.all()}
-    for state, m in mounts:
-        rec = records.get(m.target)
-        policy = (f"policy {rec.policy} ({rec.policy_path}, {rec.mode}"
-                  + (f", daemon pid {rec.pid}" if rec.pid else ", no daemon")
-                  + f", since {rec.loaded_at}"
-                  + (f", log {rec.log}" if rec.log else "") + ")") if rec else "policy unknown (not in fpol's " \
-            f"mount registry, {registry.REGISTRY_DIR})"
+    for state, m, rec in mounts:
+        if rec:
+            policy = (f"policy {rec.policy} ({rec.policy_path}, {rec.mode}"
+                      + (f", daemon pid {rec.pid}" if rec.pid else ", no daemon")
+                      + f", since {rec.loaded_at}, sha256 {rec.policy_sha256[:12]}, "
+                        f"cache {rec.cache}"
+                      + (f", log {rec.log}" if rec.log else "") + ")")
+        else:
+            policy = f"policy unknown (not in fpol's mount registry, {registry.REGISTRY_DIR})"
         if state == "dead":
             print(f"mount {m.target}: {m.source}, {policy}, DEAD (its daemon exited; the files "
                   f"on the source are untouched): `fpol umount {m.target}` removes it")
@@ -569,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="list loaded policies and fpol mounts",
                         description="List the policies pinned under /sys/fs/bpf/fpol/ and the "
-                                    "fpol mounts, marking a mount whose daemon died as DEAD.")
+                                    "fpol mounts (policy, sha256, since when, cache mode, log), "
+                                    "marking a mount whose daemon died as DEAD.")
+    st.add_argument("--format", choices=("text", "json"), default="text")
     st.set_defaults(func=cmd_status)
 
     from fpol.runtime.mount import (add_mount_arguments, add_umount_arguments,
