@@ -78,10 +78,13 @@ class ClassTree:
 
     def dump(self) -> str:
         """A readable listing (`fpol compile --emit classes`)."""
+        from .view import cache_rule, describe_cache  # the daemon's view of the same tables
+
         p = self.policy
         out = [f"# {p.file}: {len(self.classes)} classes ({self.unminimised} before minimisation)"]
         for c in self.classes:
             out.append(f"class {c.id}  e.g. {_show(c.example)}")
+            out.append("  " + describe_cache(cache_rule(c.table)))
             for line in _table_lines(p, c):
                 out.append("  " + line)
             for lit, target in c.literals:
