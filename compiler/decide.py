@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import ops
-from .policy import ALLOW, DENY, USERSPACE, Policy, Rule
+from .policy import ALLOW, DENY, STRICTNESS, USERSPACE, Policy, Rule
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,22 @@ class Decision:
         if self.audit:
             text += " +audit"
         return text
+
+
+def stricter(first: Decision, second: Decision) -> Decision:
+    """The stricter of two decisions (deny, then userspace, then allow); the first on a tie."""
+    return first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
+
+
+def combine(first: Decision, second: Decision) -> Decision:
+    """The two ends of one request (rename, link, copy_file_range): the stricter end's
+    decision, audited by every rule that audits either end."""
+    combined = stricter(first, second)
+    if first.audit or second.audit:
+        combined = Decision(combined.kind, combined.errno, combined.mode, True, combined.rules,
+                            tuple(sorted(set(first.audit_rules) | set(second.audit_rules))),
+                            combined.complained, combined.tie)
+    return combined
 
 
 def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tuple[int, ...]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import ops
-from .decide import Decision, decide
+from .decide import Decision, combine, decide
 from .paths import ANY, Glob, normalise_path, part_matches
 from .policy import DENY, STRICTNESS, Policy, Rule
 
@@ -145,11 +145,7 @@ class Evaluator:
         if req.to is None:
             raise ValueError(f"{req.op} needs a destination path")
         second = self.decision_at(req.to, atoms.destination)
-        combined = first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
-        if first.audit or second.audit:
-            combined = Decision(combined.kind, combined.errno, combined.mode, True, combined.rules,
-                                tuple(sorted(set(first.audit_rules) | set(second.audit_rules))),
-                                combined.complained, combined.tie)
+        combined = combine(first, second)
         if req.op == "copy_file_range" or combined.kind != "allow":
             return Verdict(req, combined)
         gain = self._gain(req.path, req.to, subtree=req.op == "rename")

@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TextIO, TypeVar, Union
 
 from fpol.compiler.classes import ClassTree
-from fpol.compiler.decide import Decision
+from fpol.compiler.decide import Decision, combine, stricter
 from fpol.compiler.evaluate import Verdict
-from fpol.compiler.policy import ALLOW, DENY, STRICTNESS, USERSPACE, Policy
+from fpol.compiler.policy import ALLOW, DENY, USERSPACE, Policy
 from fpol.compiler.view import PolicyView
 
 T = TypeVar("T")
@@ -227,7 +227,7 @@ class Enforcer:
     @staticmethod
     def stricter(first: Verdict, second: Verdict) -> Verdict:
         """RENAME_EXCHANGE moves both objects: the stricter of the two directions."""
-        return first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
+        return first if stricter(first.decision, second.decision) is first.decision else second
 
     def carried(self, d: Decision) -> Decision:
         """An allowed move the daemon refuses because it would carry an open passthrough
@@ -239,16 +239,7 @@ class Enforcer:
             return replace(d, audit=True, complained=True) if d.kind == ALLOW else d
         return Decision(DENY, errno="EXDEV", audit=d.audit, audit_rules=d.audit_rules)
 
-    @staticmethod
-    def combine(first: Decision, second: Decision) -> Decision:
-        """Two ends of copy_file_range, combined as the evaluator combines them."""
-        combined = first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
-        if first.audit or second.audit:
-            combined = Decision(combined.kind, combined.errno, combined.mode, True,
-                                combined.rules,
-                                tuple(sorted(set(first.audit_rules) | set(second.audit_rules))),
-                                combined.complained, combined.tie)
-        return combined
+    combine = staticmethod(combine)  # two ends of one request, as the evaluator combines them
 
     # --- acting on a decision ------------------------------------------------------------
 
