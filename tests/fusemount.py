@@ -53,6 +53,8 @@ class Mount:
                          "--audit", str(self.audit_path)]
         if foreground:
             a.append("--foreground")
+        else:  # the daemon's log beside the audit log, not in /var/log/fpol
+            a += ["--log", str(self.audit_path.with_suffix(".daemon.log"))]
         if self.handler:
             a += ["--handler", self.handler]
         if not self.passthrough:

@@ -603,12 +603,13 @@ def test_daemon_killed_with_a_namespace_op_in_flight(mounts, op, when):
 
 
 def fpol_mount_bg(mounts: Mounts, *extra: str) -> subprocess.CompletedProcess:
-    """`fpol mount` in the background; its stderr goes through a file, which the daemon
-    keeps open (a pipe would not end)."""
+    """`fpol mount` in the background, its stderr through a file (the daemon itself
+    logs to its own file and keeps none of the caller's descriptors)."""
     err_path = mounts.base / "bg.stderr"
     with open(err_path, "w") as err:
         done = subprocess.run(FPOL + ["mount", str(mounts.policy), str(mounts.src),
                                       str(mounts.mnt), "--audit", str(mounts.base / "bg.log"),
+                                      "--log", str(mounts.base / "daemon.log"),
                                       *extra], cwd=str(ROOT), stdout=subprocess.PIPE,
                               stderr=err, text=True, timeout=60)
     done.stderr = err_path.read_text()
