@@ -264,7 +264,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
             abi = fuse_ops_abi()
             if abi is not None:
                 return _mount_fusebpf(policy_path, source, mountpoint, foreground, audit,
-                                      handler, abi, out, err)
+                                      handler, abi, out, err, owner_only)
             if mode == "fuse-bpf":
                 raise MountError(EXIT_ENV, "this kernel has no struct fuse_ops (fuse-bpf is not "
                                            "in mainline Linux); use --mode daemon (the default "
@@ -277,7 +277,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
 
 
 def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_spec, abi,
-                   out: TextIO, err: TextIO) -> int:
+                   out: TextIO, err: TextIO, owner_only: bool = False) -> int:
     """fuse-bpf: attach the policy's instances (or reuse them), mount with root_dir and
     root_bpf, and run a daemon only if the policy sends anything to userspace (spec §8)."""
     from . import libbpf, loader
@@ -296,7 +296,7 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
         loaded_here = True
     try:
         return _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit,
-                                     handler_spec, abi, out, err)
+                                     handler_spec, abi, out, err, owner_only)
     except BaseException:
         if loaded_here:  # a failed start leaves nothing behind, the instances included
             try:
@@ -307,7 +307,7 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
 
 
 def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handler_spec, abi,
-                          out: TextIO, err: TextIO) -> int:
+                          out: TextIO, err: TextIO, owner_only: bool = False) -> int:
     from . import libc
     from .fuse import fusebpf
     from .fuse.bpfserver import FuseBpfServer
@@ -325,7 +325,7 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
             raise
     options = fusebpf.mount_options(root_fd, root_bpf, channel.fd if channel else None,
                                     no_daemon=not p.needs_daemon,
-                                    uid=os.getuid(), gid=os.getgid())
+                                    uid=os.getuid(), gid=os.getgid(), shared=not owner_only)
     try:
         libc.mount(source, mountpoint, FSTYPE, libc.MS_NOSUID | libc.MS_NODEV, options)
     except OSError as e:

@@ -258,6 +258,9 @@ def test_mount_option_strings():
         "fd=4,rootmode=40000,user_id=0,group_id=0,root_dir=5,root_bpf=media_0,no_daemon"
     assert B.mount_options(5, "m", no_daemon=True) == \
         "rootmode=40000,user_id=0,group_id=0,root_dir=5,root_bpf=m,no_daemon"
+    assert B.mount_options(5, "m", dev_fd=4, shared=True) == \
+        "fd=4,rootmode=40000,user_id=0,group_id=0,root_dir=5,root_bpf=m," \
+        "allow_other,default_permissions"
     with pytest.raises(B.FuseBpfError):
         B.mount_options(5, "m")  # a daemon mount needs fd=
     with pytest.raises(B.FuseBpfError):

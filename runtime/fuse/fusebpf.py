@@ -69,8 +69,11 @@ def check_program_name(name: str) -> str:
 # --- mount options (§8) -------------------------------------------------------------------
 
 def mount_options(root_dir_fd: int, root_bpf: str, dev_fd: Optional[int] = None,
-                  no_daemon: bool = False, uid: int = 0, gid: int = 0) -> str:
-    """`fd=N,rootmode=40000,user_id=0,group_id=0,root_dir=FD,root_bpf=NAME[,no_daemon]`.
+                  no_daemon: bool = False, uid: int = 0, gid: int = 0,
+                  shared: bool = False) -> str:
+    """`fd=N,rootmode=40000,user_id=0,group_id=0,root_dir=FD,root_bpf=NAME[,no_daemon]`,
+    plus `allow_other,default_permissions` for a mount every user may use (the kernel
+    checks the backing tree's ownership and modes first, the programs decide on top).
 
     With no_daemon the kernel never sends INIT and ignores fd=, so it may be left out;
     without it fd= is mandatory."""
@@ -82,6 +85,8 @@ def mount_options(root_dir_fd: int, root_bpf: str, dev_fd: Optional[int] = None,
               f"root_dir={root_dir_fd}", f"root_bpf={root_bpf}"]
     if no_daemon:
         parts.append("no_daemon")
+    if shared:
+        parts.append("allow_other,default_permissions")
     return ",".join(parts)
 
 
