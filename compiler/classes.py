@@ -171,7 +171,7 @@ class _Patterns:
 class RawState:
     """A subset-construction state before minimisation (used by lint as well)."""
 
-    positions: frozenset
+    positions: tuple  # (sticky set id, the other positions): see build_raw
     accepted_terms: frozenset  # (rule index, term key) pairs that hold at the node
     literals: dict  # bytes -> state id
     globs: tuple
@@ -235,6 +235,14 @@ def realisable_masks(globs: tuple[Glob, ...]) -> dict[int, bytes]:
     return cached
 
 
+def _trailing_any(pattern: tuple) -> int:
+    """Where the run of `**` parts ending the pattern starts."""
+    k = len(pattern)
+    while k > 0 and pattern[k - 1] is ANY:
+        k -= 1
+    return k
+
+
 def build_raw(policy: Policy) -> list[RawState]:
     """The subset construction. State 0 is the root.
 
@@ -258,25 +266,50 @@ def build_raw(policy: Policy) -> list[RawState]:
             table = float_glob if isinstance(part, Glob) else float_literal
             table.setdefault(part, []).append((pid, k + 1))
 
-    ids: dict[frozenset, int] = {}
+    # Positions in a pattern's trailing `**` run ("sticky": an `under` rule's scope once
+    # its path has matched) stay in every state below the one that reached them. A state
+    # keeps them as an interned set, so a deep state under many overlapping rules neither
+    # scans nor copies them for each of its transitions.
+    sticky_all = frozenset(
+        (pid, k) for pid, pattern in enumerate(parts) if pattern and pattern[-1] is ANY
+        for k in range(_trailing_any(pattern), len(pattern) + 1)) - floating
+    sticky_ids: dict[frozenset, int] = {}
+    sticky_sets: list[frozenset] = []
+    sticky_accepted: list[frozenset] = []
+
+    def intern_sticky(sticky: frozenset) -> int:
+        n = sticky_ids.get(sticky)
+        if n is None:
+            n = sticky_ids[sticky] = len(sticky_sets)
+            sticky_sets.append(sticky)
+            sticky_accepted.append(frozenset(
+                pats.term_of[pid] for pid, k in sticky if k == len(parts[pid])))
+        return n
+
+    accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
+    ids: dict[tuple, int] = {}
     states: list[Optional[RawState]] = []
     queue: deque = deque()
 
-    def intern(positions: frozenset, example: bytes) -> int:
-        sid = ids.get(positions)
+    def intern(key: tuple, example: bytes) -> int:
+        sid = ids.get(key)
         if sid is None:
-            sid = ids[positions] = len(states)
+            sid = ids[key] = len(states)
             if sid >= MAX_STATES:
                 raise TooComplex(f"more than {MAX_STATES} classes")
             states.append(None)
-            queue.append((sid, positions, example))
+            queue.append((sid, key, example))
         return sid
 
-    intern(start - floating, b"/")
+    first = start - floating
+    intern((intern_sticky(first & sticky_all), first - sticky_all), b"/")
     while queue:
-        sid, positions, example = queue.popleft()
-        accepted = float_accepted | frozenset(
+        sid, key, example = queue.popleft()
+        sticky_id, positions = key
+        sticky = sticky_sets[sticky_id]
+        accepted = float_accepted | sticky_accepted[sticky_id] | frozenset(
             pats.term_of[pid] for pid, k in positions if k == len(parts[pid]))
+        accepted = accepted_sets.setdefault(accepted, accepted)
         base, by_literal, by_glob = set(), {}, {}
         for part, adv in float_literal.items():
             by_literal[part] = list(adv)
@@ -296,11 +329,19 @@ def build_raw(policy: Policy) -> list[RawState]:
         prefix = example.rstrip(b"/") + b"/"
 
         # closure(base | advanced) = closure(base) | closure(advanced): the base (positions
-        # at a `**`, many in a deep state under overlapping rules) is closed once per state.
+        # at a `**` other than the sticky ones, which stay anyway) is closed once per state.
         base_closed = _closure(base, parts, at_any) - floating
+        base_sticky = base_closed & sticky_all
+        base_rest = base_closed - base_sticky
+        base_sticky_id = intern_sticky(sticky | base_sticky) if base_sticky - sticky else sticky_id
 
         def target(advanced, name: bytes) -> int:
-            return intern(base_closed | (_closure(advanced, parts, at_any) - floating), prefix + name)
+            reached = _closure(advanced, parts, at_any) - floating
+            more = reached & sticky_all
+            n = base_sticky_id
+            if more and not more <= sticky_sets[n]:
+                n = intern_sticky(sticky_sets[n] | more)
+            return intern((n, base_rest | (reached - more)), prefix + name)
 
         literals = {}
         for lit in sorted(by_literal):
@@ -319,7 +360,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         default = masks.get(0)
         if default is None:
             default = target([], b"\x01other")
-        states[sid] = RawState(positions, accepted, literals, globs, masks, default, example)
+        states[sid] = RawState(key, accepted, literals, globs, masks, default, example)
     return states  # type: ignore[return-value]
 
 
