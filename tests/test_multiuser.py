@@ -543,6 +543,17 @@ CASES = {
         S("a", "write", "home-a/suid", data="z"),            # the owner: cleared too
         S("a", "stat", "home-a/suid"),
     ],
+    "setid-set-through-the-mount-then-written": [  # the bits were not there at lookup
+        S("a", "stat", "pub/a-open"),
+        S("a", "chmod", "pub/a-open", mode=0o6777),
+        S("b", "write", "pub/a-open", data="x"),
+        S("a", "chmod", "pub/a-file", mode=0o4755),
+        S("a", "write", "pub/a-file", data="y", append=True),
+        S("a", "create", "plain/new", mode=0o6777, flags=["O_WRONLY"], umask=0o000),
+        S("a", "write", "plain/new", data="z"),
+        S("b", "chmod", "shared/b-file", mode=0o2775),
+        S("a", "open", "shared/b-file", flags=["O_RDWR"], data="w"),
+    ],
     "setid-cleared-on-truncate": [
         S("b", "truncate", "home-a/open-suid", size=2),
         S("b", "stat", "home-a/open-suid"),
