@@ -1,10 +1,10 @@
 """`fpol mount` side by side with the backing directory and bindfs, in one run.
 
     sudo python3 benchmarks/mount_bench.py [--seconds 2] [--ops 5000] [--job-files 3000]
-        [--update-report benchmarks/REPORT.md]
+        [--rounds 3] [--update-report benchmarks/REPORT.md]
 
-One Python process runs each workload against four targets over the same backing directory
-(ext4): the directory itself (native); `fpol mount --cache auto` (the default: entries and
+One Python process runs each workload against four targets, mounted side by side over the
+same backing directory (ext4), in --rounds rounds (figures are medians): the directory itself (native); `fpol mount --cache auto` (the default: entries and
 attributes the policy proves safe are cached 1 s, allowed opens use kernel passthrough);
 `fpol mount --cache off`; and bindfs with its default options (`bindfs SRC MNT`, the Debian
 package; `make bench` installs it). The mount enforces POLICY below (one deny, one audit rule,
@@ -29,6 +29,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import stat as S
 import subprocess
 import sys
@@ -110,32 +111,38 @@ def counted(fn: Callable[[int], object], n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def measure(root: str, key: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
-    """Every workload against one target, rooted at `root` (the mount or the directory)."""
-    names = tree_names(root)
-    out: dict[str, float] = {}
-    i = [0]
+def w_stat(root: str, tag: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
+    names, i = tree_names(root), [0]
 
     def do_stat():
         os.stat(names[i[0] % len(names)])
         i[0] += 1
-    out["stat"] = rate(do_stat, seconds)
+    return {"stat": rate(do_stat, seconds)}
 
+
+def w_walk(root: str, tag: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
     tree, walked, start = os.path.join(root, "tree"), 0, time.perf_counter()
     while walked < MAX_CALLS:
         walked += walk_lstat(tree)
         if time.perf_counter() - start >= seconds:
             break
-    out["walk"] = walked / (time.perf_counter() - start)
+    return {"walk": walked / (time.perf_counter() - start)}
+
+
+def w_open_read(root: str, tag: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
+    names, i = tree_names(root), [0]
 
     def open_read_close():
         fd = os.open(names[i[0] % len(names)], os.O_RDONLY)
         os.read(fd, BLOCK)
         os.close(fd)
         i[0] += 1
-    out["open_read"] = rate(open_read_close, seconds)
+    return {"open_read": rate(open_read_close, seconds)}
 
-    scratch = os.path.join(root, f"scratch-{key}")
+
+def w_files(root: str, tag: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
+    """create + write + close, then rename, then unlink, `ops` files in one new directory."""
+    scratch = os.path.join(root, f"scratch-{tag}")
     os.mkdir(scratch)
     block = os.urandom(BLOCK)
 
@@ -143,14 +150,17 @@ def measure(root: str, key: str, seconds: float, ops: int, tarball: str) -> dict
         fd = os.open(os.path.join(scratch, f"c{n}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, block)
         os.close(fd)
-    out["create"] = counted(create, ops)
+    out = {"create": counted(create, ops)}
     out["rename"] = counted(lambda n: os.rename(os.path.join(scratch, f"c{n}"),
                                                 os.path.join(scratch, f"r{n}")), ops)
     out["unlink"] = counted(lambda n: os.unlink(os.path.join(scratch, f"r{n}")), ops)
     os.rmdir(scratch)
+    return out
 
+
+def w_io(root: str, tag: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
     fd = os.open(os.path.join(root, "big"), os.O_RDWR)
-    off = [0]
+    off, block = [0], os.urandom(BLOCK)
 
     def pread():
         os.pread(fd, BLOCK, off[0])
@@ -160,22 +170,31 @@ def measure(root: str, key: str, seconds: float, ops: int, tarball: str) -> dict
         os.pwrite(fd, block, off[0])
         off[0] = (off[0] + BLOCK) % BIG
     try:
-        out["pread"] = rate(pread, seconds)
+        out = {"pread": rate(pread, seconds)}
         off[0] = 0
         out["pwrite"] = rate(pwrite, seconds)
     finally:
         os.close(fd)
+    return out
 
-    job = os.path.join(root, f"job-{key}")
+
+def w_job(root: str, tag: str, seconds: float, ops: int, tarball: str) -> dict[str, float]:
+    """Extract the tarball with tar(1), then walk, lstat and read every file back."""
+    job = os.path.join(root, f"job-{tag}")
     os.mkdir(job)
+    out = {}
     start = time.perf_counter()
     subprocess.run(["tar", "-xf", tarball, "-C", job], check=True)
     out["job_extract"] = time.perf_counter() - start
     start = time.perf_counter()
-    out["job_entries"] = walk_lstat(job, read=True)
+    walk_lstat(job, read=True)
     out["job_read"] = time.perf_counter() - start
     out["job"] = out["job_extract"] + out["job_read"]
     return out
+
+
+# In this order, each workload against every target before the next workload.
+GROUPS = [w_stat, w_walk, w_open_read, w_files, w_io, w_job]
 
 
 def populate(src: str, work: str, job_files: int) -> str:
@@ -190,6 +209,11 @@ def populate(src: str, work: str, job_files: int) -> str:
     with open(os.path.join(src, "big"), "wb") as f:
         for _ in range(BIG // (1 << 20)):
             f.write(os.urandom(1 << 20))
+    return populate_job(work, job_files)
+
+
+def populate_job(work: str, job_files: int) -> str:
+    """The job's tarball: job_files files of 100 B - 8 KiB in 30 directories, in work."""
     rng = random.Random(15)
     files = os.path.join(work, "jobfiles")
     for n in range(job_files):
@@ -287,7 +311,9 @@ def table(rows: dict[str, dict[str, float]], notes: list[str], args) -> str:
     out = [HEADING, "", "Written by benchmarks/mount_bench.py (run by `make bench`): one run, each "
            "workload against the backing directory (native), `fpol mount` with the kernel "
            "cache on (`--cache auto`, the default) and off, and bindfs with default options.",
-           "", f"{args.seconds:g} s per rate, {args.ops:,} operations per count, "
+           "", f"Each figure is the median of {args.rounds} rounds; a round runs each workload "
+           "on every target in turn (all mounted at once over the same tree), starting the "
+           f"turn at another target each round. {args.seconds:g} s per rate, {args.ops:,} operations per count, "
            f"{DIRS * PER_DIR:,} files of 4 KiB in {DIRS} directories, a 64 MiB file for "
            f"pread/pwrite; kernel {os.uname().release}, {os.cpu_count()} CPUs (load average "
            f"{os.getloadavg()[0]:.1f} at the end: the machine is shared). Policy: "
@@ -347,6 +373,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", type=int, default=5000,
                     help="creates, renames and unlinks per target (default 5000)")
     ap.add_argument("--job-files", type=int, default=3000, help="files in the job's tarball")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of every workload on every target; figures are medians")
     ap.add_argument("--targets", default=",".join(k for k, _ in TARGETS),
                     help="comma-separated subset of native,auto,off,bindfs")
     ap.add_argument("--update-report", metavar="REPORT.md",
@@ -364,8 +392,8 @@ def main(argv=None) -> int:
     # SIGTERM unwinds like ^C, so the finally below unmounts.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="fpol-mount-bench-")
-    mounts: list[tuple[str, str]] = []
-    rows: dict[str, dict[str, float]] = {}
+    mounts: list[tuple[str, str, Optional[int]]] = []
+    samples: dict[str, dict[str, list[float]]] = {}
     notes: list[str] = []
     failed = False
     try:
@@ -375,34 +403,53 @@ def main(argv=None) -> int:
         policy = os.path.join(work, "bench.fpol")
         with open(policy, "w") as f:
             f.write(POLICY)
-        for key, name in TARGETS:
+        roots = {}
+        for key, name in TARGETS:  # every target mounted side by side, over the same tree
             if key not in wanted:
                 continue
-            print(f"mount_bench: {name} ...", file=sys.stderr)
             if key == "native":
-                rows[key] = measure(src, key, args.seconds, args.ops, tarball)
+                roots[key] = src
                 continue
             mnt = os.path.join(work, f"mnt-{key}")
             os.mkdir(mnt)
-            mounts.append((key, mnt))
             pid, said = mount(key, policy, src, mnt, os.path.join(work, f"{key}.log"))
+            mounts.append((key, mnt, pid))
+            roots[key] = mnt
             notes.append(f"{name}: {said}")
-            try:
-                rows[key] = measure(mnt, key, args.seconds, args.ops, tarball)
-            except Exception as e:
-                failed = True
-                notes.append(f"{name}: FAILED during the workloads: {e!r}")
-            finally:
-                unmount(key, mnt)
-                wait_gone(pid)
+        order = list(roots)
+        for r in range(args.rounds):
+            for group in GROUPS:
+                # each round starts the rotation at another target: no target is always first
+                for key in order[r % len(order):] + order[:r % len(order)]:
+                    if key not in roots:
+                        continue  # failed earlier
+                    print(f"mount_bench: round {r + 1}, {group.__name__[2:]}, {key}",
+                          file=sys.stderr)
+                    try:
+                        got = group(roots[key], f"{key}-{r}", args.seconds, args.ops, tarball)
+                    except Exception as e:
+                        failed = True
+                        notes.append(f"{dict(TARGETS)[key]}: FAILED in {group.__name__[2:]}: "
+                                     f"{e!r}; left out from then on")
+                        del roots[key]
+                        continue
+                    for figure, value in got.items():
+                        samples.setdefault(key, {}).setdefault(figure, []).append(value)
+                # what the workloads left on the backing tree goes, outside every mount
+                for name in os.listdir(src):
+                    if name.startswith(("job-", "scratch-")):
+                        shutil.rmtree(os.path.join(src, name), ignore_errors=True)
     finally:
-        for key, mnt in mounts:
+        for key, mnt, pid in mounts:
             unmount(key, mnt)
-        left = [mnt for _, mnt in mounts if is_mounted(mnt)]
+            wait_gone(pid)
+        left = [mnt for _, mnt, _ in mounts if is_mounted(mnt)]
         if left:  # never remove files through a mount
             print(f"mount_bench: still mounted, {work} left in place: {left}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+    rows = {key: {figure: statistics.median(values) for figure, values in figures.items()}
+            for key, figures in samples.items()}
     if "native" not in rows:
         print("mount_bench: the native run is needed for the ratios", file=sys.stderr)
         return 2
