@@ -558,6 +558,8 @@ def _serve(server, mountpoint: str, dev: str, err: TextIO, control=None) -> int:
     terminated = False
     if control is not None:
         control.start()
+    from .sdnotify import notify
+    notify("READY=1")  # systemd (Type=notify): mounted, and SIGTERM now unmounts cleanly
     try:
         server.serve()
     except _Terminated:
