@@ -639,6 +639,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="python: the reference evaluator (default); kernel: the check programs")
     t.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     t.set_defaults(func=cmd_test)
+
+    from fpol import completion
+
+    cm = sub.add_parser("completion", help="print a shell completion script (bash, zsh, fish)",
+                        description="Print a completion script for SHELL, generated from this "
+                                    "command line: `source <(fpol completion bash)`, or install "
+                                    "it where the shell looks (docs/cli.md).")
+    completion.add_arguments(cm)
+    cm.set_defaults(func=completion.run_command)
+
+    def run_lsp(args):
+        from fpol.lsp import run_command  # pygls and lsprotocol: the `lsp` extra
+
+        return run_command(args)
+
+    ls = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors",
+                        description="Serve the Language Server Protocol on standard input and "
+                                    "output: diagnostics as you type, hover, completion, "
+                                    "formatting and quick fixes for .fpol files. Editors start "
+                                    "it; it needs fpol[lsp] (pygls).")
+    ls.add_argument("--stdio", action="store_true",
+                    help="talk over standard input and output (the default and only transport; "
+                         "accepted because editors pass it)")
+    ls.set_defaults(func=run_lsp)
     return p
 
 
