@@ -164,7 +164,10 @@ class _Patterns:
     """Every pattern of every term, flattened: pattern id -> parts, term of each pattern."""
 
     parts: list[tuple] = field(default_factory=list)
-    term_of: list[tuple[int, int]] = field(default_factory=list)  # (rule index, term key)
+    # The (rule index, term key) pairs each pattern belongs to: equal patterns of many
+    # rules (the same `named` glob, the same `under` path) are one pattern, so they are
+    # one position in a state instead of one per rule.
+    terms_of: list[frozenset] = field(default_factory=list)
 
 
 @dataclass
@@ -191,12 +194,20 @@ def _fold_part(part, fold: bool):
 def _collect(policy: Policy) -> _Patterns:
     pats = _Patterns()
     fold = policy.case_insensitive
+    index: dict[tuple, int] = {}
+    terms: list[list] = []
     for r in policy.rules:
         for key, term in [(("t", i), t) for i, t in enumerate(r.terms)] + \
                          [(("x", i), t) for i, t in enumerate(r.excepts)]:
             for pattern in term.patterns:
-                pats.parts.append(tuple(_fold_part(p, fold) for p in pattern))
-                pats.term_of.append((r.index, key))
+                folded = tuple(_fold_part(p, fold) for p in pattern)
+                pid = index.get(folded)
+                if pid is None:
+                    pid = index[folded] = len(pats.parts)
+                    pats.parts.append(folded)
+                    terms.append([])
+                terms[pid].append((r.index, key))
+    pats.terms_of = [frozenset(t) for t in terms]
     return pats
 
 
@@ -257,7 +268,8 @@ def build_raw(policy: Policy) -> list[RawState]:
     start = _closure({(pid, 0) for pid in range(len(parts))}, parts, at_any)
     floating = frozenset((pid, k) for pid, k in start
                          if parts[pid] and parts[pid][0] is ANY and all(p is ANY for p in parts[pid][:k]))
-    float_accepted = frozenset(pats.term_of[pid] for pid, k in floating if k == len(parts[pid]))
+    float_accepted = frozenset().union(*(pats.terms_of[pid] for pid, k in floating
+                                         if k == len(parts[pid])))
     float_literal: dict = {}
     float_glob: dict = {}
     for pid, k in floating:
@@ -282,8 +294,8 @@ def build_raw(policy: Policy) -> list[RawState]:
         if n is None:
             n = sticky_ids[sticky] = len(sticky_sets)
             sticky_sets.append(sticky)
-            sticky_accepted.append(frozenset(
-                pats.term_of[pid] for pid, k in sticky if k == len(parts[pid])))
+            sticky_accepted.append(frozenset().union(
+                *(pats.terms_of[pid] for pid, k in sticky if k == len(parts[pid]))))
         return n
 
     accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
@@ -307,8 +319,8 @@ def build_raw(policy: Policy) -> list[RawState]:
         sid, key, example = queue.popleft()
         sticky_id, positions = key
         sticky = sticky_sets[sticky_id]
-        accepted = float_accepted | sticky_accepted[sticky_id] | frozenset(
-            pats.term_of[pid] for pid, k in positions if k == len(parts[pid]))
+        accepted = float_accepted.union(sticky_accepted[sticky_id], *(
+            pats.terms_of[pid] for pid, k in positions if k == len(parts[pid])))
         accepted = accepted_sets.setdefault(accepted, accepted)
         base, by_literal, by_glob = set(), {}, {}
         for part, adv in float_literal.items():

@@ -133,7 +133,10 @@ def reloader(server, mountpoint: str, log: Callable[[str], None]) -> Callable[[s
             return {"ok": False, "message": f"cannot read {path}: {e.strerror}; the old "
                                             "policy stays"}
         checked = check(data, path)
+        metrics = server.metrics
         if not checked.ok:
+            if metrics is not None:
+                metrics.reloads.labels("refused").inc()
             text = render_text(checked.diagnostics,
                                {checked.source.file: list(checked.source.lines)})
             return {"ok": False, "message": f"{path}: policy has errors; the old policy "
@@ -142,6 +145,9 @@ def reloader(server, mountpoint: str, log: Callable[[str], None]) -> Callable[[s
         with server.lock:
             old = server.enf.view
             server.swap(view)
+        if metrics is not None:
+            metrics.reloads.labels("ok").inc()
+            metrics.set_policy(view.name, checked.digest, os.path.abspath(path))
         _record_reload(mountpoint, checked, path)
         message = (f"{mountpoint}: policy {old.name} ({old.sha256 or '?'}) replaced by "
                    f"{view.name} ({checked.digest}, {len(view)} classes); the kernel's "

@@ -195,6 +195,14 @@ class Enforcer:
         self.audit = audit
         self.handler = handler
         self.handler_name = handler_name if handler else "default"
+        # (decision, rule) of the last request run, for metrics; the server resets it
+        self.last: Optional[tuple[Decision, Optional[int]]] = None
+
+    def rule_label(self, rule: Optional[int]) -> str:
+        """FILE:LINE of a rule (metrics labels), or `default`."""
+        if rule is None:
+            return "default"
+        return f"{self.policy.file}:{self.policy.rules[rule].line}"
 
     def swap(self, view: PolicyView) -> None:
         self.view = view
@@ -251,11 +259,13 @@ class Enforcer:
         `rule` overrides the rule named in the log (the escaped source rule of an EXDEV);
         `exdev` says a complained decision was a "no gain by moving" refusal."""
         if d.kind == ALLOW and not d.audit and not d.complained:
+            self.last = (d, None)
             return perform()  # the common case, kept short
         noted = d.audit or d.complained or d.kind == USERSPACE
         ev = (event() if callable(event) else event) if noted or d.kind == DENY else None
         if rule is None:
             rule = d.rules[0] if d.rules else None
+        self.last = (d, rule)
         audit_rule = d.audit_rules[0] if d.audit_rules else rule
         if d.kind == DENY:
             err = errno_number(d.errno or "EACCES")

@@ -28,6 +28,7 @@ import os
 import stat
 import sys
 import threading
+import time
 import traceback
 from collections import Counter
 from typing import Callable, Optional
@@ -45,6 +46,7 @@ from .inodes import Handle, HandleTable, InodeTable, Node, proc_path
 
 NO_REPLY = object()
 Op = P.Opcode
+_OP_NAMES = {op.value: op.name.lower() for op in Op}
 
 # Flags of FUSE_OPEN / FUSE_CREATE that are the kernel's business, not the backing open's.
 _DROP_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | langops.FMODE_EXEC
@@ -70,6 +72,7 @@ class FuseServer:
         # Held while a request is decided and performed: a reload swaps the policy
         # between two requests, never during one.
         self.lock = threading.Lock()
+        self.metrics = None  # a metrics.Metrics when `--metrics` asks for them
         self.inodes = InodeTable(root_fd, enforcer.root_class)
         self.handles = HandleTable()
         self.want_passthrough = passthrough
@@ -126,6 +129,27 @@ class FuseServer:
             self.inodes.close_all()
 
     def dispatch(self, req: Request) -> None:
+        if self.metrics is None:
+            return self._dispatch(req)
+        self.enf.last = None
+        start = time.perf_counter()
+        try:
+            self._dispatch(req)
+        finally:
+            self._observe(req.opcode, time.perf_counter() - start)
+
+    def _observe(self, opcode: int, seconds: float) -> None:
+        m, op = self.metrics, _OP_NAMES.get(opcode, str(opcode))
+        m.latency.labels(op).observe(seconds)
+        if self.enf.last is None:
+            m.requests.labels(op, "none").inc()
+            return
+        d, rule = self.enf.last
+        m.requests.labels(op, d.kind).inc()
+        if d.kind == DENY:
+            m.denials.labels(self.enf.rule_label(rule)).inc()
+
+    def _dispatch(self, req: Request) -> None:
         self.stats["requests"] += 1
         self.stats[req.opcode] += 1
         handler = self.handlers.get(req.opcode)
@@ -163,6 +187,8 @@ class FuseServer:
 
     def _entry_out(self, node: Node, st) -> bytes:
         entry, attr = self.ttls[node.cls]
+        if self.metrics is not None:
+            self.metrics.entries.labels("yes" if entry else "no").inc()
         return P.entry_out(node.nodeid, st, entry_valid=entry, attr_valid=self._attr_ttl(attr, st))
 
     def _attr_out(self, node: Node, st) -> bytes:
@@ -186,6 +212,7 @@ class FuseServer:
             new_entry, new_attr = self.ttls[node.cls]
             if attr > new_attr:
                 self.ch.notify(P.inval_attributes(node.nodeid))
+                self._count_invalidation("attributes")
             if entry > new_entry:
                 entries.append(node)
         if entries:
@@ -195,8 +222,9 @@ class FuseServer:
         if self.epoch:
             # One lock-free message: every dentry is looked up again on its next use.
             self.ch.notify(P.inc_epoch())
-            self.stats["epochs"] += 1
+            self._count_invalidation("epoch")
             return
+        self._count_invalidation("entries", len(nodes))
         # Older kernels: one INVAL_ENTRY per name. The kernel takes the parent's lock for
         # it, which a request waiting on this thread may hold: sent from another thread.
         messages = [P.inval_entry(n.parent.nodeid, n.name) for n in nodes
@@ -213,7 +241,13 @@ class FuseServer:
         if self.cache_seconds:
             for node in nodes:
                 self.ch.notify(P.inval_attributes(node.nodeid))
+            self._count_invalidation("attributes", len(nodes))
             self._drop_entries([n for n in nodes if not n.is_root])
+
+    def _count_invalidation(self, kind: str, n: int = 1) -> None:
+        self.stats[f"invalidated {kind}"] += n
+        if self.metrics is not None:
+            self.metrics.invalidations.labels(kind).inc(n)
 
     # --- helpers -----------------------------------------------------------------------------
 
