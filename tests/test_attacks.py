@@ -926,8 +926,14 @@ class Mounts:
         policy = base / "policy.fpol"
         policy.write_text(af.policy_text, encoding="utf-8")
         (base / "src").mkdir()
-        m = Mount(policy, base / "src", base / "mnt", base / "audit.log",
-                  extra_args=("--cache", cache)).start()
+        try:
+            m = Mount(policy, base / "src", base / "mnt", base / "audit.log",
+                      extra_args=("--cache", cache)).start()
+        except BaseException:
+            if self.tmp is not None:  # a mount that never came up leaves no directory
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
+            raise
         self.current = (key, m)
         return m
 
