@@ -249,7 +249,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
           audit: Optional[str] = None, handler: Optional[str] = None,
           passthrough: bool = True, out: TextIO = None, err: TextIO = None,
           mode: str = "auto", owner_only: bool = False, log: Optional[str] = None,
-          cache: str = "auto") -> int:
+          cache: str = "auto", metrics: Optional[str] = None) -> int:
     """Mount and serve (see the module docstring). Returns the exit code; in background mode
     the caller gets 0 after the daemon is ready, and the daemon never returns here.
 
@@ -270,7 +270,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
                                            "in mainline Linux); use --mode daemon (the default "
                                            "here) to enforce the policy in the daemon")
         return _mount(policy_path, source, mountpoint, foreground, audit, handler,
-                      passthrough, out, err, owner_only, log, cache_seconds(cache))
+                      passthrough, out, err, owner_only, log, cache_seconds(cache), metrics)
     except MountError as e:
         print(f"fpol mount: {e.message}", file=err)
         return e.code
@@ -376,7 +376,8 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
 
 def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, passthrough,
            out: TextIO, err: TextIO, owner_only: bool = False,
-           log: Optional[str] = None, cache: float = 0.0) -> int:
+           log: Optional[str] = None, cache: float = 0.0,
+           metrics_address: Optional[str] = None) -> int:
     from . import libc
     from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
     from .fuse.server import FuseServer
@@ -388,6 +389,7 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         handler = load_handler(handler_spec) if handler_spec else None
     except HandlerError as e:
         raise MountError(EXIT_USAGE, str(e)) from None
+    metrics, metrics_where = _metrics(metrics_address, checked)
     # The daemon's messages go to the caller's stderr in the foreground, to its own log
     # file in the background (or wherever --log says).
     log = log or (None if foreground else default_log(mountpoint))
@@ -418,6 +420,7 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
     dev = _dev_of(mountpoint)
     server = FuseServer(channel, root_fd, enforcer, passthrough=passthrough,
                         log=lambda msg: _say(log_stream, msg), cache_seconds=cache)
+    server.metrics = metrics
     try:
         negotiated = server.handshake()
     except BaseException as e:
@@ -434,7 +437,8 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
                f"{len(checked.classes.classes)} classes, mode {p.mode}); FUSE "
                f"{negotiated.major}.{negotiated.minor}; passthrough {negotiated.note}; "
                + ("owner only (root)" if owner_only else "every user, Unix permissions first")
-               + f"; kernel cache {describe_cache(cache)}")
+               + f"; kernel cache {describe_cache(cache)}"
+               + (f"; metrics on http://{metrics_where}/metrics" if metrics_where else ""))
     if foreground:  # recorded before it says it is ready (a test may stop it at once)
         _record_mount(checked, source, mountpoint, dev, "daemon", os.getpid(), err, log,
                       describe_cache(cache))
@@ -453,6 +457,26 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         # the daemon never returns to the caller
         os._exit(_daemon(server, mountpoint, dev, log_stream, control))
     return _serve(server, mountpoint, dev, log_stream, control)
+
+
+def _metrics(address: Optional[str], checked):
+    """The mount's metrics, bound (not yet served) on `address`, or (None, None)."""
+    if not address:
+        return None, None
+    from .fuse.metrics import Metrics, MetricsUnavailable
+
+    try:
+        metrics = Metrics()
+        host, port = metrics.bind(address)
+    except MetricsUnavailable as e:
+        raise MountError(EXIT_ENV, f"{e}; nothing mounted") from None
+    except ValueError as e:
+        raise MountError(EXIT_USAGE, f"{e}; nothing mounted") from None
+    except OSError as e:
+        raise MountError(EXIT_USAGE, f"--metrics {address}: cannot listen there "
+                                     f"({e.strerror}); nothing mounted") from None
+    metrics.set_policy(checked.policy.name, checked.digest, os.path.abspath(checked.source.file))
+    return metrics, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
 
 def _control(server, mountpoint: str, log_stream: TextIO):
@@ -558,6 +582,8 @@ def _serve(server, mountpoint: str, dev: str, err: TextIO, control=None) -> int:
     terminated = False
     if control is not None:
         control.start()
+    if getattr(server, "metrics", None) is not None:
+        server.metrics.start()
     from .sdnotify import notify
     notify("READY=1")  # systemd (Type=notify): mounted, and SIGTERM now unmounts cleanly
     try:
@@ -835,6 +861,11 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                         "proves safe to cache (plain-allow lookup and getattr): auto "
                         f"({DEFAULT_CACHE_SECONDS:g} s, the default), off, or seconds. Changes "
                         "made to SOURCE outside the mount show within that time")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (requests by op and decision, "
+                        "denials by rule, latency, reloads; needs prometheus_client). Use a "
+                        "loopback address such as 127.0.0.1:9464 unless it must be reached "
+                        "from elsewhere")
     p.add_argument("--log", metavar="FILE",
                    help="where the daemon writes its messages, and audit events without "
                         "--audit (default: standard error in the foreground, "
@@ -859,7 +890,7 @@ def run_mount_command(args) -> int:
                  args.handler, getattr(args, "passthrough", True),
                  mode=getattr(args, "mode", "auto"),
                  owner_only=getattr(args, "owner_only", False), log=getattr(args, "log", None),
-                 cache=getattr(args, "cache", "auto"))
+                 cache=getattr(args, "cache", "auto"), metrics=getattr(args, "metrics", None))
 
 
 def run_umount_command(args) -> int:
