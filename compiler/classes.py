@@ -42,6 +42,9 @@ class Class:
 
     def __post_init__(self):
         object.__setattr__(self, "_by_name", dict(self.literals))
+        # Some names no literal lists, by the class they lead to: lowering asks the same
+        # few names (one per glob combination) again and again.
+        object.__setattr__(self, "_by_other", {})
 
     def decision(self, atom: str) -> Decision:
         return self.table[ATOM_INDEX[atom]]
@@ -51,14 +54,18 @@ class Class:
         target = self._by_name.get(key)
         if target is not None:
             return target
-        mask = 0
-        for i, g in enumerate(self.globs):
-            if g.matches(key, False):
-                mask |= 1 << i
-        for m, target in self.masks:
-            if m == mask:
-                return target
-        return self.default
+        if not self.globs:
+            return self.default
+        target = self._by_other.get(key)
+        if target is None:
+            mask = 0
+            for i, g in enumerate(self.globs):
+                if g.matches(key, False):
+                    mask |= 1 << i
+            target = dict(self.masks).get(mask, self.default)
+            if len(self._by_other) < 256:  # bounded: a running daemon asks any name
+                self._by_other[key] = target
+        return target
 
 
 ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
@@ -376,7 +383,7 @@ def build_raw(policy: Policy) -> list[RawState]:
     return states  # type: ignore[return-value]
 
 
-_shape_cache: dict[int, tuple[Policy, tuple[int, ...], list, dict]] = {}
+_shape_cache: dict[int, tuple] = {}
 
 
 def _shapes(policy: Policy):
@@ -389,24 +396,28 @@ def _shapes(policy: Policy):
         shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
                    frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
                   for r in policy.rules]
+        # Rules of one scope term and no except: they match where that term holds.
+        simple = frozenset((r.index, ("t", 0)) for r in policy.rules
+                           if len(r.terms) == 1 and not r.excepts)
         hit = _shape_cache[id(policy)] = (
-            policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {})
+            policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {}, simple)
     return hit
 
 
 def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
     """The rules whose every scope term holds and no except term holds. Only rules
     with a term among `accepted` (or with no scope at all) can match."""
-    _, unscoped, shapes, memo = _shapes(policy)
+    _, unscoped, shapes, memo, simple = _shapes(policy)
     out = memo.get(accepted)
     if out is None:
-        candidates = {ri for ri, key in accepted if key[0] == "t"}
+        found = [ri for ri, _ in accepted & simple]
+        candidates = {ri for ri, key in accepted - simple if key[0] == "t"}
         candidates.update(unscoped)
-        out = []
-        for ri in sorted(candidates):
+        for ri in candidates:
             need, excl = shapes[ri]
             if need <= accepted and accepted.isdisjoint(excl):
-                out.append(policy.rules[ri])
+                found.append(ri)
+        out = [policy.rules[ri] for ri in sorted(found)]
         memo[accepted] = out
     return list(out)
 
