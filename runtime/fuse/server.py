@@ -346,11 +346,22 @@ class FuseServer:
             self._kill_privs(node)  # asked of the filesystem itself: the daemon's rights
         with self._as(req):
             self._change_attributes(node, a, handle)
-        return self._attr_out(node, os.stat(node.fd))
+        st = os.stat(node.fd)
+        node.mode = st.st_mode  # the I/O mode of later opens depends on set-id bits
+        return self._attr_out(node, st)
+
+    # A SETATTR that changes nothing is chown(f, -1, -1): the kernel sends no flag for it
+    # (ctime is the filesystem's business) and, under HANDLE_KILLPRIV_V2, leaves clearing
+    # the set-id bits (or refusing to, for a caller who may not chmod) to the filesystem.
+    _CHANGES = (P.FATTR_MODE | P.FATTR_UID | P.FATTR_GID | P.FATTR_SIZE | P.FATTR_ATIME
+                | P.FATTR_MTIME | P.FATTR_ATIME_NOW | P.FATTR_MTIME_NOW | P.FATTR_CTIME)
 
     def _change_attributes(self, node: Node, a, handle: Optional[Handle]) -> None:
         v = a.valid
         target, follow = self._target(node)
+        if not v & self._CHANGES:
+            os.chown(target, -1, -1, follow_symlinks=follow)  # as the backing fs does it
+            return
         if v & P.FATTR_MODE:
             if node.is_symlink:
                 raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
@@ -588,6 +599,9 @@ class FuseServer:
                 raise OSError(errno.ELOOP if node.is_symlink else errno.EINVAL, "not a file")
             with self._as(req):
                 fd = os.open(proc_path(node.fd), (flags & ~_DROP_OPEN_FLAGS) | os.O_CLOEXEC)
+            # The mode as it is now (a chmod through another name, or behind the mount,
+            # may have added set-id bits): it decides whether writes may bypass the daemon.
+            node.mode = os.fstat(fd).st_mode
             if a.open_flags & P.FUSE_OPEN_KILL_SUIDGID:  # O_TRUNC by an unprivileged caller
                 try:
                     self._kill_privs(node)
