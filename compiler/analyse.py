@@ -8,6 +8,7 @@ daemon-less mounts). Warnings that need the class tree live in compiler/lint.py.
 from __future__ import annotations
 
 import errno as errno_module
+import itertools
 import os
 import re
 from typing import Optional
@@ -15,7 +16,7 @@ from typing import Optional
 from . import ast, ops
 from .diagnostics import Reporter, did_you_mean
 from .fmt import render_rule, render_scope
-from .paths import ANY, PathProblem, glob_patterns, name_patterns, normalise_path
+from .paths import ANY, PathProblem, glob_patterns, name_patterns, normalise_path, render_path
 from .policy import Default, Policy, Rule, Term, pattern_specificity
 
 ABIS = ("v3", "v4")
@@ -48,17 +49,30 @@ AFTER_SUPPORTED = frozenset({"lookup", "getattr", "setattr", "open", "opendir", 
                              "listxattr", "statfs", "readdir"})
 
 
-def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False) -> Policy:
-    """Resolve the tree. Problems go to the reporter; the Policy returned is valid
-    only if the reporter has no errors."""
+def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
+            included: tuple[ast.PolicyFile, ...] = (),
+            statements: Optional[list[tuple[str, ast.Statement]]] = None) -> Policy:
+    """Resolve the tree (and the trees of the files it includes, compiler/include.py;
+    `statements` is every file's statements in the order rules are numbered, an included
+    file's in place of its include). Problems go to the reporter; the Policy returned is
+    valid only if the reporter has no errors."""
     headers = _headers(tree, reporter)
     default = _default(tree, reporter, no_daemon)
+    for sub in included:
+        _headers_in_include(sub, reporter.for_file(sub.file))
+    trees = (tree,) + tuple(included)
+    defs = _definitions(trees, reporter)
     rules = []
-    for st in tree.statements:
+    if statements is None:
+        statements = [(t.file, st) for t in trees for st in t.statements]
+    for file, st in statements:
         if isinstance(st, ast.Rule):
-            rule = _rule(st, len(rules), reporter, no_daemon)
-            if rule is not None:
-                rules.append(rule)
+            here = reporter.for_file(file)
+            for concrete in _expand(st, defs, here):
+                rule = _rule(concrete, len(rules), here, no_daemon)
+                if rule is not None:
+                    rules.append(rule)
+    defs.report_unused()
     _duplicates(rules, reporter)
     return Policy(
         file=tree.file,
@@ -69,6 +83,162 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False) -
         case_insensitive=headers.get("names") == "case-insensitive",
         rules=tuple(rules),
     )
+
+
+def _headers_in_include(tree: ast.PolicyFile, reporter: Reporter) -> None:
+    for st in tree.statements:
+        if isinstance(st, (ast.Header, ast.Default)):
+            keyword = st.keyword if isinstance(st, ast.Header) else "default"
+            reporter.add("FP032", f"`{keyword}` belongs to the top file of a policy, not to an "
+                         "included file", st.span,
+                         f"move `{keyword}` into the file that includes this one")
+
+
+# --- definitions (LANGUAGE.md §7) ------------------------------------------------------
+
+class _Definitions:
+    """Every `define` of every file of the policy: one namespace, order-free."""
+
+    def __init__(self):
+        self.where: dict[str, tuple[ast.Define, Reporter]] = {}
+        self.values: dict[str, Optional[tuple[bytes, ...]]] = {}
+        self.used: set[str] = set()
+        self.misspelt = False  # some `$NAME` was undefined: "never used" would be noise
+
+    def resolve(self, name: str, stack: tuple[str, ...] = ()) -> Optional[tuple[bytes, ...]]:
+        """The values of a name, definitions within definitions substituted (None: broken)."""
+        if name in self.values:
+            return self.values[name]
+        st, reporter = self.where[name]
+        if name in stack:
+            return None
+        out: list[bytes] = []
+        ok = True
+        for lit in st.values:
+            ref = lit.ref
+            if ref is None:
+                out.append(lit.value)
+                continue
+            inner, rest = ref
+            if inner in self.where:
+                self.used.add(inner)
+            if inner == name or inner in stack:
+                chain = " -> ".join(stack[stack.index(inner):] + (name, inner)) if inner in stack \
+                    else f"{name} -> {name}"
+                reporter.add("FP035", f"definition cycle: {chain}", lit.span,
+                             "a definition cannot refer to itself, directly or through others")
+                ok = False
+                continue
+            if inner not in self.where:
+                self.undefined(inner, lit, reporter)
+                ok = False
+                continue
+            self.used.add(inner)
+            values = self.resolve(inner, stack + (name,))
+            if values is None:
+                ok = False
+                continue
+            out.extend(v + rest for v in values)
+        result = tuple(dict.fromkeys(out)) if ok else None
+        self.values[name] = result
+        return result
+
+    def undefined(self, name: str, lit: ast.PathLit, reporter: Reporter) -> None:
+        self.misspelt = True
+        if not name:
+            reporter.add("FP035", "`$` must be followed by a defined name", lit.span,
+                         "write `$NAME` with a name defined by `define NAME = PATH`, or "
+                         "\\x24 in a quoted path for a literal `$`")
+            return
+        hint = did_you_mean(name, self.where) or (
+            f"define it: `define {name} = /some/path`" if not self.where
+            else "defined names: " + ", ".join(f"`{n}`" for n in sorted(self.where)[:8]))
+        reporter.add("FP033", f"undefined name `${name}`", lit.span, hint)
+
+    def report_unused(self) -> None:
+        if self.misspelt:
+            return
+        for name, (st, reporter) in sorted(self.where.items()):
+            if name not in self.used and self.values.get(name) is not None:
+                reporter.add("FP108", f"`{name}` is defined but never used", st.name.span,
+                             f"use it as `${name}/...` at the start of a path, or delete it")
+
+
+_DEF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _definitions(trees: tuple[ast.PolicyFile, ...], reporter: Reporter) -> _Definitions:
+    defs = _Definitions()
+    for t in trees:
+        here = reporter.for_file(t.file)
+        for st in t.statements:
+            if not isinstance(st, ast.Define):
+                continue
+            name = st.name.text
+            if not _DEF_NAME.fullmatch(name):
+                fixed = re.sub(r"[^A-Za-z0-9_]", "_", name)
+                if fixed[0].isdigit():
+                    fixed = "_" + fixed
+                here.add("FP035", f"`{name}` is not a valid name", st.name.span,
+                         f"names are letters, digits and `_`, not starting with a digit: "
+                         f"try `{fixed}`")
+                continue
+            if name in defs.where:
+                first, first_reporter = defs.where[name]
+                related = (("first defined here", first.span, first_reporter.file),)
+                here.add("FP034", f"`{name}` is defined more than once", st.name.span,
+                         "keep one `define`; list every value in it: "
+                         f"`define {name} = PATH, PATH`", related=related)
+                continue
+            defs.where[name] = (st, here)
+    for name in list(defs.where):
+        defs.resolve(name)
+    return defs
+
+
+def _expand(st: ast.Rule, defs: _Definitions, reporter: Reporter) -> list[ast.Rule]:
+    """A rule with `$NAME` paths as the rules it stands for: each scope using a definition
+    with k values makes k rules (alternatives); in `except`, k excepted scopes."""
+    if not any(s.path.ref is not None for s in st.scopes) and \
+            not any(s.path.ref is not None for c in st.excepts for s in c):
+        return [st]
+    ok = True
+
+    def values(scope: ast.Scope) -> list[ast.Scope]:
+        nonlocal ok
+        ref = scope.path.ref
+        if ref is None:
+            return [scope]
+        name, rest = ref
+        if name not in defs.where:
+            defs.undefined(name, scope.path, reporter)
+            ok = False
+            return []
+        defs.used.add(name)
+        vals = defs.resolve(name)
+        if vals is None:
+            ok = False
+            return []
+        out = []
+        for v in vals:
+            value = v + rest
+            lit = ast.PathLit(render_path(value, force_quotes=True), value, True, scope.path.span)
+            out.append(ast.Scope(scope.kind, lit, scope.span))
+        return out
+
+    alternatives = [values(s) for s in st.scopes]
+    excepts = tuple(tuple(x for s in clause for x in values(s)) for clause in st.excepts)
+    if not ok:
+        return []
+    out: list[ast.Rule] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*alternatives):
+        rule = ast.Rule(st.action, st.ops, st.target, tuple(combo), excepts, st.errnos, st.span)
+        text = render_rule(rule)
+        if text not in seen:  # `define d = /a, /a`: one rule
+            seen.add(text)
+            out.append(rule)
+    return out
 
 
 def default_policy_name(file: str) -> str:
@@ -196,7 +366,8 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
     # The parser may already have found errors in this statement (a bad string
     # escape, a bad byte): then the rule is not what was meant, and building it
     # would only add noise such as a false duplicate-rule warning.
-    parse_errors = any(d.is_error and st.span.line <= d.span.line <= st.span.end_line
+    parse_errors = any(d.is_error and d.file == reporter.file
+                       and st.span.line <= d.span.line <= st.span.end_line
                        for d in reporter.items)
     action = st.action.text
     atoms = _atoms(st.ops, reporter)
@@ -250,6 +421,7 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
     terms = _essential(terms)
     return Rule(
         index=index, line=st.span.line, span=st.span, text=_canonical_text(st, terms, errno),
+        file=reporter.file,
         action=action,
         atoms=atoms, mode=mode, errno=errno, terms=tuple(terms), excepts=tuple(excepts),
         specificity=sum(t.specificity for t in terms),
@@ -303,7 +475,9 @@ def _duplicates(rules: list[Rule], reporter: Reporter) -> None:
     for r in rules:
         if r.text in first:
             other = first[r.text]
-            reporter.add("FP104", f"duplicate of the rule on line {other.line}", r.span,
-                         "delete one of them", related=(("first written here", other.span),))
+            where = f"line {other.line}" if other.file == r.file else f"{other.file}:{other.line}"
+            reporter.add("FP104", f"duplicate of the rule on {where}", r.span,
+                         "delete one of them", related=(("first written here", other.span, other.file),),
+                         file=r.file)
         else:
             first[r.text] = r

@@ -7,6 +7,7 @@ compiler/analyse.py turns this into a Policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from typing import Optional, Union
 
 from .diagnostics import Span
@@ -20,6 +21,9 @@ class Word:
     span: Span
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @dataclass(frozen=True)
 class PathLit:
     """A path or glob as written: `raw` is the source text, `value` the decoded bytes."""
@@ -28,6 +32,18 @@ class PathLit:
     value: bytes
     quoted: bool
     span: Span
+
+    @property
+    def ref(self) -> Optional[tuple[str, bytes]]:
+        """`$NAME...` (LANGUAGE.md §7): the name and the bytes after it, else None. The
+        name is the longest identifier after the `$` (`""` when none follows); a `$`
+        written as `\\x24` is a literal byte, not a reference."""
+        body = self.raw[1:] if self.quoted else self.raw
+        if not body.startswith("$"):
+            return None
+        m = _NAME.match(body, 1)
+        name = m.group(0) if m else ""
+        return name, self.value[1 + len(name.encode()):]
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,24 @@ class Rule:
     span: Span
 
 
-Statement = Union[Header, Default, Rule]
+@dataclass(frozen=True)
+class Include:
+    """include "FILE" (LANGUAGE.md §7)."""
+
+    path: PathLit
+    span: Span
+
+
+@dataclass(frozen=True)
+class Define:
+    """define NAME = PATH {, PATH} (LANGUAGE.md §7)."""
+
+    name: Word
+    values: tuple[PathLit, ...]
+    span: Span
+
+
+Statement = Union[Header, Default, Rule, Include, Define]
 
 
 @dataclass(frozen=True)
@@ -112,6 +145,10 @@ def _dump_scope(s: Scope) -> str:
 
 
 def _dump_statement(st: Statement) -> str:
+    if isinstance(st, Include):
+        return f"Include {st.path.raw} {_at(st.span)}"
+    if isinstance(st, Define):
+        return f"Define {st.name.text} = " + ", ".join(v.raw for v in st.values) + f" {_at(st.span)}"
     if isinstance(st, Header):
         return f"Header {st.keyword} {st.value.text} {_at(st.span)}"
     if isinstance(st, Default):

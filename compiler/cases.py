@@ -11,7 +11,9 @@
 Left of `->`: an op, a path (bare, or quoted like policy paths), `to PATH` for
 rename/link/copy_file_range, `flags=` for open/create, `mask=` for access.
 Right: `allow`, `deny [ERRNO]`, `userspace [instead|before|after]`, then
-optionally `+audit` / `-audit`, and `line N` (the deciding rule) or `default`.
+optionally `+audit` / `-audit`, and `line N` (the deciding rule) or `default`;
+`line FILE:N` names a rule in an included file (FILE as the include wrote it, or
+its last components, e.g. `line common/credentials.fpol:7`).
 Anything left unsaid is not checked.
 """
 
@@ -41,6 +43,7 @@ class Expectation:
     mode: Optional[str] = None
     audit: Optional[bool] = None
     rule_line: Optional[int] = None  # 0 means "the default"
+    rule_file: Optional[str] = None  # `line FILE:N`: a rule in an included file
 
     def text(self) -> str:
         out = self.kind
@@ -53,7 +56,7 @@ class Expectation:
         if self.rule_line == 0:
             out += " default"
         elif self.rule_line is not None:
-            out += f" line {self.rule_line}"
+            out += f" line {self.rule_file + ':' if self.rule_file else ''}{self.rule_line}"
         return out
 
 
@@ -130,7 +133,7 @@ def parse_request(words: list[str], line: int) -> Request:
 def parse_expectation(words: list[str], line: int) -> Expectation:
     if not words or words[0] not in ("allow", "deny", "userspace"):
         raise CaseSyntaxError(line, "expected `allow`, `deny` or `userspace` after `->`")
-    kind, errno, mode, audit, rule_line = words[0], None, None, None, None
+    kind, errno, mode, audit, rule_line, rule_file = words[0], None, None, None, None, None
     i = 1
     while i < len(words):
         w = words[i]
@@ -145,10 +148,14 @@ def parse_expectation(words: list[str], line: int) -> Expectation:
         elif w == "line" and i + 1 < len(words) and words[i + 1].isdigit():
             rule_line = int(words[i + 1])
             i += 1
+        elif w == "line" and i + 1 < len(words) and re.fullmatch(r".+:\d+", words[i + 1]):
+            rule_file, number = words[i + 1].rsplit(":", 1)
+            rule_line = int(number)
+            i += 1
         else:
             raise CaseSyntaxError(line, f"unexpected `{w}` in the expected decision")
         i += 1
-    return Expectation(kind, errno, mode, audit, rule_line)
+    return Expectation(kind, errno, mode, audit, rule_line, rule_file)
 
 
 def parse_cases(text: str) -> list[Case]:
@@ -185,12 +192,32 @@ def mismatch(policy, expect: Expectation, v: Verdict) -> Optional[str]:
     if expect.audit is not None and d.audit != expect.audit:
         problems.append("audit " + ("on" if d.audit else "off"))
     if expect.rule_line is not None:
-        lines = [policy.rules[i].line for i in d.rules] if not v.exdev else []
+        deciders = [policy.rules[i] for i in d.rules] if not v.exdev else []
+        lines = [_rule_place(policy, r) for r in deciders]
         if expect.rule_line == 0 and (lines or v.exdev):
-            problems.append(f"decided by line {', '.join(map(str, lines))}" if lines else "no gain by moving")
-        elif expect.rule_line and expect.rule_line not in lines:
-            problems.append(f"decided by {'line ' + ', '.join(map(str, lines)) if lines else 'the default'}")
+            problems.append(f"decided by line {', '.join(lines)}" if lines else "no gain by moving")
+        elif expect.rule_line and not any(_is_rule(policy, r, expect) for r in deciders):
+            problems.append(f"decided by {'line ' + ', '.join(lines) if lines else 'the default'}")
     return "; ".join(problems) or None
+
+
+def _in_top_file(policy, rule) -> bool:
+    return not rule.file or rule.file == policy.file
+
+
+def _rule_place(policy, rule) -> str:
+    """`7` for a rule of the policy file, `FILE:7` for one in an included file."""
+    return str(rule.line) if _in_top_file(policy, rule) else f"{rule.file}:{rule.line}"
+
+
+def _is_rule(policy, rule, expect: Expectation) -> bool:
+    if rule.line != expect.rule_line:
+        return False
+    if expect.rule_file is None:
+        return _in_top_file(policy, rule)
+    want = expect.rule_file.replace("\\", "/")
+    have = (rule.file or policy.file).replace("\\", "/")
+    return have == want or have.endswith("/" + want)
 
 
 @dataclass

@@ -34,6 +34,12 @@ CODES: dict[str, tuple[str, str]] = {
     "FP024": (ERROR, "userspace mode tie"),
     "FP025": (ERROR, "policy needs a daemon"),
     "FP026": (ERROR, "policy too complex"),
+    "FP030": (ERROR, "included file cannot be read"),
+    "FP031": (ERROR, "include cycle"),
+    "FP032": (ERROR, "header statement in an included file"),
+    "FP033": (ERROR, "undefined name"),
+    "FP034": (ERROR, "name defined more than once"),
+    "FP035": (ERROR, "invalid definition"),
     "FP101": (WARNING, "rule never decides anything"),
     "FP102": (WARNING, "allow rule under default allow"),
     "FP103": (WARNING, "except removes nothing"),
@@ -41,6 +47,7 @@ CODES: dict[str, tuple[str, str]] = {
     "FP105": (WARNING, "rule matches nothing"),
     "FP106": (WARNING, "hidden names can be replaced"),
     "FP107": (WARNING, "ENOSYS is not delivered as written"),
+    "FP108": (WARNING, "definition never used"),
 }
 
 
@@ -65,8 +72,9 @@ class Diagnostic:
     file: str
     span: Span
     hint: Optional[str] = None
-    # Other places worth showing (e.g. the rule an errno ties with).
-    related: tuple[tuple[str, Span], ...] = field(default=())
+    # Other places worth showing (e.g. the rule an errno ties with): (message, span), or
+    # (message, span, file) for a place in another file (an include line, a rule there).
+    related: tuple[tuple, ...] = field(default=())
 
     @property
     def severity(self) -> str:
@@ -91,21 +99,30 @@ class Diagnostic:
             "end_column": self.span.end_column,
             "hint": self.hint,
             "related": [
-                {"message": msg, "line": sp.line, "column": sp.column} for msg, sp in self.related
+                {"message": r[0], "file": _related_file(self, r), "line": r[1].line,
+                 "column": r[1].column} for r in self.related
             ],
         }
 
-    def render(self, source_lines: Optional[list[str]] = None) -> str:
-        """`file:line:col: error[FPnnn]: message`, the source line, a caret, a hint."""
+    def render(self, source_lines: Optional[list[str]] = None,
+               sources: Optional[dict] = None) -> str:
+        """`file:line:col: error[FPnnn]: message`, the source line, a caret, a hint.
+        `sources` (file -> lines) shows notes that point into other files."""
         out = [f"{self.file}:{self.span.line}:{self.span.column}: "
                f"{self.severity}[{self.code}]: {self.message}"]
         out.extend(_excerpt(source_lines, self.span))
-        for msg, sp in self.related:
-            out.append(f"{self.file}:{sp.line}:{sp.column}: note: {msg}")
-            out.extend(_excerpt(source_lines, sp))
+        for r in self.related:
+            msg, sp, file = r[0], r[1], _related_file(self, r)
+            out.append(f"{file}:{sp.line}:{sp.column}: note: {msg}")
+            lines = source_lines if file == self.file else (sources or {}).get(file)
+            out.extend(_excerpt(lines, sp))
         if self.hint:
             out.append(f"  = hint: {self.hint}")
         return "\n".join(out)
+
+
+def _related_file(d: "Diagnostic", related: tuple) -> str:
+    return related[2] if len(related) > 2 and related[2] else d.file
 
 
 # Long lines are cut around the span so a 1 MB line does not flood the terminal.
@@ -146,9 +163,17 @@ class Reporter:
         self.items: list[Diagnostic] = []
 
     def add(self, code: str, message: str, span: Span, hint: Optional[str] = None,
-            related: tuple = ()) -> None:
+            related: tuple = (), file: Optional[str] = None) -> None:
+        """`file` names another file than the reporter's (a rule from an included file)."""
         assert code in CODES, code
-        self.items.append(Diagnostic(code, message, self.file, span, hint, tuple(related)))
+        self.items.append(Diagnostic(code, message, file or self.file, span, hint, tuple(related)))
+
+    def for_file(self, file: str) -> "Reporter":
+        """A reporter for another file of the same policy (an include) that adds to the
+        same list."""
+        other = Reporter(file)
+        other.items = self.items
+        return other
 
     @property
     def has_errors(self) -> bool:
@@ -159,7 +184,7 @@ class Reporter:
 
 
 def render_text(diagnostics: Iterable[Diagnostic], sources: dict[str, list[str]]) -> str:
-    return "\n".join(d.render(sources.get(d.file)) for d in diagnostics)
+    return "\n".join(d.render(sources.get(d.file), sources) for d in diagnostics)
 
 
 def render_json(diagnostics: Iterable[Diagnostic]) -> str:

@@ -19,6 +19,7 @@ from . import ast
 from .analyse import analyse
 from .classes import ClassTree, TooComplex, build_raw, minimise, tables
 from .diagnostics import Diagnostic, PolicyError, Reporter, Span
+from .include import Reader, load, notes, spliced
 from .lint import lint
 from .parser import parse
 from .policy import Policy
@@ -48,8 +49,18 @@ class Checked:
     classes: Optional[ClassTree]
     diagnostics: list[Diagnostic]
     # sha256 of the bytes checked: every later stage works from this one read, so this
-    # names exactly what was compiled (the file may have changed since).
+    # names exactly what was compiled (the file may have changed since). With includes,
+    # of every file's name and bytes.
     digest: str = ""
+    # Every file of the policy, the top one first (compiler/include.py).
+    units: tuple = ()
+
+    @property
+    def sources(self) -> dict[str, list[str]]:
+        """file -> source lines, for rendering diagnostics in any file of the policy."""
+        out = {u.file: list(u.source.lines) for u in self.units}
+        out.setdefault(self.source.file, list(self.source.lines))
+        return out
 
     @property
     def ok(self) -> bool:
@@ -63,11 +74,23 @@ class Checked:
 
 
 def check(data: "bytes | str", file: str, no_daemon: bool = False,
-          build_classes: bool = True) -> Checked:
-    digest = hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+          build_classes: bool = True, origin: Optional[str] = None,
+          reader: Optional[Reader] = None) -> Checked:
+    """Check a policy given as bytes under the name `file`. Its includes are read relative
+    to `origin` (where the file really is; by default `file` itself) by `reader`."""
     reporter = Reporter(file)
-    tree, source, _ = parse(data, file, reporter)
-    policy = analyse(tree, reporter, no_daemon=no_daemon)
+    units = load(data, file, reporter, origin, **({"reader": reader} if reader else {}))
+    tree, source = units[0].tree, units[0].source
+    if len(units) == 1:
+        digest = hashlib.sha256(units[0].data).hexdigest()
+    else:
+        h = hashlib.sha256()
+        for u in units:
+            h.update(u.file.encode("utf-8", "surrogateescape") + b"\0")
+            h.update(hashlib.sha256(u.data).digest())
+        digest = h.hexdigest()
+    policy = analyse(tree, reporter, no_daemon=no_daemon,
+                     included=tuple(u.tree for u in units[1:]), statements=spliced(units))
     classes = None
     if build_classes and not reporter.has_errors:
         try:
@@ -80,7 +103,8 @@ def check(data: "bytes | str", file: str, no_daemon: bool = False,
             reporter.add("FP026", f"policy too complex: {e}", span,
                          "split overlapping globs into fewer rules, or use `under` paths")
     return Checked(tree, source, policy if not reporter.has_errors else None,
-                   classes if not reporter.has_errors else None, reporter.sorted(), digest)
+                   classes if not reporter.has_errors else None,
+                   notes(reporter.sorted(), units), digest, tuple(units))
 
 
 def check_file(path: str, no_daemon: bool = False, build_classes: bool = True) -> Checked:

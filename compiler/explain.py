@@ -49,7 +49,7 @@ def _rule_json(policy: Policy, index: Optional[int]):
     if index is None:
         return None
     r = policy.rules[index]
-    return {"line": r.line, "text": r.text}
+    return {"file": r.file or policy.file, "line": r.line, "text": r.text}
 
 
 def to_json(policy: Policy, v: Verdict) -> dict:
@@ -90,14 +90,14 @@ def to_text(policy: Policy, v: Verdict) -> str:
     elif v.exdev:
         lost = policy.rules[v.lost_rule] if v.lost_rule is not None else None
         at = show_path(v.request.path + v.exdev_suffix)
-        because = f"which {where}:{lost.line} ({lost.text}) decides at the source" if lost else \
+        because = f"which {lost.file or where}:{lost.line} ({lost.text}) decides at the source" if lost else \
             "which the default decides at the source"
         lines.append(f"  no gain by moving: the destination would be looser for "
                      f"{v.exdev_atom} at {at}, {because}")
     elif d.rules:
         for i in d.rules:
             r = policy.rules[i]
-            lines.append(f"  decided by {where}:{r.line}: {r.text}")
+            lines.append(f"  decided by {r.file or where}:{r.line}: {r.text}")
     else:
         dflt = policy.default
         if dflt.line is not None:
@@ -110,7 +110,7 @@ def to_text(policy: Policy, v: Verdict) -> str:
         lines.append("  mode complain: the deny is logged and allowed")
     for i in d.audit_rules:
         r = policy.rules[i]
-        lines.append(f"  audited by {where}:{r.line}: {r.text}")
+        lines.append(f"  audited by {r.file or where}:{r.line}: {r.text}")
     if d.audit and not d.audit_rules:
         lines.append("  audited")
     return "\n".join(lines)

@@ -18,15 +18,39 @@ for _name in ops.GROUPS + ops.SINGLE_OPS:  # read, write, create: the group's pl
     _OP_ORDER.setdefault(_name, len(_OP_ORDER))
 
 
+def render_ref(lit: ast.PathLit, kind: str) -> str:
+    """`$NAME...` as written, the part after the name normalised like any path."""
+    name, rest = lit.ref
+    if kind in ("under", "at") and rest.startswith(b"/"):
+        try:
+            comps = normalise_path(rest)
+            rest = (b"/" + b"/".join(comps)) if comps else b""
+        except PathProblem:
+            return lit.raw
+    shown = render_path(rest, force_quotes=kind in ("matching", "named") or lit.quoted)
+    if shown.startswith('"'):
+        return f'"${name}' + shown[1:]
+    return f"${name}" + shown
+
+
+def render_literal(value: bytes, force_quotes: bool = False) -> str:
+    """A path that is no reference: a leading `$` is written `\\x24`."""
+    if value.startswith(b"$"):
+        return '"\\x24' + render_path(value[1:], force_quotes=True)[1:]
+    return render_path(value, force_quotes)
+
+
 def render_scope(scope: ast.Scope) -> str:
     value = scope.path.value
+    if scope.path.ref is not None:
+        return f"{scope.kind} {render_ref(scope.path, scope.kind)}"
     if scope.kind in ("under", "at"):
         try:
             value = b"/" + b"/".join(normalise_path(value))
         except PathProblem:
             return f"{scope.kind} {scope.path.raw}"
         return f"{scope.kind} {render_path(value)}"
-    return f"{scope.kind} {render_path(value, force_quotes=True)}"
+    return f"{scope.kind} {render_literal(value, force_quotes=True)}"
 
 
 def _sorted_scopes(scopes) -> list[str]:
@@ -55,6 +79,13 @@ def render_rule(rule: ast.Rule) -> str:
 
 
 def render_statement(st: ast.Statement) -> str:
+    if isinstance(st, ast.Include):
+        return "include " + render_literal(st.path.value, force_quotes=True) \
+            if st.path.ref is None else f"include {st.path.raw}"
+    if isinstance(st, ast.Define):
+        values = [render_ref(v, "under") if v.ref is not None else render_literal(v.value)
+                  for v in st.values]
+        return f"define {st.name.text} = " + ", ".join(dict.fromkeys(values))
     if isinstance(st, ast.Header):
         return f"{st.keyword} {st.value.text}"
     if isinstance(st, ast.Default):

@@ -60,28 +60,32 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                      f"{', '.join(str(rules[i].line) for i in tie)} match the same {ops.atom_op(atom)} "
                      f"requests with equal specificity but different {kind}s ({values})",
                      first.span, "make one scope more specific, or use one " + kind,
-                     related=tuple(("ties with this rule", r.span) for r in others))
+                     related=tuple(("ties with this rule", r.span, r.file) for r in others),
+                     file=first.file)
 
     for r in rules:
         if r.index not in matched:
             reporter.add("FP105", "rule matches nothing: its scope (after `except`) is empty",
-                         r.span, "check the paths; an `except` may remove everything")
+                         r.span, "check the paths; an `except` may remove everything", file=r.file)
             continue
         for i, term in enumerate(r.excepts):
             if (r.index, i) not in except_used:
                 reporter.add("FP103", f"`except {term.text}` removes nothing from this rule",
-                             r.span, "the excepted paths are not in the rule's scope; drop it or fix the path")
+                             r.span, "the excepted paths are not in the rule's scope; drop it or fix the path",
+                             file=r.file)
         if r.action == "allow" and policy.default.decision == "allow":
             reporter.add("FP102", "allow rule under `default allow` changes nothing", r.span,
                          "allow only matters against `default deny` or `default redirect`; "
-                         "to carve out an exception from a deny, use `except`")
+                         "to carve out an exception from a deny, use `except`", file=r.file)
             continue
         if r.index not in decided:
             others = sorted(deciders_where_matched.get(r.index, ()))
-            related = tuple(("decided instead by this rule", rules[i].span) for i in others[:3])
+            related = tuple(("decided instead by this rule", rules[i].span, rules[i].file)
+                            for i in others[:3])
             reporter.add("FP101", "rule never decides anything: wherever it matches, "
                          + ("a stricter or more specific rule decides" if others else "another rule decides"),
-                         r.span, "remove it, or narrow the rule that shadows it", related=related)
+                         r.span, "remove it, or narrow the rule that shadows it", related=related,
+                         file=r.file)
 
 
 # Atoms that put a new object at a name. The kernel takes a lookup's ENOENT as absence, so
@@ -113,4 +117,5 @@ def _hidden_but_replaceable(policy: Policy, tables: list[tuple[Decision, ...]],
         reporter.add("FP106", f"names this rule hides from lookup can still be replaced: "
                      f"{names} onto them {'is' if len(missing) == 1 else 'are'} not denied "
                      "(the kernel takes ENOENT as absence)", policy.rules[ri].span,
-                     f"deny {names} in the same scope too, e.g. add them to this rule's ops")
+                     f"deny {names} in the same scope too, e.g. add them to this rule's ops",
+                     file=policy.rules[ri].file)

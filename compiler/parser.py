@@ -26,6 +26,7 @@ _TERMINAL_LABELS = {
     "WORD": "a name",
     "PATH": "a path",
     "STRING": "a quoted string",
+    "VARPATH": "a path",  # `$NAME...`: one kind of path to the reader
     "_NL": "end of line",
     "$END": "end of input",
     "COMMA": "`,`",
@@ -238,6 +239,13 @@ class _Builder:
 
     def names_stmt(self, ch):
         return self._header("names", ch)
+
+    def include_stmt(self, ch):  # "include" path
+        return ast.Include(ch[1], self._span(ch))
+
+    def define_stmt(self, ch):  # "define" WORD "=" path ("," path)*
+        values = tuple(c for c in ch[3:] if isinstance(c, ast.PathLit))
+        return ast.Define(self._word(ch[1]), values, self._span(ch))
 
     def default_allow(self, ch):
         return ast.Default(self._word(ch[1]), None, None, self._span(ch))

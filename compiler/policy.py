@@ -42,6 +42,7 @@ class Rule:
     terms: tuple[Term, ...]  # all must hold
     excepts: tuple[Term, ...]  # none may hold
     specificity: int
+    file: str = ""  # the file the rule is written in (an included one, or the top file)
 
     @property
     def decision(self) -> Optional[str]:

@@ -44,7 +44,7 @@ def _print_diagnostics(checked_list, fmt: str) -> None:
         print(render_json(diags))
         return
     if diags:
-        sources = {c.source.file: list(c.source.lines) for c in checked_list}
+        sources = {f: lines for c in checked_list for f, lines in c.sources.items()}
         print(render_text(diags, sources), file=sys.stderr)
 
 

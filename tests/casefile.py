@@ -47,7 +47,7 @@ FLAGS = {"--no-daemon": ("no_daemon", True)}
 
 _MARKER_START = re.compile(r"(?:^|(?<=\s))#\s*[EW]:(?=\d)")
 _MARKER = re.compile(r"#\s*(?P<sev>[EW]):(?P<pos>\S+) (?P<code>FP\d{3}) (?P<message>.*)", re.S)
-_HEADER_EXPECT = re.compile(r"#\s*expect:\s*(?P<sev>[EW]):(?P<line>\d+):(?P<pos>\S+) "
+_HEADER_EXPECT = re.compile(r"#\s*expect:\s*(?P<sev>[EW]):(?:(?P<file>[^\s:]+):)?(?P<line>\d+):(?P<pos>\S+) "
                             r"(?P<code>FP\d{3}) (?P<message>.*)", re.S)
 _HEADER_FLAGS = re.compile(r"#\s*flags:(?P<flags>.*)")
 _POS = re.compile(r"(?P<col>\d+)-(?:(?P<end_line>\d+):)?(?P<end_col>\d+)")
@@ -66,12 +66,15 @@ class Expect:
     code: str
     severity: str  # "E" | "W"
     message: str
+    # A diagnostic in an included file (relative to tests/cases/), "" for the case file:
+    # written as a header line, `# expect: E:include/x.fpol:3:1-11 FP032 ...`.
+    file: str = ""
 
     @staticmethod
-    def of(d: Diagnostic) -> "Expect":
+    def of(d: Diagnostic, name: str = "") -> "Expect":
         sev = "E" if d.severity == ERROR else "W"
         return Expect(d.span.line, d.span.column, d.span.end_line, d.span.end_column,
-                      d.code, sev, d.message)
+                      d.code, sev, d.message, "" if not name or d.file == name else d.file)
 
     def _pos(self) -> str:
         end = str(self.end_column) if self.end_line == self.line else \
@@ -82,10 +85,12 @@ class Expect:
         return f"# {self.severity}:{self._pos()} {self.code} {self.message}"
 
     def header(self) -> str:
-        return f"# expect: {self.severity}:{self.line}:{self._pos()} {self.code} {self.message}"
+        where = f"{self.file}:" if self.file else ""
+        return f"# expect: {self.severity}:{where}{self.line}:{self._pos()} {self.code} {self.message}"
 
     def describe(self) -> str:
-        return f"{self.line}:{self._pos()} {self.severity} {self.code} {self.message}"
+        where = f"{self.file}:" if self.file else ""
+        return f"{where}{self.line}:{self._pos()} {self.severity} {self.code} {self.message}"
 
 
 @dataclass
@@ -104,7 +109,8 @@ def case_paths() -> list[Path]:
     return sorted(CASES_DIR.glob("*.fpol"))
 
 
-def _expect(sev: str, line: int, pos: str, code: str, message: str, where: str) -> Expect:
+def _expect(sev: str, line: int, pos: str, code: str, message: str, where: str,
+            file: str = "") -> Expect:
     m = _POS.fullmatch(pos)
     if not m:
         raise CaseFormatError(f"{where}: bad position `{pos}` (want COL-END or COL-LINE:END)")
@@ -114,7 +120,8 @@ def _expect(sev: str, line: int, pos: str, code: str, message: str, where: str) 
         raise CaseFormatError(f"{where}: {code} is a{'n error' if CODES[code][0] == ERROR else ' warning'}"
                               f", but the marker says {sev}")
     end_line = int(m["end_line"]) if m["end_line"] else line
-    return Expect(line, int(m["col"]), end_line, int(m["end_col"]), code, sev, message.strip())
+    return Expect(line, int(m["col"]), end_line, int(m["end_col"]), code, sev, message.strip(),
+                  file or "")
 
 
 def _markers(comment_text: str) -> tuple[str, list[str]]:
@@ -135,7 +142,8 @@ def parse_case(path: Path) -> Case:
     for c in src.comments:
         where = f"{path.name}:{c.line}"
         if not c.trailing and (m := _HEADER_EXPECT.fullmatch(c.text)):
-            expected.append(_expect(m["sev"], int(m["line"]), m["pos"], m["code"], m["message"], where))
+            expected.append(_expect(m["sev"], int(m["line"]), m["pos"], m["code"], m["message"], where,
+                                    m["file"]))
             continue
         if not c.trailing and re.match(r"#\s*expect\s*:", c.text):
             raise CaseFormatError(f"{where}: malformed `# expect:` line: {c.text}")
@@ -157,7 +165,9 @@ def parse_case(path: Path) -> Case:
 
 
 def actual(text: "str | bytes", name: str, options: dict) -> list[Expect]:
-    return sorted(Expect.of(d) for d in check(text, name, **options).diagnostics)
+    # Includes resolve from tests/cases/ (the files they name live in tests/cases/include/).
+    result = check(text, name, origin=str(CASES_DIR / name), **options)
+    return sorted(Expect.of(d, name) for d in result.diagnostics)
 
 
 def compare(case: Case, got: list[Expect]) -> str:
@@ -251,7 +261,7 @@ def update_case(case: Case) -> str:
         for e in got:
             n_lines = len(out_bodies)
             on_tail = last_is_tail and e.line == n_lines
-            if 1 <= e.line <= n_lines and not on_tail and _has_room(out_bodies[e.line - 1]) \
+            if not e.file and 1 <= e.line <= n_lines and not on_tail and _has_room(out_bodies[e.line - 1]) \
                     and not (header_at <= e.line - 1 < header_at + n_headers):
                 inline.setdefault(e.line, []).append(e.marker())
             else:

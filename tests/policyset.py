@@ -39,7 +39,7 @@ class GoldenPolicy:
 
 @functools.lru_cache(maxsize=None)
 def _checked(path: Path, file_name: str) -> Checked:
-    return check(path.read_bytes(), file_name)
+    return check(path.read_bytes(), file_name, origin=str(path))  # includes resolve beside it
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,6 +10,9 @@ Inputs that cannot be written as UTF-8 text (bad bytes, NUL) are in BYTE_CASES b
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import pytest
 
 from casefile import (CASES_DIR, Case, CaseFormatError, Expect, actual, case_paths, compare,
@@ -56,16 +59,19 @@ def test_clean_cases_are_clean():
     for p in clean:
         case = parse_case(p)
         assert case.expected == [], p.name
-        result = check(case.text, p.name, **case.options)
+        result = check(case.text, p.name, origin=str(p), **case.options)
         assert result.ok and result.diagnostics == [], p.name
         assert result.policy is not None and result.classes is not None
 
 
 def test_check_file_matches_check():
     """Reading from disk gives the same diagnostics as checking the text."""
-    for p in CASE_PATHS[:15]:
+    for p in CASE_PATHS[:15] + [CASES_DIR / "define_errors.fpol", CASES_DIR / "include_errors.fpol"]:
         case = parse_case(p)
-        on_disk = [Expect.of(d) for d in check_file(str(p), **case.options).diagnostics]
+        on_disk = [Expect.of(d, str(p)) for d in check_file(str(p), **case.options).diagnostics]
+        # Included files are named relative to the top file's name: here tests/cases/...
+        on_disk = [dataclasses.replace(e, file=os.path.relpath(e.file, CASES_DIR)) if e.file else e
+                   for e in on_disk]
         assert sorted(on_disk) == actual(case.text, p.name, case.options), p.name
 
 
@@ -208,7 +214,7 @@ BYTE_CASES = [
      [(1, 24, "FP002", "invalid UTF-8 byte 0xff")]),
     ("second_bom_is_junk", b"\xef\xbb\xbf\xef\xbb\xbfdeny\n",
      [(1, 1, "FP001", "unexpected character U+FEFF; expected `abi`, `allow`, `audit`, "
-                      "`default`, `deny`, `mode`, `names`, `policy` or `redirect`")]),
+                      "`default`, `define`, `deny`, `include`, `mode`, `names`, `policy` or `redirect`")]),
     ("binary_junk", bytes(range(256)),
      None),  # only: no traceback, FP002 reported
 ]

@@ -45,7 +45,7 @@ def _policy_files() -> list[Path]:
 def _checked_ok():
     out = []
     for p in _policy_files():
-        result = check(p.read_bytes(), p.name)
+        result = check(p.read_bytes(), p.name, origin=str(p))
         if result.ok:
             out.append(pytest.param(p, id=f"{p.parent.name}/{p.stem}"))
     return out
@@ -121,7 +121,7 @@ def compare_tree(policy, tree: ClassTree, names: list[bytes], max_depth: int = M
 
 @pytest.mark.parametrize("path", POLICIES)
 def test_class_tree_agrees_with_evaluator(path):
-    result = check(path.read_bytes(), path.name)
+    result = check(path.read_bytes(), path.name, origin=str(path))
     policy, tree = result.policy, result.classes
     names = _vocabulary(policy)
     compared = compare_tree(policy, tree, names)
@@ -163,7 +163,7 @@ def test_class_example_of_a_glob_combination():
 def test_class_examples_reach_their_class(path):
     """Each class's example path (shown in --emit classes and the C comments) leads to it,
     unless it uses the `other name` stand-in."""
-    result = check(path.read_bytes(), path.name)
+    result = check(path.read_bytes(), path.name, origin=str(path))
     tree = result.classes
     for c in tree.classes:
         comps = tuple(x for x in c.example.split(b"/") if x)
@@ -198,7 +198,7 @@ def check_minimisation(policy, paths) -> None:
 
 @pytest.mark.parametrize("path", POLICIES)
 def test_minimisation_preserves_decisions(path):
-    result = check(path.read_bytes(), path.name)
+    result = check(path.read_bytes(), path.name, origin=str(path))
     policy = result.policy
     names = _vocabulary(policy)[:40]
     paths = [()] + [(a,) for a in names] + [(a, b) for a in names for b in names]
@@ -212,7 +212,7 @@ def test_some_policies_minimise():
     """Minimisation is not a no-op on the examples (guards the comparison above)."""
     merged = 0
     for p in sorted((ROOT / "examples").glob("*.fpol")):
-        tree = check(p.read_bytes(), p.name).classes
+        tree = check(p.read_bytes(), p.name, origin=str(p)).classes
         merged += tree.unminimised - len(tree.classes)
     assert merged > 0
 

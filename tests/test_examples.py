@@ -68,7 +68,7 @@ def test_a_wrong_expectation_fails(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=IDS)
 def test_example_checks_clean(path):
-    result = check(path.read_bytes(), path.name)
+    result = check(path.read_bytes(), path.name, origin=str(path))
     assert result.diagnostics == [], [f"{d.span.line}: {d.code} {d.message}"
                                       for d in result.diagnostics]
     assert result.ok and result.classes is not None
@@ -99,7 +99,7 @@ def test_example_is_canonical(path, capsys):
 def test_case_table_covers_the_policy(path):
     """15-40 cases; each rule decides, audits or is escaped by a refused move in some case;
     the default decides some case; rename or link is exercised."""
-    checked = check(path.read_bytes(), path.name)
+    checked = check(path.read_bytes(), path.name, origin=str(path))
     policy = checked.policy
     cases = parse_cases(path.with_suffix(".cases").read_text(encoding="utf-8"))
     assert 15 <= len(cases) <= 40, len(cases)

@@ -204,7 +204,7 @@ extern __u32 bpf_fuse_return_len(struct fuse_buffer *buffer) __ksym;
 char LICENSE[] SEC("license") = "GPL";
 
 /* ---- decision logic, shared by buildbox.bpf.o and buildbox.check.bpf.o ----
- * Classes: 12; decision rows: 7; literal names: 12; name globs: 0.
+ * Classes: 18; decision rows: 10; literal names: 22; name globs: 1.
  *
  * A decision word packs: bits 0-1 kind (0 allow, 1 deny, 2 userspace), bits 2-3
  * userspace mode (0 instead, 1 before, 2 after), bit 4 audit, bit 5 a deny turned
@@ -212,12 +212,12 @@ char LICENSE[] SEC("license") = "GPL";
  * would inherit a looser class, or a move cannot be proven to gain nothing),
  * bits 8-15 errno, bits 16-31 deciding rule number + 1 (0: the default). */
 
-#define FPOL_NCLASSES 12
-#define FPOL_NROWS 7
+#define FPOL_NCLASSES 18
+#define FPOL_NROWS 10
 #define FPOL_NSLOTS 47
-#define FPOL_POOL_SIZE 50
-#define FPOL_LITERAL_SLOTS 32
-#define FPOL_MAX_PROBE 3
+#define FPOL_POOL_SIZE 133
+#define FPOL_LITERAL_SLOTS 64
+#define FPOL_MAX_PROBE 4
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 1
 #define FPOL_CASE_INSENSITIVE 0
@@ -306,6 +306,9 @@ char LICENSE[] SEC("license") = "GPL";
 /* rule 5: complain.fpol:24 deny write at /build/.git/config */
 /* rule 6: complain.fpol:28 audit read under /etc/ssl/private */
 /* rule 7: complain.fpol:29 audit exec under /tmp */
+/* rule 8: complain.fpol:12 audit read matching "/home/\*\/.ssh/id_*" */
+/* rule 9: complain.fpol:15 audit read matching "/home/\*\/{.aws,.azure,.kube,.docker}/\**" */
+/* rule 10: complain.fpol:18 audit read matching "/home/\*\/{.bash_history,.zsh_history,.python_history,.psql_history}" */
 
 struct fpol_class {
 	__u32 row;            /* index into fpol_rows */
@@ -321,29 +324,41 @@ struct fpol_class {
 
 const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 0: e.g. / (instance buildbox_0) */
-	{ .row = 0, .default_child = 5, .flags = 1 },
+	{ .row = 0, .default_child = 6, .flags = 1 },
 	/* class 1: e.g. /build (instance buildbox_1) */
-	{ .row = 1, .default_child = 7, .flags = 1 },
+	{ .row = 1, .default_child = 8, .flags = 1 },
 	/* class 2: e.g. /etc (instance buildbox_2) */
-	{ .row = 2, .default_child = 3, .flags = 1 },
-	/* class 3: e.g. /lib (instance buildbox_3) */
-	{ .row = 2, .default_child = 3, .flags = 1 },
-	/* class 4: e.g. /tmp (instance buildbox_4) */
-	{ .row = 3, .default_child = 4, .flags = 1 },
-	/* class 5: e.g. /... (instance buildbox_5) */
-	{ .row = 0, .default_child = 5, .flags = 1 },
-	/* class 6: e.g. /build/.git (instance buildbox_6) */
-	{ .row = 1, .default_child = 7, .flags = 1 },
-	/* class 7: e.g. /build/... (instance buildbox_7) */
-	{ .row = 1, .default_child = 7, .flags = 1 },
-	/* class 8: e.g. /etc/ssl (instance buildbox_8) */
-	{ .row = 2, .default_child = 3, .flags = 1 },
-	/* class 9: e.g. /build/.git/config (instance buildbox_9) */
-	{ .row = 4, .default_child = 7, .flags = 1 },
-	/* class 10: e.g. /build/.git/hooks (instance buildbox_10) */
-	{ .row = 5, .default_child = 10, .flags = 1 },
-	/* class 11: e.g. /etc/ssl/private (instance buildbox_11) */
-	{ .row = 6, .default_child = 11, .flags = 1 },
+	{ .row = 2, .default_child = 4, .flags = 1 },
+	/* class 3: e.g. /home (instance buildbox_3) */
+	{ .row = 0, .default_child = 10, .flags = 1 },
+	/* class 4: e.g. /lib (instance buildbox_4) */
+	{ .row = 2, .default_child = 4, .flags = 1 },
+	/* class 5: e.g. /tmp (instance buildbox_5) */
+	{ .row = 3, .default_child = 5, .flags = 1 },
+	/* class 6: e.g. /... (instance buildbox_6) */
+	{ .row = 0, .default_child = 6, .flags = 1 },
+	/* class 7: e.g. /build/.git (instance buildbox_7) */
+	{ .row = 1, .default_child = 8, .flags = 1 },
+	/* class 8: e.g. /build/... (instance buildbox_8) */
+	{ .row = 1, .default_child = 8, .flags = 1 },
+	/* class 9: e.g. /etc/ssl (instance buildbox_9) */
+	{ .row = 2, .default_child = 4, .flags = 1 },
+	/* class 10: e.g. /home/x (instance buildbox_10) */
+	{ .row = 0, .default_child = 6, .flags = 1 },
+	/* class 11: e.g. /build/.git/config (instance buildbox_11) */
+	{ .row = 4, .default_child = 8, .flags = 1 },
+	/* class 12: e.g. /build/.git/hooks (instance buildbox_12) */
+	{ .row = 5, .default_child = 12, .flags = 1 },
+	/* class 13: e.g. /etc/ssl/private (instance buildbox_13) */
+	{ .row = 6, .default_child = 13, .flags = 1 },
+	/* class 14: e.g. /home/x/.aws (instance buildbox_14) */
+	{ .row = 7, .default_child = 14, .flags = 1 },
+	/* class 15: e.g. /home/x/.bash_history (instance buildbox_15) */
+	{ .row = 8, .default_child = 6, .flags = 1 },
+	/* class 16: e.g. /home/x/.ssh (instance buildbox_16) */
+	{ .row = 0, .default_child = 6, .flags = 1, .globs = 0, .masks = 0, .nglobs = 1, .nmasks = 1 },
+	/* class 17: e.g. /home/x/.ssh/id_ (instance buildbox_17) */
+	{ .row = 9, .default_child = 6, .flags = 1 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -424,6 +439,36 @@ const __u32 fpol_rows[FPOL_NROWS][FPOL_NSLOTS] = {
 		/* allow (complain.fpol:15 allow read, exec matching "/{usr,lib,lib64,etc,opt}/\**") */
 		[FPOL_SLOT_ACCESS_WX] = 0x00020000, [FPOL_SLOT_OPEN_WX] = 0x00020000,
 	},
+	[7] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000030, /* allow +audit (default deny with EPERM): the other atoms */
+		/* allow (complain.fpol:12 allow list, stat, lookup) */
+		[FPOL_SLOT_LOOKUP] = 0x00010000, [FPOL_SLOT_GETATTR] = 0x00010000, [FPOL_SLOT_ACCESS_NONE] = 0x00010000, [FPOL_SLOT_ACCESS_X] = 0x00010000,
+		[FPOL_SLOT_OPENDIR] = 0x00010000, [FPOL_SLOT_READLINK] = 0x00010000, [FPOL_SLOT_READDIR] = 0x00010000, [FPOL_SLOT_STATFS] = 0x00010000,
+		[FPOL_SLOT_GETXATTR] = 0x00010000, [FPOL_SLOT_LISTXATTR] = 0x00010000,
+		/* allow (default deny with EPERM) */
+		[FPOL_SLOT_LSEEK] = 0x00000000, [FPOL_SLOT_FLUSH] = 0x00000000, [FPOL_SLOT_FSYNC] = 0x00000000, [FPOL_SLOT_FSYNCDIR] = 0x00000000,
+		[FPOL_SLOT_RELEASE] = 0x00000000, [FPOL_SLOT_RELEASEDIR] = 0x00000000,
+	},
+	[8] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000030, /* allow +audit (default deny with EPERM): the other atoms */
+		/* allow (complain.fpol:12 allow list, stat, lookup) */
+		[FPOL_SLOT_LOOKUP] = 0x00010000, [FPOL_SLOT_GETATTR] = 0x00010000, [FPOL_SLOT_ACCESS_NONE] = 0x00010000, [FPOL_SLOT_ACCESS_X] = 0x00010000,
+		[FPOL_SLOT_OPENDIR] = 0x00010000, [FPOL_SLOT_READLINK] = 0x00010000, [FPOL_SLOT_READDIR] = 0x00010000, [FPOL_SLOT_STATFS] = 0x00010000,
+		[FPOL_SLOT_GETXATTR] = 0x00010000, [FPOL_SLOT_LISTXATTR] = 0x00010000,
+		/* allow (default deny with EPERM) */
+		[FPOL_SLOT_LSEEK] = 0x00000000, [FPOL_SLOT_FLUSH] = 0x00000000, [FPOL_SLOT_FSYNC] = 0x00000000, [FPOL_SLOT_FSYNCDIR] = 0x00000000,
+		[FPOL_SLOT_RELEASE] = 0x00000000, [FPOL_SLOT_RELEASEDIR] = 0x00000000,
+	},
+	[9] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000030, /* allow +audit (default deny with EPERM): the other atoms */
+		/* allow (complain.fpol:12 allow list, stat, lookup) */
+		[FPOL_SLOT_LOOKUP] = 0x00010000, [FPOL_SLOT_GETATTR] = 0x00010000, [FPOL_SLOT_ACCESS_NONE] = 0x00010000, [FPOL_SLOT_ACCESS_X] = 0x00010000,
+		[FPOL_SLOT_OPENDIR] = 0x00010000, [FPOL_SLOT_READLINK] = 0x00010000, [FPOL_SLOT_READDIR] = 0x00010000, [FPOL_SLOT_STATFS] = 0x00010000,
+		[FPOL_SLOT_GETXATTR] = 0x00010000, [FPOL_SLOT_LISTXATTR] = 0x00010000,
+		/* allow (default deny with EPERM) */
+		[FPOL_SLOT_LSEEK] = 0x00000000, [FPOL_SLOT_FLUSH] = 0x00000000, [FPOL_SLOT_FSYNC] = 0x00000000, [FPOL_SLOT_FSYNCDIR] = 0x00000000,
+		[FPOL_SLOT_RELEASE] = 0x00000000, [FPOL_SLOT_RELEASEDIR] = 0x00000000,
+	},
 };
 
 const __u8 fpol_open_slots[8] = { 11, 11, 13, 15, 12, 12, 14, 16 };     /* r | w << 1 | x << 2 */
@@ -442,44 +487,81 @@ struct fpol_literal {
  * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
 const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
 	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[1] = { 6, 0x23ff66c7, 32, 6, 1, 9 }, /* class 6: "config" -> class 9 */
+	[1] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[3] = { 0, 0xc39bf2a3, 0, 5, 1, 1 }, /* class 0: "build" -> class 1 */
-	[4] = { 8, 0x62cb0d0c, 43, 7, 1, 11 }, /* class 8: "private" -> class 11 */
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 10, 0xfe4d17ee, 89, 13, 1, 15 }, /* class 10: ".psql_history" -> class 15 */
 	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[7] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[8] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[11] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[12] = { 0, 0x324cbfac, 8, 3, 1, 3 }, /* class 0: "lib" -> class 3 */
+	[11] = { 10, 0x1dc28a61, 77, 7, 1, 14 }, /* class 10: ".docker" -> class 14 */
+	[12] = { 7, 0x9fbca9db, 42, 5, 1, 12 }, /* class 7: "hooks" -> class 12 */
 	[13] = { 0, 0x8d9c244d, 5, 3, 1, 2 }, /* class 0: "etc" -> class 2 */
-	[14] = { 0, 0x7bfddaae, 11, 5, 1, 3 }, /* class 0: "lib64" -> class 3 */
-	[15] = { 0, 0xb3156c4e, 19, 3, 1, 4 }, /* class 0: "tmp" -> class 4 */
-	[16] = { 1, 0x408bb4ff, 25, 4, 1, 6 }, /* class 1: ".git" -> class 6 */
-	[17] = { 0, 0x4691aa31, 22, 3, 1, 3 }, /* class 0: "usr" -> class 3 */
-	[18] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[14] = { 0, 0xb3156c4e, 23, 3, 1, 5 }, /* class 0: "tmp" -> class 5 */
+	[15] = { 0, 0xd2c8c28e, 8, 4, 1, 3 }, /* class 0: "home" -> class 3 */
+	[16] = { 1, 0x408bb4ff, 29, 4, 1, 7 }, /* class 1: ".git" -> class 7 */
+	[17] = { 7, 0x23ff66c7, 36, 6, 1, 11 }, /* class 7: "config" -> class 11 */
+	[18] = { 10, 0xbe93ce65, 117, 4, 1, 16 }, /* class 10: ".ssh" -> class 16 */
 	[19] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[21] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[22] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[22] = { 10, 0xdb9bb0bc, 102, 15, 1, 15 }, /* class 10: ".python_history" -> class 15 */
 	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[26] = { 0, 0xbd22a17a, 16, 3, 1, 3 }, /* class 0: "opt" -> class 3 */
-	[27] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[27] = { 10, 0x907e1531, 121, 12, 1, 15 }, /* class 10: ".zsh_history" -> class 15 */
 	[28] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[29] = { 6, 0x9fbca9db, 38, 5, 1, 10 }, /* class 6: "hooks" -> class 10 */
-	[30] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[31] = { 2, 0xc23f059d, 29, 3, 1, 8 }, /* class 2: "ssl" -> class 8 */
+	[29] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[30] = { 10, 0x5b029574, 84, 5, 1, 14 }, /* class 10: ".kube" -> class 14 */
+	[31] = { 10, 0xa0429fb4, 58, 6, 1, 14 }, /* class 10: ".azure" -> class 14 */
+	[32] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[33] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[34] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[35] = { 0, 0xc39bf2a3, 0, 5, 1, 1 }, /* class 0: "build" -> class 1 */
+	[36] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[37] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[38] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[39] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[40] = { 10, 0xb7f64a02, 54, 4, 1, 14 }, /* class 10: ".aws" -> class 14 */
+	[41] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[42] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[43] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[44] = { 0, 0x324cbfac, 12, 3, 1, 4 }, /* class 0: "lib" -> class 4 */
+	[45] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[46] = { 0, 0x7bfddaae, 15, 5, 1, 4 }, /* class 0: "lib64" -> class 4 */
+	[47] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[48] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[49] = { 0, 0x4691aa31, 26, 3, 1, 4 }, /* class 0: "usr" -> class 4 */
+	[50] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[51] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[52] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[53] = { 9, 0x62cb0d0c, 47, 7, 1, 13 }, /* class 9: "private" -> class 13 */
+	[54] = { 10, 0xa79f949c, 64, 13, 1, 15 }, /* class 10: ".bash_history" -> class 15 */
+	[55] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[56] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[57] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[58] = { 0, 0xbd22a17a, 20, 3, 1, 4 }, /* class 0: "opt" -> class 4 */
+	[59] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[60] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[61] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[62] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[63] = { 2, 0xc23f059d, 33, 3, 1, 9 }, /* class 2: "ssl" -> class 9 */
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
-	0x62, 0x75, 0x69, 0x6c, 0x64, 0x65, 0x74, 0x63, 0x6c, 0x69, 0x62, 0x6c, 0x69, 0x62, 0x36, 0x34,  /* buildetcliblib64 */
-	0x6f, 0x70, 0x74, 0x74, 0x6d, 0x70, 0x75, 0x73, 0x72, 0x2e, 0x67, 0x69, 0x74, 0x73, 0x73, 0x6c,  /* opttmpusr.gitssl */
-	0x63, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x68, 0x6f, 0x6f, 0x6b, 0x73, 0x70, 0x72, 0x69, 0x76, 0x61,  /* confighookspriva */
-	0x74, 0x65,  /* te */
+	0x62, 0x75, 0x69, 0x6c, 0x64, 0x65, 0x74, 0x63, 0x68, 0x6f, 0x6d, 0x65, 0x6c, 0x69, 0x62, 0x6c,  /* buildetchomelibl */
+	0x69, 0x62, 0x36, 0x34, 0x6f, 0x70, 0x74, 0x74, 0x6d, 0x70, 0x75, 0x73, 0x72, 0x2e, 0x67, 0x69,  /* ib64opttmpusr.gi */
+	0x74, 0x73, 0x73, 0x6c, 0x63, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x68, 0x6f, 0x6f, 0x6b, 0x73, 0x70,  /* tsslconfighooksp */
+	0x72, 0x69, 0x76, 0x61, 0x74, 0x65, 0x2e, 0x61, 0x77, 0x73, 0x2e, 0x61, 0x7a, 0x75, 0x72, 0x65,  /* rivate.aws.azure */
+	0x2e, 0x62, 0x61, 0x73, 0x68, 0x5f, 0x68, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x2e, 0x64, 0x6f,  /* .bash_history.do */
+	0x63, 0x6b, 0x65, 0x72, 0x2e, 0x6b, 0x75, 0x62, 0x65, 0x2e, 0x70, 0x73, 0x71, 0x6c, 0x5f, 0x68,  /* cker.kube.psql_h */
+	0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x2e, 0x70, 0x79, 0x74, 0x68, 0x6f, 0x6e, 0x5f, 0x68, 0x69,  /* istory.python_hi */
+	0x73, 0x74, 0x6f, 0x72, 0x79, 0x2e, 0x73, 0x73, 0x68, 0x2e, 0x7a, 0x73, 0x68, 0x5f, 0x68, 0x69,  /* story.ssh.zsh_hi */
+	0x73, 0x74, 0x6f, 0x72, 0x79,  /* story */
 };
 
 static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
@@ -591,17 +673,18 @@ __noinline int fpol_pool_equal(__u32 offset, __u32 len)
 	}
 	return 1;
 }
-#define FPOL_NGLOBS 0
+#define FPOL_NGLOBS 1
 #define FPOL_NCLASS_GLOBS 1
 #define FPOL_NGLOB_MASKS 1
-#define FPOL_MAX_CLASS_GLOBS 0
-#define FPOL_MASK_SEARCH 0
+#define FPOL_MAX_CLASS_GLOBS 1
+#define FPOL_MASK_SEARCH 1
 #define FPOL_INHERIT_OK (1u << 31)
 
 /* The name globs each class tests, in runs that classes testing the same globs share
  * (bit i of a class's mask is the i-th glob of its run). */
 const __u16 fpol_class_globs[FPOL_NCLASS_GLOBS] = {
-	0, /* no class tests a glob */
+	/* [0] class 16: "id_*" */
+	0,
 };
 
 struct fpol_glob_mask {
@@ -613,13 +696,29 @@ struct fpol_glob_mask {
 /* Where a name matching some of a class's globs leads, per class sorted by mask;
  * a mask not listed leads to the class's default child. */
 const struct fpol_glob_mask fpol_glob_masks[FPOL_NGLOB_MASKS] = {
-	{ 0, 0, 0 }, /* no class tests a glob */
+	[0] = { 0x1, 17 | FPOL_INHERIT_OK, 16 }, /* class 16: names matching "id_*" -> class 17 */
 };
+
+/* Does the scratch name match glob 0, "id_*"? */
+__noinline int fpol_glob_0(__u32 len)
+{
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!sc || len > FPOL_NAME_MAX)
+		return 0;
+	const __u8 *s = sc->name;
+	if (len < 3) return 0;
+	if (s[0] != 105) return 0;
+	if (s[1] != 100) return 0;
+	if (s[2] != 95) return 0;
+	__u32 pos = 3, end = len - 0;
+	return 1;
+}
 
 /* Does the scratch name match glob `gid`? */
 __noinline int fpol_glob(__u32 gid, __u32 len)
 {
 	switch (gid) {
+	case 0: return fpol_glob_0(len);
 	}
 	return 0;
 }

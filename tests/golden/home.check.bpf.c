@@ -204,7 +204,7 @@ extern __u32 bpf_fuse_return_len(struct fuse_buffer *buffer) __ksym;
 char LICENSE[] SEC("license") = "GPL";
 
 /* ---- decision logic, shared by home.bpf.o and home.check.bpf.o ----
- * Classes: 8; decision rows: 5; literal names: 2; name globs: 2.
+ * Classes: 10; decision rows: 7; literal names: 10; name globs: 2.
  *
  * A decision word packs: bits 0-1 kind (0 allow, 1 deny, 2 userspace), bits 2-3
  * userspace mode (0 instead, 1 before, 2 after), bit 4 audit, bit 5 a deny turned
@@ -212,11 +212,11 @@ char LICENSE[] SEC("license") = "GPL";
  * would inherit a looser class, or a move cannot be proven to gain nothing),
  * bits 8-15 errno, bits 16-31 deciding rule number + 1 (0: the default). */
 
-#define FPOL_NCLASSES 8
-#define FPOL_NROWS 5
+#define FPOL_NCLASSES 10
+#define FPOL_NROWS 7
 #define FPOL_NSLOTS 47
-#define FPOL_POOL_SIZE 8
-#define FPOL_LITERAL_SLOTS 4
+#define FPOL_POOL_SIZE 83
+#define FPOL_LITERAL_SLOTS 32
 #define FPOL_MAX_PROBE 2
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
@@ -301,7 +301,9 @@ char LICENSE[] SEC("license") = "GPL";
 /* rule 0: home.fpol:8 deny delete at /home with EPERM */
 /* rule 1: home.fpol:9 deny create, delete matching "/home/\*" with EPERM */
 /* rule 2: home.fpol:15 deny write matching "/home/\*\/.ssh/\**" except named "known_hosts*" with EPERM */
-/* rule 3: home.fpol:18 audit read matching "/home/\*\/.ssh/id_*" */
+/* rule 3: home.fpol:12 audit read matching "/home/\*\/.ssh/id_*" */
+/* rule 4: home.fpol:15 audit read matching "/home/\*\/{.aws,.azure,.kube,.docker}/\**" */
+/* rule 5: home.fpol:18 audit read matching "/home/\*\/{.bash_history,.zsh_history,.python_history,.psql_history}" */
 
 struct fpol_class {
 	__u32 row;            /* index into fpol_rows */
@@ -324,14 +326,18 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /home/_ (instance home_3) */
 	{ .row = 2, .default_child = 2, .flags = 1 },
-	/* class 4: e.g. /home/_/.ssh (instance home_4) */
-	{ .row = 3, .default_child = 7, .flags = 1, .globs = 0, .masks = 0, .nglobs = 2, .nmasks = 2 },
-	/* class 5: e.g. /home/_/.ssh/id_ (instance home_5) */
-	{ .row = 4, .default_child = 7, .flags = 1, .globs = 2, .masks = 2, .nglobs = 1, .nmasks = 1 },
-	/* class 6: e.g. /home/_/.ssh/known_hosts (instance home_6) */
-	{ .row = 0, .default_child = 7, .flags = 0, .globs = 2, .masks = 3, .nglobs = 1, .nmasks = 1 },
-	/* class 7: e.g. /home/_/.ssh/_ (instance home_7) */
-	{ .row = 3, .default_child = 7, .flags = 1, .globs = 2, .masks = 4, .nglobs = 1, .nmasks = 1 },
+	/* class 4: e.g. /home/_/.aws (instance home_4) */
+	{ .row = 3, .default_child = 4, .flags = 1 },
+	/* class 5: e.g. /home/_/.bash_history (instance home_5) */
+	{ .row = 4, .default_child = 2, .flags = 1 },
+	/* class 6: e.g. /home/_/.ssh (instance home_6) */
+	{ .row = 5, .default_child = 9, .flags = 1, .globs = 0, .masks = 0, .nglobs = 2, .nmasks = 2 },
+	/* class 7: e.g. /home/_/.ssh/id_ (instance home_7) */
+	{ .row = 6, .default_child = 9, .flags = 1, .globs = 2, .masks = 2, .nglobs = 1, .nmasks = 1 },
+	/* class 8: e.g. /home/_/.ssh/known_hosts (instance home_8) */
+	{ .row = 0, .default_child = 9, .flags = 0, .globs = 2, .masks = 3, .nglobs = 1, .nmasks = 1 },
+	/* class 9: e.g. /home/_/.ssh/_ (instance home_9) */
+	{ .row = 5, .default_child = 9, .flags = 1, .globs = 2, .masks = 4, .nglobs = 1, .nmasks = 1 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -353,6 +359,20 @@ const __u32 fpol_rows[FPOL_NROWS][FPOL_NSLOTS] = {
 		[FPOL_SLOT_LINK_DST] = 0x00020101, [FPOL_SLOT_SYMLINK] = 0x00020101,
 	},
 	[3] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_ACCESS_R] = 0x00000010, [FPOL_SLOT_ACCESS_RX] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_ACCESS_RWX] = 0x00000010,
+		[FPOL_SLOT_OPEN_R] = 0x00000010, [FPOL_SLOT_OPEN_RX] = 0x00000010, [FPOL_SLOT_OPEN_RW] = 0x00000010, [FPOL_SLOT_OPEN_RWX] = 0x00000010,
+		[FPOL_SLOT_CREATE_RW] = 0x00000010, [FPOL_SLOT_READ] = 0x00000010, [FPOL_SLOT_COPY_FILE_RANGE_SRC] = 0x00000010,
+	},
+	[4] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_ACCESS_R] = 0x00000010, [FPOL_SLOT_ACCESS_RX] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_ACCESS_RWX] = 0x00000010,
+		[FPOL_SLOT_OPEN_R] = 0x00000010, [FPOL_SLOT_OPEN_RX] = 0x00000010, [FPOL_SLOT_OPEN_RW] = 0x00000010, [FPOL_SLOT_OPEN_RWX] = 0x00000010,
+		[FPOL_SLOT_CREATE_RW] = 0x00000010, [FPOL_SLOT_READ] = 0x00000010, [FPOL_SLOT_COPY_FILE_RANGE_SRC] = 0x00000010,
+	},
+	[5] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00030101, /* deny EPERM (home.fpol:15 deny write matching "/home/\*\/.ssh/\**" except named "known_hosts*" with EPERM): the other atoms */
 		/* allow (default allow) */
 		[FPOL_SLOT_LOOKUP] = 0x00000000, [FPOL_SLOT_GETATTR] = 0x00000000, [FPOL_SLOT_ACCESS_NONE] = 0x00000000, [FPOL_SLOT_ACCESS_X] = 0x00000000,
@@ -362,7 +382,7 @@ const __u32 fpol_rows[FPOL_NROWS][FPOL_NSLOTS] = {
 		[FPOL_SLOT_FSYNCDIR] = 0x00000000, [FPOL_SLOT_RELEASE] = 0x00000000, [FPOL_SLOT_RELEASEDIR] = 0x00000000, [FPOL_SLOT_READDIR] = 0x00000000,
 		[FPOL_SLOT_STATFS] = 0x00000000, [FPOL_SLOT_GETXATTR] = 0x00000000, [FPOL_SLOT_LISTXATTR] = 0x00000000,
 	},
-	[4] = {
+	[6] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00030101, /* deny EPERM (home.fpol:15 deny write matching "/home/\*\/.ssh/\**" except named "known_hosts*" with EPERM): the other atoms */
 		/* allow (default allow) */
 		[FPOL_SLOT_LOOKUP] = 0x00000000, [FPOL_SLOT_GETATTR] = 0x00000000, [FPOL_SLOT_ACCESS_NONE] = 0x00000000, [FPOL_SLOT_ACCESS_X] = 0x00000000,
@@ -396,12 +416,45 @@ struct fpol_literal {
 const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
 	[0] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[1] = { 0xffffffff, 0, 0, 0, 0, 0 },
-	[2] = { 0, 0xd2c8c28e, 0, 4, 0, 1 }, /* class 0: "home" -> class 1 */
-	[3] = { 3, 0xbe93ce65, 4, 4, 0, 4 }, /* class 3: ".ssh" -> class 4 */
+	[2] = { 3, 0x907e1531, 71, 12, 1, 5 }, /* class 3: ".zsh_history" -> class 5 */
+	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[4] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[6] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[7] = { 3, 0x5b029574, 34, 5, 1, 4 }, /* class 3: ".kube" -> class 4 */
+	[8] = { 3, 0xa0429fb4, 8, 6, 1, 4 }, /* class 3: ".azure" -> class 4 */
+	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[11] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[12] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[13] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[14] = { 0, 0xd2c8c28e, 0, 4, 0, 1 }, /* class 0: "home" -> class 1 */
+	[15] = { 3, 0xa79f949c, 14, 13, 1, 5 }, /* class 3: ".bash_history" -> class 5 */
+	[16] = { 3, 0xdb9bb0bc, 52, 15, 1, 5 }, /* class 3: ".python_history" -> class 5 */
+	[17] = { 3, 0xb7f64a02, 4, 4, 1, 4 }, /* class 3: ".aws" -> class 4 */
+	[18] = { 3, 0x1dc28a61, 27, 7, 1, 4 }, /* class 3: ".docker" -> class 4 */
+	[19] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[20] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[21] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[22] = { 3, 0xbe93ce65, 67, 4, 0, 6 }, /* class 3: ".ssh" -> class 6 */
+	[23] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[24] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[25] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[26] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[27] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[28] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[29] = { 3, 0xfe4d17ee, 39, 13, 1, 5 }, /* class 3: ".psql_history" -> class 5 */
+	[30] = { 0xffffffff, 0, 0, 0, 0, 0 },
+	[31] = { 0xffffffff, 0, 0, 0, 0, 0 },
 };
 
 const __u8 fpol_pool[FPOL_POOL_SIZE] = {
-	0x68, 0x6f, 0x6d, 0x65, 0x2e, 0x73, 0x73, 0x68,  /* home.ssh */
+	0x68, 0x6f, 0x6d, 0x65, 0x2e, 0x61, 0x77, 0x73, 0x2e, 0x61, 0x7a, 0x75, 0x72, 0x65, 0x2e, 0x62,  /* home.aws.azure.b */
+	0x61, 0x73, 0x68, 0x5f, 0x68, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x2e, 0x64, 0x6f, 0x63, 0x6b,  /* ash_history.dock */
+	0x65, 0x72, 0x2e, 0x6b, 0x75, 0x62, 0x65, 0x2e, 0x70, 0x73, 0x71, 0x6c, 0x5f, 0x68, 0x69, 0x73,  /* er.kube.psql_his */
+	0x74, 0x6f, 0x72, 0x79, 0x2e, 0x70, 0x79, 0x74, 0x68, 0x6f, 0x6e, 0x5f, 0x68, 0x69, 0x73, 0x74,  /* tory.python_hist */
+	0x6f, 0x72, 0x79, 0x2e, 0x73, 0x73, 0x68, 0x2e, 0x7a, 0x73, 0x68, 0x5f, 0x68, 0x69, 0x73, 0x74,  /* ory.ssh.zsh_hist */
+	0x6f, 0x72, 0x79,  /* ory */
 };
 
 static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
@@ -523,9 +576,9 @@ __noinline int fpol_pool_equal(__u32 offset, __u32 len)
 /* The name globs each class tests, in runs that classes testing the same globs share
  * (bit i of a class's mask is the i-th glob of its run). */
 const __u16 fpol_class_globs[FPOL_NCLASS_GLOBS] = {
-	/* [0] class 4: "id_*", "known_hosts*" */
+	/* [0] class 6: "id_*", "known_hosts*" */
 	0, 1,
-	/* [2] classes 5, 6, 7: "known_hosts*" */
+	/* [2] classes 7, 8, 9: "known_hosts*" */
 	1,
 };
 
@@ -538,11 +591,11 @@ struct fpol_glob_mask {
 /* Where a name matching some of a class's globs leads, per class sorted by mask;
  * a mask not listed leads to the class's default child. */
 const struct fpol_glob_mask fpol_glob_masks[FPOL_NGLOB_MASKS] = {
-	[0] = { 0x1, 5 | FPOL_INHERIT_OK, 4 }, /* class 4: names matching "id_*" -> class 5 */
-	[1] = { 0x2, 6 | FPOL_INHERIT_OK, 4 }, /* class 4: names matching "known_hosts*" -> class 6 */
-	[2] = { 0x1, 6 | FPOL_INHERIT_OK, 5 }, /* class 5: names matching "known_hosts*" -> class 6 */
-	[3] = { 0x1, 6 | FPOL_INHERIT_OK, 6 }, /* class 6: names matching "known_hosts*" -> class 6 */
-	[4] = { 0x1, 6 | FPOL_INHERIT_OK, 7 }, /* class 7: names matching "known_hosts*" -> class 6 */
+	[0] = { 0x1, 7 | FPOL_INHERIT_OK, 6 }, /* class 6: names matching "id_*" -> class 7 */
+	[1] = { 0x2, 8 | FPOL_INHERIT_OK, 6 }, /* class 6: names matching "known_hosts*" -> class 8 */
+	[2] = { 0x1, 8 | FPOL_INHERIT_OK, 7 }, /* class 7: names matching "known_hosts*" -> class 8 */
+	[3] = { 0x1, 8 | FPOL_INHERIT_OK, 8 }, /* class 8: names matching "known_hosts*" -> class 8 */
+	[4] = { 0x1, 8 | FPOL_INHERIT_OK, 9 }, /* class 9: names matching "known_hosts*" -> class 8 */
 };
 
 /* Does the scratch name match glob 0, "id_*"? */
