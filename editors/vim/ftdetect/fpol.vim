@@ -1,0 +1,2 @@
+" fpol policies (docs/editors.md)
+autocmd BufNewFile,BufRead *.fpol setfiletype fpol
