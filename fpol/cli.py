@@ -451,10 +451,10 @@ def cmd_status(args) -> int:
         else:
             policy = f"policy unknown (not in fpol's mount registry, {registry.REGISTRY_DIR})"
         if state == "dead":
-            print(f"mount {m.target}: {m.source}, {policy}, DEAD (its daemon exited; the files "
-                  f"on the source are untouched): `fpol umount {m.target}` removes it")
+            print(f"mount {m.target}: {m.source}, DEAD (its daemon exited; the files on the "
+                  f"source are untouched): `fpol umount {m.target}` removes it; {policy}")
         else:
-            print(f"mount {m.target}: {m.source}, {policy}, served")
+            print(f"mount {m.target}: {m.source}, served; {policy}")
     return EXIT_OK
 
 

@@ -229,7 +229,7 @@ def test_real_daemon_mount_is_recorded_and_forgotten(tmp_path):
         assert r.dev == mountmod.mount_entry(str(mnt)).dev
         status = subprocess.run([sys.executable, "-m", "fpol", "status"], capture_output=True,
                                 text=True, cwd=ROOT, timeout=30)
-        assert f"mount {mnt}: {src}, policy secrets ({policy}, daemon, daemon pid {pid}" \
+        assert f"mount {mnt}: {src}, served; policy secrets ({policy}, daemon, daemon pid {pid}" \
             in status.stdout, status.stdout
     finally:
         done = subprocess.run(run + ["umount", str(mnt)], capture_output=True, text=True,
