@@ -640,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     t.set_defaults(func=cmd_test)
 
+    from fpol import policy_tools  # diff, learn (issue 17)
+
+    policy_tools.add_parsers(sub)
+
     from fpol import completion
 
     cm = sub.add_parser("completion", help="print a shell completion script (bash, zsh, fish)",

@@ -1,0 +1,258 @@
+"""The exact semantic difference of two policies (`fpol diff OLD NEW`).
+
+Both policies are compiled to class trees; `product_walk` visits every pair of classes
+(one of each tree) that some path reaches in both, breadth first from the two roots, so
+each pair is met first by one of its shortest paths. From a pair it follows every name the
+two trees tell apart: the literal names of either class, one witness name for each
+realisable combination of their name globs (paths.glob_combinations, as the evaluator's
+"no gain by moving" walk does), and so also "any other name". Two policies decide every
+request alike exactly when every reachable pair has equal decision tables (a rename's or
+link's EXDEV is a function of those tables too), so the walk is exact, not sampled.
+
+`product_walk` is kept apart from what is done with the pairs so other comparisons of two
+class trees can reuse it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from . import ops
+from .classes import Class, ClassTree
+from .decide import Decision
+from .evaluate import Request, Verdict
+from .explain import show_path, to_json
+from .paths import glob_combinations
+from .policy import Policy
+
+Path = tuple[bytes, ...]
+
+
+# --- the product walk ----------------------------------------------------------------------
+
+def _names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
+    """One name for each way the two classes can tell a child apart."""
+    literals = {name for name, _ in a.literals} | {name for name, _ in b.literals}
+    if fold_a != fold_b:
+        # One side compares case-insensitively: a literal's other spellings are
+        # different names to the case-sensitive side and the same to the other.
+        literals |= {n.upper() for n in literals} | {n.lower() for n in literals}
+    globs = sorted({g.text for g in a.globs} | {g.text for g in b.globs})
+    avoid = frozenset(literals | {n.lower() for n in literals})
+    return sorted(literals) + [w for _, w in sorted(glob_combinations(globs, avoid).items())]
+
+
+def product_walk(a: ClassTree, b: ClassTree) -> Iterator[tuple[Path, Class, Class]]:
+    """Every pair of classes that one path reaches in `a` and in `b`, once each, with a
+    shortest such path (breadth first; names in byte order, so the walk is deterministic
+    and the same with the trees swapped)."""
+    fold_a, fold_b = a.policy.case_insensitive, b.policy.case_insensitive
+    seen = {(0, 0)}
+    queue: deque = deque([((), 0, 0)])
+    while queue:
+        path, ia, ib = queue.popleft()
+        ca, cb = a.classes[ia], b.classes[ib]
+        yield path, ca, cb
+        for name in _names(ca, cb, fold_a, fold_b):
+            pair = (ca.child(name, fold_a), cb.child(name, fold_b))
+            if pair not in seen:
+                seen.add(pair)
+                queue.append((path + (name,), *pair))
+
+
+# --- differences ---------------------------------------------------------------------------
+
+def effect(d: Decision) -> tuple:
+    """What a request sees of a decision (not which rule made it)."""
+    return (d.kind, d.errno, d.mode, d.audit)
+
+
+def atom_groups(atom: str) -> tuple[str, ...]:
+    """The op groups an atom belongs to (its op's name for lookup and the handle ops,
+    which are in no group but `all`)."""
+    groups = [g for g in ops.GROUPS if g != "all" and g in ops.SELECTORS[atom]]
+    return tuple(groups) or (ops.atom_op(atom),)
+
+
+_ORDER: dict[str, int] = {}
+for _name in ops.GROUPS + ops.SINGLE_OPS:  # groups first, then the ops only `all` covers
+    _ORDER.setdefault(_name, len(_ORDER))
+
+
+def _group_order(name: str) -> int:
+    return _ORDER.get(name, len(_ORDER))
+
+
+def atom_request(atom: str, path: Path) -> tuple[Request, str]:
+    """A request judged as `atom` at `path`, and which end of it `path` is (object,
+    source or destination)."""
+    op, _, detail = atom.partition(":")
+    if op == "open":
+        acc = {"r": ops.O_RDONLY, "w": ops.O_WRONLY, "rw": ops.O_RDWR}[detail.replace("x", "")]
+        flags = acc | (ops.FMODE_EXEC if "x" in detail else 0)
+        return Request("open", path, flags=flags), "object"
+    if op == "create":
+        flags = (ops.O_RDWR if detail == "rw" else ops.O_WRONLY) | ops.OPEN_FLAGS["O_CREAT"]
+        return Request("create", path, flags=flags), "object"
+    if op == "access":
+        mask = (ops.MAY_READ if "r" in detail else 0) | (ops.MAY_WRITE if "w" in detail else 0) \
+            | (ops.MAY_EXEC if "x" in detail else 0)
+        return Request("access", path, mask=mask), "object"
+    if detail in ("src", "dst"):
+        return Request(op, path), "source" if detail == "src" else "destination"
+    return Request(op, path), "object"
+
+
+@dataclass
+class Difference:
+    """One place where the two policies decide some atoms differently: a pair of classes,
+    the shortest path that reaches it, and the atoms (grouped: one Difference per distinct
+    pair of old and new decisions at that place)."""
+
+    path: Path
+    atoms: tuple[str, ...]
+    old: Decision
+    new: Decision
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        out: dict[str, None] = {}
+        for a in self.atoms:
+            out.update(dict.fromkeys(atom_groups(a)))
+        return tuple(sorted(out, key=_group_order))
+
+    def request(self) -> tuple[Request, str]:
+        return atom_request(self.atoms[0], self.path)
+
+
+@dataclass
+class DiffResult:
+    old: Policy
+    new: Policy
+    differences: list[Difference] = field(default_factory=list)
+    pairs: int = 0  # class pairs compared
+
+    @property
+    def equivalent(self) -> bool:
+        return not self.differences
+
+    @property
+    def groups(self) -> dict[str, list[Path]]:
+        """op group -> the paths where it differs, shortest first."""
+        out: dict[str, list[Path]] = {}
+        for d in self.differences:
+            for g in d.groups:
+                paths = out.setdefault(g, [])
+                if d.path not in paths:
+                    paths.append(d.path)
+        return dict(sorted(out.items(), key=lambda kv: _group_order(kv[0])))
+
+    @property
+    def places(self) -> int:
+        return len({d.path for d in self.differences})
+
+
+def diff(old: ClassTree, new: ClassTree) -> DiffResult:
+    """Every place (pair of classes) where the two policies decide some atom differently."""
+    result = DiffResult(old.policy, new.policy)
+    for path, ca, cb in product_walk(old, new):
+        result.pairs += 1
+        if ca.table == cb.table:
+            continue
+        by_pair: dict[tuple, list[str]] = {}
+        decisions: dict[tuple, tuple[Decision, Decision]] = {}
+        for atom, da, db in zip(ops.ATOMS, ca.table, cb.table):
+            ea, eb = effect(da), effect(db)
+            if ea != eb:
+                key = (ea, eb, da.rules, db.rules)
+                by_pair.setdefault(key, []).append(atom)
+                decisions[key] = (da, db)
+        for key, atoms in by_pair.items():
+            da, db = decisions[key]
+            result.differences.append(Difference(path, tuple(atoms), da, db))
+    return result
+
+
+# --- output ----------------------------------------------------------------------------
+
+def _side(policy: Policy, req: Request, d: Decision) -> dict:
+    out = to_json(policy, Verdict(req, d))
+    return out
+
+
+def difference_json(result: DiffResult, d: Difference) -> dict:
+    req, end = d.request()
+    return {
+        "op": req.op,
+        "path": show_path(d.path),
+        "to": None,
+        "end": end,
+        "atoms": list(d.atoms),
+        "groups": list(d.groups),
+        "old": _side(result.old, req, d.old),
+        "new": _side(result.new, req, d.new),
+    }
+
+
+def summary(result: DiffResult, shown: Optional[int] = None) -> str:
+    if result.equivalent:
+        return (f"equivalent: {result.old.file} and {result.new.file} decide every request "
+                f"alike ({result.pairs} class pairs compared)")
+    groups = list(result.groups)
+    n = len(result.differences)
+    text = (f"{len(groups)} op group{'s differ' if len(groups) != 1 else ' differs'} "
+            f"({', '.join(groups)}) at {result.places} place{'s' if result.places != 1 else ''} "
+            f"({n} difference{'s' if n != 1 else ''} over {result.pairs} class pairs)")
+    if shown is not None and shown < n:
+        text += f"; {shown} shown (--limit)"
+    return text
+
+
+def to_json_obj(result: DiffResult, limit: int) -> dict:
+    return {
+        "equivalent": result.equivalent,
+        "old": result.old.file,
+        "new": result.new.file,
+        "summary": summary(result, min(limit, len(result.differences))),
+        "groups": {g: [show_path(p) for p in paths[:limit]] for g, paths in result.groups.items()},
+        "places": result.places,
+        "pairs": result.pairs,
+        "differences": [difference_json(result, d) for d in result.differences[:limit]],
+    }
+
+
+def _atoms_text(atoms: tuple[str, ...]) -> str:
+    have = set(atoms)
+    out = []
+    for op in ops.SINGLE_OPS:
+        every = ops.ATOMS_OF_OP[op]
+        if all(a in have for a in every):
+            out.append(op)
+        else:
+            out.extend(a for a in every if a in have)
+    return ", ".join(out)
+
+
+def _decision_text(policy: Policy, d: Decision) -> str:
+    text = d.short()
+    if d.rules:
+        r = policy.rules[d.rules[0]]
+        text += f" ({r.file or policy.file}:{r.line}: {r.text})"
+    elif policy.default.line is not None:
+        text += f" (default, {policy.file}:{policy.default.line})"
+    else:
+        text += " (default)"
+    return text
+
+
+def to_text(result: DiffResult, limit: int) -> str:
+    lines = []
+    for d in result.differences[:limit]:
+        lines.append(f"{show_path(d.path)}: {', '.join(d.groups)}")
+        lines.append(f"  ops: {_atoms_text(d.atoms)}")
+        lines.append(f"  old: {_decision_text(result.old, d.old)}")
+        lines.append(f"  new: {_decision_text(result.new, d.new)}")
+    lines.append(summary(result, min(limit, len(result.differences))))
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""`fpol diff` (compiler/diff.py): the exact difference of two policies' decisions.
+
+Properties (hypothesis): two policies drawn from one pool of rules (so they are often
+equivalent or nearly so) are reported equivalent exactly when the reference evaluator
+agrees on every generated request; every reported difference is confirmed by the
+evaluator on both policies (and by the request `fpol explain` would judge); diff(A, B)
+and diff(B, A) report the same places. Goldens: the examples against edited versions
+(tests/golden/diff/; `pytest tests/test_diff.py --update-goldens` rewrites them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fpol.cli import main
+from fpol.compiler.diff import atom_request, diff, effect, product_walk
+from fpol.compiler.driver import check
+from fpol.compiler.evaluate import Evaluator
+from fpol.compiler.fmt import format_policy
+from fpol.compiler.parser import parse
+
+from strategies import headers, requests, rules
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "diff"
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+
+def _checked(text: str, name: str):
+    result = check(text, name)
+    return result if result.ok else None
+
+
+@st.composite
+def policy_pairs(draw):
+    """Two policies over one pool of rules: the same or different subsets, reordered,
+    with the same headers or (rarely) different ones."""
+    head = draw(headers())
+    pool = draw(st.lists(rules(), min_size=1, max_size=5))
+    a = draw(st.lists(st.sampled_from(pool), max_size=5))
+    if draw(st.booleans()):
+        b = draw(st.permutations(a))  # a reordering: equivalent
+    else:
+        b = draw(st.lists(st.sampled_from(pool), max_size=5))
+    head_b = head if draw(st.integers(0, 4)) else draw(headers())
+    return "\n".join(head + a) + "\n", "\n".join(head_b + list(b)) + "\n"
+
+
+def _same(ev_a: Evaluator, ev_b: Evaluator, req) -> bool:
+    va, vb = ev_a.evaluate(req), ev_b.evaluate(req)
+    return effect(va.decision) == effect(vb.decision)
+
+
+@SETTINGS
+@given(policy_pairs(), st.lists(requests(max_depth=4), min_size=20, max_size=20))
+def test_equivalent_exactly_when_the_evaluator_agrees(pair, reqs):
+    a, b = _checked(pair[0], "a.fpol"), _checked(pair[1], "b.fpol")
+    if a is None or b is None:
+        return
+    result = diff(a.classes, b.classes)
+    ev_a, ev_b = Evaluator(a.policy), Evaluator(b.policy)
+    if result.equivalent:
+        for req in reqs:
+            assert _same(ev_a, ev_b, req), req
+    # Every reported difference is real, on both sides, for the atom and for the request
+    # `fpol explain` would judge.
+    for d in result.differences:
+        for atom in d.atoms:
+            da, db = ev_a.decision_at(d.path, atom), ev_b.decision_at(d.path, atom)
+            assert effect(da) == effect(d.old) and effect(db) == effect(d.new), (d.path, atom)
+            assert effect(da) != effect(db)
+        req, end = atom_request(d.atoms[0], d.path)
+        if end == "object":
+            va, vb = ev_a.evaluate(req), ev_b.evaluate(req)
+            assert effect(va.decision) == effect(d.old) and effect(vb.decision) == effect(d.new)
+            assert va.decision.rules == d.old.rules and vb.decision.rules == d.new.rules
+
+
+@SETTINGS
+@given(policy_pairs())
+def test_diff_is_symmetric(pair):
+    a, b = _checked(pair[0], "a.fpol"), _checked(pair[1], "b.fpol")
+    if a is None or b is None:
+        return
+    ab, ba = diff(a.classes, b.classes), diff(b.classes, a.classes)
+    assert ab.equivalent == ba.equivalent
+    assert [(d.path, d.atoms, effect(d.old), effect(d.new)) for d in ab.differences] == \
+        [(d.path, d.atoms, effect(d.new), effect(d.old)) for d in ba.differences]
+    assert ab.groups == ba.groups
+
+
+@SETTINGS
+@given(policy_pairs())
+def test_a_difference_found_by_sampling_is_reported(pair):
+    """The converse on the paths the walk itself reaches: wherever the two class tables
+    differ for an atom, the evaluator differs there too, and diff reports that place."""
+    a, b = _checked(pair[0], "a.fpol"), _checked(pair[1], "b.fpol")
+    if a is None or b is None:
+        return
+    result = diff(a.classes, b.classes)
+    places = {d.path for d in result.differences}
+    for path, ca, cb in product_walk(a.classes, b.classes):
+        if any(effect(x) != effect(y) for x, y in zip(ca.table, cb.table)):
+            assert path in places
+
+
+@SETTINGS
+@given(st.lists(rules(), max_size=5), headers())
+def test_reformatted_and_reordered_policies_are_equivalent(rule_lines, head):
+    text = "\n".join(head + rule_lines) + "\n"
+    a = _checked(text, "a.fpol")
+    if a is None:
+        return
+    tree, _, _ = parse(text, "a.fpol")
+    b = _checked(format_policy(tree), "b.fpol")
+    c = _checked("\n".join(head + rule_lines[::-1]) + "\n", "c.fpol")
+    assert diff(a.classes, b.classes).equivalent
+    assert diff(a.classes, c.classes).equivalent
+
+
+def test_added_deny_is_reported_with_its_rule():
+    a = check("deny write under /a\n", "old.fpol")
+    b = check("deny write under /a\ndeny read under /a/k with EPERM\n", "new.fpol")
+    result = diff(a.classes, b.classes)
+    assert {d.path for d in result.differences} == {(b"a", b"k")}
+    assert list(result.groups) == ["read", "write", "create", "exec"]
+    by_atom = {a: d for d in result.differences for a in d.atoms}
+    assert by_atom["read"].old.kind == "allow" and by_atom["read"].new.errno == "EPERM"
+    # Reading and writing: the more specific deny's errno now wins.
+    assert by_atom["open:rw"].old.errno == "EACCES" and by_atom["open:rw"].new.errno == "EPERM"
+    assert "write" not in by_atom
+
+
+def test_case_insensitive_against_sensitive():
+    a = check("names case-insensitive\ndeny write under /Data\n", "a.fpol")
+    b = check("deny write under /data\n", "b.fpol")
+    result = diff(a.classes, b.classes)
+    places = {d.path for d in result.differences}
+    assert (b"DATA",) in places and (b"data",) not in places
+
+
+def test_spellings_are_equivalent_through_includes_and_definitions(tmp_path):
+    (tmp_path / "inc.fpol").write_text("deny write under /home/a/.ssh\n")
+    (tmp_path / "a.fpol").write_text('include "inc.fpol"\n')
+    (tmp_path / "b.fpol").write_text("define h = /home/a\ndeny write under $h/.ssh\n")
+    assert main(["diff", str(tmp_path / "a.fpol"), str(tmp_path / "b.fpol")]) == 0
+
+
+# --- the command -----------------------------------------------------------------------
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    (tmp_path / "a.fpol").write_text("deny write under /a\n")
+    (tmp_path / "b.fpol").write_text("deny write, read under /a\n")
+    (tmp_path / "bad.fpol").write_text("deny wrte under /a\n")
+    a, b, bad = (str(tmp_path / n) for n in ("a.fpol", "b.fpol", "bad.fpol"))
+    assert main(["diff", a, a]) == 0
+    assert capsys.readouterr().out.startswith("equivalent: ")
+    assert main(["diff", "--format", "json", a, b]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["equivalent"] is False and set(out) >= {"differences", "summary", "groups"}
+    first = out["differences"][0]
+    assert first["path"] == "/a" and first["old"]["decision"] == "allow"
+    assert first["new"]["rule"] == {"file": b, "line": 1, "text": "deny read, write under /a"}
+    assert main(["diff", a, bad]) == 2
+    assert "error[FP003]" in capsys.readouterr().err
+    assert main(["diff", a, str(tmp_path / "missing.fpol")]) == 2
+    assert main(["diff", "--limit", "0", a, b]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["diff", a])
+    assert e.value.code == 2
+
+
+def test_limit(tmp_path, capsys):
+    (tmp_path / "a.fpol").write_text("")
+    (tmp_path / "b.fpol").write_text("deny write under /a\ndeny read under /b\ndeny list at /c\n")
+    assert main(["diff", "--limit", "1", str(tmp_path / "a.fpol"), str(tmp_path / "b.fpol")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5 and out[-1].endswith("1 shown (--limit)")
+
+
+# --- goldens: the examples against edited versions ---------------------------------------
+
+EDITS = [
+    ("home-known-hosts", "home.fpol",
+     'deny write matching "/home/*/.ssh/**" except named "known_hosts*" with EPERM',
+     'deny write matching "/home/*/.ssh/**" with EPERM'),
+    ("secrets-list", "secrets.fpol", "deny list at /secret/keys", "deny list under /secret/keys"),
+    ("uploads-reordered", "uploads.fpol", None, None),
+    ("complain-enforce", "complain.fpol", "mode complain", "mode enforce"),
+    ("android-default", "android-media.fpol", None, "deny write under /Android/obb with EROFS"),
+]
+
+
+@pytest.mark.parametrize("name, example, old, new", EDITS, ids=[e[0] for e in EDITS])
+def test_diff_goldens(name, example, old, new, tmp_path, request, capsys, monkeypatch):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path / "examples")
+    text = Path(example).read_text()
+    if old is None and new is None:  # reorder the rules: equivalent
+        lines = text.splitlines()
+        rule_lines = [l for l in lines if l.startswith(("deny", "allow", "audit", "redirect"))]
+        edited = "\n".join([l for l in lines if l not in rule_lines] + rule_lines[::-1]) + "\n"
+    elif old is None:
+        edited = text + new + "\n"
+    else:
+        assert old in text
+        edited = text.replace(old, new)
+    Path("edited.fpol").write_text(edited)
+    outputs = {}
+    for fmt in ("text", "json"):
+        status = main(["diff", "--format", fmt, "--limit", "6", example, "edited.fpol"])
+        outputs[fmt] = capsys.readouterr().out
+        assert status == (0 if old is None and new is None else 1)
+    for fmt, ext in (("text", "txt"), ("json", "json")):
+        path = GOLDEN / f"{name}.{ext}"
+        if request.config.getoption("--update-goldens"):
+            GOLDEN.mkdir(parents=True, exist_ok=True)
+            path.write_text(outputs[fmt])
+        assert path.exists(), f"no golden {path}; run with --update-goldens"
+        assert outputs[fmt] == path.read_text(), f"{path.name} differs"
