@@ -503,7 +503,11 @@ def test_daemon_killed_during_a_big_write(mounts, passthrough):
             wait_until((mounts.base / "held").exists, "the handler to hold a write")
             assert writer.poll() is None  # the write is in flight
         m.kill9()
-        rest = writer.communicate(timeout=60)[0].split()
+        # Not communicate(): with a timeout it reads the pipe's descriptor directly and
+        # loses the lines the loop above had already buffered. The writer's output is a
+        # few KiB, well within the pipe.
+        writer.wait(timeout=60)
+        rest = writer.stdout.read().split()
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -513,9 +517,10 @@ def test_daemon_killed_during_a_big_write(mounts, passthrough):
     big = m.source / rel
     if not passthrough:
         assert acked == 32 * CHUNK and big.stat().st_size == acked
-        # The request in flight fails with ECONNABORTED (the kernel's abort), and the close
-        # after it with ENOTCONN.
-        assert rest[-4:] == ["error", str(errno.ECONNABORTED), "close", str(errno.ENOTCONN)]
+        # The request in flight fails with ECONNABORTED (the kernel's abort). The close
+        # after it succeeds: every write was answered (or failed) before it, and the open
+        # asked for no FLUSH (FOPEN_NOFLUSH), so close has nothing left to report.
+        assert rest[-2:] == ["error", str(errno.ECONNABORTED)] and "close" not in rest
     assert_written_prefix(big, acked)
     assert names(m.source) - before == {rel}  # no temporary or partial files of fpol's
     again = assert_reported_dead_and_recover(mounts, m, via_umount=passthrough)

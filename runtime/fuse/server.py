@@ -654,6 +654,10 @@ class FuseServer:
         open_flags, backing_id = self._io_mode(h)
         if not h.passthrough and stat.S_ISREG(node.mode):
             self.daemon_io[node.nodeid] += 1
+        if self.enf.plain_allow(node.cls, "flush"):
+            # Nothing to decide or log at close: spare the round trip. Like the I/O mode,
+            # this is the open's: a later move or reload does not change it.
+            open_flags |= P.FOPEN_NOFLUSH
         return h, P.open_out(h.fh, open_flags, backing_id)
 
     def _passthrough_class(self, cls: int) -> bool:
