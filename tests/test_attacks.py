@@ -923,8 +923,10 @@ class Mounts:
             self.tmp = base
         else:
             base = self.factory.mktemp(f"attack-{af.path.stem}")
-        policy = base / "policy.fpol"
-        policy.write_text(af.policy_text, encoding="utf-8")
+        policy = ROOT / af.policy_source
+        if not policy.is_file():  # an inline policy; an example is mounted where it is,
+            policy = base / "policy.fpol"  # so that its includes resolve
+            policy.write_text(af.policy_text, encoding="utf-8")
         (base / "src").mkdir()
         try:
             m = Mount(policy, base / "src", base / "mnt", base / "audit.log",
