@@ -9,7 +9,9 @@ refreshed on every change. Besides diagnostics it answers:
 - completion: keywords where a statement starts, op and group names after an action or a
   comma, clause keywords, errnos after `with`, header values, `$NAME` for defined names;
 - formatting: the canonical form of `fpol fmt` (nothing while the text has syntax errors);
-- code actions: the did-you-mean hints (`did you mean `write`?`) as quick fixes.
+- code actions: the did-you-mean hints (`did you mean `write`?`) as quick fixes;
+- go to definition: an `include`'s file, and the `define` of a `$NAME` (in this file or
+  one it includes).
 
 The language work is in plain functions over text (`Document`), which never raise on any
 text (tests/test_lsp.py drives them with the fuzzing strategies); the server around them
@@ -106,10 +108,14 @@ def _check(text: str, path: str):
 
 def _problem(d, doc: Document) -> Optional[Problem]:
     if os.path.abspath(d.file) != os.path.abspath(doc.path):
-        # A problem in another file of the policy (an include): shown at its top.
-        where = f"{d.file}:{d.span.line}:{d.span.column}: "
+        # A problem in another file of the policy: shown on the include line that brings
+        # it in (its "included from here" note), else at the top.
+        message = f"{d.file}:{d.span.line}:{d.span.column}: {d.message}"
         start = end = (0, 0)
-        message = where + d.message
+        for item in d.related:
+            if len(item) > 2 and os.path.abspath(item[2]) == os.path.abspath(doc.path):
+                start, end = doc._span(item[1])
+                break
     else:
         start, end = doc._span(d.span)
         message = d.message
@@ -360,6 +366,65 @@ def completions(doc: Document, line: int, col: int) -> list[Item]:
     return []
 
 
+# go to definition ---------------------------------------------------------------------------
+
+_INCLUDE = re.compile(r'^([ \t\f]*include[ \t\f]+)("(?:\\.|[^"\\])*"|[^\s#"]+)', re.M)
+
+
+def _unquote(raw: str) -> str:
+    return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\") if raw.startswith('"') else raw
+
+
+def _include_target(including: str, raw: str) -> str:
+    """The file an include names, relative to the including file (as compiler/include.py)."""
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(including)),
+                                         _unquote(raw)))
+
+
+def _find_define(text: str, name: str) -> Optional[tuple[int, int]]:
+    m = re.search(rf"^([ \t\f]*define[ \t\f]+){re.escape(name)}(?![A-Za-z0-9_.-])", text, re.M)
+    if m is None:
+        return None
+    line = text.count("\n", 0, m.start())
+    return line, len(m.group(1))
+
+
+def definition(doc: Document, line: int, col: int):
+    """Where the thing at (line, col) is defined: (file, start, end) or None. An include's
+    path goes to the file; `$NAME` to its `define`, in this file or one it includes."""
+    if not 0 <= line < len(doc.lines):
+        return None
+    m = _INCLUDE.match(doc.lines[line])
+    if m and m.start(2) <= col <= m.end(2):
+        target = _include_target(doc.path, m.group(2))
+        return (target, (0, 0), (0, 0)) if os.path.isfile(target) else None
+    found = word_at(doc, line, col)
+    if found is None or not found[0].startswith("$"):
+        return None
+    name = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)", found[0])
+    if name is None:
+        return None
+    name = name.group(1)
+    seen: set[str] = set()
+    queue = [(os.path.abspath(doc.path), doc.text)]
+    while queue:  # this file first, then what it includes, breadth first
+        path, text = queue.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        at = _find_define(text, name)
+        if at is not None:
+            return path, at, (at[0], at[1] + len(name))
+        for inc in _INCLUDE.finditer(text):
+            target = _include_target(path, inc.group(2))
+            try:
+                with open(target, encoding="utf-8", errors="replace") as f:
+                    queue.append((target, f.read()))
+            except OSError:
+                continue
+    return None
+
+
 # formatting and quick fixes -----------------------------------------------------------------
 
 def formatted(doc: Document) -> Optional[str]:
@@ -522,6 +587,24 @@ def build_server():
         return t.CompletionList(is_incomplete=False, items=[
             t.CompletionItem(label=i.label, kind=kinds[i.kind], detail=i.detail or None,
                              sort_text=f"{n:04d}") for n, i in enumerate(items)])
+
+    @server.feature(t.TEXT_DOCUMENT_DEFINITION)
+    @guarded
+    def on_definition(params: t.DefinitionParams):
+        doc = document(params.text_document.uri)
+        line, col = at(doc, params.position)
+        found = definition(doc, line, col)
+        if found is None:
+            return None
+        path, start, end = found
+        if os.path.abspath(path) == os.path.abspath(doc.path):
+            return t.Location(uri=params.text_document.uri, range=rng(doc, start, end))
+        # Another file: its lines as they are on disk (columns here are ASCII offsets of
+        # `define NAME`, the same in any unit).
+        pos = lambda p: t.Position(line=p[0], character=p[1])  # noqa: E731
+        from pathlib import Path
+
+        return t.Location(uri=Path(path).as_uri(), range=t.Range(start=pos(start), end=pos(end)))
 
     @server.feature(t.TEXT_DOCUMENT_FORMATTING)
     @guarded

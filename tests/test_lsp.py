@@ -172,6 +172,32 @@ async def test_ranges_count_utf16_units(client: LanguageClient, tmp_path):
 
 
 @pytest.mark.asyncio
+async def test_go_to_definition_of_includes_and_defined_names(client: LanguageClient, tmp_path):
+    (tmp_path / "common").mkdir()
+    common = tmp_path / "common" / "creds.fpol"
+    common.write_text("# shared names\ndefine CREDS = /home/*/.aws\n")
+    text = ('include "common/creds.fpol"\n'
+            "define KEYS = /secret/keys, /vault\n"
+            "deny read under $KEYS/x\n"
+            'audit read matching "$CREDS/**"\n')
+    uri = await _open(client, tmp_path / "main.fpol", text)
+
+    async def go(line, ch):
+        r = await client.text_document_definition_async(t.DefinitionParams(
+            text_document=t.TextDocumentIdentifier(uri=uri),
+            position=t.Position(line=line, character=ch)))
+        if r is None:
+            return None
+        loc = r[0] if isinstance(r, list) else r
+        return (loc.uri, loc.range.start.line, loc.range.start.character, loc.range.end.character)
+
+    assert await go(0, 12) == (common.as_uri(), 0, 0, 0)  # the include's path
+    assert await go(2, 18) == (uri, 1, 7, 11)  # $KEYS -> `define KEYS`
+    assert await go(3, 23) == (common.as_uri(), 1, 7, 12)  # $CREDS, defined in the include
+    assert await go(2, 1) is None  # `deny` has no definition
+
+
+@pytest.mark.asyncio
 async def test_examples_open_clean_and_format_to_themselves(client: LanguageClient):
     for path in sorted((ROOT / "examples").glob("*.fpol")):
         text = path.read_text()

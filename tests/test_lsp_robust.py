@@ -2,9 +2,10 @@
 
 Every text the fuzzing strategies make (valid policies, mutated ones, arbitrary unicode with
 lone surrogates, NULs and every kind of line end) goes through what the server does on each
-keystroke and request: the check and its diagnostics, hover and completion at every
-position, formatting and quick fixes. None may raise, every range must lie inside the
-document, formatting must be a fixpoint, and a quick fix must only replace the word it names.
+keystroke and request: the check and its diagnostics, hover, completion and go to
+definition at every position, formatting and quick fixes. None may raise, every range must
+lie inside the document, formatting must be a fixpoint, and a quick fix must only replace
+the word it names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fpol.lsp import Document, completions, formatted, hover, quick_fixes
+from fpol.lsp import Document, completions, definition, formatted, hover, quick_fixes
 
 from strategies import EDIT_PIECES, mutated, policies
 
@@ -49,6 +50,8 @@ def _exercise(text: str) -> Document:
             assert h is None or isinstance(h, str) and h
             for item in completions(doc, line, col):
                 assert item.label and item.kind
+            found = definition(doc, line, col)
+            assert found is None or isinstance(found[0], str)
     hover(doc, len(doc.lines) + 3, 0)
     completions(doc, -1, 5)
     out = formatted(doc)
