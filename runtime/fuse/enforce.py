@@ -99,7 +99,7 @@ class AuditLog:
             d = self.policy.default
             return {"line": d.line, "text": f"default {d.text}"} if d.line else None
         r = self.policy.rules[index]
-        return {"line": r.line, "text": r.text}
+        return {"line": r.line, "text": r.text, "file": r.file or self.policy.file}
 
     def write(self, ev: Event, decision: str, errno: Optional[int], rule: Optional[int],
               result: Optional[int] = None, **extra) -> None:
@@ -202,7 +202,8 @@ class Enforcer:
         """FILE:LINE of a rule (metrics labels), or `default`."""
         if rule is None:
             return "default"
-        return f"{self.policy.file}:{self.policy.rules[rule].line}"
+        r = self.policy.rules[rule]
+        return f"{r.file or self.policy.file}:{r.line}"
 
     def swap(self, view: PolicyView) -> None:
         self.view = view
