@@ -159,10 +159,13 @@ def _server_handlers(st: pstats.Stats) -> dict:
     """The request handlers (FuseServer methods called by dispatch) in this profile."""
     out = {}
     for func, (cc, nc, tt, ct, callers) in st.stats.items():
-        if any(c[0].endswith("server.py") and c[2] == "dispatch" for c in callers) \
-                and func[0].endswith("server.py"):
+        if any(c[0].endswith("server.py") and c[2] in DISPATCH for c in callers) \
+                and func[0].endswith("server.py") and func[2] not in DISPATCH:
             out[func] = (nc, tt, ct)
     return out
+
+
+DISPATCH = ("dispatch", "_dispatch")  # FuseServer's request dispatch (and its inner part)
 
 
 def _name(func) -> str:
@@ -240,6 +243,8 @@ def profile_section(path: str, plain: dict) -> list[str]:
     handlers = _server_handlers(st)
     dispatch = next((v for k, v in st.stats.items()
                      if k[0].endswith("server.py") and k[2] == "dispatch"), None)
+    replies = [(k, v) for k, v in st.stats.items()
+               if k[0].endswith("device.py") and k[2] in ("reply", "reply_error")]
     reads = next((v for k, v in st.stats.items()
                   if k[0].endswith("device.py") and k[2] == "read"), None)
     out = []
@@ -248,7 +253,9 @@ def profile_section(path: str, plain: dict) -> list[str]:
         out.append(f"Under cProfile: dispatch {nc:,} requests, {ct * 1e6 / nc:.1f} µs each "
                    "(decide + perform + reply)"
                    + (f"; Channel.read {reads[3] * 1e6 / reads[1]:.1f} µs each (waiting "
-                      "for the kernel included)" if reads else "") + ".")
+                      "for the kernel included)" if reads else "") + "; "
+                   + ", ".join(f"Channel.{k[2]} {v[3] * 1e6 / v[1]:.1f} µs each ({v[1]:,})"
+                               for k, v in replies if v[1]) + ".")
     out += ["", "| request handler | calls | µs per call (cProfile) | own µs |",
             "|---|---|---|---|"]
     for func, (nc, tt, ct) in sorted(handlers.items(), key=lambda kv: -kv[1][2]):
@@ -279,7 +286,17 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default="auto,off", help="cache modes to profile")
     ap.add_argument("--workloads", default=",".join(k for k, _ in WORKLOADS))
     ap.add_argument("--keep", metavar="DIR", help="keep the .prof files here")
+    ap.add_argument("--analyse", metavar="DIR",
+                    help="only read the .prof files kept in DIR by an earlier --keep run")
     args = ap.parse_args(argv)
+    if args.analyse:
+        for cache in args.cache.split(","):
+            for key, label in WORKLOADS:
+                path = os.path.join(args.analyse, f"{cache}-{key}.prof")
+                if key in args.workloads.split(",") and os.path.exists(path):
+                    print("\n".join(["", f"### --cache {cache}: {label}", ""]
+                                    + profile_section(path, {})))
+        return 0
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("mount_profile: needs root and /dev/fuse", file=sys.stderr)
         return 3
