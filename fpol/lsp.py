@@ -21,6 +21,7 @@ any unexpected failure into a log message, never a dead server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from dataclasses import dataclass, field
@@ -64,18 +65,22 @@ class Problem:
 
 @dataclass
 class Document:
-    """One version of an open document and what the compiler made of it."""
+    """One version of an open document and what the compiler made of it (with check=False
+    only its text: enough for completion, definitions and formatting, and instant)."""
 
     text: str
     path: str
+    check: bool = True
     lines: list[str] = field(init=False)
     checked: object = field(init=False, default=None)
     problems: list[Problem] = field(init=False, default_factory=list)
 
     def __post_init__(self):
         self.lines = self.text.split("\n")
-        self.checked = _check(self.text, self.path)
-        self.problems = [p for p in (_problem(d, self) for d in self.checked.diagnostics) if p]
+        if self.check:
+            self.checked = _check(self.text, self.path)
+            self.problems = [p for p in (_problem(d, self) for d in self.checked.diagnostics)
+                             if p]
 
     # positions ------------------------------------------------------------------------
     def clamp(self, line: int, col: int) -> tuple[int, int]:
@@ -511,21 +516,22 @@ def build_server():
         run.__name__ = fn.__name__
         return run
 
-    def document(uri: str) -> Optional[Document]:
+    def text_of(uri: str) -> str:
+        return server.workspace.get_text_document(uri).source
+
+    def checked_doc(uri: str) -> Document:
+        """The checked document for the text as it is now (the last check when it is
+        current, else a check here and now)."""
+        text = text_of(uri)
         doc = docs.get(uri)
-        if doc is None:
-            text = server.workspace.get_text_document(uri).source
+        if doc is None or doc.text != text:
             doc = docs[uri] = Document(text, uri_path(uri))
         return doc
 
-    def refresh(uri: str, version: Optional[int]) -> None:
-        text = server.workspace.get_text_document(uri).source
-        try:
-            doc = docs[uri] = Document(text, uri_path(uri))
-        except Exception as e:
-            docs.pop(uri, None)
-            log(f"fpol lsp: checking {uri} failed: {type(e).__name__}: {e}")
-            return
+    def text_doc(uri: str) -> Document:
+        return Document(text_of(uri), uri_path(uri), check=False)
+
+    def publish(uri: str, doc: Document, version: Optional[int]) -> None:
         diagnostics = []
         for p in doc.problems:
             diagnostics.append(t.Diagnostic(
@@ -533,7 +539,6 @@ def build_server():
                 severity=t.DiagnosticSeverity.Error if p.severity == ERROR
                 else t.DiagnosticSeverity.Warning,
                 code=p.code, source="fpol",
-                code_description=None,
                 related_information=[t.DiagnosticRelatedInformation(
                     location=t.Location(uri=uri, range=rng(doc, a, b)), message=m)
                     for m, a, b in p.related] or None,
@@ -541,24 +546,71 @@ def build_server():
         server.text_document_publish_diagnostics(
             t.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version))
 
+    # Checks run in a worker thread, one at a time per document, so the server keeps
+    # answering while a large policy is checked; edits made meanwhile are coalesced into
+    # one more check of the latest text.
+    open_uris: set[str] = set()
+    running: set[str] = set()
+    stale: set[str] = set()
+
+    async def refresh(uri: str) -> None:
+        if uri in running:
+            stale.add(uri)
+            return
+        running.add(uri)
+        try:
+            while uri in open_uris:
+                stale.discard(uri)
+                current = server.workspace.get_text_document(uri)
+                text, version = current.source, current.version
+                try:
+                    doc = await asyncio.get_running_loop().run_in_executor(
+                        None, Document, text, uri_path(uri))
+                except Exception as e:
+                    import traceback
+
+                    log(f"fpol lsp: checking {uri} failed: {type(e).__name__}: {e}\n"
+                        f"{traceback.format_exc()}")
+                    break
+                if uri not in open_uris:
+                    break
+                docs[uri] = doc
+                if uri not in stale:
+                    publish(uri, doc, version)
+                    break
+        finally:
+            running.discard(uri)
+
+    def refresh_async(fn):
+        async def run(ls, params):
+            uri = params.text_document.uri
+            try:
+                fn(uri)
+                await refresh(uri)
+            except Exception as e:  # a bug in fpol: say so, keep serving
+                log(f"fpol lsp: {type(e).__name__}: {e}")
+        run.__name__ = fn.__name__
+        return run
+
     @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
-    @guarded
-    def did_open(params: t.DidOpenTextDocumentParams):
-        refresh(params.text_document.uri, params.text_document.version)
+    @refresh_async
+    def did_open(uri: str):
+        open_uris.add(uri)
 
     @server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
-    @guarded
-    def did_change(params: t.DidChangeTextDocumentParams):
-        refresh(params.text_document.uri, params.text_document.version)
+    @refresh_async
+    def did_change(uri: str):
+        open_uris.add(uri)
 
     @server.feature(t.TEXT_DOCUMENT_DID_SAVE)
-    @guarded
-    def did_save(params: t.DidSaveTextDocumentParams):
-        refresh(params.text_document.uri, None)  # included files may have changed
+    @refresh_async
+    def did_save(uri: str):
+        docs.pop(uri, None)  # included files may have changed: check again
 
     @server.feature(t.TEXT_DOCUMENT_DID_CLOSE)
     @guarded
     def did_close(params: t.DidCloseTextDocumentParams):
+        open_uris.discard(params.text_document.uri)
         docs.pop(params.text_document.uri, None)
         server.text_document_publish_diagnostics(
             t.PublishDiagnosticsParams(uri=params.text_document.uri, diagnostics=[]))
@@ -566,7 +618,7 @@ def build_server():
     @server.feature(t.TEXT_DOCUMENT_HOVER)
     @guarded
     def on_hover(params: t.HoverParams):
-        doc = document(params.text_document.uri)
+        doc = checked_doc(params.text_document.uri)
         line, col = at(doc, params.position)
         text = hover(doc, line, col)
         if text is None:
@@ -581,7 +633,7 @@ def build_server():
                     t.CompletionOptions(trigger_characters=[" ", ",", "$"]))
     @guarded
     def on_completion(params: t.CompletionParams):
-        doc = document(params.text_document.uri)
+        doc = text_doc(params.text_document.uri)
         line, col = at(doc, params.position)
         items = completions(doc, line, col)
         return t.CompletionList(is_incomplete=False, items=[
@@ -591,7 +643,7 @@ def build_server():
     @server.feature(t.TEXT_DOCUMENT_DEFINITION)
     @guarded
     def on_definition(params: t.DefinitionParams):
-        doc = document(params.text_document.uri)
+        doc = text_doc(params.text_document.uri)
         line, col = at(doc, params.position)
         found = definition(doc, line, col)
         if found is None:
@@ -609,7 +661,7 @@ def build_server():
     @server.feature(t.TEXT_DOCUMENT_FORMATTING)
     @guarded
     def on_format(params: t.DocumentFormattingParams):
-        doc = document(params.text_document.uri)
+        doc = text_doc(params.text_document.uri)
         text = formatted(doc)
         if text is None or text == doc.text:
             return [] if text is not None else None
@@ -621,7 +673,7 @@ def build_server():
     @guarded
     def on_code_action(params: t.CodeActionParams):
         uri = params.text_document.uri
-        doc = document(uri)
+        doc = checked_doc(uri)
         start, end = at(doc, params.range.start), at(doc, params.range.end)
         actions = []
         for p in quick_fixes(doc, start, end):

@@ -9,6 +9,7 @@ in the compiler) are checked on a line with characters outside the BMP.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -169,6 +170,37 @@ async def test_ranges_count_utf16_units(client: LanguageClient, tmp_path):
         text_document=t.TextDocumentIdentifier(uri=uri),
         position=t.Position(line=0, character=start)))
     assert h.contents.value.startswith("**EPERM** = 1")
+
+
+@pytest.mark.asyncio
+async def test_edits_while_checking_end_in_the_last_texts_diagnostics(client: LanguageClient,
+                                                                      tmp_path):
+    """Checks run off the server's loop and coalesce: after a burst of edits the diagnostics
+    are those of the last text, published with its version."""
+    path = tmp_path / "burst.fpol"
+    uri = await _open(client, path, "deny read under /a\n")
+    texts = [f"deny {'wirte' if n % 2 else 'write'} under /a{n}\n" for n in range(2, 12)]
+    texts[-1] = "deny wirte under /last with EPRM\n"
+    for version, text in enumerate(texts, start=2):
+        client.text_document_did_change(t.DidChangeTextDocumentParams(
+            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[t.TextDocumentContentChangeWholeDocument(text=text)]))
+    last = len(texts) + 1
+    async def settled():  # only the last text has FP004: no earlier publication matches
+        while _got(client, uri) != _expected(texts[-1], path):
+            await client.wait_for_notification(t.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+
+    await asyncio.wait_for(settled(), timeout=30)
+    assert _got(client, uri) == _expected(texts[-1], path)
+    assert [c for c, *_ in _got(client, uri)] == ["FP003", "FP004"]
+    # Hover right after an edit answers for the new text.
+    client.text_document_did_change(t.DidChangeTextDocumentParams(
+        text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=last + 1),
+        content_changes=[t.TextDocumentContentChangeWholeDocument(
+            text="audit write under /x with EPERM\n")]))
+    h = await client.text_document_hover_async(t.HoverParams(
+        text_document=t.TextDocumentIdentifier(uri=uri), position=t.Position(line=0, character=1)))
+    assert "audit write under /x" in h.contents.value
 
 
 @pytest.mark.asyncio
