@@ -37,6 +37,7 @@ class Unit:
     # The include lines that brought this file in, nearest first: (file, span).
     included_from: tuple[tuple[str, Span], ...]
     data: bytes  # the bytes read (the top file: as given)
+    where: str = ""  # the file's path on disk (absolute), for tools that rewrite it
 
 
 def _encode(data: "bytes | str") -> bytes:
@@ -48,10 +49,10 @@ def load(data: "bytes | str", file: str, reporter: Reporter, origin: Optional[st
     """The top file and every file it includes, in include order (top first). `origin` is
     where the top file really is (for resolving includes); by default its name."""
     tree, source, _ = parse(data, file, reporter)
-    top = Unit(file, tree, source, (), _encode(data))
-    units = [top]
     where = os.path.abspath(origin if origin is not None else
                             (file if file != "<stdin>" else "stdin"))
+    top = Unit(file, tree, source, (), _encode(data), where)
+    units = [top]
     done: set[str] = {os.path.realpath(where)}
     _walk(top, where, [os.path.realpath(where)], done, units, reporter, reader)
     return units
@@ -100,7 +101,8 @@ def _walk(unit: Unit, where: str, stack: list[str], done: set[str], units: list[
         done.add(real)
         sub = reporter.for_file(display)
         tree, source, _ = parse(data, display, sub)
-        child = Unit(display, tree, source, ((unit.file, st.span),) + unit.included_from, data)
+        child = Unit(display, tree, source, ((unit.file, st.span),) + unit.included_from, data,
+                     target)
         units.append(child)
         _walk(child, target, stack + [real], done, units, reporter, reader)
 

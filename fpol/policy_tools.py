@@ -59,3 +59,96 @@ def add_parsers(sub) -> None:
                    help="show at most N differences, shortest paths first (default 20); the "
                         "summary counts all")
     d.set_defaults(func=cmd_diff)
+    add_learn_parser(sub)
+
+
+def cmd_learn(args) -> int:
+    import os
+
+    from fpol.cli import UsageError, _display_name, _read, _write_atomically
+    from fpol.compiler.diff import diff, summary
+    from fpol.compiler.driver import check
+    from fpol.compiler.learn import LogError, propose, read_log
+
+    log_name = _display_name(args.audit)
+    data = _read(args.audit)
+    try:
+        log = read_log(data.decode("utf-8", "surrogateescape"))
+    except LogError as e:
+        print(f"{log_name}:{e.line}:{e.column}: error: {e.message}", file=sys.stderr)
+        print("  = hint: fpol learn reads the JSON lines of an fpol audit log "
+              "(docs/cli.md, \"Audit log\")", file=sys.stderr)
+        return EXIT_USAGE
+    if args.policy == "-":
+        raise UsageError("--policy must name a file (learn may rewrite it)")
+    old = _load(args.policy)
+    if old is None:
+        return EXIT_USAGE
+    by_path = {u.where: u.file for u in old.units}
+
+    def recheck(texts: dict[str, str]):
+        def reader(path: str) -> bytes:
+            name = by_path.get(os.path.abspath(path))
+            if name is not None and name in texts:
+                return texts[name].encode("utf-8", "surrogateescape")
+            with open(path, "rb") as f:
+                return f.read()
+
+        top = old.units[0]
+        result = check(texts[top.file].encode("utf-8", "surrogateescape"), top.file,
+                       origin=top.where, reader=reader)
+        recheck.last = result
+        return result.policy if result.ok else None
+
+    recheck.last = None
+    proposal = propose(old.policy, old.units, log, args.widen, os.path.basename(log_name), recheck)
+    refused = len(proposal.covered) + len(proposal.unresolved)
+    for number in log.skipped_unknown_path:
+        print(f"{log_name}:{number}: note: skipped: the daemon could not name the path",
+              file=sys.stderr)
+    for e, why in proposal.unresolved:
+        print(f"{log_name}:{e.line}: warning: {e.text()}: not learned: {why}", file=sys.stderr)
+    if not refused:
+        print(f"nothing to learn: {len(log.entries)} refused request(s) in {log_name}, all "
+              f"allowed by {old.source.file} as it is now")
+        return EXIT_OK
+    text = proposal.unified_diff()
+    sys.stdout.write(text)
+    if text:
+        final = recheck({f: new for f, (_, new) in proposal.files.items()})
+        checked = recheck.last
+        if final is None or checked is None or checked.classes is None:
+            print("fpol: the proposed policy does not check; not applied", file=sys.stderr)
+            return EXIT_DIFFER
+        result = diff(old.classes, checked.classes)
+        print(f"fpol diff {old.source.file} (proposed): {summary(result)}")
+    print(f"{len(proposal.covered)} of {refused} refused request(s) in {log_name} allowed by the "
+          f"proposal ({proposal.added} rule(s) added, {proposal.changed} rule(s) given an except; "
+          f"--widen {args.widen})")
+    if args.write and text:
+        for u in old.units:
+            old_text, new_text = proposal.files[u.file]
+            if old_text != new_text:
+                _write_atomically(u.where, new_text.encode("utf-8", "surrogateescape"))
+                print(f"wrote {u.file}", file=sys.stderr)
+    return EXIT_DIFFER if proposal.unresolved else EXIT_OK
+
+
+def add_learn_parser(sub) -> None:
+    le = sub.add_parser(
+        "learn", help="propose the policy change a (complain-mode) audit log asks for",
+        description="Read an fpol audit log (JSON lines) and propose the smallest change to "
+                    "POLICY that lets every logged request it denies go through: a unified "
+                    "diff adding allow rules (under `default deny`) or excepts to the deny "
+                    "rules that refuse them, each line citing how many log lines it covers, "
+                    "then the `fpol diff` summary of the old policy against the proposal. "
+                    "Exit 0 when every refused request is covered, 1 when some cannot be "
+                    "(\"no gain by moving\"), 2 on usage errors.")
+    le.add_argument("audit", metavar="AUDIT", help="the audit log (JSON lines; - for stdin)")
+    le.add_argument("--policy", required=True, metavar="POLICY", help="the policy to change")
+    le.add_argument("--widen", choices=("exact", "dir", "name"), default="dir",
+                    help="exact: the logged paths; dir (default): the directories holding "
+                         "them; name: a `named` glob from the logged names' common suffix, "
+                         "in their directory")
+    le.add_argument("--write", action="store_true", help="apply the change to the policy file(s)")
+    le.set_defaults(func=cmd_learn)
