@@ -501,6 +501,10 @@ def cmd_test(args) -> int:
     if stricter:
         print(f"{len(stricter)} decided more strictly by the fuse-bpf realisation, on purpose "
               "(docs/realisation.md)")
+    if args.coverage or args.junit:
+        from fpol import policy_tools
+
+        policy_tools.test_reports(args, checked, cases_path, results, failed, stricter)
     return EXIT_POLICY if failed else EXIT_OK
 
 
@@ -638,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--engine", choices=("python", "kernel"), default="python",
                    help="python: the reference evaluator (default); kernel: the check programs")
     t.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    from fpol import policy_tools  # diff, learn, test --coverage/--junit (issue 17)
+
+    policy_tools.add_test_arguments(t)
     t.set_defaults(func=cmd_test)
 
     from fpol import policy_tools  # diff, learn (issue 17)

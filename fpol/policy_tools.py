@@ -152,3 +152,110 @@ def add_learn_parser(sub) -> None:
                          "in their directory")
     le.add_argument("--write", action="store_true", help="apply the change to the policy file(s)")
     le.set_defaults(func=cmd_learn)
+
+
+# --- fpol test --coverage / --junit ---------------------------------------------------------
+
+def coverage(policy, results) -> tuple[dict[int, set[str]], set[int]]:
+    """Per rule, the op groups of the cases it decided or audited (judged by the reference
+    evaluator, end by end), and the rules a refused move escaped ("no gain by moving")."""
+    from fpol.compiler import ops
+    from fpol.compiler.diff import atom_groups
+    from fpol.compiler.evaluate import Evaluator
+
+    ev = Evaluator(policy)
+    used: dict[int, set[str]] = {}
+    escaped: set[int] = set()
+    for r in results:
+        req = r.case.request
+        atoms = ops.request_atoms(req.op, req.flags, req.mask)
+        ends = [(req.path, atoms.source)]
+        if atoms.destination is not None and req.to is not None:
+            ends.append((req.to, atoms.destination))
+        for path, atom in ends:
+            d = ev.decision_at(path, atom)
+            for i in d.rules + d.audit_rules:
+                used.setdefault(i, set()).update(atom_groups(atom))
+        if r.verdict.lost_rule is not None:
+            escaped.add(r.verdict.lost_rule)
+    return used, escaped
+
+
+def coverage_text(policy, results) -> str:
+    from fpol.compiler.diff import _group_order
+
+    used, escaped = coverage(policy, results)
+    rules = policy.rules
+    decided = [r for r in rules if r.index in used or r.index in escaped]
+    out = [f"coverage: {len(decided)} of {len(rules)} rules decided or audited some case"]
+    for r in rules:
+        where = f"{r.file or policy.file}:{r.line}"
+        if r.index in used or r.index in escaped:
+            groups = sorted(used.get(r.index, ()), key=_group_order)
+            if r.index in escaped:
+                groups.append("no gain by moving")
+            out.append(f"  {where} {r.text}: {', '.join(groups)}")
+    never = [r for r in rules if r not in decided]
+    if never:
+        out.append(f"rules that decided no case ({len(never)}):")
+        for r in never:
+            out.append(f"  {r.file or policy.file}:{r.line} {r.text}")
+    return "\n".join(out)
+
+
+def junit_xml(policy_file: str, cases_path: str, results, failed, stricter, engine: str) -> bytes:
+    import xml.etree.ElementTree as ET
+
+    from fpol.compiler.explain import request_text
+
+    suite = ET.Element("testsuite", {
+        "name": f"fpol test {policy_file}", "tests": str(len(results)),
+        "failures": str(len(failed)), "errors": "0", "skipped": "0",
+    })
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", {"name": "engine", "value": engine})
+    ET.SubElement(props, "property", {"name": "cases", "value": cases_path})
+    failed_ids = {id(r) for r in failed}
+    stricter_ids = {id(r) for r in stricter}
+    for r in results:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": policy_file, "name": " ".join(r.case.text.split()),
+            "file": cases_path, "line": str(r.case.line)})
+        got = r.verdict.decision.short()
+        if id(r) in failed_ids:
+            message = (f"{request_text(r.case.request)}: expected {r.case.expect.text()}, "
+                       f"got {got} ({r.problem})")
+            failure = ET.SubElement(case, "failure", {"message": message, "type": "decision"})
+            failure.text = f"{cases_path}:{r.case.line}: {message}"
+        elif id(r) in stricter_ids:
+            out = ET.SubElement(case, "system-out")
+            out.text = (f"decided more strictly by the {engine} engine, on purpose: {got} "
+                        f"({r.verdict.note})")
+    ET.indent(suite)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="utf-8") + b"\n"
+
+
+def test_reports(args, checked, cases_path: str, results, failed, stricter) -> None:
+    """`fpol test --coverage` and `--junit FILE` (called by cmd_test after the run)."""
+    if getattr(args, "coverage", False):
+        print(coverage_text(checked.policy, results))
+    junit = getattr(args, "junit", None)
+    if junit:
+        from fpol.cli import UsageError, _write_atomically
+
+        data = junit_xml(checked.source.file, cases_path, results, failed, stricter, args.engine)
+        try:
+            if junit == "-":
+                sys.stdout.write(data.decode("utf-8"))
+            else:
+                _write_atomically(junit, data)
+        except OSError as e:
+            raise UsageError(f"cannot write {junit}: {e.strerror or e}") from None
+
+
+def add_test_arguments(t) -> None:
+    t.add_argument("--coverage", action="store_true",
+                   help="after the run, list per rule the op groups of the cases it decided "
+                        "or audited, and the rules that decided no case")
+    t.add_argument("--junit", metavar="FILE",
+                   help="also write the results as JUnit XML to FILE (- for stdout), for CI")
