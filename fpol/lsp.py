@@ -42,6 +42,34 @@ HEADER_VALUES: dict[str, tuple[str, ...]] = {
 ACTIONS = ("allow", "deny", "audit", "redirect")
 CLAUSES = ("under", "at", "matching", "named", "except", "with")
 COMMON_ERRNOS = ("EACCES", "EPERM", "EROFS", "ENOENT", "EXDEV", "EOPNOTSUPP")
+# What each keyword means, in a line (docs/language.md has the whole story).
+KEYWORD_DOCS = {
+    "policy": "`policy NAME` names the policy (1-8 characters `[a-z0-9_]`)",
+    "abi": "`abi v4|v3`: the fuse-bpf RFC version to generate for",
+    "mode": "`mode enforce|complain`: in complain mode every deny is logged and allowed",
+    "names": "`names case-sensitive|case-insensitive`: how names compare (ASCII case)",
+    "default": "`default allow | deny [with ERRNO] | redirect to userspace`: the decision "
+               "where no rule decides",
+    "include": "`include \"FILE\"`: the rules and definitions of another file, relative to "
+               "this one",
+    "define": "`define NAME = PATH, ...`: paths that `$NAME` stands for",
+    "allow": "allow the request (loses to any matching deny or redirect)",
+    "deny": "fail the request with the rule's errno (EACCES unless `with ERRNO`)",
+    "audit": "log the request; never changes the decision",
+    "redirect": "send the request to the userspace daemon (`to userspace [before|after]`)",
+    "to": "`to userspace [before|after|instead]`: where a redirect goes",
+    "userspace": "the fpol daemon: `before` vets the arguments, `after` sees the result, "
+                 "`instead` (the default) handles the whole op",
+    "before": "the daemon vets the request first, then the kernel does it",
+    "after": "the kernel does the op, then the daemon sees the result and may veto",
+    "instead": "the daemon handles the whole op (the same as plain `to userspace`)",
+    "under": "`under PATH`: the path itself and everything beneath it, component-wise",
+    "at": "`at PATH`: exactly that node",
+    "matching": "`matching \"GLOB\"`: full paths the glob matches (`*`, `?`, `**`, `{a,b}`)",
+    "named": "`named \"GLOB\"`: every node whose last component the glob matches",
+    "except": "`except SCOPE, ...`: removes what any listed scope matches from the rule",
+    "with": "`with ERRNO`: the errno of a deny (default EACCES)",
+}
 
 _HINT_FIX = re.compile(r"(?:did you mean|try) `([^`]+)`")
 _TOKEN = re.compile(r'"(?:\\.|[^"\\])*"?|[^\s,"]+|,')
@@ -228,7 +256,9 @@ def rule_hover(doc: Document, rule: ast.Rule) -> str:
     policy, classes = getattr(checked, "policy", None), getattr(checked, "classes", None)
     prule = None
     if policy is not None:
-        prule = next((r for r in policy.rules if r.span == rule.span), None)
+        here = os.path.abspath(doc.path)
+        prule = next((r for r in policy.rules if r.span == rule.span and
+                      os.path.abspath(getattr(r, "file", "") or doc.path) == here), None)
     if prule is None or classes is None:
         lines.append("classes: not computed while the policy has errors")
         return "\n\n".join(lines)
@@ -239,14 +269,16 @@ def rule_hover(doc: Document, rule: ast.Rule) -> str:
         elif any(prule.index in d.audit_rules for d in c.table):
             audits.append(c)
     if decides:
-        lines.append(f"**decides** in {len(decides)} of {len(classes.classes)} classes: "
+        lines.append(f"**decides** in {len(decides)} of {len(classes.classes)} classes "
+                     f"(class{'es' if len(decides) != 1 else ''} "
                      + ", ".join(str(c.id) for c in decides[:12])
-                     + (" …" if len(decides) > 12 else ""))
+                     + (" …" if len(decides) > 12 else "") + ")")
     elif prule.action != "audit":
         lines.append("**decides** nothing: a stricter or more specific rule wins everywhere "
                      "it matches")
     if audits or prule.action == "audit":
-        lines.append(f"**audits** in {len(audits) + len(decides)} classes")
+        n = len(audits) + len(decides)
+        lines.append(f"**audits** in {n} class{'es' if n != 1 else ''}")
     sample = sorted(decides or audits, key=lambda c: (b"." in c.example.split(b"/"), len(c.example)))
     if sample:
         lines.append("e.g. " + ", ".join(f"`{_show(c.example)}`" for c in sample[:2]))
@@ -260,6 +292,8 @@ def hover(doc: Document, line: int, col: int) -> Optional[str]:
         if not _within(st.span, line, col):
             continue
         if isinstance(st, ast.Rule):
+            if found is not None and found[0].startswith("$"):
+                break  # a defined name: its definition, below
             for w in st.ops:
                 if _within(w.span, line, col) and w.text in ops.OP_NAMES:
                     return op_hover(w.text)
@@ -275,9 +309,29 @@ def hover(doc: Document, line: int, col: int) -> Optional[str]:
     text = errno_hover(word)
     if text:
         return text
+    if word.startswith("$"):
+        found_def = definition(doc, line, found[1])
+        if found_def is not None:
+            path, (dline, _), _ = found_def
+            text = doc.lines[dline] if os.path.abspath(path) == os.path.abspath(doc.path) \
+                else _line_of(path, dline)
+            where = "" if os.path.abspath(path) == os.path.abspath(doc.path) else \
+                f"\n\nin `{os.path.relpath(path, os.path.dirname(os.path.abspath(doc.path)))}`"
+            return f"```fpol\n{text.strip()}\n```{where}"
+        return None
     if word in HEADER_VALUES:
         return f"**{word}**: " + ", ".join(f"`{v}`" for v in HEADER_VALUES[word])
+    if word in KEYWORD_DOCS:
+        return f"**{word}**: {KEYWORD_DOCS[word]}"
     return None
+
+
+def _line_of(path: str, line: int) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().split("\n")[line]
+    except (OSError, IndexError):
+        return ""
 
 
 # completion ---------------------------------------------------------------------------------

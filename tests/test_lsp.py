@@ -228,6 +228,17 @@ async def test_go_to_definition_of_includes_and_defined_names(client: LanguageCl
     assert await go(3, 23) == (common.as_uri(), 1, 7, 12)  # $CREDS, defined in the include
     assert await go(2, 1) is None  # `deny` has no definition
 
+    async def hover(line, ch):
+        h = await client.text_document_hover_async(t.HoverParams(
+            text_document=t.TextDocumentIdentifier(uri=uri),
+            position=t.Position(line=line, character=ch)))
+        return h.contents.value if h else None
+
+    assert "define KEYS = /secret/keys, /vault" in await hover(2, 18)
+    creds = await hover(3, 23)
+    assert "define CREDS = /home/*/.aws" in creds and "in `common/creds.fpol`" in creds
+    assert (await hover(0, 2)).startswith("**include**")
+
 
 @pytest.mark.asyncio
 async def test_examples_open_clean_and_format_to_themselves(client: LanguageClient):
