@@ -143,7 +143,8 @@ def _problem(d, doc: Document) -> Optional[Problem]:
     if os.path.abspath(d.file) != os.path.abspath(doc.path):
         # A problem in another file of the policy: shown on the include line that brings
         # it in (its "included from here" note), else at the top.
-        message = f"{d.file}:{d.span.line}:{d.span.column}: {d.message}"
+        shown = os.path.relpath(os.path.abspath(d.file), os.path.dirname(os.path.abspath(doc.path)))
+        message = f"{shown}:{d.span.line}:{d.span.column}: {d.message}"
         start = end = (0, 0)
         for item in d.related:
             if len(item) > 2 and os.path.abspath(item[2]) == os.path.abspath(doc.path):
@@ -159,9 +160,9 @@ def _problem(d, doc: Document) -> Optional[Problem]:
         if os.path.abspath(other) == os.path.abspath(doc.path):
             related.append((msg, *doc._span(span)))
     fix = None
-    if d.hint:
+    if d.hint and os.path.abspath(d.file) == os.path.abspath(doc.path):
         m = _HINT_FIX.search(d.hint)
-        if m and start != end:
+        if m and start != end:  # a fix for this file's text (not an included file's)
             fix = m.group(1)
     return Problem(d.code, d.severity, message, d.hint, start, end, related, fix)
 

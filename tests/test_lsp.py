@@ -241,6 +241,22 @@ async def test_go_to_definition_of_includes_and_defined_names(client: LanguageCl
 
 
 @pytest.mark.asyncio
+async def test_problem_in_an_included_file_shows_on_the_include_line(client: LanguageClient,
+                                                                     tmp_path):
+    (tmp_path / "bad.fpol").write_text("deny wirte under /x\n")
+    uri = await _open(client, tmp_path / "main.fpol", 'policy m\ninclude "bad.fpol"\n')
+    [d] = client.diagnostics[uri]
+    assert d.code == "FP003" and d.message.startswith("bad.fpol:1:6: unknown operation")
+    assert (d.range.start.line, d.range.start.character, d.range.end.line,
+            d.range.end.character) == (1, 0, 1, 18)
+    # Its did-you-mean is for the other file's text: no quick fix here.
+    actions = await client.text_document_code_action_async(t.CodeActionParams(
+        text_document=t.TextDocumentIdentifier(uri=uri), range=d.range,
+        context=t.CodeActionContext(diagnostics=[d])))
+    assert not actions
+
+
+@pytest.mark.asyncio
 async def test_examples_open_clean_and_format_to_themselves(client: LanguageClient):
     for path in sorted((ROOT / "examples").glob("*.fpol")):
         text = path.read_text()
