@@ -210,3 +210,37 @@ def test_case_tables_name_rules_in_included_files():
     assert problems[0] is None and problems[2] is None
     assert problems[1] == "decided by line inc.fpol:2"
     assert problems[3] == "decided by line 2"
+
+
+# --- property: any rules, inline or moved into an included file ----------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fpol.compiler.diff import diff  # noqa: E402
+
+from strategies import rules  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(rules(), min_size=1, max_size=5), st.data())
+def test_moving_rules_into_an_include_changes_nothing(rule_lines, data):
+    """The rules from position k on moved into an included file (written where they were):
+    the same rules in the same order, equivalent (fpol diff), the same C but for the
+    comments naming lines."""
+    k = data.draw(st.integers(0, len(rule_lines)))
+    inline = "\n".join(rule_lines) + "\n"
+    top = "\n".join(rule_lines[:k] + ['include "moved.fpol"']) + "\n"
+    moved = "\n".join(rule_lines[k:]) + "\n"
+    a = check(inline, "same.fpol")
+    b = check(top, "same.fpol", origin="/v/same.fpol", reader=_reader({"moved.fpol": moved}))
+    assert a.ok == b.ok
+    if not a.ok:
+        return
+    assert [r.text for r in a.policy.rules] == [r.text for r in b.policy.rules]
+    assert diff(a.classes, b.classes).equivalent
+    ca = lower(a.classes, source_name="same.fpol")
+    cb = lower(b.classes, source_name="same.fpol")
+    for which in ("struct_ops", "check"):
+        assert _COMMENT.sub("", render(ca, which)) == _COMMENT.sub("", render(cb, which))
