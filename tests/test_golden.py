@@ -159,6 +159,13 @@ SPELLINGS = [
     ("CRLF line ends", "deny write under /a\r\naudit read under /b\r\n",
      "deny write under /a\naudit read under /b\n"),
     ("named quoting", 'deny read under "/a" named "x"\n', 'deny read under /a named "x"\n'),
+    # LANGUAGE.md §7: a definition with one value is the path written out (more values:
+    # k rules, tests/test_include.py; included files: the same there).
+    ("defined path", "deny write under $d/x\ndefine d = /a\n", "deny write under /a/x\n\n"),
+    ("defined glob", 'define h = /home\ndeny read matching "$h/*/.ssh/**"\n',
+     '\ndeny read matching "/home/*/.ssh/**"\n'),
+    ("defined in a definition", 'define a = $b/c\ndefine b = "/x y"\ndeny write under $a except at $b\n',
+     '\n\ndeny write under "/x y/c" except at "/x y"\n'),
 ]
 
 
