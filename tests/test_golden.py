@@ -164,8 +164,8 @@ SPELLINGS = [
     ("defined path", "deny write under $d/x\ndefine d = /a\n", "deny write under /a/x\n\n"),
     ("defined glob", 'define h = /home\ndeny read matching "$h/*/.ssh/**"\n',
      '\ndeny read matching "/home/*/.ssh/**"\n'),
-    ("defined in a definition", 'define a = $b/c\ndefine b = "/x y"\ndeny write under $a except at $b\n',
-     '\n\ndeny write under "/x y/c" except at "/x y"\n'),
+    ("defined in a definition", 'define a = $b/c\ndefine b = "/x y"\ndeny write under $a except at $a/t\n',
+     '\n\ndeny write under "/x y/c" except at "/x y/c/t"\n'),
 ]
 
 
