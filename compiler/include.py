@@ -9,7 +9,9 @@ in ("included from here"). Definitions and the expansion of `$NAME` live in anal
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -23,7 +25,12 @@ Reader = Callable[[str], bytes]
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
+    # O_NONBLOCK: a FIFO named by mistake must not hang the compile; only regular files
+    # are read (not /dev/zero, a directory, a socket).
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         return f.read()
 
 

@@ -9,6 +9,7 @@ and the examples that share examples/common/credentials.fpol.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -244,3 +245,13 @@ def test_moving_rules_into_an_include_changes_nothing(rule_lines, data):
     cb = lower(b.classes, source_name="same.fpol")
     for which in ("struct_ops", "check"):
         assert _COMMENT.sub("", render(ca, which)) == _COMMENT.sub("", render(cb, which))
+
+
+def test_special_files_are_not_read(tmp_path):
+    os.mkfifo(tmp_path / "fifo.fpol")
+    top = tmp_path / "t.fpol"
+    top.write_text('include "fifo.fpol"\ninclude "/dev/zero"\ninclude "."\n')
+    result = check(top.read_bytes(), str(top))
+    assert [(d.code, d.message.split(": ")[-1]) for d in result.diagnostics] == [
+        ("FP030", "not a regular file"), ("FP030", "not a regular file"),
+        ("FP030", "Is a directory")]
