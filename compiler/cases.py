@@ -27,9 +27,10 @@ from . import ops
 from .diagnostics import Reporter, Span
 from .evaluate import Request, Verdict, parse_path
 from .paths import PathProblem
+from .errors import UsageProblem
 
 
-class CaseSyntaxError(ValueError):
+class CaseSyntaxError(UsageProblem, ValueError):
     def __init__(self, line: int, message: str):
         super().__init__(f"line {line}: {message}")
         self.line = line

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
+from .errors import EnvironmentProblem, FpolError
 
 CANDIDATES = ("clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14")
 CFLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function",
@@ -27,12 +28,12 @@ _MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
               "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu"}
 
 
-class ToolMissing(Exception):
+class ToolMissing(EnvironmentProblem):
     """A tool this machine lacks (exit code 3)."""
 
 
 @dataclass
-class CompileFailure(Exception):
+class CompileFailure(FpolError):
     message: str
     output: str
     c_line: Optional[int] = None

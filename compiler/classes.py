@@ -19,12 +19,13 @@ from . import ops
 from .decide import Decision, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
+from .errors import FpolError
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
 
 
-class TooComplex(Exception):
+class TooComplex(FpolError):
     def __init__(self, message: str, rule: Optional[Rule] = None):
         super().__init__(message)
         self.rule = rule

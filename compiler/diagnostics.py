@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
+from .errors import FpolError
 
 ERROR = "error"
 WARNING = "warning"
@@ -147,7 +148,7 @@ def _excerpt(source_lines: Optional[list[str]], span: Span) -> list[str]:
     return [gutter + text, " " * (len(gutter) + caret_at) + "^" * width]
 
 
-class PolicyError(Exception):
+class PolicyError(FpolError):
     """Raised when a stage cannot continue; carries every diagnostic found so far."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+from .errors import UsageProblem
 
 # The fuse_ops hooks, by their short names, in the order the language reference lists them.
 SINGLE_OPS: tuple[str, ...] = (
@@ -159,7 +160,7 @@ def access_atom(mask: int) -> str:
                              bool(mask & MAY_EXEC))
 
 
-class DetailError(ValueError):
+class DetailError(UsageProblem, ValueError):
     """A request detail (flags or mask) that cannot be understood."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional, Union
+from .errors import FpolError, UsageProblem
 
 NAME_MAX = 255
 # Brace alternatives multiply; a bound keeps `{a,b}{c,d}...` from exploding.
@@ -19,7 +20,7 @@ MAX_ALTERNATIVES = 256
 UNQUOTED_PATH = re.compile(rb"/[A-Za-z0-9._+@%~=/-]*")
 
 
-class PathProblem(ValueError):
+class PathProblem(UsageProblem, ValueError):
     """What is wrong with a path or glob, with the offset of the trouble in the text."""
 
     def __init__(self, message: str, hint: Optional[str] = None, code: str = "FP010"):
@@ -239,7 +240,7 @@ def _show(b: bytes) -> str:
 MAX_GLOB_STATES = 50_000
 
 
-class TooManyGlobStates(Exception):
+class TooManyGlobStates(FpolError):
     pass
 
 

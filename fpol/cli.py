@@ -14,12 +14,11 @@ import tempfile
 from typing import Optional, Sequence
 
 from fpol import __version__
+from fpol.compiler.errors import EXIT_ENV, EXIT_OK, EXIT_POLICY, EXIT_USAGE, FpolError, UsageProblem
 
-EXIT_OK, EXIT_POLICY, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
 
-
-class UsageError(Exception):
-    pass
+class UsageError(UsageProblem):
+    """Bad arguments or input files (exit code 2)."""
 
 
 def _read(path: str) -> bytes:
@@ -224,8 +223,6 @@ def build_objects(checked, out: str, abi=None) -> tuple[str, str]:
 
 
 def cmd_compile(args) -> int:
-    from fpol.compiler.clang import CompileFailure, ToolMissing
-
     if args.emit == "ast":
         from fpol.compiler.diagnostics import Reporter
         from fpol.compiler.parser import parse
@@ -259,12 +256,6 @@ def cmd_compile(args) -> int:
         raise UsageError(f"cannot write {out}: no directory {out_dir}")
     try:
         main, check_obj = build_objects(checked, out, args.abi)
-    except ToolMissing as e:
-        print(f"fpol: {e}", file=sys.stderr)
-        return EXIT_ENV
-    except CompileFailure as e:
-        print(f"fpol: {e}", file=sys.stderr)
-        return EXIT_POLICY
     except OSError as e:
         print(f"fpol: cannot write {out}: {e.strerror}"
               f"{f' ({e.filename})' if e.filename else ''}; nothing written", file=sys.stderr)
@@ -275,9 +266,8 @@ def cmd_compile(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from fpol.compiler.clang import CompileFailure, ToolMissing
     from fpol.runtime import libbpf
-    from fpol.runtime.engine import CheckEngine, EngineUnavailable, rule_for_verifier_log
+    from fpol.runtime.engine import CheckEngine, rule_for_verifier_log
     from fpol.runtime.objects import build
 
     checked = _load_policy(args.file)
@@ -287,15 +277,6 @@ def cmd_verify(args) -> int:
         built = build(checked, "check", abi=args.abi)
         with CheckEngine(built) as engine:
             report = engine.report
-    except ToolMissing as e:
-        print(f"fpol: {e}", file=sys.stderr)
-        return EXIT_ENV
-    except (EngineUnavailable, libbpf.LibbpfMissing) as e:
-        print(f"fpol: {e}", file=sys.stderr)
-        return EXIT_ENV
-    except CompileFailure as e:
-        print(f"fpol: {e}", file=sys.stderr)
-        return EXIT_POLICY
     except libbpf.LibbpfError as e:
         line, text, rule = rule_for_verifier_log(e.verifier_log, built.source)
         print(f"{checked.source.file}: the kernel verifier rejected the check object: {e}",
@@ -688,22 +669,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with few_collections():
             return args.func(args)
-    except UsageError as e:
+    except FpolError as e:  # every error of fpol's own: one message, its exit code
         print(f"fpol: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `fpol ... | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")
         return EXIT_OK
-    except Exception as e:  # an environment problem the command did not foresee
-        from fpol.runtime.engine import EngineUnavailable
-        from fpol.compiler.clang import ToolMissing
-
-        if isinstance(e, (EngineUnavailable, ToolMissing)):
-            print(f"fpol: {e}", file=sys.stderr)
-            return EXIT_ENV
-        raise
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from fpol.compiler.lower import MAX_DEPTH, OP_NUMBER, unpack
 
 from . import libbpf
 from .objects import Built, build
+from fpol.compiler.errors import EnvironmentProblem, UsageProblem
 
 NAME_SLOT = 256
 REQUEST_SIZE = 4 * 11 + 4 * 2 * MAX_DEPTH + 2 * MAX_DEPTH * NAME_SLOT
@@ -27,11 +28,11 @@ RESULT_SIZE = 4 * 5
 REALISED = 1 << 6
 
 
-class EngineUnavailable(Exception):
+class EngineUnavailable(EnvironmentProblem):
     """This machine cannot run the check object (exit code 3)."""
 
 
-class RequestTooLarge(ValueError):
+class RequestTooLarge(UsageProblem, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional
+from fpol.compiler.errors import EnvironmentProblem, FpolError
 
 c_int, c_uint, c_char_p, c_void_p, c_size_t = ctypes.c_int, ctypes.c_uint, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t
 c_uint32, c_uint64, c_bool = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_bool
@@ -27,7 +28,7 @@ BTF_KIND_STRUCT = 4
 BPF_LOG_LEVEL_STATS = 4
 
 
-class LibbpfError(Exception):
+class LibbpfError(FpolError):
     """A libbpf call failed: errno, what libbpf printed, and the verifier log if any."""
 
     def __init__(self, what: str, err: int, messages: list[str]):
@@ -91,7 +92,7 @@ _WARN_MARK = "\x00W"
 LIBBPF_WARN = 0
 
 
-class LibbpfMissing(Exception):
+class LibbpfMissing(EnvironmentProblem):
     """libbpf.so.1 is not installed."""
 
 

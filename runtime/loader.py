@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import libbpf
+from fpol.compiler.errors import EnvironmentProblem, FpolError
 
 PIN_ROOT = "/sys/fs/bpf/fpol"
 
 
-class LoadRefused(Exception):
+class LoadRefused(FpolError):
     """Refused before anything was attached (a taken name, no bpffs, ...)."""
 
 
-class KernelLacks(Exception):
+class KernelLacks(EnvironmentProblem):
     """The running kernel lacks the struct_ops type (exit code 3)."""
 
 

@@ -26,7 +26,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
-EXIT_OK, EXIT_POLICY, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+from fpol.compiler.errors import EXIT_ENV, EXIT_OK, EXIT_POLICY, EXIT_USAGE, FpolError
+
 FSTYPE = "fuse.fpol"
 LOG_DIR = "/var/log/fpol"
 # Every user may use the mount; the kernel checks the backing tree's ownership and modes.
@@ -71,9 +72,9 @@ def _open_log(path: str) -> TextIO:
                                      "choose another with --log; nothing mounted") from None
 
 
-class MountError(Exception):
+class MountError(FpolError):
     def __init__(self, code: int, message: str):
-        super().__init__(message)
+        super().__init__(message, exit_code=code)
         self.code = code
         self.message = message
 

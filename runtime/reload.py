@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import Callable, Optional, TextIO
 
-EXIT_OK, EXIT_POLICY, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+from fpol.compiler.errors import EXIT_ENV, EXIT_OK, EXIT_POLICY, EXIT_USAGE
 MAX_MESSAGE = 1 << 16
 TIMEOUT = 120.0  # a 10,000-rule policy compiles in seconds; this is only a safety net
 

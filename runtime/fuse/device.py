@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import protocol as P
+from fpol.compiler.errors import EnvironmentProblem
 
 _TRANSIENT = (errno.EINTR, errno.EAGAIN)
 _GONE = (errno.ENODEV, errno.ECONNABORTED)
@@ -41,7 +42,7 @@ class Unmounted(Exception):
     """The connection is gone: the filesystem was unmounted or the connection aborted."""
 
 
-class DeviceError(Exception):
+class DeviceError(EnvironmentProblem):
     """/dev/fuse failed in a way that is neither transient nor the end of the connection."""
 
 

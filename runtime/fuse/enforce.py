@@ -29,6 +29,7 @@ from fpol.compiler.decide import Decision, combine, stricter
 from fpol.compiler.evaluate import Verdict
 from fpol.compiler.policy import ALLOW, DENY, USERSPACE, Policy
 from fpol.compiler.view import PolicyView
+from fpol.compiler.errors import UsageProblem
 
 T = TypeVar("T")
 
@@ -137,7 +138,7 @@ def write_line(stream: TextIO, line: str) -> None:
 Handler = Callable[[dict], Union[None, int, str]]
 
 
-class HandlerError(Exception):
+class HandlerError(UsageProblem):
     """`--handler` names something that cannot be loaded."""
 
 

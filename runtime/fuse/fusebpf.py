@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from . import protocol as P
+from fpol.compiler.errors import UsageProblem
 
 # §2.1: opcode phase bits of filter requests.
 FUSE_OPCODE_FILTER = 0x0FFFF
@@ -55,7 +56,7 @@ assert ENTRY_FD.size == ENTRY_NAME.size == ENTRY_SIZE
 _NAME = re.compile(r"[A-Za-z0-9_.]{1,14}")
 
 
-class FuseBpfError(ValueError):
+class FuseBpfError(UsageProblem, ValueError):
     """A reply or option the fuse-bpf kernel would reject."""
 
 

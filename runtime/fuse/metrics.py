@@ -21,9 +21,10 @@ for metrics without it fails to start, saying so.
 from __future__ import annotations
 
 from typing import Optional
+from fpol.compiler.errors import EnvironmentProblem
 
 
-class MetricsUnavailable(Exception):
+class MetricsUnavailable(EnvironmentProblem):
     pass
 
 

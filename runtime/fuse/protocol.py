@@ -13,6 +13,7 @@ import os
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
+from fpol.compiler.errors import EnvironmentProblem
 
 KERNEL_MAJOR = 7
 OUR_MINOR = 45  # the newest minor this daemon was written against (FUSE_COPY_FILE_RANGE_64)
@@ -333,7 +334,7 @@ def negotiate(req: InitRequest, want_passthrough: bool = True,
     return Negotiated(KERNEL_MAJOR, minor, flags, passthrough, note, reply)
 
 
-class ProtocolError(Exception):
+class ProtocolError(EnvironmentProblem):
     """The kernel sent something this daemon cannot speak (or a request that is malformed:
     too short for its structure, a name without its NUL, extensions past its end)."""
 
