@@ -167,7 +167,11 @@ class Reporter:
             related: tuple = (), file: Optional[str] = None) -> None:
         """`file` names another file than the reporter's (a rule from an included file)."""
         assert code in CODES, code
-        self.items.append(Diagnostic(code, message, file or self.file, span, hint, tuple(related)))
+        file = file or self.file
+        # A note in the diagnostic's own file stays a (message, span) pair.
+        related = tuple(r[:2] if len(r) > 2 and (not r[2] or r[2] == file) else tuple(r)
+                        for r in related)
+        self.items.append(Diagnostic(code, message, file, span, hint, related))
 
     def for_file(self, file: str) -> "Reporter":
         """A reporter for another file of the same policy (an include) that adds to the
