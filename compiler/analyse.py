@@ -7,6 +7,7 @@ daemon-less mounts). Warnings that need the class tree live in compiler/lint.py.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_module
 import itertools
 import os
@@ -68,9 +69,12 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
     for file, st in statements:
         if isinstance(st, ast.Rule):
             here = reporter.for_file(file)
-            for concrete in _expand(st, defs, here):
+            alternatives = _expand(st, defs, here)
+            for concrete in alternatives:
                 rule = _rule(concrete, len(rules), here, no_daemon)
                 if rule is not None:
+                    if len(alternatives) > 1:
+                        rule = dataclasses.replace(rule, expanded=True)
                     rules.append(rule)
     defs.report_unused()
     _duplicates(rules, reporter)

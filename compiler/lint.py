@@ -65,12 +65,12 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
 
     for r in rules:
         if r.index not in matched:
-            reporter.add("FP105", "rule matches nothing: its scope (after `except`) is empty",
+            reporter.add("FP105", _as(r, "rule matches nothing: its scope (after `except`) is empty"),
                          r.span, "check the paths; an `except` may remove everything", file=r.file)
             continue
         for i, term in enumerate(r.excepts):
             if (r.index, i) not in except_used:
-                reporter.add("FP103", f"`except {term.text}` removes nothing from this rule",
+                reporter.add("FP103", _as(r, f"`except {term.text}` removes nothing from this rule"),
                              r.span, "the excepted paths are not in the rule's scope; drop it or fix the path",
                              file=r.file)
         if r.action == "allow" and policy.default.decision == "allow":
@@ -82,10 +82,18 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
             others = sorted(deciders_where_matched.get(r.index, ()))
             related = tuple(("decided instead by this rule", rules[i].span, rules[i].file)
                             for i in others[:3])
-            reporter.add("FP101", "rule never decides anything: wherever it matches, "
-                         + ("a stricter or more specific rule decides" if others else "another rule decides"),
+            reporter.add("FP101", _as(r, "rule never decides anything: wherever it matches, "
+                         + ("a stricter or more specific rule decides" if others else "another rule decides")),
                          r.span, "remove it, or narrow the rule that shadows it", related=related,
                          file=r.file)
+
+
+def _as(rule, message: str) -> str:
+    """A rule over a definition with several values is several rules (LANGUAGE.md §7): say
+    which of them a message is about."""
+    if not rule.expanded:
+        return message
+    return f"{message} (as `{rule.text}`)"
 
 
 # Atoms that put a new object at a name. The kernel takes a lookup's ENOENT as absence, so

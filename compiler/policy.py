@@ -43,6 +43,8 @@ class Rule:
     excepts: tuple[Term, ...]  # none may hold
     specificity: int
     file: str = ""  # the file the rule is written in (an included one, or the top file)
+    # One of the rules a statement over a several-valued definition stands for.
+    expanded: bool = False
 
     @property
     def decision(self) -> Optional[str]:
