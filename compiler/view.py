@@ -20,13 +20,15 @@ Everything else keeps timeouts of 0, so the daemon sees every such request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .classes import ATOM_INDEX, ClassTree
 from .decide import Decision
 from .evaluate import Evaluator, Request, Verdict
 from .policy import ALLOW, DENY, USERSPACE
+
+_MOVE_MEMO = 100_000  # verdicts remembered per view (class pairs seen by renames and links)
 
 # The two ops whose answers the kernel's dentry and attribute caches stand in for.
 CACHED_OPS = ("lookup", "getattr")
@@ -102,6 +104,7 @@ class PolicyView:
         self._passthrough = tuple(self._allows_passthrough(c.table) for c in tree.classes)
         self.root = 0
         self.mode = self.policy.mode
+        self._moves: dict[tuple[str, int, int], Verdict] = {}
 
     # --- classes -----------------------------------------------------------------------
 
@@ -128,6 +131,19 @@ class PolicyView:
     def two_path(self, op: str, src: tuple, dst: tuple) -> Verdict:
         """rename / link / copy_file_range with full paths: the evaluator's exact answer."""
         return self._evaluator.evaluate(Request(op, src, dst))
+
+    def move(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int) -> Verdict:
+        """two_path for a caller that knows both ends' classes. The verdict depends on the
+        paths only through their classes (a class fixes the decision of every op on its
+        objects and on everything below them, which is all "no gain by moving" compares),
+        so it is worked out once per (op, classes) and addressed to this request."""
+        key = (op, src_cls, dst_cls)
+        v = self._moves.get(key)
+        if v is None:
+            if len(self._moves) >= _MOVE_MEMO:
+                self._moves.clear()
+            v = self._moves[key] = self.two_path(op, src, dst)
+        return replace(v, request=Request(op, src, dst))
 
     # --- what the kernel may do without the daemon --------------------------------------
 

@@ -16,7 +16,7 @@ alone: fewer rights, never more.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 from .. import libc
@@ -37,6 +37,9 @@ def requester_groups(pid: int) -> list[int]:
     return []
 
 
+_SAME = nullcontext()  # the requester is the daemon's own identity: nothing to switch
+
+
 class Credentials:
     """Switches this thread's filesystem credentials to a requester's and back."""
 
@@ -45,11 +48,14 @@ class Credentials:
         self.groups = os.getgroups()
         self.switches = 0  # how many requests needed a switch (the daemon's summary)
 
+    def acting_as(self, uid: int, gid: int, pid: int):
+        """A context in which this thread acts as (uid, gid) with the groups of `pid`."""
+        if uid == self.uid and gid == self.gid:
+            return _SAME  # root asking: the common case costs no switch and no generator
+        return self._switched(uid, gid, pid)
+
     @contextmanager
-    def acting_as(self, uid: int, gid: int, pid: int) -> Iterator[None]:
-        if (uid, gid) == (self.uid, self.gid):
-            yield  # the daemon's own identity (root asking): nothing to switch
-            return
+    def _switched(self, uid: int, gid: int, pid: int) -> Iterator[None]:
         self.switches += 1
         try:
             libc.set_thread_groups(requester_groups(pid))

@@ -230,9 +230,10 @@ class Enforcer:
         """Allowed with nothing to log or ask: the kernel may do it without the daemon."""
         return self.view.plain_allow(cls, atom)
 
-    def two_path(self, op: str, src: tuple, dst: tuple) -> Verdict:
-        """rename / link / copy_file_range with full paths: the evaluator's exact semantics."""
-        return self.view.two_path(op, src, dst)
+    def two_path(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int) -> Verdict:
+        """rename / link with full paths and their classes: the evaluator's exact
+        semantics (PolicyView.move)."""
+        return self.view.move(op, src, dst, src_cls, dst_cls)
 
     @staticmethod
     def stricter(first: Verdict, second: Verdict) -> Verdict:

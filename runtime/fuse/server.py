@@ -474,10 +474,13 @@ class FuseServer:
         newparent = self.inodes.get(newdir)
         name, newname = (_check_name(n) for n in P.split_names(names, 2))
         src, dst = self._child_path(parent, name), self._child_path(newparent, newname)
-        verdict = self.enf.two_path("rename", src, dst)
+        src_cls = self.enf.child_class(parent.cls, name)
+        dst_cls = self.enf.child_class(newparent.cls, newname)
+        verdict = self.enf.two_path("rename", src, dst, src_cls, dst_cls)
         exchange = bool(flags & P.RENAME_EXCHANGE)
         if exchange:  # both objects move: judge both directions
-            verdict = self.enf.stricter(verdict, self.enf.two_path("rename", dst, src))
+            verdict = self.enf.stricter(verdict, self.enf.two_path("rename", dst, src,
+                                                                   dst_cls, src_cls))
         event = Event("rename", src, dst, flags, 0, req.pid, req.uid, req.gid)
         decision, carried = verdict.decision, False
         if flags & P.RENAME_WHITEOUT:
@@ -572,7 +575,8 @@ class FuseServer:
         if src is None:
             raise OSError(errno.ENOENT, "object no longer linked")
         dst = self._child_path(newparent, newname)
-        verdict = self.enf.two_path("link", src, dst)
+        verdict = self.enf.two_path("link", src, dst, node.cls,
+                                    self.enf.child_class(newparent.cls, newname))
         event = Event("link", src, dst, 0, 0, req.pid, req.uid, req.gid)
 
         def perform():
