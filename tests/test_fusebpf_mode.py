@@ -296,7 +296,8 @@ def test_filter_events_name_the_path_and_the_deciding_rule(tmp_path):
     doc = rig.lookup(vetted, b"doc", unique=2)
     reply = rig.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 40, doc, struct.pack("<II", 0, 0)))
     assert P.OUT_HEADER.unpack(reply).error == 0
-    rule = {"line": 4, "text": "redirect open to userspace before under /vetted"}
+    rule = {"line": 4, "text": "redirect open to userspace before under /vetted",
+            "file": "fbt.fpol"}
     assert seen[-1]["path"] == "/vetted/doc" and seen[-1]["rule"] == rule
     assert "path_unknown" not in seen[-1]
     # Without a handler the default one performs and logs it: the same path and rule.
@@ -316,7 +317,8 @@ def test_a_lookup_filter_names_the_child_and_its_rule(tmp_path):
     vetted = rig.lookup(P.ROOT_ID, b"vetted")
     rig.ask(header(P.Opcode.LOOKUP | fusebpf.FUSE_PREFILTER, 42, vetted, b"doc\0"))
     assert seen[-1]["path"] == "/vetted/doc"
-    assert seen[-1]["rule"] == {"line": 6, "text": "redirect lookup to userspace before under /vetted"}
+    assert seen[-1]["rule"] == {"line": 6, "text": "redirect lookup to userspace before under /vetted",
+                                "file": "fbt.fpol"}
 
 
 @pytest.mark.parametrize("nodeid, why", [(0, "nodeid 0"), (987654, "not in the daemon's node table")])
