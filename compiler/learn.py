@@ -33,8 +33,8 @@ from . import ast, ops
 from .decide import Decision
 from .diagnostics import Span
 from .evaluate import Evaluator, Request, parse_path
-from .fmt import render_rule
-from .paths import PathProblem, path_text, render_path
+from .fmt import render_literal, render_rule, render_scope
+from .paths import PathProblem, path_text
 from .policy import Policy
 
 WIDEN = ("exact", "dir", "name")
@@ -174,31 +174,25 @@ def _suffix_glob(names: list[bytes]) -> Optional[bytes]:
 
 @dataclass(frozen=True)
 class Scope:
-    """A widened place: how to write it in a rule and inside an except."""
+    """A widened place: the scopes of a rule, and the one scope that says it in an except
+    (`under /a` + `named "*.log"`, and `matching "/a/**/*.log"`), as (kind, value) pairs."""
 
-    rule_text: str  # e.g. `under /a named "*.log"`
-    except_text: str  # one scope, e.g. `matching "/a/**/*.log"`
+    rule: tuple[tuple[str, bytes], ...]
+    exc: tuple[str, bytes]
 
     def scopes(self, span: Span, for_except: bool) -> tuple[ast.Scope, ...]:
-        text = self.except_text if for_except else self.rule_text
-        out = []
-        # rule_text may hold two scopes: `under DIR named "G"`
-        parts = [text] if for_except or " named " not in text else \
-            [text.split(" named ", 1)[0], "named " + text.split(" named ", 1)[1]]
-        for part in parts:
-            kind, raw = part.split(" ", 1)
-            value = _unrender(raw)
-            out.append(ast.Scope(kind, ast.PathLit(raw, value, raw.startswith('"'), span), span))
-        return tuple(out)
+        items = (self.exc,) if for_except else self.rule
+        return tuple(ast.Scope(kind, ast.PathLit(render_literal(value, kind in ("matching", "named")),
+                                                 value, True, span), span)
+                     for kind, value in items)
 
+    @property
+    def rule_text(self) -> str:
+        return " ".join(render_scope(s) for s in self.scopes(Span.point(1, 1), False))
 
-def _unrender(raw: str) -> bytes:
-    if not raw.startswith('"'):
-        return raw.encode()
-    from .diagnostics import Reporter
-    from .parser import decode_string
-
-    return decode_string(raw, Span.point(1, 1), Reporter("-"))
+    @property
+    def except_text(self) -> str:
+        return render_scope(self.scopes(Span.point(1, 1), True)[0])
 
 
 def widen(paths: list[tuple[bytes, ...]], level: str) -> list[tuple[Scope, list[int]]]:
@@ -207,8 +201,8 @@ def widen(paths: list[tuple[bytes, ...]], level: str) -> list[tuple[Scope, list[
     out: dict[Scope, list[int]] = {}
 
     def at(i: int, p) -> None:
-        text = f"at {render_path(path_text(p))}"
-        out.setdefault(Scope(text, text), []).append(i)
+        item = ("at", path_text(p))
+        out.setdefault(Scope((item,), item), []).append(i)
 
     if level == "exact":
         for i, p in enumerate(paths):
@@ -221,19 +215,18 @@ def widen(paths: list[tuple[bytes, ...]], level: str) -> list[tuple[Scope, list[
             continue
         by_dir.setdefault(p[:-1], []).append(i)
     for d, idx in by_dir.items():
-        dir_text = render_path(path_text(d))
         if level == "dir":
-            text = f"under {dir_text}"
-            out.setdefault(Scope(text, text), []).extend(idx)
+            item = ("under", path_text(d))
+            out.setdefault(Scope((item,), item), []).extend(idx)
             continue
         glob = _suffix_glob([paths[i][-1] for i in idx])
         if glob is None or not _plain(d):
             for i in idx:
                 at(i, paths[i])
             continue
-        named = render_path(glob, force_quotes=True)
-        full = render_path(path_text(d + (b"**", glob)), force_quotes=True)
-        out.setdefault(Scope(f"under {dir_text} named {named}", f"matching {full}"), []).extend(idx)
+        scope = Scope((("under", path_text(d)), ("named", glob)),
+                      ("matching", path_text(d + (b"**", glob))))
+        out.setdefault(scope, []).extend(idx)
     return list(out.items())
 
 
@@ -293,7 +286,7 @@ def propose(policy: Policy, units, log: LogRead, level: str, log_name: str,
                     if r.action == "deny" and a in r.atoms:
                         by_kind.setdefault(("x", r.index), []).append(i)
             else:
-                by_kind.setdefault(("a", _op_group(a)), []).append(i)
+                by_kind.setdefault(("a", _op_word(a)), []).append(i)
         for key, idx in by_kind.items():
             paths = [items[i][0] for i in idx]
             for scope, which in widen(paths, level):
@@ -317,10 +310,6 @@ def propose(policy: Policy, units, log: LogRead, level: str, log_name: str,
     return Proposal({f: (texts[f], new_texts.get(f, texts[f])) for f in texts}, covered,
                     unresolved, already, added=len(allows),
                     changed=len(excepts))
-
-
-def _op_group(atom: str) -> str:
-    return ops.atom_op(atom)
 
 
 def _count(n: int) -> str:

@@ -11,7 +11,6 @@ and diff(B, A) report the same places. Goldens: the examples against edited vers
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -126,6 +126,8 @@ def test_suffix_globs():
     assert scope([b"ab_cache", b"cd_cache"]) == 'under /d named "*_cache"'
     assert scope([b"foo", b"bar"]) == 'under /d named "*"'
     assert scope([b"Makefile"]) == 'under /d named "Makefile"'
+    assert scope([b"$HOME"]) == 'under /d named "\\x24HOME"'  # a literal `$`, not a name
+    assert scope([b"a.log"], (b"x y",)) == 'under "/x y" named "*.log"'
     assert scope([b"a*b"]) == "at /d/a*b" or scope([b"a*b"]).startswith("at ")
 
 
