@@ -151,8 +151,8 @@ class _Definitions:
         self.misspelt = True
         if not name:
             reporter.add("FP035", "`$` must be followed by a defined name", lit.span,
-                         "write `$NAME` with a name defined by `define NAME = PATH`, or "
-                         "\\x24 in a quoted path for a literal `$`")
+                         "write `$NAME` (or `${NAME}`) with a name defined by "
+                         "`define NAME = PATH`, or \\x24 in a quoted path for a literal `$`")
             return
         hint = did_you_mean(name, self.where) or (
             f"define it: `define {name} = /some/path`" if not self.where

@@ -36,11 +36,18 @@ class PathLit:
     @property
     def ref(self) -> Optional[tuple[str, bytes]]:
         """`$NAME...` (LANGUAGE.md §7): the name and the bytes after it, else None. The
-        name is the longest identifier after the `$` (`""` when none follows); a `$`
-        written as `\\x24` is a literal byte, not a reference."""
+        name is the longest identifier after the `$` (`""` when none follows), or the one
+        in braces (`${NAME}.d`); a `$` written as `\\x24` is a literal byte, not a
+        reference."""
         body = self.raw[1:] if self.quoted else self.raw
         if not body.startswith("$"):
             return None
+        if body.startswith("${"):  # `${NAME}rest`: the name ends at the brace
+            m = _NAME.match(body, 2)
+            name = m.group(0) if m else ""
+            if body[2 + len(name):3 + len(name)] == "}":
+                return name, self.value[3 + len(name.encode()):]
+            return "", self.value[1:]  # `${` without a name and `}`: reported as FP035
         m = _NAME.match(body, 1)
         name = m.group(0) if m else ""
         return name, self.value[1 + len(name.encode()):]

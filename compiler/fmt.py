@@ -9,6 +9,8 @@ spellings of one rule print, and compile, the same.
 
 from __future__ import annotations
 
+import re
+
 from . import ast, ops
 from .paths import PathProblem, normalise_path, render_path
 
@@ -27,10 +29,16 @@ def render_ref(lit: ast.PathLit, kind: str) -> str:
             rest = (b"/" + b"/".join(comps)) if comps else b""
         except PathProblem:
             return lit.raw
-    shown = render_path(rest, force_quotes=kind in ("matching", "named") or lit.quoted)
+    force = kind in ("matching", "named") or lit.quoted
+    if not force and re.fullmatch(rb"[A-Za-z0-9._+@%~=/-]*", rest):
+        shown = rest.decode("ascii")  # bare, as `$home/.ssh` is written
+    else:
+        shown = render_path(rest, force_quotes=force)
+    # `${name}` where the text after the name would otherwise continue it.
+    ref = f"${{{name}}}" if rest[:1].isalnum() or rest[:1] == b"_" else f"${name}"
     if shown.startswith('"'):
-        return f'"${name}' + shown[1:]
-    return f"${name}" + shown
+        return f'"{ref}' + shown[1:]
+    return ref + shown
 
 
 def render_literal(value: bytes, force_quotes: bool = False) -> str:

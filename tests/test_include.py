@@ -171,6 +171,9 @@ FMT = [
     ("deny read matching $home/x\n", 'deny read matching "$home/x"\n'),
     ("deny read named \"\\x24x\"\n", 'deny read named "\\x24x"\n'),
     ("define d = $e/x  # why\n", "define d = $e/x  # why\n"),
+    ("deny read named \"${ext}log\"\n", 'deny read named "${ext}log"\n'),
+    ("deny read named \"${ext}.log\"\n", 'deny read named "$ext.log"\n'),
+    ("deny read under ${d}x\n", "deny read under ${d}x\n"),
 ]
 
 
@@ -255,3 +258,27 @@ def test_special_files_are_not_read(tmp_path):
     assert [(d.code, d.message.split(": ")[-1]) for d in result.diagnostics] == [
         ("FP030", "not a regular file"), ("FP030", "not a regular file"),
         ("FP030", "Is a directory")]
+
+
+_SCOPE_START = re.compile(r'\b(under|at|matching|named)([ \t]+)(?=["/])(")?')
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(rules(), min_size=1, max_size=5))
+def test_an_empty_definition_before_every_path_changes_nothing(rule_lines):
+    """`${e}` (defined as "") written at the start of every path and glob, quoted or not, with
+    whatever escapes follow it: the same diagnostics' codes, the same rules and C."""
+    inline = "\n".join(rule_lines) + "\n"
+    defined = _SCOPE_START.sub(lambda m: f"{m[1]}{m[2]}{m[3] or ''}${{e}}", inline) + 'define e = ""\n'
+    a = check(inline, "same.fpol")
+    b = check(defined, "same.fpol")
+    codes_a = sorted(d.code for d in a.diagnostics)
+    codes_b = sorted(d.code for d in b.diagnostics if d.code != "FP108")
+    assert codes_a == codes_b, (defined, [d.message for d in b.diagnostics])
+    if not a.ok:
+        return
+    assert [r.text for r in a.policy.rules] == [r.text for r in b.policy.rules]
+    for which in ("struct_ops", "check"):
+        assert render(lower(a.classes, source_name="same.fpol"), which) == \
+            render(lower(b.classes, source_name="same.fpol"), which)
