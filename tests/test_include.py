@@ -282,3 +282,12 @@ def test_an_empty_definition_before_every_path_changes_nothing(rule_lines):
     for which in ("struct_ops", "check"):
         assert render(lower(a.classes, source_name="same.fpol"), which) == \
             render(lower(b.classes, source_name="same.fpol"), which)
+
+
+def test_shared_example_files_are_canonical_and_check_on_their_own(capsys):
+    shared = sorted((ROOT / "examples" / "common").glob("*.fpol"))
+    assert shared
+    for p in shared:
+        assert main(["fmt", "--check", str(p)]) == 0
+        assert main(["check", "--strict", str(p)]) == 0
+    capsys.readouterr()
