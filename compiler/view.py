@@ -14,6 +14,8 @@ What the kernel may cache is decided here, per class, from the class's decisions
   be answered "yes" without a trace.
 - attributes may be cached when the class's `getattr` is a plain allow, for the same reason
   (`stat` is answered from the cache).
+- a directory's listing may be kept (the kernel answers READDIR from its page cache) when
+  the class's `readdir` is a plain allow and its entries may be cached too.
 
 Everything else keeps timeouts of 0, so the daemon sees every such request.
 """
@@ -59,6 +61,7 @@ class CacheRule:
     entries: bool
     attributes: bool
     why: str
+    listing: bool = False  # a directory's listing (readdir a plain allow, entries cached)
 
     def timeouts(self, seconds: float) -> tuple[float, float]:
         """(entry, attribute) timeouts for a FUSE reply, given the mount's cache time."""
@@ -70,6 +73,7 @@ def cache_rule(table: tuple[Decision, ...]) -> CacheRule:
     lookup = table[ATOM_INDEX["lookup"]]
     getattr_ = table[ATOM_INDEX["getattr"]]
     entries, attributes = plain_allow(lookup), plain_allow(getattr_)
+    listing = entries and plain_allow(table[ATOM_INDEX["readdir"]])
     if entries and attributes:
         why = "lookup and getattr are plain allows"
     else:
@@ -77,14 +81,15 @@ def cache_rule(table: tuple[Decision, ...]) -> CacheRule:
                                                               ("getattr", getattr_))
                    if not plain_allow(d)]
         why = "; ".join(reasons) + ": the daemon must see every such request"
-    return CacheRule(entries, attributes, why)
+    return CacheRule(entries, attributes, why, listing)
 
 
 def describe_cache(rule: CacheRule) -> str:
     """One line for `fpol compile --emit classes`."""
     what = {(True, True): "entries and attributes", (True, False): "entries only",
             (False, True): "attributes only", (False, False): "nothing"}
-    return f"kernel may cache: {what[rule.entries, rule.attributes]} ({rule.why})"
+    listing = ", directory listings" if rule.listing else ""
+    return f"kernel may cache: {what[rule.entries, rule.attributes]}{listing} ({rule.why})"
 
 
 class PolicyView:

@@ -172,3 +172,13 @@ def test_requests_during_reloads_are_decided_by_one_policy_or_the_other(mounted)
 def test_reload_of_what_is_not_an_fpol_mount_says_so(tmp_path):
     r = fpol("reload", str(tmp_path), str(ROOT / "examples" / "secrets.fpol"))
     assert r.returncode == 2 and "not a live fpol mount" in r.stderr
+
+
+def test_a_kept_directory_listing_is_not_served_after_a_reload_denies_it(mounted):
+    m, tmp = mounted
+    d = m.path("data")
+    assert sorted(os.listdir(d)) == ["f.txt", "x.hid"]
+    assert sorted(os.listdir(d)) == ["f.txt", "x.hid"]  # the kernel may keep it (60 s)
+    (tmp / "closed.fpol").write_text("policy closed\ndefault allow\ndeny readdir under /data\n")
+    assert fpol("reload", str(m.mnt), str(tmp / "closed.fpol")).returncode == 0
+    assert errno_of(os.listdir, d) == errno.EACCES

@@ -107,7 +107,8 @@ class AuditLog:
         rec = {"time": round(time.time(), 6), "op": ev.op, "path": show_path(ev.path),
                "to": show_path(ev.to) if ev.to is not None else None,
                "decision": decision, "errno": errno_name(errno) if errno else None,
-               "rule": self.rule(rule), "pid": ev.pid or None, "uid": ev.uid, "gid": ev.gid}
+               "rule": self.rule(rule), "pid": ev.pid or None, "uid": ev.uid, "gid": ev.gid,
+               "flags": ev.flags, "mask": ev.mask}
         if result is not None:
             rec["result"] = "ok" if result == 0 else errno_name(result)
         rec.update(extra)

@@ -200,6 +200,7 @@ FUSE_OPEN_KILL_SUIDGID = 1 << 0  # fuse_open_in.open_flags / fuse_create_in.open
 
 # fuse_open_out.open_flags
 FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NONSEEKABLE = 1 << 0, 1 << 1, 1 << 2
+FOPEN_CACHE_DIR = 1 << 3  # the kernel may keep this directory's listing (5.1+)
 FOPEN_NOFLUSH = 1 << 5  # the kernel sends no FLUSH at close (5.12+)
 FOPEN_PASSTHROUGH = 1 << 7
 

@@ -68,6 +68,7 @@ class FuseServer:
         self.creds = Credentials()
         self.cache_seconds = cache_seconds
         self.ttls = self._timeouts(enforcer.view)
+        self.listings = self._listings(enforcer.view)
         self.epoch = False  # the kernel takes FUSE_NOTIFY_INC_EPOCH (set at INIT)
         # Held while a request is decided and performed: a reload swaps the policy
         # between two requests, never during one.
@@ -185,6 +186,11 @@ class FuseServer:
         """(entry, attribute) timeout per class of the view, for this mount's cache time."""
         return tuple(view.cache(c).timeouts(self.cache_seconds) for c in range(len(view)))
 
+    def _listings(self, view: PolicyView) -> tuple[bool, ...]:
+        """Per class: may the kernel keep a directory's listing (FOPEN_CACHE_DIR)?"""
+        return tuple(bool(self.cache_seconds) and view.cache(c).listing
+                     for c in range(len(view)))
+
     def _entry_out(self, node: Node, st) -> bytes:
         entry, attr = self.ttls[node.cls]
         if self.metrics is not None:
@@ -237,6 +243,7 @@ class FuseServer:
         again, and drop everything the kernel caches, at once. Call with self.lock held."""
         self.enf.swap(view)
         self.ttls = self._timeouts(view)
+        self.listings = self._listings(view)
         nodes = self.inodes.reclassify_all(view.child, view.root, view.classify)
         if self.cache_seconds:
             for node in nodes:
@@ -879,7 +886,13 @@ class FuseServer:
         h = self.enf.run(self.enf.decision(node.cls, "opendir"),
                          self._event(req, "opendir", node), lambda: perform(node),
                          undo=lambda h: self._close_handle(self.handles.pop(h.fh)))
-        return P.open_out(h.fh, 0)
+        # Where readdir needs no decision the kernel may keep the listing and answer later
+        # READDIRs itself (it drops it when the directory changes through the mount). Only
+        # opens made with this flag read a kept listing, and each OPENDIR is decided by the
+        # class of the moment: after a move or a reload that stops allowing it, new opens
+        # get no flag, and their READDIRs come to the daemon again.
+        keep = P.FOPEN_CACHE_DIR | P.FOPEN_KEEP_CACHE if self.listings[node.cls] else 0
+        return P.open_out(h.fh, keep)
 
     def readdir(self, req: Request):
         return self._readdir(req, plus=False)
