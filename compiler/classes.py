@@ -145,24 +145,11 @@ def _table_lines(policy: Policy, c: Class, width: int = 0) -> list[str]:
         who = ", ".join(f"line {policy.rules[i].line}" for i in d.rules) or "default"
         if d.audit_rules:
             who += "; audit " + ", ".join(f"line {policy.rules[i].line}" for i in d.audit_rules)
-        names = _compress_atoms(atoms)
+        names = ops.compress_atoms(atoms)
         if width and len(names) > width:
             names = names[:width - 3] + "..."
         lines.append(f"{d.short()} ({who}): {names}")
     return lines
-
-
-def _compress_atoms(atoms: list[str]) -> str:
-    """Show `open` rather than its six atoms when all of them are listed."""
-    have = set(atoms)
-    out = []
-    for op in ops.SINGLE_OPS:
-        every = ops.ATOMS_OF_OP[op]
-        if all(a in have for a in every):
-            out.append(op)
-        else:
-            out.extend(a for a in every if a in have)
-    return ", ".join(out)
 
 
 # --- construction --------------------------------------------------------------------

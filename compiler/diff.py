@@ -223,18 +223,6 @@ def to_json_obj(result: DiffResult, limit: int) -> dict:
     }
 
 
-def _atoms_text(atoms: tuple[str, ...]) -> str:
-    have = set(atoms)
-    out = []
-    for op in ops.SINGLE_OPS:
-        every = ops.ATOMS_OF_OP[op]
-        if all(a in have for a in every):
-            out.append(op)
-        else:
-            out.extend(a for a in every if a in have)
-    return ", ".join(out)
-
-
 def _decision_text(policy: Policy, d: Decision) -> str:
     text = d.short()
     if d.rules:
@@ -251,7 +239,7 @@ def to_text(result: DiffResult, limit: int) -> str:
     lines = []
     for d in result.differences[:limit]:
         lines.append(f"{show_path(d.path)}: {', '.join(d.groups)}")
-        lines.append(f"  ops: {_atoms_text(d.atoms)}")
+        lines.append(f"  ops: {ops.compress_atoms(d.atoms)}")
         lines.append(f"  old: {_decision_text(result.old, d.old)}")
         lines.append(f"  new: {_decision_text(result.new, d.new)}")
     lines.append(summary(result, min(limit, len(result.differences))))

@@ -216,3 +216,16 @@ def request_atoms(op: str, flags: int = 0, mask: int = 0) -> RequestAtoms:
     if op in TWO_PATH_OPS:
         return RequestAtoms(f"{op}:src", f"{op}:dst")
     return RequestAtoms(op, None)
+
+
+def compress_atoms(atoms) -> str:
+    """The atoms as text, naming an op (`open`) rather than its atoms where all are listed."""
+    have = set(atoms)
+    out: list[str] = []
+    for op in SINGLE_OPS:
+        every = ATOMS_OF_OP[op]
+        if all(a in have for a in every):
+            out.append(op)
+        else:
+            out.extend(a for a in every if a in have)
+    return ", ".join(out)

@@ -28,6 +28,8 @@ from typing import Optional, TextIO
 
 from fpol.compiler.errors import EXIT_ENV, EXIT_OK, EXIT_POLICY, EXIT_USAGE, FpolError
 
+from .registry import unescape  # mountinfo's octal escapes
+
 FSTYPE = "fuse.fpol"
 LOG_DIR = "/var/log/fpol"
 # Every user may use the mount; the kernel checks the backing tree's ownership and modes.
@@ -90,20 +92,6 @@ class MountEntry:
     dev: str = ""  # major:minor of the superblock; for FUSE, minor is the connection number
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1:i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-            continue
-        out.append(field[i])
-        i += 1
-    return "".join(out)
-
-
 def mount_entry(path: str) -> Optional[MountEntry]:
     """The topmost mount whose mount point is `path` (an absolute, resolved path), if any."""
     found = None
@@ -111,8 +99,8 @@ def mount_entry(path: str) -> Optional[MountEntry]:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
-            if len(fields) >= 5 and len(tail) >= 2 and _unescape(fields[4]) == path:
-                found = MountEntry(path, tail[0], _unescape(tail[1]),
+            if len(fields) >= 5 and len(tail) >= 2 and unescape(fields[4]) == path:
+                found = MountEntry(path, tail[0], unescape(tail[1]),
                                    tail[2] if len(tail) > 2 else "", fields[2])
     return found
 
@@ -125,7 +113,7 @@ def fpol_mounts() -> list[tuple[str, MountEntry]]:
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
             if len(fields) >= 5 and tail and tail[0] == FSTYPE:
-                targets.append(_unescape(fields[4]))
+                targets.append(unescape(fields[4]))
     out = []
     for target in dict.fromkeys(targets):
         state, entry = mount_state(target)

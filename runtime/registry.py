@@ -61,7 +61,7 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
     out, i = [], 0
     while i < len(field):
@@ -83,7 +83,7 @@ def mounted_devs() -> dict[str, str]:
             for line in f:
                 fields_ = line.partition(" - ")[0].split()
                 if len(fields_) >= 5:
-                    out[_unescape(fields_[4])] = fields_[2]
+                    out[unescape(fields_[4])] = fields_[2]
     except OSError:
         pass
     return out

@@ -14,7 +14,7 @@ import pytest
 
 from fpol.runtime.fuse import fusebpf as B
 from fpol.runtime.fuse import protocol as P
-from fpol.runtime.mount import _unescape
+from fpol.runtime.registry import unescape as _unescape
 
 # --- structure sizes ------------------------------------------------------------------------
 
