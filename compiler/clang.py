@@ -147,6 +147,11 @@ def _failure(source: str, output: str, c_path: str, status: int = 1) -> CompileF
     first = next((line.strip() for line in output.splitlines()
                   if re.search(r"error|fatal|LLVM ERROR|terminate|Killed|out of memory", line, re.I)),
                  next((line.strip() for line in output.splitlines() if line.strip()), ""))
+    if first and re.search(r"out of memory|Allocation failed|bad_alloc", output):
+        return CompileFailure(f"clang failed (exit status {status}): {first}: it ran out of memory "
+                              f"building {len(source):,} bytes of generated C. Free memory or raise "
+                              "the limit (`ulimit -v`, cgroup), or split the policy into smaller "
+                              "ones", output)
     if first:
         return CompileFailure(f"clang failed (exit status {status}): {first}", output)
     return CompileFailure(f"clang failed (exit status {status}) and printed nothing", output)
