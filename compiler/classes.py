@@ -438,16 +438,30 @@ def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ..
     # What each state's literal names would do without their literal entry: it depends only
     # on the state, not on the partition, so it is worked out once (see _Moves).
     moves = [_Moves(st) for st in raw]
+    # Block ids stay stable across rounds (a block's first part keeps its id), so a state
+    # whose targets' blocks did not change reuses its signature (_Moves.signature).
+    count = len(label_ids)
     while True:
-        sigs: dict = {}
+        parts: dict = {}
+        kept: set[int] = set()
         new_block = []
+        fresh = count
         for sid, mv in enumerate(moves):
-            sig = (block[sid],) + mv.signature(block)
-            new_block.append(sigs.setdefault(sig, len(sigs)))
-        if len(sigs) == len(set(block)):
-            block = new_block
-            break
+            b = block[sid]
+            key = (b, mv.signature(block))
+            nid = parts.get(key)
+            if nid is None:
+                if b not in kept:
+                    kept.add(b)
+                    nid = b
+                else:
+                    nid, fresh = fresh, fresh + 1
+                parts[key] = nid
+            new_block.append(nid)
         block = new_block
+        if fresh == count:  # no block split: stable
+            break
+        count = fresh
 
     # One representative per block, reached first breadth-first (state ids are BFS order).
     rep: dict[int, int] = {}
@@ -484,10 +498,11 @@ class _Moves:
     during refinement: literal names with the state a name of theirs would reach without
     the literal entry (by the globs it matches), and the glob masks by state."""
 
-    __slots__ = ("st", "lits", "masks")
+    __slots__ = ("st", "lits", "masks", "targets", "last")
 
     def __init__(self, st: RawState):
         self.st = st
+        self.last = None
         if not st.globs and not st.masks:
             self.lits = tuple(sorted(st.literals.items()))
             self.masks = None
@@ -501,6 +516,8 @@ class _Moves:
                     m |= 1 << i
             lits.append((lit, t, st.masks.get(m, st.default)))
         self.lits = tuple(lits)
+        self.targets = tuple(t for _, t in self.masks) + (st.default,) + \
+            tuple(x for _, t, other in self.lits for x in (t, other))
 
     def reduced(self, block: list[int]):
         """Transitions in terms of blocks, without entries that change nothing."""
@@ -538,8 +555,18 @@ class _Moves:
         return lits, globs, reduced_masks, default
 
     def signature(self, block: list[int]):
+        """The reduced transitions as a hashable value. For a state with globs (the costly
+        case) the last one is kept with the blocks of its targets, and reused while they
+        stay the same."""
+        if self.masks is not None:
+            key = tuple(block[t] for t in self.targets)
+            if self.last is not None and self.last[0] == key:
+                return self.last[1]
         lits, globs, masks, default = self.reduced(block)
-        return (lits, tuple(g.text for g in globs), masks, default)
+        sig = (lits, tuple(g.text for g in globs), masks, default)
+        if self.masks is not None:
+            self.last = (key, sig)
+        return sig
 
 
 __all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw", "matching_rules",
