@@ -299,7 +299,7 @@ def report(results: list[dict], mount: str, seconds: float) -> str:
     lines += ["", "`-`: the struct_ops object is not built above "
               + " and ".join(f"{n:,} rules ({f} family)" for f, n in STRUCT_OPS_MAX.items())
               + " (clang's time and memory grow faster than the number of programs: one per "
-              "hook for every class that needs its own; see the notes below).", ""]
+              "hook for every class that needs its own; see benchmarks/SCALE.md).", ""]
     for family in FAMILIES:
         rs = [r for r in results if r["family"] == family]
         if not rs:
