@@ -129,10 +129,11 @@ def mount_state(path: str) -> tuple[str, Optional[MountEntry]]:
         return "none", None
     try:
         # statfs always reaches the daemon (a stat may be answered from the kernel's
-        # attribute cache); a dead connection fails it with ENOTCONN.
+        # attribute cache); a dead connection fails it with ENOTCONN, or ECONNABORTED
+        # when it was aborted while this very request waited (a daemon dying just now).
         os.statvfs(path)
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return "dead", entry
     return "live", entry
 
