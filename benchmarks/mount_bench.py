@@ -72,8 +72,8 @@ WHY = {
     "create": "each file costs six daemon round trips (LOOKUP of the new name, CREATE, a "
               "GETXATTR of security.capability on the first write, a GETATTR of the changed "
               "directory, FLUSH, RELEASE), on top of the backing create",
-    "rename": "each rename costs four round trips, and the daemon judges both full paths with "
-              "the rule evaluator (two_path)",
+    "rename": "each rename costs four round trips (LOOKUP of both names, a GETATTR of the "
+              "changed directory, RENAME), each a Python request in the daemon",
     "unlink": "each unlink costs a LOOKUP, a GETATTR of the changed directory, the UNLINK and "
               "later a FORGET, all in the daemon",
     "pread": "the read is the kernel's (passthrough); the gap is the FUSE file layer in front "

@@ -205,7 +205,23 @@ def mount_table(seconds: float) -> str:
     if not proc.stdout.strip():  # the mount bench prints its own section (## heading)
         return (f"## Mount throughput\n\n(mount benchmark failed: "
                 f"{proc.stderr.strip()[-300:]})")
-    return proc.stdout.strip()
+    return proc.stdout.strip() + "\n\n" + threads_table()
+
+
+THREADS_INTRO = ("### More than one request in flight (`fpol mount --threads N`)\n\n"
+                 "`benchmarks/threads_bench.py`: two client processes at once against one "
+                 "mount per thread count. Threads read requests from clones of the FUSE "
+                 "descriptor, but requests are decided one at a time (one policy per "
+                 "request) and Python runs one thread at a time, so on this 2-CPU machine "
+                 "more threads only add contention: the daemon stays single-threaded by "
+                 "default.\n\n")
+
+
+def threads_table() -> str:
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "threads_bench.py")],
+                          capture_output=True, text=True)
+    return THREADS_INTRO + (proc.stdout.strip() or
+                            f"(failed: {proc.stderr.strip()[-300:]})")
 
 
 def _decision_table(results: list[dict], family: str) -> list[str]:

@@ -239,7 +239,7 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
           audit: Optional[str] = None, handler: Optional[str] = None,
           passthrough: bool = True, out: TextIO = None, err: TextIO = None,
           mode: str = "auto", owner_only: bool = False, log: Optional[str] = None,
-          cache: str = "auto", metrics: Optional[str] = None) -> int:
+          cache: str = "auto", metrics: Optional[str] = None, threads: int = 1) -> int:
     """Mount and serve (see the module docstring). Returns the exit code; in background mode
     the caller gets 0 after the daemon is ready, and the daemon never returns here.
 
@@ -260,7 +260,8 @@ def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = Fal
                                            "in mainline Linux); use --mode daemon (the default "
                                            "here) to enforce the policy in the daemon")
         return _mount(policy_path, source, mountpoint, foreground, audit, handler,
-                      passthrough, out, err, owner_only, log, cache_seconds(cache), metrics)
+                      passthrough, out, err, owner_only, log, cache_seconds(cache), metrics,
+                      threads)
     except MountError as e:
         print(f"fpol mount: {e.message}", file=err)
         return e.code
@@ -367,7 +368,7 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
 def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, passthrough,
            out: TextIO, err: TextIO, owner_only: bool = False,
            log: Optional[str] = None, cache: float = 0.0,
-           metrics_address: Optional[str] = None) -> int:
+           metrics_address: Optional[str] = None, threads: int = 1) -> int:
     from . import libc
     from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
     from .fuse.server import FuseServer
@@ -409,7 +410,8 @@ def _mount(policy_path, source, mountpoint, foreground, audit, handler_spec, pas
         raise _mount_failed(mountpoint, e) from None
     dev = _dev_of(mountpoint)
     server = FuseServer(channel, root_fd, enforcer, passthrough=passthrough,
-                        log=lambda msg: _say(log_stream, msg), cache_seconds=cache)
+                        log=lambda msg: _say(log_stream, msg), cache_seconds=cache,
+                        threads=threads)
     server.metrics = metrics
     try:
         negotiated = server.handshake()
@@ -851,6 +853,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                         "proves safe to cache (plain-allow lookup and getattr): auto "
                         f"({DEFAULT_CACHE_SECONDS:g} s, the default), off, or seconds. Changes "
                         "made to SOURCE outside the mount show within that time")
+    p.add_argument("--threads", type=int, default=1, choices=range(1, 17), metavar="N",
+                   help="threads reading requests (FUSE_DEV_IOC_CLONE); requests are still "
+                        "decided one at a time. Default 1: benchmarks/REPORT.md measured no "
+                        "gain from more on this daemon")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics there (requests by op and decision, "
                         "denials by rule, latency, reloads; needs prometheus_client). Use a "
@@ -880,7 +886,8 @@ def run_mount_command(args) -> int:
                  args.handler, getattr(args, "passthrough", True),
                  mode=getattr(args, "mode", "auto"),
                  owner_only=getattr(args, "owner_only", False), log=getattr(args, "log", None),
-                 cache=getattr(args, "cache", "auto"), metrics=getattr(args, "metrics", None))
+                 cache=getattr(args, "cache", "auto"), metrics=getattr(args, "metrics", None),
+                 threads=getattr(args, "threads", 1))
 
 
 def run_umount_command(args) -> int:

@@ -1115,3 +1115,27 @@ def test_differential_against_the_evaluator(diffmount, data):
             finally:
                 shutil.rmtree(scratch)
     assert comparable(str(m.source)) == comparable(shadow)
+
+
+def test_several_reader_threads_enforce_the_same_and_unmount_cleanly(tmp_path):
+    # `--threads 3`: requests read from cloned descriptors, replies on the one each came from.
+    policy = tmp_path / "p.fpol"
+    policy.write_text("policy threads\ndeny write under /ro with EROFS\n")
+    build(tmp_path / "src", {"ro/a.txt": b"alpha", "rw/b.txt": b"beta"})
+    m = Mount(policy, tmp_path / "src", tmp_path / "mnt", tmp_path / "audit.log",
+              extra_args=("--threads", "3", "--cache", "off")).start()
+    try:
+        import concurrent.futures as cf
+
+        def work(i: int):
+            assert read(m.path("ro/a.txt")) == b"alpha"
+            assert errno_of(open_close, m.path("ro/a.txt"), WO) == errno.EROFS
+            open_close(m.path(f"rw/new{i}"), WO | CREAT | EXCL, data=b"x")
+            return os.stat(m.path(f"rw/new{i}")).st_size
+        with cf.ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(work, range(60))) == [1] * 60
+    finally:
+        assert m.stop() == 0, m.stderr()
+    assert sorted(p.name for p in (tmp_path / "src" / "rw").iterdir()) == \
+        sorted(["b.txt"] + [f"new{i}" for i in range(60)])
+    assert (tmp_path / "src" / "ro" / "a.txt").read_bytes() == b"alpha"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -73,6 +74,18 @@ class Channel:
     @classmethod
     def open(cls, path: Optional[str] = None) -> "Channel":
         return cls(os.open(path or DEVICE, os.O_RDWR | os.O_CLOEXEC))
+
+    def clone(self) -> "Channel":
+        """Another descriptor on this channel's connection (FUSE_DEV_IOC_CLONE), for a
+        second thread: the kernel hands each request to one reader, whose reply must be
+        written to the descriptor it was read from."""
+        fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, P.FUSE_DEV_IOC_CLONE, struct.pack("<I", self.fd))
+        except OSError:
+            os.close(fd)
+            raise
+        return Channel(fd, len(self.buf) - 4096, self.log)
 
     def read(self) -> Request:
         while True:

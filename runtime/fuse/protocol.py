@@ -218,6 +218,11 @@ def _iow(nr: int, size: int) -> int:
     return 0x40000000 | (size << 16) | (FUSE_DEV_IOC_MAGIC << 8) | nr
 
 
+def _ior(nr: int, size: int) -> int:
+    return 0x80000000 | (size << 16) | (FUSE_DEV_IOC_MAGIC << 8) | nr
+
+
+FUSE_DEV_IOC_CLONE = _ior(0, 4)  # 0x8004E500: this descriptor serves the other's connection
 FUSE_DEV_IOC_BACKING_OPEN = _iow(1, BACKING_MAP.size)  # 0x4010E501
 FUSE_DEV_IOC_BACKING_CLOSE = _iow(2, 4)  # 0x4004E502
 

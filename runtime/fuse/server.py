@@ -62,8 +62,10 @@ def _check_name(name: bytes) -> bytes:
 class FuseServer:
     def __init__(self, channel: Channel, root_fd: int, enforcer: Enforcer,
                  passthrough: bool = True, log: Callable[[str], None] = None,
-                 cache_seconds: float = 0.0):
-        self.ch = channel
+                 cache_seconds: float = 0.0, threads: int = 1):
+        self._ch = channel
+        self._local = threading.local()  # a worker thread's own channel (`ch`)
+        self.threads = threads
         self.enf = enforcer
         self.creds = Credentials()
         self.cache_seconds = cache_seconds
@@ -116,18 +118,44 @@ class FuseServer:
                 self.epoch = neg.minor >= P.INC_EPOCH_MINOR
                 return neg
 
+    @property
+    def ch(self) -> Channel:
+        """The channel of the thread serving: replies go back where requests came from."""
+        return getattr(self._local, "ch", None) or self._ch
+
     def serve(self) -> None:
-        """Serve until the filesystem is unmounted (ENODEV) or the kernel sends DESTROY."""
+        """Serve until the filesystem is unmounted (ENODEV) or the kernel sends DESTROY.
+
+        With `threads` > 1, more threads read requests from clones of the channel, so a
+        request can be read while another is answered; each is still decided and
+        performed under the lock (one policy per request; the tables are not shared
+        between threads otherwise)."""
+        workers = []
+        try:
+            for _ in range(self.threads - 1):
+                ch = self._ch.clone()
+                t = threading.Thread(target=self._serve_on, args=(ch,), daemon=True)
+                t.start()
+                workers.append((t, ch))
+            self._serve_on(None)
+        finally:
+            for t, ch in workers:
+                t.join(timeout=5)
+                ch.close()
+            self.handles.close_all()
+            self.inodes.close_all()
+
+    def _serve_on(self, channel: Optional[Channel]) -> None:
+        if channel is not None:
+            self._local.ch = channel
+        ch = self.ch
         try:
             while not self.stopping:
-                req = self.ch.read()
+                req = ch.read()
                 with self.lock:
                     self.dispatch(req)
         except Unmounted:
             pass
-        finally:
-            self.handles.close_all()
-            self.inodes.close_all()
 
     def dispatch(self, req: Request) -> None:
         if self.metrics is None:
