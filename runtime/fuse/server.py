@@ -1005,4 +1005,5 @@ class FuseServer:
                             if isinstance(op, int))
         return (f"served {s['requests']} requests ({busiest}); opens: "
                 f"{s['passthrough_opens']} passthrough, {s['daemon_opens']} daemon; "
-                f"daemon reads {s['daemon_reads']}, writes {s['daemon_writes']}")
+                f"daemon reads {s['daemon_reads']}, writes {s['daemon_writes']}; "
+                f"{self.creds.switches} backing calls as other users")
