@@ -20,6 +20,7 @@ from .decide import Decision, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
+from .memo import derived
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
@@ -371,25 +372,21 @@ def build_raw(policy: Policy) -> list[RawState]:
     return states  # type: ignore[return-value]
 
 
-_shape_cache: dict[int, tuple] = {}
 
 
 def _shapes(policy: Policy):
     """Per policy, computed once: the rules with no scope (they hold everywhere), each
     rule's scope terms and except terms as (rule, key) pairs, and a memo of
     matching_rules by accepted set (many states share one)."""
-    hit = _shape_cache.get(id(policy))
-    if hit is None or hit[0] is not policy:
-        _shape_cache.clear()
+    def make():
         shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
                    frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
                   for r in policy.rules]
         # Rules of one scope term and no except: they match where that term holds.
         simple = frozenset((r.index, ("t", 0)) for r in policy.rules
                            if len(r.terms) == 1 and not r.excepts)
-        hit = _shape_cache[id(policy)] = (
-            policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {}, simple)
-    return hit
+        return (policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {}, simple)
+    return derived(policy, "_shapes", make)
 
 
 def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:

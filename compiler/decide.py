@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import ops
+from .memo import derived
 from .policy import ALLOW, DENY, STRICTNESS, USERSPACE, Policy, Rule
 
 
@@ -102,18 +103,12 @@ def _decide_selected(policy: Policy, atom: str, relevant: list, indexes: tuple) 
     their indexes."""
     # The outcome depends on the atom only through which rules select it and whether
     # it is a handle op: memoise on that (large policies repeat it endlessly).
-    key = (id(policy), atom in _HANDLE_ATOMS, indexes)
-    hit = _memo.get(key)
-    if hit is not None and hit[0] is policy:
-        return hit[1]
-    d = _decide(policy, atom, relevant)
-    if len(_memo) > 200_000:
-        _memo.clear()
-    _memo[key] = (policy, d)
+    memo = derived(policy, "_decisions", dict)
+    key = (atom in _HANDLE_ATOMS, indexes)
+    d = memo.get(key)
+    if d is None:
+        d = memo[key] = _decide(policy, atom, relevant)
     return d
-
-
-_memo: dict = {}
 
 
 def _decide(policy: Policy, atom: str, relevant: list) -> Decision:

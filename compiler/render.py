@@ -13,6 +13,7 @@ import re
 import jinja2
 
 from .lower import Model, unpack
+from .memo import derived
 
 
 def _cname(atom: str) -> str:
@@ -235,16 +236,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-_logic_cache: dict[int, tuple[Model, str]] = {}
-
-
 def _logic(model: Model, context: dict) -> str:
     """The decision logic both objects include, rendered once per model."""
-    hit = _logic_cache.get(id(model))
-    if hit is None or hit[0] is not model:
-        _logic_cache.clear()
-        hit = _logic_cache[id(model)] = (model, _environment().get_template("logic.h.j2").render(**context))
-    return hit[1]
+    return derived(model, "_logic_c",
+                   lambda: _environment().get_template("logic.h.j2").render(**context))
 
 
 def render(model: Model, which: str = "struct_ops") -> str:
