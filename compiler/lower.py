@@ -14,20 +14,17 @@ objects and moves ("no gain by moving") are decided here as well.
 
 from __future__ import annotations
 
-import errno as errno_module
 from dataclasses import dataclass, field
 from typing import Optional
 
 from fpol import __version__
 
-from . import ops
+from . import ops, word
 from .classes import Class, ClassTree, realisable_masks
 from .decide import Decision
 from .paths import Glob, glob_combinations
 from .policy import STRICTNESS, Policy
 
-KIND_CODE = {"allow": 0, "deny": 1, "userspace": 2}
-MODE_CODE = {None: 0, "instead": 0, "before": 1, "after": 2}
 
 MAX_DEPTH = 16  # path components the check object's requests carry
 FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
@@ -41,28 +38,11 @@ def fnv1a(data: bytes) -> int:
 
 
 def pack(d: Decision, rule_number: Optional[int]) -> int:
-    """kind bits 0-1, mode 2-3, audit 4, complained 5, errno 8-15, rule+1 16-31."""
-    word = KIND_CODE[d.kind] | MODE_CODE[d.mode] << 2 | int(d.audit) << 4 | int(d.complained) << 5
-    if d.errno:
-        word |= getattr(errno_module, d.errno) << 8
-    if rule_number is not None:
-        word |= (rule_number + 1) << 16
-    return word
+    """The decision word of `d` (compiler/word.py has the layout)."""
+    return word.pack(d.kind, d.mode, d.audit, d.complained, d.errno, rule_number)
 
 
-def unpack(word: int) -> dict:
-    kinds = {v: k for k, v in KIND_CODE.items()}
-    modes = {0: "instead", 1: "before", 2: "after"}
-    errno = (word >> 8) & 0xFF
-    rule = (word >> 16) - 1
-    return {
-        "kind": kinds[word & 3],
-        "mode": modes[(word >> 2) & 3] if word & 3 == 2 else None,
-        "audit": bool(word >> 4 & 1),
-        "complained": bool(word >> 5 & 1),
-        "errno": _errno_name(errno) if word & 3 == 1 else None,
-        "rule": rule if rule >= 0 else None,
-    }
+unpack = word.unpack
 
 
 MAX_PROBE = 8
@@ -93,12 +73,6 @@ def _literal_table(literals: list) -> tuple[list, int]:
         if longest <= MAX_PROBE or size >= 1 << 24:
             return table, longest
         size *= 2
-
-
-def _errno_name(value: int) -> str:
-    from .analyse import CANONICAL_ERRNO
-
-    return CANONICAL_ERRNO.get(value, str(value))
 
 
 @dataclass

@@ -12,7 +12,8 @@ import re
 
 import jinja2
 
-from .lower import Model, unpack
+from .lower import Model
+from .word import C_MACROS, unpack
 from .memo import derived
 
 
@@ -247,6 +248,7 @@ def render(model: Model, which: str = "struct_ops") -> str:
     name = {"struct_ops": "policy.bpf.c.j2", "check": "check.bpf.c.j2"}[which]
     context = dict(vars(model))
     context["model"] = model
+    context["word"] = C_MACROS
     context["logic"] = _logic(model, context)
     text = _environment().get_template(name).render(**context)
     # Blank-line runs left by template control lines are noise in the output.

@@ -16,7 +16,8 @@ from typing import Optional
 
 from fpol.compiler.decide import Decision
 from fpol.compiler.evaluate import Request, Verdict
-from fpol.compiler.lower import MAX_DEPTH, OP_NUMBER, unpack
+from fpol.compiler.lower import MAX_DEPTH, OP_NUMBER
+from fpol.compiler.word import unpack
 
 from . import libbpf
 from .objects import Built, build
@@ -25,7 +26,6 @@ from fpol.compiler.errors import EnvironmentProblem, UsageProblem
 NAME_SLOT = 256
 REQUEST_SIZE = 4 * 11 + 4 * 2 * MAX_DEPTH + 2 * MAX_DEPTH * NAME_SLOT
 RESULT_SIZE = 4 * 5
-REALISED = 1 << 6
 
 
 class EngineUnavailable(EnvironmentProblem):
@@ -66,9 +66,9 @@ def verdict_from_word(req: Request, word: int, classes: tuple[int, ...] = ()) ->
                         rules=(d["rule"],) if d["rule"] is not None else (),
                         complained=d["complained"])
     note = None
-    if word & REALISED:
+    if d["realised"]:
         note = "refused by the fuse-bpf realisation (see docs/realisation.md)"
-    return Verdict(req, decision, exdev=bool(word & REALISED) and d["errno"] == "EXDEV",
+    return Verdict(req, decision, exdev=d["realised"] and d["errno"] == "EXDEV",
                    note=note, classes=classes)
 
 
