@@ -39,7 +39,7 @@ class Node:
         self.nlookup = 0
         self.dev, self.ino, self.mode = st.st_dev, st.st_ino, st.st_mode
         self.children: dict[bytes, Node] = {}
-        self.backing_id = 0  # passthrough id shared by all open handles of this node
+        self.backing_id = 0  # passthrough id of this node, registered until it is forgotten
         self.backing_users = 0
         # Once unlinked: the path it had, by which a reload classifies it again (its open
         # handles are still decided by a class).
@@ -131,18 +131,20 @@ class InodeTable:
         node.nlookup += 1
         return node
 
-    def forget(self, nodeid: int, count: int) -> None:
+    def forget(self, nodeid: int, count: int) -> Optional[Node]:
+        """Count the kernel forgetting lookups; returns the node if it is gone now."""
         node = self.nodes.get(nodeid)
         if node is None or node.is_root:
-            return
+            return None
         node.nlookup -= count
         if node.nlookup > 0:
-            return
+            return None
         del self.nodes[nodeid]
         if node.parent is not None and node.parent.children.get(node.name) is node:
             del node.parent.children[node.name]
         os.close(node.fd)
         node.fd = -1
+        return node
 
     # --- namespace changes ---------------------------------------------------------------
 

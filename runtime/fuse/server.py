@@ -357,15 +357,26 @@ class FuseServer:
         return node, st, parent, name, cls
 
     def forget(self, req: Request):
-        self.inodes.forget(req.nodeid, P.FORGET_IN.unpack(req.body).nlookup)
+        self._forget(req.nodeid, P.FORGET_IN.unpack(req.body).nlookup)
         return NO_REPLY
 
     def batch_forget(self, req: Request):
         count = P.BATCH_FORGET_IN.unpack(req.body).count
         for i in range(count):
             one = P.FORGET_ONE.unpack(req.body, P.BATCH_FORGET_IN.size + i * P.FORGET_ONE.size)
-            self.inodes.forget(one.nodeid, one.nlookup)
+            self._forget(one.nodeid, one.nlookup)
         return NO_REPLY
+
+    def _forget(self, nodeid: int, count: int) -> None:
+        node = self.inodes.forget(nodeid, count)
+        if node is not None and node.backing_id:
+            # The kernel holds no file of this inode any more (it forgot the inode), so
+            # nothing can still resolve the id.
+            try:
+                self.ch.backing_close(node.backing_id)
+            except OSError as e:
+                self.log(f"backing close failed: {e.strerror}")
+            node.backing_id = 0
 
     def getattr(self, req: Request):
         return self._node_op(req, "getattr", lambda node: self._attr_out(node, os.stat(node.fd)))
@@ -732,8 +743,9 @@ class FuseServer:
             self.stats["daemon_opens"] += 1
             return P.FOPEN_DIRECT_IO, 0
         if not node.backing_id:
-            # One backing id per node, shared by all its opens: the kernel refuses (EBUSY) a
-            # second open of an inode whose passthrough backing file differs.
+            # One backing id per node, shared by all its opens and kept until the node is
+            # forgotten: the kernel refuses (EBUSY) a second open of an inode whose
+            # passthrough backing file differs.
             try:
                 node.backing_id = self.ch.backing_open(h.fd)
             except OSError as e:
@@ -762,15 +774,10 @@ class FuseServer:
             if self.daemon_io[node.nodeid] <= 0:
                 del self.daemon_io[node.nodeid]
         if h.passthrough:
+            # The backing id stays registered until the node is forgotten: every later
+            # passthrough open of it reuses it (the kernel opens a backing file of its own
+            # per open, with that open's flags), so an open costs no BACKING_OPEN ioctl.
             node.backing_users -= 1
-            if node.backing_users == 0 and node.backing_id:
-                # Only now: the kernel resolves the id after our OPEN reply is written, so an
-                # earlier close makes that open fail with EIO (research notes, Q4).
-                try:
-                    self.ch.backing_close(node.backing_id)
-                except OSError as e:
-                    self.log(f"backing close failed: {e.strerror}")
-                node.backing_id = 0
 
     def read(self, req: Request):
         a = P.READ_IN.unpack(req.body)
