@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -137,10 +138,18 @@ def _valid(rec: Optional[MountRecord], devs: dict[str, str]) -> bool:
 
 
 def _drop(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    """Remove a record, and the control socket beside it (a daemon killed outright leaves
+    its socket behind)."""
+    for p in (path, path[:-len(".json")] + ".sock" if path.endswith(".json") else None):
+        if p is None:
+            continue
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+LEFTOVER_AGE = 60.0  # seconds: a temporary file older than this was left by a killed writer
 
 
 def get(mountpoint: str) -> Optional[MountRecord]:
@@ -176,8 +185,20 @@ def all() -> list[MountRecord]:  # noqa: A001 (the registry's API: registry.all(
         return []
     devs = mounted_devs()
     out = []
+    now_ = time.time()
     for name in names:
         path = os.path.join(REGISTRY_DIR, name)
+        # Left behind by a killed daemon or writer: a socket with no record (a starting
+        # daemon binds its socket just before it records the mount, so only old ones), or
+        # an old temporary file.
+        if name.endswith(".tmp") or (name.endswith(".sock")
+                                     and name[:-len(".sock")] + ".json" not in names):
+            try:
+                if now_ - os.lstat(path).st_mtime > LEFTOVER_AGE:
+                    _drop(path)
+            except OSError:
+                pass
+            continue
         if not name.endswith(".json"):
             continue
         rec = _read(path)

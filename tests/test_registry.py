@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -237,3 +238,22 @@ def test_real_daemon_mount_is_recorded_and_forgotten(tmp_path):
     assert done.returncode == 0, done.stderr
     assert registry.get(str(mnt)) is None
     assert not os.path.exists(registry._file(str(mnt)))
+
+
+def test_leftovers_of_killed_daemons_are_removed_when_old(monkeypatch, tmp_path):
+    # A daemon killed outright leaves its control socket, a killed writer its temporary
+    # file; listing the registry removes them once they are old, never a young one (a
+    # starting daemon binds its socket just before it records its mount).
+    monkeypatch.setattr(registry, "REGISTRY_DIR", str(tmp_path))
+    monkeypatch.setattr(registry, "MOUNTINFO", str(tmp_path / "mountinfo"))
+    (tmp_path / "mountinfo").write_text("")
+    old_sock, young_sock = tmp_path / ("a" * 32 + ".sock"), tmp_path / ("b" * 32 + ".sock")
+    old_tmp = tmp_path / ("c" * 32 + ".json.1-ff.tmp")
+    for p in (old_sock, young_sock, old_tmp):
+        p.write_text("")
+    long_ago = time.time() - 3600
+    for p in (old_sock, old_tmp):
+        os.utime(p, (long_ago, long_ago))
+    assert registry.all() == []
+    assert not old_sock.exists() and not old_tmp.exists()
+    assert young_sock.exists()
