@@ -21,7 +21,6 @@ from .classes import ClassTree, TooComplex, build_raw, minimise, tables
 from .diagnostics import Diagnostic, PolicyError, Reporter, Span
 from .include import Reader, load, notes, spliced
 from .lint import lint
-from .parser import parse
 from .policy import Policy
 from .source import Source
 

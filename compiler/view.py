@@ -108,7 +108,6 @@ class PolicyView:
         self._cache = tuple(cache_rule(c.table) for c in tree.classes)
         self._passthrough = tuple(self._allows_passthrough(c.table) for c in tree.classes)
         self.root = 0
-        self.mode = self.policy.mode
         self._moves: dict[tuple[str, int, int], Verdict] = {}
 
     # --- classes -----------------------------------------------------------------------

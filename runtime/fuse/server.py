@@ -601,7 +601,7 @@ class FuseServer:
                 return True
             if acc in (os.O_WRONLY, os.O_RDWR) and not self.enf.plain_allow(cls, "write"):
                 return True
-            if not self._passthrough_class(cls):
+            if not self.enf.view.passthrough(cls):
                 return True  # its later opens would be served by the daemon: EIO (above)
         return False
 
@@ -710,12 +710,6 @@ class FuseServer:
             open_flags |= P.FOPEN_NOFLUSH
         return h, P.open_out(h.fh, open_flags, backing_id)
 
-    def _passthrough_class(self, cls: int) -> bool:
-        """May opens of this class's files be handed to the kernel (PolicyView.passthrough)?
-        The kernel fails (EIO) a daemon-served open of a file open for passthrough, and a
-        passthrough open of a file whose daemon-served open is mapped."""
-        return self.enf.view.passthrough(cls)
-
     def _io_mode(self, h: Handle) -> tuple[int, int]:
         """Passthrough when the class allows it and every read/write this open allows is a
         plain allow, else daemon I/O."""
@@ -723,7 +717,7 @@ class FuseServer:
         acc = h.flags & os.O_ACCMODE
         writes = acc in (os.O_WRONLY, os.O_RDWR)
         needs_daemon = (
-            not self._passthrough_class(node.cls)
+            not self.enf.view.passthrough(node.cls)
             or (acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(node.cls, "read"))
             or (writes and not self.enf.plain_allow(node.cls, "write"))
             # Under HANDLE_KILLPRIV_V2 the kernel leaves clearing set-id bits on write to
