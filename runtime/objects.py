@@ -20,6 +20,8 @@ from fpol.compiler.clang import compile_c, find_clang
 from fpol.compiler.lower import Model, lower
 from fpol.compiler.render import render
 
+from .files import replace_atomically
+
 
 @dataclass
 class Built:
@@ -49,16 +51,7 @@ def build(checked, which: str, abi: Optional[str] = None, model: Optional[Model]
         # same policy (two processes, or threads) each rename a whole object over the
         # entry, so a reader never sees a partial one; a failed or interrupted build
         # removes its file.
-        tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-        try:
-            compile_c(source, tmp, checked.policy.name)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        replace_atomically(path, lambda tmp: compile_c(source, tmp, checked.policy.name))
     return Built(model, path, source)
 
 

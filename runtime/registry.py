@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from .files import replace_atomically
+
 REGISTRY_DIR = "/run/fpol/mounts"
 MOUNTINFO = "/proc/self/mountinfo"
 MODES = ("daemon", "fuse-bpf")
@@ -107,19 +109,13 @@ def record(rec: MountRecord) -> str:
         raise ValueError(f"mode must be one of {MODES}, not {rec.mode!r}")
     os.makedirs(REGISTRY_DIR, mode=0o755, exist_ok=True)
     path = _file(rec.mountpoint)
-    tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(rec.to_json())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    replace_atomically(path, write)
     return path
 
 
