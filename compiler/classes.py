@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import ops
-from .decide import Decision, decide_table
+from .decide import ATOM_INDEX, Decision, DecisionTable, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
 from .memo import derived
+from .subjects import Partition, partition
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
@@ -35,7 +36,7 @@ class TooComplex(FpolError):
 @dataclass(frozen=True)
 class Class:
     id: int
-    table: tuple[Decision, ...]  # one decision per ops.ATOMS entry
+    table: DecisionTable  # one decision per (subject class, atom): see decide.DecisionTable
     literals: tuple[tuple[bytes, int], ...]  # exact child names -> class, sorted
     globs: tuple[Glob, ...]  # name globs tested for other names
     masks: tuple[tuple[int, int], ...]  # (bitmask over globs, class), sorted
@@ -48,8 +49,13 @@ class Class:
         # few names (one per glob combination) again and again.
         object.__setattr__(self, "_by_other", {})
 
-    def decision(self, atom: str) -> Decision:
-        return self.table[ATOM_INDEX[atom]]
+    def decision(self, atom: str, subject: int) -> Decision:
+        """The decision for `atom` made by a requester of subject class `subject`."""
+        return self.table.at(atom, subject)
+
+    def decisions(self, atom: str) -> list[Decision]:
+        """The decision for `atom`, for every subject class."""
+        return [self.table.at(atom, s) for s in range(self.table.nsubjects)]
 
     def child(self, name: bytes, fold: bool) -> int:
         key = name.lower() if fold else name
@@ -70,14 +76,16 @@ class Class:
         return target
 
 
-ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
-
-
 @dataclass(frozen=True)
 class ClassTree:
     policy: Policy
     classes: tuple[Class, ...]  # classes[0] is the root
     unminimised: int  # class count before merging
+
+    @property
+    def subjects(self) -> Partition:
+        """Who is asking, in the classes the policy's rules tell apart (compiler/subjects.py)."""
+        return partition(self.policy)
 
     def classify(self, comps: tuple[bytes, ...]) -> Class:
         c = self.classes[0]
@@ -91,6 +99,11 @@ class ClassTree:
 
         p = self.policy
         out = [f"# {p.file}: {len(self.classes)} classes ({self.unminimised} before minimisation)"]
+        subjects = self.subjects
+        if len(subjects) > 1:
+            out.append(f"# {len(subjects)} subject classes (who is asking):")
+            for s in range(len(subjects)):
+                out.append(f"#   subject {s}: {subjects.describe(s)}")
         for c in self.classes:
             out.append(f"class {c.id}  e.g. {_show(c.example)}")
             out.append("  " + describe_cache(cache_rule(c.table)))
@@ -137,9 +150,20 @@ def _esc(s: str) -> str:
 
 
 def _table_lines(policy: Policy, c: Class, width: int = 0) -> list[str]:
-    """Group atoms by decision: `deny EACCES (line 3): open:w, open:rw, ...`."""
+    """Group atoms by decision: `deny EACCES (line 3): open:w, open:rw, ...`; where the
+    decisions depend on who is asking, one group of lines per subject class."""
+    if c.table.uniform():
+        return _subject_lines(policy, c.table.for_subject(0), width)
+    lines = []
+    for s, table in enumerate(c.table.per_subject()):
+        lines.append(f"subject {s}:")
+        lines += ["  " + line for line in _subject_lines(policy, table, width)]
+    return lines
+
+
+def _subject_lines(policy: Policy, table: tuple[Decision, ...], width: int) -> list[str]:
     groups: dict[Decision, list[str]] = {}
-    for atom, d in zip(ops.ATOMS, c.table):
+    for atom, d in zip(ops.ATOMS, table):
         groups.setdefault(d, []).append(atom)
     lines = []
     for d, atoms in groups.items():
@@ -407,17 +431,20 @@ def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
     return list(out)
 
 
-def tables(policy: Policy, raw: list[RawState]) -> list[tuple[Decision, ...]]:
-    """Each state's decision table. Equal tables are one object, so later stages can key
-    them by identity instead of hashing 47 decisions again and again."""
-    memo: dict[frozenset, tuple[Decision, ...]] = {}
-    interned: dict[tuple[Decision, ...], tuple[Decision, ...]] = {}
+def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
+    """Each state's decision table, for every subject class: the rules matching its path
+    that apply to that subject decide. Equal tables are one object, so later stages can
+    key them by identity instead of hashing their decisions again and again."""
+    subjects = partition(policy)
+    memo: dict[frozenset, DecisionTable] = {}
+    interned: dict[DecisionTable, DecisionTable] = {}
     out = []
     for st in raw:
         key = frozenset(r.index for r in matching_rules(policy, st.accepted_terms))
         if key not in memo:
             rules = [policy.rules[i] for i in sorted(key)]
-            t = decide_table(policy, rules)
+            t = DecisionTable(decide_table(policy, subjects.select(rules, s))
+                              for s in range(len(subjects)))
             memo[key] = interned.setdefault(t, t)
         out.append(memo[key])
     return out
@@ -428,7 +455,7 @@ def build(policy: Policy) -> ClassTree:
     return minimise(policy, raw, tables(policy, raw))
 
 
-def minimise(policy: Policy, raw: list[RawState], table: list[tuple[Decision, ...]]) -> ClassTree:
+def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) -> ClassTree:
     """Moore partition refinement, then renumber classes breadth-first from the root."""
     label_ids: dict[int, int] = {}  # tables are interned (see tables()): key by identity
     block = [label_ids.setdefault(id(t), len(label_ids)) for t in table]

@@ -51,6 +51,49 @@ class Decision:
         return text
 
 
+NATOMS = len(ops.ATOMS)
+ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
+
+
+class DecisionTable(tuple):
+    """The decisions of one class: one per (subject class, atom), subject-major, atoms in
+    ops.ATOMS order. A policy without subject conditions has one subject class, so its
+    tables are one decision per atom. Iterating visits every decision of every subject
+    (what "does any decision ..." questions want); `at` and `for_subject` index."""
+
+    __slots__ = ()
+
+    def __new__(cls, per_subject: "Iterable[tuple[Decision, ...]]") -> "DecisionTable":
+        flat: list[Decision] = []
+        for t in per_subject:
+            flat.extend(t)
+        return super().__new__(cls, flat)
+
+    @property
+    def nsubjects(self) -> int:
+        return len(self) // NATOMS
+
+    def at(self, atom: str, subject: int) -> Decision:
+        return self[subject * NATOMS + ATOM_INDEX[atom]]
+
+    def for_subject(self, subject: int) -> tuple[Decision, ...]:
+        """The decision per atom for one subject class."""
+        return tuple(self[subject * NATOMS:(subject + 1) * NATOMS])
+
+    def per_subject(self) -> list[tuple[Decision, ...]]:
+        return [self.for_subject(s) for s in range(self.nsubjects)]
+
+    def uniform(self) -> bool:
+        """Is every subject class decided alike?"""
+        first = self[:NATOMS]
+        return all(self[s * NATOMS:(s + 1) * NATOMS] == first for s in range(1, self.nsubjects))
+
+    def depends_on_subject(self, atom: str) -> bool:
+        i = ATOM_INDEX[atom]
+        first = self[i]
+        return any(self[s * NATOMS + i] != first for s in range(1, self.nsubjects))
+
+
 def stricter(first: Decision, second: Decision) -> Decision:
     """The stricter of two decisions (deny, then userspace, then allow); the first on a tie."""
     return first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
@@ -67,9 +110,15 @@ def combine(first: Decision, second: Decision) -> Decision:
     return combined
 
 
+def _rank(rule: Rule) -> tuple[int, bool]:
+    """Errno and mode ties: scope specificity first, then a rule with a `by` list is more
+    specific than one without (LANGUAGE.md §6)."""
+    return rule.specificity, bool(rule.subjects)
+
+
 def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tuple[int, ...]]:
-    top = max(r.specificity for r in rules)
-    best = sorted((r for r in rules if r.specificity == top), key=lambda r: r.index)
+    top = max(_rank(r) for r in rules)
+    best = sorted((r for r in rules if _rank(r) == top), key=lambda r: r.index)
     values = {getattr(r, attr) for r in best}
     tie = tuple(r.index for r in best) if len(values) > 1 else ()
     return tuple(r.index for r in best), getattr(best[0], attr), tie

@@ -23,6 +23,8 @@ class Request:
     to: Optional[tuple[bytes, ...]] = None
     flags: int = 0
     mask: int = 0
+    uid: int = 0  # who is asking: the requester's fsuid and fsgid (LANGUAGE.md §6)
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,12 @@ class Evaluator:
                 if all((r.index, "t", i) in held for i in range(len(r.terms)))
                 and not any((r.index, "x", i) in held for i in range(len(r.excepts)))]
 
-    def rules_at(self, path: tuple[bytes, ...]) -> list[Rule]:
-        return self._matching(self._walk(path))
+    def rules_at(self, path: tuple[bytes, ...], uid: int = 0, gid: int = 0) -> list[Rule]:
+        """The rules that match `path` (scopes and excepts) and requester `uid`, `gid`."""
+        return [r for r in self._matching(self._walk(path)) if r.applies_to(uid, gid)]
 
-    def decision_at(self, path: tuple[bytes, ...], atom: str) -> Decision:
-        return decide(self.policy, atom, self.rules_at(path))
+    def decision_at(self, path: tuple[bytes, ...], atom: str, uid: int = 0, gid: int = 0) -> Decision:
+        return decide(self.policy, atom, self.rules_at(path, uid, gid))
 
     # --- requests ----------------------------------------------------------------------
 
@@ -139,16 +142,16 @@ class Evaluator:
 
     def _evaluate(self, req: Request) -> Verdict:
         atoms = ops.request_atoms(req.op, req.flags, req.mask)
-        first = self.decision_at(req.path, atoms.source)
+        first = self.decision_at(req.path, atoms.source, req.uid, req.gid)
         if atoms.destination is None:
             return Verdict(req, first)
         if req.to is None:
             raise ValueError(f"{req.op} needs a destination path")
-        second = self.decision_at(req.to, atoms.destination)
+        second = self.decision_at(req.to, atoms.destination, req.uid, req.gid)
         combined = combine(first, second)
         if req.op == "copy_file_range" or combined.kind != "allow":
             return Verdict(req, combined)
-        gain = self._gain(req.path, req.to, subtree=req.op == "rename")
+        gain = self._gain(req.path, req.to, req.op == "rename", req.uid, req.gid)
         if gain is None:
             return Verdict(req, combined)
         atom, suffix, lost = gain
@@ -157,8 +160,10 @@ class Evaluator:
         return Verdict(req, refused, exdev=True, exdev_atom=atom, exdev_suffix=suffix,
                        lost_rule=lost)
 
-    def _gain(self, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: bool):
-        """Where the destination is looser than the source: (atom, suffix, rule) or None.
+    def _gain(self, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: bool,
+              uid: int = 0, gid: int = 0):
+        """Where the destination is looser than the source for requester `uid`, `gid`:
+        (atom, suffix, rule) or None.
 
         For a rename the object may be a directory, so every descendant counts: the
         two position sets are walked together over every name the patterns can tell
@@ -170,7 +175,8 @@ class Evaluator:
             if (ps, pd) in seen:
                 continue
             seen.add((ps, pd))
-            rs, rd = self._matching(ps), self._matching(pd)
+            rs = [r for r in self._matching(ps) if r.applies_to(uid, gid)]
+            rd = [r for r in self._matching(pd) if r.applies_to(uid, gid)]
             for atom in ops.ATOMS:
                 a, b = decide(self.policy, atom, rs), decide(self.policy, atom, rd)
                 if STRICTNESS[b.kind] < STRICTNESS[a.kind]:

@@ -273,6 +273,34 @@ class Model:
     glob_masks: list = field(default_factory=list)  # GlobMask in class order, masks sorted
     max_class_globs: int = 0
     mask_search: int = 0  # binary search steps that find any mask of a class
+    subjects: "SubjectTables" = None  # type: ignore[assignment]  # who is asking, as data
+
+
+@dataclass
+class SubjectTables:
+    """Who is asking, for the C (compiler/subjects.py): the uid and gid interval starts, the
+    subject class of each (uid interval, gid interval) cell, and per class of the tree its
+    row set (the row of each subject class). One subject class: everything empty, and
+    classes index rows directly."""
+
+    count: int
+    uid_starts: list[int]
+    gid_starts: list[int]
+    grid: list[int]  # [uid interval * len(gid_starts) + gid interval] -> subject class
+    rowsets: list[tuple[int, ...]]
+    described: list[str]  # who is in each subject class, for comments
+
+    def search_steps(self, starts: list[int]) -> int:
+        """Binary search steps that find any interval of `starts`."""
+        return max(1, len(starts).bit_length())
+
+
+def _subject_tables(tree: ClassTree, rowsets: list[tuple[int, ...]]) -> SubjectTables:
+    part = tree.subjects
+    if len(part) == 1:
+        return SubjectTables(1, [], [], [], [], [])
+    return SubjectTables(len(part), list(part.uid_starts), list(part.gid_starts), list(part.grid),
+                         rowsets, [part.describe(s) for s in range(len(part))])
 
 
 def _bits(r: int, w: int, x: int) -> str:
@@ -474,7 +502,8 @@ def _daemon_lookup(table: tuple) -> bool:
                for atom, d in zip(ops.ATOMS, table) if atom != "lookup")
 
 
-def _daemon_named(classes, strict, row_daemon: list[bool], class_row: list[int]) -> list[bool]:
+def _daemon_named(classes, strict, row_daemon: list[bool],
+                  class_rows: list[tuple[int, ...]]) -> list[bool]:
     """Per class: must the daemon look its objects up (so they carry a nodeid it knows)?
 
     Objects the kernel looks up itself have nodeid 0, and a request the daemon gets for a
@@ -483,12 +512,13 @@ def _daemon_named(classes, strict, row_daemon: list[bool], class_row: list[int])
     (_daemon_lookup), and also every directory on the way to one whose lookups come to the
     daemon: every class with a child class whose lookup is redirected to userspace, or
     whose objects the daemon looks up, transitively."""
-    named = [row_daemon[class_row[c.id]] for c in classes]
+    named = [any(row_daemon[r] for r in class_rows[c.id]) for c in classes]
     parents: dict[int, list[int]] = {}
     for c in classes:
         for k in strict.targets(c):
             parents.setdefault(k, []).append(c.id)
-    todo = [c.id for c in classes if named[c.id] or c.decision("lookup").kind == "userspace"]
+    todo = [c.id for c in classes
+            if named[c.id] or any(d.kind == "userspace" for d in c.decisions("lookup"))]
     seen = set(todo)
     while todo:
         for p in parents.get(todo.pop(), ()):
@@ -520,17 +550,42 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
                 if rule is not None else f"default {policy.default.text}"
         return text
 
-    row_of_table: dict[int, int] = {}  # equal tables are one object (classes.tables)
+    # One row per distinct decision table of one subject class. A class has a row per
+    # subject class: with one subject class (no `by` rules), its row; with several, a
+    # "row set" (the row of each subject class), and row sets are deduplicated too.
+    nsubjects = len(tree.subjects)
+    row_of_table: dict = {}  # equal tables are one object (classes.tables): key by identity
     rows: list[Row] = []
     row_tables: list[tuple] = []
-    class_row: list[int] = []
+    class_rows: list[tuple[int, ...]] = []
     for c in classes:
-        rid = row_of_table.get(id(c.table))
-        if rid is None:
-            rid = row_of_table[id(c.table)] = len(rows)
-            rows.append(_row(rid, c.table, who))
-            row_tables.append(c.table)
-        class_row.append(rid)
+        if nsubjects == 1:
+            per_subject = [c.table]
+            keys = [id(c.table)]
+        else:
+            per_subject = c.table.per_subject()
+            keys = per_subject
+        ids = []
+        for key, t in zip(keys, per_subject):
+            rid = row_of_table.get(key)
+            if rid is None:
+                rid = row_of_table[key] = len(rows)
+                rows.append(_row(rid, t, who))
+                row_tables.append(t)
+            ids.append(rid)
+        class_rows.append(tuple(ids))
+    rowsets: list[tuple[int, ...]] = []
+    if nsubjects == 1:
+        class_row = [ids[0] for ids in class_rows]
+    else:
+        rowset_ids: dict[tuple[int, ...], int] = {}
+        class_row = []
+        for ids in class_rows:
+            n = rowset_ids.get(ids)
+            if n is None:
+                n = rowset_ids[ids] = len(rowsets)
+                rowsets.append(ids)
+            class_row.append(n)
 
     # Literal transitions and the name pool.
     literals: list[LiteralEntry] = []
@@ -590,7 +645,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         mask_search = max(mask_search, len(gc.masks).bit_length())
 
     daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
-                                  class_row)
+                                  class_rows)
     infos = [ClassInfo(c.id, class_row[c.id], c.default,
                        strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
@@ -613,8 +668,9 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         case_insensitive=policy.case_insensitive,
         any_audit=any(d.audit for c in classes for d in c.table),
         open_slots=OPEN_SLOTS, create_slots=CREATE_SLOTS, access_slots=ACCESS_SLOTS,
-        cfr_dst_everywhere=all(c.decision("copy_file_range:dst").kind == "allow"
-                               and not c.decision("copy_file_range:dst").audit for c in classes),
+        cfr_dst_everywhere=all(d.kind == "allow" and not d.audit
+                               for c in classes for d in c.decisions("copy_file_range:dst")),
+        subjects=_subject_tables(tree, rowsets),
         class_globs=class_globs, glob_runs=sorted(glob_runs.values()), glob_masks=glob_masks,
         max_class_globs=max((len(gc.globs) for gc in glob_classes), default=0),
         mask_search=mask_search,
@@ -625,8 +681,16 @@ _ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.ite
 
 
 def _uniform(c: Class, op: str) -> Optional[Decision]:
-    """The class's decision for `op` if it does not depend on the request's details."""
-    return _uniform_in(c.table, _ATOM_SLOTS[op])
+    """The class's decision for `op` if it depends neither on the request's details nor on
+    who is asking."""
+    return _uniform_in(c.table, _slots(op, c.table.nsubjects))
+
+
+def _slots(op: str, nsubjects: int) -> list[int]:
+    """The positions of `op`'s atoms in a decision table, for every subject class."""
+    if nsubjects == 1:
+        return _ATOM_SLOTS[op]
+    return [s * len(ops.ATOMS) + i for s in range(nsubjects) for i in _ATOM_SLOTS[op]]
 
 
 def _uniform_in(table: tuple, slots: list[int]) -> Optional[Decision]:
@@ -672,21 +736,23 @@ class _Planner:
         they are (so instances can share it); None when the program must be the class's own.
         A class with no literal or glob transitions sends every name to its default child,
         so its programs are fixed by that child's decisions."""
-        rt = self.runtime
+        def rt(k: Class, atom: str) -> tuple[int, ...]:  # every subject class's
+            return tuple(self.runtime(d) for d in k.decisions(atom))
+
         if kind == "link":
-            return (kind, rt(c.decision("link:src")))
+            return (kind, rt(c, "link:src"))
         if kind == "cfr":
-            return (kind, rt(c.decision("copy_file_range:src")))
+            return (kind, rt(c, "copy_file_range:src"))
         if kind == "lookup" or c.literals or c.globs:
             return None
         k = self.classes[c.default]
         if kind == "create":
-            return (kind, tuple(rt(k.decision(a)) for a in ops.ATOMS_OF_OP[op]),
+            return (kind, tuple(rt(k, a) for a in ops.ATOMS_OF_OP[op]),
                     self.strict.at_least_as_strict(c.id, k.id))
         if kind == "remove":
-            return (kind, rt(k.decision(op)))
+            return (kind, rt(k, op))
         if kind == "rename":
-            return (kind, rt(k.decision("rename:src")), rt(k.decision("rename:dst")))
+            return (kind, rt(k, "rename:src"), rt(k, "rename:dst"))
         return None
 
     def needs_hook(self, c: Class, kids: list[Class], kind: str, op: str, kids_ok) -> bool:
@@ -698,9 +764,9 @@ class _Planner:
         if kind in ("lookup", "create") and any(self.named[k.id] for k in kids):
             return True  # the daemon must look up (or make) such children: route them there
         if kind == "lookup":
-            return any(k.id != c.id or not _trivial(k.decision("lookup")) for k in kids)
+            return any(k.id != c.id or not all(map(_trivial, k.decisions("lookup"))) for k in kids)
         if kind == "remove":
-            return any(not _trivial(k.decision(op)) for k in kids)
+            return any(not all(map(_trivial, k.decisions(op))) for k in kids)
         if kind == "create":
             return not kids_ok() or any(not _trivial(_uniform(k, op)) for k in kids)
         return True
@@ -723,7 +789,7 @@ class _Planner:
             if kind != "object":
                 out.append(None)
                 continue
-            slots = _ATOM_SLOTS[op]
+            slots = _slots(op, table.nsubjects)
             uniform = _uniform_in(table, slots)
             if _trivial(uniform):
                 out.append(None)
@@ -734,7 +800,8 @@ class _Planner:
                 out.append(("default", (OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]),
                             (OPCODES[op], rt(uniform))))
             elif op in ("fsync", "fsyncdir"):
-                out.append(("fsync", (rt(table[SLOT["fsync"]]), rt(table[SLOT["fsyncdir"]]))))
+                out.append(("fsync", tuple(rt(table[i]) for i in _slots("fsync", table.nsubjects)
+                                           + _slots("fsyncdir", table.nsubjects))))
             else:
                 out.append(("object", tuple(rt(table[i]) for i in slots)))
         self._plans[id(table)] = (table, out)

@@ -30,6 +30,26 @@ class Term:
 
 
 @dataclass(frozen=True)
+class Subject:
+    """One `by` alternative (LANGUAGE.md §6): the requester's fsuid or fsgid in [low, high].
+    `user NAME` and `group NAME` are resolved to a point when the policy is checked."""
+
+    kind: str  # uid | gid
+    low: int
+    high: int
+    text: str  # as written, canonical: `uid 5`, `uid 10000-19999`, `user backup`
+
+    def holds(self, uid: int, gid: int) -> bool:
+        value = uid if self.kind == "uid" else gid
+        return self.low <= value <= self.high
+
+    def numeric(self) -> str:
+        """`uid 34` for `user backup` (what `--emit policy` shows)."""
+        span = str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+        return f"{self.kind} {span}"
+
+
+@dataclass(frozen=True)
 class Rule:
     index: int  # position among the policy's rules (0-based)
     line: int
@@ -45,6 +65,21 @@ class Rule:
     file: str = ""  # the file the rule is written in (an included one, or the top file)
     # One of the rules a statement over a several-valued definition stands for.
     expanded: bool = False
+    # `by ...`: the rule applies when the requester matches any of these; () means everyone.
+    subjects: tuple[Subject, ...] = ()
+    # `except by ...`: the rule does not apply to a requester matching any of these.
+    except_subjects: tuple[Subject, ...] = ()
+
+    @property
+    def has_subject(self) -> bool:
+        """Does whether the rule applies depend on who is asking?"""
+        return bool(self.subjects or self.except_subjects)
+
+    def applies_to(self, uid: int, gid: int) -> bool:
+        """The rule's subject condition (its scopes aside) for requester `uid`, `gid`."""
+        if self.subjects and not any(s.holds(uid, gid) for s in self.subjects):
+            return False
+        return not any(s.holds(uid, gid) for s in self.except_subjects)
 
     @property
     def decision(self) -> Optional[str]:
@@ -73,6 +108,11 @@ class Policy:
     rules: tuple[Rule, ...]
 
     @property
+    def has_subjects(self) -> bool:
+        """Does any rule depend on who is asking (LANGUAGE.md §6)?"""
+        return any(r.has_subject for r in self.rules)
+
+    @property
     def needs_daemon(self) -> bool:
         return self.default.decision == USERSPACE or any(r.action == "redirect" for r in self.rules)
 
@@ -94,6 +134,10 @@ class Policy:
                 out.append(f"  scope {t.text}: " + " | ".join(show_pattern(p) for p in t.patterns))
             for t in r.excepts:
                 out.append(f"  except {t.text}: " + " | ".join(show_pattern(p) for p in t.patterns))
+            if r.subjects:
+                out.append("  by " + ", ".join(s.numeric() for s in r.subjects))
+            if r.except_subjects:
+                out.append("  except by " + ", ".join(s.numeric() for s in r.except_subjects))
         return "\n".join(out) + "\n"
 
 

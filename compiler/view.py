@@ -17,7 +17,10 @@ What the kernel may cache is decided here, per class, from the class's decisions
 - a directory's listing may be kept (the kernel answers READDIR from its page cache) when
   the class's `readdir` is a plain allow and its entries may be cached too.
 
-Everything else keeps timeouts of 0, so the daemon sees every such request.
+Everything else keeps timeouts of 0, so the daemon sees every such request. The kernel's
+caches are shared by every user of the mount, so a decision must be a plain allow for every
+subject class (LANGUAGE.md §6) to be cached: a class whose lookup or getattr depends on who
+is asking is never cached.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from .classes import ATOM_INDEX, ClassTree
-from .decide import Decision
+from .classes import ClassTree
+from .decide import Decision, DecisionTable
 from .evaluate import Evaluator, Request, Verdict
 from .policy import ALLOW, DENY, USERSPACE
 
@@ -68,18 +71,26 @@ class CacheRule:
         return (seconds if self.entries else 0.0, seconds if self.attributes else 0.0)
 
 
-def cache_rule(table: tuple[Decision, ...]) -> CacheRule:
-    """The cache rule of a class with this decision table."""
-    lookup = table[ATOM_INDEX["lookup"]]
-    getattr_ = table[ATOM_INDEX["getattr"]]
-    entries, attributes = plain_allow(lookup), plain_allow(getattr_)
-    listing = entries and plain_allow(table[ATOM_INDEX["readdir"]])
+def _everyone_plain(table: DecisionTable, atom: str) -> bool:
+    return all(plain_allow(table.at(atom, s)) for s in range(table.nsubjects))
+
+
+def _why_not(table: DecisionTable, atom: str) -> str:
+    if table.depends_on_subject(atom):
+        return "depends on who is asking"
+    return why_not_plain(table.at(atom, 0))
+
+
+def cache_rule(table: DecisionTable) -> CacheRule:
+    """The cache rule of a class with this decision table (every subject class's)."""
+    entries, attributes = _everyone_plain(table, "lookup"), _everyone_plain(table, "getattr")
+    listing = entries and _everyone_plain(table, "readdir")
     if entries and attributes:
         why = "lookup and getattr are plain allows"
     else:
-        reasons = [f"{op} {why_not_plain(d)}" for op, d in (("lookup", lookup),
-                                                              ("getattr", getattr_))
-                   if not plain_allow(d)]
+        reasons = [f"{op} {_why_not(table, op)}" for op, ok in (("lookup", entries),
+                                                                 ("getattr", attributes))
+                   if not ok]
         why = "; ".join(reasons) + ": the daemon must see every such request"
     return CacheRule(entries, attributes, why, listing)
 
@@ -104,11 +115,12 @@ class PolicyView:
         self.sha256 = sha256
         self._classes = tree.classes
         self._fold = self.policy.case_insensitive
+        self.subjects = tree.subjects
         self._evaluator = Evaluator(self.policy)
         self._cache = tuple(cache_rule(c.table) for c in tree.classes)
         self._passthrough = tuple(self._allows_passthrough(c.table) for c in tree.classes)
         self.root = 0
-        self._moves: dict[tuple[str, int, int], Verdict] = {}
+        self._moves: dict[tuple[str, int, int, int], Verdict] = {}
 
     # --- classes -----------------------------------------------------------------------
 
@@ -126,28 +138,38 @@ class PolicyView:
 
     # --- decisions -----------------------------------------------------------------------
 
-    def decision(self, cls: int, atom: str) -> Decision:
-        return self._classes[cls].table[ATOM_INDEX[atom]]
+    def subject(self, uid: int, gid: int) -> int:
+        """The subject class of a requester (its fsuid and fsgid): a handle, like classes."""
+        return self.subjects.classify(uid, gid)
+
+    def decision(self, cls: int, atom: str, subject: int) -> Decision:
+        return self._classes[cls].table.at(atom, subject)
 
     def plain_allow(self, cls: int, atom: str) -> bool:
-        return plain_allow(self.decision(cls, atom))
+        """A plain allow for every subject class: what the kernel may do for anyone (a
+        cached entry, a passthrough read, a close without FLUSH) without asking."""
+        table = self._classes[cls].table
+        return all(plain_allow(table.at(atom, s)) for s in range(table.nsubjects))
 
-    def two_path(self, op: str, src: tuple, dst: tuple) -> Verdict:
+    def two_path(self, op: str, src: tuple, dst: tuple, uid: int = 0, gid: int = 0) -> Verdict:
         """rename / link / copy_file_range with full paths: the evaluator's exact answer."""
-        return self._evaluator.evaluate(Request(op, src, dst))
+        return self._evaluator.evaluate(Request(op, src, dst, uid=uid, gid=gid))
 
-    def move(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int) -> Verdict:
+    def move(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int,
+             uid: int = 0, gid: int = 0) -> Verdict:
         """two_path for a caller that knows both ends' classes. The verdict depends on the
         paths only through their classes (a class fixes the decision of every op on its
-        objects and on everything below them, which is all "no gain by moving" compares),
-        so it is worked out once per (op, classes) and addressed to this request."""
-        key = (op, src_cls, dst_cls)
+        objects and on everything below them, which is all "no gain by moving" compares)
+        and on the requester only through its subject class, so it is worked out once per
+        (op, classes, subject) and addressed to this request."""
+        request = Request(op, src, dst, uid=uid, gid=gid)
+        key = (op, src_cls, dst_cls, self.subject(uid, gid))
         v = self._moves.get(key)
         if v is None:
             if len(self._moves) >= _MOVE_MEMO:
                 self._moves.clear()
-            v = self._moves[key] = self.two_path(op, src, dst)
-        return replace(v, request=Request(op, src, dst))
+            v = self._moves[key] = self._evaluator.evaluate(request)
+        return replace(v, request=request)
 
     # --- what the kernel may do without the daemon --------------------------------------
 
@@ -159,13 +181,17 @@ class PolicyView:
         its write decisions are each a plain allow or a deny, so that every open of one
         file gets the same I/O mode (the kernel refuses to mix passthrough and
         daemon-served opens of one file). A class that audits writes has its reads served
-        by the daemon too."""
+        by the daemon too. The I/O mode is the file's, whoever opens it, so this holds for
+        every subject class and the read and write decisions must not depend on who asks
+        (a passthrough handle is not asked again, whoever ends up holding it)."""
         return self._passthrough[cls]
 
     @staticmethod
-    def _allows_passthrough(table: tuple[Decision, ...]) -> bool:
+    def _allows_passthrough(table: DecisionTable) -> bool:
         for atom in ("read", "write"):
-            d = table[ATOM_INDEX[atom]]
+            if table.depends_on_subject(atom):
+                return False
+            d = table.at(atom, 0)
             if not plain_allow(d) and d.kind != DENY:
                 return False
         return True

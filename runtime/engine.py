@@ -42,7 +42,9 @@ class LoadReport:
     programs: list[tuple[str, Optional[libbpf.VerifierStats]]]
 
 
-def encode_request(req: Request) -> bytes:
+def encode_request(req: Request, subjects: bool = False) -> bytes:
+    """The check object's `struct fpol_request` for `req`; a policy with subject conditions
+    (`subjects`) has the requester's uid and gid at its end."""
     paths = [req.path, req.to or ()]
     for p in paths:
         if len(p) > MAX_DEPTH:
@@ -57,6 +59,8 @@ def encode_request(req: Request) -> bytes:
                      for p in paths for i in range(MAX_DEPTH))
     data = head + depth + nodeids + outputs + lens + names
     assert len(data) == REQUEST_SIZE
+    if subjects:
+        data += struct.pack("<2I", req.uid, req.gid)
     return data
 
 
@@ -98,9 +102,11 @@ class CheckEngine:
                                   if p.name in ("fpol_check", "fpol_hook")])
         self.program = self.obj.program("fpol_check")
         self.requests = self.obj.map("fpol_requests")
+        # Who is asking is part of a request only where the policy tells requesters apart.
+        self.subjects = built.model.subjects.count > 1
 
     def evaluate(self, req: Request) -> Verdict:
-        self.requests.update(struct.pack("<I", 0), encode_request(req))
+        self.requests.update(struct.pack("<I", 0), encode_request(req, self.subjects))
         ctx = bytearray(RESULT_SIZE)
         ret = self.program.test_run(ctx)
         if ret != 0:
@@ -112,13 +118,16 @@ class CheckEngine:
                   "rename2", "link", "cfr")
 
     def hook(self, kind: str, cls: int, op: str = "lookup", flags: int = 0, opcode: int = 0,
-             nodeid: int = 0, newdir: int = 0, names: tuple[bytes, ...] = ()) -> tuple[int, int, int]:
-        """What one fuse_ops program reading class `cls` returns for one call:
-        (return code as u32, decision word, child class)."""
+             nodeid: int = 0, newdir: int = 0, names: tuple[bytes, ...] = (),
+             uid: int = 0, gid: int = 0) -> tuple[int, int, int]:
+        """What one fuse_ops program reading class `cls` returns for one call made by
+        `uid`, `gid`: (return code as u32, decision word, child class)."""
         names = tuple(names) + (b"",) * (2 - len(names))
         req = struct.pack("<6I2Q2I", self.HOOK_KINDS.index(kind), cls, OP_NUMBER[op], flags,
                           opcode, 0, nodeid, newdir, len(names[0]), len(names[1]))
         req += b"".join(n.ljust(NAME_SLOT, b"\0") for n in names)
+        if self.subjects:
+            req += struct.pack("<2I", uid, gid)
         self.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), req)
         ctx = bytearray(12)
         ret = self.obj.program("fpol_hook").test_run(ctx)
@@ -128,11 +137,20 @@ class CheckEngine:
 
     def bench(self, req: Request, iterations: int, empty: bool = False) -> tuple[float, int]:
         """(ns per decision measured inside the kernel, the decision word)."""
-        self.requests.update(struct.pack("<I", 0), encode_request(req))
+        self.requests.update(struct.pack("<I", 0), encode_request(req, self.subjects))
         ctx = bytearray(struct.pack("<QQII", iterations, 0, 0, 0))
         self.obj.program("fpol_bench_empty" if empty else "fpol_bench").test_run(ctx)
         _, ns, word, _ = struct.unpack("<QQII", bytes(ctx))
         return ns / iterations, word
+
+    def whoami(self) -> int:
+        """The subject class the struct_ops programs' credential reading finds for the
+        calling thread (its fsuid and fsgid); only for policies with subject conditions."""
+        ctx = bytearray(4)
+        ret = self.obj.program("fpol_whoami").test_run(ctx)
+        if ret != 0:
+            raise RuntimeError(f"fpol_whoami returned {ret}")
+        return struct.unpack("<I", bytes(ctx))[0]
 
     def close(self) -> None:
         self.obj.close()

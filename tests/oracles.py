@@ -138,14 +138,36 @@ def decision_fields(d) -> tuple:
     return (d.kind, d.errno, d.mode, d.audit, d.rules)
 
 
+def requesters(tree, limit: int = 64) -> list[tuple[int, int]]:
+    """(uid, gid) pairs to judge with: each subject class's own requester, and the first
+    and last ids of the interval cells the policy cuts the id space into (where an
+    off-by-one in a range would show), at most `limit`."""
+    part = tree.subjects
+    out = [(c.uid, c.gid) for c in part.classes]
+    for ui in range(len(part.uid_starts)):
+        for gi in range(len(part.gid_starts)):
+            for uid in part.interval("uid", ui):
+                for gid in part.interval("gid", gi):
+                    if len(out) >= limit:
+                        return sorted(set(out))
+                    out.append((uid, gid))
+    return sorted(set(out))
+
+
 def assert_classes_agree(checked, evaluator, path: tuple) -> None:
-    """At `path`, the class the tree reaches decides every atom as the evaluator does."""
-    cls = checked.classes.classify(path)
-    for atom, got in zip(ops.ATOMS, cls.table):
-        want = evaluator.decision_at(path, atom)
-        assert decision_fields(got) == decision_fields(want), (
-            f"{atom} at {path}: class {cls.id} says {got.short()} (rules {got.rules}), "
-            f"evaluator says {want.short()} (rules {want.rules})")
+    """At `path`, the class the tree reaches decides every atom as the evaluator does, for
+    every requester the policy tells apart."""
+    tree = checked.classes
+    cls = tree.classify(path)
+    for uid, gid in requesters(tree):
+        subject = tree.subjects.classify(uid, gid)
+        for atom in ops.ATOMS:
+            got = cls.decision(atom, subject)
+            want = evaluator.decision_at(path, atom, uid, gid)
+            assert decision_fields(got) == decision_fields(want), (
+                f"{atom} at {path} by uid {uid} gid {gid}: class {cls.id} subject {subject} "
+                f"says {got.short()} (rules {got.rules}), "
+                f"evaluator says {want.short()} (rules {want.rules})")
 
 
 # --- the generated C ----------------------------------------------------------------------------

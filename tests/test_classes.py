@@ -31,6 +31,7 @@ from fpol.compiler.classes import ClassTree, build, build_raw, minimise, tables
 from fpol.compiler.driver import check
 from fpol.compiler.evaluate import Evaluator
 from fpol.compiler.paths import ANY, Glob, TooManyGlobStates, glob_combinations
+from oracles import requesters
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_DEPTH = 4
@@ -100,13 +101,16 @@ def compare_tree(policy, tree: ClassTree, names: list[bytes], max_depth: int = M
         path, cid, positions = queue.popleft()
         cls = tree.classify(path)
         assert cls.id == cid
-        for atom in ops.ATOMS:
-            want = ev.decision_at(path, atom)
-            got = cls.decision(atom)
-            assert _fields(got) == _fields(want), (
-                f"{policy.file}: {atom} at /{b'/'.join(path).decode('utf-8', 'replace')}: "
-                f"class {cls.id} says {got.short()} (rules {got.rules}), "
-                f"evaluator says {want.short()} (rules {want.rules})")
+        for uid, gid in requesters(tree):
+            subject = tree.subjects.classify(uid, gid)
+            for atom in ops.ATOMS:
+                want = ev.decision_at(path, atom, uid, gid)
+                got = cls.decision(atom, subject)
+                assert _fields(got) == _fields(want), (
+                    f"{policy.file}: {atom} at /{b'/'.join(path).decode('utf-8', 'replace')} "
+                    f"by uid {uid} gid {gid}: class {cls.id} subject {subject} says "
+                    f"{got.short()} (rules {got.rules}), "
+                    f"evaluator says {want.short()} (rules {want.rules})")
         compared += 1
         if len(path) >= max_depth:
             continue
@@ -292,9 +296,11 @@ def test_random_policies_class_tree_agrees(text, paths):
     ev = Evaluator(policy)
     for path in paths + [()]:
         cls = tree.classify(path)
-        for atom in ops.ATOMS:
-            want, got = ev.decision_at(path, atom), cls.decision(atom)
-            assert _fields(got) == _fields(want), (text, path, atom, got, want)
+        for uid, gid in requesters(tree):
+            subject = tree.subjects.classify(uid, gid)
+            for atom in ops.ATOMS:
+                want, got = ev.decision_at(path, atom, uid, gid), cls.decision(atom, subject)
+                assert _fields(got) == _fields(want), (text, path, uid, gid, atom, got, want)
     check_minimisation(policy, paths)
 
 

@@ -256,8 +256,8 @@ def test_the_model_catches_lookups_under_nodeid_0(monkeypatch):
     from fpol.compiler import lower as lowermod
 
     monkeypatch.setattr(lowermod, "_daemon_named",
-                        lambda classes, strict, row, class_row: [row[class_row[c.id]]
-                                                                 for c in classes])
+                        lambda classes, strict, row, class_rows: [
+                            any(row[r] for r in class_rows[c.id]) for c in classes])
     checked, model, engine = _android()
     try:
         fb = _fresh(checked, model, engine, APP_FILES, {p[:-1] for p in APP_FILES})

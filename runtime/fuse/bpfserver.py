@@ -230,13 +230,14 @@ class FuseBpfServer(FuseServer):
         except (OSError, ValueError):
             pass  # a closed or broken audit stream must not stop the filesystem
 
-    def _filter_decision(self, op: str, cls: Optional[int], mode: str) -> Decision:
-        """The class's decision that sent this op to userspace `mode` (its rule is the
-        deciding rule); without a class, a bare userspace decision (no rule known)."""
+    def _filter_decision(self, op: str, cls: Optional[int], mode: str, subject: int) -> Decision:
+        """The class's decision that sent this op to userspace `mode` for this requester
+        (its rule is the deciding rule); without a class, a bare userspace decision (no
+        rule known)."""
         bare = Decision("userspace", mode=mode)
         if cls is None:
             return bare
-        found = [self.enf.decision(cls, atom) for atom in ATOMS_OF_OP.get(op, ())]
+        found = [self.enf.decision(cls, atom, subject) for atom in ATOMS_OF_OP.get(op, ())]
         for d in found:
             if d.kind == "userspace" and d.mode == mode:
                 return d
@@ -255,7 +256,7 @@ class FuseBpfServer(FuseServer):
         op = OP_NAMES.get(f.opcode, f"opcode {f.opcode}")
         path, cls, unknown = self._filter_subject(f, names)
         ev = FilterEvent(op, path, pid=f.pid, uid=f.uid, gid=f.gid, path_unknown=unknown)
-        d = self._filter_decision(op, cls, mode)
+        d = self._filter_decision(op, cls, mode, self.enf.subject(f.uid, f.gid))
         # The deciding rule: the class decision's (its default's when no rule decided),
         # or none at all when the class is unknown.
         rule = self.enf.audit.rule(d.rules[0] if d.rules else None) if cls is not None else None

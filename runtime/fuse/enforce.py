@@ -224,17 +224,23 @@ class Enforcer:
     def child_class(self, parent_cls: int, name: bytes) -> int:
         return self.view.child(parent_cls, name)
 
-    def decision(self, cls: int, atom: str) -> Decision:
-        return self.view.decision(cls, atom)
+    def subject(self, uid: int, gid: int) -> int:
+        """The subject class of a request's fsuid and fsgid (a handle of the view)."""
+        return self.view.subject(uid, gid)
+
+    def decision(self, cls: int, atom: str, subject: int) -> Decision:
+        return self.view.decision(cls, atom, subject)
 
     def plain_allow(self, cls: int, atom: str) -> bool:
-        """Allowed with nothing to log or ask: the kernel may do it without the daemon."""
+        """Allowed with nothing to log or ask, for everyone: the kernel may do it without
+        the daemon, whoever asks."""
         return self.view.plain_allow(cls, atom)
 
-    def two_path(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int) -> Verdict:
-        """rename / link with full paths and their classes: the evaluator's exact
-        semantics (PolicyView.move)."""
-        return self.view.move(op, src, dst, src_cls, dst_cls)
+    def two_path(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int,
+                 uid: int, gid: int) -> Verdict:
+        """rename / link with full paths and their classes, by requester `uid`, `gid`: the
+        evaluator's exact semantics (PolicyView.move)."""
+        return self.view.move(op, src, dst, src_cls, dst_cls, uid, gid)
 
     @staticmethod
     def stricter(first: Verdict, second: Verdict) -> Verdict:

@@ -298,14 +298,19 @@ class FuseServer:
                  node: Optional[Node] = None):
         """An op on the request's own node, decided by the node's class."""
         node = node or self.inodes.get(req.nodeid)
-        d = self.enf.decision(node.cls, atom or op)
+        d = self.enf.decision(node.cls, atom or op, self._subject(req))
         return self.enf.run(d, self._event(req, op, node), lambda: perform(node))
 
     def _handle_op(self, req: Request, op: str, fh: int, perform: Callable,
                    atom: Optional[str] = None):
         h = self.handles.get(fh)
-        d = self.enf.decision(h.node.cls, atom or op)
+        d = self.enf.decision(h.node.cls, atom or op, self._subject(req))
         return self.enf.run(d, self._event(req, op, h.node), lambda: perform(h))
+
+    def _subject(self, req: Request) -> int:
+        """Who is asking, as the policy tells requesters apart (LANGUAGE.md §6): the
+        request header's uid and gid, which FUSE fills with the caller's fsuid and fsgid."""
+        return self.enf.subject(req.uid, req.gid)
 
     def _entry(self, parent: Node, name: bytes, cls: int) -> bytes:
         """Look up a name just created and reply its entry (the kernel counts it as a lookup)."""
@@ -325,8 +330,8 @@ class FuseServer:
             with self._as(req):  # the requester's object: its owner, its group, its rights
                 create(parent)
             return self._entry(parent, name, cls)
-        return self.enf.run(self.enf.decision(cls, op), self._event(req, op, parent, name),
-                            perform)
+        return self.enf.run(self.enf.decision(cls, op, self._subject(req)),
+                            self._event(req, op, parent, name), perform)
 
     @staticmethod
     def _target(node: Node) -> tuple[str, bool]:
@@ -350,7 +355,7 @@ class FuseServer:
         parent = self.inodes.get(req.nodeid)
         name = _check_name(P.split_names(req.body, 1)[0])
         cls = self.enf.child_class(parent.cls, name)
-        node, st = self.enf.run(self.enf.decision(cls, "lookup"),
+        node, st = self.enf.run(self.enf.decision(cls, "lookup", self._subject(req)),
                                 self._event(req, "lookup", parent, name),
                                 lambda: self.inodes.lookup(parent, name, cls),
                                 undo=lambda res: self.inodes.forget(res[0].nodeid, 1))
@@ -498,8 +503,8 @@ class FuseServer:
                 remove(name, dir_fd=parent.fd)
             self.inodes.unlinked(parent, name)
             return b""
-        return self.enf.run(self.enf.decision(cls, op), self._event(req, op, parent, name),
-                            perform)
+        return self.enf.run(self.enf.decision(cls, op, self._subject(req)),
+                            self._event(req, op, parent, name), perform)
 
     def unlink(self, req: Request):
         return self._remove(req, "unlink", os.unlink)
@@ -522,17 +527,17 @@ class FuseServer:
         src, dst = self._child_path(parent, name), self._child_path(newparent, newname)
         src_cls = self.enf.child_class(parent.cls, name)
         dst_cls = self.enf.child_class(newparent.cls, newname)
-        verdict = self.enf.two_path("rename", src, dst, src_cls, dst_cls)
+        verdict = self.enf.two_path("rename", src, dst, src_cls, dst_cls, req.uid, req.gid)
         exchange = bool(flags & P.RENAME_EXCHANGE)
         if exchange:  # both objects move: judge both directions
-            verdict = self.enf.stricter(verdict, self.enf.two_path("rename", dst, src,
-                                                                   dst_cls, src_cls))
+            verdict = self.enf.stricter(verdict, self.enf.two_path(
+                "rename", dst, src, dst_cls, src_cls, req.uid, req.gid))
         event = Event("rename", src, dst, flags, 0, req.pid, req.uid, req.gid)
         decision, carried = verdict.decision, False
         if flags & P.RENAME_WHITEOUT:
             # The whiteout left at the old name is a new character device there: a mknod.
             decision = self.enf.combine(decision, self.enf.decision(
-                self.enf.child_class(parent.cls, name), "mknod"))
+                self.enf.child_class(parent.cls, name), "mknod", self._subject(req)))
         if decision.kind != DENY:
             carried = self._carries_passthrough(parent.children.get(name), newparent, newname) \
                 or (exchange and self._carries_passthrough(newparent.children.get(newname),
@@ -622,7 +627,8 @@ class FuseServer:
             raise OSError(errno.ENOENT, "object no longer linked")
         dst = self._child_path(newparent, newname)
         verdict = self.enf.two_path("link", src, dst, node.cls,
-                                    self.enf.child_class(newparent.cls, newname))
+                                    self.enf.child_class(newparent.cls, newname),
+                                    req.uid, req.gid)
         event = Event("link", src, dst, 0, 0, req.pid, req.uid, req.gid)
 
         def perform():
@@ -660,7 +666,7 @@ class FuseServer:
                     raise
             return self._open_handle(node, fd, flags)
         node = self.inodes.get(req.nodeid)
-        d = self.enf.decision(node.cls, langops.open_atom("open", flags))
+        d = self.enf.decision(node.cls, langops.open_atom("open", flags), self._subject(req))
         return self.enf.run(d, self._event(req, "open", node, flags=flags),
                             lambda: perform(node),
                             undo=lambda res: self._close_handle(self.handles.pop(res[0].fh)))[1]
@@ -694,7 +700,7 @@ class FuseServer:
             h = res[0]
             self._close_handle(self.handles.pop(h.fh))
             self.inodes.forget(h.node.nodeid, 1)
-        d = self.enf.decision(cls, langops.open_atom("create", a.flags))
+        d = self.enf.decision(cls, langops.open_atom("create", a.flags), self._subject(req))
         return self.enf.run(d, self._event(req, "create", parent, name, flags=a.flags),
                             perform, undo=undo)[1]
 
@@ -758,7 +764,9 @@ class FuseServer:
         (audited, or a deny that complain mode logs), not sent to userspace?"""
         atoms = (["read"] if acc in (os.O_RDONLY, os.O_RDWR) else []) \
             + (["write"] if acc in (os.O_WRONLY, os.O_RDWR) else [])
-        return all(self.enf.decision(cls, a).kind == ALLOW for a in atoms)
+        view = self.enf.view
+        return all(view.decision(cls, a, s).kind == ALLOW
+                   for a in atoms for s in range(len(view.subjects)))
 
     def _close_handle(self, h: Handle) -> None:
         os.close(h.fd)
@@ -807,7 +815,7 @@ class FuseServer:
         h = self.handles.pop(a.fh)
         try:
             # The kernel ignores a release's error; the decision is still made (and logged).
-            d = self.enf.decision(h.node.cls, op)
+            d = self.enf.decision(h.node.cls, op, self._subject(req))
             return self.enf.run(d, self._event(req, op, h.node), lambda: b"")
         finally:
             self._close_handle(h)
@@ -837,8 +845,9 @@ class FuseServer:
     def _copy(self, req: Request, out: Callable[[int], bytes]) -> bytes:
         a = P.COPY_FILE_RANGE_IN.unpack(req.body)
         hin, hout = self.handles.get(a.fh_in), self.handles.get(a.fh_out)
-        d = self.enf.combine(self.enf.decision(hin.node.cls, "copy_file_range:src"),
-                             self.enf.decision(hout.node.cls, "copy_file_range:dst"))
+        subject = self._subject(req)
+        d = self.enf.combine(self.enf.decision(hin.node.cls, "copy_file_range:src", subject),
+                             self.enf.decision(hout.node.cls, "copy_file_range:dst", subject))
         src, dst = hin.node.path(), hout.node.path()
         event = Event("copy_file_range", src, dst, 0, 0, req.pid, req.uid, req.gid)
 
@@ -912,7 +921,7 @@ class FuseServer:
             self.handles.add(h)
             return h
         node = self.inodes.get(req.nodeid)
-        h = self.enf.run(self.enf.decision(node.cls, "opendir"),
+        h = self.enf.run(self.enf.decision(node.cls, "opendir", self._subject(req)),
                          self._event(req, "opendir", node), lambda: perform(node),
                          undo=lambda h: self._close_handle(self.handles.pop(h.fh)))
         # Where readdir needs no decision the kernel may keep the listing and answer later

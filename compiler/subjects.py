@@ -1,0 +1,164 @@
+"""Who is asking (LANGUAGE.md §6): the requester's fsuid and fsgid, in the few classes a
+policy's rules can tell apart.
+
+The uid axis is cut at every bound of every `uid` item of every rule (`by` and `except
+by`), and the gid axis likewise, into intervals; a cell is one uid interval by one gid
+interval, and every requester in a cell is matched by exactly the same rules. Cells matched
+by the same rules form one *subject class*. A decision is then one table lookup: class
+tree node x subject class x atom. A policy without subject conditions has one subject
+class, and its tables and generated code are what they were before subjects existed.
+
+Subject class 0 holds uid 0, gid 0 (what a request without `--uid`/`--gid` is made by).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from .memo import derived
+from .policy import Policy, Rule
+
+ID_LIMIT = 1 << 32  # ids are 32-bit; the largest a rule may name is 2^32-2 ((uid_t)-1 is none)
+
+
+@dataclass(frozen=True)
+class SubjectClass:
+    id: int
+    cells: tuple[tuple[int, int], ...]  # (uid interval, gid interval), row-major order
+    uid: int  # a requester in the class (the first cell's lowest ids)
+    gid: int
+    rules: frozenset[int]  # the subject-conditioned rules that apply to it
+
+
+@dataclass(frozen=True)
+class Partition:
+    uid_starts: tuple[int, ...]  # interval i is [uid_starts[i], uid_starts[i+1] - 1]
+    gid_starts: tuple[int, ...]
+    grid: tuple[int, ...]  # [uid interval * len(gid_starts) + gid interval] -> subject class
+    classes: tuple[SubjectClass, ...]
+    conditional: frozenset[int]  # the rules whose application depends on the subject
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def classify(self, uid: int, gid: int) -> int:
+        """The subject class of requester `uid`, `gid`."""
+        if len(self.classes) == 1:
+            return 0
+        ui = bisect_right(self.uid_starts, uid) - 1
+        gi = bisect_right(self.gid_starts, gid) - 1
+        return self.grid[ui * len(self.gid_starts) + gi]
+
+    def applies(self, rule: Rule, subject: int) -> bool:
+        """Does `rule`'s subject condition hold for subject class `subject`?"""
+        return rule.index not in self.conditional or rule.index in self.classes[subject].rules
+
+    def select(self, rules: list[Rule], subject: int) -> list[Rule]:
+        """The rules of `rules` that apply to subject class `subject`."""
+        if not self.conditional:
+            return rules
+        held = self.classes[subject].rules
+        return [r for r in rules if r.index not in self.conditional or r.index in held]
+
+    def interval(self, axis: str, i: int) -> tuple[int, int]:
+        starts = self.uid_starts if axis == "uid" else self.gid_starts
+        high = starts[i + 1] - 1 if i + 1 < len(starts) else ID_LIMIT - 1
+        return starts[i], high
+
+    def describe(self, subject: int) -> str:
+        """`uid 10000-19999`, `gid 50 and uid 0-99`, ...: who is in the class."""
+        if len(self.classes) == 1:
+            return "everyone"
+        cells = self.classes[subject].cells
+        ngids = len(self.gid_starts)
+        by_uid: dict[int, list[int]] = {}
+        for ui, gi in cells:
+            by_uid.setdefault(ui, []).append(gi)
+        # Runs of uid intervals with the same gid intervals read as one item.
+        items: list[tuple[int, int, tuple[int, ...]]] = []
+        for ui in sorted(by_uid):
+            gis = tuple(by_uid[ui])
+            if items and items[-1][1] == ui - 1 and items[-1][2] == gis:
+                items[-1] = (items[-1][0], ui, gis)
+            else:
+                items.append((ui, ui, gis))
+        texts = []
+        for first, last, gis in items:
+            uids = _span("uid", self.interval("uid", first)[0], self.interval("uid", last)[1])
+            if len(gis) == ngids:
+                texts.append(uids)
+                continue
+            gids = ", ".join(_span("gid", *self.interval("gid", gi)) for gi in gis)
+            texts.append(f"{uids} with {gids}" if uids != "any uid" else gids)
+        text = "; ".join(texts)
+        return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _span(axis: str, low: int, high: int) -> str:
+    if low == 0 and high == ID_LIMIT - 1:
+        return f"any {axis}"
+    return f"{axis} {low}" if low == high else f"{axis} {low}-{high}"
+
+
+def partition(policy: Policy) -> Partition:
+    """The policy's subject classes (computed once per policy)."""
+    return derived(policy, "_subjects", lambda: _partition(policy))
+
+
+def _partition(policy: Policy) -> Partition:
+    conditional = [r for r in policy.rules if r.has_subject]
+    if not conditional:
+        only = SubjectClass(0, ((0, 0),), 0, 0, frozenset())
+        return Partition((0,), (0,), (0,), (only,), frozenset())
+    uid_cuts, gid_cuts = {0}, {0}
+    for r in conditional:
+        for s in r.subjects + r.except_subjects:
+            cuts = uid_cuts if s.kind == "uid" else gid_cuts
+            cuts.add(s.low)
+            if s.high + 1 < ID_LIMIT:
+                cuts.add(s.high + 1)
+    uid_starts, gid_starts = tuple(sorted(uid_cuts)), tuple(sorted(gid_cuts))
+
+    # Per interval, the rules (as bits) one of whose items covers it.
+    def covering(starts: tuple[int, ...], kind: str, items_of) -> list[int]:
+        bits = [0] * len(starts)
+        for r in conditional:
+            for s in items_of(r):
+                if s.kind != kind:
+                    continue
+                lo = bisect_right(starts, s.low) - 1
+                hi = bisect_right(starts, s.high) - 1
+                for i in range(lo, hi + 1):
+                    bits[i] |= 1 << r.index
+        return bits
+
+    by_uid = covering(uid_starts, "uid", lambda r: r.subjects)
+    by_gid = covering(gid_starts, "gid", lambda r: r.subjects)
+    not_uid = covering(uid_starts, "uid", lambda r: r.except_subjects)
+    not_gid = covering(gid_starts, "gid", lambda r: r.except_subjects)
+    everyone = sum(1 << r.index for r in conditional if not r.subjects)  # only `except by`
+
+    ids: dict[int, int] = {}
+    cells: list[list[tuple[int, int]]] = []
+    grid = []
+    for ui in range(len(uid_starts)):
+        for gi in range(len(gid_starts)):
+            held = (by_uid[ui] | by_gid[gi] | everyone) & ~(not_uid[ui] | not_gid[gi])
+            sid = ids.get(held)
+            if sid is None:
+                sid = ids[held] = len(cells)
+                cells.append([])
+            cells[sid].append((ui, gi))
+            grid.append(sid)
+    classes = []
+    for held, sid in ids.items():
+        ui, gi = cells[sid][0]
+        rules = frozenset(i for i in range(held.bit_length()) if held >> i & 1)
+        classes.append(SubjectClass(sid, tuple(cells[sid]), uid_starts[ui], gid_starts[gi], rules))
+    classes.sort(key=lambda c: c.id)
+    return Partition(uid_starts, gid_starts, tuple(grid), tuple(classes),
+                     frozenset(r.index for r in conditional))
+
+
+__all__ = ["ID_LIMIT", "Partition", "SubjectClass", "partition"]
