@@ -11,12 +11,16 @@ link's EXDEV is a function of those tables too), so the walk is exact, not sampl
 
 `product_walk` is kept apart from what is done with the pairs so other comparisons of two
 class trees can reuse it.
+
+Who is asking (LANGUAGE.md §6) is a second axis: each policy cuts the uid and gid spaces
+into its own subject classes, and `subject_pairs` cuts them at the bounds of both, so each
+pair of subject classes some requester falls in is compared, with such a requester.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional
 
 from . import ops
@@ -60,6 +64,19 @@ def product_walk(a: ClassTree, b: ClassTree) -> Iterator[tuple[Path, Class, Clas
             if pair not in seen:
                 seen.add(pair)
                 queue.append((path + (name,), *pair))
+
+
+def subject_pairs(a: ClassTree, b: ClassTree) -> list[tuple[int, int, int, int]]:
+    """(subject class in a, subject class in b, uid, gid) for every pair some requester is
+    in, with the first such requester (ids in increasing order)."""
+    pa, pb = a.subjects, b.subjects
+    uids = sorted(set(pa.uid_starts) | set(pb.uid_starts))
+    gids = sorted(set(pa.gid_starts) | set(pb.gid_starts))
+    found: dict[tuple[int, int], tuple[int, int]] = {}
+    for uid in uids:
+        for gid in gids:
+            found.setdefault((pa.classify(uid, gid), pb.classify(uid, gid)), (uid, gid))
+    return [(sa, sb, uid, gid) for (sa, sb), (uid, gid) in found.items()]
 
 
 # --- differences ---------------------------------------------------------------------------
@@ -115,6 +132,9 @@ class Difference:
     atoms: tuple[str, ...]
     old: Decision
     new: Decision
+    # Who sees the difference, when either policy has subject conditions: the requesters
+    # (uid, gid), one per pair of subject classes, in which it shows.
+    requesters: tuple[tuple[int, int], ...] = ()
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -124,7 +144,11 @@ class Difference:
         return tuple(sorted(out, key=_group_order))
 
     def request(self) -> tuple[Request, str]:
-        return atom_request(self.atoms[0], self.path)
+        req, end = atom_request(self.atoms[0], self.path)
+        if self.requesters:
+            uid, gid = self.requesters[0]
+            req = replace(req, uid=uid, gid=gid)
+        return req, end
 
 
 @dataclass
@@ -157,21 +181,29 @@ class DiffResult:
 def diff(old: ClassTree, new: ClassTree) -> DiffResult:
     """Every place (pair of classes) where the two policies decide some atom differently."""
     result = DiffResult(old.policy, new.policy)
+    subjects = subject_pairs(old, new)
+    by_subject = len(old.subjects) > 1 or len(new.subjects) > 1
     for path, ca, cb in product_walk(old, new):
         result.pairs += 1
-        if ca.table == cb.table:
+        if ca.table == cb.table and len(old.subjects) == len(new.subjects) == 1:
             continue
-        by_pair: dict[tuple, list[str]] = {}
+        # One Difference per (decision pair, atoms), with every requester it shows to.
+        found: dict[tuple, list[tuple[int, int]]] = {}
         decisions: dict[tuple, tuple[Decision, Decision]] = {}
-        for atom, da, db in zip(ops.ATOMS, ca.table, cb.table):
-            ea, eb = effect(da), effect(db)
-            if ea != eb:
-                key = (ea, eb, da.rules, db.rules)
-                by_pair.setdefault(key, []).append(atom)
-                decisions[key] = (da, db)
-        for key, atoms in by_pair.items():
+        for sa, sb, uid, gid in subjects:
+            by_pair: dict[tuple, list[str]] = {}
+            for atom, da, db in zip(ops.ATOMS, ca.table.for_subject(sa), cb.table.for_subject(sb)):
+                ea, eb = effect(da), effect(db)
+                if ea != eb:
+                    key = (ea, eb, da.rules, db.rules)
+                    by_pair.setdefault(key, []).append(atom)
+                    decisions[key] = (da, db)
+            for key, atoms in by_pair.items():
+                found.setdefault((key, tuple(atoms)), []).append((uid, gid))
+        for (key, atoms), who in found.items():
             da, db = decisions[key]
-            result.differences.append(Difference(path, tuple(atoms), da, db))
+            result.differences.append(Difference(path, atoms, da, db,
+                                                 tuple(who) if by_subject else ()))
     return result
 
 
@@ -191,6 +223,7 @@ def difference_json(result: DiffResult, d: Difference) -> dict:
         "end": end,
         "atoms": list(d.atoms),
         "groups": list(d.groups),
+        **({"requesters": [{"uid": u, "gid": g} for u, g in d.requesters]} if d.requesters else {}),
         "old": _side(result.old, req, d.old),
         "new": _side(result.new, req, d.new),
     }
@@ -240,6 +273,10 @@ def to_text(result: DiffResult, limit: int) -> str:
     for d in result.differences[:limit]:
         lines.append(f"{show_path(d.path)}: {', '.join(d.groups)}")
         lines.append(f"  ops: {ops.compress_atoms(d.atoms)}")
+        if d.requesters:
+            who = ", ".join(f"uid {u} gid {g}" for u, g in d.requesters[:4])
+            more = len(d.requesters) - 4
+            lines.append(f"  by: {who}" + (f" and {more} more" if more > 0 else ""))
         lines.append(f"  old: {_decision_text(result.old, d.old)}")
         lines.append(f"  new: {_decision_text(result.new, d.new)}")
     lines.append(summary(result, min(limit, len(result.differences))))
