@@ -16,9 +16,10 @@ from typing import Optional
 
 from . import ast, ops
 from .diagnostics import Reporter, did_you_mean
-from .fmt import render_rule, render_scope
+from .fmt import parse_id, render_rule, render_scope, render_subject
 from .paths import ANY, PathProblem, glob_patterns, name_patterns, normalise_path, render_path
-from .policy import Default, Policy, Rule, Term, pattern_specificity
+from .policy import Default, Policy, Rule, Subject, Term, pattern_specificity
+from .subjects import ID_LIMIT
 
 ABIS = ("v3", "v4")
 MODES = ("enforce", "complain")
@@ -237,7 +238,7 @@ def _expand(st: ast.Rule, defs: _Definitions, reporter: Reporter) -> list[ast.Ru
     out: list[ast.Rule] = []
     seen: set[str] = set()
     for combo in itertools.product(*alternatives):
-        rule = ast.Rule(st.action, st.ops, st.target, tuple(combo), excepts, st.errnos, st.span)
+        rule = dataclasses.replace(st, scopes=tuple(combo), excepts=excepts)
         text = render_rule(rule)
         if text not in seen:  # `define d = /a, /a`: one rule
             seen.add(text)
@@ -419,8 +420,10 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
 
     terms = [_term(s, reporter) for s in st.scopes]
     excepts = [_term(s, reporter) for clause in st.excepts for s in clause]
+    subjects = _rule_subjects(st, reporter)
     errors_after = len([d for d in reporter.items if d.is_error])
-    if parse_errors or errors_after != errors_before or atoms is None or None in terms or None in excepts:
+    if parse_errors or errors_after != errors_before or atoms is None or None in terms \
+            or None in excepts or subjects is None:
         return None
     terms = _essential(terms)
     return Rule(
@@ -429,7 +432,193 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
         action=action,
         atoms=atoms, mode=mode, errno=errno, terms=tuple(terms), excepts=tuple(excepts),
         specificity=sum(t.specificity for t in terms),
+        subjects=subjects[0], except_subjects=subjects[1],
     )
+
+
+# --- subjects (LANGUAGE.md §6) ----------------------------------------------------------
+
+ID_MAX = ID_LIMIT - 2  # 4294967294: (uid_t)-1 means "no id" to the kernel
+_ALL_IDS = ((0, ID_MAX),)
+_NAME_KIND = {"user": "uid", "group": "gid"}
+
+
+def _machine_names(kind: str) -> list[str]:
+    """Every user (or group) name this machine knows, for did-you-mean."""
+    try:
+        if kind == "user":
+            import pwd
+
+            return [p.pw_name for p in pwd.getpwall()]
+        import grp
+
+        return [g.gr_name for g in grp.getgrall()]
+    except (ImportError, OSError):  # not a Unix machine, or no name service
+        return []
+
+
+def resolve_name(kind: str, name: str) -> Optional[int]:
+    """The uid of user `name` (or gid of group `name`) on this machine, None if unknown."""
+    try:
+        if kind == "user":
+            import pwd
+
+            return pwd.getpwnam(name).pw_uid
+        import grp
+
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ImportError, OSError, ValueError):  # ValueError: a NUL in the name
+        return None
+
+
+def _subject(item: ast.SubjectItem, reporter: Reporter) -> Optional[Subject]:
+    """One written subject, checked and resolved (None: an error was reported)."""
+    kind, value, span = item.kind, item.value.text, item.value.span
+    if kind in _NAME_KIND:
+        number = resolve_name(kind, value)
+        if number is None:
+            axis = _NAME_KIND[kind]
+            hint = did_you_mean(value, _machine_names(kind))
+            if hint is None and parse_id(value) is not None:
+                hint = f"for a number write `{axis} {value}`"
+            if hint is None:
+                database = "passwd" if kind == "user" else "group"
+                hint = (f"{kind} names are looked up in this machine's {database} database when "
+                        f"the policy is checked; create the {kind}, or write `{axis} N`")
+            reporter.add("FP036", f"unknown {kind} `{value}` on this machine", span, hint)
+            return None
+        return Subject(_NAME_KIND[kind], number, number, f"{kind} {value}")
+    ids = parse_id(value)
+    if ids is None:
+        name_kind = "user" if kind == "uid" else "group"
+        hint = None
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", value):
+            hint = (f"did you mean `{name_kind} {value}`?"
+                    if resolve_name(name_kind, value) is not None
+                    else f"for a {name_kind} name write `{name_kind} NAME`")
+        reporter.add("FP037", f"`{value}` is not a {kind} or a {kind} range", span,
+                     hint or f"write a decimal id, `{kind} 1000`, or an inclusive range, "
+                             f"`{kind} 1000-1999`")
+        return None
+    low, high = ids
+    bad = False
+    for bound in dict.fromkeys((low, high)):
+        if bound > ID_MAX:
+            reporter.add("FP039", f"{kind} {bound} is out of range: ids go up to {ID_MAX}", span,
+                         f"{kind}s are 32-bit and {ID_MAX + 1} means \"no id\"; "
+                         f"use an id from 0 to {ID_MAX}")
+            bad = True
+    if low > high:
+        reporter.add("FP038", f"empty {kind} range `{value}`: {low} is above {high}", span,
+                     f"write the lower id first: `{kind} {high}-{low}`")
+        bad = True
+    return None if bad else Subject(kind, low, high, render_subject(item))
+
+
+def _canonical_subjects(subjects: list[Subject]) -> tuple[Subject, ...]:
+    """One order for every spelling (uid items, then gid; by number), each range once."""
+    out: dict[tuple, Subject] = {}
+    for s in sorted(subjects, key=lambda s: (s.kind != "uid", s.low, s.high, s.text)):
+        out.setdefault((s.kind, s.low, s.high), s)
+    return tuple(out.values())
+
+
+def _repeats(items: list[tuple[ast.SubjectItem, Subject]], where: str,
+             reporter: Reporter) -> None:
+    """FP109: an item that another item of the same list already covers."""
+    for i, (item, s) in enumerate(items):
+        for j, (other, o) in enumerate(items):
+            if i == j or o.kind != s.kind or not (o.low <= s.low and s.high <= o.high):
+                continue
+            same = (o.low, o.high) == (s.low, s.high)
+            if same and j > i:
+                continue  # the later of two equal items is the repeat
+            if same and item.text == other.text:
+                message = f"`{item.text}` is listed twice in this {where}"
+            elif same:
+                message = f"`{item.text}` is the same requester as `{other.text}` ({o.numeric()})"
+            else:
+                message = f"`{item.text}` is already in `{other.text}`"
+            reporter.add("FP109", message, item.span,
+                         f"delete `{item.text}`: a requester matching any item of the list "
+                         "matches the list", related=((f"`{other.text}` here", other.span),))
+            break
+
+
+def _merged(spans) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for low, high in sorted(spans):
+        if out and low <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
+        else:
+            out.append((low, high))
+    return out
+
+
+def _covered(cover, spans) -> bool:
+    """Is every id of `spans` in `cover`?"""
+    merged = _merged(cover)
+    return all(any(lo <= low and high <= hi for lo, hi in merged) for low, high in spans)
+
+
+def _applies_to_nobody(by: tuple[Subject, ...], excepted: tuple[Subject, ...]) -> bool:
+    """The rule applies to (uid in U or gid in G, or anyone without a `by` list) with uid
+    not in XU and gid not in XG; empty exactly when this says so (ids up to ID_MAX)."""
+    u = [(s.low, s.high) for s in by if s.kind == "uid"]
+    g = [(s.low, s.high) for s in by if s.kind == "gid"]
+    xu = [(s.low, s.high) for s in excepted if s.kind == "uid"]
+    xg = [(s.low, s.high) for s in excepted if s.kind == "gid"]
+    no_uid, no_gid = _covered(xu, _ALL_IDS), _covered(xg, _ALL_IDS)
+    if not by:
+        return no_uid or no_gid
+    return (_covered(xu, u) or no_gid) and (_covered(xg, g) or no_uid)
+
+
+def _removes_nothing(by: tuple[Subject, ...], s: Subject) -> bool:
+    """Does `except by s` miss every requester the `by` list names?"""
+    if not by or any(o.kind != s.kind for o in by):
+        return False  # everyone, or items on the other axis: s meets some of them
+    return all(o.high < s.low or s.high < o.low for o in by)
+
+
+def _rule_subjects(st: ast.Rule, reporter: Reporter
+                   ) -> Optional[tuple[tuple[Subject, ...], tuple[Subject, ...]]]:
+    """The rule's `by` alternatives and `except by` items, resolved (None: errors)."""
+    if not st.subjects and not st.except_subjects:
+        return (), ()
+    if len(st.subjects) > 1:
+        reporter.add("FP040", "more than one `by` list in one rule", st.subjects[1].span,
+                     "write one list; a requester matching any item matches it: "
+                     "`by uid 5, gid 7`", related=(("first `by` list here", st.subjects[0].span),))
+    ok = True
+    lists = []
+    for items in ([i for by in st.subjects for i in by.items], list(st.except_subjects)):
+        resolved = []
+        for item in items:
+            s = _subject(item, reporter)
+            if s is None:
+                ok = False
+            else:
+                resolved.append((item, s))
+        lists.append(resolved)
+    if not ok:
+        return None
+    _repeats(lists[0], "`by` list", reporter)
+    _repeats(lists[1], "`except`", reporter)
+    by = _canonical_subjects([s for _, s in lists[0]])
+    excepted = _canonical_subjects([s for _, s in lists[1]])
+    if _applies_to_nobody(by, excepted):
+        reporter.add("FP110", "this rule applies to nobody: its `except by` items remove every "
+                     "requester" + (" its `by` list names" if by else ""), st.span,
+                     "drop the `except by` items that cover the `by` list, or fix the ids" if by
+                     else "drop the `except by` items that cover every id, or fix the ids")
+    else:
+        for item, s in lists[1]:
+            if _removes_nothing(by, s):
+                reporter.add("FP103", f"`except by {item.text}` removes nothing from this rule",
+                             item.span, "the rule's `by` list does not name these requesters; "
+                             "drop it or fix the id")
+    return by, excepted
 
 
 def _canonical_text(st: ast.Rule, terms: list[Term], errno: Optional[str]) -> str:

@@ -61,6 +61,28 @@ class Scope:
 
 
 @dataclass(frozen=True)
+class SubjectItem:
+    """One subject as written (LANGUAGE.md §6): `uid N`, `uid N-M`, `gid N`, `gid N-M`,
+    `user NAME` or `group NAME`. The value is checked and resolved by compiler/analyse.py."""
+
+    kind: str  # "uid" | "gid" | "user" | "group"
+    value: Word
+    span: Span
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind} {self.value.text}"
+
+
+@dataclass(frozen=True)
+class By:
+    """One `by SUBJECT {, SUBJECT}` clause: the span runs from `by` to the last item."""
+
+    items: tuple[SubjectItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class Target:
     """`to userspace [before|after|instead]`; mode None means plain (instead)."""
 
@@ -94,6 +116,10 @@ class Rule:
     excepts: tuple[tuple[Scope, ...], ...]  # one tuple per `except` clause
     errnos: tuple[Word, ...]  # one per `with` clause (more than one is an error)
     span: Span
+    # One tuple per `by` clause (LANGUAGE.md §6; more than one is an error): alternatives.
+    subjects: tuple[By, ...] = ()
+    # The `by` items of every `except` clause, in the order written.
+    except_subjects: tuple[SubjectItem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +195,10 @@ def _dump_statement(st: Statement) -> str:
         parts.append("scopes=[" + ", ".join(_dump_scope(s) for s in st.scopes) + "]")
     for ex in st.excepts:
         parts.append("except=[" + ", ".join(_dump_scope(s) for s in ex) + "]")
+    for by in st.subjects:
+        parts.append("by=[" + ", ".join(s.text for s in by.items) + "]")
+    if st.except_subjects:
+        parts.append("except_by=[" + ", ".join(s.text for s in st.except_subjects) + "]")
     for e in st.errnos:
         parts.append(f"with={e.text}")
     return " ".join(parts) + " " + _at(st.span)

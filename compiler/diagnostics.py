@@ -41,6 +41,11 @@ CODES: dict[str, tuple[str, str]] = {
     "FP033": (ERROR, "undefined name"),
     "FP034": (ERROR, "name defined more than once"),
     "FP035": (ERROR, "invalid definition"),
+    "FP036": (ERROR, "unknown user or group"),
+    "FP037": (ERROR, "malformed id"),
+    "FP038": (ERROR, "empty id range"),
+    "FP039": (ERROR, "id out of range"),
+    "FP040": (ERROR, "more than one by list"),
     "FP101": (WARNING, "rule never decides anything"),
     "FP102": (WARNING, "allow rule under default allow"),
     "FP103": (WARNING, "except removes nothing"),
@@ -49,6 +54,8 @@ CODES: dict[str, tuple[str, str]] = {
     "FP106": (WARNING, "hidden names can be replaced"),
     "FP107": (WARNING, "ENOSYS is not delivered as written"),
     "FP108": (WARNING, "definition never used"),
+    "FP109": (WARNING, "duplicate subject"),
+    "FP110": (WARNING, "rule applies to nobody"),
 }
 
 

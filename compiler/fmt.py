@@ -1,7 +1,8 @@
 """The canonical form of a policy (`fpol fmt`), and of each rule.
 
 One spelling per statement: single spaces, ops in table order without repeats,
-scopes in a fixed order, one `except` list, paths normalised and quoted only when
+scopes in a fixed order, the `by` list after the scopes with its subjects sorted (uid,
+gid, user, group; ids by number), one `except` list (scopes, then its `by` subjects), paths normalised and quoted only when
 they must be. Comments stay where they were; runs of blank lines shrink to one.
 The same rule text names rules in diagnostics and in the generated C, so two
 spellings of one rule print, and compile, the same.
@@ -71,6 +72,42 @@ def render_ops(words) -> str:
     return ", ".join(sorted(names, key=lambda n: (_OP_ORDER.get(n, len(_OP_ORDER)), n)))
 
 
+# Subjects (LANGUAGE.md §6): uid items, then gid, then user and group names; ids by number.
+_SUBJECT_ORDER = {"uid": 0, "gid": 1, "user": 2, "group": 3}
+_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+
+
+def parse_id(text: str) -> "tuple[int, int] | None":
+    """`5` -> (5, 5), `10-19` -> (10, 19); None for anything else (no sign, no base)."""
+    m = _ID.fullmatch(text)
+    if not m:
+        return None
+    low = int(m.group(1))
+    return low, int(m.group(2)) if m.group(2) is not None else low
+
+
+def render_subject(item: ast.SubjectItem) -> str:
+    """`uid 7`, `uid 10-19`, `user backup`: ids without leading zeros, `N-N` as `N`."""
+    value = item.value.text
+    span = parse_id(value) if item.kind in ("uid", "gid") else None
+    if span is not None:
+        value = str(span[0]) if span[0] == span[1] else f"{span[0]}-{span[1]}"
+    return f"{item.kind} {value}"
+
+
+def _subject_key(item: ast.SubjectItem):
+    span = parse_id(item.value.text) if item.kind in ("uid", "gid") else None
+    if span is not None:
+        return (_SUBJECT_ORDER[item.kind], 0, span[0], span[1], "")
+    return (_SUBJECT_ORDER[item.kind], 1, 0, 0, item.value.text)
+
+
+def sorted_subjects(items) -> list[str]:
+    """One list's items in canonical order: `by uid 7, uid 5` is `by uid 5, uid 7`. A
+    repeated item stays (it is warned about, FP109, and fmt keeps what check says)."""
+    return [render_subject(item) for item in sorted(items, key=_subject_key)]
+
+
 def render_rule(rule: ast.Rule) -> str:
     parts = [rule.action.text, render_ops(rule.ops)]
     if rule.target is not None:
@@ -78,9 +115,13 @@ def render_rule(rule: ast.Rule) -> str:
         if rule.target.mode in ("before", "after"):
             parts.append(rule.target.mode)
     parts.extend(_sorted_scopes(rule.scopes))
-    excepts = [s for clause in rule.excepts for s in clause]
+    for by in rule.subjects:  # one list (more than one is an error, FP040): kept apart
+        parts.append("by " + ", ".join(sorted_subjects(by.items)))
+    excepts = _sorted_scopes(s for clause in rule.excepts for s in clause)
+    if rule.except_subjects:
+        excepts.append("by " + ", ".join(sorted_subjects(rule.except_subjects)))
     if excepts:
-        parts.append("except " + ", ".join(_sorted_scopes(excepts)))
+        parts.append("except " + ", ".join(excepts))
     for e in rule.errnos:
         parts.append(f"with {e.text}")
     return " ".join(parts)

@@ -330,8 +330,7 @@ def _render(texts: dict[str, str], trees, top: str, policy: Policy,
         if st is None:
             continue
         new_scopes = tuple(x for sc in scopes for x in sc.scopes(st.span, True))
-        changed = ast.Rule(st.action, st.ops, st.target, st.scopes,
-                           st.excepts + (new_scopes,), st.errnos, st.span)
+        changed = replace(st, excepts=st.excepts + (new_scopes,))  # `by` lists kept
         lines = set().union(*scopes.values())
         what = ", ".join(sc.except_text for sc in scopes)
         edits.setdefault(file, []).append((st.span.line, st.span.end_line, [

@@ -5,22 +5,32 @@ can never decide anything (warnings), exact because they walk every class.
 from __future__ import annotations
 
 from . import ops
-from .classes import ATOM_INDEX, RawState, matching_rules
-from .decide import Decision
+from .classes import RawState, matching_rules
+from .decide import Decision, decide_table
 from .diagnostics import Reporter
 from .policy import Policy
+from .subjects import partition
+
+ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
 
 
 def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]],
          reporter: Reporter) -> None:
+    """`tables` are the raw states' decision tables. A policy with subject conditions
+    (LANGUAGE.md §6) is checked for every subject class: the rules matching a state's
+    path that apply to the class decide, exactly as the evaluator decides for a requester
+    of that class."""
     rules = policy.rules
+    subjects = partition(policy)
+    nsubjects = len(subjects)
     matched: set[int] = set()
     decided: set[int] = set()
     deciders_where_matched: dict[int, set[int]] = {}
-    ties: dict[tuple[int, ...], str] = {}
+    ties: dict[tuple[int, ...], tuple[str, int]] = {}
     except_used: set[tuple[int, int]] = set()
     unscoped = {r.index for r in rules if not r.terms}
-    seen: set[tuple[int, tuple[int, ...]]] = set()  # (table, matching rules) pairs done
+    seen: set = set()  # (table, matching rules) pairs done
+    subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
     for st, table in zip(raw, tables):
         here = matching_rules(policy, st.accepted_terms)
         candidates = {ri for ri, key in st.accepted_terms if key[0] == "t"} | unscoped
@@ -29,37 +39,41 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                 for i in range(len(r.excepts)):
                     if (r.index, ("x", i)) in st.accepted_terms:
                         except_used.add((r.index, i))
-        key = (id(table), tuple(r.index for r in here))
-        if key in seen:  # many states share both; what follows depends on nothing else
-            continue
-        seen.add(key)
-        first_atom: dict[int, str] = {}  # tables share decision objects: visit each once
-        for atom, d in zip(ops.ATOMS, table):
-            if id(d) not in first_atom:
-                first_atom[id(d)] = atom
-                if d.tie:
-                    ties.setdefault(d.tie, atom)
-                decided.update(d.rules)
-                decided.update(d.audit_rules)
         for r in here:
             if r.atoms:  # the table has every atom
                 matched.add(r.index)
-            for atom in r.atoms:
-                d = table[ATOM_INDEX[atom]]
-                if r.index not in d.rules:
-                    deciders_where_matched.setdefault(r.index, set()).update(d.rules)
+        for s in range(nsubjects):
+            if nsubjects == 1:
+                applying = here
+                key = (id(table), tuple(r.index for r in here))
+            else:
+                # The decisions for subject class s: the path's rules that apply to it.
+                applying = subjects.select(here, s)
+                key = tuple(r.index for r in applying)
+                if key not in subject_tables:
+                    subject_tables[key] = decide_table(policy, applying)
+                table = subject_tables[key]
+            if key in seen:  # many states share both; what follows depends on nothing else
+                continue
+            seen.add(key)
+            _visit(table, applying, s, decided, ties, deciders_where_matched)
 
-    _hidden_but_replaceable(policy, tables, reporter)
+    _hidden_but_replaceable(policy, tables if nsubjects == 1 else list(subject_tables.values()),
+                            reporter)
 
-    for tie, atom in sorted(ties.items()):
+    for tie, (atom, s) in sorted(ties.items()):
         first, *others = (rules[i] for i in tie)
         kind = "errno" if first.action == "deny" else "userspace mode"
         values = ", ".join(sorted({(r.errno or r.mode or "") for r in rules if r.index in tie}))
         code = "FP023" if first.action == "deny" else "FP024"
+        who = f", for requests by {subjects.describe(s)}" if nsubjects > 1 else ""
+        hint = "make one scope more specific, or use one " + kind
+        if any(rules[i].has_subject for i in tie):
+            hint += " (a rule with a `by` list wins a tie only against one without)"
         reporter.add(code, f"{kind} tie: rules on lines "
                      f"{', '.join(str(rules[i].line) for i in tie)} match the same {ops.atom_op(atom)} "
-                     f"requests with equal specificity but different {kind}s ({values})",
-                     first.span, "make one scope more specific, or use one " + kind,
+                     f"requests with equal specificity but different {kind}s ({values}){who}",
+                     first.span, hint,
                      related=tuple(("ties with this rule", r.span, r.file) for r in others),
                      file=first.file)
 
@@ -79,6 +93,8 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                          "to carve out an exception from a deny, use `except`", file=r.file)
             continue
         if r.index not in decided:
+            if not any(subjects.applies(r, s) for s in range(nsubjects)):
+                continue  # it applies to nobody: FP110 (compiler/analyse.py) says so
             others = sorted(deciders_where_matched.get(r.index, ()))
             related = tuple(("decided instead by this rule", rules[i].span, rules[i].file)
                             for i in others[:3])
@@ -86,6 +102,25 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
                          + ("a stricter or more specific rule decides" if others else "another rule decides")),
                          r.span, "remove it, or narrow the rule that shadows it", related=related,
                          file=r.file)
+
+
+def _visit(table, applying, subject: int, decided: set, ties: dict,
+           deciders_where_matched: dict) -> None:
+    """What one decision table says: the rules that decide, ties, and for each rule that
+    applies here, the rules that decide in its place."""
+    first_atom: dict[int, str] = {}  # tables share decision objects: visit each once
+    for atom, d in zip(ops.ATOMS, table):
+        if id(d) not in first_atom:
+            first_atom[id(d)] = atom
+            if d.tie:
+                ties.setdefault(d.tie, (atom, subject))
+            decided.update(d.rules)
+            decided.update(d.audit_rules)
+    for r in applying:
+        for atom in r.atoms:
+            d = table[ATOM_INDEX[atom]]
+            if r.index not in d.rules:
+                deciders_where_matched.setdefault(r.index, set()).update(d.rules)
 
 
 def _as(rule, message: str) -> str:
@@ -108,6 +143,7 @@ def _hidden_but_replaceable(policy: Policy, tables: list[tuple[Decision, ...]],
     """FP106: a node whose lookup is denied with ENOENT while some op onto its name is not
     denied, reported once per deciding rule, naming the ops (exact: every table is seen)."""
     lookup, onto = ATOM_INDEX["lookup"], [(a, ATOM_INDEX[a]) for a in _ONTO_NAME]
+    # Per subject class for a policy with subject conditions (the caller's tables then).
     open_ops: dict[int, set[str]] = {}
     done: set[int] = set()
     for table in tables:

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import re
 import threading
+from dataclasses import dataclass
 from typing import Optional
 
 from lark import Lark, Token
@@ -31,6 +32,9 @@ _TERMINAL_LABELS = {
     "$END": "end of input",
     "COMMA": "`,`",
 }
+
+
+_SUBJECT_KINDS = ("UID", "GID", "USER", "GROUP")
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,6 +117,9 @@ def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter) -> 
         elif ch in "*?{}[]":
             message = f"unexpected `{ch}`"
             hint = 'globs go in quotes: `matching "/home/*/.ssh/**"` or `named "*.log"`'
+        elif ch == "$" and set(getattr(e, "allowed", None) or ()) <= {"WORD"}:
+            message = "unexpected `$`"
+            hint = "definitions (`$NAME`) stand for paths only; write the name (or id) itself"
         elif ch == "\\":
             message = "unexpected `\\`"
             hint = "a backslash continues a statement only at the end of a line"
@@ -135,12 +142,19 @@ def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter) -> 
             end_col = token.end_column if token.end_line == token.line else column + 1
             span = Span(line, column, token.end_line + line_offset if token.end_line else line,
                         end_col or column + 1)
+            if token.type == "VARPATH" and set(expected) <= {"WORD"}:
+                hint = "definitions (`$NAME`) stand for paths only; write the name (or id) itself"
             if token.type == "WORD":
                 keyword_choices = [_label(t).strip("`") for t in expected
                                    if t not in _TERMINAL_LABELS and _label(t).startswith("`")]
                 hint = did_you_mean(str(token), keyword_choices)
                 if hint is None and ("PATH" in expected or "STRING" in expected):
                     hint = "paths start with `/` (the mount root), or go in double quotes"
+    if "BY" in expected:  # a subject in `except` comes after `by`: name only `by`
+        expected = [t for t in expected if t not in _SUBJECT_KINDS]
+    if hint is None and expected and set(expected) <= set(_SUBJECT_KINDS):
+        hint = "a subject is `uid N`, `uid N-M`, `gid N`, `gid N-M`, `user NAME` or " \
+            "`group NAME`, e.g. `by user backup`"
     labels = sorted({_label(t) for t in expected if t != "_NL"} | (
         {"end of line"} if "_NL" in expected or "$END" in expected else set()))
     if labels and len(labels) <= 12:
@@ -296,24 +310,65 @@ class _Builder:
     def named(self, ch):
         return self._scope("named", ch)
 
-    def except_clause(self, ch):  # "except" scope ("," scope)*
-        return ("except", tuple(c for c in ch if not isinstance(c, Token)))
+    def subject(self, ch):  # (UID | GID | USER | GROUP) WORD
+        return ast.SubjectItem(str(ch[0]), self._word(ch[1]), self._span(ch))
+
+    def by_clause(self, ch):  # "by" subject ("," subject)*
+        return ast.By(tuple(c for c in ch if isinstance(c, ast.SubjectItem)), self._span(ch))
+
+    def except_by(self, ch):  # "by" subject, inside `except`
+        return _ExceptBy(ch[1], self._span(ch))
+
+    def except_clause(self, ch):  # "except" item ("," item)*: scopes and `by` subjects
+        scopes, subjects = [], []
+        after_by = False  # `except by uid 0, uid 5`: a subject may follow a `by` item
+        for c in ch:
+            if isinstance(c, ast.Scope):
+                scopes.append(c)
+                after_by = False
+            elif isinstance(c, _ExceptBy):
+                subjects.append(c.item)
+                after_by = True
+            elif isinstance(c, ast.SubjectItem):
+                if not after_by and self.reporter is not None:
+                    self.reporter.add("FP001", f"`{c.text}` in `except` needs `by`", c.span,
+                                      f"write `except by {c.text}` (a scope item may come "
+                                      "before or after it)")
+                subjects.append(c)
+        return _ExceptClause(tuple(scopes), tuple(subjects), self._span(ch))
 
     def rule(self, ch):
         action, ops, *rest = ch
         target = None
-        scopes, excepts, errnos = [], [], []
+        scopes, excepts, errnos, subjects, except_subjects = [], [], [], [], []
         for item in rest:
             if isinstance(item, ast.Target):
                 target = item
             elif isinstance(item, ast.Scope):
                 scopes.append(item)
-            elif isinstance(item, tuple) and item and item[0] == "except":
-                excepts.append(item[1])
+            elif isinstance(item, _ExceptClause):
+                if item.scopes:
+                    excepts.append(item.scopes)
+                except_subjects.extend(item.subjects)
+            elif isinstance(item, ast.By):
+                subjects.append(item)
             elif isinstance(item, ast.Word):
                 errnos.append(item)
         return ast.Rule(action, ops, target, tuple(scopes), tuple(excepts), tuple(errnos),
-                        self._span(ch))
+                        self._span(ch), tuple(subjects), tuple(except_subjects))
+
+
+@dataclass(frozen=True)
+class _ExceptBy:
+    item: ast.SubjectItem
+    span: Span
+
+
+@dataclass(frozen=True)
+class _ExceptClause:
+    scopes: tuple[ast.Scope, ...]
+    subjects: tuple[ast.SubjectItem, ...]
+    span: Span
 
 
 _BUILDER = _Builder()

@@ -78,8 +78,8 @@ def test_render_caret_for_end_of_statement_is_after_the_last_word():
 def test_render_caret_on_a_continuation_line():
     text = _render("deny write \\\n    undr /x\n")
     assert text.splitlines()[:3] == [
-        "t.fpol:2:5: error[FP001]: unexpected `undr`; expected `,`, `at`, `except`, `matching`, "
-        "`named`, `to`, `under`, `with` or end of line",
+        "t.fpol:2:5: error[FP001]: unexpected `undr`; expected `,`, `at`, `by`, `except`, "
+        "`matching`, `named`, `to`, `under`, `with` or end of line",
         "   2 |     undr /x",
         "           ^^^^",
     ]

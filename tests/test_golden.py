@@ -166,6 +166,17 @@ SPELLINGS = [
      '\ndeny read matching "/home/*/.ssh/**"\n'),
     ("defined in a definition", 'define a = $b/c\ndefine b = "/x y"\ndeny write under $a except at $a/t\n',
      '\n\ndeny write under "/x y/c" except at "/x y/c/t"\n'),
+    # LANGUAGE.md §6: a `by` list is a set of alternatives, in any order and place.
+    ("by order", "deny write under /a by uid 7, uid 5\n", "deny write under /a by uid 5, uid 7\n"),
+    ("by kinds order", "deny write under /a by gid 3, uid 9-10, uid 2 with EPERM\n",
+     "deny write under /a by uid 2, uid 9-10, gid 3 with EPERM\n"),
+    ("by clause place", "deny write by uid 5 under /a with EPERM\nallow read under /a\n",
+     "deny write under /a by uid 5 with EPERM\nallow read under /a\n"),
+    ("except by order", "deny write under /a except by gid 1, uid 7, under /a/t\n",
+     "deny write under /a except under /a/t, by uid 7, gid 1\n"),
+    ("except by items", "deny write under /a except by uid 7 except by gid 1\n",
+     "deny write under /a except by uid 7, by gid 1\n"),
+    ("id spelling", "deny write under /a by uid 007, gid 5-5\n", "deny write under /a by uid 7, gid 5\n"),
 ]
 
 
@@ -186,5 +197,9 @@ def test_different_policies_differ():
                  ("deny write under /a\n", "deny read under /a\n"),
                  ("redirect open to userspace under /m\n",
                   "redirect open to userspace before under /m\n"),
-                 ("deny write under /a\n", "\ndeny write under /a\n")]:
+                 ("deny write under /a\n", "\ndeny write under /a\n"),
+                 ("deny write under /a\n", "deny write under /a by uid 5\n"),
+                 ("deny write under /a by uid 5\n", "deny write under /a by uid 6\n"),
+                 ("deny write under /a by uid 5\n", "deny write under /a by gid 5\n"),
+                 ("deny write under /a by uid 5\n", "deny write under /a except by uid 5\n")]:
         assert _c_of(a) != _c_of(b), (a, b)
