@@ -81,11 +81,14 @@ class ClassTree:
     policy: Policy
     classes: tuple[Class, ...]  # classes[0] is the root
     unminimised: int  # class count before merging
+    # The subject classes the tables are indexed by, when not the policy's own (a tree
+    # realised for a target that cannot tell requesters apart has one: subjects.py).
+    partition: Optional[Partition] = None
 
     @property
     def subjects(self) -> Partition:
         """Who is asking, in the classes the policy's rules tell apart (compiler/subjects.py)."""
-        return partition(self.policy)
+        return self.partition if self.partition is not None else partition(self.policy)
 
     def classify(self, comps: tuple[bytes, ...]) -> Class:
         c = self.classes[0]
@@ -154,9 +157,12 @@ def _table_lines(policy: Policy, c: Class, width: int = 0) -> list[str]:
     decisions depend on who is asking, one group of lines per subject class."""
     if c.table.uniform():
         return _subject_lines(policy, c.table.for_subject(0), width)
-    lines = []
+    alike: dict[tuple[Decision, ...], list[int]] = {}  # subject classes decided alike
     for s, table in enumerate(c.table.per_subject()):
-        lines.append(f"subject {s}:")
+        alike.setdefault(table, []).append(s)
+    lines = []
+    for table, subjects in alike.items():
+        lines.append(f"subject{'s' if len(subjects) > 1 else ''} {', '.join(map(str, subjects))}:")
         lines += ["  " + line for line in _subject_lines(policy, table, width)]
     return lines
 

@@ -14,10 +14,10 @@ Subject class 0 holds uid 0, gid 0 (what a request without `--uid`/`--gid` is ma
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .memo import derived
-from .policy import Policy, Rule
+from .policy import USERSPACE, Policy, Rule
 
 ID_LIMIT = 1 << 32  # ids are 32-bit; the largest a rule may name is 2^32-2 ((uid_t)-1 is none)
 
@@ -61,6 +61,10 @@ class Partition:
         held = self.classes[subject].rules
         return [r for r in rules if r.index not in self.conditional or r.index in held]
 
+    def _gid_spans(self, gis) -> list[str]:
+        """Gid intervals as few spans as they make (adjacent ones joined)."""
+        return _spans_of(self, list(gis))
+
     def interval(self, axis: str, i: int) -> tuple[int, int]:
         starts = self.uid_starts if axis == "uid" else self.gid_starts
         high = starts[i + 1] - 1 if i + 1 < len(starts) else ID_LIMIT - 1
@@ -89,16 +93,32 @@ class Partition:
             if len(gis) == ngids:
                 texts.append(uids)
                 continue
-            gids = ", ".join(_span("gid", *self.interval("gid", gi)) for gi in gis)
+            inside = self._gid_spans(gis)
+            outside = self._gid_spans([gi for gi in range(ngids) if gi not in gis])
+            if len(outside) < len(inside):  # fewer words to say which gids are not in it
+                gids = "gid not " + ", ".join(outside)
+            else:
+                gids = "gid " + ", ".join(inside)
             texts.append(f"{uids} with {gids}" if uids != "any uid" else gids)
         text = "; ".join(texts)
         return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _spans_of(part: "Partition", gis: list[int]) -> list[str]:
+    spans: list[list[int]] = []
+    for gi in sorted(gis):
+        if spans and spans[-1][1] == gi - 1:
+            spans[-1][1] = gi
+        else:
+            spans.append([gi, gi])
+    return [_span("", part.interval("gid", a)[0], part.interval("gid", b)[1]) for a, b in spans]
+
+
 def _span(axis: str, low: int, high: int) -> str:
+    """`uid 5`, `uid 5-9`, `any uid` (with axis "": `5`, `5-9`)."""
     if low == 0 and high == ID_LIMIT - 1:
-        return f"any {axis}"
-    return f"{axis} {low}" if low == high else f"{axis} {low}-{high}"
+        return f"any {axis}".strip()
+    return f"{axis} {low}".strip() if low == high else f"{axis} {low}-{high}".strip()
 
 
 def partition(policy: Policy) -> Partition:
@@ -109,8 +129,7 @@ def partition(policy: Policy) -> Partition:
 def _partition(policy: Policy) -> Partition:
     conditional = [r for r in policy.rules if r.has_subject]
     if not conditional:
-        only = SubjectClass(0, ((0, 0),), 0, 0, frozenset())
-        return Partition((0,), (0,), (0,), (only,), frozenset())
+        return EVERYONE
     uid_cuts, gid_cuts = {0}, {0}
     for r in conditional:
         for s in r.subjects + r.except_subjects:
@@ -161,4 +180,43 @@ def _partition(policy: Policy) -> Partition:
                      frozenset(r.index for r in conditional))
 
 
-__all__ = ["ID_LIMIT", "Partition", "SubjectClass", "partition"]
+EVERYONE = Partition((0,), (0,), (0,), (SubjectClass(0, ((0, 0),), 0, 0, frozenset()),),
+                     frozenset())
+
+# Where the credentials are read: by the fuse-bpf programs themselves, or by the daemon.
+CREDENTIALS = ("kernel", "daemon")
+
+
+def credentials_in_daemon(tree):
+    """The class tree as a fuse-bpf target that cannot read who is asking realises it
+    (`--credentials daemon`: no bpf_get_current_task_btf, e.g. a kernel without
+    CONFIG_BPF_EVENTS or a loader without CAP_PERFMON): one subject class, in which an
+    atom decided alike for every requester keeps its decision and an atom whose decision
+    depends on who asks goes to userspace `instead`, where the daemon decides it with the
+    request's uid and gid. Never an allow the policy would not give."""
+    from .classes import ClassTree
+    from .decide import Decision, DecisionTable, NATOMS
+
+    if len(tree.subjects) == 1:
+        return tree
+    ask = Decision(USERSPACE, mode="instead")
+    interned: dict = {}
+    classes = []
+    for c in tree.classes:
+        per = c.table.per_subject()
+        row = tuple(per[0][i] if all(t[i] == per[0][i] for t in per) else ask
+                    for i in range(NATOMS))
+        table = interned.setdefault(row, DecisionTable([row]))
+        classes.append(replace(c, table=table))
+    return ClassTree(tree.policy, tuple(classes), tree.unminimised, partition=EVERYONE)
+
+
+def daemon_classes(tree) -> int:
+    """How many classes send some op to the daemon only because it depends on who asks."""
+    if len(tree.subjects) == 1:
+        return 0
+    return sum(1 for c in tree.classes if not c.table.uniform())
+
+
+__all__ = ["CREDENTIALS", "EVERYONE", "ID_LIMIT", "Partition", "SubjectClass",
+           "credentials_in_daemon", "daemon_classes", "partition"]

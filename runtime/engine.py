@@ -99,7 +99,7 @@ class CheckEngine:
             raise
         self.report = LoadReport((time.perf_counter() - start) * 1000,
                                  [(p.name, p.stats) for p in self.obj.programs()
-                                  if p.name in ("fpol_check", "fpol_hook")])
+                                  if p.name in ("fpol_check", "fpol_hook", "fpol_whoami")])
         self.program = self.obj.program("fpol_check")
         self.requests = self.obj.map("fpol_requests")
         # Who is asking is part of a request only where the policy tells requesters apart.

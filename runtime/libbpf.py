@@ -179,6 +179,7 @@ class _Lib:
             "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),
             "btf__free": (None, [c_void_p]),
             "bpf_obj_get": (c_int, [c_char_p]),
+            "libbpf_probe_bpf_helper": (c_int, [c_int, c_int, c_void_p]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(L, name)
@@ -393,6 +394,20 @@ class BpfObject:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+BPF_PROG_TYPE_SYSCALL = 31
+BPF_FUNC_GET_CURRENT_TASK_BTF = 158
+
+
+def probe_helper(prog_type: int, helper: int) -> Optional[bool]:
+    """Can a program of `prog_type` call BPF helper `helper` here (libbpf loads a tiny one
+    and reads the verifier's answer)? None when it cannot tell."""
+    ret = lib().lib.libbpf_probe_bpf_helper(prog_type, helper, None)
+    lib().take_messages()
+    if ret < 0:
+        return None
+    return ret == 1
 
 
 def kernel_btf_has_struct(name: str) -> Optional[bool]:

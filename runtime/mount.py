@@ -271,23 +271,30 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
                    out: TextIO, err: TextIO, owner_only: bool = False) -> int:
     """fuse-bpf: attach the policy's instances (or reuse them), mount with root_dir and
     root_bpf, and run a daemon only if the policy sends anything to userspace (spec §8)."""
+    from fpol.compiler.subjects import daemon_classes
+
     from . import libbpf, loader
     from .objects import build
+    from .probe import credentials_for_load
 
     checked = _check_policy(policy_path, err)
     source, mountpoint = _resolve(source), _resolve(mountpoint)
     _preflight(source, mountpoint, err)
     p = checked.policy
+    # Subject conditions: decided by the programs where they can read credentials, else
+    # by the daemon (probe.credentials_for_load), which then must run.
+    credentials, _ = credentials_for_load(None)
+    needs_daemon = p.needs_daemon or (credentials == "daemon" and daemon_classes(checked.classes) > 0)
     loaded_here = False
     if not any(l.policy == p.name for l in loader.status()):
         try:
-            loader.load(build(checked, "struct_ops", abi=abi).path, p.name)
+            loader.load(build(checked, "struct_ops", abi=abi, credentials=credentials).path, p.name)
         except (loader.LoadRefused, libbpf.LibbpfError) as e:
             raise MountError(EXIT_ENV, f"cannot load the policy's fuse_ops instances: {e}") from None
         loaded_here = True
     try:
         return _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit,
-                                     handler_spec, abi, out, err, owner_only)
+                                     handler_spec, abi, out, err, owner_only, needs_daemon)
     except BaseException:
         if loaded_here:  # a failed start leaves nothing behind, the instances included
             try:
@@ -298,24 +305,27 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
 
 
 def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handler_spec, abi,
-                          out: TextIO, err: TextIO, owner_only: bool = False) -> int:
+                          out: TextIO, err: TextIO, owner_only: bool = False,
+                          needs_daemon: Optional[bool] = None) -> int:
     from . import libc
     from .fuse import fusebpf
     from .fuse.bpfserver import FuseBpfServer
     from .fuse.enforce import AuditLog, Enforcer, HandlerError, load_handler
 
     p = checked.policy
+    if needs_daemon is None:
+        needs_daemon = p.needs_daemon
     root_bpf = f"{p.name}_0"
     root_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     channel = None
-    if p.needs_daemon:
+    if needs_daemon:
         try:
             channel = _open_device()
         except MountError:
             os.close(root_fd)
             raise
     options = fusebpf.mount_options(root_fd, root_bpf, channel.fd if channel else None,
-                                    no_daemon=not p.needs_daemon,
+                                    no_daemon=not needs_daemon,
                                     uid=os.getuid(), gid=os.getgid(), shared=not owner_only)
     try:
         libc.mount(source, mountpoint, FSTYPE, libc.MS_NOSUID | libc.MS_NODEV, options)

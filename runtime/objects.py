@@ -37,10 +37,15 @@ def cache_dir() -> str:
     return path
 
 
-def build(checked, which: str, abi: Optional[str] = None, model: Optional[Model] = None) -> Built:
-    """The `struct_ops` or `check` object of a checked policy, from the cache if built before."""
+def build(checked, which: str, abi: Optional[str] = None, model: Optional[Model] = None,
+          credentials: str = "kernel") -> Built:
+    """The `struct_ops` or `check` object of a checked policy, from the cache if built before.
+    `credentials` (struct_ops only): who reads the requester's ids for subject conditions,
+    the programs (`kernel`) or the daemon (`daemon`); the check object always takes them
+    from its requests."""
     model = model or lower(checked.classes, abi=abi,
-                           source_name=os.path.basename(checked.source.file))
+                           source_name=os.path.basename(checked.source.file),
+                           credentials=credentials if which == "struct_ops" else "kernel")
     source = render(model, which)
     clang = find_clang()
     key = hashlib.sha256((clang + "\0" + source).encode()).hexdigest()[:32]

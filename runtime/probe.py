@@ -55,6 +55,34 @@ def fuse_ops_abi() -> Optional[str]:
     return "v4" if has_default else "v3"
 
 
+def task_credentials() -> Optional[bool]:
+    """Can fuse-bpf programs read who is asking (subject conditions, LANGUAGE.md §6)? They
+    use bpf_get_current_task_btf, which the kernel's base helper set (what fuse_ops
+    programs get) has only on kernels built with CONFIG_BPF_EVENTS and for loaders with
+    CAP_PERFMON; a SEC("syscall") program gets the same base set, so libbpf's probe of it
+    answers for fuse_ops too. None when it cannot tell (no libbpf, no BPF rights)."""
+    try:
+        from . import libbpf
+
+        return libbpf.probe_helper(libbpf.BPF_PROG_TYPE_SYSCALL,
+                                   libbpf.BPF_FUNC_GET_CURRENT_TASK_BTF)
+    except Exception:  # LibbpfMissing, or a libbpf without the probe
+        return None
+
+
+def credentials_for_load(explicit: Optional[str]) -> tuple[str, str]:
+    """Where subject conditions are decided when loading on this machine: `explicit` if the
+    user chose, else the programs when they can read credentials (or it is unknown: a load
+    that cannot then fails and says so), else the daemon. With a line that says why."""
+    if explicit:
+        return explicit, f"--credentials {explicit}"
+    if task_credentials() is False:
+        return "daemon", ("the kernel does not let BPF programs call bpf_get_current_task_btf "
+                          "(CONFIG_BPF_EVENTS, CAP_PERFMON): ops whose decision depends on "
+                          "who is asking go to the daemon")
+    return "kernel", "the programs read the requester's fsuid and fsgid"
+
+
 def findings() -> list[Finding]:
     out = [Finding("kernel", True, platform.release(), "")]
     btf = os.path.exists("/sys/kernel/btf/vmlinux")
@@ -77,6 +105,14 @@ def findings() -> list[Finding]:
     fs = bpffs_mounted()
     out.append(Finding("bpffs", fs, "/sys/fs/bpf" if fs else "not mounted",
                        "loaded policies can be pinned" if fs else "mount -t bpf bpf /sys/fs/bpf"))
+    creds = task_credentials() if cap_bpf else None
+    out.append(Finding("task credentials", creds,
+                       {True: "bpf_get_current_task_btf callable",
+                        False: "bpf_get_current_task_btf refused",
+                        None: "unknown"}[creds],
+                       "fuse-bpf programs decide `by uid/gid` rules themselves" if creds else
+                       "`by uid/gid` decisions go to the daemon (--credentials daemon)"
+                       if creds is False else "needs CAP_BPF and CAP_PERFMON to probe"))
     try:
         fd = os.open("/dev/fuse", os.O_RDWR)
         os.close(fd)

@@ -618,22 +618,22 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 #define FPOL_UID_SEARCH 4
 #define FPOL_GID_SEARCH 3
 /* subject 0: uid 0 with gid 0 */
-/* subject 1: uid 0 with gid 1-49, gid 51-99, gid 101-4294967295 */
+/* subject 1: uid 0 with gid 1-49, 51-99, 101-4294967295 */
 /* subject 2: uid 0 with gid 50 */
 /* subject 3: uid 0 with gid 100 */
 /* subject 4: uid 1-6 with gid 0; uid 8-32 with gid 0; uid 34-999 with gid 0; uid 2000-4294967294 with gid 0 */
-/* subject 5: uid 1-6 with gid 1-49, gid 51-99, gid 101-4294967295; uid 8 with gid 1-49, gid 51-99, gid 100, gid 101-4294967295; uid 9-32 with gid 1-49, gid 51-99, gid 101-4294967295; uid 34-999 with gid 1-49, g... */
-/* subject 6: uid 1-6 with gid 50; uid 8-32 with gid 50; uid 34-999 with gid 50; uid 1000-1999 with gid 1-49, gid 50, gid 51-99, gid 101-4294967295; uid 2000-4294967294 with gid 50 */
-/* subject 7: uid 1-6 with gid 100; uid 7 with gid 1-49, gid 51-99, gid 100, gid 101-4294967295; uid 9-32 with gid 100; uid 34-999 with gid 100; uid 2000-4294967294 with gid 100 */
+/* subject 5: uid 1-6 with gid 1-49, 51-99, 101-4294967295; uid 8 with gid 1-49, 51-4294967295; uid 9-32 with gid 1-49, 51-99, 101-4294967295; uid 34-999 with gid 1-49, 51-99, 101-4294967295; uid 2000-4294967294... */
+/* subject 6: uid 1-6 with gid 50; uid 8-32 with gid 50; uid 34-999 with gid 50; uid 1000-1999 with gid 1-99, 101-4294967295; uid 2000-4294967294 with gid 50 */
+/* subject 7: uid 1-6 with gid 100; uid 7 with gid 1-49, 51-4294967295; uid 9-32 with gid 100; uid 34-999 with gid 100; uid 2000-4294967294 with gid 100 */
 /* subject 8: uid 7 with gid 0 */
 /* subject 9: uid 7 with gid 50; uid 1000-1999 with gid 100 */
 /* subject 10: uid 33 with gid 0 */
-/* subject 11: uid 33 with gid 1-49, gid 51-99, gid 101-4294967295 */
+/* subject 11: uid 33 with gid 1-49, 51-99, 101-4294967295 */
 /* subject 12: uid 33 with gid 50 */
 /* subject 13: uid 33 with gid 100 */
 /* subject 14: uid 1000-1999 with gid 0 */
 /* subject 15: uid 4294967295 with gid 0 */
-/* subject 16: uid 4294967295 with gid 1-49, gid 51-99, gid 101-4294967295 */
+/* subject 16: uid 4294967295 with gid 1-49, 51-99, 101-4294967295 */
 /* subject 17: uid 4294967295 with gid 50 */
 /* subject 18: uid 4294967295 with gid 100 */
 
