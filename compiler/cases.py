@@ -7,9 +7,11 @@
     rename /data/a to /tmp/a              -> deny EXDEV
     lookup "/Android/data"                -> userspace instead +audit
     read /etc/passwd                      -> allow default
+    write /srv/db/x uid=34 gid=34         -> allow line 9
 
 Left of `->`: an op, a path (bare, or quoted like policy paths), `to PATH` for
-rename/link/copy_file_range, `flags=` for open/create, `mask=` for access.
+rename/link/copy_file_range, `flags=` for open/create, `mask=` for access, and
+`uid=N gid=N` for who is asking (LANGUAGE.md §6; both 0 when not given).
 Right: `allow`, `deny [ERRNO]`, `userspace [instead|before|after]`, then
 optionally `+audit` / `-audit`, and `line N` (the deciding rule) or `default`;
 `line FILE:N` names a rule in an included file (FILE as the include wrote it, or
@@ -106,6 +108,7 @@ def parse_request(words: list[str], line: int) -> Request:
     path = _path(words[1], line)
     # create without flags is creat(2): O_WRONLY, as in `fpol explain`.
     to, flags, mask = None, (ops.O_WRONLY if op == "create" else 0), 0
+    ids = {"uid": 0, "gid": 0}
     rest = words[2:]
     i = 0
     while i < len(rest):
@@ -119,6 +122,8 @@ def parse_request(words: list[str], line: int) -> Request:
                 flags = ops.parse_flags(w[6:])
             elif w.startswith("mask="):
                 mask = ops.parse_mask(w[5:])
+            elif w.startswith(("uid=", "gid=")):
+                ids[w[:3]] = parse_subject_id(w[:3], w[4:], line)
             else:
                 raise CaseSyntaxError(line, f"unexpected `{w}`")
         except ops.DetailError as e:
@@ -128,7 +133,28 @@ def parse_request(words: list[str], line: int) -> Request:
         raise CaseSyntaxError(line, f"`{op}` needs `to PATH`")
     if op not in ops.TWO_PATH_OPS and to is not None:
         raise CaseSyntaxError(line, f"`{op}` takes no `to PATH`")
-    return Request(op, path, to, flags, mask)
+    return Request(op, path, to, flags, mask, uid=ids["uid"], gid=ids["gid"])
+
+
+ID_MAX = 4294967294  # the largest id a requester (and a rule, LANGUAGE.md §6) may have
+
+
+def subject_id(kind: str, text: str) -> int:
+    """A requester's uid or gid as written (`uid=1000`, `--uid 1000`): a decimal number
+    from 0 to 4294967294. Raises ValueError saying what is wrong."""
+    if not text.isdigit() or not text.isascii():
+        raise ValueError(f"`{kind}` takes a decimal number, not `{text}`")
+    value = int(text)
+    if value > ID_MAX:
+        raise ValueError(f"{kind} {value} is out of range: ids go up to {ID_MAX}")
+    return value
+
+
+def parse_subject_id(kind: str, text: str, line: int) -> int:
+    try:
+        return subject_id(kind, text)
+    except ValueError as e:
+        raise CaseSyntaxError(line, str(e)) from None
 
 
 def parse_expectation(words: list[str], line: int) -> Expectation:

@@ -23,7 +23,19 @@ def request_text(req: Request) -> str:
         text += f" flags={flags_text(req.flags)}"
     if req.op == "access":
         text += f" mask={mask_text(req.mask)}"
+    if req.uid:  # who is asking (LANGUAGE.md §6), as a case table writes it
+        text += f" uid={req.uid}"
+    if req.gid:
+        text += f" gid={req.gid}"
     return text
+
+
+def subject_note(policy: Policy, req: Request, given: bool) -> Optional[str]:
+    """Which requester a verdict is for, where that matters or was asked for."""
+    who = f"as uid {req.uid}, gid {req.gid}"
+    if not policy.has_subjects:
+        return f"{who}: no rule of this policy depends on who is asking" if given else None
+    return who if given else f"{who} (give --uid and --gid to ask for another requester)"
 
 
 def flags_text(flags: int) -> str:
@@ -77,13 +89,18 @@ def to_json(policy: Policy, v: Verdict) -> dict:
             "at": show_path(v.request.path + v.exdev_suffix),
         } if v.exdev and not v.note else None,
         "note": v.note,
+        "subject": {"uid": v.request.uid, "gid": v.request.gid},
     }
 
 
-def to_text(policy: Policy, v: Verdict) -> str:
+def to_text(policy: Policy, v: Verdict, subject_given: bool = False) -> str:
+    """`subject_given`: the requester was chosen (--uid/--gid), so say whom it was."""
     d = v.decision
     head = f"{request_text(v.request)}: {d.short().replace(' +audit', '')}"
     lines = [head]
+    note = subject_note(policy, v.request, subject_given)
+    if note:
+        lines.append(f"  {note}")
     where = policy.file
     if v.exdev and v.note:
         pass  # a realisation's refusal: the note below says why

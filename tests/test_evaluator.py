@@ -622,6 +622,114 @@ MOVE_ROWS = [
         "rename /a/x to /b/x", "allow", (2,)),
 ]
 
+# LANGUAGE.md §6: who is asking. A request is made by uid 0, gid 0 unless it says
+# `uid=N gid=N` (as a case table line does).
+SUBJECT_ROWS = [
+    # A `by` list restricts the rule to the requesters it names; without one, everyone.
+    Row("deny write under /a by uid 5\n", "write /a/x uid=5", "deny EACCES", (1,)),
+    Row("deny write under /a by uid 5\n", "write /a/x uid=6", "allow", "default"),
+    Row("deny write under /a by uid 5\n", "write /a/x", "allow", "default"),
+    Row("deny write under /a by uid 10-19\n", "write /a/x uid=10", "deny EACCES", (1,)),
+    Row("deny write under /a by uid 10-19\n", "write /a/x uid=19", "deny EACCES", (1,)),
+    Row("deny write under /a by uid 10-19\n", "write /a/x uid=20", "allow", "default"),
+    Row("deny write under /a by uid 10-19\n", "write /a/x uid=9", "allow", "default"),
+    Row("deny write under /a by gid 50\n", "write /a/x uid=5 gid=50", "deny EACCES", (1,)),
+    Row("deny write under /a by gid 50\n", "write /a/x uid=50 gid=5", "allow", "default"),
+    # The list's items are alternatives: any one of them is enough.
+    Row("deny write under /a by uid 5, gid 50\n", "write /a/x uid=5 gid=1", "deny EACCES", (1,)),
+    Row("deny write under /a by uid 5, gid 50\n", "write /a/x uid=1 gid=50", "deny EACCES", (1,)),
+    Row("deny write under /a by uid 5, gid 50\n", "write /a/x uid=1 gid=1", "allow", "default"),
+    Row("deny write under /a by uid 5, uid 7\n", "write /a/x uid=7", "deny EACCES", (1,)),
+    Row("deny write under /a by user root\n", "write /a/x", "deny EACCES", (1,)),
+    Row("deny write under /a by group root\n", "write /a/x uid=5", "deny EACCES", (1,)),
+    Row("deny write under /a by group root\n", "write /a/x gid=5", "allow", "default"),
+    # `except by` removes requesters; with scopes in the same list, both are removed.
+    Row("deny write under /srv except by uid 0\n", "write /srv/x", "allow", "default"),
+    Row("deny write under /srv except by uid 0\n", "write /srv/x uid=1000", "deny EACCES", (1,)),
+    Row("deny write under /srv except under /srv/tmp, by gid 10\n", "write /srv/tmp/x uid=5",
+        "allow", "default"),
+    Row("deny write under /srv except under /srv/tmp, by gid 10\n", "write /srv/x uid=5 gid=10",
+        "allow", "default"),
+    Row("deny write under /srv except under /srv/tmp, by gid 10\n", "write /srv/x uid=5",
+        "deny EACCES", (1,)),
+    Row("deny write under /a by uid 0-99 except by uid 5\n", "write /a/x uid=5", "allow", "default"),
+    Row("deny write under /a by uid 0-99 except by uid 5\n", "write /a/x uid=6", "deny EACCES", (1,)),
+    Row("deny write under /a by uid 0-99 except by gid 7\n", "write /a/x uid=6 gid=7", "allow",
+        "default"),
+    # Precedence is unchanged: among the rules that hold for this requester, the strictest.
+    Row("deny read under /a\nallow read under /a by uid 5\n", "read /a/x uid=5", "deny EACCES", (1,)),
+    Row("default deny\nallow read under /a by uid 5\n", "read /a/x uid=5", "allow", (2,)),
+    Row("default deny\nallow read under /a by uid 5\n", "read /a/x uid=6", "deny EACCES", "default"),
+    Row("redirect read to userspace under /a by gid 3\ndeny read under /a by uid 5\n",
+        "read /a/x uid=5 gid=3", "deny EACCES", (2,)),
+    Row("redirect read to userspace under /a by gid 3\ndeny read under /a by uid 5\n",
+        "read /a/x uid=6 gid=3", "userspace instead", (1,)),
+    Row("audit read under /a by uid 5\n", "read /a/x uid=5", "allow +audit", "default"),
+    Row("audit read under /a by uid 5\n", "read /a/x uid=6", "allow", "default"),
+    # Specificity still comes first in errno ties...
+    Row("deny write under /a by uid 5 with EPERM\ndeny write under /a/b with EROFS\n",
+        "write /a/b/x uid=5", "deny EROFS", (2,)),
+    # ...then a rule with a `by` list is more specific than one without.
+    Row("deny write under /a by uid 5 with EPERM\ndeny write under /a with EROFS\n",
+        "write /a/x uid=5", "deny EPERM", (1,)),
+    Row("deny write under /a with EROFS\ndeny write under /a by uid 5 with EPERM\n",
+        "write /a/x uid=5", "deny EPERM", (2,)),
+    Row("deny write under /a by uid 5 with EPERM\ndeny write under /a with EROFS\n",
+        "write /a/x uid=6", "deny EROFS", (2,)),
+    Row("deny write under /a by uid 5 with EPERM\ndeny write under /a by uid 6 with EROFS\n",
+        "write /a/x uid=6", "deny EROFS", (2,)),
+    Row("redirect open to userspace after under /m by uid 5\n"
+        "redirect open to userspace before under /m\n", "open /m/x uid=5", "userspace after", (1,)),
+    # The default applies to a request no rule matches, for that requester.
+    Row("default deny with EPERM\nallow all under /home by uid 1000\n", "read /home/x uid=1000",
+        "allow", (2,)),
+    Row("default deny with EPERM\nallow all under /home by uid 1000\n", "read /home/x uid=1001",
+        "deny EPERM", "default"),
+    Row("default redirect to userspace\nallow all under /home by gid 100\n", "read /home/x gid=100",
+        "allow", (2,)),
+    Row("default redirect to userspace\nallow all under /home by gid 100\n", "read /home/x",
+        "userspace instead", "default"),
+    # No gain by moving compares both ends for the same requester.
+    Row("deny read under /a by uid 5\n", "rename /a/x to /b/x uid=5", "deny EXDEV", "exdev"),
+    Row("deny read under /a by uid 5\n", "rename /a/x to /b/x uid=6", "allow", "default"),
+    Row("deny read under /a by uid 5\ndeny read under /b by uid 5\n", "rename /a/x to /b/x uid=5",
+        "allow", "default"),
+    Row("deny read under /a by uid 5\ndeny read under /b by uid 6\n", "rename /a/x to /b/x uid=5",
+        "deny EXDEV", "exdev"),
+    Row("deny read under /a by uid 5\ndeny read under /b by uid 6\n", "rename /b/x to /a/x uid=5",
+        "allow", "default"),
+    Row("deny read under /a/b/keys by gid 7\n", "rename /a/b to /c gid=7", "deny EXDEV", "exdev"),
+    Row("deny read under /a/b/keys by gid 7\n", "rename /a/b to /c gid=8", "allow", "default"),
+    Row("deny read under /a except by uid 0\n", "link /a/x to /b/x", "allow", "default"),
+    Row("deny write under /a except by uid 0\n", "link /a/x to /b/x uid=3", "deny EXDEV", "exdev"),
+    Row("deny write under /b by uid 3 with EPERM\n", "rename /a/x to /b/x uid=3", "deny EPERM", (1,)),
+    Row("deny write under /b by uid 3 with EPERM\n", "rename /a/x to /b/x uid=4", "allow", "default"),
+]
+
+
+@pytest.mark.parametrize("row", SUBJECT_ROWS, ids=[_id(r) for r in SUBJECT_ROWS])
+def test_subjects(row):
+    assert_row(row)
+
+
+def test_subject_errno_ties_are_compile_errors():
+    """Ties are checked for every subject class: two `by` lists that both hold for some
+    requester tie; lists that never meet, or a `by` list against none, do not."""
+    tie = "deny write under /a by uid 5 with EPERM\ndeny write under /a by gid 7 with EROFS\n"
+    assert [d.code for d in check(tie, "p.fpol").diagnostics if d.is_error] == ["FP023"]
+    for text in ("deny write under /a by uid 5 with EPERM\ndeny write under /a by uid 6 with EROFS\n",
+                 "deny write under /a by uid 5 with EPERM\ndeny write under /a with EROFS\n",
+                 "deny write under /a by uid 5 with EPERM\n"
+                 "deny write under /a except by uid 0-9 with EROFS\n"):
+        assert not [d for d in check(text, "p.fpol").diagnostics if d.is_error], text
+    both = ("deny write under /a except by uid 5 with EPERM\n"
+            "deny write under /a except by uid 6 with EROFS\n")
+    assert [d.code for d in check(both, "p.fpol").diagnostics if d.is_error] == ["FP023"]
+    modes = ("redirect open to userspace before under /m by uid 1-9\n"
+             "redirect open to userspace after under /m by uid 5\n")
+    assert [d.code for d in check(modes, "p.fpol").diagnostics if d.is_error] == ["FP024"]
+
+
 PRECEDENCE_ROWS = (STRICTNESS_ROWS + SPECIFICITY_ROWS + AUDIT_ROWS + DEFAULT_ROWS + COMPLAIN_ROWS
                    + EXCEPT_ROWS + CASE_ROWS + GLOB_ROWS + MOVE_ROWS)
 

@@ -73,6 +73,26 @@ EXAMPLES = [
     ("bom_dropped", b"\xef\xbb\xbfdeny write under /a\n", "deny write under /a\n"),
     ("errors_past_parsing_still_format", "deny wrte under /a/../b with EFOO\n",
      "deny wrte under /a/../b with EFOO\n"),
+    # LANGUAGE.md §6: the `by` list after the scopes, before `except`; uid, gid, user, group,
+    # ids by number; `except` lists its scopes, then `by` and its subjects.
+    ("by_after_scopes", "deny write by uid 5 under /a with EPERM\n",
+     "deny write under /a by uid 5 with EPERM\n"),
+    ("by_sorted", "deny write under /a by group staff, user bob, gid 3, uid 70, uid 9-12, uid 5\n",
+     "deny write under /a by uid 5, uid 9-12, uid 70, gid 3, user bob, group staff\n"),
+    ("by_ids_canonical", "deny write under /a by uid 007, gid 5-5, uid 010-0020\n",
+     "deny write under /a by uid 7, uid 10-20, gid 5\n"),
+    ("by_repeats_kept", "deny write under /a by uid 7, uid 5, uid 7\n",
+     "deny write under /a by uid 5, uid 7, uid 7\n"),
+    ("except_by_after_scopes", "deny write under /srv except by group admin, uid 0, under /srv/tmp\n",
+     "deny write under /srv except under /srv/tmp, by uid 0, group admin\n"),
+    ("except_by_one_by", "deny write under /a except by uid 1 except by uid 0, by gid 2\n",
+     "deny write under /a except by uid 0, uid 1, gid 2\n"),
+    ("by_and_except_by", "deny write except by uid 0 by gid 10-19 under /a with EROFS\n",
+     "deny write under /a by gid 10-19 except by uid 0 with EROFS\n"),
+    ("two_by_lists_kept_apart", "deny write under /a by uid 2 by uid 1\n",
+     "deny write under /a by uid 2 by uid 1\n"),
+    ("subject_continuation", "deny write under /a \\\n  by uid 7, \\\n  uid 5\n",
+     "deny write under /a by uid 5, uid 7\n"),
 ]
 
 
