@@ -24,7 +24,7 @@ from .classes import Class, ClassTree, realisable_masks
 from .decide import Decision
 from .paths import Glob, glob_combinations
 from .policy import STRICTNESS, Policy
-from .subjects import credentials_in_daemon
+from .subjects import realise_subjects
 
 
 MAX_DEPTH = 16  # path components the check object's requests carry
@@ -535,12 +535,13 @@ def _instance_name(policy: Policy, cls: int) -> str:
 
 
 def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str] = None,
-          credentials: str = "kernel") -> Model:
-    """The template context of `tree`. `credentials` says who reads the requester's
-    credentials for subject conditions in the struct_ops object: its programs (`kernel`),
-    or the daemon (`daemon`: subjects.credentials_in_daemon)."""
-    if credentials == "daemon":
-        tree = credentials_in_daemon(tree)
+          credentials: Optional[str] = None) -> Model:
+    """The template context of `tree`. For the struct_ops object, `credentials` says who
+    reads the requester's credentials for subject conditions: its programs (`kernel`) or
+    the daemon (`daemon`), as subjects.realise_subjects realises them; None (the check
+    object) keeps the policy's own decisions for every subject."""
+    if credentials is not None:
+        tree = realise_subjects(tree, credentials)
     policy = tree.policy
     abi = abi or policy.abi
     source_name = source_name or policy.file

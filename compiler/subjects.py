@@ -186,29 +186,60 @@ EVERYONE = Partition((0,), (0,), (0,), (SubjectClass(0, ((0, 0),), 0, 0, frozens
 # Where the credentials are read: by the fuse-bpf programs themselves, or by the daemon.
 CREDENTIALS = ("kernel", "daemon")
 
+# Ops whose answers the kernel caches for every user alike (dentries, attributes): a
+# program asked once, by one requester, is not asked again for the next.
+SHARED_CACHE_ATOMS = ("lookup", "getattr")
 
-def credentials_in_daemon(tree):
-    """The class tree as a fuse-bpf target that cannot read who is asking realises it
-    (`--credentials daemon`: no bpf_get_current_task_btf, e.g. a kernel without
-    CONFIG_BPF_EVENTS or a loader without CAP_PERFMON): one subject class, in which an
-    atom decided alike for every requester keeps its decision and an atom whose decision
-    depends on who asks goes to userspace `instead`, where the daemon decides it with the
-    request's uid and gid. Never an allow the policy would not give."""
+
+def realise_subjects(tree, credentials: str):
+    """The class tree as the fuse-bpf struct_ops object realises who is asking.
+
+    `kernel`: the programs read the requester's fsuid and fsgid, but the kernel keeps the
+    dentries and attributes a lookup or getattr produced for every later requester, so an
+    atom of SHARED_CACHE_ATOMS whose decision depends on who asks goes to userspace
+    `instead`, where the daemon decides each request with its own uid and gid and lets
+    nothing be cached (as Android's MediaProvider does). `daemon` (no
+    bpf_get_current_task_btf: a kernel without CONFIG_BPF_EVENTS, a loader without
+    CAP_PERFMON): every atom whose decision depends on who asks goes to the daemon, and the
+    tree has one subject class. Either way never an allow the policy would not give."""
     from .classes import ClassTree
-    from .decide import Decision, DecisionTable, NATOMS
+    from .decide import ATOM_INDEX, Decision, DecisionTable, NATOMS
 
-    if len(tree.subjects) == 1:
+    nsubjects = len(tree.subjects)
+    if nsubjects == 1:
         return tree
-    ask = Decision(USERSPACE, mode="instead")
+    def ask(decisions) -> Decision:
+        # Named after the first rule with a subject condition among those deciding, so the
+        # generated code says which rule sends it to the daemon.
+        rules = sorted({i for d in decisions for i in d.rules})
+        by = [i for i in rules if tree.policy.rules[i].has_subject]
+        return Decision(USERSPACE, mode="instead", rules=tuple(by[:1] or rules[:1]))
+
+    movable = range(NATOMS) if credentials == "daemon" else \
+        [ATOM_INDEX[a] for a in SHARED_CACHE_ATOMS]
     interned: dict = {}
     classes = []
     for c in tree.classes:
-        per = c.table.per_subject()
-        row = tuple(per[0][i] if all(t[i] == per[0][i] for t in per) else ask
-                    for i in range(NATOMS))
-        table = interned.setdefault(row, DecisionTable([row]))
-        classes.append(replace(c, table=table))
-    return ClassTree(tree.policy, tuple(classes), tree.unminimised, partition=EVERYONE)
+        per = [list(t) for t in c.table.per_subject()]
+        for i in movable:
+            if any(t[i] != per[0][i] for t in per):
+                sent = ask([t[i] for t in per])
+                for t in per:
+                    t[i] = sent
+        rows = [tuple(t) for t in per[:1]] if credentials == "daemon" else [tuple(t) for t in per]
+        table = DecisionTable(rows)
+        classes.append(replace(c, table=interned.setdefault(table, table)))
+    return ClassTree(tree.policy, tuple(classes), tree.unminimised,
+                     partition=EVERYONE if credentials == "daemon" else tree.partition)
+
+
+def sends_to_daemon(tree, credentials: str) -> bool:
+    """Does the struct_ops realisation of who is asking send anything to the daemon (so a
+    fuse-bpf mount of it needs one)?"""
+    if len(tree.subjects) == 1:
+        return False
+    realised = realise_subjects(tree, credentials)
+    return any(d.kind == USERSPACE for c in realised.classes for d in c.table)
 
 
 def daemon_classes(tree) -> int:
@@ -218,5 +249,5 @@ def daemon_classes(tree) -> int:
     return sum(1 for c in tree.classes if not c.table.uniform())
 
 
-__all__ = ["CREDENTIALS", "EVERYONE", "ID_LIMIT", "Partition", "SubjectClass",
-           "credentials_in_daemon", "daemon_classes", "partition"]
+__all__ = ["CREDENTIALS", "EVERYONE", "ID_LIMIT", "SHARED_CACHE_ATOMS", "Partition",
+           "SubjectClass", "daemon_classes", "partition", "realise_subjects", "sends_to_daemon"]

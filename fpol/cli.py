@@ -64,9 +64,25 @@ def cmd_check(args) -> int:
                 p = c.policy
                 print(f"{c.source.file}: ok (policy {p.name}, {len(p.rules)} rules, "
                       f"{len(c.classes.classes)} classes)")
+                if p.has_subjects:
+                    print("  " + _subjects_note(c.classes))
     if errors or (args.strict and warnings):
         return EXIT_POLICY
     return EXIT_OK
+
+
+def _subjects_note(tree) -> str:
+    """How subject conditions are realised (docs/realisation.md, "Who is asking")."""
+    from fpol.compiler.subjects import daemon_classes
+
+    n = daemon_classes(tree)
+    return (f"who is asking: {len(tree.subjects)} subject classes. The daemon mount decides "
+            f"with each request's uid and gid. fuse-bpf: the programs read the requester's "
+            f"fsuid and fsgid (bpf_get_current_task_btf: CAP_PERFMON, CONFIG_BPF_EVENTS), and "
+            f"send lookups and getattrs that depend on it to the daemon (the kernel caches "
+            f"their answers for every user); where they cannot read it (--credentials daemon), "
+            f"{n} class{'es send' if n != 1 else ' sends'} every op that depends on it to the "
+            f"daemon")
 
 
 def cmd_fmt(args) -> int:
@@ -154,7 +170,14 @@ def _request(args):
         raise UsageError(f"`{args.op}` needs --to PATH (the destination)")
     if args.op not in ops.TWO_PATH_OPS and to is not None:
         raise UsageError(f"`{args.op}` takes no --to")
-    return Request(args.op, path, to, flags, mask)
+    from fpol.compiler.cases import subject_id
+
+    try:
+        uid = subject_id("--uid", args.uid) if args.uid is not None else 0
+        gid = subject_id("--gid", args.gid) if args.gid is not None else 0
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return Request(args.op, path, to, flags, mask, uid=uid, gid=gid)
 
 
 def _engine(args, checked):
@@ -179,7 +202,8 @@ def cmd_explain(args) -> int:
     if args.format == "json":
         print(dumps(to_json(checked.policy, verdict)))
     else:
-        print(to_text(checked.policy, verdict))
+        print(to_text(checked.policy, verdict,
+                      subject_given=args.uid is not None or args.gid is not None))
     return EXIT_OK
 
 
@@ -189,7 +213,7 @@ def _object_paths(out: str) -> tuple[str, str]:
     return out, stem + ".check.bpf.o"
 
 
-def build_objects(checked, out: str, abi=None) -> tuple[str, str]:
+def build_objects(checked, out: str, abi=None, credentials: str = "kernel") -> tuple[str, str]:
     """Render and build both objects of a checked policy.
 
     Each object is built into a temporary file beside its destination and renamed over it
@@ -200,7 +224,12 @@ def build_objects(checked, out: str, abi=None) -> tuple[str, str]:
     from fpol.compiler.lower import lower
     from fpol.compiler.render import render
 
-    model = lower(checked.classes, abi=abi, source_name=os.path.basename(checked.source.file))
+    name = os.path.basename(checked.source.file)
+    model = lower(checked.classes, abi=abi, source_name=name)
+    # The check object takes who is asking from its requests and keeps the policy's own
+    # decisions; the struct_ops object realises them (subjects.realise_subjects).
+    main_model = model if not checked.policy.has_subjects else \
+        lower(checked.classes, abi=abi, source_name=name, credentials=credentials)
     main, check_obj = _object_paths(out)
     temps: list[str] = []
     try:
@@ -208,7 +237,7 @@ def build_objects(checked, out: str, abi=None) -> tuple[str, str]:
             directory, base = os.path.split(os.path.abspath(path))
             temps.append(os.path.join(directory, f".{base}.{os.getpid()}-"
                                                  f"{os.urandom(4).hex()}.tmp"))
-        compile_c(render(model, "struct_ops"), temps[0], checked.policy.name)
+        compile_c(render(main_model, "struct_ops"), temps[0], checked.policy.name)
         compile_c(render(model, "check"), temps[1], checked.policy.name + ".check")
         os.replace(temps[1], check_obj)
         os.replace(temps[0], main)
@@ -248,14 +277,15 @@ def cmd_compile(args) -> int:
         from fpol.compiler.lower import lower
         from fpol.compiler.render import render
 
-        model = lower(checked.classes, abi=args.abi, source_name=os.path.basename(checked.source.file))
+        model = lower(checked.classes, abi=args.abi, source_name=os.path.basename(checked.source.file),
+                      credentials=args.credentials if args.emit == "c" else None)
         return _emit_text(render(model, "struct_ops" if args.emit == "c" else "check"), args.output)
     out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".bpf.o"
     out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir):
         raise UsageError(f"cannot write {out}: no directory {out_dir}")
     try:
-        main, check_obj = build_objects(checked, out, args.abi)
+        main, check_obj = build_objects(checked, out, args.abi, args.credentials)
     except OSError as e:
         print(f"fpol: cannot write {out}: {e.strerror}"
               f"{f' ({e.filename})' if e.filename else ''}; nothing written", file=sys.stderr)
@@ -308,7 +338,7 @@ def cmd_verify(args) -> int:
               "struct fuse_ops (its decision logic is the code verified above)")
     else:
         try:
-            main = build(checked, "struct_ops", abi=args.abi or abi)
+            main = build(checked, "struct_ops", abi=args.abi or abi, credentials=args.credentials)
             with libbpf.BpfObject(main.path) as obj:
                 obj.load()
             print(f"  struct_ops object ({classes} instances): verified by this kernel ({abi})")
@@ -357,9 +387,12 @@ def cmd_load(args) -> int:
         if checked is None:
             return EXIT_POLICY
         from fpol.runtime.objects import build
-        from fpol.runtime.probe import fuse_ops_abi
+        from fpol.runtime.probe import credentials_for_load, fuse_ops_abi
 
-        obj_path = build(checked, "struct_ops", abi=fuse_ops_abi()).path
+        credentials, why = credentials_for_load(args.credentials)
+        if checked.policy.has_subjects:
+            print(f"fpol: subject conditions: {why}", file=sys.stderr)
+        obj_path = build(checked, "struct_ops", abi=fuse_ops_abi(), credentials=credentials).path
         name = checked.policy.name
     try:
         loaded = loader.load(obj_path, name, what)
@@ -491,6 +524,12 @@ def cmd_test(args) -> int:
 
 # --- parser --------------------------------------------------------------------------
 
+CREDENTIALS_HELP = ("who decides rules with `by` subject conditions in the struct_ops "
+                    "object: its programs, reading the requester's fsuid/fsgid (kernel; needs "
+                    "bpf_get_current_task_btf: CAP_PERFMON and CONFIG_BPF_EVENTS), or the daemon, "
+                    "to which ops whose decision depends on who asks are sent instead (daemon)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fpol",
@@ -535,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--emit", choices=("ast", "policy", "classes", "dot", "c", "check-c", "obj"),
                     default="obj", help="what to produce (default obj)")
     co.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi` statement")
+    co.add_argument("--credentials", choices=("kernel", "daemon"), default="kernel",
+                    help=CREDENTIALS_HELP + " (default kernel)")
     co.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("verify", help="prove a policy's generated logic in this kernel's verifier",
@@ -544,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "verifier log mapped back to the policy rule.")
     v.add_argument("file", metavar="FILE", help="the policy")
     v.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi`")
+    v.add_argument("--credentials", choices=("kernel", "daemon"), default="kernel",
+                   help=CREDENTIALS_HELP + " (default kernel)")
     v.set_defaults(func=cmd_verify)
 
     d = sub.add_parser("doctor", help="what this machine supports",
@@ -557,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pin them under /sys/fs/bpf/fpol/NAME/. On a kernel without "
                                     "struct fuse_ops this exits 3 before loading anything.")
     lo.add_argument("target", metavar="FILE|OBJ", help="a policy, or an object from fpol compile")
+    lo.add_argument("--credentials", choices=("kernel", "daemon"),
+                    help=CREDENTIALS_HELP + " (default: kernel where this kernel lets programs "
+                         "call bpf_get_current_task_btf, else daemon)")
     lo.set_defaults(func=cmd_load)
 
     un = sub.add_parser("unload", help="detach a loaded policy",
@@ -600,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decide one request against a policy and name the deciding rule.",
                        epilog="Examples: fpol explain secrets.fpol --op open --path /secret/k "
                               "--flags O_WRONLY|O_TRUNC;  fpol explain p.fpol --op rename "
-                              "--path /a/x --to /b/x")
+                              "--path /a/x --to /b/x;  fpol explain srv.fpol --op write "
+                              "--path /srv/db/x --uid 34 --gid 34")
     e.add_argument("file", metavar="FILE", help="the policy")
     e.add_argument("--op", required=True, help="a single op: open, write, rename, lookup, ...")
     e.add_argument("--path", required=True, help="the object's path inside the mount, e.g. /secret/k")
@@ -608,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--flags", help="open flags for open/create, e.g. O_WRONLY|O_TRUNC "
                                    "(default O_RDONLY; O_WRONLY for create)")
     e.add_argument("--mask", help="access mask for access: letters r, w, x (default: none, F_OK)")
+    e.add_argument("--uid", metavar="N", help="the requester's (filesystem) uid, for rules with "
+                                             "`by` lists (default 0)")
+    e.add_argument("--gid", metavar="N", help="the requester's (filesystem) gid (default 0)")
     e.add_argument("--format", choices=("text", "json"), default="text")
     e.add_argument("--engine", choices=("python", "kernel"), default="python",
                    help="python: the reference evaluator (default); kernel: the compiled check "

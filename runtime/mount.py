@@ -271,7 +271,7 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
                    out: TextIO, err: TextIO, owner_only: bool = False) -> int:
     """fuse-bpf: attach the policy's instances (or reuse them), mount with root_dir and
     root_bpf, and run a daemon only if the policy sends anything to userspace (spec §8)."""
-    from fpol.compiler.subjects import daemon_classes
+    from fpol.compiler.subjects import sends_to_daemon
 
     from . import libbpf, loader
     from .objects import build
@@ -284,7 +284,7 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
     # Subject conditions: decided by the programs where they can read credentials, else
     # by the daemon (probe.credentials_for_load), which then must run.
     credentials, _ = credentials_for_load(None)
-    needs_daemon = p.needs_daemon or (credentials == "daemon" and daemon_classes(checked.classes) > 0)
+    needs_daemon = p.needs_daemon or sends_to_daemon(checked.classes, credentials)
     loaded_here = False
     if not any(l.policy == p.name for l in loader.status()):
         try:

@@ -45,7 +45,7 @@ def build(checked, which: str, abi: Optional[str] = None, model: Optional[Model]
     from its requests."""
     model = model or lower(checked.classes, abi=abi,
                            source_name=os.path.basename(checked.source.file),
-                           credentials=credentials if which == "struct_ops" else "kernel")
+                           credentials=credentials if which == "struct_ops" else None)
     source = render(model, which)
     clang = find_clang()
     key = hashlib.sha256((clang + "\0" + source).encode()).hexdigest()[:32]
