@@ -5,9 +5,11 @@ shows are the ones `fpol check` prints, with the same codes, spans, hints and wa
 refreshed on every change. Besides diagnostics it answers:
 
 - hover: on a rule, its ops with groups expanded, the classes it decides and example paths;
+  on a subject (`user backup`), the id it stands for on this machine;
   on an op or group name, its members; on an errno, its number and meaning;
 - completion: keywords where a statement starts, op and group names after an action or a
-  comma, clause keywords, errnos after `with`, header values, `$NAME` for defined names;
+  comma, clause keywords, errnos after `with`, header values, `$NAME` for defined names,
+  subject kinds after `by` and this machine's user and group names after `user`/`group`;
 - formatting: the canonical form of `fpol fmt` (nothing while the text has syntax errors);
 - code actions: the did-you-mean hints (`did you mean `write`?`) as quick fixes;
 - go to definition: an `include`'s file, and the `define` of a `$NAME` (in this file or
@@ -40,7 +42,8 @@ HEADER_VALUES: dict[str, tuple[str, ...]] = {
     "default": ("allow", "deny", "redirect"),
 }
 ACTIONS = ("allow", "deny", "audit", "redirect")
-CLAUSES = ("under", "at", "matching", "named", "except", "with")
+CLAUSES = ("under", "at", "matching", "named", "except", "with", "by")
+SUBJECT_KINDS = ("uid", "gid", "user", "group")  # after `by` (LANGUAGE.md §6)
 COMMON_ERRNOS = ("EACCES", "EPERM", "EROFS", "ENOENT", "EXDEV", "EOPNOTSUPP")
 # What each keyword means, in a line (docs/language.md has the whole story).
 KEYWORD_DOCS = {
@@ -69,6 +72,16 @@ KEYWORD_DOCS = {
     "named": "`named \"GLOB\"`: every node whose last component the glob matches",
     "except": "`except SCOPE, ...`: removes what any listed scope matches from the rule",
     "with": "`with ERRNO`: the errno of a deny (default EACCES)",
+    "by": "`by SUBJECT, ...`: the rule applies only to requesters matching one of the subjects "
+          "(`uid N`, `uid N-M`, `gid N`, `gid N-M`, `user NAME`, `group NAME`); in `except`, "
+          "`by SUBJECT` leaves them out",
+    "uid": "`uid N` or `uid N-M`: a requester whose filesystem uid is N (or in N..M)",
+    "gid": "`gid N` or `gid N-M`: a requester whose filesystem gid is N (or in N..M); "
+           "supplementary groups do not count (FUSE does not send them)",
+    "user": "`user NAME`: a requester whose filesystem uid is NAME's, resolved on this machine "
+            "when the policy is checked",
+    "group": "`group NAME`: a requester whose filesystem gid is NAME's, resolved on this machine "
+             "when the policy is checked; supplementary groups do not count",
 }
 
 _HINT_FIX = re.compile(r"(?:did you mean|try) `([^`]+)`")
@@ -238,6 +251,27 @@ def _show(path: bytes) -> str:
     return b"/".join(comps).decode("utf-8", "backslashreplace")
 
 
+def subject_hover(item: ast.SubjectItem) -> str:
+    """`user backup`: the number it stands for on this machine; `uid 5-9`: what it means."""
+    from fpol.compiler.analyse import resolve_name
+    from fpol.compiler.fmt import parse_id
+
+    head = f"**{item.kind}**: {KEYWORD_DOCS[item.kind]}"
+    value = item.value.text
+    if item.kind in ("user", "group"):
+        number = resolve_name(item.kind, value)
+        axis = "uid" if item.kind == "user" else "gid"
+        found = f"`{item.kind} {value}` is {axis} {number} on this machine" if number is not None \
+            else f"no {item.kind} `{value}` on this machine"
+        return head + "\n\n" + found
+    ids = parse_id(value)
+    if ids is None:
+        return head
+    low, high = ids
+    return head + "\n\n" + (f"{item.kind} {low}" if low == high else
+                             f"{item.kind} {low} to {high} ({high - low + 1} ids)")
+
+
 def rule_hover(doc: Document, rule: ast.Rule) -> str:
     from fpol.compiler.fmt import render_rule
 
@@ -301,6 +335,11 @@ def hover(doc: Document, line: int, col: int) -> Optional[str]:
             for w in st.errnos:
                 if _within(w.span, line, col):
                     return errno_hover(w.text) or rule_hover(doc, st)
+            for item in [i for by in st.subjects for i in by.items] + list(st.except_subjects):
+                if _within(item.span, line, col):
+                    return subject_hover(item)
+            if found is not None and found[0] == "by":
+                return f"**by**: {KEYWORD_DOCS['by']}"
             return rule_hover(doc, st)
     if found is None:
         return None
@@ -353,6 +392,12 @@ def _keywords() -> list[str]:
         return sorted(set(ACTIONS) | set(CLAUSES) | set(HEADER_VALUES) | {"policy"})
 
 
+def _machine_names(kind: str) -> list[str]:
+    from fpol.compiler.analyse import _machine_names as names
+
+    return sorted(set(names(kind)))[:500]
+
+
 def _defined_names(text: str) -> list[str]:
     return sorted(set(_DEFINE.findall(text)))
 
@@ -388,7 +433,7 @@ def completions(doc: Document, line: int, col: int) -> list[Item]:
                                                               "include")):
         return [Item(f"${n}", "name", "defined name") for n in _defined_names(doc.text)]
     if not tokens:
-        first = [k for k in keywords if k not in CLAUSES and k not in
+        first = [k for k in keywords if k not in CLAUSES and k not in SUBJECT_KINDS and k not in
                  ("to", "userspace", "before", "after", "instead")]
         return [Item(k, "keyword", "statement") for k in first]
     head, last = tokens[0], tokens[-1]
@@ -403,9 +448,20 @@ def completions(doc: Document, line: int, col: int) -> list[Item]:
         return first + rest
     if last == "to":
         return [Item("userspace", "keyword", "redirect target")]
+    if head in ACTIONS and last == "," and len(tokens) > 3 and tokens[-3] in SUBJECT_KINDS:
+        # `by uid 5, |`: another subject (and in `except`, a scope or `by`)
+        items = [Item(k, "keyword", "subject") for k in SUBJECT_KINDS]
+        if "except" in tokens:
+            items += [Item(c, "keyword", "scope") for c in CLAUSES[:4]] + [Item("by", "keyword", "subject")]
+        return items
+    if head in ACTIONS and last == "by":
+        return [Item(k, "keyword", "subject") for k in SUBJECT_KINDS]
+    if head in ACTIONS and last in ("user", "group") and len(tokens) > 1 and tokens[-2] in (
+            "by", ","):
+        return [Item(n, "value", f"{last} on this machine") for n in _machine_names(last)]
     if last == "userspace":
         return [Item(m, "keyword", "userspace mode") for m in ("before", "after", "instead")] + \
-            [Item(c, "keyword", "clause") for c in CLAUSES[:5]]
+            [Item(c, "keyword", "clause") for c in CLAUSES[:5] + ("by",)]
     if head == "default":
         if tokens[1:2] == ["deny"]:
             return [Item("with", "keyword", "errno")]
@@ -418,7 +474,8 @@ def completions(doc: Document, line: int, col: int) -> list[Item]:
             if in_ops or len(tokens) == 1:
                 return ops_items
         if last == "except":
-            return [Item(c, "keyword", "scope") for c in CLAUSES[:4]]
+            return [Item(c, "keyword", "scope") for c in CLAUSES[:4]] + \
+                [Item("by", "keyword", "subject")]
         items = [Item(c, "keyword", "clause") for c in CLAUSES]
         if head == "redirect" and "to" not in tokens:
             items.insert(0, Item("to", "keyword", "to userspace"))

@@ -47,6 +47,7 @@ VIM_GROUPS = {
     "keyword.other.scope.fpol": "fpolScope",
     "keyword.other.except.fpol": "fpolExcept",
     "keyword.other.with.fpol": "fpolWith",
+    "keyword.other.subject.fpol": "fpolSubject",
     "support.type.group.fpol": "fpolGroup",
     "support.function.op.fpol": "fpolOp",
     "constant.language.errno.fpol": "fpolErrno",
@@ -155,6 +156,17 @@ def _example_marks(path: Path) -> list[tuple[int, int, int, str]]:
                 keyword_at(line, col, "except", "keyword.other.except.fpol")
                 for s in clause:
                     scope(s)
+            for by in st.subjects:  # LANGUAGE.md §6: `by` and each subject's kind
+                keyword_at(by.span.line - 1, by.span.column - 1, "by", "keyword.other.subject.fpol")
+            for item in [i for by in st.subjects for i in by.items] + list(st.except_subjects):
+                line, col = item.span.line - 1, item.span.column - 1
+                keyword_at(line, col, item.kind, "keyword.other.subject.fpol")
+                if item in st.except_subjects and re.search(r"(?<![\w.$/-])by\s+$", lines[line][:col]):
+                    keyword_at(line, _word_before(lines[line], "by", col), "by",
+                               "keyword.other.subject.fpol")
+                if item in st.except_subjects and item is st.except_subjects[0] and not st.excepts:
+                    keyword_at(line, _word_before(lines[line], "except", col), "except",
+                               "keyword.other.except.fpol")
             for e in st.errnos:
                 line = e.span.line - 1
                 keyword_at(line, _word_before(lines[line], "with", e.span.column - 1), "with",

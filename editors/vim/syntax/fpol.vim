@@ -20,6 +20,7 @@ syn keyword fpolTarget     to userspace before after instead
 syn keyword fpolScope      under at matching named
 syn keyword fpolExcept     except
 syn keyword fpolWith       with
+syn keyword fpolSubject    by uid gid user group
 syn keyword fpolDefault    default
 syn keyword fpolInclude    include
 syn keyword fpolGroup      read write create delete list stat exec all
@@ -55,6 +56,7 @@ hi def link fpolTarget       Keyword
 hi def link fpolScope        Keyword
 hi def link fpolExcept       Keyword
 hi def link fpolWith         Keyword
+hi def link fpolSubject      Keyword
 hi def link fpolDefault      PreProc
 hi def link fpolInclude      Include
 hi def link fpolDefine       Define
