@@ -34,7 +34,7 @@ import sys
 import tempfile
 import textwrap
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -827,6 +827,8 @@ def play(case: Case, shadow: bytes, mount: Optional[Mount] = None,
             where = f"{af.path.name}:{s.line}: {s.text}"
             if evaluator is not None:
                 reqs = mapper.requests(s)
+                if s.user:  # who is asking: the `as` user's uid and gid (its fsuid, fsgid)
+                    reqs = [replace(r, uid=s.user[0], gid=s.user[1]) for r in reqs]
                 decided = [(r, evaluator.evaluate(r)) for r in reqs]
                 if trace:
                     trace(f"{s.line:4} {s.text}")
