@@ -22,12 +22,12 @@ from fpol import __version__
 from . import ops, word
 from .classes import Class, ClassTree, realisable_masks
 from .decide import Decision
+from .layout import MAX_DEPTH  # path components the check object's requests carry
 from .paths import Glob, glob_combinations
 from .policy import STRICTNESS, Policy
 from .subjects import realise_subjects
 
 
-MAX_DEPTH = 16  # path components the check object's requests carry
 FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
 
 

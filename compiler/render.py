@@ -13,6 +13,7 @@ import re
 import jinja2
 
 from .lower import Model
+from .layout import C_LAYOUT
 from .word import C_MACROS, unpack
 from .memo import derived
 
@@ -249,6 +250,7 @@ def render(model: Model, which: str = "struct_ops") -> str:
     context = dict(vars(model))
     context["model"] = model
     context["word"] = C_MACROS
+    context["layout"] = C_LAYOUT
     context["logic"] = _logic(model, context)
     text = _environment().get_template(name).render(**context)
     # Blank-line runs left by template control lines are noise in the output.

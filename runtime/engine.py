@@ -16,16 +16,16 @@ from typing import Optional
 
 from fpol.compiler.decide import Decision
 from fpol.compiler.evaluate import Request, Verdict
-from fpol.compiler.lower import MAX_DEPTH, OP_NUMBER
+from fpol.compiler import layout
+from fpol.compiler.layout import MAX_DEPTH, NAME_SLOT
+from fpol.compiler.lower import OP_NUMBER
 from fpol.compiler.word import unpack
 
 from . import libbpf
 from .objects import Built, build
 from fpol.compiler.errors import EnvironmentProblem, UsageProblem
 
-NAME_SLOT = 256
-REQUEST_SIZE = 4 * 11 + 4 * 2 * MAX_DEPTH + 2 * MAX_DEPTH * NAME_SLOT
-RESULT_SIZE = 4 * 5
+RESULT_SIZE = layout.size(layout.RESULT)
 
 
 class EngineUnavailable(EnvironmentProblem):
@@ -49,19 +49,17 @@ def encode_request(req: Request, subjects: bool = False) -> bytes:
     for p in paths:
         if len(p) > MAX_DEPTH:
             raise RequestTooLarge(f"the kernel engine takes paths of at most {MAX_DEPTH} components")
-    head = struct.pack("<3I", OP_NUMBER[req.op], req.flags, req.mask)
-    depth = struct.pack("<2I", len(paths[0]), len(paths[1]))
-    nodeids = struct.pack("<2I", *(1 if len(p) == 1 else 0 for p in paths))
-    outputs = bytes(16)  # out_cls[2], out_parent[2]: written by the program
-    lens = b"".join(struct.pack("<I", len(p[i]) if i < len(p) else 0)
-                    for p in paths for i in range(MAX_DEPTH))
-    names = b"".join((p[i] if i < len(p) else b"").ljust(NAME_SLOT, b"\0")
-                     for p in paths for i in range(MAX_DEPTH))
-    data = head + depth + nodeids + outputs + lens + names
-    assert len(data) == REQUEST_SIZE
-    if subjects:
-        data += struct.pack("<2I", req.uid, req.gid)
-    return data
+    values = {
+        "op": OP_NUMBER[req.op], "flags": req.flags, "mask": req.mask,
+        "depth": [len(p) for p in paths],
+        "dir_nodeid": [1 if len(p) == 1 else 0 for p in paths],  # the root's children: 1
+        "len": [len(p[i]) if i < len(p) else 0 for p in paths for i in range(MAX_DEPTH)],
+        "name": b"".join((p[i] if i < len(p) else b"").ljust(NAME_SLOT, b"\0")
+                         for p in paths for i in range(MAX_DEPTH)),
+        "uid": req.uid, "gid": req.gid,
+    }
+    fields = layout.REQUEST + (layout.SUBJECT if subjects else ())
+    return layout.pack(fields, values)
 
 
 def verdict_from_word(req: Request, word: int, classes: tuple[int, ...] = ()) -> Verdict:
@@ -96,6 +94,14 @@ class CheckEngine:
                 raise EngineUnavailable(
                     "the kernel refused to load BPF programs (needs root or CAP_BPF + "
                     f"CAP_PERFMON): {e}") from None
+            if not e.verifier_log:
+                # Asked for statistics only, the verifier kept its reasons to itself: load
+                # again as libbpf does by default, which prints the whole log on a refusal.
+                with libbpf.BpfObject(built.path) as again:
+                    try:
+                        again.load()
+                    except libbpf.LibbpfError as full:
+                        raise full from None
             raise
         self.report = LoadReport((time.perf_counter() - start) * 1000,
                                  [(p.name, p.stats) for p in self.obj.programs()
@@ -111,8 +117,8 @@ class CheckEngine:
         ret = self.program.test_run(ctx)
         if ret != 0:
             raise RuntimeError(f"fpol_check returned {ret}")
-        word, cls0, cls1, _p0, _p1 = struct.unpack("<5I", bytes(ctx))
-        return verdict_from_word(req, word, (cls0, cls1))
+        result = layout.unpack(layout.RESULT, bytes(ctx))
+        return verdict_from_word(req, result["word"], result["cls"])
 
     HOOK_KINDS = ("object", "fsync", "lookup", "lookup_post", "create", "remove", "rename",
                   "rename2", "link", "cfr")
@@ -123,17 +129,19 @@ class CheckEngine:
         """What one fuse_ops program reading class `cls` returns for one call made by
         `uid`, `gid`: (return code as u32, decision word, child class)."""
         names = tuple(names) + (b"",) * (2 - len(names))
-        req = struct.pack("<6I2Q2I", self.HOOK_KINDS.index(kind), cls, OP_NUMBER[op], flags,
-                          opcode, 0, nodeid, newdir, len(names[0]), len(names[1]))
-        req += b"".join(n.ljust(NAME_SLOT, b"\0") for n in names)
-        if self.subjects:
-            req += struct.pack("<2I", uid, gid)
-        self.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), req)
-        ctx = bytearray(12)
+        values = {"hook": self.HOOK_KINDS.index(kind), "cls": cls, "op": OP_NUMBER[op],
+                  "flags": flags, "opcode": opcode, "nodeid": nodeid, "newdir": newdir,
+                  "len": [len(n) for n in names],
+                  "name": b"".join(n.ljust(NAME_SLOT, b"\0") for n in names),
+                  "uid": uid, "gid": gid}
+        fields = layout.HOOK_REQUEST + (layout.HOOK_SUBJECT if self.subjects else ())
+        self.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), layout.pack(fields, values))
+        ctx = bytearray(layout.size(layout.HOOK_RESULT))
         ret = self.obj.program("fpol_hook").test_run(ctx)
         if ret != 0:
             raise RuntimeError(f"fpol_hook returned {ret}")
-        return struct.unpack("<3I", bytes(ctx))
+        result = layout.unpack(layout.HOOK_RESULT, bytes(ctx))
+        return result["code"], result["word"], result["child"]
 
     def bench(self, req: Request, iterations: int, empty: bool = False) -> tuple[float, int]:
         """(ns per decision measured inside the kernel, the decision word)."""

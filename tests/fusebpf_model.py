@@ -136,6 +136,7 @@ class FuseBpfModel:
         self.next_nodeid = ROOT_NODEID + 1
         self.sent: list[tuple[str, int, Optional[tuple]]] = []  # (op, nodeid, path) to the daemon
         self.filters: list[tuple[str, int, Optional[tuple]]] = []  # filter requests, likewise
+        self.who = {"uid": 0, "gid": 0}  # the requester of the request being modelled
 
     def _to_daemon(self, op: str, nodeid: int, path: Optional[tuple]) -> Optional[str]:
         """An ordinary request (not a filter one) reaches the daemon naming `nodeid`: the
@@ -158,9 +159,10 @@ class FuseBpfModel:
         member, kind, opcode = FSYNCDIR if op == "fsyncdir" else MEMBERS[op]
         cls = self.classify(node_path)
         if kind == "fsync":
-            _, word, child = self.engine.hook("fsync", cls, op="fsync", opcode=opcode, **kw)
+            _, word, child = self.engine.hook("fsync", cls, op="fsync", opcode=opcode,
+                                              **kw, **self.who)
         else:
-            _, word, child = self.engine.hook(kind, cls, op=op, **kw)
+            _, word, child = self.engine.hook(kind, cls, op=op, **kw, **self.who)
         return USER, word, child
 
     def _prefilter(self, ops: Optional[str], op: str, **kw) -> tuple[int, int, int]:
@@ -181,16 +183,17 @@ class FuseBpfModel:
             p = self.programs[default]
             for code_op, _word, sw_op, _slot in p.switch:
                 if code_op == opcode:
-                    return self.engine.hook("object", p.cls, op=sw_op, **kw)
+                    return self.engine.hook("object", p.cls, op=sw_op, **kw, **self.who)
             return CONTINUE, 0, 0
         p = self.programs[prog]
         if p.kind == "noop":
             return CONTINUE, 0, 0
         if kind == "fsync":
-            return self.engine.hook("fsync", p.cls, op="fsync", opcode=opcode, **kw)
+            return self.engine.hook("fsync", p.cls, op="fsync", opcode=opcode, **kw, **self.who)
         if kind == "rename" and member == "rename2":
             kind = "rename2"
-        return self.engine.hook(kind, p.cls, op=op if op != "fsyncdir" else "fsync", **kw)
+        return self.engine.hook(kind, p.cls, op=op if op != "fsyncdir" else "fsync", **kw,
+                                **self.who)
 
     # --- path walk and lookup (spec §8) ---------------------------------------------------
 
@@ -266,7 +269,10 @@ class FuseBpfModel:
     # --- requests --------------------------------------------------------------------------
 
     def request(self, op: str, path: tuple, to: Optional[tuple] = None, flags: int = 0,
-                mask: int = 0) -> Outcome:
+                mask: int = 0, uid: int = 0, gid: int = 0) -> Outcome:
+        """One request by `uid`, `gid` (what the programs read from the task's credentials;
+        the check object's hook emulation takes them as arguments)."""
+        self.who = {"uid": uid, "gid": gid}
         if op in ("create", "mknod", "mkdir", "symlink", "unlink", "rmdir", "lookup"):
             parent, failure = self.walk(path[:-1])
             if failure:

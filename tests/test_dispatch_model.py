@@ -77,7 +77,7 @@ def _fresh(checked, model, engine, present, dirs=()):
 
 def _check(results, label, evaluator, fb, req):
     expected = evaluator.evaluate(req)
-    got = fb.request(req.op, req.path, req.to, req.flags, req.mask)
+    got = fb.request(req.op, req.path, req.to, req.flags, req.mask, req.uid, req.gid)
     verdict = judge(expected, got)
     results.append((label, req, expected.decision.short(), got, verdict))
     return got
