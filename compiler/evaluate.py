@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from . import ops
+from . import moves, ops
 from .decide import Decision, combine, decide
 from .paths import ANY, Glob, normalise_path, part_matches
-from .policy import DENY, STRICTNESS, Policy, Rule
+from .policy import DENY, Policy, Rule
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Evaluator:
                 stack.append((pid, k + 1))
         return frozenset(out)
 
-    def _step(self, positions: frozenset, name: bytes) -> frozenset:
+    def step(self, positions: frozenset, name: bytes) -> frozenset:
         nxt = set()
         for pid, k in positions:
             pattern = self._patterns[pid][3]
@@ -104,13 +104,13 @@ class Evaluator:
                 nxt.add((pid, k + 1))
         return self._close(nxt)
 
-    def _walk(self, path: tuple[bytes, ...], positions: Optional[frozenset] = None) -> frozenset:
+    def walk(self, path: tuple[bytes, ...], positions: Optional[frozenset] = None) -> frozenset:
         positions = self._start() if positions is None else positions
         for name in path:
-            positions = self._step(positions, name)
+            positions = self.step(positions, name)
         return positions
 
-    def _matching(self, positions: frozenset) -> list[Rule]:
+    def matching(self, positions: frozenset) -> list[Rule]:
         held = {(self._patterns[pid][0].index, self._patterns[pid][1], self._patterns[pid][2])
                 for pid, k in positions if k == len(self._patterns[pid][3])}
         return [r for r in self.policy.rules
@@ -119,7 +119,7 @@ class Evaluator:
 
     def rules_at(self, path: tuple[bytes, ...], uid: int = 0, gid: int = 0) -> list[Rule]:
         """The rules that match `path` (scopes and excepts) and requester `uid`, `gid`."""
-        return [r for r in self._matching(self._walk(path)) if r.applies_to(uid, gid)]
+        return [r for r in self.matching(self.walk(path)) if r.applies_to(uid, gid)]
 
     def decision_at(self, path: tuple[bytes, ...], atom: str, uid: int = 0, gid: int = 0) -> Decision:
         return decide(self.policy, atom, self.rules_at(path, uid, gid))
@@ -151,7 +151,7 @@ class Evaluator:
         combined = combine(first, second)
         if req.op == "copy_file_range" or combined.kind != "allow":
             return Verdict(req, combined)
-        gain = self._gain(req.path, req.to, req.op == "rename", req.uid, req.gid)
+        gain = moves.gain(self, req.path, req.to, req.op == "rename", req.uid, req.gid)
         if gain is None:
             return Verdict(req, combined)
         atom, suffix, lost = gain
@@ -160,34 +160,7 @@ class Evaluator:
         return Verdict(req, refused, exdev=True, exdev_atom=atom, exdev_suffix=suffix,
                        lost_rule=lost)
 
-    def _gain(self, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: bool,
-              uid: int = 0, gid: int = 0):
-        """Where the destination is looser than the source for requester `uid`, `gid`:
-        (atom, suffix, rule) or None.
-
-        For a rename the object may be a directory, so every descendant counts: the
-        two position sets are walked together over every name the patterns can tell
-        apart (literals, one witness per realisable glob combination, any other name)."""
-        seen = set()
-        frontier = [(self._walk(src), self._walk(dst), ())]
-        while frontier:
-            ps, pd, suffix = frontier.pop(0)
-            if (ps, pd) in seen:
-                continue
-            seen.add((ps, pd))
-            rs = [r for r in self._matching(ps) if r.applies_to(uid, gid)]
-            rd = [r for r in self._matching(pd) if r.applies_to(uid, gid)]
-            for atom in ops.ATOMS:
-                a, b = decide(self.policy, atom, rs), decide(self.policy, atom, rd)
-                if STRICTNESS[b.kind] < STRICTNESS[a.kind]:
-                    return atom, suffix, (a.rules[0] if a.rules else None)
-            if not subtree:
-                return None
-            for name in self._names(ps | pd):
-                frontier.append((self._step(ps, name), self._step(pd, name), suffix + (name,)))
-        return None
-
-    def _names(self, positions: frozenset) -> list[bytes]:
+    def names(self, positions: frozenset) -> list[bytes]:
         literals, globs = set(), set()
         for pid, k in positions:
             pattern = self._patterns[pid][3]

@@ -93,7 +93,7 @@ def _fields(d):
 def compare_tree(policy, tree: ClassTree, names: list[bytes], max_depth: int = MAX_DEPTH) -> int:
     """Walk every path over `names` (deduplicated by state pair); return paths compared."""
     ev = Evaluator(policy)
-    start = ((), tree.classes[0].id, ev._walk(()))
+    start = ((), tree.classes[0].id, ev.walk(()))
     seen = {(start[1], start[2])}
     queue = deque([start])
     compared = 0
@@ -116,7 +116,7 @@ def compare_tree(policy, tree: ClassTree, names: list[bytes], max_depth: int = M
             continue
         for name in names:
             child = tree.classes[cls.child(name, policy.case_insensitive)].id
-            pos = ev._step(positions, name)
+            pos = ev.step(positions, name)
             if (child, pos) not in seen:
                 seen.add((child, pos))
                 queue.append((path + (name,), child, pos))

@@ -676,13 +676,17 @@ const __u32 fpol_rowsets[FPOL_NROWSETS][FPOL_NSUBJECTS] = {
 	}											\
 	return lo;
 
+/* Every parameter of a global function is used (the barriers), or clang may leave it
+ * unset when one axis has a single interval, and the verifier rejects the call. */
 __noinline __u32 fpol_uid_interval(__u32 id)
 {
+	fpol_barrier_var(id);
 	FPOL_INTERVAL_SEARCH(fpol_uid_starts, FPOL_UID_CUTS, FPOL_UID_SEARCH)
 }
 
 __noinline __u32 fpol_gid_interval(__u32 id)
 {
+	fpol_barrier_var(id);
 	FPOL_INTERVAL_SEARCH(fpol_gid_starts, FPOL_GID_CUTS, FPOL_GID_SEARCH)
 }
 
@@ -690,6 +694,8 @@ __noinline __u32 fpol_gid_interval(__u32 id)
  * refuses) if the tables say otherwise. */
 __noinline __u32 fpol_subject_of(__u32 uid, __u32 gid)
 {
+	fpol_barrier_var(uid);
+	fpol_barrier_var(gid);
 	__u32 cell = fpol_uid_interval(uid) * FPOL_GID_CUTS + fpol_gid_interval(gid);
 	fpol_barrier_var(cell);
 	if (cell >= FPOL_UID_CUTS * FPOL_GID_CUTS)
