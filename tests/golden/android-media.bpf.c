@@ -204,7 +204,7 @@ extern __u32 bpf_fuse_return_len(struct fuse_buffer *buffer) __ksym;
 char LICENSE[] SEC("license") = "GPL";
 
 /* ---- decision logic, shared by media.bpf.o and media.check.bpf.o ----
- * Classes: 10; decision rows: 7; literal names: 8; name globs: 1.
+ * Classes: 15; decision rows: 15; literal names: 8; name globs: 1.
  *
  * A decision word packs: bits 0-1 kind (0 allow, 1 deny, 2 userspace), bits 2-3
  * userspace mode (0 instead, 1 before, 2 after), bit 4 audit, bit 5 a deny turned
@@ -212,8 +212,8 @@ char LICENSE[] SEC("license") = "GPL";
  * would inherit a looser class, or a move cannot be proven to gain nothing),
  * bits 8-15 errno, bits 16-31 deciding rule number + 1 (0: the default). */
 
-#define FPOL_NCLASSES 10
-#define FPOL_NROWS 7
+#define FPOL_NCLASSES 15
+#define FPOL_NROWS 15
 #define FPOL_NSLOTS 47
 #define FPOL_POOL_SIZE 47
 #define FPOL_LITERAL_SLOTS 16
@@ -221,7 +221,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 1
-#define FPOL_CFR_DST_EVERYWHERE 1
+#define FPOL_CFR_DST_EVERYWHERE 0
+#define FPOL_NSUBJECTS 3
+#define FPOL_NROWSETS 11
 
 #define FPOL_KIND(w)    ((w) & 3)
 #define FPOL_ALLOW      0
@@ -298,17 +300,20 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_SLOT_REMOVEXATTR 46
 
 /* The language's rules, by number (the decision words' rule field - 1). */
-/* rule 0: android-media.fpol:11 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**" */
-/* rule 1: android-media.fpol:15 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}" */
-/* rule 2: android-media.fpol:19 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" */
-/* rule 3: android-media.fpol:23 deny exec under /storage */
-/* rule 4: android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM */
-/* rule 5: android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP */
-/* rule 6: android-media.fpol:28 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM */
-/* rule 7: android-media.fpol:29 audit delete matching "/storage/{emulated,????-????}/DCIM/\**" */
+/* rule 0: android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**" */
+/* rule 1: android-media.fpol:24 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}" */
+/* rule 2: android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023 */
+/* rule 3: android-media.fpol:33 deny exec under /storage */
+/* rule 4: android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM */
+/* rule 5: android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP */
+/* rule 6: android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM */
+/* rule 7: android-media.fpol:39 audit delete matching "/storage/{emulated,????-????}/DCIM/\**" */
+/* rule 8: android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM */
+/* rule 9: android-media.fpol:46 deny write matching "/storage/{emulated,????-????}/Android/obb/\*\/\**" by uid 10000-19999, uid 1010000-1019999 with EROFS */
+/* rule 10: android-media.fpol:49 audit write matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" by uid 10000-19999, uid 1010000-1019999 */
 
 struct fpol_class {
-	__u32 row;            /* index into fpol_rows */
+	__u32 row;            /* index into fpol_rowsets: its row for each subject class */
 	__u32 default_child;  /* class of a name no literal or glob picks */
 	__u32 flags;          /* FPOL_CLASS_* */
 	__u32 globs;          /* its name globs: fpol_class_globs[globs, globs + nglobs) */
@@ -327,19 +332,29 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 2: e.g. /... (instance media_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /storage/emulated (instance media_3) */
-	{ .row = 1, .default_child = 4, .flags = 3 },
+	{ .row = 1, .default_child = 8, .flags = 2 },
 	/* class 4: e.g. /storage/- (instance media_4) */
 	{ .row = 1, .default_child = 4, .flags = 1 },
 	/* class 5: e.g. /storage/emulated/android (instance media_5) */
 	{ .row = 2, .default_child = 4, .flags = 3 },
 	/* class 6: e.g. /storage/emulated/dcim (instance media_6) */
-	{ .row = 3, .default_child = 6, .flags = 3 },
+	{ .row = 3, .default_child = 11, .flags = 3 },
 	/* class 7: e.g. /storage/emulated/movies (instance media_7) */
-	{ .row = 4, .default_child = 7, .flags = 3 },
-	/* class 8: e.g. /storage/emulated/android/data (instance media_8) */
-	{ .row = 5, .default_child = 9, .flags = 3 },
-	/* class 9: e.g. /storage/emulated/android/data/... (instance media_9) */
-	{ .row = 6, .default_child = 9, .flags = 3 },
+	{ .row = 4, .default_child = 12, .flags = 3 },
+	/* class 8: e.g. /storage/emulated/x (instance media_8) */
+	{ .row = 5, .default_child = 4, .flags = 1 },
+	/* class 9: e.g. /storage/emulated/android/data (instance media_9) */
+	{ .row = 6, .default_child = 13, .flags = 3 },
+	/* class 10: e.g. /storage/emulated/android/obb (instance media_10) */
+	{ .row = 6, .default_child = 14, .flags = 2 },
+	/* class 11: e.g. /storage/emulated/dcim/... (instance media_11) */
+	{ .row = 7, .default_child = 11, .flags = 3 },
+	/* class 12: e.g. /storage/emulated/movies/... (instance media_12) */
+	{ .row = 8, .default_child = 12, .flags = 3 },
+	/* class 13: e.g. /storage/emulated/android/data/... (instance media_13) */
+	{ .row = 9, .default_child = 13, .flags = 3 },
+	/* class 14: e.g. /storage/emulated/android/obb/x (instance media_14) */
+	{ .row = 10, .default_child = 14, .flags = 3 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -350,79 +365,222 @@ const __u32 fpol_rows[FPOL_NROWS][FPOL_NSLOTS] = {
 	},
 	[1] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
 	},
 	[2] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EPERM (android-media.fpol:28 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
+		/* deny EPERM (android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
 		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
 	},
 	[3] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
-		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* userspace before (android-media.fpol:19 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**") */
-		[FPOL_SLOT_OPEN_R] = 0x00030006, [FPOL_SLOT_OPEN_W] = 0x00030006, [FPOL_SLOT_OPEN_RW] = 0x00030006,
-		/* allow +audit (default allow) */
-		[FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* deny EPERM (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090101, [FPOL_SLOT_CREATE_RW] = 0x00090101, [FPOL_SLOT_MKNOD] = 0x00090101, [FPOL_SLOT_MKDIR] = 0x00090101,
+		[FPOL_SLOT_RENAME_DST] = 0x00090101, [FPOL_SLOT_LINK_DST] = 0x00090101, [FPOL_SLOT_SYMLINK] = 0x00090101,
+		/* deny EPERM (android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
+		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
 	},
 	[4] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* userspace before (android-media.fpol:19 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**") */
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
 		[FPOL_SLOT_OPEN_R] = 0x00030006, [FPOL_SLOT_OPEN_W] = 0x00030006, [FPOL_SLOT_OPEN_RW] = 0x00030006,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
 	},
 	[5] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EPERM (android-media.fpol:28 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
-		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
-		/* userspace instead (android-media.fpol:11 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
-		[FPOL_SLOT_LOOKUP] = 0x00010002,
-		/* userspace after (android-media.fpol:15 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}") */
-		[FPOL_SLOT_READDIR] = 0x0002000a,
 	},
 	[6] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010,
+		[FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EPERM +audit (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090111, [FPOL_SLOT_CREATE_RW] = 0x00090111, [FPOL_SLOT_MKNOD] = 0x00090111, [FPOL_SLOT_MKDIR] = 0x00090111,
+		[FPOL_SLOT_RENAME_DST] = 0x00090111, [FPOL_SLOT_LINK_DST] = 0x00090111, [FPOL_SLOT_SYMLINK] = 0x00090111,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[7] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006, [FPOL_SLOT_OPEN_W] = 0x00030006, [FPOL_SLOT_OPEN_RW] = 0x00030006,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
-		/* userspace instead (android-media.fpol:11 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
+	},
+	[8] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010,
+		[FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EPERM +audit (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090111, [FPOL_SLOT_CREATE_RW] = 0x00090111, [FPOL_SLOT_MKNOD] = 0x00090111, [FPOL_SLOT_MKDIR] = 0x00090111,
+		[FPOL_SLOT_RENAME_DST] = 0x00090111, [FPOL_SLOT_LINK_DST] = 0x00090111, [FPOL_SLOT_SYMLINK] = 0x00090111,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[9] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
+		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
+		/* deny EPERM (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090101, [FPOL_SLOT_CREATE_RW] = 0x00090101, [FPOL_SLOT_MKNOD] = 0x00090101, [FPOL_SLOT_MKDIR] = 0x00090101,
+		[FPOL_SLOT_RENAME_DST] = 0x00090101, [FPOL_SLOT_LINK_DST] = 0x00090101, [FPOL_SLOT_SYMLINK] = 0x00090101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[10] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
+		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
+		/* deny EPERM (android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
+		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* userspace instead (android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
 		[FPOL_SLOT_LOOKUP] = 0x00010002,
+		/* userspace after (android-media.fpol:24 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}") */
+		[FPOL_SLOT_READDIR] = 0x0002000a,
+	},
+	[11] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_CREATE_W] = 0x00000010,
+		[FPOL_SLOT_CREATE_RW] = 0x00000010, [FPOL_SLOT_MKDIR] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010,
+		[FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_RENAME_DST] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* deny EPERM +audit (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050111, [FPOL_SLOT_LINK_DST] = 0x00050111, [FPOL_SLOT_SYMLINK] = 0x00050111,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[12] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_CREATE_W] = 0x00000010,
+		[FPOL_SLOT_CREATE_RW] = 0x00000010, [FPOL_SLOT_MKDIR] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010,
+		[FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_RENAME_DST] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* deny EPERM +audit (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050111, [FPOL_SLOT_LINK_DST] = 0x00050111, [FPOL_SLOT_SYMLINK] = 0x00050111,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[13] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
+		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* userspace instead (android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
+		[FPOL_SLOT_LOOKUP] = 0x00010002,
+	},
+	[14] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x000a1e01, /* deny EROFS (android-media.fpol:46 deny write matching "/storage/{emulated,????-????}/Android/obb/\*\/\**" by uid 10000-19999, uid 1010000-1019999 with EROFS): the other atoms */
+		/* allow (default allow) */
+		[FPOL_SLOT_GETATTR] = 0x00000000, [FPOL_SLOT_ACCESS_NONE] = 0x00000000, [FPOL_SLOT_ACCESS_R] = 0x00000000, [FPOL_SLOT_OPEN_R] = 0x00000000,
+		[FPOL_SLOT_OPENDIR] = 0x00000000, [FPOL_SLOT_READLINK] = 0x00000000, [FPOL_SLOT_READ] = 0x00000000, [FPOL_SLOT_COPY_FILE_RANGE_SRC] = 0x00000000,
+		[FPOL_SLOT_LSEEK] = 0x00000000, [FPOL_SLOT_FLUSH] = 0x00000000, [FPOL_SLOT_FSYNC] = 0x00000000, [FPOL_SLOT_FSYNCDIR] = 0x00000000,
+		[FPOL_SLOT_RELEASE] = 0x00000000, [FPOL_SLOT_RELEASEDIR] = 0x00000000, [FPOL_SLOT_READDIR] = 0x00000000, [FPOL_SLOT_STATFS] = 0x00000000,
+		[FPOL_SLOT_GETXATTR] = 0x00000000, [FPOL_SLOT_LISTXATTR] = 0x00000000,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* userspace instead (android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
+		[FPOL_SLOT_LOOKUP] = 0x00010002,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
 	},
 };
 
@@ -441,7 +599,7 @@ struct fpol_literal {
 /* Child names that lead to another class: an open-addressing table keyed by
  * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
 const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
-	[0] = { 5, 0xd872e2a5, 40, 4, 0, 8 }, /* class 5: "data" -> class 8 */
+	[0] = { 5, 0xd872e2a5, 40, 4, 0, 9 }, /* class 5: "data" -> class 9 */
 	[1] = { 3, 0x238beac2, 22, 4, 0, 6 }, /* class 3: "dcim" -> class 6 */
 	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
@@ -449,7 +607,7 @@ const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
 	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[6] = { 0, 0x01ca9a66, 0, 7, 0, 1 }, /* class 0: "storage" -> class 1 */
 	[7] = { 3, 0x257fbbf4, 26, 6, 0, 7 }, /* class 3: "movies" -> class 7 */
-	[8] = { 5, 0xbf4536e2, 44, 3, 0, 8 }, /* class 5: "obb" -> class 8 */
+	[8] = { 5, 0xbf4536e2, 44, 3, 0, 10 }, /* class 5: "obb" -> class 10 */
 	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[11] = { 1, 0xed42113a, 7, 8, 0, 3 }, /* class 1: "emulated" -> class 3 */
@@ -464,21 +622,6 @@ const __u8 fpol_pool[FPOL_POOL_SIZE] = {
 	0x6e, 0x64, 0x72, 0x6f, 0x69, 0x64, 0x64, 0x63, 0x69, 0x6d, 0x6d, 0x6f, 0x76, 0x69, 0x65, 0x73,  /* ndroiddcimmovies */
 	0x70, 0x69, 0x63, 0x74, 0x75, 0x72, 0x65, 0x73, 0x64, 0x61, 0x74, 0x61, 0x6f, 0x62, 0x62,  /* picturesdataobb */
 };
-
-static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
-{
-	/* clang knows every table entry is in range and would drop these checks, but the
-	 * verifier does not know it: keep them. */
-	fpol_barrier_var(cls);
-	fpol_barrier_var(slot);
-	if (cls >= FPOL_NCLASSES || slot >= FPOL_NSLOTS)
-		return FPOL_WORD_BADNAME;
-	__u32 row = fpol_classes[cls].row;
-	fpol_barrier_var(row);
-	if (row >= FPOL_NROWS)
-		return FPOL_WORD_BADNAME;
-	return fpol_rows[row][slot];
-}
 
 static __always_inline __u32 fpol_strictness(__u32 word)
 {
@@ -507,6 +650,7 @@ struct fpol_scratch {
 	__u8 name[256];
 	__u32 word;   /* the decision word of the last fpol_on_* call */
 	__u32 child;  /* the child class it found, when it looked one up */
+	__u32 subject;  /* who is asking (check object: from the request) */
 };
 
 struct {
@@ -520,6 +664,142 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
+}
+
+/* ---- who is asking (LANGUAGE.md §6) ----
+ * The requester's filesystem uid and gid: what the kernel checks permissions with and
+ * what FUSE puts in every request header. The policy cuts each id space into intervals
+ * at the bounds of its `by` items; a (uid interval, gid interval) cell is matched by
+ * exactly the same rules, and cells matched alike are one subject class. */
+#define FPOL_UID_CUTS 7
+#define FPOL_GID_CUTS 1
+#define FPOL_UID_SEARCH 3
+#define FPOL_GID_SEARCH 1
+/* subject 0: uid 0-1022; uid 1024-9999; uid 20000-1009999; uid 1020000-4294967295 */
+/* subject 1: uid 1023 */
+/* subject 2: uid 10000-19999; uid 1010000-1019999 */
+
+const __u32 fpol_uid_starts[FPOL_UID_CUTS] = { 0, 1023, 1024, 10000, 20000, 1010000, 1020000 };
+const __u32 fpol_gid_starts[FPOL_GID_CUTS] = { 0 };
+
+/* The subject class of each cell: [uid interval * FPOL_GID_CUTS + gid interval]. */
+const __u32 fpol_subject_cells[FPOL_UID_CUTS * FPOL_GID_CUTS] = {
+	0, 1, 0, 2, 0, 2, 0,
+};
+
+/* Per row set (classes index these), the row of each subject class. */
+const __u32 fpol_rowsets[FPOL_NROWSETS][FPOL_NSUBJECTS] = {
+	{ 0, 0, 0 },
+	{ 1, 1, 1 },
+	{ 2, 2, 3 },
+	{ 4, 5, 6 },
+	{ 7, 1, 8 },
+	{ 1, 1, 9 },
+	{ 10, 10, 10 },
+	{ 4, 5, 11 },
+	{ 7, 1, 12 },
+	{ 13, 13, 13 },
+	{ 13, 13, 14 },
+};
+
+/* The interval of `id` among sorted interval starts (the first start is 0): a binary
+ * search for the last start at or below it. */
+#define FPOL_INTERVAL_SEARCH(STARTS, CUTS, STEPS)						\
+	__u32 lo = 0, hi = CUTS;								\
+	for (__u32 k = 0; k < STEPS; k++) {							\
+		if (hi - lo <= 1)								\
+			break;									\
+		__u32 mid = lo + (hi - lo) / 2;							\
+		fpol_barrier_var(mid);								\
+		if (mid >= CUTS)								\
+			break;									\
+		if (STARTS[mid] <= id)								\
+			lo = mid;								\
+		else										\
+			hi = mid;								\
+	}											\
+	return lo;
+
+/* Every parameter of a global function is used (the barriers), or clang may leave it
+ * unset when one axis has a single interval, and the verifier rejects the call. */
+__noinline __u32 fpol_uid_interval(__u32 id)
+{
+	fpol_barrier_var(id);
+	FPOL_INTERVAL_SEARCH(fpol_uid_starts, FPOL_UID_CUTS, FPOL_UID_SEARCH)
+}
+
+__noinline __u32 fpol_gid_interval(__u32 id)
+{
+	fpol_barrier_var(id);
+	FPOL_INTERVAL_SEARCH(fpol_gid_starts, FPOL_GID_CUTS, FPOL_GID_SEARCH)
+}
+
+/* The subject class of requester `uid`, `gid`; FPOL_NSUBJECTS (which every decision
+ * refuses) if the tables say otherwise. */
+__noinline __u32 fpol_subject_of(__u32 uid, __u32 gid)
+{
+	fpol_barrier_var(uid);
+	fpol_barrier_var(gid);
+	__u32 cell = fpol_uid_interval(uid) * FPOL_GID_CUTS + fpol_gid_interval(gid);
+	fpol_barrier_var(cell);
+	if (cell >= FPOL_UID_CUTS * FPOL_GID_CUTS)
+		return FPOL_NSUBJECTS;
+	return fpol_subject_cells[cell];
+}
+
+/* The running task's filesystem ids (CO-RE: only these fields, found by name in the
+ * kernel's BTF). fuse-bpf gives struct_ops programs the base helper set, in which
+ * bpf_get_current_task_btf needs a loader with CAP_PERFMON and bpf_get_current_uid_gid is
+ * missing (and would give the real uid, not the fsuid permission checks use). */
+typedef struct { __u32 val; } fpol_kuid_t;
+typedef struct { __u32 val; } fpol_kgid_t;
+struct cred {
+	fpol_kuid_t fsuid;
+	fpol_kgid_t fsgid;
+} __attribute__((preserve_access_index));
+struct task_struct {
+	const struct cred *cred;
+} __attribute__((preserve_access_index));
+
+/* The subject class of the task making the request. */
+__noinline __u32 fpol_current_subject(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	return fpol_subject_of(task->cred->fsuid.val, task->cred->fsgid.val);
+}
+
+/* Who is asking: the check object takes the requester from its request (so any subject
+ * can be tried); the struct_ops programs ask the kernel. */
+static __always_inline __u32 fpol_subject(void)
+{
+#ifdef FPOL_SUBJECT_FROM_REQUEST
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->subject : FPOL_NSUBJECTS;
+#else
+	return fpol_current_subject();
+#endif
+}
+
+/* The decision word of `slot` for class `cls`, for whoever is asking. */
+static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
+{
+	__u32 subject = fpol_subject();
+	/* clang knows every table entry is in range and would drop these checks, but the
+	 * verifier does not know it: keep them. */
+	fpol_barrier_var(cls);
+	fpol_barrier_var(slot);
+	fpol_barrier_var(subject);
+	if (cls >= FPOL_NCLASSES || slot >= FPOL_NSLOTS || subject >= FPOL_NSUBJECTS)
+		return FPOL_WORD_BADNAME;
+	__u32 set = fpol_classes[cls].row;
+	fpol_barrier_var(set);
+	if (set >= FPOL_NROWSETS)
+		return FPOL_WORD_BADNAME;
+	__u32 row = fpol_rowsets[set][subject];
+	fpol_barrier_var(row);
+	if (row >= FPOL_NROWS)
+		return FPOL_WORD_BADNAME;
+	return fpol_rows[row][slot];
 }
 
 /* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
@@ -914,6 +1194,11 @@ const char fpol_instance_names[FPOL_NCLASSES][16] = {
 	"media_7",
 	"media_8",
 	"media_9",
+	"media_10",
+	"media_11",
+	"media_12",
+	"media_13",
+	"media_14",
 };
 
 /* Audit events for the loader to drain. */
@@ -980,6 +1265,14 @@ static __always_inline __u32 fpol_finish(const struct bpf_fuse_meta_info *meta, 
 {
 	fpol_audit_event(meta->nodeid, meta->opcode, len);
 	return code;
+}
+
+/* An op on the object itself, judged by its atom's slot. */
+#define FPOL_STUB_OBJECT(FN, CLS, HOOK, SLOT, ...)						\
+SEC("struct_ops/" #HOOK)									\
+__u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, ##__VA_ARGS__)				\
+{												\
+	return fpol_finish(meta, fpol_on_object(CLS, SLOT), 0);					\
 }
 
 /* open: the slot comes from the access mode and O_TRUNC/O_APPEND in the flags. */
@@ -1106,7 +1399,7 @@ __u32 BPF_PROG(FN, const struct bpf_fuse_meta_info *meta, struct fuse_copy_file_
 }
 
 /* The programs: a stub per line, for its class (and every other class named after it). */
-FPOL_STUB_CFR(fpol_copy_file_range_0, 0)  /* also classes 1, 2, 3, 4, 5, 6, 7, 8, 9 */
+FPOL_STUB_CFR(fpol_copy_file_range_0, 0)  /* also classes 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_0, 0)
 FPOL_STUB_LINK(fpol_link_0, 0)  /* also classes 2 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_0, 0)
@@ -1125,35 +1418,35 @@ FPOL_STUB_CREATE(fpol_mknod_0, 0, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_
 FPOL_STUB_RENAME2(fpol_rename2_0, 0)
 FPOL_STUB_RENAME(fpol_rename_0, 0)
 FPOL_STUB_CREATE(fpol_symlink_0, 0, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
-FPOL_STUB_ACCESS(fpol_access_1, 1)  /* also classes 3, 4, 5, 6, 7, 8, 9 */
+FPOL_STUB_ACCESS(fpol_access_1, 1)  /* also classes 3, 4, 5, 8, 9, 10, 13 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_1, 1)
 
-/* default_filter for classes 1, 3, 4, 5, 6, 7, 9 */
+/* default_filter for classes 1, 3, 4, 5, 8, 13 */
 SEC("struct_ops/default_filter")
 __u32 BPF_PROG(fpol_default_1, const struct bpf_fuse_meta_info *meta)
 {
 	if (meta->opcode & FUSE_POSTFILTER)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
-	case 21: /* setxattr: deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+	case 21: /* setxattr: deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_SETXATTR), 0);
-	case 24: /* removexattr: deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+	case 24: /* removexattr: deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		return fpol_finish(meta, fpol_on_object(1, FPOL_SLOT_REMOVEXATTR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_LINK(fpol_link_1, 1)  /* also classes 3, 4, 5, 6, 7, 8, 9 */
+FPOL_STUB_LINK(fpol_link_1, 1)  /* also classes 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_1, 1)
 FPOL_STUB_LOOKUP(fpol_lookup_1, 1)
 FPOL_STUB_CREATE(fpol_mkdir_1, 1, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
 FPOL_STUB_CREATE(fpol_mknod_1, 1, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
-FPOL_STUB_OPEN(fpol_open_1, 1)  /* also classes 3, 4, 5, 8, 9 */
+FPOL_STUB_OPEN(fpol_open_1, 1)  /* also classes 3, 4, 5, 8, 9, 10, 13 */
 FPOL_STUB_RENAME2(fpol_rename2_1, 1)
 FPOL_STUB_RENAME(fpol_rename_1, 1)
 FPOL_STUB_CREATE(fpol_symlink_1, 1, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
-FPOL_STUB_RENAME2(fpol_rename2_2, 2)  /* also classes 4, 7, 8, 9 */
-FPOL_STUB_RENAME(fpol_rename_2, 2)  /* also classes 4, 7, 8, 9 */
+FPOL_STUB_RENAME2(fpol_rename2_2, 2)  /* also classes 4, 8, 9, 13 */
+FPOL_STUB_RENAME(fpol_rename_2, 2)  /* also classes 4, 8, 9, 13 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_3, 3)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_3, 3)
 FPOL_STUB_LOOKUP(fpol_lookup_3, 3)
@@ -1164,8 +1457,8 @@ FPOL_STUB_RENAME(fpol_rename_3, 3)
 FPOL_STUB_REMOVE(fpol_rmdir_3, 3, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_3, 3, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_3, 3, unlink_prefilter, FPOL_SLOT_UNLINK)
-FPOL_STUB_CREATE(fpol_mknod_4, 4, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 6, 7, 8, 9 */
-FPOL_STUB_CREATE(fpol_symlink_4, 4, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 6, 7, 8, 9 */
+FPOL_STUB_CREATE(fpol_mknod_4, 4, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 8, 9, 13 */
+FPOL_STUB_CREATE(fpol_symlink_4, 4, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 8, 9, 13 */
 FPOL_STUB_CREATE_OPEN(fpol_create_open_5, 5)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_5, 5)
 FPOL_STUB_LOOKUP(fpol_lookup_5, 5)
@@ -1176,39 +1469,82 @@ FPOL_STUB_RENAME(fpol_rename_5, 5)
 FPOL_STUB_REMOVE(fpol_rmdir_5, 5, rmdir_prefilter, FPOL_SLOT_RMDIR)
 FPOL_STUB_CREATE(fpol_symlink_5, 5, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
 FPOL_STUB_REMOVE(fpol_unlink_5, 5, unlink_prefilter, FPOL_SLOT_UNLINK)
-FPOL_STUB_CREATE_OPEN(fpol_create_open_6, 6)  /* also classes 7, 8, 9 */
+FPOL_STUB_ACCESS(fpol_access_6, 6)  /* also classes 7, 11, 12 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_6, 6)  /* also classes 7, 11, 12 */
+FPOL_STUB_OBJECT(fpol_file_fallocate_6, 6, file_fallocate_prefilter, FPOL_SLOT_FALLOCATE, struct fuse_fallocate_in *in)  /* also classes 7, 11, 12 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_6, 6)
 FPOL_STUB_LOOKUP(fpol_lookup_6, 6)
-FPOL_STUB_CREATE(fpol_mkdir_6, 6, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 7, 8, 9 */
-FPOL_STUB_OPEN(fpol_open_6, 6)  /* also classes 7 */
-FPOL_STUB_RENAME2(fpol_rename2_6, 6)
-FPOL_STUB_RENAME(fpol_rename_6, 6)
-FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)
-FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)
+FPOL_STUB_CREATE(fpol_mkdir_6, 6, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 7, 11, 12 */
+FPOL_STUB_CREATE(fpol_mknod_6, 6, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)  /* also classes 7, 11, 12 */
+FPOL_STUB_OPEN(fpol_open_6, 6)  /* also classes 7, 11, 12 */
+FPOL_STUB_OBJECT(fpol_removexattr_6, 6, removexattr_prefilter, FPOL_SLOT_REMOVEXATTR, struct fuse_buffer *name)  /* also classes 7, 11, 12 */
+FPOL_STUB_RENAME2(fpol_rename2_6, 6)  /* also classes 11 */
+FPOL_STUB_RENAME(fpol_rename_6, 6)  /* also classes 11 */
+FPOL_STUB_REMOVE(fpol_rmdir_6, 6, rmdir_prefilter, FPOL_SLOT_RMDIR)  /* also classes 11 */
+FPOL_STUB_OBJECT(fpol_setattr_6, 6, setattr_prefilter, FPOL_SLOT_SETATTR, struct fuse_setattr_in *in)  /* also classes 7, 11, 12 */
+FPOL_STUB_OBJECT(fpol_setxattr_6, 6, setxattr_prefilter, FPOL_SLOT_SETXATTR, struct fuse_setxattr_in *in, struct fuse_buffer *name, struct fuse_buffer *value)  /* also classes 7, 11, 12 */
+FPOL_STUB_CREATE(fpol_symlink_6, 6, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)  /* also classes 7, 11, 12 */
+FPOL_STUB_REMOVE(fpol_unlink_6, 6, unlink_prefilter, FPOL_SLOT_UNLINK)  /* also classes 11 */
+FPOL_STUB_OBJECT(fpol_write_iter_6, 6, write_iter_prefilter, FPOL_SLOT_WRITE, struct fuse_write_in *in)  /* also classes 7, 11, 12 */
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_7, 7)
 FPOL_STUB_LOOKUP(fpol_lookup_7, 7)
+FPOL_STUB_RENAME2(fpol_rename2_7, 7)  /* also classes 12 */
+FPOL_STUB_RENAME(fpol_rename_7, 7)  /* also classes 12 */
+FPOL_STUB_REMOVE(fpol_rmdir_7, 7, rmdir_prefilter, FPOL_SLOT_RMDIR)  /* also classes 12 */
+FPOL_STUB_REMOVE(fpol_unlink_7, 7, unlink_prefilter, FPOL_SLOT_UNLINK)  /* also classes 12 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
+FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_9, 9)  /* also classes 13 */
 
-/* default_filter for class 8 */
+/* default_filter for classes 9, 10 */
 SEC("struct_ops/default_filter")
-__u32 BPF_PROG(fpol_default_8, const struct bpf_fuse_meta_info *meta)
+__u32 BPF_PROG(fpol_default_9, const struct bpf_fuse_meta_info *meta)
 {
 	if (meta->opcode & FUSE_POSTFILTER)
 		return BPF_FUSE_CONTINUE;
 	switch (meta->opcode & FUSE_OPCODE_FILTER) {
-	case 21: /* setxattr: deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
-		return fpol_finish(meta, fpol_on_object(8, FPOL_SLOT_SETXATTR), 0);
-	case 24: /* removexattr: deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
-		return fpol_finish(meta, fpol_on_object(8, FPOL_SLOT_REMOVEXATTR), 0);
-	case 28: /* readdir: userspace after (android-media.fpol:15 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}") */
-		return fpol_finish(meta, fpol_on_object(8, FPOL_SLOT_READDIR), 0);
+	case 21: /* setxattr: deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		return fpol_finish(meta, fpol_on_object(9, FPOL_SLOT_SETXATTR), 0);
+	case 24: /* removexattr: deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		return fpol_finish(meta, fpol_on_object(9, FPOL_SLOT_REMOVEXATTR), 0);
+	case 28: /* readdir: userspace after (android-media.fpol:24 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}") */
+		return fpol_finish(meta, fpol_on_object(9, FPOL_SLOT_READDIR), 0);
 	}
 	return BPF_FUSE_CONTINUE;
 }
 
-FPOL_STUB_LOOKUP_POST(fpol_lookup_post_8, 8)
-FPOL_STUB_LOOKUP(fpol_lookup_8, 8)
 FPOL_STUB_LOOKUP_POST(fpol_lookup_post_9, 9)
 FPOL_STUB_LOOKUP(fpol_lookup_9, 9)
+FPOL_STUB_CREATE(fpol_mkdir_9, 9, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)  /* also classes 13 */
+FPOL_STUB_CREATE_OPEN(fpol_create_open_10, 10)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_10, 10)
+FPOL_STUB_LOOKUP(fpol_lookup_10, 10)
+FPOL_STUB_CREATE(fpol_mkdir_10, 10, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_10, 10, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_RENAME2(fpol_rename2_10, 10)  /* also classes 14 */
+FPOL_STUB_RENAME(fpol_rename_10, 10)  /* also classes 14 */
+FPOL_STUB_REMOVE(fpol_rmdir_10, 10, rmdir_prefilter, FPOL_SLOT_RMDIR)  /* also classes 14 */
+FPOL_STUB_CREATE(fpol_symlink_10, 10, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_REMOVE(fpol_unlink_10, 10, unlink_prefilter, FPOL_SLOT_UNLINK)  /* also classes 14 */
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_11, 11)
+FPOL_STUB_LOOKUP(fpol_lookup_11, 11)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_12, 12)
+FPOL_STUB_LOOKUP(fpol_lookup_12, 12)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_13, 13)
+FPOL_STUB_LOOKUP(fpol_lookup_13, 13)
+FPOL_STUB_ACCESS(fpol_access_14, 14)
+FPOL_STUB_CREATE_OPEN(fpol_create_open_14, 14)
+FPOL_STUB_OBJECT(fpol_file_fallocate_14, 14, file_fallocate_prefilter, FPOL_SLOT_FALLOCATE, struct fuse_fallocate_in *in)
+FPOL_STUB_LOOKUP_POST(fpol_lookup_post_14, 14)
+FPOL_STUB_LOOKUP(fpol_lookup_14, 14)
+FPOL_STUB_CREATE(fpol_mkdir_14, 14, mkdir_prefilter, FPOL_SLOT_MKDIR, struct fuse_mkdir_in *in, struct fuse_buffer *name)
+FPOL_STUB_CREATE(fpol_mknod_14, 14, mknod_prefilter, FPOL_SLOT_MKNOD, struct fuse_mknod_in *in, struct fuse_buffer *name)
+FPOL_STUB_OPEN(fpol_open_14, 14)
+FPOL_STUB_OBJECT(fpol_removexattr_14, 14, removexattr_prefilter, FPOL_SLOT_REMOVEXATTR, struct fuse_buffer *name)
+FPOL_STUB_OBJECT(fpol_setattr_14, 14, setattr_prefilter, FPOL_SLOT_SETATTR, struct fuse_setattr_in *in)
+FPOL_STUB_OBJECT(fpol_setxattr_14, 14, setxattr_prefilter, FPOL_SLOT_SETXATTR, struct fuse_setxattr_in *in, struct fuse_buffer *name, struct fuse_buffer *value)
+FPOL_STUB_CREATE(fpol_symlink_14, 14, symlink_prefilter, FPOL_SLOT_SYMLINK, struct fuse_buffer *name, struct fuse_buffer *path)
+FPOL_STUB_OBJECT(fpol_write_iter_14, 14, write_iter_prefilter, FPOL_SLOT_WRITE, struct fuse_write_in *in)
 
 /* One instance per class. */
 
@@ -1321,13 +1657,16 @@ struct fuse_ops media_5 = {
 /* class 6: e.g. /storage/emulated/dcim */
 SEC(".struct_ops")
 struct fuse_ops media_6 = {
-	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_6,
 	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.setxattr_prefilter = (void *)fpol_setxattr_6,
+	.removexattr_prefilter = (void *)fpol_removexattr_6,
+	.write_iter_prefilter = (void *)fpol_write_iter_6,
+	.file_fallocate_prefilter = (void *)fpol_file_fallocate_6,
 	.lookup_prefilter = (void *)fpol_lookup_6,
 	.lookup_postfilter = (void *)fpol_lookup_post_6,
-	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mknod_prefilter = (void *)fpol_mknod_6,
 	.mkdir_prefilter = (void *)fpol_mkdir_6,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rmdir_prefilter = (void *)fpol_rmdir_6,
@@ -1335,43 +1674,47 @@ struct fuse_ops media_6 = {
 	.rename_prefilter = (void *)fpol_rename_6,
 	.unlink_prefilter = (void *)fpol_unlink_6,
 	.link_prefilter = (void *)fpol_link_1,
-	.symlink_prefilter = (void *)fpol_symlink_4,
-	.access_prefilter = (void *)fpol_access_1,
+	.setattr_prefilter = (void *)fpol_setattr_6,
+	.symlink_prefilter = (void *)fpol_symlink_6,
+	.access_prefilter = (void *)fpol_access_6,
 	.name = "media_6",
 };
 
 /* class 7: e.g. /storage/emulated/movies */
 SEC(".struct_ops")
 struct fuse_ops media_7 = {
-	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_6,
 	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.setxattr_prefilter = (void *)fpol_setxattr_6,
+	.removexattr_prefilter = (void *)fpol_removexattr_6,
+	.write_iter_prefilter = (void *)fpol_write_iter_6,
+	.file_fallocate_prefilter = (void *)fpol_file_fallocate_6,
 	.lookup_prefilter = (void *)fpol_lookup_7,
 	.lookup_postfilter = (void *)fpol_lookup_post_7,
-	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mknod_prefilter = (void *)fpol_mknod_6,
 	.mkdir_prefilter = (void *)fpol_mkdir_6,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
-	.rename2_prefilter = (void *)fpol_rename2_2,
-	.rename_prefilter = (void *)fpol_rename_2,
+	.rmdir_prefilter = (void *)fpol_rmdir_7,
+	.rename2_prefilter = (void *)fpol_rename2_7,
+	.rename_prefilter = (void *)fpol_rename_7,
+	.unlink_prefilter = (void *)fpol_unlink_7,
 	.link_prefilter = (void *)fpol_link_1,
-	.symlink_prefilter = (void *)fpol_symlink_4,
-	.access_prefilter = (void *)fpol_access_1,
+	.setattr_prefilter = (void *)fpol_setattr_6,
+	.symlink_prefilter = (void *)fpol_symlink_6,
+	.access_prefilter = (void *)fpol_access_6,
 	.name = "media_7",
 };
 
-/* class 8: e.g. /storage/emulated/android/data */
+/* class 8: e.g. /storage/emulated/x */
 SEC(".struct_ops")
 struct fuse_ops media_8 = {
-	.default_filter = (void *)fpol_default_8,
+	.default_filter = (void *)fpol_default_1,
 	.open_prefilter = (void *)fpol_open_1,
-	.create_open_prefilter = (void *)fpol_create_open_6,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_8,
 	.lookup_postfilter = (void *)fpol_lookup_post_8,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_6,
-	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
 	.link_prefilter = (void *)fpol_link_1,
@@ -1380,17 +1723,17 @@ struct fuse_ops media_8 = {
 	.name = "media_8",
 };
 
-/* class 9: e.g. /storage/emulated/android/data/... */
+/* class 9: e.g. /storage/emulated/android/data */
 SEC(".struct_ops")
 struct fuse_ops media_9 = {
-	.default_filter = (void *)fpol_default_1,
+	.default_filter = (void *)fpol_default_9,
 	.open_prefilter = (void *)fpol_open_1,
-	.create_open_prefilter = (void *)fpol_create_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_9,
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
 	.lookup_prefilter = (void *)fpol_lookup_9,
 	.lookup_postfilter = (void *)fpol_lookup_post_9,
 	.mknod_prefilter = (void *)fpol_mknod_4,
-	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_prefilter = (void *)fpol_mkdir_9,
 	.mkdir_postfilter = (void *)fpol_mkdir_post,
 	.rename2_prefilter = (void *)fpol_rename2_2,
 	.rename_prefilter = (void *)fpol_rename_2,
@@ -1398,4 +1741,124 @@ struct fuse_ops media_9 = {
 	.symlink_prefilter = (void *)fpol_symlink_4,
 	.access_prefilter = (void *)fpol_access_1,
 	.name = "media_9",
+};
+
+/* class 10: e.g. /storage/emulated/android/obb */
+SEC(".struct_ops")
+struct fuse_ops media_10 = {
+	.default_filter = (void *)fpol_default_9,
+	.open_prefilter = (void *)fpol_open_1,
+	.create_open_prefilter = (void *)fpol_create_open_10,
+	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.lookup_prefilter = (void *)fpol_lookup_10,
+	.lookup_postfilter = (void *)fpol_lookup_post_10,
+	.mknod_prefilter = (void *)fpol_mknod_10,
+	.mkdir_prefilter = (void *)fpol_mkdir_10,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
+	.rmdir_prefilter = (void *)fpol_rmdir_10,
+	.rename2_prefilter = (void *)fpol_rename2_10,
+	.rename_prefilter = (void *)fpol_rename_10,
+	.unlink_prefilter = (void *)fpol_unlink_10,
+	.link_prefilter = (void *)fpol_link_1,
+	.symlink_prefilter = (void *)fpol_symlink_10,
+	.access_prefilter = (void *)fpol_access_1,
+	.name = "media_10",
+};
+
+/* class 11: e.g. /storage/emulated/dcim/... */
+SEC(".struct_ops")
+struct fuse_ops media_11 = {
+	.open_prefilter = (void *)fpol_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_6,
+	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.setxattr_prefilter = (void *)fpol_setxattr_6,
+	.removexattr_prefilter = (void *)fpol_removexattr_6,
+	.write_iter_prefilter = (void *)fpol_write_iter_6,
+	.file_fallocate_prefilter = (void *)fpol_file_fallocate_6,
+	.lookup_prefilter = (void *)fpol_lookup_11,
+	.lookup_postfilter = (void *)fpol_lookup_post_11,
+	.mknod_prefilter = (void *)fpol_mknod_6,
+	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
+	.rmdir_prefilter = (void *)fpol_rmdir_6,
+	.rename2_prefilter = (void *)fpol_rename2_6,
+	.rename_prefilter = (void *)fpol_rename_6,
+	.unlink_prefilter = (void *)fpol_unlink_6,
+	.link_prefilter = (void *)fpol_link_1,
+	.setattr_prefilter = (void *)fpol_setattr_6,
+	.symlink_prefilter = (void *)fpol_symlink_6,
+	.access_prefilter = (void *)fpol_access_6,
+	.name = "media_11",
+};
+
+/* class 12: e.g. /storage/emulated/movies/... */
+SEC(".struct_ops")
+struct fuse_ops media_12 = {
+	.open_prefilter = (void *)fpol_open_6,
+	.create_open_prefilter = (void *)fpol_create_open_6,
+	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.setxattr_prefilter = (void *)fpol_setxattr_6,
+	.removexattr_prefilter = (void *)fpol_removexattr_6,
+	.write_iter_prefilter = (void *)fpol_write_iter_6,
+	.file_fallocate_prefilter = (void *)fpol_file_fallocate_6,
+	.lookup_prefilter = (void *)fpol_lookup_12,
+	.lookup_postfilter = (void *)fpol_lookup_post_12,
+	.mknod_prefilter = (void *)fpol_mknod_6,
+	.mkdir_prefilter = (void *)fpol_mkdir_6,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
+	.rmdir_prefilter = (void *)fpol_rmdir_7,
+	.rename2_prefilter = (void *)fpol_rename2_7,
+	.rename_prefilter = (void *)fpol_rename_7,
+	.unlink_prefilter = (void *)fpol_unlink_7,
+	.link_prefilter = (void *)fpol_link_1,
+	.setattr_prefilter = (void *)fpol_setattr_6,
+	.symlink_prefilter = (void *)fpol_symlink_6,
+	.access_prefilter = (void *)fpol_access_6,
+	.name = "media_12",
+};
+
+/* class 13: e.g. /storage/emulated/android/data/... */
+SEC(".struct_ops")
+struct fuse_ops media_13 = {
+	.default_filter = (void *)fpol_default_1,
+	.open_prefilter = (void *)fpol_open_1,
+	.create_open_prefilter = (void *)fpol_create_open_9,
+	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.lookup_prefilter = (void *)fpol_lookup_13,
+	.lookup_postfilter = (void *)fpol_lookup_post_13,
+	.mknod_prefilter = (void *)fpol_mknod_4,
+	.mkdir_prefilter = (void *)fpol_mkdir_9,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
+	.rename2_prefilter = (void *)fpol_rename2_2,
+	.rename_prefilter = (void *)fpol_rename_2,
+	.link_prefilter = (void *)fpol_link_1,
+	.symlink_prefilter = (void *)fpol_symlink_4,
+	.access_prefilter = (void *)fpol_access_1,
+	.name = "media_13",
+};
+
+/* class 14: e.g. /storage/emulated/android/obb/x */
+SEC(".struct_ops")
+struct fuse_ops media_14 = {
+	.open_prefilter = (void *)fpol_open_14,
+	.create_open_prefilter = (void *)fpol_create_open_14,
+	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
+	.setxattr_prefilter = (void *)fpol_setxattr_14,
+	.removexattr_prefilter = (void *)fpol_removexattr_14,
+	.write_iter_prefilter = (void *)fpol_write_iter_14,
+	.file_fallocate_prefilter = (void *)fpol_file_fallocate_14,
+	.lookup_prefilter = (void *)fpol_lookup_14,
+	.lookup_postfilter = (void *)fpol_lookup_post_14,
+	.mknod_prefilter = (void *)fpol_mknod_14,
+	.mkdir_prefilter = (void *)fpol_mkdir_14,
+	.mkdir_postfilter = (void *)fpol_mkdir_post,
+	.rmdir_prefilter = (void *)fpol_rmdir_10,
+	.rename2_prefilter = (void *)fpol_rename2_10,
+	.rename_prefilter = (void *)fpol_rename_10,
+	.unlink_prefilter = (void *)fpol_unlink_10,
+	.link_prefilter = (void *)fpol_link_1,
+	.setattr_prefilter = (void *)fpol_setattr_14,
+	.symlink_prefilter = (void *)fpol_symlink_14,
+	.access_prefilter = (void *)fpol_access_14,
+	.name = "media_14",
 };

@@ -203,8 +203,9 @@ extern __u32 bpf_fuse_return_len(struct fuse_buffer *buffer) __ksym;
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define FPOL_SUBJECT_FROM_REQUEST 1  /* not the task running the check: the request's */
 /* ---- decision logic, shared by media.bpf.o and media.check.bpf.o ----
- * Classes: 10; decision rows: 7; literal names: 8; name globs: 1.
+ * Classes: 15; decision rows: 15; literal names: 8; name globs: 1.
  *
  * A decision word packs: bits 0-1 kind (0 allow, 1 deny, 2 userspace), bits 2-3
  * userspace mode (0 instead, 1 before, 2 after), bit 4 audit, bit 5 a deny turned
@@ -212,8 +213,8 @@ char LICENSE[] SEC("license") = "GPL";
  * would inherit a looser class, or a move cannot be proven to gain nothing),
  * bits 8-15 errno, bits 16-31 deciding rule number + 1 (0: the default). */
 
-#define FPOL_NCLASSES 10
-#define FPOL_NROWS 7
+#define FPOL_NCLASSES 15
+#define FPOL_NROWS 15
 #define FPOL_NSLOTS 47
 #define FPOL_POOL_SIZE 47
 #define FPOL_LITERAL_SLOTS 16
@@ -221,7 +222,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_NAME_MAX 255
 #define FPOL_COMPLAIN 0
 #define FPOL_CASE_INSENSITIVE 1
-#define FPOL_CFR_DST_EVERYWHERE 1
+#define FPOL_CFR_DST_EVERYWHERE 0
+#define FPOL_NSUBJECTS 3
+#define FPOL_NROWSETS 11
 
 #define FPOL_KIND(w)    ((w) & 3)
 #define FPOL_ALLOW      0
@@ -298,17 +301,20 @@ char LICENSE[] SEC("license") = "GPL";
 #define FPOL_SLOT_REMOVEXATTR 46
 
 /* The language's rules, by number (the decision words' rule field - 1). */
-/* rule 0: android-media.fpol:11 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**" */
-/* rule 1: android-media.fpol:15 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}" */
-/* rule 2: android-media.fpol:19 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" */
-/* rule 3: android-media.fpol:23 deny exec under /storage */
-/* rule 4: android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM */
-/* rule 5: android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP */
-/* rule 6: android-media.fpol:28 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM */
-/* rule 7: android-media.fpol:29 audit delete matching "/storage/{emulated,????-????}/DCIM/\**" */
+/* rule 0: android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**" */
+/* rule 1: android-media.fpol:24 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}" */
+/* rule 2: android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023 */
+/* rule 3: android-media.fpol:33 deny exec under /storage */
+/* rule 4: android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM */
+/* rule 5: android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP */
+/* rule 6: android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM */
+/* rule 7: android-media.fpol:39 audit delete matching "/storage/{emulated,????-????}/DCIM/\**" */
+/* rule 8: android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM */
+/* rule 9: android-media.fpol:46 deny write matching "/storage/{emulated,????-????}/Android/obb/\*\/\**" by uid 10000-19999, uid 1010000-1019999 with EROFS */
+/* rule 10: android-media.fpol:49 audit write matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" by uid 10000-19999, uid 1010000-1019999 */
 
 struct fpol_class {
-	__u32 row;            /* index into fpol_rows */
+	__u32 row;            /* index into fpol_rowsets: its row for each subject class */
 	__u32 default_child;  /* class of a name no literal or glob picks */
 	__u32 flags;          /* FPOL_CLASS_* */
 	__u32 globs;          /* its name globs: fpol_class_globs[globs, globs + nglobs) */
@@ -327,19 +333,29 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	/* class 2: e.g. /... (instance media_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /storage/emulated (instance media_3) */
-	{ .row = 1, .default_child = 4, .flags = 3 },
+	{ .row = 1, .default_child = 8, .flags = 2 },
 	/* class 4: e.g. /storage/- (instance media_4) */
 	{ .row = 1, .default_child = 4, .flags = 1 },
 	/* class 5: e.g. /storage/emulated/android (instance media_5) */
 	{ .row = 2, .default_child = 4, .flags = 3 },
 	/* class 6: e.g. /storage/emulated/dcim (instance media_6) */
-	{ .row = 3, .default_child = 6, .flags = 3 },
+	{ .row = 3, .default_child = 11, .flags = 3 },
 	/* class 7: e.g. /storage/emulated/movies (instance media_7) */
-	{ .row = 4, .default_child = 7, .flags = 3 },
-	/* class 8: e.g. /storage/emulated/android/data (instance media_8) */
-	{ .row = 5, .default_child = 9, .flags = 3 },
-	/* class 9: e.g. /storage/emulated/android/data/... (instance media_9) */
-	{ .row = 6, .default_child = 9, .flags = 3 },
+	{ .row = 4, .default_child = 12, .flags = 3 },
+	/* class 8: e.g. /storage/emulated/x (instance media_8) */
+	{ .row = 5, .default_child = 4, .flags = 1 },
+	/* class 9: e.g. /storage/emulated/android/data (instance media_9) */
+	{ .row = 6, .default_child = 13, .flags = 3 },
+	/* class 10: e.g. /storage/emulated/android/obb (instance media_10) */
+	{ .row = 6, .default_child = 14, .flags = 2 },
+	/* class 11: e.g. /storage/emulated/dcim/... (instance media_11) */
+	{ .row = 7, .default_child = 11, .flags = 3 },
+	/* class 12: e.g. /storage/emulated/movies/... (instance media_12) */
+	{ .row = 8, .default_child = 12, .flags = 3 },
+	/* class 13: e.g. /storage/emulated/android/data/... (instance media_13) */
+	{ .row = 9, .default_child = 13, .flags = 3 },
+	/* class 14: e.g. /storage/emulated/android/obb/x (instance media_14) */
+	{ .row = 10, .default_child = 14, .flags = 3 },
 };
 
 /* One row per distinct decision table: filled with its most common word, then the
@@ -350,79 +366,222 @@ const __u32 fpol_rows[FPOL_NROWS][FPOL_NSLOTS] = {
 	},
 	[1] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
 	},
 	[2] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EPERM (android-media.fpol:28 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
+		/* deny EPERM (android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
 		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
 	},
 	[3] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
-		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* userspace before (android-media.fpol:19 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**") */
-		[FPOL_SLOT_OPEN_R] = 0x00030006, [FPOL_SLOT_OPEN_W] = 0x00030006, [FPOL_SLOT_OPEN_RW] = 0x00030006,
-		/* allow +audit (default allow) */
-		[FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* deny EPERM (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090101, [FPOL_SLOT_CREATE_RW] = 0x00090101, [FPOL_SLOT_MKNOD] = 0x00090101, [FPOL_SLOT_MKDIR] = 0x00090101,
+		[FPOL_SLOT_RENAME_DST] = 0x00090101, [FPOL_SLOT_LINK_DST] = 0x00090101, [FPOL_SLOT_SYMLINK] = 0x00090101,
+		/* deny EPERM (android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
+		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
 	},
 	[4] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* userspace before (android-media.fpol:19 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**") */
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
 		[FPOL_SLOT_OPEN_R] = 0x00030006, [FPOL_SLOT_OPEN_W] = 0x00030006, [FPOL_SLOT_OPEN_RW] = 0x00030006,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
 	},
 	[5] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EPERM (android-media.fpol:28 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
-		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
-		/* userspace instead (android-media.fpol:11 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
-		[FPOL_SLOT_LOOKUP] = 0x00010002,
-		/* userspace after (android-media.fpol:15 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}") */
-		[FPOL_SLOT_READDIR] = 0x0002000a,
 	},
 	[6] = {
 		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
-		/* deny EACCES (android-media.fpol:23 deny exec under /storage) */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010,
+		[FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EPERM +audit (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090111, [FPOL_SLOT_CREATE_RW] = 0x00090111, [FPOL_SLOT_MKNOD] = 0x00090111, [FPOL_SLOT_MKDIR] = 0x00090111,
+		[FPOL_SLOT_RENAME_DST] = 0x00090111, [FPOL_SLOT_LINK_DST] = 0x00090111, [FPOL_SLOT_SYMLINK] = 0x00090111,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[7] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
 		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
 		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
-		/* deny EPERM (android-media.fpol:24 deny mknod, link, symlink under /storage with EPERM) */
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
 		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
-		/* deny EOPNOTSUPP (android-media.fpol:25 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006, [FPOL_SLOT_OPEN_W] = 0x00030006, [FPOL_SLOT_OPEN_RW] = 0x00030006,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
 		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
-		/* userspace instead (android-media.fpol:11 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
+	},
+	[8] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010,
+		[FPOL_SLOT_RMDIR] = 0x00000010, [FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EPERM +audit (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090111, [FPOL_SLOT_CREATE_RW] = 0x00090111, [FPOL_SLOT_MKNOD] = 0x00090111, [FPOL_SLOT_MKDIR] = 0x00090111,
+		[FPOL_SLOT_RENAME_DST] = 0x00090111, [FPOL_SLOT_LINK_DST] = 0x00090111, [FPOL_SLOT_SYMLINK] = 0x00090111,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[9] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
+		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
+		/* deny EPERM (android-media.fpol:43 deny create matching "/storage/{emulated,????-????}/\*" by uid 10000-19999, uid 1010000-1019999 with EPERM) */
+		[FPOL_SLOT_CREATE_W] = 0x00090101, [FPOL_SLOT_CREATE_RW] = 0x00090101, [FPOL_SLOT_MKNOD] = 0x00090101, [FPOL_SLOT_MKDIR] = 0x00090101,
+		[FPOL_SLOT_RENAME_DST] = 0x00090101, [FPOL_SLOT_LINK_DST] = 0x00090101, [FPOL_SLOT_SYMLINK] = 0x00090101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[10] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
+		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
+		/* deny EPERM (android-media.fpol:38 deny delete matching "/storage/{emulated,????-????}/Android{,/data,/obb}" with EPERM) */
+		[FPOL_SLOT_UNLINK] = 0x00070101, [FPOL_SLOT_RMDIR] = 0x00070101, [FPOL_SLOT_RENAME_SRC] = 0x00070101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* userspace instead (android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
 		[FPOL_SLOT_LOOKUP] = 0x00010002,
+		/* userspace after (android-media.fpol:24 redirect readdir to userspace after matching "/storage/{emulated,????-????}/Android/{data,obb}") */
+		[FPOL_SLOT_READDIR] = 0x0002000a,
+	},
+	[11] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_CREATE_W] = 0x00000010,
+		[FPOL_SLOT_CREATE_RW] = 0x00000010, [FPOL_SLOT_MKDIR] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010,
+		[FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_RENAME_DST] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* deny EPERM +audit (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050111, [FPOL_SLOT_LINK_DST] = 0x00050111, [FPOL_SLOT_SYMLINK] = 0x00050111,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[12] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* allow +audit (default allow) */
+		[FPOL_SLOT_SETATTR] = 0x00000010, [FPOL_SLOT_ACCESS_W] = 0x00000010, [FPOL_SLOT_ACCESS_RW] = 0x00000010, [FPOL_SLOT_CREATE_W] = 0x00000010,
+		[FPOL_SLOT_CREATE_RW] = 0x00000010, [FPOL_SLOT_MKDIR] = 0x00000010, [FPOL_SLOT_UNLINK] = 0x00000010, [FPOL_SLOT_RMDIR] = 0x00000010,
+		[FPOL_SLOT_RENAME_SRC] = 0x00000010, [FPOL_SLOT_RENAME_DST] = 0x00000010, [FPOL_SLOT_WRITE] = 0x00000010, [FPOL_SLOT_FALLOCATE] = 0x00000010,
+		[FPOL_SLOT_COPY_FILE_RANGE_DST] = 0x00000010,
+		/* deny EACCES +audit (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_WX] = 0x00040d11, [FPOL_SLOT_ACCESS_RWX] = 0x00040d11, [FPOL_SLOT_OPEN_WX] = 0x00040d11, [FPOL_SLOT_OPEN_RWX] = 0x00040d11,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* deny EPERM +audit (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050111, [FPOL_SLOT_LINK_DST] = 0x00050111, [FPOL_SLOT_SYMLINK] = 0x00050111,
+		/* userspace before +audit (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_W] = 0x00030016, [FPOL_SLOT_OPEN_RW] = 0x00030016,
+		/* deny EOPNOTSUPP +audit (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f11, [FPOL_SLOT_REMOVEXATTR] = 0x00065f11,
+		/* userspace before (android-media.fpol:29 redirect open to userspace before matching "/storage/{emulated,????-????}/{DCIM,Pictures,Movies}/\**" except by uid 1023) */
+		[FPOL_SLOT_OPEN_R] = 0x00030006,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
+	},
+	[13] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x00000000, /* allow (default allow): the other atoms */
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_WX] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_ACCESS_RWX] = 0x00040d01,
+		[FPOL_SLOT_OPEN_RX] = 0x00040d01, [FPOL_SLOT_OPEN_WX] = 0x00040d01, [FPOL_SLOT_OPEN_RWX] = 0x00040d01,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_MKNOD] = 0x00050101, [FPOL_SLOT_LINK_SRC] = 0x00050101, [FPOL_SLOT_LINK_DST] = 0x00050101, [FPOL_SLOT_SYMLINK] = 0x00050101,
+		/* deny EOPNOTSUPP (android-media.fpol:35 deny setxattr, removexattr under /storage with EOPNOTSUPP) */
+		[FPOL_SLOT_SETXATTR] = 0x00065f01, [FPOL_SLOT_REMOVEXATTR] = 0x00065f01,
+		/* userspace instead (android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
+		[FPOL_SLOT_LOOKUP] = 0x00010002,
+	},
+	[14] = {
+		[0 ... FPOL_NSLOTS - 1] = 0x000a1e01, /* deny EROFS (android-media.fpol:46 deny write matching "/storage/{emulated,????-????}/Android/obb/\*\/\**" by uid 10000-19999, uid 1010000-1019999 with EROFS): the other atoms */
+		/* allow (default allow) */
+		[FPOL_SLOT_GETATTR] = 0x00000000, [FPOL_SLOT_ACCESS_NONE] = 0x00000000, [FPOL_SLOT_ACCESS_R] = 0x00000000, [FPOL_SLOT_OPEN_R] = 0x00000000,
+		[FPOL_SLOT_OPENDIR] = 0x00000000, [FPOL_SLOT_READLINK] = 0x00000000, [FPOL_SLOT_READ] = 0x00000000, [FPOL_SLOT_COPY_FILE_RANGE_SRC] = 0x00000000,
+		[FPOL_SLOT_LSEEK] = 0x00000000, [FPOL_SLOT_FLUSH] = 0x00000000, [FPOL_SLOT_FSYNC] = 0x00000000, [FPOL_SLOT_FSYNCDIR] = 0x00000000,
+		[FPOL_SLOT_RELEASE] = 0x00000000, [FPOL_SLOT_RELEASEDIR] = 0x00000000, [FPOL_SLOT_READDIR] = 0x00000000, [FPOL_SLOT_STATFS] = 0x00000000,
+		[FPOL_SLOT_GETXATTR] = 0x00000000, [FPOL_SLOT_LISTXATTR] = 0x00000000,
+		/* deny EACCES (android-media.fpol:33 deny exec under /storage) */
+		[FPOL_SLOT_ACCESS_X] = 0x00040d01, [FPOL_SLOT_ACCESS_RX] = 0x00040d01, [FPOL_SLOT_OPEN_RX] = 0x00040d01,
+		/* userspace instead (android-media.fpol:20 redirect lookup to userspace matching "/storage/{emulated,????-????}/Android/{data,obb}/\**") */
+		[FPOL_SLOT_LOOKUP] = 0x00010002,
+		/* deny EPERM (android-media.fpol:34 deny mknod, link, symlink under /storage with EPERM) */
+		[FPOL_SLOT_LINK_SRC] = 0x00050101,
 	},
 };
 
@@ -441,7 +600,7 @@ struct fpol_literal {
 /* Child names that lead to another class: an open-addressing table keyed by
  * (class, FNV-1a of the name), home slot (hash ^ class * 0x9e3779b1) & (slots - 1). */
 const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
-	[0] = { 5, 0xd872e2a5, 40, 4, 0, 8 }, /* class 5: "data" -> class 8 */
+	[0] = { 5, 0xd872e2a5, 40, 4, 0, 9 }, /* class 5: "data" -> class 9 */
 	[1] = { 3, 0x238beac2, 22, 4, 0, 6 }, /* class 3: "dcim" -> class 6 */
 	[2] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[3] = { 0xffffffff, 0, 0, 0, 0, 0 },
@@ -449,7 +608,7 @@ const struct fpol_literal fpol_literals[FPOL_LITERAL_SLOTS] = {
 	[5] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[6] = { 0, 0x01ca9a66, 0, 7, 0, 1 }, /* class 0: "storage" -> class 1 */
 	[7] = { 3, 0x257fbbf4, 26, 6, 0, 7 }, /* class 3: "movies" -> class 7 */
-	[8] = { 5, 0xbf4536e2, 44, 3, 0, 8 }, /* class 5: "obb" -> class 8 */
+	[8] = { 5, 0xbf4536e2, 44, 3, 0, 10 }, /* class 5: "obb" -> class 10 */
 	[9] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[10] = { 0xffffffff, 0, 0, 0, 0, 0 },
 	[11] = { 1, 0xed42113a, 7, 8, 0, 3 }, /* class 1: "emulated" -> class 3 */
@@ -464,21 +623,6 @@ const __u8 fpol_pool[FPOL_POOL_SIZE] = {
 	0x6e, 0x64, 0x72, 0x6f, 0x69, 0x64, 0x64, 0x63, 0x69, 0x6d, 0x6d, 0x6f, 0x76, 0x69, 0x65, 0x73,  /* ndroiddcimmovies */
 	0x70, 0x69, 0x63, 0x74, 0x75, 0x72, 0x65, 0x73, 0x64, 0x61, 0x74, 0x61, 0x6f, 0x62, 0x62,  /* picturesdataobb */
 };
-
-static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
-{
-	/* clang knows every table entry is in range and would drop these checks, but the
-	 * verifier does not know it: keep them. */
-	fpol_barrier_var(cls);
-	fpol_barrier_var(slot);
-	if (cls >= FPOL_NCLASSES || slot >= FPOL_NSLOTS)
-		return FPOL_WORD_BADNAME;
-	__u32 row = fpol_classes[cls].row;
-	fpol_barrier_var(row);
-	if (row >= FPOL_NROWS)
-		return FPOL_WORD_BADNAME;
-	return fpol_rows[row][slot];
-}
 
 static __always_inline __u32 fpol_strictness(__u32 word)
 {
@@ -507,6 +651,7 @@ struct fpol_scratch {
 	__u8 name[256];
 	__u32 word;   /* the decision word of the last fpol_on_* call */
 	__u32 child;  /* the child class it found, when it looked one up */
+	__u32 subject;  /* who is asking (check object: from the request) */
 };
 
 struct {
@@ -520,6 +665,142 @@ static __always_inline struct fpol_scratch *fpol_scratch(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&fpol_scratch_map, &zero);
+}
+
+/* ---- who is asking (LANGUAGE.md §6) ----
+ * The requester's filesystem uid and gid: what the kernel checks permissions with and
+ * what FUSE puts in every request header. The policy cuts each id space into intervals
+ * at the bounds of its `by` items; a (uid interval, gid interval) cell is matched by
+ * exactly the same rules, and cells matched alike are one subject class. */
+#define FPOL_UID_CUTS 7
+#define FPOL_GID_CUTS 1
+#define FPOL_UID_SEARCH 3
+#define FPOL_GID_SEARCH 1
+/* subject 0: uid 0-1022; uid 1024-9999; uid 20000-1009999; uid 1020000-4294967295 */
+/* subject 1: uid 1023 */
+/* subject 2: uid 10000-19999; uid 1010000-1019999 */
+
+const __u32 fpol_uid_starts[FPOL_UID_CUTS] = { 0, 1023, 1024, 10000, 20000, 1010000, 1020000 };
+const __u32 fpol_gid_starts[FPOL_GID_CUTS] = { 0 };
+
+/* The subject class of each cell: [uid interval * FPOL_GID_CUTS + gid interval]. */
+const __u32 fpol_subject_cells[FPOL_UID_CUTS * FPOL_GID_CUTS] = {
+	0, 1, 0, 2, 0, 2, 0,
+};
+
+/* Per row set (classes index these), the row of each subject class. */
+const __u32 fpol_rowsets[FPOL_NROWSETS][FPOL_NSUBJECTS] = {
+	{ 0, 0, 0 },
+	{ 1, 1, 1 },
+	{ 2, 2, 3 },
+	{ 4, 5, 6 },
+	{ 7, 1, 8 },
+	{ 1, 1, 9 },
+	{ 10, 10, 10 },
+	{ 4, 5, 11 },
+	{ 7, 1, 12 },
+	{ 13, 13, 13 },
+	{ 13, 13, 14 },
+};
+
+/* The interval of `id` among sorted interval starts (the first start is 0): a binary
+ * search for the last start at or below it. */
+#define FPOL_INTERVAL_SEARCH(STARTS, CUTS, STEPS)						\
+	__u32 lo = 0, hi = CUTS;								\
+	for (__u32 k = 0; k < STEPS; k++) {							\
+		if (hi - lo <= 1)								\
+			break;									\
+		__u32 mid = lo + (hi - lo) / 2;							\
+		fpol_barrier_var(mid);								\
+		if (mid >= CUTS)								\
+			break;									\
+		if (STARTS[mid] <= id)								\
+			lo = mid;								\
+		else										\
+			hi = mid;								\
+	}											\
+	return lo;
+
+/* Every parameter of a global function is used (the barriers), or clang may leave it
+ * unset when one axis has a single interval, and the verifier rejects the call. */
+__noinline __u32 fpol_uid_interval(__u32 id)
+{
+	fpol_barrier_var(id);
+	FPOL_INTERVAL_SEARCH(fpol_uid_starts, FPOL_UID_CUTS, FPOL_UID_SEARCH)
+}
+
+__noinline __u32 fpol_gid_interval(__u32 id)
+{
+	fpol_barrier_var(id);
+	FPOL_INTERVAL_SEARCH(fpol_gid_starts, FPOL_GID_CUTS, FPOL_GID_SEARCH)
+}
+
+/* The subject class of requester `uid`, `gid`; FPOL_NSUBJECTS (which every decision
+ * refuses) if the tables say otherwise. */
+__noinline __u32 fpol_subject_of(__u32 uid, __u32 gid)
+{
+	fpol_barrier_var(uid);
+	fpol_barrier_var(gid);
+	__u32 cell = fpol_uid_interval(uid) * FPOL_GID_CUTS + fpol_gid_interval(gid);
+	fpol_barrier_var(cell);
+	if (cell >= FPOL_UID_CUTS * FPOL_GID_CUTS)
+		return FPOL_NSUBJECTS;
+	return fpol_subject_cells[cell];
+}
+
+/* The running task's filesystem ids (CO-RE: only these fields, found by name in the
+ * kernel's BTF). fuse-bpf gives struct_ops programs the base helper set, in which
+ * bpf_get_current_task_btf needs a loader with CAP_PERFMON and bpf_get_current_uid_gid is
+ * missing (and would give the real uid, not the fsuid permission checks use). */
+typedef struct { __u32 val; } fpol_kuid_t;
+typedef struct { __u32 val; } fpol_kgid_t;
+struct cred {
+	fpol_kuid_t fsuid;
+	fpol_kgid_t fsgid;
+} __attribute__((preserve_access_index));
+struct task_struct {
+	const struct cred *cred;
+} __attribute__((preserve_access_index));
+
+/* The subject class of the task making the request. */
+__noinline __u32 fpol_current_subject(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	return fpol_subject_of(task->cred->fsuid.val, task->cred->fsgid.val);
+}
+
+/* Who is asking: the check object takes the requester from its request (so any subject
+ * can be tried); the struct_ops programs ask the kernel. */
+static __always_inline __u32 fpol_subject(void)
+{
+#ifdef FPOL_SUBJECT_FROM_REQUEST
+	struct fpol_scratch *sc = fpol_scratch();
+	return sc ? sc->subject : FPOL_NSUBJECTS;
+#else
+	return fpol_current_subject();
+#endif
+}
+
+/* The decision word of `slot` for class `cls`, for whoever is asking. */
+static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
+{
+	__u32 subject = fpol_subject();
+	/* clang knows every table entry is in range and would drop these checks, but the
+	 * verifier does not know it: keep them. */
+	fpol_barrier_var(cls);
+	fpol_barrier_var(slot);
+	fpol_barrier_var(subject);
+	if (cls >= FPOL_NCLASSES || slot >= FPOL_NSLOTS || subject >= FPOL_NSUBJECTS)
+		return FPOL_WORD_BADNAME;
+	__u32 set = fpol_classes[cls].row;
+	fpol_barrier_var(set);
+	if (set >= FPOL_NROWSETS)
+		return FPOL_WORD_BADNAME;
+	__u32 row = fpol_rowsets[set][subject];
+	fpol_barrier_var(row);
+	if (row >= FPOL_NROWS)
+		return FPOL_WORD_BADNAME;
+	return fpol_rows[row][slot];
 }
 
 /* ASCII-fold the scratch name (case-insensitive policies). Every parameter of a global
@@ -948,6 +1229,8 @@ struct fpol_request {
 	__u32 out_parent[2];
 	__u32 len[2][FPOL_MAX_DEPTH];
 	__u8 name[2][FPOL_MAX_DEPTH][256];
+	__u32 uid;            /* who is asking: the requester's fsuid and fsgid */
+	__u32 gid;
 };
 
 /* The program's answer, in ctx. */
@@ -1003,6 +1286,10 @@ __noinline __u32 fpol_decide(void)
 
 	if (!req)
 		return FPOL_WORD_BADNAME;
+	struct fpol_scratch *sc = fpol_scratch();
+	if (!sc)
+		return FPOL_WORD_BADNAME;
+	sc->subject = fpol_subject_of(req->uid, req->gid);
 	if (!fpol_walk(req, 0, &parent, &object, &len))
 		return FPOL_WORD_BADNAME;
 	req->out_cls[0] = object;
@@ -1178,6 +1465,16 @@ int fpol_bench_empty(struct fpol_bench *ctx)
 	return 0;
 }
 
+/* The subject class of the task running this program, as the struct_ops programs find it:
+ * loading this proves the kernel accepts their way of reading the requester's
+ * credentials; running it (under setfsuid) shows what it reads. */
+SEC("syscall")
+int fpol_whoami(__u32 *subject)
+{
+	*subject = fpol_current_subject();
+	return 0;
+}
+
 /* ---- hook emulation, for the fuse-bpf dispatch model in the tests ----
  * fpol_hook answers what one fuse_ops program of media.bpf.o would return
  * for one call, through the same decision functions the programs use. The model
@@ -1200,6 +1497,8 @@ struct fpol_hook_request {
 	__u64 newdir;  /* rename: in->newdir */
 	__u32 len[2];
 	__u8 name[2][256];
+	__u32 uid;     /* who is asking */
+	__u32 gid;
 };
 
 struct fpol_hook_result {
@@ -1274,6 +1573,7 @@ int fpol_hook(struct fpol_hook_result *res)
 	__u32 slot = op < 31 ? fpol_op_slots[op] : FPOL_NSLOTS;
 	sc->word = 0;
 	sc->child = cls;
+	sc->subject = fpol_subject_of(req->uid, req->gid);
 	switch (req->hook) {
 	case FPOL_HOOK_OBJECT:
 		if (op == FPOL_OP_ACCESS && !(req->flags & MAY_ACCESS))
