@@ -658,9 +658,19 @@ CASES = {
         S("b", "stat", "mixed/dir/new.key", "ENOENT"),
         S("b", "rename", "mixed/plain", to="mixed/plain.key", want="ENOENT"),
         S("a", "rename", "mixed/plain", to="mixed/plain.key"),
+        S("b", "stat", "mixed/plain.key", "ENOENT"),         # b's entry did not move along
         S("b", "read", "mixed/plain.key", "ENOENT"),
         S("b", "stat", "mixed/plain", "ENOENT", by="unix"),  # gone: the backing tree's ENOENT
         S("e", "read", "mixed/plain.key"),
+        S("a", "create", "pub/a-new", flags=W, mode=0o644, data="a"),
+        S("b", "stat", "pub/a-new"),                         # cached for everyone
+        S("a", "rename", "pub/a-new", to="mixed/a-new.key"),  # ... then moved out of b's sight
+        S("b", "stat", "mixed/a-new.key", "ENOENT"),
+        S("b", "lstat", "mixed/a-new.key", "ENOENT"),
+        S("a", "link", "mixed/a-new.key", to="pub/a-link"),  # nothing gained, for a
+        S("b", "stat", "pub/a-link"),                        # a's link, judged by its name
+        S("a", "link", "pub/a-link", to="mixed/dir/l.key"),
+        S("b", "stat", "mixed/dir/l.key", "ENOENT"),
         S("b", "rename", "mixed/dir", to="mixed/dir2"),      # allowed: b moves what it cannot see
         S("b", "stat", "mixed/dir2/b.key", "ENOENT"),
         S("a", "stat", "mixed/dir2/b.key"),
