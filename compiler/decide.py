@@ -116,7 +116,8 @@ def _rank(rule: Rule) -> tuple[int, bool]:
     return rule.specificity, bool(rule.subjects)
 
 
-def _winners(rules: list[Rule], attr: str) -> tuple[tuple[int, ...], object, tuple[int, ...]]:
+def _winners(rules: list[Rule], attr: str
+             ) -> tuple[tuple[int, ...], Optional[str], tuple[int, ...]]:
     top = max(_rank(r) for r in rules)
     best = sorted((r for r in rules if _rank(r) == top), key=lambda r: r.index)
     values = {getattr(r, attr) for r in best}
@@ -152,7 +153,7 @@ def _decide_selected(policy: Policy, atom: str, relevant: list, indexes: tuple) 
     their indexes."""
     # The outcome depends on the atom only through which rules select it and whether
     # it is a handle op: memoise on that (large policies repeat it endlessly).
-    memo = derived(policy, "_decisions", dict)
+    memo: dict[tuple[bool, tuple], Decision] = derived(policy, "_decisions", dict)
     key = (atom in _HANDLE_ATOMS, indexes)
     d = memo.get(key)
     if d is None:

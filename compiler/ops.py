@@ -37,7 +37,7 @@ NAMESPACE_OPS = frozenset({"lookup", "create", "mknod", "mkdir", "symlink", "unl
 TWO_PATH_OPS = frozenset({"rename", "link", "copy_file_range"})
 
 
-def _bits(r: bool, w: bool, x: bool) -> str:
+def _bits(r: int, w: int, x: int) -> str:
     return ("r" if r else "") + ("w" if w else "") + ("x" if x else "") or "-"
 
 
@@ -202,7 +202,7 @@ def parse_mask(text: str) -> int:
 class RequestAtoms:
     """The atoms a request is judged as: at its object and, for two-path ops, at the destination."""
 
-    source: Optional[str]
+    source: str
     destination: Optional[str]
 
 

@@ -167,7 +167,7 @@ def glob_patterns(value: bytes) -> tuple[Pattern, ...]:
         if not alt.startswith(b"/"):
             raise PathProblem("every brace alternative must keep the leading `/`", code="FP011")
         comps = [c for c in alt.split(b"/") if c]
-        parts = []
+        parts: list[Part] = []
         for c in comps:
             p = _part(c)
             if p is ANY and parts and parts[-1] is ANY:

@@ -234,7 +234,9 @@ def _environment() -> jinja2.Environment:
                        instance_names=_instance_names, instance_entries=_instance_entries)
     macros = env.get_template("programs.j2").module
     env.filters["program_entries"] = lambda programs, model: _program_entries(programs, model, macros)
-    env.filters["stub_macros"] = lambda programs: macros.stub_macros({_stub_name(p) for p in programs})
+    # stub_macros is a macro of programs.j2 (mypy sees only jinja2's TemplateModule).
+    env.filters["stub_macros"] = lambda programs: macros.stub_macros(  # type: ignore[attr-defined]
+        {_stub_name(p) for p in programs})
     return env
 
 

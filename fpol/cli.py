@@ -62,6 +62,7 @@ def cmd_check(args) -> int:
         else:
             for c in results:
                 p = c.policy
+                assert p is not None and c.classes is not None  # no errors
                 print(f"{c.source.file}: ok (policy {p.name}, {len(p.rules)} rules, "
                       f"{len(c.classes.classes)} classes)")
                 if p.has_subjects:

@@ -21,10 +21,11 @@ def _mark_paths(parser: argparse.ArgumentParser, shtab) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):
                 _mark_paths(sub, shtab)
+        # shtab reads `complete`, an attribute it adds to argparse's actions.
         elif action.metavar in _FILES:
-            action.complete = shtab.FILE
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
         elif action.metavar in _DIRECTORIES:
-            action.complete = shtab.DIRECTORY
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
 
 
 def script(shell: str) -> str:

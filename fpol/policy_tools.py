@@ -85,6 +85,7 @@ def cmd_learn(args) -> int:
     if old is None:
         return EXIT_USAGE
     by_path = {u.where: u.file for u in old.units}
+    last: list = [None]  # what recheck last checked
 
     def recheck(texts: dict[str, str]):
         def reader(path: str) -> bytes:
@@ -97,17 +98,17 @@ def cmd_learn(args) -> int:
         top = old.units[0]
         result = check(texts[top.file].encode("utf-8", "surrogateescape"), top.file,
                        origin=top.where, reader=reader)
-        recheck.last = result
+        last[0] = result
         return result.policy if result.ok else None
 
-    recheck.last = None
     proposal = propose(old.policy, old.units, log, args.widen, os.path.basename(log_name), recheck)
     refused = len(proposal.covered) + len(proposal.unresolved)
     for number in log.skipped_unknown_path:
         print(f"{log_name}:{number}: note: skipped: the daemon could not name the path",
               file=sys.stderr)
-    for e, why in proposal.unresolved:
-        print(f"{log_name}:{e.line}: warning: {e.text()}: not learned: {why}", file=sys.stderr)
+    for entry, why in proposal.unresolved:
+        print(f"{log_name}:{entry.line}: warning: {entry.text()}: not learned: {why}",
+              file=sys.stderr)
     if not refused:
         print(f"nothing to learn: {len(log.entries)} refused request(s) in {log_name}, all "
               f"allowed by {old.source.file} as it is now")
@@ -116,7 +117,7 @@ def cmd_learn(args) -> int:
     sys.stdout.write(text)
     if text:
         final = recheck({f: new for f, (_, new) in proposal.files.items()})
-        checked = recheck.last
+        checked = last[0]
         if final is None or checked is None or checked.classes is None:
             print("fpol: the proposed policy does not check; not applied", file=sys.stderr)
             return EXIT_DIFFER

@@ -309,7 +309,7 @@ class Map:
 
 class Link:
     def __init__(self, ptr: int):
-        self.ptr = ptr
+        self.ptr: Optional[int] = ptr
 
     @staticmethod
     def open_pinned(path: str) -> "Link":

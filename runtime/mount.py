@@ -24,7 +24,7 @@ import resource
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Optional, TextIO
+from typing import Optional, TextIO, cast
 
 from fpol.compiler.errors import EXIT_ENV, EXIT_OK, EXIT_POLICY, EXIT_USAGE, FpolError
 
@@ -198,7 +198,7 @@ def _preflight(source: str, mountpoint: str, err: TextIO) -> None:
         libc.umount2(mountpoint, libc.MNT_DETACH)
         print(f"fpol mount: cleared a dead mount at {mountpoint} (its daemon had exited)",
               file=err)
-    elif state == "live" and entry.fstype == FSTYPE:
+    elif state == "live" and entry is not None and entry.fstype == FSTYPE:
         raise MountError(EXIT_USAGE, f"{mountpoint} is already an fpol mount (of "
                                      f"{entry.source}); run `fpol umount {mountpoint}` first")
     if not os.path.isdir(mountpoint):
@@ -217,7 +217,7 @@ def _open_device():
                 errno.EACCES: "run as root, or give the container the device",
                 errno.EPERM: "run as root, or give the container the device",
                 errno.EISDIR: "it is not the FUSE character device",
-                }.get(e.errno, "check that it is the FUSE device (crw-rw-rw- 10,229)")
+                }.get(cast(int, e.errno), "check that it is the FUSE device (crw-rw-rw- 10,229)")
         raise MountError(EXIT_ENV, f"cannot open {DEVICE}: {e.strerror}; {hint}; "
                                    "nothing mounted") from None
 
@@ -229,7 +229,7 @@ def _mount_failed(mountpoint: str, e: OSError, extra: str = "") -> MountError:
             errno.EPERM: "mount(2) needs CAP_SYS_ADMIN in this mount namespace",
             errno.ENOTDIR: "the mountpoint must be a directory",
             errno.ENOENT: "the mountpoint or source disappeared",
-            }.get(e.errno, "")
+            }.get(cast(int, e.errno), "")
     strerror = os.strerror(e.errno) if e.errno else str(e)
     return MountError(EXIT_ENV, f"mount({mountpoint}){extra} failed: {strerror}"
                                 + (f"; {hint}" if hint else "") + "; nothing mounted")
@@ -237,7 +237,7 @@ def _mount_failed(mountpoint: str, e: OSError, extra: str = "") -> MountError:
 
 def mount(policy_path: str, source: str, mountpoint: str, foreground: bool = False,
           audit: Optional[str] = None, handler: Optional[str] = None,
-          passthrough: bool = True, out: TextIO = None, err: TextIO = None,
+          passthrough: bool = True, out: Optional[TextIO] = None, err: Optional[TextIO] = None,
           mode: str = "auto", owner_only: bool = False, log: Optional[str] = None,
           cache: str = "auto", metrics: Optional[str] = None, threads: int = 1) -> int:
     """Mount and serve (see the module docstring). Returns the exit code; in background mode
@@ -703,7 +703,7 @@ def describe_users(users: dict[int, tuple[str, list[str]]], limit: int = 8) -> s
     return "; ".join(parts) + (f"; and {more} more processes" if more > 0 else "")
 
 
-def umount(mountpoint: str, err: TextIO = None, lazy: bool = False) -> int:
+def umount(mountpoint: str, err: Optional[TextIO] = None, lazy: bool = False) -> int:
     """Unmount an fpol mount. A busy one is refused (exit 1, naming what uses it) unless
     `lazy`: then it is detached at once, its open files keep working, and its daemon exits
     when the last is closed. A dead one (its daemon gone) is removed."""
@@ -715,6 +715,7 @@ def umount(mountpoint: str, err: TextIO = None, lazy: bool = False) -> int:
     if state == "none":
         print(f"fpol umount: {mountpoint} is not a mount point", file=err)
         return EXIT_USAGE
+    assert entry is not None  # live or dead
     if not entry.fstype.startswith("fuse"):
         print(f"fpol umount: {mountpoint} is a {entry.fstype} mount, not FUSE; not touching it",
               file=err)

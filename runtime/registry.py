@@ -22,9 +22,12 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .files import replace_atomically
+
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10
 
 REGISTRY_DIR = "/run/fpol/mounts"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -129,7 +132,7 @@ def _read(path: str) -> Optional[MountRecord]:
         return None  # damaged: stale by definition
 
 
-def _valid(rec: Optional[MountRecord], devs: dict[str, str]) -> bool:
+def _valid(rec: Optional[MountRecord], devs: dict[str, str]) -> TypeGuard[MountRecord]:
     return rec is not None and bool(rec.dev) and devs.get(rec.mountpoint) == rec.dev
 
 

@@ -141,6 +141,7 @@ def reloader(server, mountpoint: str, log: Callable[[str], None]) -> Callable[[s
                                {checked.source.file: list(checked.source.lines)})
             return {"ok": False, "message": f"{path}: policy has errors; the old policy "
                                             "stays", "diagnostics": text}
+        assert checked.classes is not None  # ok
         view = PolicyView(checked.classes, checked.digest)
         with server.lock:
             old = server.enf.view
@@ -175,7 +176,8 @@ def _record_reload(mountpoint: str, checked, path: str) -> None:
 
 # --- the command -------------------------------------------------------------------------------
 
-def reload(mountpoint: str, policy_path: str, out: TextIO = None, err: TextIO = None) -> int:
+def reload(mountpoint: str, policy_path: str, out: Optional[TextIO] = None,
+           err: Optional[TextIO] = None) -> int:
     from fpol.compiler.diagnostics import render_text
     from fpol.compiler.driver import check
 

@@ -37,7 +37,7 @@ from .server import NO_REPLY, FuseServer
 Op = P.Opcode
 
 # In-args of filter requests: (fixed struct bytes, NUL-terminated names that follow).
-IN_ARGS = {
+IN_ARGS: dict[int, tuple[int, int]] = {
     Op.LOOKUP: (0, 1), Op.GETATTR: (16, 0), Op.SETATTR: (88, 0), Op.OPEN: (8, 0),
     Op.OPENDIR: (8, 0), Op.CREATE: (16, 1), Op.MKNOD: (16, 1), Op.MKDIR: (8, 1),
     Op.READ: (40, 0), Op.WRITE: (40, 0), Op.LSEEK: (24, 0), Op.COPY_FILE_RANGE: (56, 0),
@@ -49,7 +49,7 @@ IN_ARGS = {
 # A prefilter's last in-arg, when it is an immutable name, is not part of the reply (§9).
 IMMUTABLE_LAST_NAME = frozenset({Op.CREATE, Op.MKNOD, Op.MKDIR})
 
-OP_NAMES = {
+OP_NAMES: dict[int, str] = {
     Op.LOOKUP: "lookup", Op.GETATTR: "getattr", Op.SETATTR: "setattr", Op.OPEN: "open",
     Op.OPENDIR: "opendir", Op.CREATE: "create", Op.MKNOD: "mknod", Op.MKDIR: "mkdir",
     Op.READ: "read", Op.WRITE: "write", Op.LSEEK: "lseek",

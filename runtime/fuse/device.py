@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 from . import protocol as P
 from fpol.compiler.errors import EnvironmentProblem
@@ -98,7 +98,7 @@ class Channel:
                 if e.errno in _GONE:
                     raise Unmounted() from None
                 raise DeviceError(f"reading {DEVICE} failed: {e.strerror} "
-                                  f"({errno.errorcode.get(e.errno, e.errno)})") from None
+                                  f"({errno.errorcode.get(cast(int, e.errno), e.errno)})") from None
             if n == 0:
                 raise Unmounted()
             if n < P.IN_HEADER.size:
@@ -129,7 +129,7 @@ class Channel:
                 os.write(self.fd, data)
                 return
             except OSError as e:
-                err = e.errno
+                err = cast(int, e.errno)  # set by every failed system call
             if err in _TRANSIENT:
                 continue
             # ENOENT: the caller was interrupted and the kernel dropped the request.

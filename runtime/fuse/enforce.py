@@ -262,7 +262,7 @@ class Enforcer:
     # --- acting on a decision ------------------------------------------------------------
 
     def run(self, d: Decision, event: Union[Event, Callable[[], Event]],
-            perform: Callable[[], T], undo: Optional[Callable[[T], None]] = None,
+            perform: Callable[[], T], undo: Optional[Callable[[T], object]] = None,
             rule: Optional[int] = None, exdev: bool = False) -> T:
         """Refuse, perform, or consult the handler, as decision `d` says; log what it asks.
 
@@ -280,21 +280,25 @@ class Enforcer:
         if d.kind == DENY:
             err = errno_number(d.errno or "EACCES")
             if d.audit:
+                assert ev is not None  # noted
                 self.audit.write(ev, DENY, err, rule, result=err)
             raise Refused(err)
         if d.kind == USERSPACE:
+            assert ev is not None  # noted
             return self._userspace(d, ev, perform, undo, rule)
         try:
             result = perform()
         except OSError as e:
             if noted:
+                assert ev is not None
                 self._note(ev, d, rule, audit_rule, e.errno, exdev)
             raise
         if noted:
+            assert ev is not None
             self._note(ev, d, rule, audit_rule, 0, exdev)
         return result
 
-    def _note(self, ev: Event, d: Decision, rule, audit_rule, result: int,
+    def _note(self, ev: Event, d: Decision, rule, audit_rule, result: Optional[int],
               exdev: bool = False) -> None:
         if d.complained:
             self.audit.write(ev, ALLOW, errno_number(self._denied_with(d, exdev)), rule,
@@ -354,7 +358,7 @@ class Enforcer:
             return errno_mod.EIO
 
     def _log_userspace(self, ev: Event, d: Decision, rule, refused: Optional[int],
-                       result: int) -> None:
+                       result: Optional[int]) -> None:
         # The default handler logs every op it performs; a user handler's events are
         # logged when it refuses or the policy audits them.
         if self.handler is None or refused or d.audit:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 from . import protocol as P
 
@@ -55,11 +55,12 @@ class Node:
 
     def path(self) -> Optional[tuple[bytes, ...]]:
         """Components from the mount root, or None once the node is no longer linked."""
-        parts = []
+        parts: list[bytes] = []
         n = self
         while not n.is_root:
             if n.parent is None:
                 return None
+            assert n.name is not None  # linked, so named
             parts.append(n.name)
             n = n.parent
         return tuple(reversed(parts))
@@ -68,6 +69,7 @@ class Node:
         """(parent, name) for *at() calls that must name the object itself (symlinks)."""
         if self.parent is None:
             raise OSError(errno.ENOENT, "object no longer linked")
+        assert self.name is not None  # linked, so named
         return self.parent, self.name
 
 
@@ -140,8 +142,8 @@ class InodeTable:
         if node.nlookup > 0:
             return None
         del self.nodes[nodeid]
-        if node.parent is not None and node.parent.children.get(node.name) is node:
-            del node.parent.children[node.name]
+        if node.parent is not None and node.parent.children.get(cast(bytes, node.name)) is node:
+            del node.parent.children[cast(bytes, node.name)]
         os.close(node.fd)
         node.fd = -1
         return node
@@ -171,6 +173,7 @@ class InodeTable:
 
     def _reclassify(self, node: Node, classify: Callable[[int, bytes], int]) -> None:
         for n in self.subtree(node):
+            assert n.parent is not None and n.name is not None  # linked, so named
             n.cls = classify(n.parent.cls, n.name)
 
     @staticmethod
@@ -192,13 +195,14 @@ class InodeTable:
                 continue  # reached from its top (the root, or an unlinked directory)
             top.cls = root_class if top.is_root else classify(top.last_path or ())
             for n in self.subtree(top)[1:]:
+                assert n.parent is not None and n.name is not None  # below top: linked
                 n.cls = child(n.parent.cls, n.name)
         return list(self.nodes.values())
 
     def _detach(self, node: Node) -> None:
         node.last_path = node.path()
-        if node.parent is not None and node.parent.children.get(node.name) is node:
-            del node.parent.children[node.name]
+        if node.parent is not None and node.parent.children.get(cast(bytes, node.name)) is node:
+            del node.parent.children[cast(bytes, node.name)]
         node.parent = None
         node.name = None
 

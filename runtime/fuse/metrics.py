@@ -20,8 +20,11 @@ for metrics without it fails to start, saying so.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from fpol.compiler.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 
 class MetricsUnavailable(EnvironmentProblem):
@@ -53,7 +56,7 @@ class Metrics:
         self.policy = pc.Info("fpol_policy", "The policy in force", registry=r)
         self.reloads = pc.Counter("fpol_reloads", "Policy reloads by result", ["result"],
                                   registry=r)
-        self._server = None
+        self._server: Optional[WSGIServer] = None
 
     def bind(self, address: str) -> tuple[str, int]:
         """Bind the HTTP endpoint on HOST:PORT (port 0: any free port) and return where,

@@ -13,6 +13,7 @@ import os
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
+from typing import Any
 from fpol.compiler.errors import EnvironmentProblem
 
 KERNEL_MAJOR = 7
@@ -29,7 +30,8 @@ class Layout:
         self.names = tuple(n for n, _ in pairs if n != "_")
         self.struct = struct.Struct("<" + "".join(fmt for _, fmt in pairs))
         self.size = self.struct.size
-        self.tuple = namedtuple(name, self.names)
+        # Made at run time, which mypy does not model (it wants NamedTuple classes).
+        self.tuple: Any = namedtuple(name, self.names)  # type: ignore[misc]
         # Pad fields (`_`) are written as zero bytes by the `x` format and never named.
 
     def pack(self, **values: int) -> bytes:
@@ -234,7 +236,8 @@ MAX_ERRNO = 511
 
 def split_names(buf, count: int) -> list[bytes]:
     """`count` NUL-terminated names from the start of buf (the way names follow in-args)."""
-    out, pos = [], 0
+    out: list[bytes] = []
+    pos = 0
     data = bytes(buf)
     for _ in range(count):
         end = data.find(b"\0", pos)

@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 from fpol.compiler import ops as langops
 from fpol.compiler.policy import ALLOW, DENY
@@ -43,6 +43,9 @@ from fpol.compiler.view import PolicyView
 from .device import Channel, Request, Unmounted
 from .enforce import Enforcer, Event, Refused
 from .inodes import Handle, HandleTable, InodeTable, Node, proc_path
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 NO_REPLY = object()
 Op = P.Opcode
@@ -61,7 +64,7 @@ def _check_name(name: bytes) -> bytes:
 
 class FuseServer:
     def __init__(self, channel: Channel, root_fd: int, enforcer: Enforcer,
-                 passthrough: bool = True, log: Callable[[str], None] = None,
+                 passthrough: bool = True, log: Optional[Callable[[str], None]] = None,
                  cache_seconds: float = 0.0, threads: int = 1):
         self._ch = channel
         self._local = threading.local()  # a worker thread's own channel (`ch`)
@@ -75,7 +78,7 @@ class FuseServer:
         # Held while a request is decided and performed: a reload swaps the policy
         # between two requests, never during one.
         self.lock = threading.Lock()
-        self.metrics = None  # a metrics.Metrics when `--metrics` asks for them
+        self.metrics: Optional[Metrics] = None  # when `--metrics` asks for them
         self.inodes = InodeTable(root_fd, enforcer.root_class)
         self.handles = HandleTable()
         self.want_passthrough = passthrough
@@ -169,6 +172,7 @@ class FuseServer:
 
     def _observe(self, opcode: int, seconds: float) -> None:
         m, op = self.metrics, _OP_NAMES.get(opcode, str(opcode))
+        assert m is not None  # dispatch() observes only with metrics
         m.latency.labels(op).observe(seconds)
         if self.enf.last is None:
             m.requests.labels(op, "none").inc()
@@ -202,7 +206,7 @@ class FuseServer:
             err = errno.EIO
         else:
             if out is not NO_REPLY:
-                self.ch.reply(req.unique, out)
+                self.ch.reply(req.unique, cast(bytes, out))
             return
         if req.opcode in P.NO_REPLY_OPCODES:
             return
@@ -261,7 +265,7 @@ class FuseServer:
         self._count_invalidation("entries", len(nodes))
         # Older kernels: one INVAL_ENTRY per name. The kernel takes the parent's lock for
         # it, which a request waiting on this thread may hold: sent from another thread.
-        messages = [P.inval_entry(n.parent.nodeid, n.name) for n in nodes
+        messages = [P.inval_entry(n.parent.nodeid, cast(bytes, n.name)) for n in nodes
                     if n.parent is not None]
         threading.Thread(target=lambda: [self.ch.notify(m) for m in messages],
                          daemon=True).start()
@@ -592,7 +596,8 @@ class FuseServer:
         for h in self.handles.handles.values():
             if not h.passthrough:
                 continue
-            names, n = [], h.node
+            names: list = []
+            n: Optional[Node] = h.node
             while n is not None and n is not node:
                 names.append(n.name)
                 n = n.parent
@@ -800,7 +805,9 @@ class FuseServer:
     def flush(self, req: Request):
         a = P.FLUSH_IN.unpack(req.body)
         # close() of a duplicate flushes what the backing filesystem flushes at close (NFS).
-        return self._handle_op(req, "flush", a.fh, lambda h: os.close(os.dup(h.fd)) or b"")
+        # (mypy refuses `None or b""` on a function returning None.)
+        return self._handle_op(req, "flush", a.fh,
+                               lambda h: os.close(os.dup(h.fd)) or b"")  # type: ignore[func-returns-value]
 
     def fsync(self, req: Request):
         a = P.FSYNC_IN.unpack(req.body)
@@ -997,7 +1004,9 @@ class FuseServer:
 
     def fsyncdir(self, req: Request):
         a = P.FSYNC_IN.unpack(req.body)
-        return self._handle_op(req, "fsyncdir", a.fh, lambda h: os.fsync(h.fd) or b"")
+        # (mypy refuses `None or b""` on a function returning None.)
+        return self._handle_op(req, "fsyncdir", a.fh,
+                               lambda h: os.fsync(h.fd) or b"")  # type: ignore[func-returns-value]
 
     # --- session ops ------------------------------------------------------------------------
 
