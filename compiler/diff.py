@@ -209,8 +209,10 @@ def diff(old: ClassTree, new: ClassTree) -> DiffResult:
 
 # --- output ----------------------------------------------------------------------------
 
-def _side(policy: Policy, req: Request, d: Decision) -> dict:
+def _side(policy: Policy, req: Request, d: Decision, by_subject: bool) -> dict:
     out = to_json(policy, Verdict(req, d))
+    if not by_subject:  # neither policy asks who is asking: the output it always had
+        out.pop("subject")
     return out
 
 
@@ -224,8 +226,8 @@ def difference_json(result: DiffResult, d: Difference) -> dict:
         "atoms": list(d.atoms),
         "groups": list(d.groups),
         **({"requesters": [{"uid": u, "gid": g} for u, g in d.requesters]} if d.requesters else {}),
-        "old": _side(result.old, req, d.old),
-        "new": _side(result.new, req, d.new),
+        "old": _side(result.old, req, d.old, bool(d.requesters)),
+        "new": _side(result.new, req, d.new, bool(d.requesters)),
     }
 
 
