@@ -740,22 +740,27 @@ def test_daemon_trusts_fsuid_and_fsgid(worlds):
     world = worlds("30")
     world.fresh()
     mnt = world.dir("mount")
-    problems = []
+    problems, wants = [], []
     for uid, gid, how, rel in [(2002, 2002, "stat", "private/f"), (2001, 2001, "stat", "private/f"),
                                (2010, 0, "read", "mixed/a.key"), (0, 0, "read", "mixed/a.key"),
                                (2001, 2001, "write", "etc/conf"), (0, 0, "write", "etc/conf"),
                                (2005, GGID, "write", "etc/conf"), (2002, 2002, "read", "db/data"),
-                               (2003, G, "read", "team/draft"), (2003, 2003, "read", "team/draft")]:
+                               (2003, G, "read", "team/draft"), (2003, 2003, "read", "team/draft"),
+                               (0, G, "read", "team/draft"),  # root is no exception to `by gid`
+                               (0, G, "write", "etc/conf")]:  # ... and matches `except by uid 0`
         op = {"stat": "getattr", "read": "open", "write": "open"}[how]
         flags = os.O_WRONLY if how == "write" else os.O_RDONLY
         want = _verdict(world, uid, gid, op, rel, flags if op == "open" else 0)
         got = subprocess.run([PY, "-c", FSID_PROBE, str(uid), str(gid),
                               os.path.join(mnt, rel), how], capture_output=True, text=True,
                              check=True).stdout.strip()
+        wants.append(want)
         if got != want:
             problems.append(f"fsuid {uid} fsgid {gid} (euid 0): {how} {rel}: the evaluator "
                             f"says {want}, the mount {got}")
     assert not problems, "\n".join(problems)
+    assert wants == ["ENOENT", "ok", "ENOENT", "ok", "EROFS", "ok", "ok", "EPERM", "EACCES",
+                     "ok", "EACCES", "ok"], wants
     assert static_view(world.dir("src")) == static_view(world.dir("twin"))
 
 
