@@ -64,7 +64,7 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
         _headers_in_include(sub, reporter.for_file(sub.file))
     trees = (tree,) + tuple(included)
     defs = _definitions(trees, reporter)
-    rules = []
+    rules: list[Rule] = []
     if statements is None:
         statements = [(t.file, st) for t in trees for st in t.statements]
     for file, st in statements:
@@ -354,7 +354,7 @@ def _term(scope: ast.Scope, reporter: Reporter) -> Optional[Term]:
     try:
         if scope.kind in ("under", "at"):
             comps = normalise_path(scope.path.value)
-            patterns = (comps + ((ANY,) if scope.kind == "under" else ()),)
+            patterns: tuple[tuple, ...] = (comps + ((ANY,) if scope.kind == "under" else ()),)
         elif scope.kind == "matching":
             patterns = glob_patterns(scope.path.value)
         else:
@@ -414,12 +414,14 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
             bad = sorted(op_names - AFTER_SUPPORTED, key=ops.SINGLE_OPS.index)
         if bad:
             names = ", ".join(bad)
+            assert st.target is not None  # it gave the mode
             reporter.add("FP022", f"fuse-bpf cannot send {names} to userspace `{mode}` the kernel "
                          f"op (spec §9)", st.target.span,
                          f"list only ops that support `{mode}`, or use plain `to userspace`")
 
-    terms = [_term(s, reporter) for s in st.scopes]
-    excepts = [_term(s, reporter) for clause in st.excepts for s in clause]
+    # Optional[Term]s, None where a scope is wrong (then no rule is made)
+    terms: list = [_term(s, reporter) for s in st.scopes]
+    excepts: list = [_term(s, reporter) for clause in st.excepts for s in clause]
     subjects = _rule_subjects(st, reporter)
     errors_after = len([d for d in reporter.items if d.is_error])
     if parse_errors or errors_after != errors_before or atoms is None or None in terms \

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, cast
 
 from . import ops
 from .evaluate import Request, Verdict
@@ -86,7 +86,7 @@ def to_json(policy: Policy, v: Verdict) -> dict:
         "complain": d.complained,
         "no_gain_by_moving": {
             "op": v.exdev_atom,
-            "at": show_path(v.request.path + v.exdev_suffix),
+            "at": show_path(v.request.path + cast("tuple[bytes, ...]", v.exdev_suffix)),
         } if v.exdev and not v.note else None,
         "note": v.note,
         "subject": {"uid": v.request.uid, "gid": v.request.gid},
@@ -106,6 +106,7 @@ def to_text(policy: Policy, v: Verdict, subject_given: bool = False) -> str:
         pass  # a realisation's refusal: the note below says why
     elif v.exdev:
         lost = policy.rules[v.lost_rule] if v.lost_rule is not None else None
+        assert v.exdev_suffix is not None  # set with exdev
         at = show_path(v.request.path + v.exdev_suffix)
         because = f"which {lost.file or where}:{lost.line} ({lost.text}) decides at the source" if lost else \
             "which the default decides at the source"

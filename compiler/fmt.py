@@ -23,6 +23,7 @@ for _name in ops.GROUPS + ops.SINGLE_OPS:  # read, write, create: the group's pl
 
 def render_ref(lit: ast.PathLit, kind: str) -> str:
     """`$NAME...` as written, the part after the name normalised like any path."""
+    assert lit.ref is not None  # a reference
     name, rest = lit.ref
     if kind in ("under", "at") and rest.startswith(b"/"):
         try:

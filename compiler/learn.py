@@ -27,7 +27,7 @@ import difflib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 from . import ast, ops
 from .decide import Decision
@@ -129,7 +129,7 @@ def _atoms(e: Logged) -> list[tuple[tuple[bytes, ...], str]]:
     if e.op == "access" and e.mask is not None:
         return [(e.path, ops.access_atom(e.mask))]
     if e.op in ops.TWO_PATH_OPS:
-        return [(e.path, f"{e.op}:src"), (e.to, f"{e.op}:dst")]
+        return [(e.path, f"{e.op}:src"), (cast("tuple[bytes, ...]", e.to), f"{e.op}:dst")]
     return [(e.path, a) for a in ops.ATOMS_OF_OP[e.op]]
 
 
@@ -165,7 +165,7 @@ def _suffix_glob(names: list[bytes]) -> Optional[bytes]:
     if len(names) == 1:
         dot = names[0].rfind(b".")
         return b"*" + names[0][dot:] if dot > 0 else names[0]
-    common = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    common = cast(bytes, os.path.commonprefix([n[::-1] for n in names]))[::-1]
     seps = [i for i in (common.find(b"."), common.find(b"_"), common.find(b"-")) if i >= 0]
     if seps:
         common = common[min(seps):]
@@ -242,7 +242,7 @@ class Proposal:
     changed: int = 0  # rules given an except
 
     def unified_diff(self) -> str:
-        out = []
+        out: list[str] = []
         for file, (old, new) in self.files.items():
             if old == new:
                 continue
@@ -331,10 +331,10 @@ def _render(texts: dict[str, str], trees, top: str, policy: Policy,
             continue
         new_scopes = tuple(x for sc in scopes for x in sc.scopes(st.span, True))
         changed = replace(st, excepts=st.excepts + (new_scopes,))  # `by` lists kept
-        lines = set().union(*scopes.values())
+        numbers = set().union(*scopes.values())
         what = ", ".join(sc.except_text for sc in scopes)
         edits.setdefault(file, []).append((st.span.line, st.span.end_line, [
-            f"# fpol learn ({log_name}): `except {what}` covers {_count(len(lines))}",
+            f"# fpol learn ({log_name}): `except {what}` covers {_count(len(numbers))}",
             render_rule(changed)]))
     for file, text in texts.items():
         lines = text.split("\n")
@@ -362,7 +362,7 @@ def _render(texts: dict[str, str], trees, top: str, policy: Policy,
                      f"({_count(len(total))})"]
         for scope_text, by_op in sorted(allows.items()):
             names = sorted(by_op, key=lambda o: ops.SINGLE_OPS.index(o))
-            lines = set().union(*by_op.values())
-            added.append(f"allow {', '.join(names)} {scope_text}  # {_count(len(lines))}")
+            numbers = set().union(*by_op.values())
+            added.append(f"allow {', '.join(names)} {scope_text}  # {_count(len(numbers))}")
         out[top] = body + "\n".join(added) + "\n"
     return out

@@ -4,6 +4,8 @@ can never decide anything (warnings), exact because they walk every class.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from . import ops
 from .classes import RawState, matching_rules
 from .decide import Decision, decide_table
@@ -14,7 +16,7 @@ from .subjects import partition
 ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
 
 
-def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]],
+def lint(policy: Policy, raw: list[RawState], tables: Sequence[tuple[Decision, ...]],
          reporter: Reporter) -> None:
     """`tables` are the raw states' decision tables. A policy with subject conditions
     (LANGUAGE.md §6) is checked for every subject class: the rules matching a state's
@@ -43,6 +45,7 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
             if r.atoms:  # the table has every atom
                 matched.add(r.index)
         for s in range(nsubjects):
+            key: tuple
             if nsubjects == 1:
                 applying = here
                 key = (id(table), tuple(r.index for r in here))
@@ -95,11 +98,11 @@ def lint(policy: Policy, raw: list[RawState], tables: list[tuple[Decision, ...]]
         if r.index not in decided:
             if not any(subjects.applies(r, s) for s in range(nsubjects)):
                 continue  # it applies to nobody: FP110 (compiler/analyse.py) says so
-            others = sorted(deciders_where_matched.get(r.index, ()))
+            deciders = sorted(deciders_where_matched.get(r.index, ()))
             related = tuple(("decided instead by this rule", rules[i].span, rules[i].file)
-                            for i in others[:3])
+                            for i in deciders[:3])
             reporter.add("FP101", _as(r, "rule never decides anything: wherever it matches, "
-                         + ("a stricter or more specific rule decides" if others else "another rule decides")),
+                         + ("a stricter or more specific rule decides" if deciders else "another rule decides")),
                          r.span, "remove it, or narrow the rule that shadows it", related=related,
                          file=r.file)
 
@@ -138,7 +141,7 @@ def _as(rule, message: str) -> str:
 _ONTO_NAME = ("create:w", "create:rw", "mknod", "mkdir", "symlink", "rename:dst", "link:dst")
 
 
-def _hidden_but_replaceable(policy: Policy, tables: list[tuple[Decision, ...]],
+def _hidden_but_replaceable(policy: Policy, tables: Sequence[tuple[Decision, ...]],
                             reporter: Reporter) -> None:
     """FP106: a node whose lookup is denied with ENOENT while some op onto its name is not
     denied, reported once per deciding rule, naming the ops (exact: every table is seen)."""

@@ -12,7 +12,7 @@ import functools
 import re
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -72,7 +72,8 @@ def _parse_statements(source: Source, reporter: Reporter) -> list[ast.Statement]
     scratch = Reporter(reporter.file)
     try:
         with _building(scratch, 0):
-            statements = _lark().parse(source.blanked, start="file")
+            # The builder's callbacks make the statements (lark's types say a Tree).
+            statements = cast("list[ast.Statement]", _lark().parse(source.blanked, start="file"))
     except UnexpectedInput:
         pass
     else:
@@ -85,7 +86,7 @@ def _parse_statements(source: Source, reporter: Reporter) -> list[ast.Statement]
             text = text[:-1]
         try:
             with _building(reporter, ll.first - 1):
-                statements.append(_lark().parse(text, start="statement"))
+                statements.append(cast(ast.Statement, _lark().parse(text, start="statement")))
         except UnexpectedInput as e:
             _report_syntax(e, ll.first - 1, reporter)
     return statements
@@ -211,20 +212,22 @@ class _Builder:
         self.offset = 0
 
     # spans ------------------------------------------------------------------
+    # lark types a Token's position Optional (a Token made by hand has none); every token
+    # of a parse has one.
     def _tok_span(self, tok: Token) -> Span:
         o = self.offset
-        return Span(tok.line + o, tok.column, tok.end_line + o, tok.end_column)
+        return Span(tok.line + o, tok.column, tok.end_line + o, tok.end_column)  # type: ignore[operator, arg-type]
 
     def _start(self, x) -> tuple[int, int]:
         if isinstance(x, Token):
-            return x.line + self.offset, x.column
+            return x.line + self.offset, x.column  # type: ignore[operator, return-value]
         if isinstance(x, tuple):
             return self._start(x[1] if x and x[0] == "except" else x[0])
         return x.span.line, x.span.column
 
     def _end(self, x) -> tuple[int, int]:
         if isinstance(x, Token):
-            return x.end_line + self.offset, x.end_column
+            return x.end_line + self.offset, x.end_column  # type: ignore[operator, return-value]
         if isinstance(x, tuple):
             return self._end(x[-1])
         return x.span.end_line, x.span.end_column
@@ -292,6 +295,7 @@ class _Builder:
         span = self._tok_span(tok)
         raw = str(tok)
         if tok.type == "STRING":
+            assert self.reporter is not None  # set while building
             return ast.PathLit(raw, decode_string(raw, span, self.reporter), True, span)
         return ast.PathLit(raw, raw.encode(), False, span)
 
@@ -340,7 +344,8 @@ class _Builder:
     def rule(self, ch):
         action, ops, *rest = ch
         target = None
-        scopes, excepts, errnos, subjects, except_subjects = [], [], [], [], []
+        scopes, excepts, errnos, subjects = [], [], [], []
+        except_subjects: list[ast.SubjectItem] = []
         for item in rest:
             if isinstance(item, ast.Target):
                 target = item

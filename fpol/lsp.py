@@ -27,11 +27,14 @@ import asyncio
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import unquote, urlparse
 
 from fpol.compiler import ast, ops
 from fpol.compiler.diagnostics import ERROR
+
+if TYPE_CHECKING:
+    from fpol.compiler.driver import Checked
 
 # --- the language side: text in, plain data out ---------------------------------------------
 
@@ -113,7 +116,7 @@ class Document:
     path: str
     check: bool = True
     lines: list[str] = field(init=False)
-    checked: object = field(init=False, default=None)
+    checked: Optional[Checked] = field(init=False, default=None)
     problems: list[Problem] = field(init=False, default_factory=list)
 
     def __post_init__(self):
@@ -442,10 +445,10 @@ def completions(doc: Document, line: int, col: int) -> list[Item]:
     if head == "default" and len(tokens) == 1:
         return [Item(v, "keyword", "default action") for v in HEADER_VALUES["default"]]
     if last == "with":
-        first = [Item(e, "errno", os.strerror(ERRNOS[e])) for e in COMMON_ERRNOS]
+        common = [Item(e, "errno", os.strerror(ERRNOS[e])) for e in COMMON_ERRNOS]
         rest = [Item(e, "errno", os.strerror(v)) for e, v in sorted(ERRNOS.items())
                 if e not in COMMON_ERRNOS]
-        return first + rest
+        return common + rest
     if last == "to":
         return [Item("userspace", "keyword", "redirect target")]
     if head in ACTIONS and last == "," and len(tokens) > 3 and tokens[-3] in SUBJECT_KINDS:
@@ -518,10 +521,10 @@ def definition(doc: Document, line: int, col: int):
     found = word_at(doc, line, col)
     if found is None or not found[0].startswith("$"):
         return None
-    name = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)", found[0])
-    if name is None:
+    ref = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)", found[0])
+    if ref is None:
         return None
-    name = name.group(1)
+    name = ref.group(1)
     seen: set[str] = set()
     queue = [(os.path.abspath(doc.path), doc.text)]
     while queue:  # this file first, then what it includes, breadth first
@@ -789,6 +792,7 @@ def build_server():
         start, end = at(doc, params.range.start), at(doc, params.range.end)
         actions = []
         for p in quick_fixes(doc, start, end):
+            assert p.fix is not None  # quick_fixes has only those with a fix
             edit = t.TextEdit(range=rng(doc, p.start, p.end), new_text=p.fix)
             actions.append(t.CodeAction(
                 title=f"Replace with `{p.fix}` ({p.code})", kind=t.CodeActionKind.QuickFix,
