@@ -12,16 +12,19 @@ decisions and the same transitions are merged (minimisation).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from . import ops
-from .decide import ATOM_INDEX, Decision, DecisionTable, decide_table
+from .decide import Decision, DecisionTable, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
-from .memo import derived
+from .automaton import closure as _closure, collect as _collect, rules_holding
 from .subjects import Partition, partition
+
+# The rules that hold where a state's patterns accept (compiler/automaton.py).
+matching_rules = rules_holding
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
@@ -186,17 +189,6 @@ def _subject_lines(policy: Policy, table: tuple[Decision, ...], width: int) -> l
 # --- construction --------------------------------------------------------------------
 
 @dataclass
-class _Patterns:
-    """Every pattern of every term, flattened: pattern id -> parts, term of each pattern."""
-
-    parts: list[tuple] = field(default_factory=list)
-    # The (rule index, term key) pairs each pattern belongs to: equal patterns of many
-    # rules (the same `named` glob, the same `under` path) are one pattern, so they are
-    # one position in a state instead of one per rule.
-    terms_of: list[frozenset] = field(default_factory=list)
-
-
-@dataclass
 class RawState:
     """A subset-construction state before minimisation (used by lint as well)."""
 
@@ -207,50 +199,6 @@ class RawState:
     masks: dict  # mask -> state id
     default: int
     example: bytes
-
-
-def _fold_part(part, fold: bool):
-    if not fold or part is ANY:
-        return part
-    if isinstance(part, Glob):
-        return Glob(part.text.lower())
-    return part.lower()
-
-
-def _collect(policy: Policy) -> _Patterns:
-    pats = _Patterns()
-    fold = policy.case_insensitive
-    index: dict[tuple, int] = {}
-    terms: list[list] = []
-    for r in policy.rules:
-        for key, term in [(("t", i), t) for i, t in enumerate(r.terms)] + \
-                         [(("x", i), t) for i, t in enumerate(r.excepts)]:
-            for pattern in term.patterns:
-                folded = tuple(_fold_part(p, fold) for p in pattern)
-                pid = index.get(folded)
-                if pid is None:
-                    pid = index[folded] = len(pats.parts)
-                    pats.parts.append(folded)
-                    terms.append([])
-                terms[pid].append((r.index, key))
-    pats.terms_of = [frozenset(t) for t in terms]
-    return pats
-
-
-def _closure(positions, parts: list[tuple], at_any: Optional[frozenset] = None) -> frozenset:
-    """The positions plus every position reached from them by skipping `**` parts.
-    `at_any`, when given, is the set of every position at a `**` (build_raw's), so the
-    work is set operations over the few positions that can move."""
-    if at_any is None:
-        at_any = frozenset((pid, k) for pid, pattern in enumerate(parts)
-                           for k, part in enumerate(pattern) if part is ANY)
-    out = set(positions)
-    todo = out & at_any
-    while todo:
-        todo = {(pid, k + 1) for pid, k in todo} - out
-        out |= todo
-        todo &= at_any
-    return frozenset(out)
 
 
 _mask_cache: dict[tuple, dict[int, bytes]] = {}
@@ -402,39 +350,6 @@ def build_raw(policy: Policy) -> list[RawState]:
     return states  # type: ignore[return-value]
 
 
-
-
-def _shapes(policy: Policy):
-    """Per policy, computed once: the rules with no scope (they hold everywhere), each
-    rule's scope terms and except terms as (rule, key) pairs, and a memo of
-    matching_rules by accepted set (many states share one)."""
-    def make():
-        shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
-                   frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
-                  for r in policy.rules]
-        # Rules of one scope term and no except: they match where that term holds.
-        simple = frozenset((r.index, ("t", 0)) for r in policy.rules
-                           if len(r.terms) == 1 and not r.excepts)
-        return (policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {}, simple)
-    return derived(policy, "_shapes", make)
-
-
-def matching_rules(policy: Policy, accepted: frozenset) -> list[Rule]:
-    """The rules whose every scope term holds and no except term holds. Only rules
-    with a term among `accepted` (or with no scope at all) can match."""
-    _, unscoped, shapes, memo, simple = _shapes(policy)
-    out = memo.get(accepted)
-    if out is None:
-        found = [ri for ri, _ in accepted & simple]
-        candidates = {ri for ri, key in accepted - simple if key[0] == "t"}
-        candidates.update(unscoped)
-        for ri in candidates:
-            need, excl = shapes[ri]
-            if need <= accepted and accepted.isdisjoint(excl):
-                found.append(ri)
-        out = [policy.rules[ri] for ri in sorted(found)]
-        memo[accepted] = out
-    return list(out)
 
 
 def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:

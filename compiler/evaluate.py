@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from . import moves, ops
+from . import automaton, moves, ops
 from .decide import Decision, combine, decide
-from .paths import ANY, Glob, normalise_path, part_matches
+from .paths import glob_witnesses, normalise_path
 from .policy import DENY, Policy, Rule
 
 
@@ -65,57 +65,27 @@ class Evaluator:
         self.policy = policy
         self._enforcing: Optional["Evaluator"] = None
         self.fold = policy.case_insensitive
-        # (rule, is_except, term index, pattern) for every pattern
-        self._patterns: list[tuple[Rule, str, int, tuple]] = []
-        for r in policy.rules:
-            for i, t in enumerate(r.terms):
-                for p in t.patterns:
-                    self._patterns.append((r, "t", i, p))
-            for i, t in enumerate(r.excepts):
-                for p in t.patterns:
-                    self._patterns.append((r, "x", i, p))
+        self.nfa = automaton.collect(policy)
 
-    # --- path matching ----------------------------------------------------------------
-
-    def _start(self) -> frozenset:
-        return self._close({(pid, 0) for pid in range(len(self._patterns))})
-
-    def _close(self, positions) -> frozenset:
-        out = set(positions)
-        stack = list(positions)
-        while stack:
-            pid, k = stack.pop()
-            pattern = self._patterns[pid][3]
-            if k < len(pattern) and pattern[k] is ANY and (pid, k + 1) not in out:
-                out.add((pid, k + 1))
-                stack.append((pid, k + 1))
-        return frozenset(out)
-
-    def step(self, positions: frozenset, name: bytes) -> frozenset:
-        nxt = set()
-        for pid, k in positions:
-            pattern = self._patterns[pid][3]
-            if k == len(pattern):
-                continue
-            part = pattern[k]
-            if part is ANY:
-                nxt.add((pid, k))
-            elif part_matches(part, name, self.fold):
-                nxt.add((pid, k + 1))
-        return self._close(nxt)
+    # --- path matching (the NFA of compiler/automaton.py, run directly) ----------------------
 
     def walk(self, path: tuple[bytes, ...], positions: Optional[frozenset] = None) -> frozenset:
-        positions = self._start() if positions is None else positions
+        positions = self.nfa.start() if positions is None else positions
         for name in path:
             positions = self.step(positions, name)
         return positions
 
+    def step(self, positions: frozenset, name: bytes) -> frozenset:
+        return self.nfa.step(positions, automaton.fold_name(name, self.fold))
+
     def matching(self, positions: frozenset) -> list[Rule]:
-        held = {(self._patterns[pid][0].index, self._patterns[pid][1], self._patterns[pid][2])
-                for pid, k in positions if k == len(self._patterns[pid][3])}
-        return [r for r in self.policy.rules
-                if all((r.index, "t", i) in held for i in range(len(r.terms)))
-                and not any((r.index, "x", i) in held for i in range(len(r.excepts)))]
+        """The rules whose scopes and excepts hold at these positions (subjects aside)."""
+        return automaton.rules_holding(self.policy, self.nfa.accepted(positions))
+
+    def names(self, positions: frozenset) -> list[bytes]:
+        """One name for each way the patterns at these positions can tell a child apart."""
+        literals, globs = self.nfa.next_parts(positions)
+        return sorted(literals) + glob_witnesses(sorted(globs), frozenset(literals))
 
     def rules_at(self, path: tuple[bytes, ...], uid: int = 0, gid: int = 0) -> list[Rule]:
         """The rules that match `path` (scopes and excepts) and requester `uid`, `gid`."""
@@ -159,17 +129,3 @@ class Evaluator:
                            audit_rules=combined.audit_rules)
         return Verdict(req, refused, exdev=True, exdev_atom=atom, exdev_suffix=suffix,
                        lost_rule=lost)
-
-    def names(self, positions: frozenset) -> list[bytes]:
-        literals, globs = set(), set()
-        for pid, k in positions:
-            pattern = self._patterns[pid][3]
-            if k < len(pattern):
-                part = pattern[k]
-                if isinstance(part, Glob):
-                    globs.add(part.text.lower() if self.fold else part.text)
-                elif part is not ANY:
-                    literals.add(part.lower() if self.fold else part)
-        from .paths import glob_witnesses
-
-        return sorted(literals) + glob_witnesses(sorted(globs), frozenset(literals))

@@ -1,0 +1,160 @@
+"""The NFA over path components that every scope pattern of a policy is part of: one home
+for its positions, its closure over `**`, its step by one name, and which rules hold where
+it accepts. The reference evaluator runs it directly (compiler/evaluate.py); the class
+builder runs its subset construction over it (compiler/classes.py).
+
+A position is (pattern id, parts matched). Patterns are folded once, when collected, for
+`names case-insensitive` policies, and names are folded before they are stepped, so no
+comparison folds. Equal patterns of many rules (the same `named` glob, the same `under`
+path) are one pattern, with every (rule index, term key) it belongs to; a term key is
+("t", i) for a rule's i-th scope term and ("x", i) for its i-th except term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from .memo import derived
+from .paths import ANY, Glob, part_matches
+from .policy import Policy, Rule
+
+
+def fold_part(part, fold: bool):
+    if not fold or part is ANY:
+        return part
+    if isinstance(part, Glob):
+        return Glob(part.text.lower())
+    return part.lower()
+
+
+def fold_name(name: bytes, fold: bool) -> bytes:
+    return name.lower() if fold else name
+
+
+@dataclass
+class Patterns:
+    """Every pattern of every term, flattened: pattern id -> parts, terms of each pattern."""
+
+    parts: list[tuple] = field(default_factory=list)
+    terms_of: list[frozenset] = field(default_factory=list)  # (rule index, term key) pairs
+    at_any: frozenset = frozenset()  # every position at a `**` part
+
+    def start(self) -> frozenset:
+        """Where every pattern stands before any name (closed)."""
+        return closure({(pid, 0) for pid in range(len(self.parts))}, self.parts, self.at_any)
+
+    def advance(self, positions: Iterable[tuple[int, int]], name: bytes) -> set:
+        """The positions one (folded) name moves to, before closure: a `**` stays, a part
+        the name matches advances, every other position dies."""
+        parts = self.parts
+        out = set()
+        for pid, k in positions:
+            pattern = parts[pid]
+            if k == len(pattern):
+                continue
+            part = pattern[k]
+            if part is ANY:
+                out.add((pid, k))
+            elif part_matches(part, name, False):
+                out.add((pid, k + 1))
+        return out
+
+    def step(self, positions: Iterable[tuple[int, int]], name: bytes) -> frozenset:
+        return closure(self.advance(positions, name), self.parts, self.at_any)
+
+    def accepted(self, positions: Iterable[tuple[int, int]]) -> frozenset:
+        """The (rule index, term key) pairs whose patterns accept at these positions."""
+        out: set = set()
+        for pid, k in positions:
+            if k == len(self.parts[pid]):
+                out |= self.terms_of[pid]
+        return frozenset(out)
+
+    def next_parts(self, positions: Iterable[tuple[int, int]]) -> tuple[set, set]:
+        """The literal names and the glob texts that can move these positions on."""
+        literals, globs = set(), set()
+        for pid, k in positions:
+            pattern = self.parts[pid]
+            if k < len(pattern):
+                part = pattern[k]
+                if isinstance(part, Glob):
+                    globs.add(part.text)
+                elif part is not ANY:
+                    literals.add(part)
+        return literals, globs
+
+
+def collect(policy: Policy) -> Patterns:
+    """The policy's patterns as one NFA (folded for case-insensitive policies)."""
+    pats = Patterns()
+    fold = policy.case_insensitive
+    index: dict[tuple, int] = {}
+    terms: list[list] = []
+    for r in policy.rules:
+        for key, term in [(("t", i), t) for i, t in enumerate(r.terms)] + \
+                         [(("x", i), t) for i, t in enumerate(r.excepts)]:
+            for pattern in term.patterns:
+                folded = tuple(fold_part(p, fold) for p in pattern)
+                pid = index.get(folded)
+                if pid is None:
+                    pid = index[folded] = len(pats.parts)
+                    pats.parts.append(folded)
+                    terms.append([])
+                terms[pid].append((r.index, key))
+    pats.terms_of = [frozenset(t) for t in terms]
+    pats.at_any = frozenset((pid, k) for pid, pattern in enumerate(pats.parts)
+                            for k, part in enumerate(pattern) if part is ANY)
+    return pats
+
+
+def closure(positions, parts: list[tuple], at_any: Optional[frozenset] = None) -> frozenset:
+    """The positions plus every position reached from them by skipping `**` parts.
+    `at_any`, when given, is the set of every position at a `**`, so the work is set
+    operations over the few positions that can move."""
+    if at_any is None:
+        at_any = frozenset((pid, k) for pid, pattern in enumerate(parts)
+                           for k, part in enumerate(pattern) if part is ANY)
+    out = set(positions)
+    todo = out & at_any
+    while todo:
+        todo = {(pid, k + 1) for pid, k in todo} - out
+        out |= todo
+        todo &= at_any
+    return frozenset(out)
+
+
+def _shapes(policy: Policy):
+    """Per policy, computed once: the rules with no scope (they hold everywhere), each
+    rule's scope terms and except terms as (rule, key) pairs, the rules of one scope term
+    and no except (they hold exactly where that term does), and a memo by accepted set."""
+    def make():
+        shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
+                   frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
+                  for r in policy.rules]
+        simple = frozenset((r.index, ("t", 0)) for r in policy.rules
+                           if len(r.terms) == 1 and not r.excepts)
+        return (policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {}, simple)
+    return derived(policy, "_shapes", make)
+
+
+def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
+    """The rules whose every scope term holds and no except term holds, where exactly the
+    (rule, term key) pairs `accepted` hold (their subjects aside), in rule order. Only
+    rules with a term among `accepted` (or with no scope at all) can hold."""
+    _, unscoped, shapes, memo, simple = _shapes(policy)
+    out = memo.get(accepted)
+    if out is None:
+        found = [ri for ri, _ in accepted & simple]
+        candidates = {ri for ri, key in accepted - simple if key[0] == "t"}
+        candidates.update(unscoped)
+        for ri in candidates:
+            need, excl = shapes[ri]
+            if need <= accepted and accepted.isdisjoint(excl):
+                found.append(ri)
+        out = [policy.rules[ri] for ri in sorted(found)]
+        memo[accepted] = out
+    return list(out)
+
+
+__all__ = ["Patterns", "closure", "collect", "fold_name", "fold_part", "rules_holding"]
