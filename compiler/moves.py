@@ -69,7 +69,7 @@ class Strictness:
         self._vector_by_id: dict[int, tuple] = {}
         self._vector_of_table: dict[int, tuple[tuple, int]] = {}
         self._mins: dict[tuple[int, int], int] = {}
-        self._floor = None
+        self._floor: Optional[list[int]] = None
         self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
 
