@@ -28,6 +28,9 @@ class Decision:
     complained: bool = False  # a deny that complain mode turned into allow + audit
     # Rules that tie at the top specificity with different errnos / modes (an error).
     tie: tuple[int, ...] = ()
+    # For a complained decision: the errno the deny would have refused with (its audit
+    # line names it), so no later stage has to work it out again.
+    complained_errno: Optional[str] = None
 
     def __hash__(self) -> int:
         # Decision tables (tuples of these) are dictionary keys all through the compiler;
@@ -35,9 +38,15 @@ class Decision:
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.kind, self.errno, self.mode, self.audit, self.rules, self.audit_rules,
-                      self.complained, self.tie))
+                      self.complained, self.tie, self.complained_errno))
             object.__setattr__(self, "_hash", h)
         return h
+
+    @property
+    def effect(self) -> tuple:
+        """What a request sees of the decision, not which rule made it: the semantic
+        equality key (kind, errno, userspace mode, audit)."""
+        return (self.kind, self.errno, self.mode, self.audit)
 
     def short(self) -> str:
         """`deny EACCES`, `userspace after`, `allow`, plus `+audit`."""
@@ -88,6 +97,11 @@ class DecisionTable(tuple):
         first = self[:NATOMS]
         return all(self[s * NATOMS:(s + 1) * NATOMS] == first for s in range(1, self.nsubjects))
 
+    def effects(self) -> tuple:
+        """The table's semantic key: every decision's effect (decide.Decision.effect), in
+        table order. Two tables with equal keys decide every request alike."""
+        return tuple(d.effect for d in self)
+
     def depends_on_subject(self, atom: str) -> bool:
         i = ATOM_INDEX[atom]
         first = self[i]
@@ -106,7 +120,7 @@ def combine(first: Decision, second: Decision) -> Decision:
     if first.audit or second.audit:
         combined = Decision(combined.kind, combined.errno, combined.mode, True, combined.rules,
                             tuple(sorted(set(first.audit_rules) | set(second.audit_rules))),
-                            combined.complained, combined.tie)
+                            combined.complained, combined.tie, combined.complained_errno)
     return combined
 
 
@@ -185,7 +199,7 @@ def _decide(policy: Policy, atom: str, relevant: list) -> Decision:
     audit = bool(audit_rules)
     if policy.mode == "complain" and d.kind == DENY:
         return Decision(ALLOW, audit=True, rules=d.rules, audit_rules=audit_rules,
-                        complained=True, tie=d.tie)
+                        complained=True, tie=d.tie, complained_errno=d.errno)
     if audit:
         return Decision(d.kind, d.errno, d.mode, True, d.rules, audit_rules, False, d.tie)
     return d

@@ -82,8 +82,8 @@ def subject_pairs(a: ClassTree, b: ClassTree) -> list[tuple[int, int, int, int]]
 # --- differences ---------------------------------------------------------------------------
 
 def effect(d: Decision) -> tuple:
-    """What a request sees of a decision (not which rule made it)."""
-    return (d.kind, d.errno, d.mode, d.audit)
+    """What a request sees of a decision (not which rule made it): decide.Decision.effect."""
+    return d.effect
 
 
 def atom_groups(atom: str) -> tuple[str, ...]:

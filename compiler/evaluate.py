@@ -108,7 +108,8 @@ class Evaluator:
         if d.kind != "deny":
             return v
         return replace(v, decision=Decision("allow", audit=True, rules=d.rules,
-                                            audit_rules=d.audit_rules, complained=True))
+                                            audit_rules=d.audit_rules, complained=True,
+                                            complained_errno=d.errno))
 
     def _evaluate(self, req: Request) -> Verdict:
         atoms = ops.request_atoms(req.op, req.flags, req.mask)

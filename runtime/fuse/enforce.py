@@ -254,7 +254,8 @@ class Enforcer:
         new class's rules could not reach them): EXDEV, as for "no gain by moving", so that
         mv copies instead. In complain mode it is logged and allowed, like any refusal."""
         if self.policy.mode == "complain":
-            return replace(d, audit=True, complained=True) if d.kind == ALLOW else d
+            return replace(d, audit=True, complained=True, complained_errno="EXDEV") \
+                if d.kind == ALLOW else d
         return Decision(DENY, errno="EXDEV", audit=d.audit, audit_rules=d.audit_rules)
 
     combine = staticmethod(combine)  # two ends of one request, as the evaluator combines them
@@ -306,16 +307,12 @@ class Enforcer:
         else:
             self.audit.write(ev, ALLOW, None, audit_rule, result=result)
 
-    def _denied_with(self, d: Decision, exdev: bool) -> str:
-        """The errno a complained decision would have refused with (complain mode's
-        Decision keeps the deny's rules but not its errno)."""
+    @staticmethod
+    def _denied_with(d: Decision, exdev: bool) -> str:
+        """The errno a complained decision would have refused with (kept by the decision)."""
         if exdev:
             return "EXDEV"
-        if d.errno:
-            return d.errno
-        if d.rules:
-            return self.policy.rules[d.rules[0]].errno or "EACCES"
-        return self.policy.default.errno or "EACCES"
+        return d.complained_errno or "EACCES"
 
     def _userspace(self, d: Decision, ev: Event, perform, undo, rule):
         mode = d.mode or "instead"
