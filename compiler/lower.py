@@ -21,7 +21,7 @@ from fpol import __version__
 
 from . import ops, word
 from .classes import Class, ClassTree
-from .decide import Decision
+from .decide import Decision, DecisionTable
 from .layout import MAX_DEPTH  # path components the check object's requests carry
 from .moves import Strictness
 from .policy import Policy
@@ -393,6 +393,8 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     row_tables: list[tuple] = []
     class_rows: list[tuple[int, ...]] = []
     for c in classes:
+        per_subject: list[tuple]
+        keys: list
         if nsubjects == 1:
             per_subject = [c.table]
             keys = [id(c.table)]
@@ -414,11 +416,11 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     else:
         rowset_ids: dict[tuple[int, ...], int] = {}
         class_row = []
-        for ids in class_rows:
-            n = rowset_ids.get(ids)
+        for rowset in class_rows:
+            n = rowset_ids.get(rowset)
             if n is None:
-                n = rowset_ids[ids] = len(rowsets)
-                rowsets.append(ids)
+                n = rowset_ids[rowset] = len(rowsets)
+                rowsets.append(rowset)
             class_row.append(n)
 
     # Literal transitions and the name pool.
@@ -473,9 +475,9 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
             class_globs.extend((gc.cls, g) for g in gc.globs)
         run[1].append(gc.cls)
         runs[gc.cls] = (run[0], len(gc.globs), len(glob_masks), len(gc.masks))
-        for m, t, ok in sorted(gc.masks):
+        for m, target, ok in sorted(gc.masks):
             names = " & ".join(f'"{texts[i]}"' for i in range(len(texts)) if m >> i & 1)
-            glob_masks.append(GlobMask(gc.cls, m, t, ok, names or "no glob"))
+            glob_masks.append(GlobMask(gc.cls, m, target, ok, names or "no glob"))
         mask_search = max(mask_search, len(gc.masks).bit_length())
 
     daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
@@ -485,9 +487,9 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
     for info in infos:
-        run = runs.get(info.id)
-        if run:
-            info.glob_first, info.nglobs, info.mask_first, info.nmasks = run
+        glob_run = runs.get(info.id)
+        if glob_run:
+            info.glob_first, info.nglobs, info.mask_first, info.nmasks = glob_run
 
     programs, instances = _programs(tree, abi, infos, strict)
     return Model(
@@ -542,6 +544,8 @@ def _trivial(d: Optional[Decision]) -> bool:
 
 class _Planner:
     """Chooses each instance's programs; instances share a program where it behaves the same."""
+
+    named: list[bool]  # per class: objects the daemon must name (set by _programs)
 
     def __init__(self, tree: ClassTree, abi: str, strict: "Strictness"):
         self.tree, self.abi, self.strict = tree, abi, strict
@@ -611,7 +615,7 @@ class _Planner:
             p = self.programs[key] = make()
         return p
 
-    def _object_plan(self, table: tuple) -> list:
+    def _object_plan(self, table: DecisionTable) -> list:
         """Per hook, for an object op: None (no program), ("default", switch entry, key) or
         ("object", signature). It depends only on the decision table, which classes share."""
         plan = self._plans.get(id(table))
