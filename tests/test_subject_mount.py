@@ -125,7 +125,7 @@ deny list under /lists by uid 2002
 TREE = [
     ("db", "dir", 0o755, 0, 0, None),
     ("db/data", "file", 0o644, 0, 0, "DB-DATA"),
-    ("db/root-only", "file", 0o600, 0, 0, "ROOT-ONLY"),   # Unix refuses a; the policy b
+    ("db/root-only", "file", 0o600, 0, 0, "ROOT-ONLY"),   # Unix refuses a and b first
     ("db/sub", "dir", 0o755, 0, 0, None),
     ("db/sub/deep", "file", 0o644, 0, 0, "DEEP"),
     ("etc", "dir", 0o777, 0, 0, None),                     # Unix lets everyone write here
