@@ -152,8 +152,10 @@ def measure(n: int, work: str, family: str = "benchmark") -> dict:
     out["check_obj_kb"] = os.path.getsize(check_o) // 1024
     out["clang_main"] = out["obj_kb"] = out["clang_main_mb"] = None
     if n <= STRUCT_OPS_MAX[family]:
+        # c_main passed as the lambda's default: pyflakes reads a lambda's body at the end of
+        # the function, after the `del` below, and would take c_main for undefined there.
         (_, out["clang_main"]), out["clang_main_mb"] = clang_peak_mb(
-            lambda: timed(lambda: compile_c(c_main, main_o, f"b{n}")), work)
+            lambda c=c_main: timed(lambda: compile_c(c, main_o, f"b{n}")), work)
         out["obj_kb"] = os.path.getsize(main_o) // 1024
     del c_main
 
