@@ -9,7 +9,6 @@ and every daemon started here is gone, even when a test fails.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
