@@ -2,7 +2,7 @@
 # Both install what they need first (scripts/install-deps is fast when all is there).
 PYTHON ?= python3
 
-.PHONY: deps bench-deps demo test goldens bench
+.PHONY: deps bench-deps demo test lint goldens bench
 deps:
 	@scripts/install-deps
 
@@ -15,6 +15,10 @@ demo: deps
 
 test: deps
 	$(PYTHON) -m pytest -q
+
+# ruff and mypy, configured in pyproject.toml; `make test` runs them too (tests/test_lint.py).
+lint: deps
+	@PYTHON=$(PYTHON) scripts/lint
 
 # Regenerate expected outputs after an intended change; review the diff before committing.
 goldens: deps
