@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fpol.cli import main
-from fpol.compiler.diff import atom_request, diff, effect, product_walk
+from fpol.compiler.diff import subject_pairs, atom_request, diff, effect, product_walk
 from fpol.compiler.driver import check
 from fpol.compiler.evaluate import Evaluator
 from fpol.compiler.fmt import format_policy
@@ -73,11 +73,15 @@ def test_equivalent_exactly_when_the_evaluator_agrees(pair, reqs):
     # Every reported difference is real, on both sides, for the atom and for the request
     # `fpol explain` would judge.
     for d in result.differences:
-        for atom in d.atoms:
-            da, db = ev_a.decision_at(d.path, atom), ev_b.decision_at(d.path, atom)
-            assert effect(da) == effect(d.old) and effect(db) == effect(d.new), (d.path, atom)
-            assert effect(da) != effect(db)
-        req, end = atom_request(d.atoms[0], d.path)
+        # ... for every requester it names (with subject conditions), or uid 0, gid 0.
+        for uid, gid in d.requesters or ((0, 0),):
+            for atom in d.atoms:
+                da = ev_a.decision_at(d.path, atom, uid, gid)
+                db = ev_b.decision_at(d.path, atom, uid, gid)
+                assert effect(da) == effect(d.old) and effect(db) == effect(d.new), \
+                    (d.path, atom, uid, gid)
+                assert effect(da) != effect(db)
+        req, end = d.request()
         if end == "object":
             va, vb = ev_a.evaluate(req), ev_b.evaluate(req)
             assert effect(va.decision) == effect(d.old) and effect(vb.decision) == effect(d.new)
@@ -107,8 +111,10 @@ def test_a_difference_found_by_sampling_is_reported(pair):
         return
     result = diff(a.classes, b.classes)
     places = {d.path for d in result.differences}
+    pairs = subject_pairs(a.classes, b.classes)  # who is asking, cut at both policies' bounds
     for path, ca, cb in product_walk(a.classes, b.classes):
-        if any(effect(x) != effect(y) for x, y in zip(ca.table, cb.table)):
+        if any(effect(x) != effect(y) for sa, sb, _, _ in pairs
+               for x, y in zip(ca.table.for_subject(sa), cb.table.for_subject(sb))):
             assert path in places
 
 
