@@ -374,7 +374,53 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     strict = Strictness(tree)
     classes = tree.classes
 
-    # Decision rows, deduplicated.
+    rows, row_tables, class_rows, class_row, rowsets = _rows(tree, source_name)
+    literals, pool = _literals(classes, strict)
+    table, probes = _literal_table(literals)
+    globs, glob_classes = _glob_functions(classes, strict)
+    glob_data = _glob_data(globs, glob_classes)
+
+    daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
+                                  class_rows)
+    infos = [ClassInfo(c.id, class_row[c.id], c.default,
+                       strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
+                       _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
+             for c in classes]
+    for info in infos:
+        glob_run = glob_data.runs.get(info.id)
+        if glob_run:
+            info.glob_first, info.nglobs, info.mask_first, info.nmasks = glob_run
+
+    programs, instances = _programs(tree, abi, infos, strict)
+    return Model(
+        policy=policy, tree=tree, abi=abi, version=__version__,
+        source_name=source_name or policy.file,
+        rules=[(r.line, r.text) for r in policy.rules],
+        rows=rows, classes=infos, literals=literals, pool=bytes(pool), globs=globs,
+        glob_classes=glob_classes, programs=programs,
+        instances=instances, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
+        opcodes=OPCODES, max_depth=MAX_DEPTH, literal_table=table, max_probe=probes,
+        pool_size=max(1, len(pool)),
+        case_insensitive=policy.case_insensitive,
+        any_audit=any(d.audit for c in classes for d in c.table),
+        open_slots=OPEN_SLOTS, create_slots=CREATE_SLOTS, access_slots=ACCESS_SLOTS,
+        cfr_dst_everywhere=all(d.kind == "allow" and not d.audit
+                               for c in classes for d in c.decisions("copy_file_range:dst")),
+        subjects=_subject_tables(tree, rowsets),
+        class_globs=glob_data.class_globs, glob_runs=sorted(glob_data.glob_runs.values()),
+        glob_masks=glob_data.glob_masks,
+        max_class_globs=max((len(gc.globs) for gc in glob_classes), default=0),
+        mask_search=glob_data.mask_search,
+    )
+
+
+def _rows(tree: ClassTree, source_name: str):
+    """Decision rows, deduplicated: one row per distinct decision table of one subject
+    class. A class has a row per subject class: with one subject class (no `by` rules),
+    its row; with several, a "row set" (the row of each subject class), and row sets are
+    deduplicated too. -> (rows, the table of each row, each class's rows, each class's
+    row or row set, the row sets)."""
+    policy = tree.policy
     who_cache: dict[Optional[int], str] = {}
 
     def who(rule: Optional[int]) -> str:
@@ -384,15 +430,12 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
                 if rule is not None else f"default {policy.default.text}"
         return text
 
-    # One row per distinct decision table of one subject class. A class has a row per
-    # subject class: with one subject class (no `by` rules), its row; with several, a
-    # "row set" (the row of each subject class), and row sets are deduplicated too.
     nsubjects = len(tree.subjects)
     row_of_table: dict = {}  # equal tables are one object (classes.tables): key by identity
     rows: list[Row] = []
     row_tables: list[tuple] = []
     class_rows: list[tuple[int, ...]] = []
-    for c in classes:
+    for c in tree.classes:
         per_subject: list[tuple]
         keys: list
         if nsubjects == 1:
@@ -422,8 +465,11 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
                 n = rowset_ids[rowset] = len(rowsets)
                 rowsets.append(rowset)
             class_row.append(n)
+    return rows, row_tables, class_rows, class_row, rowsets
 
-    # Literal transitions and the name pool.
+
+def _literals(classes, strict: Strictness) -> tuple[list[LiteralEntry], bytearray]:
+    """Literal transitions, sorted, and the pool of their names."""
     literals: list[LiteralEntry] = []
     pool = bytearray()
     pool_index: dict[bytes, int] = {}
@@ -437,9 +483,11 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
                                          strict.at_least_as_strict(c.id, child),
                                          name.decode("utf-8", "backslashreplace")))
     literals.sort(key=lambda e: (e.cls, e.hash, e.length, e.offset))
-    table, probes = _literal_table(literals)
+    return literals, pool
 
-    # Glob functions and the classes that test them.
+
+def _glob_functions(classes, strict: Strictness) -> tuple[list[GlobFunc], list[GlobClass]]:
+    """Glob functions (one per distinct glob) and the classes that test them."""
     glob_ids: dict[bytes, int] = {}
     globs: list[GlobFunc] = []
     glob_classes: list[GlobClass] = []
@@ -456,61 +504,38 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
             ids.append(gid)
         masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         glob_classes.append(GlobClass(c.id, ids, masks))
+    return globs, glob_classes
 
-    # ... as data: fpol_child walks a class's globs and binary-searches its masks, so its
-    # code is the same size however many classes test globs.
-    class_globs: list[tuple[int, int]] = []
-    glob_masks: list[GlobMask] = []
-    runs: dict[int, tuple[int, int, int, int]] = {}
-    glob_runs: dict[tuple[int, ...], tuple[int, list[int]]] = {}
-    mask_search = 0
+
+@dataclass
+class _GlobData:
+    class_globs: list[tuple[int, int]]
+    glob_masks: list[GlobMask]
+    runs: dict[int, tuple[int, int, int, int]]  # class -> first glob, globs, first mask, masks
+    glob_runs: dict[tuple[int, ...], tuple[int, list[int]]]
+    mask_search: int
+
+
+def _glob_data(globs: list[GlobFunc], glob_classes: list[GlobClass]) -> _GlobData:
+    """Glob transitions as data: fpol_child walks a class's globs and binary-searches its
+    masks, so its code is the same size however many classes test globs."""
+    data = _GlobData([], [], {}, {}, 0)
     for gc in glob_classes:
         if len(gc.globs) > MAX_CLASS_GLOBS:
             raise ValueError(f"class {gc.cls} tests {len(gc.globs)} name globs "
                              f"(at most {MAX_CLASS_GLOBS})")
         texts = [globs[g].text for g in gc.globs]
-        run = glob_runs.get(tuple(gc.globs))
+        run = data.glob_runs.get(tuple(gc.globs))
         if run is None:  # classes testing the same globs share one run
-            run = glob_runs[tuple(gc.globs)] = (len(class_globs), [])
-            class_globs.extend((gc.cls, g) for g in gc.globs)
+            run = data.glob_runs[tuple(gc.globs)] = (len(data.class_globs), [])
+            data.class_globs.extend((gc.cls, g) for g in gc.globs)
         run[1].append(gc.cls)
-        runs[gc.cls] = (run[0], len(gc.globs), len(glob_masks), len(gc.masks))
+        data.runs[gc.cls] = (run[0], len(gc.globs), len(data.glob_masks), len(gc.masks))
         for m, target, ok in sorted(gc.masks):
             names = " & ".join(f'"{texts[i]}"' for i in range(len(texts)) if m >> i & 1)
-            glob_masks.append(GlobMask(gc.cls, m, target, ok, names or "no glob"))
-        mask_search = max(mask_search, len(gc.masks).bit_length())
-
-    daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
-                                  class_rows)
-    infos = [ClassInfo(c.id, class_row[c.id], c.default,
-                       strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
-                       _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
-             for c in classes]
-    for info in infos:
-        glob_run = runs.get(info.id)
-        if glob_run:
-            info.glob_first, info.nglobs, info.mask_first, info.nmasks = glob_run
-
-    programs, instances = _programs(tree, abi, infos, strict)
-    return Model(
-        policy=policy, tree=tree, abi=abi, version=__version__,
-        source_name=source_name or policy.file,
-        rules=[(r.line, r.text) for r in policy.rules],
-        rows=rows, classes=infos, literals=literals, pool=bytes(pool), globs=globs,
-        glob_classes=glob_classes, programs=programs,
-        instances=instances, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
-        opcodes=OPCODES, max_depth=MAX_DEPTH, literal_table=table, max_probe=probes,
-        pool_size=max(1, len(pool)),
-        case_insensitive=policy.case_insensitive,
-        any_audit=any(d.audit for c in classes for d in c.table),
-        open_slots=OPEN_SLOTS, create_slots=CREATE_SLOTS, access_slots=ACCESS_SLOTS,
-        cfr_dst_everywhere=all(d.kind == "allow" and not d.audit
-                               for c in classes for d in c.decisions("copy_file_range:dst")),
-        subjects=_subject_tables(tree, rowsets),
-        class_globs=class_globs, glob_runs=sorted(glob_runs.values()), glob_masks=glob_masks,
-        max_class_globs=max((len(gc.globs) for gc in glob_classes), default=0),
-        mask_search=mask_search,
-    )
+            data.glob_masks.append(GlobMask(gc.cls, m, target, ok, names or "no glob"))
+        data.mask_search = max(data.mask_search, len(gc.masks).bit_length())
+    return data
 
 
 _ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.items()}
