@@ -44,7 +44,10 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[tuple[Decision, .
         for r in here:
             if r.atoms:  # the table has every atom
                 matched.add(r.index)
-        for s in range(nsubjects):
+        # Where no rule matching here depends on who asks, every subject class is decided
+        # alike: one visit does for all.
+        alike = nsubjects == 1 or not any(r.index in subjects.conditional for r in here)
+        for s in range(1 if alike else nsubjects):
             key: tuple
             if nsubjects == 1:
                 applying = here
@@ -53,13 +56,16 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[tuple[Decision, .
                 # The decisions for subject class s: the path's rules that apply to it.
                 applying = subjects.select(here, s)
                 key = tuple(r.index for r in applying)
-                if key not in subject_tables:
-                    subject_tables[key] = decide_table(policy, applying)
-                table = subject_tables[key]
             if key in seen:  # many states share both; what follows depends on nothing else
                 continue
             seen.add(key)
-            _visit(table, applying, s, decided, ties, deciders_where_matched)
+            row = table
+            if nsubjects > 1:
+                # The class tree's tables hold every subject class's decisions already.
+                row = table.for_subject(s) if getattr(table, "nsubjects", 1) == nsubjects \
+                    else decide_table(policy, applying)
+                subject_tables[key] = row
+            _visit(row, applying, s, decided, ties, deciders_where_matched)
 
     _hidden_but_replaceable(policy, tables if nsubjects == 1 else list(subject_tables.values()),
                             reporter)
@@ -69,7 +75,8 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[tuple[Decision, .
         kind = "errno" if first.action == "deny" else "userspace mode"
         values = ", ".join(sorted({(r.errno or r.mode or "") for r in rules if r.index in tie}))
         code = "FP023" if first.action == "deny" else "FP024"
-        who = f", for requests by {subjects.describe(s)}" if nsubjects > 1 else ""
+        who = f", for requests by {subjects.describe(s)}" \
+            if any(rules[i].has_subject for i in tie) else ""
         hint = "make one scope more specific, or use one " + kind
         if any(rules[i].has_subject for i in tie):
             hint += " (a rule with a `by` list wins a tie only against one without)"
