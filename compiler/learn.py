@@ -57,6 +57,9 @@ class Logged:
     to: Optional[tuple[bytes, ...]]
     flags: Optional[int]
     mask: Optional[int]
+    # Who asked (LANGUAGE.md §6): the log's uid and gid; 0 when it does not say.
+    uid: int = 0
+    gid: int = 0
 
     def text(self) -> str:
         s = f"{self.op} {_show(self.path)}"
@@ -112,10 +115,12 @@ def read_log(text: str) -> LogRead:
                 continue
             to = _path(rec["to"], number, "to")
         flags, mask = rec.get("flags"), rec.get("mask")
-        for key, value in (("flags", flags), ("mask", mask)):
-            if value is not None and not isinstance(value, int):
+        uid, gid = rec.get("uid"), rec.get("gid")
+        for key, value in (("flags", flags), ("mask", mask), ("uid", uid), ("gid", gid)):
+            if value is not None and (not isinstance(value, int)
+                                      or (key in ("uid", "gid") and isinstance(value, bool))):
                 raise LogError(number, 1, f"`{key}` must be a number")
-        out.entries.append(Logged(number, op, path, to, flags, mask))
+        out.entries.append(Logged(number, op, path, to, flags, mask, uid or 0, gid or 0))
     return out
 
 
@@ -134,7 +139,8 @@ def _atoms(e: Logged) -> list[tuple[tuple[bytes, ...], str]]:
 
 
 def denied(ev: Evaluator, e: Logged) -> list[tuple[tuple[bytes, ...], str, Decision]]:
-    return [(p, a, d) for p, a in _atoms(e) if (d := ev.decision_at(p, a)).kind == "deny"]
+    return [(p, a, d) for p, a in _atoms(e)
+            if (d := ev.decision_at(p, a, e.uid, e.gid)).kind == "deny"]
 
 
 def refused(ev: Evaluator, e: Logged) -> Optional[str]:
@@ -144,7 +150,7 @@ def refused(ev: Evaluator, e: Logged) -> Optional[str]:
         p, a, d = bad[0]
         return f"{a} at {_show(p)} is denied ({d.errno})"
     if e.op in ("rename", "link"):
-        v = ev.evaluate(Request(e.op, e.path, e.to))
+        v = ev.evaluate(Request(e.op, e.path, e.to, uid=e.uid, gid=e.gid))
         if v.exdev:
             return "no gain by moving (EXDEV): the destination would be looser than the source"
     return None
@@ -282,7 +288,7 @@ def propose(policy: Policy, units, log: LogRead, level: str, log_name: str,
         by_kind: dict[tuple, list[int]] = {}
         for i, (p, a, d, e) in enumerate(items):
             if d.rules:
-                for r in ev.rules_at(p):
+                for r in ev.rules_at(p, e.uid, e.gid):
                     if r.action == "deny" and a in r.atoms:
                         by_kind.setdefault(("x", r.index), []).append(i)
             else:

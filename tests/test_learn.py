@@ -256,3 +256,22 @@ def test_the_property_learned_something():
     if STATS["learned"] == 0:
         pytest.skip("run with test_learning_random_logs")
     assert STATS["learned"] > 0
+
+
+def test_requests_are_judged_for_the_logged_requester():
+    """Who asked (LANGUAGE.md §6): a log line is decided for its uid and gid, and a rule's
+    `by` list stays as it was when learn adds to its `except`."""
+    text = "deny write under /srv by uid 1000\n"
+    log = "\n".join([_line("write", "/srv/a/x"), _line("write", "/srv/b/y", uid=5, gid=5)])
+    old, proposal, new = _learn(text, log, "dir")
+    assert [e.path for e in proposal.already_allowed] == [(b"srv", b"b", b"y")]
+    assert [e.path for e in proposal.covered] == [(b"srv", b"a", b"x")]
+    assert proposal.files["p.fpol"][1].splitlines()[-1] == \
+        "deny write under /srv by uid 1000 except under /srv/a"
+    assert read_log(_line("write", "/srv/a/x", uid=None)).entries[0].uid == 0
+
+
+def test_log_ids_must_be_numbers(tmp_path, capsys):
+    with pytest.raises(Exception) as e:
+        read_log(_line("write", "/srv/a/x", uid="root"))
+    assert "`uid` must be a number" in str(e.value)
