@@ -174,7 +174,7 @@ def coverage(policy, results) -> tuple[dict[int, set[str]], set[int]]:
         if atoms.destination is not None and req.to is not None:
             ends.append((req.to, atoms.destination))
         for path, atom in ends:
-            d = ev.decision_at(path, atom)
+            d = ev.decision_at(path, atom, req.uid, req.gid)  # for the case's requester
             for i in d.rules + d.audit_rules:
                 used.setdefault(i, set()).update(atom_groups(atom))
         if r.verdict.lost_rule is not None:

@@ -72,3 +72,14 @@ def test_junit_unwritable(tmp_path, capsys):
     policy = _files(tmp_path)
     assert main(["test", "--junit", str(tmp_path / "no" / "dir" / "r.xml"), policy]) == 2
     assert capsys.readouterr().err.startswith("fpol: cannot write ")
+
+
+def test_coverage_judges_each_case_for_its_requester(tmp_path, capsys):
+    """A rule restricted to some requesters covers the cases made by them (uid=, gid=)."""
+    (tmp_path / "s.fpol").write_text("deny write under /a by uid 1000\ndeny read under /a by gid 50\n")
+    (tmp_path / "s.cases").write_text("write /a/x uid=1000 -> deny line 1\nread /a/x -> allow\n")
+    policy = str(tmp_path / "s.fpol")
+    assert main(["test", "--coverage", policy]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "coverage: 1 of 2 rules decided or audited some case"
+    assert out[2] == f"  {policy}:1 deny write under /a by uid 1000: write"
