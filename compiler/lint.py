@@ -8,7 +8,7 @@ from typing import Sequence
 
 from . import ops
 from .classes import RawState, matching_rules
-from .decide import Decision, decide_table
+from .decide import Decision, DecisionTable, decide_table
 from .diagnostics import Reporter
 from .policy import Policy
 from .subjects import partition
@@ -16,7 +16,7 @@ from .subjects import partition
 ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
 
 
-def lint(policy: Policy, raw: list[RawState], tables: Sequence[tuple[Decision, ...]],
+def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
          reporter: Reporter) -> None:
     """`tables` are the raw states' decision tables. A policy with subject conditions
     (LANGUAGE.md §6) is checked for every subject class: the rules matching a state's
@@ -59,7 +59,7 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[tuple[Decision, .
             if key in seen:  # many states share both; what follows depends on nothing else
                 continue
             seen.add(key)
-            row = table
+            row: tuple[Decision, ...] = table
             if nsubjects > 1:
                 # The class tree's tables hold every subject class's decisions already.
                 row = table.for_subject(s) if getattr(table, "nsubjects", 1) == nsubjects \
