@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import ops
 from .decide import Decision, DecisionTable, decide_table
@@ -45,6 +45,11 @@ class Class:
     masks: tuple[tuple[int, int], ...]  # (bitmask over globs, class), sorted
     default: int  # class of a name that matches no literal and no glob
     example: bytes  # a path that reaches this class
+    if TYPE_CHECKING:  # set once by __post_init__; not fields
+        @property
+        def _by_name(self) -> dict[bytes, int]: ...
+        @property
+        def _by_other(self) -> dict[bytes, int]: ...
 
     def __post_init__(self):
         object.__setattr__(self, "_by_name", dict(self.literals))
@@ -273,6 +278,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         return n
 
     accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
+    by_core: dict[tuple, tuple] = {}  # (sticky set id, moving positions) -> transitions
     ids: dict[tuple, int] = {}
     states: list[Optional[RawState]] = []
     queue: deque = deque()
@@ -296,6 +302,17 @@ def build_raw(policy: Policy) -> list[RawState]:
         accepted = float_accepted.union(sticky_accepted[sticky_id], *(
             pats.terms_of[pid] for pid, k in positions if k == len(parts[pid])))
         accepted = accepted_sets.setdefault(accepted, accepted)
+        # A state's transitions depend only on its positions that can still move: those at
+        # the end of a pattern with no trailing `**` (a `named` glob just matched, a path
+        # just reached) only make it accept. States that differ only in those (a directory
+        # and its `x.key`, `x.tmp`, ... siblings) have the same transitions, worked out once:
+        # the first such state interned every target, so the others would find them all.
+        moving = frozenset(p for p in positions if p[1] < len(parts[p[0]]))
+        core = (sticky_id, moving)
+        known = by_core.get(core)
+        if known is not None:
+            states[sid] = RawState(key, accepted, *known, example)
+            continue
         base, by_literal, by_glob = set(), {}, {}
         for part, adv in float_literal.items():
             by_literal[part] = list(adv)
@@ -346,6 +363,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         default = masks.get(0)
         if default is None:
             default = target([], b"\x01other")
+        by_core[core] = (literals, globs, masks, default)
         states[sid] = RawState(key, accepted, literals, globs, masks, default, example)
     return states  # type: ignore[return-value]
 
@@ -447,9 +465,10 @@ class _Moves:
 
     def __init__(self, st: RawState):
         self.st = st
-        self.last = None
+        self.last: Optional[tuple] = None
         if not st.globs and not st.masks:
-            self.lits = tuple(sorted(st.literals.items()))
+            # (name, state), or with globs (name, state, state without the literal)
+            self.lits: tuple = tuple(sorted(st.literals.items()))
             self.masks = None
             return
         self.masks = tuple(st.masks.items())
