@@ -88,7 +88,7 @@ def _parse_statements(source: Source, reporter: Reporter) -> list[ast.Statement]
             with _building(reporter, ll.first - 1):
                 statements.append(cast(ast.Statement, _lark().parse(text, start="statement")))
         except UnexpectedInput as e:
-            _report_syntax(e, ll.first - 1, reporter)
+            _report_syntax(e, ll.first - 1, reporter, text)
     return statements
 
 
@@ -103,7 +103,26 @@ def _label(name: str) -> str:
     return f"`{value}`"
 
 
-def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter) -> None:
+_AFTER_SUBJECT_KIND = re.compile(r"(?<![\w.$/-])(uid|gid|user|group)[ \t\f]*$")
+_SUBJECT_VALUE = {"uid": "a uid (`N` or `N-M`)", "gid": "a gid (`N` or `N-M`)",
+                  "user": "a user name", "group": "a group name"}
+
+
+def _subject_kind_before(e: UnexpectedInput, text: str) -> Optional[str]:
+    """`uid`, `gid`, `user` or `group` when the error is where its value should be."""
+    if isinstance(e, UnexpectedCharacters):
+        pos = e.pos_in_stream
+    else:
+        token = getattr(e, "token", None)
+        pos = len(text) if token is None or token.type == "$END" else token.start_pos
+    if pos is None:
+        return None
+    m = _AFTER_SUBJECT_KIND.search(text[:pos])
+    return m.group(1) if m else None
+
+
+def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter,
+                   text: str = "") -> None:
     line = (e.line if e.line and e.line > 0 else 1) + line_offset
     column = e.column if e.column and e.column > 0 else 1
     hint = None
@@ -158,6 +177,17 @@ def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter) -> 
             "`group NAME`, e.g. `by user backup`"
     labels = sorted({_label(t) for t in expected if t != "_NL"} | (
         {"end of line"} if "_NL" in expected or "$END" in expected else set()))
+    if isinstance(e, UnexpectedCharacters) and e.char == "-" and e.pos_in_stream is not None:
+        m = re.search(r"(?<![\w.$/-])(uid|gid)[ \t\f]+([0-9]+)[ \t\f]*$", text[:e.pos_in_stream])
+        if m:
+            hint = f"a range has no blanks: `{m.group(1)} {m.group(2)}-M`"
+    kind = _subject_kind_before(e, text) if text and set(expected) == {"WORD"} else None
+    if kind is not None:  # `by uid` with no id, `by uid -1`: say what the value is
+        labels = [_SUBJECT_VALUE[kind]]
+        if kind in ("uid", "gid"):
+            hint = f"write e.g. `{kind} 1000` or `{kind} 1000-1999` (decimal ids, 0 to 4294967294)"
+        elif hint is None:
+            hint = f"write e.g. `{kind} backup`"
     if labels and len(labels) <= 12:
         message += "; expected " + _join(labels)
     reporter.add("FP001", message, span, hint)

@@ -189,3 +189,19 @@ def test_each_case_is_decided_for_its_requester():
     for case in parse_cases(CASES):
         v = ev.evaluate(case.request)
         assert (v.request.uid, v.request.gid) == (case.request.uid, case.request.gid)
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("deny write by uid\n", "write e.g. `uid 1000` or `uid 1000-1999` (decimal ids, 0 to 4294967294)"),
+    ("deny write by gid -1\n", "write e.g. `gid 1000` or `gid 1000-1999` (decimal ids, 0 to 4294967294)"),
+    ("deny write by uid 5 - 7\n", "a range has no blanks: `uid 5-M`"),
+    ("deny write by group\n", "write e.g. `group backup`"),
+    ("deny write by bob\n", "a subject is `uid N`, `uid N-M`, `gid N`, `gid N-M`, `user NAME` or "
+                           "`group NAME`, e.g. `by user backup`"),
+    ("deny write by usr 5\n", "did you mean `user`?"),
+    ("deny write except uid 0\n", "write `except by uid 0` (a scope item may come before or after it)"),
+    ("deny write by user $x\n", "definitions (`$NAME`) stand for paths only; write the name (or id) itself"),
+])
+def test_syntax_errors_in_subjects_have_hints(text, hint):
+    (d,) = check(text, "p.fpol").diagnostics
+    assert (d.code, d.hint) == ("FP001", hint)
