@@ -579,6 +579,9 @@ class _Planner:
         self._runtime_ids: dict[tuple, int] = {}
         self._runtime_of: dict[int, tuple[Decision, int]] = {}
         self._plans: dict[int, tuple[tuple, list]] = {}
+        self.by_name: dict[str, Program] = {}
+        self._outcomes: dict[tuple, tuple] = {}
+        self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
 
     def runtime(self, d: Decision) -> int:
         """What a program does with a decision, as a small number: its return code, and for
@@ -606,7 +609,11 @@ class _Planner:
             return (kind, rt(c, "link:src"))
         if kind == "cfr":
             return (kind, rt(c, "copy_file_range:src"))
-        if kind == "lookup" or c.literals or c.globs:
+        if self.share is not None and kind in ("lookup", "create", "remove"):
+            return self.name_signature(c, kind, op)
+        if self.share is not None and kind == "rename":
+            return self.rename_signature(c)
+        if c.literals or c.globs:
             return None
         k = self.classes[c.default]
         if kind == "create":
@@ -617,6 +624,95 @@ class _Planner:
         if kind == "rename":
             return (kind, rt(k, "rename:src"), rt(k, "rename:dst"))
         return None
+
+    def per_subject(self, k: Class, atom: str) -> tuple[int, ...]:
+        """`runtime` of class k's decisions for `atom`, for every subject class."""
+        return tuple(self.runtime(d) for d in k.decisions(atom))
+
+    def outcome(self, c: Class, k: int, kind: str, op: str):
+        """What the program of `kind`/`op` in class `c` does with a name that leads to child
+        class `k`: the hook body's answer (logic.h.j2 fpol_on_lookup, fpol_on_create,
+        fpol_on_remove) depends on nothing else of the name."""
+        key = (c.id, k, kind, op)
+        out = self._outcomes.get(key)
+        if out is None:
+            kc = self.classes[k]
+            rt = self.per_subject
+            if kind == "lookup":
+                out = (rt(kc, "lookup"), k == c.id, self.named[k])
+            elif kind == "create":
+                out = (tuple(rt(kc, a) for a in ops.ATOMS_OF_OP[op]),
+                       self.strict.at_least_as_strict(c.id, k), self.named[k])
+            else:
+                out = (rt(kc, op),)
+            self._outcomes[key] = out
+        return out
+
+    def name_signature(self, c: Class, kind: str, op: str) -> tuple:
+        """A namespace program's answer for every name, as a value: two classes with equal
+        signatures answer every name alike, so they share the program (which walks the
+        transitions of the first class). Names that the class's transitions tell apart but
+        that get the same answer are not told apart here."""
+        default = self.outcome(c, c.default, kind, op)
+        masks = tuple((m, o) for m, o in ((m, self.outcome(c, t, kind, op)) for m, t in c.masks)
+                      if o != default)
+        by_mask = dict(masks)
+        lits = []
+        for lit, t in c.literals:
+            o = self.outcome(c, t, kind, op)
+            fallback = default
+            if masks:
+                m = 0
+                for i, g in enumerate(c.globs):
+                    if g.matches(lit):
+                        m |= 1 << i
+                fallback = by_mask.get(m, default)
+            if o != fallback:
+                lits.append((lit, o))
+        globs = tuple(g.text for g in c.globs) if masks else ()
+        return ("names", kind, op, default, globs, masks, tuple(lits))
+
+    def lookup_post_key(self, c: Class) -> tuple:
+        """lookup_postfilter attaches the child's instance, or nothing when the child is the
+        directory's own class (it inherits): per name, the child's instance or -1. Classes
+        that agree on every name share the program."""
+        if self.share is None:
+            return ("lookup_post", c.id)
+        default = -1 if c.default == c.id else self.share[c.default]
+
+        def inst(t: int) -> int:
+            return -1 if t == c.id else self.share[t]
+
+        masks = tuple((m, inst(t)) for m, t in c.masks if inst(t) != default)
+        by_mask = dict(masks)
+        lits = []
+        for lit, t in c.literals:
+            fallback = default
+            if masks:
+                m = 0
+                for i, g in enumerate(c.globs):
+                    if g.matches(lit):
+                        m |= 1 << i
+                fallback = by_mask.get(m, default)
+            if inst(t) != fallback:
+                lits.append((lit, inst(t)))
+        globs = tuple(g.text for g in c.globs) if masks else ()
+        return ("lookup_post", default, globs, masks, tuple(lits))
+
+    def rename_signature(self, c: Class) -> tuple:
+        """rename's answer for two names depends on their child classes' rename decisions and
+        on whether the two are one class (logic.h.j2 fpol_rename): the class's transitions
+        with each child replaced by its decisions and by the first entry leading to the same
+        child. Classes with equal signatures answer every pair of names alike."""
+        rt = self.per_subject
+        entries = [(lit, t) for lit, t in c.literals] + [(m, t) for m, t in c.masks] + \
+            [(None, c.default)]
+        first: dict[int, int] = {}
+        out = []
+        for i, (key, t) in enumerate(entries):
+            k = self.classes[t]
+            out.append((key, rt(k, "rename:src"), rt(k, "rename:dst"), first.setdefault(t, i)))
+        return ("rename", tuple(g.text for g in c.globs), tuple(out))
 
     def needs_hook(self, c: Class, kids: list[Class], kind: str, op: str, kids_ok) -> bool:
         """Whether class `c` needs a program in the namespace hook of `op` (`kids_ok()`: every
@@ -638,6 +734,7 @@ class _Planner:
         p = self.programs.get(key)
         if p is None:
             p = self.programs[key] = make()
+            self.by_name[p.name] = p
         return p
 
     def _object_plan(self, table: DecisionTable) -> list:
@@ -717,7 +814,7 @@ class _Planner:
             p.classes.append(c.id)
             members.append((f"{member}_prefilter", p.name))
             if member == "lookup":
-                post = self.program(("lookup_post", c.id), lambda: Program(
+                post = self.program(self.lookup_post_key(c), lambda: Program(
                     f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
                     "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
                               "struct fuse_buffer *entries"))
@@ -743,11 +840,82 @@ class _Planner:
 HOOK_PARAMS = {h[0]: h[1] for h in HOOKS}
 
 
+# Classes share instances, and namespace programs, where they behave alike (tests turn
+# this off to compare).
+SHARING = True
+
+
+def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictness,
+                      runtime) -> list[int]:
+    """Per class, the class whose fuse_ops instance it uses: the smallest class of its block
+    in the coarsest partition where classes of one block behave identically to every program
+    (so the root, class 0, keeps its own name: root_bpf).
+
+    A program of class `c` reads, of `c` and of the child classes a name leads to, only
+    what the decision words do at run time (`runtime`: the return code, and for audited
+    decisions the event naming the rule; not which rule denied), the daemon-lookup flag,
+    and per transition whether the child may inherit `c`'s instance; and it compares class
+    ids: child == `c` (lookup: inherit or attach), two children equal (rename within one
+    class). So two classes share an instance when they agree on all of that, their
+    transitions have the same names, glob texts and masks, children in the same blocks,
+    and the same pattern of equal children (and of children equal to the class itself).
+    Then any program written for one decides for the other exactly as its own would, and
+    a child's instance is the same whichever class of the block its parent is in: fuse-bpf
+    attaching the instance of a block, or inheriting it, is attaching the class's own."""
+    classes = tree.classes
+    by_table: dict[int, tuple] = {}
+    labels: dict[tuple, int] = {}
+    shapes: dict[tuple, int] = {}
+    block: list[int] = []
+    static: list[tuple[int, tuple[int, ...]]] = []
+    for c, info in zip(classes, infos):
+        hit = by_table.get(id(c.table))
+        if hit is None or hit[0] is not c.table:
+            hit = by_table[id(c.table)] = (c.table, tuple(runtime(d) for d in c.table))
+        block.append(labels.setdefault((hit[1], info.daemon_lookup), len(labels)))
+        entries = [(lit, t, strict.at_least_as_strict(c.id, t)) for lit, t in c.literals]
+        entries += [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
+        entries.append((None, c.default, info.default_inherit_ok))
+        targets = tuple(t for _, t, _ in entries)
+        first: dict[int, int] = {c.id: -1}
+        shape = (tuple(g.text for g in c.globs),
+                 tuple((key, first.setdefault(t, i), ok) for i, (key, t, ok) in enumerate(entries)))
+        static.append((shapes.setdefault(shape, len(shapes)), targets))
+    count = len(labels)
+    while True:
+        sigs: dict[tuple, int] = {}
+        new = [sigs.setdefault((block[i], shape, tuple(block[t] for t in targets)), len(sigs))
+               for i, (shape, targets) in enumerate(static)]
+        block = new
+        if len(sigs) == count:
+            break
+        count = len(sigs)
+    rep: dict[int, int] = {}
+    return [rep.setdefault(b, i) for i, b in enumerate(block)]
+
+
 def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness):
-    """Each instance's programs, and the programs (shared where they behave the same)."""
+    """Each class's instance and the programs (shared where they behave the same). Classes
+    that behave alike share one instance (_shared_instances): each class still has its
+    Instance entry, naming the shared instance and its members."""
     planner = _Planner(tree, abi, strict)
     planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
-    instances = [planner.instance(c, info.instance) for c, info in zip(tree.classes, infos)]
+    if SHARING:
+        share = planner.share = _shared_instances(tree, infos, strict, planner.runtime)
+    else:  # one instance per class, and namespace programs per class (tests compare)
+        share = list(range(len(tree.classes)))
+    instances: list[Instance] = []
+    for c, info in zip(tree.classes, infos):
+        rep = share[c.id]
+        if rep == c.id:
+            instances.append(planner.instance(c, info.instance))
+            continue
+        inst = instances[rep]
+        for _, prog in inst.members:
+            planner.by_name[prog].classes.append(c.id)
+        info.instance = inst.name
+        instances.append(Instance(c.id, inst.name, inst.members,
+                                  c.example.decode("utf-8", "backslashreplace")))
     if not planner.programs:
         # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes
         # resolving the struct_ops type of a map no program fills: give the root instance

@@ -60,6 +60,16 @@ def build(checked, which: str, abi: Optional[str] = None, model: Optional[Model]
     return Built(model, path, source)
 
 
+def instance_names(checked, abi: Optional[str] = None, credentials: str = "kernel") -> list[str]:
+    """Per class of `checked`, the name of the fuse_ops instance its struct_ops object gives
+    it: classes that behave alike share one (compiler/lower.py _shared_instances), so a
+    daemon that looks a child up itself attaches this name, not `<policy>_<class>`. The
+    root's is `<policy>_0`."""
+    model = lower(checked.classes, abi=abi, source_name=os.path.basename(checked.source.file),
+                  credentials=credentials)
+    return [i.name for i in model.instances]
+
+
 def _complete(path: str) -> bool:
     """A cache entry that is a whole 64-bit ELF object: its section header table, which
     clang writes last, lies within the file. One damaged by something else (a full disk,

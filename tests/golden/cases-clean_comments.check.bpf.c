@@ -324,7 +324,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 2, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /y (instance clean_co_3) */
 	{ .row = 3, .default_child = 3, .flags = 1 },
-	/* class 4: e.g. /z (instance clean_co_4) */
+	/* class 4: e.g. /z (instance clean_co_2) */
 	{ .row = 4, .default_child = 4, .flags = 1 },
 	/* class 5: e.g. /... (instance clean_co_5) */
 	{ .row = 0, .default_child = 5, .flags = 1 },

@@ -330,7 +330,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 3, .flags = 1 },
 	/* class 4: e.g. /home/alice (instance clean_in_4) */
 	{ .row = 0, .default_child = 10, .flags = 0 },
-	/* class 5: e.g. /home/bob (instance clean_in_5) */
+	/* class 5: e.g. /home/bob (instance clean_in_4) */
 	{ .row = 0, .default_child = 13, .flags = 0 },
 	/* class 6: e.g. /home/keep (instance clean_in_6) */
 	{ .row = 1, .default_child = 6, .flags = 1 },
@@ -342,17 +342,17 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 3, .default_child = 18, .flags = 1 },
 	/* class 10: e.g. /home/alice/keep (instance clean_in_10) */
 	{ .row = 0, .default_child = 3, .flags = 1 },
-	/* class 11: e.g. /home/bob/.gnupg (instance clean_in_11) */
+	/* class 11: e.g. /home/bob/.gnupg (instance clean_in_8) */
 	{ .row = 4, .default_child = 21, .flags = 1 },
-	/* class 12: e.g. /home/bob/.ssh (instance clean_in_12) */
+	/* class 12: e.g. /home/bob/.ssh (instance clean_in_9) */
 	{ .row = 5, .default_child = 23, .flags = 1 },
-	/* class 13: e.g. /home/bob/keep (instance clean_in_13) */
+	/* class 13: e.g. /home/bob/keep (instance clean_in_10) */
 	{ .row = 0, .default_child = 3, .flags = 1 },
 	/* class 14: e.g. /var/log/a b (instance clean_in_14) */
 	{ .row = 6, .default_child = 14, .flags = 1 },
 	/* class 15: e.g. /home/alice/.gnupg/.cache (instance clean_in_15) */
 	{ .row = 7, .default_child = 15, .flags = 1 },
-	/* class 16: e.g. /home/alice/.gnupg/keep (instance clean_in_16) */
+	/* class 16: e.g. /home/alice/.gnupg/keep (instance clean_in_6) */
 	{ .row = 2, .default_child = 16, .flags = 1 },
 	/* class 17: e.g. /home/alice/.ssh/.cache (instance clean_in_17) */
 	{ .row = 8, .default_child = 17, .flags = 1 },
@@ -360,15 +360,15 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 3, .default_child = 18, .flags = 1 },
 	/* class 19: e.g. /home/alice/keep/.cache (instance clean_in_19) */
 	{ .row = 7, .default_child = 19, .flags = 1 },
-	/* class 20: e.g. /home/bob/.gnupg/.cache (instance clean_in_20) */
+	/* class 20: e.g. /home/bob/.gnupg/.cache (instance clean_in_15) */
 	{ .row = 9, .default_child = 20, .flags = 1 },
-	/* class 21: e.g. /home/bob/.gnupg/keep (instance clean_in_21) */
+	/* class 21: e.g. /home/bob/.gnupg/keep (instance clean_in_6) */
 	{ .row = 4, .default_child = 21, .flags = 1 },
-	/* class 22: e.g. /home/bob/.ssh/.cache (instance clean_in_22) */
+	/* class 22: e.g. /home/bob/.ssh/.cache (instance clean_in_17) */
 	{ .row = 10, .default_child = 22, .flags = 1 },
-	/* class 23: e.g. /home/bob/.ssh/keep (instance clean_in_23) */
+	/* class 23: e.g. /home/bob/.ssh/keep (instance clean_in_18) */
 	{ .row = 5, .default_child = 23, .flags = 1 },
-	/* class 24: e.g. /home/bob/keep/.cache (instance clean_in_24) */
+	/* class 24: e.g. /home/bob/keep/.cache (instance clean_in_19) */
 	{ .row = 9, .default_child = 24, .flags = 1 },
 	/* class 25: e.g. /home/alice/.gnupg/.cache/keep (instance clean_in_25) */
 	{ .row = 2, .default_child = 15, .flags = 1 },
@@ -376,11 +376,11 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 3, .default_child = 17, .flags = 1 },
 	/* class 27: e.g. /home/alice/keep/.cache/keep (instance clean_in_27) */
 	{ .row = 0, .default_child = 19, .flags = 0 },
-	/* class 28: e.g. /home/bob/.gnupg/.cache/keep (instance clean_in_28) */
+	/* class 28: e.g. /home/bob/.gnupg/.cache/keep (instance clean_in_25) */
 	{ .row = 4, .default_child = 20, .flags = 1 },
-	/* class 29: e.g. /home/bob/.ssh/.cache/keep (instance clean_in_29) */
+	/* class 29: e.g. /home/bob/.ssh/.cache/keep (instance clean_in_26) */
 	{ .row = 5, .default_child = 22, .flags = 1 },
-	/* class 30: e.g. /home/bob/keep/.cache/keep (instance clean_in_30) */
+	/* class 30: e.g. /home/bob/keep/.cache/keep (instance clean_in_27) */
 	{ .row = 0, .default_child = 24, .flags = 0 },
 };
 

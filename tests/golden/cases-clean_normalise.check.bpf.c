@@ -330,11 +330,11 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 6, .flags = 1 },
 	/* class 5: e.g. /h (instance clean_no_5) */
 	{ .row = 2, .default_child = 5, .flags = 1 },
-	/* class 6: e.g. /... (instance clean_no_6) */
+	/* class 6: e.g. /... (instance clean_no_2) */
 	{ .row = 0, .default_child = 6, .flags = 1 },
-	/* class 7: e.g. /a/b (instance clean_no_7) */
+	/* class 7: e.g. /a/b (instance clean_no_2) */
 	{ .row = 3, .default_child = 7, .flags = 1 },
-	/* class 8: e.g. /d/e (instance clean_no_8) */
+	/* class 8: e.g. /d/e (instance clean_no_2) */
 	{ .row = 4, .default_child = 8, .flags = 1 },
 	/* class 9: e.g. /f/g (instance clean_no_9) */
 	{ .row = 5, .default_child = 6, .flags = 1 },

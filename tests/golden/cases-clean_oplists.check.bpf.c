@@ -337,7 +337,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 6, .default_child = 6, .flags = 1 },
 	/* class 7: e.g. /g (instance clean_op_7) */
 	{ .row = 7, .default_child = 7, .flags = 1 },
-	/* class 8: e.g. /h (instance clean_op_8) */
+	/* class 8: e.g. /h (instance clean_op_2) */
 	{ .row = 8, .default_child = 8, .flags = 1 },
 	/* class 9: e.g. /i (instance clean_op_9) */
 	{ .row = 9, .default_child = 9, .flags = 1 },

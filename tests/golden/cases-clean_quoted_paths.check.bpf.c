@@ -324,17 +324,17 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 9, .flags = 1, .globs = 0, .masks = 0, .nglobs = 1, .nmasks = 1 },
 	/* class 1: e.g. /#not a comment (instance clean_qu_1) */
 	{ .row = 1, .default_child = 1, .flags = 1, .globs = 0, .masks = 1, .nglobs = 1, .nmasks = 1 },
-	/* class 2: e.g. /a "quoted" name (instance clean_qu_2) */
+	/* class 2: e.g. /a "quoted" name (instance clean_qu_1) */
 	{ .row = 2, .default_child = 2, .flags = 1, .globs = 0, .masks = 2, .nglobs = 1, .nmasks = 1 },
-	/* class 3: e.g. /back\slash (instance clean_qu_3) */
+	/* class 3: e.g. /back\slash (instance clean_qu_1) */
 	{ .row = 3, .default_child = 3, .flags = 1, .globs = 0, .masks = 3, .nglobs = 1, .nmasks = 1 },
 	/* class 4: e.g. /café (instance clean_qu_4) */
 	{ .row = 0, .default_child = 9, .flags = 1, .globs = 0, .masks = 4, .nglobs = 1, .nmasks = 1 },
-	/* class 5: e.g. /hexA~\xff\xe9 (instance clean_qu_5) */
+	/* class 5: e.g. /hexA~\xff\xe9 (instance clean_qu_1) */
 	{ .row = 4, .default_child = 5, .flags = 1, .globs = 0, .masks = 5, .nglobs = 1, .nmasks = 1 },
 	/* class 6: e.g. /q (instance clean_qu_6) */
 	{ .row = 0, .default_child = 9, .flags = 1, .globs = 1, .masks = 6, .nglobs = 2, .nmasks = 2 },
-	/* class 7: e.g. /secret (instance clean_qu_7) */
+	/* class 7: e.g. /secret (instance clean_qu_1) */
 	{ .row = 5, .default_child = 7, .flags = 1, .globs = 0, .masks = 8, .nglobs = 1, .nmasks = 1 },
 	/* class 8: e.g. /"" (instance clean_qu_8) */
 	{ .row = 6, .default_child = 9, .flags = 1, .globs = 0, .masks = 9, .nglobs = 1, .nmasks = 1 },
@@ -342,19 +342,19 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 9, .flags = 1, .globs = 0, .masks = 10, .nglobs = 1, .nmasks = 1 },
 	/* class 10: e.g. /#not a comment/"" (instance clean_qu_10) */
 	{ .row = 7, .default_child = 1, .flags = 1, .globs = 0, .masks = 11, .nglobs = 1, .nmasks = 1 },
-	/* class 11: e.g. /a "quoted" name/"" (instance clean_qu_11) */
+	/* class 11: e.g. /a "quoted" name/"" (instance clean_qu_10) */
 	{ .row = 8, .default_child = 2, .flags = 1, .globs = 0, .masks = 12, .nglobs = 1, .nmasks = 1 },
-	/* class 12: e.g. /back\slash/"" (instance clean_qu_12) */
+	/* class 12: e.g. /back\slash/"" (instance clean_qu_10) */
 	{ .row = 9, .default_child = 3, .flags = 1, .globs = 0, .masks = 13, .nglobs = 1, .nmasks = 1 },
-	/* class 13: e.g. /café/naïve (instance clean_qu_13) */
+	/* class 13: e.g. /café/naïve (instance clean_qu_1) */
 	{ .row = 10, .default_child = 13, .flags = 1, .globs = 0, .masks = 14, .nglobs = 1, .nmasks = 1 },
-	/* class 14: e.g. /hexA~\xff\xe9/"" (instance clean_qu_14) */
+	/* class 14: e.g. /hexA~\xff\xe9/"" (instance clean_qu_10) */
 	{ .row = 11, .default_child = 5, .flags = 1, .globs = 0, .masks = 15, .nglobs = 1, .nmasks = 1 },
 	/* class 15: e.g. /q/\ (instance clean_qu_15) */
 	{ .row = 12, .default_child = 15, .flags = 1 },
-	/* class 16: e.g. /secret/"" (instance clean_qu_16) */
+	/* class 16: e.g. /secret/"" (instance clean_qu_10) */
 	{ .row = 13, .default_child = 7, .flags = 1, .globs = 0, .masks = 16, .nglobs = 1, .nmasks = 1 },
-	/* class 17: e.g. /café/naïve/"" (instance clean_qu_17) */
+	/* class 17: e.g. /café/naïve/"" (instance clean_qu_10) */
 	{ .row = 14, .default_child = 13, .flags = 1, .globs = 0, .masks = 17, .nglobs = 1, .nmasks = 1 },
 };
 

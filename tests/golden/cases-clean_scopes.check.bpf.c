@@ -339,7 +339,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 21, .flags = 0, .globs = 0, .masks = 7, .nglobs = 1, .nmasks = 1 },
 	/* class 7: e.g. /uploads (instance clean_sc_7) */
 	{ .row = 0, .default_child = 7, .flags = 1, .globs = 3, .masks = 8, .nglobs = 2, .nmasks = 2 },
-	/* class 8: e.g. /with space (instance clean_sc_8) */
+	/* class 8: e.g. /with space (instance clean_sc_5) */
 	{ .row = 3, .default_child = 8, .flags = 1, .globs = 0, .masks = 10, .nglobs = 1, .nmasks = 1 },
 	/* class 9: e.g. /x (instance clean_sc_9) */
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 11, .nglobs = 1, .nmasks = 1 },
@@ -355,7 +355,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 16, .nglobs = 1, .nmasks = 1 },
 	/* class 15: e.g. /home/.exe (instance clean_sc_15) */
 	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 17, .nglobs = 1, .nmasks = 1 },
-	/* class 16: e.g. /home/. (instance clean_sc_16) */
+	/* class 16: e.g. /home/. (instance clean_sc_14) */
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 18, .nglobs = 1, .nmasks = 1 },
 	/* class 17: e.g. /secret/core (instance clean_sc_17) */
 	{ .row = 7, .default_child = 5, .flags = 1, .globs = 0, .masks = 19, .nglobs = 1, .nmasks = 1 },
@@ -365,7 +365,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 21, .nglobs = 1, .nmasks = 1 },
 	/* class 20: e.g. /srv/.exe (instance clean_sc_20) */
 	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 22, .nglobs = 1, .nmasks = 1 },
-	/* class 21: e.g. /srv/. (instance clean_sc_21) */
+	/* class 21: e.g. /srv/. (instance clean_sc_19) */
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 23, .nglobs = 1, .nmasks = 1 },
 	/* class 22: e.g. /uploads/core (instance clean_sc_22) */
 	{ .row = 1, .default_child = 7, .flags = 1, .globs = 3, .masks = 24, .nglobs = 2, .nmasks = 2 },
@@ -373,19 +373,19 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 4, .default_child = 7, .flags = 1, .globs = 3, .masks = 26, .nglobs = 2, .nmasks = 2 },
 	/* class 24: e.g. /uploads/.tmp (instance clean_sc_24) */
 	{ .row = 9, .default_child = 7, .flags = 1, .globs = 3, .masks = 28, .nglobs = 2, .nmasks = 2 },
-	/* class 25: e.g. /with space/core (instance clean_sc_25) */
+	/* class 25: e.g. /with space/core (instance clean_sc_17) */
 	{ .row = 10, .default_child = 8, .flags = 1, .globs = 0, .masks = 30, .nglobs = 1, .nmasks = 1 },
-	/* class 26: e.g. /with space/.exe (instance clean_sc_26) */
+	/* class 26: e.g. /with space/.exe (instance clean_sc_18) */
 	{ .row = 11, .default_child = 8, .flags = 1, .globs = 0, .masks = 31, .nglobs = 1, .nmasks = 1 },
 	/* class 27: e.g. /x/y (instance clean_sc_27) */
 	{ .row = 12, .default_child = 11, .flags = 1, .globs = 0, .masks = 32, .nglobs = 1, .nmasks = 1 },
 	/* class 28: e.g. /a/c./.exe (instance clean_sc_28) */
 	{ .row = 13, .default_child = 12, .flags = 1, .globs = 0, .masks = 33, .nglobs = 1, .nmasks = 1 },
-	/* class 29: e.g. /home/core/.ssh (instance clean_sc_29) */
+	/* class 29: e.g. /home/core/.ssh (instance clean_sc_12) */
 	{ .row = 14, .default_child = 29, .flags = 1, .globs = 0, .masks = 34, .nglobs = 1, .nmasks = 1 },
 	/* class 30: e.g. /srv/core/cache (instance clean_sc_30) */
 	{ .row = 0, .default_child = 30, .flags = 1, .globs = 5, .masks = 35, .nglobs = 2, .nmasks = 2 },
-	/* class 31: e.g. /home/core/.ssh/.exe (instance clean_sc_31) */
+	/* class 31: e.g. /home/core/.ssh/.exe (instance clean_sc_28) */
 	{ .row = 15, .default_child = 29, .flags = 1, .globs = 0, .masks = 37, .nglobs = 1, .nmasks = 1 },
 	/* class 32: e.g. /srv/core/cache/core (instance clean_sc_32) */
 	{ .row = 1, .default_child = 30, .flags = 1, .globs = 5, .masks = 38, .nglobs = 2, .nmasks = 2 },

@@ -335,7 +335,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 5, .default_child = 7, .flags = 1 },
 	/* class 8: e.g. /etc/i (instance sysro_8) */
 	{ .row = 2, .default_child = 8, .flags = 1 },
-	/* class 9: e.g. /usr/i (instance sysro_9) */
+	/* class 9: e.g. /usr/i (instance sysro_8) */
 	{ .row = 1, .default_child = 9, .flags = 1 },
 };
 
