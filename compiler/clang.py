@@ -90,7 +90,18 @@ def include_flags() -> list[str]:
 
 
 def compile_c(source: str, output: str, name: str = "policy") -> None:
-    """Build `source` into the BPF object `output`; raises CompileFailure or ToolMissing."""
+    """Build `source` into the BPF object `output`; raises CompileFailure or ToolMissing.
+
+    A struct_ops source with many programs is built in parts and linked (_compile_parts):
+    clang's BTF string table costs time quadratic in the distinct names of one unit."""
+    parts = split_programs(source)
+    if parts is not None:
+        _compile_parts(parts, output, name)
+        return
+    _compile_one(source, output, name)
+
+
+def _compile_one(source: str, output: str, name: str) -> None:
     clang = find_clang()
     with tempfile.TemporaryDirectory(prefix="fpol-") as tmp:
         c_path = os.path.join(tmp, f"{name}.bpf.c")
@@ -155,3 +166,296 @@ def _failure(source: str, output: str, c_path: str, status: int = 1) -> CompileF
     if first:
         return CompileFailure(f"clang failed (exit status {status}): {first}", output)
     return CompileFailure(f"clang failed (exit status {status}) and printed nothing", output)
+
+
+
+# --- large struct_ops objects, built in parts ------------------------------------------
+#
+# clang 14's BPF backend adds every string of the object's BTF (each program's name, each
+# instance's, each source line a program's line info names) by a linear search of the
+# strings before it, so one unit of N programs costs time quadratic in N: 2,000 stubs build
+# in ~2 s, 8,000 in ~26 s, and 19,000 (1,000 realistic rules before sharing) did not finish
+# in 10 minutes. So a source with more than PART_PROGRAMS programs is built as several units
+# of at most that many, compiled in parallel with -g as ever, and joined by libbpf's static
+# linker (`bpftool gen object`), which merges their BTF and resolves the calls:
+# - the first unit is the source up to the programs (the decision logic, its tables and
+#   maps, the helpers, the stub macros), with its share of the programs and instances;
+# - every other unit has the same preamble as declarations only (tables, maps and global
+#   functions `extern`, static inline helpers and macros as they are), its programs (a
+#   program several units need is repeated in each, renamed: a struct_ops member must name a
+#   program of its own object file), and its instances;
+# - instances are `static` in every unit: the linker's symbol lookup is linear too, so only
+#   the programs are global symbols.
+# The markers below come from templates/policy.bpf.c.j2.
+
+PART_PROGRAMS = 1500
+_PROGRAMS_MARK = " * fpol:programs"
+_INSTANCES_MARK = "/* fpol:instances"
+_INSTANCE = re.compile(r'(?:/\* class [^\n]*\*/\n)?SEC\("\.struct_ops"\)\nstruct fuse_ops (\w+) = \{\n(.*?)\n\};\n',
+                       re.S)
+_MEMBER = re.compile(r"\(void \*\)(\w+),")
+
+
+@dataclass
+class Parts:
+    preamble: str  # the source up to the programs
+    programs: dict  # name -> its text (a stub line, or a program written out)
+    units: list  # per unit: (program names, instance texts)
+    first_unit: dict  # program name -> the first unit that has it (others rename it)
+
+
+def _program_items(text: str) -> dict:
+    """The programs section: stub lines, and programs written out (ending in a line `}`)."""
+    out: dict = {}
+    block: list[str] = []
+    for line in text.split("\n"):
+        if not block:
+            if not line.strip():
+                continue
+            m = re.match(r"FPOL_STUB_\w+\((\w+),", line)
+            if m:
+                out[m.group(1)] = line
+                continue
+        block.append(line)
+        if line == "}":
+            text_ = "\n".join(block)
+            m = re.search(r"BPF_PROG\((\w+)", text_)
+            if not m:
+                raise ValueError("a program without a name in the generated source")
+            out[m.group(1)] = text_
+            block = []
+    if any(line.strip() for line in block):
+        raise ValueError("an unfinished program in the generated source")
+    return out
+
+
+def split_programs(source: str, limit: Optional[int] = None) -> Optional[Parts]:
+    """The units a struct_ops source is built as, or None to build it whole."""
+    limit = limit or PART_PROGRAMS
+    start = source.find(_PROGRAMS_MARK)
+    middle = source.find(_INSTANCES_MARK)
+    if start < 0 or middle < 0:
+        return None
+    start = source.index("\n", source.index("*/", start)) + 1
+    if source.count("\n", start, middle) < limit:  # at most one line a program
+        return None
+    programs = _program_items(source[start:middle])
+    if len(programs) <= limit:
+        return None
+    units: list = []
+    names: list = []
+    seen: set = set()
+    texts: list = []
+    for m in _INSTANCE.finditer(source, middle):
+        used = [p for p in _MEMBER.findall(m.group(2))]
+        fresh = [p for p in used if p not in seen]
+        if names and len(seen) + len(fresh) > limit:
+            units.append((names, texts))
+            names, seen, texts = [], set(), []
+            fresh = list(dict.fromkeys(used))
+        for p in fresh:
+            if p not in seen:
+                seen.add(p)
+                names.append(p)
+        texts.append(m.group(0))
+    if texts:
+        units.append((names, texts))
+    used_anywhere = {p for unit_names, _ in units for p in unit_names}
+    units[0][0].extend(p for p in programs if p not in used_anywhere)
+    preamble = source[:source.rindex("/*", 0, source.index(_PROGRAMS_MARK))]
+    first_unit: dict = {}
+    for k, (unit_names, _) in enumerate(units):
+        for p in unit_names:
+            first_unit.setdefault(p, k)
+    return Parts(preamble, programs, units, first_unit)
+
+
+_KSYM = re.compile(r"extern\s[^;]*?\b(\w+)\s*\(([^;]*)\)\s*__ksym\s*;")
+
+
+def _core_source(parts: Parts) -> str:
+    """The first unit: the preamble (logic, tables, maps, helpers), no program. libbpf 1.1's
+    linker cannot merge one kfunc declared `__ksym` in two objects ("failed to resolve size
+    of underlying type"), so only this unit declares them so, and a function no program
+    calls (libbpf loads only what programs call) makes clang describe every kfunc here; the
+    other units declare them as plain externs, which the linker joins to these."""
+    calls = []
+    for m in _KSYM.finditer(parts.preamble):
+        args = ", ".join("0" for a in m.group(2).split(",") if a.strip() and a.strip() != "void")
+        calls.append(f"\t{m.group(1)}({args});\n")
+    keeper = ("\n/* Never called: it makes clang describe every kfunc in this part "
+              "(compiler/clang.py). */\n__noinline int fpol_kfuncs(void)\n{\n"
+              + "".join(calls) + "\treturn 0;\n}\n") if calls else ""
+    return parts.preamble + keeper
+
+
+def _unit_source(parts: Parts, k: int) -> str:
+    """Unit k (from 1): the preamble as declarations, its programs and its instances."""
+    if k == 0:
+        return _core_source(parts)
+    names, instances = parts.units[k - 1]
+    out = [_KSYM.sub(lambda m: m.group(0).replace("__ksym", ""), declarations(parts.preamble))]
+    out.append(f"\n/* Part {k} of {len(parts.units)}: {len(names)} programs, "
+               f"{len(instances)} instances. */\n")
+    rename = {}
+    for p in names:
+        text = parts.programs[p]
+        if parts.first_unit[p] != k - 1:
+            rename[p] = f"{p}_p{k}"
+            text = re.sub(rf"\b{p}\b", rename[p], text, count=1)
+        out.append(text + "\n")
+    for text in instances:
+        text = text.replace('SEC(".struct_ops")\nstruct fuse_ops',
+                            'SEC(".struct_ops")\nstatic struct fuse_ops', 1)
+        if rename:
+            text = _MEMBER.sub(lambda m: f"(void *){rename.get(m.group(1), m.group(1))},", text)
+        out.append(text)
+    return "".join(out)
+
+
+def _compile_parts(parts: Parts, output: str, name: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    linker = find_bpftool()
+    with tempfile.TemporaryDirectory(prefix="fpol-parts-") as tmp:
+        objects = [os.path.join(tmp, f"{name}.part{k}.o") for k in range(len(parts.units) + 1)]
+
+        def build(k: int) -> None:
+            _compile_one(_unit_source(parts, k), objects[k], f"{name}.part{k}")
+
+        workers = max(1, min(len(objects), os.cpu_count() or 1, 8))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for f in [pool.submit(build, k) for k in range(len(objects))]:
+                f.result()
+        proc = subprocess.run([linker, "gen", "object", output, *objects],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CompileFailure(f"linking the {len(objects)} parts of the struct_ops object "
+                                 f"failed (bpftool gen object, exit status {proc.returncode})",
+                                 proc.stderr or proc.stdout)
+
+
+def find_bpftool() -> str:
+    env = os.environ.get("BPFTOOL")
+    for cand in ([env] if env else []) + ["bpftool", "/usr/sbin/bpftool", "/sbin/bpftool"]:
+        path = shutil.which(cand)
+        if path:
+            return path
+    raise ToolMissing("bpftool not found: a struct_ops object of more than "
+                      f"{PART_PROGRAMS} programs is built in parts and linked with "
+                      "`bpftool gen object`; install it (Debian: apt-get install bpftool) "
+                      "or set $BPFTOOL")
+
+
+def declarations(text: str) -> str:
+    """C text with its definitions turned into declarations: global functions become
+    prototypes, initialised global variables and `.maps` definitions `extern`; macros,
+    types, static functions and declarations stay; the license goes (one unit has it)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = _skip_space(text, i)
+        if j >= n:
+            break
+        if text[j] == "#":
+            end = j
+            while True:
+                nl = text.find("\n", end)
+                if nl < 0:
+                    nl = n
+                if text[nl - 1:nl] == "\\" and nl < n:
+                    end = nl + 1
+                    continue
+                break
+            out.append(text[j:nl] + "\n")
+            i = nl + 1
+            continue
+        end, header, is_function = _item(text, j)
+        item = text[j:end]
+        i = end
+        if 'SEC("license")' in item:
+            continue
+        if is_function:
+            if re.match(r"static\b", header.strip()):
+                out.append(item + "\n")
+            else:
+                out.append(header.strip() + ";\n")
+            continue
+        eq = _top_level(item, "=")
+        if eq is not None and not re.match(r"static\b", item):
+            out.append("extern " + item[:eq].strip() + ";\n")
+        elif re.match(r"struct\s*\{", item) and 'SEC(".maps")' in item:
+            out.append("extern " + item + "\n")
+        else:
+            out.append(item + "\n")
+    return "".join(out)
+
+
+def _skip_space(text: str, i: int) -> int:
+    n = len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+        elif text.startswith("/*", i):
+            i = text.index("*/", i + 2) + 2
+        elif text.startswith("//", i):
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl + 1
+        else:
+            break
+    return i
+
+
+def _item(text: str, start: int):
+    """One top-level C item from `start`: (its end, the text before its first `{`, whether it
+    is a function definition: a header ending in `)` and a body)."""
+    depth = 0
+    header = None
+    i, n = start, len(text)
+    while i < n:
+        ch = text[i]
+        if text.startswith("/*", i):
+            i = text.index("*/", i + 2) + 2
+            continue
+        if text.startswith("//", i):
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl
+            continue
+        if ch in "\"'":
+            i += 1
+            while text[i] != ch:
+                i += 2 if text[i] == "\\" else 1
+        elif ch == "{":
+            if depth == 0 and header is None:
+                header = text[start:i]
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0 and header is not None:
+                head = re.sub(r"/\*.*?\*/|//[^\n]*", "", header, flags=re.S).strip()
+                if head.endswith(")") and _top_level(head, "=") is None:
+                    return i + 1, head, True
+        elif ch == ";" and depth == 0:
+            return i + 1, header or "", False
+        i += 1
+    raise ValueError("unfinished C item in the generated source")
+
+
+def _top_level(item: str, char: str) -> Optional[int]:
+    """Where `char` first occurs outside braces, brackets, parentheses and strings."""
+    depth = 0
+    i, n = 0, len(item)
+    while i < n:
+        ch = item[i]
+        if ch in "\"'":
+            i += 1
+            while item[i] != ch:
+                i += 2 if item[i] == "\\" else 1
+        elif ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+        elif ch == char and depth == 0:
+            return i
+        i += 1
+    return None
