@@ -65,6 +65,7 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
     trees = (tree,) + tuple(included)
     defs = _definitions(trees, reporter)
     rules: list[Rule] = []
+    meanings: list[object] = []  # per rule, what makes two rules the same (_meaning)
     if statements is None:
         statements = [(t.file, st) for t in trees for st in t.statements]
     for file, st in statements:
@@ -77,8 +78,9 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
                     if len(alternatives) > 1:
                         rule = dataclasses.replace(rule, expanded=True)
                     rules.append(rule)
+                    meanings.append(_meaning(concrete, rule))
     defs.report_unused()
-    _duplicates(rules, reporter)
+    _duplicates(rules, meanings, reporter)
     return Policy(
         file=tree.file,
         name=headers.get("policy") or default_policy_name(tree.file),
@@ -665,14 +667,25 @@ def _implies(a: Term, b: Term) -> bool:
     return len(body) >= len(prefix) and tuple(body[:len(prefix)]) == tuple(prefix)
 
 
-def _duplicates(rules: list[Rule], reporter: Reporter) -> None:
-    first: dict[str, Rule] = {}
-    for r in rules:
-        if r.text in first:
-            other = first[r.text]
+def _meaning(st: ast.Rule, rule: Rule) -> object:
+    """The rule's text; with subject conditions, its text without them and the ids they
+    name, so `by user root` and `by uid 0` (where root is uid 0) are one rule."""
+    if not rule.has_subject:
+        return rule.text
+    bare = dataclasses.replace(st, subjects=(), except_subjects=())
+    return (_canonical_text(bare, list(rule.terms), rule.errno),
+            tuple((s.kind, s.low, s.high) for s in rule.subjects),
+            tuple((s.kind, s.low, s.high) for s in rule.except_subjects))
+
+
+def _duplicates(rules: list[Rule], meanings: list[object], reporter: Reporter) -> None:
+    first: dict[object, Rule] = {}
+    for r, key in zip(rules, meanings):
+        if key in first:
+            other = first[key]
             where = f"line {other.line}" if other.file == r.file else f"{other.file}:{other.line}"
             reporter.add("FP104", f"duplicate of the rule on {where}", r.span,
                          "delete one of them", related=(("first written here", other.span, other.file),),
                          file=r.file)
         else:
-            first[r.text] = r
+            first[key] = r
