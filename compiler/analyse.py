@@ -500,7 +500,8 @@ def _subject(item: ast.SubjectItem, reporter: Reporter) -> Optional[Subject]:
             hint = (f"did you mean `{name_kind} {value}`?"
                     if resolve_name(name_kind, value) is not None
                     else f"for a {name_kind} name write `{name_kind} NAME`")
-        reporter.add("FP037", f"`{value}` is not a {kind} or a {kind} range", span,
+        # The whole item: the did-you-mean fix (`user NAME`) replaces `uid NAME`.
+        reporter.add("FP037", f"`{value}` is not a {kind} or a {kind} range", item.span,
                      hint or f"write a decimal id, `{kind} 1000`, or an inclusive range, "
                              f"`{kind} 1000-1999`")
         return None

@@ -205,3 +205,27 @@ def test_each_case_is_decided_for_its_requester():
 def test_syntax_errors_in_subjects_have_hints(text, hint):
     (d,) = check(text, "p.fpol").diagnostics
     assert (d.code, d.hint) == ("FP001", hint)
+
+
+# --- the language server ----------------------------------------------------------------
+
+def test_lsp_completes_and_hovers_subjects(tmp_path):
+    from fpol.lsp import Document, completions, hover
+
+    doc = Document("deny write under /a by \nallow read under /a by user root except by uid 5-9\n",
+                   str(tmp_path / "x.fpol"))
+    assert [i.label for i in completions(doc, 0, 23)] == ["uid", "gid", "user", "group"]
+    assert "root" in [i.label for i in completions(Document("deny write by user \n", "y.fpol"), 0, 19)]
+    assert not {"by", "uid", "gid", "user", "group"} & {i.label for i in completions(doc, 2, 0)}
+    assert hover(doc, 1, 30).endswith("`user root` is uid 0 on this machine")
+    assert hover(doc, 1, 46).endswith("uid 5 to 9 (5 ids)")
+
+
+def test_lsp_quick_fixes_for_subjects(tmp_path):
+    """The did-you-mean hints replace what they name: the user name, or the whole item."""
+    from fpol.lsp import Document, quick_fixes
+
+    text = "deny read under /a by user roott\ndeny read under /a by uid root\n"
+    doc = Document(text, str(tmp_path / "x.fpol"))
+    fixes = {(p.start, p.end, p.fix) for p in quick_fixes(doc, (0, 0), (2, 0))}
+    assert fixes == {((0, 27), (0, 32), "root"), ((1, 22), (1, 30), "user root")}
