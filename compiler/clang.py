@@ -321,7 +321,13 @@ def _compile_parts(parts: Parts, output: str, name: str) -> None:
         objects = [os.path.join(tmp, f"{name}.part{k}.o") for k in range(len(parts.units) + 1)]
 
         def build(k: int) -> None:
-            _compile_one(_unit_source(parts, k), objects[k], f"{name}.part{k}")
+            try:
+                _compile_one(_unit_source(parts, k), objects[k], f"{name}.part{k}")
+            except CompileFailure as e:
+                # The generated line is the part's (the core's lines are the source's own).
+                e.message = (f"{e.message} (in part {k} of {len(objects) - 1} of the "
+                             "struct_ops object, built in parts: compiler/clang.py)")
+                raise
 
         workers = max(1, min(len(objects), os.cpu_count() or 1, 8))
         with ThreadPoolExecutor(max_workers=workers) as pool:

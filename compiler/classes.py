@@ -311,7 +311,8 @@ def build_raw(policy: Policy) -> list[RawState]:
         core = (sticky_id, moving)
         known = by_core.get(core)
         if known is not None:
-            states[sid] = RawState(key, accepted, *known, example)
+            lits, gl, ms, default = known
+            states[sid] = RawState(key, accepted, lits, gl, ms, default, example)
             continue
         base, by_literal, by_glob = set(), {}, {}
         for part, adv in float_literal.items():

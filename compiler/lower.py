@@ -676,12 +676,13 @@ class _Planner:
         """lookup_postfilter attaches the child's instance, or nothing when the child is the
         directory's own class (it inherits): per name, the child's instance or -1. Classes
         that agree on every name share the program."""
-        if self.share is None:
+        share = self.share
+        if share is None:
             return ("lookup_post", c.id)
-        default = -1 if c.default == c.id else self.share[c.default]
+        default = -1 if c.default == c.id else share[c.default]
 
         def inst(t: int) -> int:
-            return -1 if t == c.id else self.share[t]
+            return -1 if t == c.id else share[t]
 
         masks = tuple((m, inst(t)) for m, t in c.masks if inst(t) != default)
         by_mask = dict(masks)
@@ -873,7 +874,8 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
         if hit is None or hit[0] is not c.table:
             hit = by_table[id(c.table)] = (c.table, tuple(runtime(d) for d in c.table))
         block.append(labels.setdefault((hit[1], info.daemon_lookup), len(labels)))
-        entries = [(lit, t, strict.at_least_as_strict(c.id, t)) for lit, t in c.literals]
+        entries: list[tuple[object, int, bool]] = [
+            (lit, t, strict.at_least_as_strict(c.id, t)) for lit, t in c.literals]
         entries += [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
         entries.append((None, c.default, info.default_inherit_ok))
         targets = tuple(t for _, t, _ in entries)
