@@ -63,7 +63,7 @@ class Class:
 
     def decisions(self, atom: str) -> list[Decision]:
         """The decision for `atom`, for every subject class."""
-        return [self.table.at(atom, s) for s in range(self.table.nsubjects)]
+        return self.table.decisions(atom)
 
     def child(self, name: bytes, fold: bool) -> int:
         key = name.lower() if fold else name
@@ -376,16 +376,36 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     that apply to that subject decide. Equal tables are one object, so later stages can
     key them by identity instead of hashing their decisions again and again."""
     subjects = partition(policy)
+    nsubjects = len(subjects)
+    held = [c.rules for c in subjects.classes]
     memo: dict[frozenset, DecisionTable] = {}
-    interned: dict[DecisionTable, DecisionTable] = {}
+    # Equal rows are one object, and tables are interned by their rows' identities (a
+    # table of many subject classes is long: hashing its decisions would dominate).
+    rows: dict[tuple[Decision, ...], tuple[Decision, ...]] = {}
+    interned: dict[tuple[int, ...], DecisionTable] = {}
     out = []
     for st in raw:
         key = frozenset(r.index for r in matching_rules(policy, st.accepted_terms))
         if key not in memo:
             rules = [policy.rules[i] for i in sorted(key)]
-            t = DecisionTable(decide_table(policy, subjects.select(rules, s))
-                              for s in range(len(subjects)))
-            memo[key] = interned.setdefault(t, t)
+            # A subject class's table depends only on which of the rules here that have
+            # subject conditions apply to it: decide once per such set, not once per class
+            # (a policy may have hundreds of subject classes, a node only a few such rules).
+            relevant = key & subjects.conditional
+            decided: dict[frozenset, tuple[Decision, ...]] = {}
+            per_subject = []
+            for s in range(nsubjects):
+                which = relevant & held[s] if relevant else relevant
+                row = decided.get(which)
+                if row is None:
+                    row = decide_table(policy, subjects.select(rules, s))
+                    row = decided[which] = rows.setdefault(row, row)
+                per_subject.append(row)
+            ids = tuple(id(row) for row in per_subject)
+            t = interned.get(ids)
+            if t is None:
+                t = interned[ids] = DecisionTable(per_subject)
+            memo[key] = t
         out.append(memo[key])
     return out
 

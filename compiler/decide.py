@@ -68,34 +68,44 @@ class DecisionTable(tuple):
     """The decisions of one class: one per (subject class, atom), subject-major, atoms in
     ops.ATOMS order. A policy without subject conditions has one subject class, so its
     tables are one decision per atom. Iterating visits every decision of every subject
-    (what "does any decision ..." questions want); `at` and `for_subject` index."""
+    (what "does any decision ..." questions want); `at` and `for_subject` index.
 
-    __slots__ = ()
+    `rows` keeps each subject class's row as the object it was built from: rows are
+    shared between tables (classes.tables interns them), so later stages may work per
+    distinct row instead of per subject class."""
+
+    rows: tuple[tuple[Decision, ...], ...]
 
     def __new__(cls, per_subject: "Iterable[tuple[Decision, ...]]") -> "DecisionTable":
+        rows = tuple(tuple(t) if not isinstance(t, tuple) else t for t in per_subject)
         flat: list[Decision] = []
-        for t in per_subject:
+        for t in rows:
             flat.extend(t)
-        return super().__new__(cls, flat)
+        table = super().__new__(cls, flat)
+        table.rows = rows
+        return table
+
+    def __reduce__(self):
+        return (DecisionTable, (self.rows,))
 
     @property
     def nsubjects(self) -> int:
-        return len(self) // NATOMS
+        return len(self.rows)
 
     def at(self, atom: str, subject: int) -> Decision:
-        return self[subject * NATOMS + ATOM_INDEX[atom]]
+        return self.rows[subject][ATOM_INDEX[atom]]
 
     def for_subject(self, subject: int) -> tuple[Decision, ...]:
         """The decision per atom for one subject class."""
-        return tuple(self[subject * NATOMS:(subject + 1) * NATOMS])
+        return self.rows[subject]
 
     def per_subject(self) -> list[tuple[Decision, ...]]:
-        return [self.for_subject(s) for s in range(self.nsubjects)]
+        return list(self.rows)
 
     def uniform(self) -> bool:
         """Is every subject class decided alike?"""
-        first = self[:NATOMS]
-        return all(self[s * NATOMS:(s + 1) * NATOMS] == first for s in range(1, self.nsubjects))
+        first = self.rows[0]
+        return all(r is first or r == first for r in self.rows[1:])
 
     def effects(self) -> tuple:
         """The table's semantic key: every decision's effect (decide.Decision.effect), in
@@ -104,8 +114,13 @@ class DecisionTable(tuple):
 
     def depends_on_subject(self, atom: str) -> bool:
         i = ATOM_INDEX[atom]
-        first = self[i]
-        return any(self[s * NATOMS + i] != first for s in range(1, self.nsubjects))
+        first = self.rows[0][i]
+        return any(r[i] != first for r in self.rows[1:])
+
+    def decisions(self, atom: str) -> list[Decision]:
+        """The decision for `atom`, for every subject class."""
+        i = ATOM_INDEX[atom]
+        return [r[i] for r in self.rows]
 
 
 def stricter(first: Decision, second: Decision) -> Decision:

@@ -46,14 +46,21 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
                 matched.add(r.index)
         # Where no rule matching here depends on who asks, every subject class is decided
         # alike: one visit does for all.
-        alike = nsubjects == 1 or not any(r.index in subjects.conditional for r in here)
+        relevant = frozenset(r.index for r in here) & subjects.conditional
+        alike = nsubjects == 1 or not relevant
+        which_done: set[frozenset] = set()  # subject classes with the same rules here
         for s in range(1 if alike else nsubjects):
             key: tuple
             if nsubjects == 1:
                 applying = here
                 key = (id(table), tuple(r.index for r in here))
             else:
-                # The decisions for subject class s: the path's rules that apply to it.
+                # The decisions for subject class s: the path's rules that apply to it,
+                # which depend only on which of `relevant` apply to s.
+                which = relevant & subjects.classes[s].rules
+                if which in which_done:
+                    continue
+                which_done.add(which)
                 applying = subjects.select(here, s)
                 key = tuple(r.index for r in applying)
             if key in seen:  # many states share both; what follows depends on nothing else

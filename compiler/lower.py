@@ -442,8 +442,10 @@ def _rows(tree: ClassTree, source_name: str):
             per_subject = [c.table]
             keys = [id(c.table)]
         else:
+            # Rows are interned (classes.tables, subjects.realise_subjects): equal rows are
+            # one object, so identity is equality (and each row stays alive in its table).
             per_subject = c.table.per_subject()
-            keys = per_subject
+            keys = [id(r) for r in per_subject]
         ids = []
         for key, t in zip(keys, per_subject):
             rid = row_of_table.get(key)
@@ -544,14 +546,12 @@ _ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.ite
 def _uniform(c: Class, op: str) -> Optional[Decision]:
     """The class's decision for `op` if it depends neither on the request's details nor on
     who is asking."""
-    return _uniform_in(c.table, _slots(op, c.table.nsubjects))
-
-
-def _slots(op: str, nsubjects: int) -> list[int]:
-    """The positions of `op`'s atoms in a decision table, for every subject class."""
-    if nsubjects == 1:
-        return _ATOM_SLOTS[op]
-    return [s * len(ops.ATOMS) + i for s in range(nsubjects) for i in _ATOM_SLOTS[op]]
+    rows = c.table.rows
+    slots = _ATOM_SLOTS[op]
+    first = _uniform_in(rows[0], slots)
+    if first is None or any(r is not rows[0] and _uniform_in(r, slots) != first for r in rows[1:]):
+        return None
+    return first
 
 
 def _uniform_in(table: tuple, slots: list[int]) -> Optional[Decision]:
@@ -582,6 +582,9 @@ class _Planner:
         self.by_name: dict[str, Program] = {}
         self._outcomes: dict[tuple, tuple] = {}
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
+        self._row_runtime: dict[int, tuple[tuple, tuple[int, ...]]] = {}
+        self._table_runtime: dict[int, tuple[DecisionTable, tuple]] = {}
+        self._per_subject: dict[tuple[int, str], tuple[DecisionTable, tuple[int, ...]]] = {}
 
     def runtime(self, d: Decision) -> int:
         """What a program does with a decision, as a small number: its return code, and for
@@ -602,8 +605,7 @@ class _Planner:
         they are (so instances can share it); None when the program must be the class's own.
         A class with no literal or glob transitions sends every name to its default child,
         so its programs are fixed by that child's decisions."""
-        def rt(k: Class, atom: str) -> tuple[int, ...]:  # every subject class's
-            return tuple(self.runtime(d) for d in k.decisions(atom))
+        rt = self.per_subject  # every subject class's
 
         if kind == "link":
             return (kind, rt(c, "link:src"))
@@ -627,7 +629,29 @@ class _Planner:
 
     def per_subject(self, k: Class, atom: str) -> tuple[int, ...]:
         """`runtime` of class k's decisions for `atom`, for every subject class."""
-        return tuple(self.runtime(d) for d in k.decisions(atom))
+        key = (id(k.table), atom)
+        hit = self._per_subject.get(key)
+        if hit is None or hit[0] is not k.table:
+            i = SLOT[atom]
+            hit = self._per_subject[key] = (
+                k.table, tuple(self.row_runtime(r)[i] for r in k.table.rows))
+        return hit[1]
+
+    def row_runtime(self, row: tuple) -> tuple[int, ...]:
+        """`runtime` of every decision of one row (rows are interned and shared by many
+        tables and subject classes: worked out once per row)."""
+        hit = self._row_runtime.get(id(row))
+        if hit is None or hit[0] is not row:
+            hit = self._row_runtime[id(row)] = (row, tuple(self.runtime(d) for d in row))
+        return hit[1]
+
+    def table_runtime(self, table: DecisionTable) -> tuple:
+        """What a table's decisions do at run time, for every subject class, as a key."""
+        hit = self._table_runtime.get(id(table))
+        if hit is None or hit[0] is not table:
+            hit = self._table_runtime[id(table)] = (
+                table, tuple(self.row_runtime(r) for r in table.rows))
+        return hit[1]
 
     def outcome(self, c: Class, k: int, kind: str, op: str):
         """What the program of `kind`/`op` in class `c` does with a name that leads to child
@@ -745,13 +769,18 @@ class _Planner:
         if plan is not None and plan[0] is table:
             return plan[1]
         rt = self.runtime
+        rows = table.rows
+        runtimes = [self.row_runtime(r) for r in rows]
         out: list = []
         for member, params, kind, op in HOOKS:
             if kind != "object":
                 out.append(None)
                 continue
-            slots = _slots(op, table.nsubjects)
-            uniform = _uniform_in(table, slots)
+            slots = _ATOM_SLOTS[op]
+            uniform = _uniform_in(rows[0], slots)
+            if uniform is not None and any(
+                    r is not rows[0] and _uniform_in(r, slots) != uniform for r in rows[1:]):
+                uniform = None  # it depends on who is asking
             if _trivial(uniform):
                 out.append(None)
             elif self.abi == "v4" and uniform is not None and \
@@ -761,10 +790,10 @@ class _Planner:
                 out.append(("default", (OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]),
                             (OPCODES[op], rt(uniform))))
             elif op in ("fsync", "fsyncdir"):
-                out.append(("fsync", tuple(rt(table[i]) for i in _slots("fsync", table.nsubjects)
-                                           + _slots("fsyncdir", table.nsubjects))))
+                out.append(("fsync", tuple(r[SLOT["fsync"]] for r in runtimes)
+                            + tuple(r[SLOT["fsyncdir"]] for r in runtimes)))
             else:
-                out.append(("object", tuple(rt(table[i]) for i in slots)))
+                out.append(("object", tuple(r[i] for r in runtimes for i in slots)))
         self._plans[id(table)] = (table, out)
         return out
 
@@ -847,7 +876,7 @@ SHARING = True
 
 
 def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictness,
-                      runtime) -> list[int]:
+                      table_runtime) -> list[int]:
     """Per class, the class whose fuse_ops instance it uses: the smallest class of its block
     in the coarsest partition where classes of one block behave identically to every program
     (so the root, class 0, keeps its own name: root_bpf).
@@ -872,7 +901,7 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
     for c, info in zip(classes, infos):
         hit = by_table.get(id(c.table))
         if hit is None or hit[0] is not c.table:
-            hit = by_table[id(c.table)] = (c.table, tuple(runtime(d) for d in c.table))
+            hit = by_table[id(c.table)] = (c.table, table_runtime(c.table))
         block.append(labels.setdefault((hit[1], info.daemon_lookup), len(labels)))
         entries: list[tuple[object, int, bool]] = [
             (lit, t, strict.at_least_as_strict(c.id, t)) for lit, t in c.literals]
@@ -903,7 +932,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
     planner = _Planner(tree, abi, strict)
     planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
     if SHARING:
-        share = planner.share = _shared_instances(tree, infos, strict, planner.runtime)
+        share = planner.share = _shared_instances(tree, infos, strict, planner.table_runtime)
     else:  # one instance per class, and namespace programs per class (tests compare)
         share = list(range(len(tree.classes)))
     instances: list[Instance] = []

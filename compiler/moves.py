@@ -69,20 +69,65 @@ class Strictness:
         self._vector_by_id: dict[int, tuple] = {}
         self._vector_of_table: dict[int, tuple[tuple, int]] = {}
         self._mins: dict[tuple[int, int], int] = {}
+        # A class's vector is one row vector (strictness per atom) per subject class; row
+        # vectors are few and compared pairwise once (they are what a vector's id names).
+        self._row_vectors: dict[tuple, int] = {}
+        self._row_vector_by_id: list[tuple] = []
+        self._row_vector_of: dict[int, tuple[tuple, int]] = {}  # by row identity
+        self._row_ge: dict[tuple[int, int], bool] = {}
+        self._row_min: dict[tuple[int, int], int] = {}
         self._floor: Optional[list[int]] = None
         self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
 
     def _strictness(self, c: Class) -> int:
-        """An id for the class's vector of strictness per atom (few distinct ones exist)."""
+        """An id for the class's vector of strictness per (subject class, atom): a tuple of
+        row vector ids, one per subject class (few distinct ones exist)."""
         v = self._vector_of.get(c.id)
         if v is None:
             by_table = self._vector_of_table.get(id(c.table))  # tables are interned
             if by_table is None or by_table[0] is not c.table:
                 by_table = self._vector_of_table[id(c.table)] = (
-                    c.table, self._vector_id(tuple(STRICTNESS[d.kind] for d in c.table)))
+                    c.table, self._vector_id(tuple(self._row_vector(r) for r in c.table.rows)))
             v = self._vector_of[c.id] = by_table[1]
         return v
+
+    def _row_vector(self, row: tuple) -> int:
+        """The id of a row's strictness per atom (rows are interned: keyed by identity)."""
+        hit = self._row_vector_of.get(id(row))
+        if hit is None or hit[0] is not row:
+            vec = tuple(STRICTNESS[d.kind] for d in row)
+            n = self._row_vectors.get(vec)
+            if n is None:
+                n = self._row_vectors[vec] = len(self._row_vector_by_id)
+                self._row_vector_by_id.append(vec)
+            hit = self._row_vector_of[id(row)] = (row, n)  # keeps row alive: ids stay unique
+        return hit[1]
+
+    def _ge(self, a: int, b: int) -> bool:
+        """Row vector a is at least as strict as row vector b, atom by atom."""
+        if a == b:
+            return True
+        ok = self._row_ge.get((a, b))
+        if ok is None:
+            va, vb = self._row_vector_by_id[a], self._row_vector_by_id[b]
+            ok = self._row_ge[(a, b)] = all(x >= y for x, y in zip(va, vb))
+        return ok
+
+    def _min_row(self, a: int, b: int) -> int:
+        if a == b:
+            return a
+        key = (a, b) if a < b else (b, a)
+        m = self._row_min.get(key)
+        if m is None:
+            va, vb = self._row_vector_by_id[a], self._row_vector_by_id[b]
+            vec = tuple(min(x, y) for x, y in zip(va, vb))
+            m = self._row_vectors.get(vec)
+            if m is None:
+                m = self._row_vectors[vec] = len(self._row_vector_by_id)
+                self._row_vector_by_id.append(vec)
+            self._row_min[key] = m
+        return m
 
     def _vector_id(self, vec: tuple) -> int:
         v = self._vectors.setdefault(vec, len(self._vectors))
@@ -97,7 +142,8 @@ class Strictness:
         m = self._mins.get(key)
         if m is None:
             va, vb = self._vector_by_id[a], self._vector_by_id[b]
-            m = self._mins[key] = self._vector_id(tuple(min(x, y) for x, y in zip(va, vb)))
+            m = self._mins[key] = self._vector_id(tuple(self._min_row(x, y)
+                                                        for x, y in zip(va, vb)))
         return m
 
     def _row_ok(self, d: Class, s: Class) -> bool:
@@ -105,7 +151,7 @@ class Strictness:
         ok = self.rows.get(key)
         if ok is None:
             a, b = self._vector_by_id[key[0]], self._vector_by_id[key[1]]
-            ok = self.rows[key] = all(x >= y for x, y in zip(a, b))
+            ok = self.rows[key] = all(self._ge(x, y) for x, y in zip(a, b))
         return ok
 
     def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
@@ -202,7 +248,8 @@ class Strictness:
                     below = self._min_vector(below, floors[t])
                 self._below[d.id] = below
             target = self._vector_by_id[self._strictness(self.tree.classes[x])]
-            ok = self.floor_memo[key] = all(a >= b for a, b in zip(self._vector_by_id[below], target))
+            ok = self.floor_memo[key] = all(self._ge(a, b)
+                                            for a, b in zip(self._vector_by_id[below], target))
         return ok
 
     def targets(self, c: Class) -> tuple[int, ...]:

@@ -218,6 +218,7 @@ def realise_subjects(tree, credentials: str):
     movable = range(NATOMS) if credentials == "daemon" else \
         [ATOM_INDEX[a] for a in SHARED_CACHE_ATOMS]
     interned: dict = {}
+    row_of: dict = {}  # equal rows are one object, as in classes.tables
     classes = []
     for c in tree.classes:
         per = [list(t) for t in c.table.per_subject()]
@@ -226,7 +227,8 @@ def realise_subjects(tree, credentials: str):
                 sent = ask([t[i] for t in per])
                 for t in per:
                     t[i] = sent
-        rows = [tuple(t) for t in per[:1]] if credentials == "daemon" else [tuple(t) for t in per]
+        rows = [row_of.setdefault(tuple(t), tuple(t))
+                for t in (per[:1] if credentials == "daemon" else per)]
         table = DecisionTable(rows)
         classes.append(replace(c, table=interned.setdefault(table, table)))
     return ClassTree(tree.policy, tuple(classes), tree.unminimised,
