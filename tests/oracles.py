@@ -157,13 +157,19 @@ def requesters(tree, limit: int = 64) -> list[tuple[int, int]]:
 def assert_classes_agree(checked, evaluator, path: tuple) -> None:
     """At `path`, the class the tree reaches decides every atom as the evaluator does, for
     every requester the policy tells apart."""
+    from fpol.compiler.decide import decide
+
     tree = checked.classes
     cls = tree.classify(path)
+    # Evaluator.decision_at(path, atom, uid, gid), with the path walked once, not once per
+    # requester and atom (the walk is most of the cost).
+    held = evaluator.matching(evaluator.walk(path))
     for uid, gid in requesters(tree):
         subject = tree.subjects.classify(uid, gid)
+        rules = [r for r in held if r.applies_to(uid, gid)]
         for atom in ops.ATOMS:
             got = cls.decision(atom, subject)
-            want = evaluator.decision_at(path, atom, uid, gid)
+            want = decide(evaluator.policy, atom, rules)
             assert decision_fields(got) == decision_fields(want), (
                 f"{atom} at {path} by uid {uid} gid {gid}: class {cls.id} subject {subject} "
                 f"says {got.short()} (rules {got.rules}), "

@@ -3,16 +3,20 @@
 `policies()` writes syntactically valid `.fpol` text using every form of the language
 (docs/language.md): all four actions, `redirect` with `to userspace`, `instead`,
 `before` and `after`, every op and group name, errnos (aliases and rare ones included),
-scopes `under`, `at`, `matching` and `named`, globs with `*`, `?`, `**` and `{a,b}` (nested
+scopes `under`, `at`, `matching` and `named`, subject conditions (`by` lists and `except
+by` items: uid and gid points and ranges, overlapping, user and group names, leading zeros),
+globs with `*`, `?`, `**` and `{a,b}` (nested
 and empty alternatives), names with `[..]` (ordinary characters), quoted names with
 `\\"`, `\\\\` and `\\xNN` escapes, non-UTF-8 bytes, unicode and 255-byte names, headers
 (`policy`, `abi`, `mode`, `names`, `default` in all forms) in any order, comments,
 continuation lines, blank lines, tabs and form feeds, CRLF line ends and a byte order mark.
 
 `requests()` draws requests on every op, with open flags and access masks (all bits the
-atoms look at, and others), two-path requests (rename, link, copy_file_range), and names
+atoms look at, and others), two-path requests (rename, link, copy_file_range), names
 from the same vocabulary as the policies (so rules do match), their case variants, and
-arbitrary unicode, byte and long names.
+arbitrary unicode, byte and long names, and a requester (uid, gid): mostly ids at and
+beside the bounds the policies' subject conditions use (where an off-by-one would show),
+sometimes ids far from them.
 
 The text is valid syntax; it may still have semantic problems (ties, impossible
 userspace modes, rules that decide nothing), which `check` reports. With the defaults
@@ -152,6 +156,93 @@ def scopes(draw) -> str:
     return f"named {draw(named_glob())}"
 
 
+# --- who is asking ---------------------------------------------------------------------------
+
+# The ids subject conditions name: points and range bounds overlap, so rules cut the id
+# space at shared and at neighbouring bounds. 4294967294 is the largest id a rule may name.
+SUBJECT_IDS: tuple[int, ...] = (0, 1, 4, 7, 33, 34, 50, 100, 999, 1000, 1999, 60000, 65534,
+                                4294967294)
+# Users and groups of Debian's base-passwd (the names must resolve where the tests run:
+# those missing here are never drawn). Their ids are among SUBJECT_IDS.
+_USERS = ("root", "daemon", "www-data", "backup", "nobody")
+_GROUPS = ("root", "adm", "staff", "www-data", "nogroup")
+
+
+def _resolvable(names, lookup) -> tuple[str, ...]:
+    out = []
+    for n in names:
+        try:
+            lookup(n)
+        except KeyError:
+            continue
+        out.append(n)
+    return tuple(out)
+
+
+import grp as _grp  # noqa: E402
+import pwd as _pwd  # noqa: E402
+
+USERS = _resolvable(_USERS, _pwd.getpwnam)
+GROUPS = _resolvable(_GROUPS, _grp.getgrnam)
+# A request's ids: each bound and its neighbours (4294967295 is (uid_t)-1, which no rule names).
+REQUEST_IDS: tuple[int, ...] = tuple(sorted({v + d for v in SUBJECT_IDS for d in (-1, 0, 1)
+                                             if 0 <= v + d < 1 << 32}))
+
+
+@st.composite
+def _id_spelling(draw, value: int) -> str:
+    return ("0" * draw(st.integers(1, 2)) if draw(st.integers(0, 9)) == 0 else "") + str(value)
+
+
+@st.composite
+def subject(draw, clean: bool = True) -> str:
+    """One subject: `uid N`, `uid N-M`, `gid N`, `gid N-M`, `user NAME`, `group NAME`. With
+    `clean`, an error (empty range, an id out of range) is rare, not impossible."""
+    kind = draw(st.sampled_from(["uid", "uid", "uid", "gid", "gid", "range", "range", "name"]))
+    if kind == "name" and (USERS or GROUPS):
+        if USERS and (not GROUPS or draw(st.booleans())):
+            return "user " + draw(st.sampled_from(USERS))
+        return "group " + draw(st.sampled_from(GROUPS))
+    axis = draw(st.sampled_from(["uid", "gid"])) if kind in ("range", "name") else kind
+    bad_at = 60 if clean else 8
+    if draw(st.integers(0, bad_at)) == bad_at:  # diagnosed: FP038, FP039 (never the simplest)
+        bad = draw(st.sampled_from(["5-3", "4294967295", "0-4294967295"]))
+        return f"{axis} {bad}"
+    low = draw(st.sampled_from(SUBJECT_IDS))
+    if kind in ("range", "name"):
+        high = draw(st.sampled_from([v for v in SUBJECT_IDS if v >= low]))
+        return f"{axis} {draw(_id_spelling(low))}-{draw(_id_spelling(high))}"
+    return f"{axis} {draw(_id_spelling(low))}"
+
+
+@st.composite
+def subject_list(draw, clean: bool = True) -> str:
+    """`S1, S2, ...`: alternatives (a repeat, warned about, now and then)."""
+    items = draw(st.lists(subject(clean), min_size=1, max_size=2))
+    if draw(st.integers(0, 12)) == 12:
+        items.append(items[0])
+    return ", ".join(items)
+
+
+# ...and ids no rule names, anywhere in the 32-bit space.
+FAR_IDS: tuple[int, ...] = (12345, 123456789, 2147483647, 2147483648, 4000000000)
+# Requesters as (uid, gid) pairs, drawn in one choice (a list of 250 requests must stay
+# within what hypothesis generates quickly): root most often; every id with gid 0 and with
+# a gid of its own; some pairs of two interesting ids.
+_IDS = REQUEST_IDS + FAR_IDS
+REQUESTERS: tuple[tuple[int, int], ...] = (
+    ((0, 0),) * 40 + tuple((i, 0) for i in _IDS) + tuple((0, i) for i in _IDS)
+    + tuple((i, i) for i in _IDS)
+    + tuple((a, b) for k, a in enumerate(_IDS) for b in _IDS[k % 7::7] if a != b))
+_REQUESTER = st.sampled_from(REQUESTERS)
+
+
+def requester_ids() -> st.SearchStrategy:
+    """(uid, gid) of a request: root often, else ids on and beside the rules' bounds
+    (uid and gid alike, apart and together), now and then far from them."""
+    return _REQUESTER
+
+
 # --- rules and policies ----------------------------------------------------------------------
 
 @st.composite
@@ -176,9 +267,10 @@ SPACES = (" ", " ", " ", "  ", "\t", " \f ")
 
 
 @st.composite
-def rules(draw, clean: bool = True) -> str:
+def rules(draw, clean: bool = True, subjects: bool = True) -> str:
     """One rule. `clean` makes error-prone choices (before/after on ops that cannot take
-    them, more than one errno) rare rather than impossible."""
+    them, more than one errno, malformed ids) rare rather than impossible. `subjects`: a
+    `by` list on about a fifth of the rules, `except by` items on some."""
     action = draw(st.sampled_from(["allow", "deny", "deny", "audit", "redirect"]))
     head = [action]
     mode = None
@@ -194,7 +286,14 @@ def rules(draw, clean: bool = True) -> str:
     if len(clauses) == 2 and draw(st.integers(0, 4)):
         clauses[1] = f"named {draw(named_glob())}"  # a second scope that narrows the first
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2]))):
-        clauses.append("except " + ", ".join(draw(st.lists(scopes(), min_size=1, max_size=2))))
+        items = draw(st.lists(scopes(), min_size=1, max_size=2))
+        if subjects and draw(st.integers(0, 5)) == 0:  # scopes and requesters removed at once
+            items.append("by " + draw(subject_list(clean)))
+        clauses.append("except " + ", ".join(items))
+    if subjects and draw(st.integers(0, 4)) == 0:
+        clauses.append("by " + draw(subject_list(clean)))
+    if subjects and draw(st.integers(0, 7)) == 0:
+        clauses.append("except by " + draw(subject_list(clean)))
     if action == "deny" and draw(st.integers(0, 2)) == 0:
         clauses.append("with " + draw(errnos()))
     clauses = draw(st.permutations(clauses))
@@ -237,10 +336,11 @@ def headers(draw) -> list[str]:
 
 
 @st.composite
-def policies(draw, min_rules: int = 0, max_rules: int = 6) -> str:
+def policies(draw, min_rules: int = 0, max_rules: int = 6, subjects: bool = True) -> str:
     """A syntactically valid policy (see the module docstring)."""
     lines = draw(headers())
-    lines += [draw(rules()) for _ in range(draw(st.integers(min_rules, max_rules)))]
+    lines += [draw(rules(subjects=subjects))
+              for _ in range(draw(st.integers(min_rules, max_rules)))]
     lines += draw(st.lists(st.sampled_from(["", "# a comment", "   ", "\t# indented \\",
                                             "#", "\f"]), max_size=2))
     lines = draw(st.permutations(lines))
@@ -285,15 +385,16 @@ def request_paths(draw, min_depth: int = 1, max_depth: int = 5) -> tuple[bytes, 
 
 
 @st.composite
-def requests(draw, min_depth: int = 1, max_depth: int = 5) -> Request:
+def requests(draw, min_depth: int = 1, max_depth: int = 5, subjects: bool = True) -> Request:
     """A request on any op; paths of `min_depth`..`max_depth` components (the kernel
-    engine takes 1..16)."""
+    engine takes 1..16); made by uid 0, gid 0 unless `subjects` (then see requester_ids)."""
     op = draw(st.sampled_from(ops.SINGLE_OPS))
     path = draw(request_paths(min_depth, max_depth))
     to = draw(request_paths(min_depth, max_depth)) if op in ops.TWO_PATH_OPS else None
     flags = draw(open_flags()) if op in ("open", "create") else 0
     mask = draw(st.integers(0, 15)) if op == "access" else 0  # MAY_EXEC|WRITE|READ|APPEND
-    return Request(op, path, to, flags, mask)
+    uid, gid = draw(requester_ids()) if subjects else (0, 0)
+    return Request(op, path, to, flags, mask, uid=uid, gid=gid)
 
 
 # --- near misses ------------------------------------------------------------------------------
@@ -302,7 +403,8 @@ def requests(draw, min_depth: int = 1, max_depth: int = 5) -> Request:
 EDIT_PIECES = ("\\", "\\\n", "\n", "\r\n", "\r", '"', "#", ",", " ", "\t", "{", "}", "*", "**",
                "?", "/", "//", "\\x", "\\x4", "\\q", "\0", "\ufeff", "\u2028", "é", "\udcff",
                "deny", "allow", "redirect", "to userspace", "before", "except", "with", "under",
-               "at", "named", "matching", "default", "policy", "EPERM", "all", "read", "..")
+               "at", "named", "matching", "default", "policy", "EPERM", "all", "read", "..",
+               "by", "uid", "gid 5-", "user", "group", "-", "4294967295", "uid 0,")
 
 
 @st.composite
