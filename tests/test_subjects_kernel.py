@@ -40,7 +40,7 @@ SUBJECT_EXAMPLES = [p for p in EXAMPLES if check_file(p).require().policy.has_su
 
 # The budget: the whole suite runs on 2 cores in CI. The property tests of test_fuzz.py,
 # test_classes.py and others draw subject conditions too (tests/strategies.py).
-TREE = settings(max_examples=20, deadline=None, derandomize=True, database=None,
+TREE = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                        HealthCheck.data_too_large])
 KERNEL = settings(TREE, max_examples=8)
@@ -66,7 +66,7 @@ def test_strategies_generate_subject_conditions():
     seen = {"clean": 0, "subjects": 0, "uid axis": 0, "gid axis": 0, "range": 0,
             "name": 0, "except by": 0}
 
-    @settings(max_examples=60, derandomize=True, database=None, deadline=None,
+    @settings(max_examples=40, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(policies(min_rules=2))
     def run(text):
