@@ -337,6 +337,18 @@ def report(results: list[dict], mount: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def subjects_section() -> str:
+    """The "Subject conditions" section: benchmarks/subjects.py, in a process of its own."""
+    print("benchmarking subject conditions (1,000 rules) ...", file=sys.stderr)
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "subjects.py"), "--rules", "1000"],
+                          capture_output=True, text=True)
+    body = proc.stdout.strip() if proc.returncode == 0 else \
+        f"(subjects benchmark failed: {proc.stderr.strip()[-300:]})"
+    return ("\n\n## Subject conditions (issue 16)\n\nThe realistic policy of 1,000 rules against "
+            "the same with a subject condition on every third rule (benchmarks/subjects.py).\n\n"
+            + body + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
@@ -363,7 +375,7 @@ def main() -> int:
                 continue
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     mount = mount_table(args.mount_seconds)
-    text = report(results, mount, args.mount_seconds)
+    text = report(results, mount, args.mount_seconds) + subjects_section()
     with open(args.output, "w") as f:
         f.write(text)
     print(text)
