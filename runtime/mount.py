@@ -274,7 +274,7 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
     from fpol.compiler.subjects import sends_to_daemon
 
     from . import libbpf, loader
-    from .objects import build
+    from .objects import build, instance_names
     from .probe import credentials_for_load
 
     checked = _check_policy(policy_path, err)
@@ -293,8 +293,12 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
             raise MountError(EXIT_ENV, f"cannot load the policy's fuse_ops instances: {e}") from None
         loaded_here = True
     try:
+        # The instance the daemon attaches to a child it looks up: classes that behave
+        # alike share one, named after the first of them (compiler/lower.py).
+        names = instance_names(checked, abi, credentials)
         return _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit,
-                                     handler_spec, abi, out, err, owner_only, needs_daemon)
+                                     handler_spec, abi, out, err, owner_only, needs_daemon,
+                                     names)
     except BaseException:
         if loaded_here:  # a failed start leaves nothing behind, the instances included
             try:
@@ -306,7 +310,8 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
 
 def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handler_spec, abi,
                           out: TextIO, err: TextIO, owner_only: bool = False,
-                          needs_daemon: Optional[bool] = None) -> int:
+                          needs_daemon: Optional[bool] = None,
+                          names: Optional[list[str]] = None) -> int:
     from . import libc
     from .fuse import fusebpf
     from .fuse.bpfserver import FuseBpfServer
@@ -352,7 +357,7 @@ def _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit, handle
     enforcer = Enforcer(checked.classes, AuditLog(audit_stream, p), handler,
                         handler_spec or "default")
     server = FuseBpfServer(channel, os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
-                           enforcer, lambda cls: f"{p.name}_{cls}")
+                           enforcer, lambda cls: names[cls] if names else f"{p.name}_{cls}")
     try:
         server.handshake()
     except BaseException as e:
