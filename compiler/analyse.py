@@ -369,6 +369,8 @@ def _term(scope: ast.Scope, reporter: Reporter) -> Optional[Term]:
 
 
 def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Optional[Rule]:
+    """One statement -> one Rule, or None after its diagnostics: every clause in turn
+    (ops, target, scopes, excepts, subjects, errno), each with its own checks."""
     errors_before = len([d for d in reporter.items if d.is_error])
     # The parser may already have found errors in this statement (a bad string
     # escape, a bad byte): then the rule is not what was meant, and building it

@@ -239,7 +239,10 @@ def build_raw(policy: Policy) -> list[RawState]:
     Positions of patterns that start with `**` and have matched only `**` so far
     ("floating": every `named` pattern, `matching "/**/x"`) are in every state. They
     are left out of the states' keys and their transitions are worked out once, so
-    a policy with many `named` rules does not pay for them at every state."""
+    a policy with many `named` rules does not pay for them at every state.
+
+    (Long on purpose: one algorithm whose interned sets and closures share its locals;
+    split, they would be passed around or rebuilt at every state.)"""
     pats = _collect(policy)
     parts = pats.parts
     at_any = frozenset((pid, k) for pid, pattern in enumerate(parts)

@@ -21,7 +21,8 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     """`tables` are the raw states' decision tables. A policy with subject conditions
     (LANGUAGE.md §6) is checked for every subject class: the rules matching a state's
     path that apply to the class decide, exactly as the evaluator decides for a requester
-    of that class."""
+    of that class. (One pass over the states gathers every fact the warnings need, and
+    the warnings follow; it is long because the facts are many, not because it branches.)"""
     rules = policy.rules
     subjects = partition(policy)
     nsubjects = len(subjects)

@@ -798,6 +798,8 @@ class _Planner:
         return out
 
     def instance(self, c: Class, name: str) -> Instance:
+        """Class `c`'s fuse_ops members: one step per hook, in member order, with the
+        quirks of spec §10 where they apply (long because the hooks are many)."""
         members: list[tuple[str, str]] = []
         default_switch = []
         default_key = []  # what the default_filter does, for sharing it

@@ -250,7 +250,8 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
     Result: bitmask over `texts` -> a witness name not in `avoid`. Each glob is an
     NFA over bytes; their joint state is explored breadth-first over the bytes
     that occur in any glob plus one stand-in for every other byte, so the masks
-    found are exactly the realisable ones (the product construction)."""
+    found are exactly the realisable ones (the product construction). One breadth-first
+    search over joint states, kept whole."""
     if not texts:
         name = b"x"
         while name in avoid:
