@@ -546,7 +546,11 @@ _ATOM_SLOTS = {op: [SLOT[a] for a in atoms] for op, atoms in ops.ATOMS_OF_OP.ite
 def _uniform(c: Class, op: str) -> Optional[Decision]:
     """The class's decision for `op` if it depends neither on the request's details nor on
     who is asking."""
-    rows = c.table.rows
+    return _uniform_table(c.table, op)
+
+
+def _uniform_table(table: DecisionTable, op: str) -> Optional[Decision]:
+    rows = table.rows
     slots = _ATOM_SLOTS[op]
     first = _uniform_in(rows[0], slots)
     if first is None or any(r is not rows[0] and _uniform_in(r, slots) != first for r in rows[1:]):
@@ -777,10 +781,7 @@ class _Planner:
                 out.append(None)
                 continue
             slots = _ATOM_SLOTS[op]
-            uniform = _uniform_in(rows[0], slots)
-            if uniform is not None and any(
-                    r is not rows[0] and _uniform_in(r, slots) != uniform for r in rows[1:]):
-                uniform = None  # it depends on who is asking
+            uniform = _uniform_table(table, op)
             if _trivial(uniform):
                 out.append(None)
             elif self.abi == "v4" and uniform is not None and \

@@ -63,7 +63,14 @@ class Partition:
 
     def _gid_spans(self, gis) -> list[str]:
         """Gid intervals as few spans as they make (adjacent ones joined)."""
-        return _spans_of(self, list(gis))
+        spans: list[list[int]] = []
+        for gi in sorted(gis):
+            if spans and spans[-1][1] == gi - 1:
+                spans[-1][1] = gi
+            else:
+                spans.append([gi, gi])
+        return [_span("", self.interval("gid", a)[0], self.interval("gid", b)[1])
+                for a, b in spans]
 
     def interval(self, axis: str, i: int) -> tuple[int, int]:
         starts = self.uid_starts if axis == "uid" else self.gid_starts
@@ -71,7 +78,7 @@ class Partition:
         return starts[i], high
 
     def describe(self, subject: int) -> str:
-        """`uid 10000-19999`, `gid 50 and uid 0-99`, ...: who is in the class."""
+        """`uid 10000-19999`, `uid 0-99 with gid 50`, ...: who is in the class."""
         if len(self.classes) == 1:
             return "everyone"
         cells = self.classes[subject].cells
@@ -102,16 +109,6 @@ class Partition:
             texts.append(f"{uids} with {gids}" if uids != "any uid" else gids)
         text = "; ".join(texts)
         return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _spans_of(part: "Partition", gis: list[int]) -> list[str]:
-    spans: list[list[int]] = []
-    for gi in sorted(gis):
-        if spans and spans[-1][1] == gi - 1:
-            spans[-1][1] = gi
-        else:
-            spans.append([gi, gi])
-    return [_span("", part.interval("gid", a)[0], part.interval("gid", b)[1]) for a, b in spans]
 
 
 def _span(axis: str, low: int, high: int) -> str:

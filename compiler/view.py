@@ -35,9 +35,6 @@ from .policy import ALLOW, DENY, USERSPACE
 
 _MOVE_MEMO = 100_000  # verdicts remembered per view (class pairs seen by renames and links)
 
-# The two ops whose answers the kernel's dentry and attribute caches stand in for.
-CACHED_OPS = ("lookup", "getattr")
-
 
 def plain_allow(d: Decision) -> bool:
     """Allowed with nothing to log or ask: the kernel may act without the daemon."""

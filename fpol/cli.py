@@ -14,6 +14,7 @@ import tempfile
 from typing import Optional, Sequence
 
 from fpol import __version__
+from fpol.compiler.subjects import CREDENTIALS
 from fpol.compiler.errors import EXIT_ENV, EXIT_OK, EXIT_POLICY, EXIT_USAGE, FpolError, UsageProblem
 
 
@@ -575,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--emit", choices=("ast", "policy", "classes", "dot", "c", "check-c", "obj"),
                     default="obj", help="what to produce (default obj)")
     co.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi` statement")
-    co.add_argument("--credentials", choices=("kernel", "daemon"), default="kernel",
+    co.add_argument("--credentials", choices=CREDENTIALS, default="kernel",
                     help=CREDENTIALS_HELP + " (default kernel)")
     co.set_defaults(func=cmd_compile)
 
@@ -586,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "verifier log mapped back to the policy rule.")
     v.add_argument("file", metavar="FILE", help="the policy")
     v.add_argument("--abi", choices=("v3", "v4"), help="override the policy's `abi`")
-    v.add_argument("--credentials", choices=("kernel", "daemon"), default="kernel",
+    v.add_argument("--credentials", choices=CREDENTIALS, default="kernel",
                    help=CREDENTIALS_HELP + " (default kernel)")
     v.set_defaults(func=cmd_verify)
 
@@ -601,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pin them under /sys/fs/bpf/fpol/NAME/. On a kernel without "
                                     "struct fuse_ops this exits 3 before loading anything.")
     lo.add_argument("target", metavar="FILE|OBJ", help="a policy, or an object from fpol compile")
-    lo.add_argument("--credentials", choices=("kernel", "daemon"),
+    lo.add_argument("--credentials", choices=CREDENTIALS,
                     help=CREDENTIALS_HELP + " (default: kernel where this kernel lets programs "
                          "call bpf_get_current_task_btf, else daemon)")
     lo.set_defaults(func=cmd_load)
