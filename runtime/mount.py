@@ -286,16 +286,21 @@ def _mount_fusebpf(policy_path, source, mountpoint, foreground, audit, handler_s
     credentials, _ = credentials_for_load(None)
     needs_daemon = p.needs_daemon or sends_to_daemon(checked.classes, credentials)
     loaded_here = False
+    names: Optional[list[str]] = None
     if not any(l.policy == p.name for l in loader.status()):
         try:
-            loader.load(build(checked, "struct_ops", abi=abi, credentials=credentials).path, p.name)
+            built = build(checked, "struct_ops", abi=abi, credentials=credentials)
+            loader.load(built.path, p.name)
         except (loader.LoadRefused, libbpf.LibbpfError) as e:
             raise MountError(EXIT_ENV, f"cannot load the policy's fuse_ops instances: {e}") from None
         loaded_here = True
+        names = [i.name for i in built.model.instances]
     try:
         # The instance the daemon attaches to a child it looks up: classes that behave
-        # alike share one, named after the first of them (compiler/lower.py).
-        names = instance_names(checked, abi, credentials)
+        # alike share one, named after the first of them (compiler/lower.py). Loaded
+        # already: the names only, without building the object again.
+        if names is None:
+            names = instance_names(checked, abi, credentials)
         return _mount_fusebpf_loaded(checked, source, mountpoint, foreground, audit,
                                      handler_spec, abi, out, err, owner_only, needs_daemon,
                                      names)
