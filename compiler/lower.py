@@ -19,10 +19,11 @@ from typing import Optional
 
 from fpol import __version__
 
-from . import ops, word
+from . import abi as word  # the decision word's pack and unpack
+from . import ops
+from .abi import MAX_DEPTH  # path components the check object's requests carry
 from .classes import Class, ClassTree
 from .decide import Decision, DecisionTable
-from .layout import MAX_DEPTH  # path components the check object's requests carry
 from .moves import Strictness
 from .policy import Policy
 from .subjects import realise_subjects

@@ -12,9 +12,8 @@ import re
 
 import jinja2
 
+from .abi import C_LAYOUT, C_MACROS, unpack
 from .lower import Model
-from .layout import C_LAYOUT
-from .word import C_MACROS, unpack
 from .memo import derived
 
 

@@ -16,16 +16,15 @@ from typing import Optional
 
 from fpol.compiler.decide import Decision
 from fpol.compiler.evaluate import Request, Verdict
-from fpol.compiler import layout
-from fpol.compiler.layout import MAX_DEPTH, NAME_SLOT
+from fpol.compiler import abi
+from fpol.compiler.abi import MAX_DEPTH, NAME_SLOT
 from fpol.compiler.lower import OP_NUMBER
-from fpol.compiler.word import unpack
 
 from . import libbpf
 from .objects import Built, build
 from fpol.compiler.errors import EnvironmentProblem, UsageProblem
 
-RESULT_SIZE = layout.size(layout.RESULT)
+RESULT_SIZE = abi.size(abi.RESULT)
 
 
 class EngineUnavailable(EnvironmentProblem):
@@ -58,12 +57,12 @@ def encode_request(req: Request, subjects: bool = False) -> bytes:
                          for p in paths for i in range(MAX_DEPTH)),
         "uid": req.uid, "gid": req.gid,
     }
-    fields = layout.REQUEST + (layout.SUBJECT if subjects else ())
-    return layout.pack(fields, values)
+    fields = abi.REQUEST + (abi.SUBJECT if subjects else ())
+    return abi.pack_struct(fields, values)
 
 
 def verdict_from_word(req: Request, word: int, classes: tuple[int, ...] = ()) -> Verdict:
-    d = unpack(word)
+    d = abi.unpack(word)
     decision = Decision(d["kind"], errno=d["errno"], mode=d["mode"], audit=d["audit"],
                         rules=(d["rule"],) if d["rule"] is not None else (),
                         complained=d["complained"])
@@ -117,7 +116,7 @@ class CheckEngine:
         ret = self.program.test_run(ctx)
         if ret != 0:
             raise RuntimeError(f"fpol_check returned {ret}")
-        result = layout.unpack(layout.RESULT, bytes(ctx))
+        result = abi.unpack_struct(abi.RESULT, bytes(ctx))
         return verdict_from_word(req, result["word"], result["cls"])
 
     HOOK_KINDS = ("object", "fsync", "lookup", "lookup_post", "create", "remove", "rename",
@@ -134,13 +133,13 @@ class CheckEngine:
                   "len": [len(n) for n in names],
                   "name": b"".join(n.ljust(NAME_SLOT, b"\0") for n in names),
                   "uid": uid, "gid": gid}
-        fields = layout.HOOK_REQUEST + (layout.HOOK_SUBJECT if self.subjects else ())
-        self.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), layout.pack(fields, values))
-        ctx = bytearray(layout.size(layout.HOOK_RESULT))
+        fields = abi.HOOK_REQUEST + (abi.HOOK_SUBJECT if self.subjects else ())
+        self.obj.map("fpol_hook_requests").update(struct.pack("<I", 0), abi.pack_struct(fields, values))
+        ctx = bytearray(abi.size(abi.HOOK_RESULT))
         ret = self.obj.program("fpol_hook").test_run(ctx)
         if ret != 0:
             raise RuntimeError(f"fpol_hook returned {ret}")
-        result = layout.unpack(layout.HOOK_RESULT, bytes(ctx))
+        result = abi.unpack_struct(abi.HOOK_RESULT, bytes(ctx))
         return result["code"], result["word"], result["child"]
 
     def bench(self, req: Request, iterations: int, empty: bool = False) -> tuple[float, int]:

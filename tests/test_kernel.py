@@ -216,7 +216,7 @@ def test_names_a_program_cannot_read_are_denied_never_allowed():
     import struct
 
     from fpol.runtime.engine import NAME_SLOT, OP_NUMBER
-    from fpol.compiler.word import unpack
+    from fpol.compiler.abi import unpack
 
     checked = check("audit read named \"*.log\"\n", "t.fpol").require()
     with engine_for(checked) as engine:

@@ -1,19 +1,96 @@
-"""The check object's request and result layouts: the C structs templates/check.bpf.c.j2
-declares and the bytes runtime/engine.py writes and reads, from one description, so the
-two cannot drift apart (the decision word has its own module, compiler/word.py).
+"""The ABI: what the compiler, the generated C and the runtime must agree on, in one
+module. lower.py writes decision words, the templates take their macros and struct
+members from here, and runtime/engine.py packs requests and reads results and words
+back with the same description, so none of them can drift apart.
 
-A layout is a list of fields (C type, name, array dimensions, comment). `c_fields`
-renders the members of the C struct; `pack` and `unpack` turn a dict of values into the
-struct's bytes and back (little-endian, no padding: every layout here is made of 32- and
-64-bit fields before byte arrays, in an order that needs none).
+The decision word comes first: one 32-bit value per decision, shared by the generated C
+(both objects), the compiler that writes it and the kernel engine that reads it back.
+
+    bits 0-1   kind: 0 allow, 1 deny, 2 userspace
+    bits 2-3   userspace mode: 0 instead, 1 before, 2 after
+    bit  4     audit
+    bit  5     complained (a deny that complain mode turned into allow + audit)
+    bit  6     realised (decided by the fuse-bpf realisation, not a rule: see realisation.md)
+    bits 8-15  errno of a deny
+    bits 16-31 deciding rule + 1 (0: the default)
+
+`pack` and `unpack` turn a decision into its word and back. templates/logic.h.j2 takes
+its FPOL_* macros from `C_MACROS`, so the C and the Python cannot drift apart.
+
+Then the check object's request and result layouts: the C structs
+templates/check.bpf.c.j2 declares and the bytes runtime/engine.py writes and reads, from
+one description. A layout is a list of fields (C type, name, array dimensions, comment).
+`c_fields` renders the members of the C struct (`C_LAYOUT` holds them for the template);
+`pack_struct` and `unpack_struct` turn a dict of values into the struct's bytes and back
+(little-endian, no padding: every layout here is made of 32- and 64-bit fields before
+byte arrays, in an order that needs none).
 """
 
 from __future__ import annotations
 
+import errno as errno_module
 import struct
 from dataclasses import dataclass
 from math import prod
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
+
+
+# The decision word.
+
+KIND_CODE = {"allow": 0, "deny": 1, "userspace": 2}
+MODE_CODE = {None: 0, "instead": 0, "before": 1, "after": 2}
+KIND_MASK = 3
+MODE_SHIFT = 2
+AUDIT_BIT = 4
+COMPLAINED_BIT = 5
+REALISED_BIT = 6
+ERRNO_SHIFT = 8
+RULE_SHIFT = 16
+
+REALISED = 1 << REALISED_BIT
+
+# The values the generated C's macros are made of (templates/logic.h.j2).
+C_MACROS = {"kind_mask": KIND_MASK, "allow": KIND_CODE["allow"], "deny": KIND_CODE["deny"],
+            "userspace": KIND_CODE["userspace"], "audit_bit": AUDIT_BIT,
+            "complained_bit": COMPLAINED_BIT, "realised_bit": REALISED_BIT,
+            "errno_shift": ERRNO_SHIFT, "rule_shift": RULE_SHIFT}
+
+
+def pack(kind: str, mode: Optional[str], audit: bool, complained: bool,
+         errno: Optional[str], rule_number: Optional[int]) -> int:
+    word = KIND_CODE[kind] | MODE_CODE[mode] << MODE_SHIFT | int(audit) << AUDIT_BIT \
+        | int(complained) << COMPLAINED_BIT
+    if errno:
+        word |= getattr(errno_module, errno) << ERRNO_SHIFT
+    if rule_number is not None:
+        word |= (rule_number + 1) << RULE_SHIFT
+    return word
+
+
+def unpack(word: int) -> dict:
+    kinds = {v: k for k, v in KIND_CODE.items()}
+    modes = {0: "instead", 1: "before", 2: "after"}
+    kind = word & KIND_MASK
+    errno = (word >> ERRNO_SHIFT) & 0xFF
+    rule = (word >> RULE_SHIFT) - 1
+    return {
+        "kind": kinds[kind],
+        "mode": modes[(word >> MODE_SHIFT) & 3] if kind == KIND_CODE["userspace"] else None,
+        "audit": bool(word >> AUDIT_BIT & 1),
+        "complained": bool(word >> COMPLAINED_BIT & 1),
+        "errno": _errno_name(errno) if kind == KIND_CODE["deny"] else None,
+        "rule": rule if rule >= 0 else None,
+        "realised": bool(word & REALISED),
+    }
+
+
+def _errno_name(value: int) -> str:
+    from .analyse import CANONICAL_ERRNO
+
+    return CANONICAL_ERRNO.get(value, str(value))
+
+
+# The check object's struct layouts.
 
 MAX_DEPTH = 16  # path components a request carries
 NAME_SLOT = 256  # bytes per component name
@@ -110,7 +187,7 @@ def size(fields: Iterable[Field]) -> int:
     return struct.calcsize(_format(fields))
 
 
-def pack(fields: tuple[Field, ...], values: dict[str, Any]) -> bytes:
+def pack_struct(fields: tuple[Field, ...], values: dict[str, Any]) -> bytes:
     """The struct's bytes. A missing value is zero; an array is a flat sequence of numbers
     (row-major), a byte array is bytes (zero-padded)."""
     flat: list[Any] = []
@@ -126,7 +203,7 @@ def pack(fields: tuple[Field, ...], values: dict[str, Any]) -> bytes:
     return struct.pack(_format(fields), *flat)
 
 
-def unpack(fields: tuple[Field, ...], data: bytes) -> dict[str, Any]:
+def unpack_struct(fields: tuple[Field, ...], data: bytes) -> dict[str, Any]:
     """The struct's values (arrays as flat tuples)."""
     raw = list(struct.unpack(_format(fields), data[:size(fields)]))
     out: dict[str, Any] = {}
