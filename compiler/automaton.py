@@ -124,37 +124,85 @@ def closure(positions, parts: list[tuple], at_any: Optional[frozenset] = None) -
     return frozenset(out)
 
 
+@dataclass(frozen=True, eq=False)
+class Holding:
+    """The rules that hold at a node, in rule order, and their indexes. Within one policy
+    equal sets are one object (`holding` interns them), so later stages key by it cheaply."""
+
+    rules: tuple[Rule, ...]
+    indexes: frozenset
+
+
+def _anchor(rule: Rule) -> int:
+    """Which scope term of a rule of several terms is looked for first: the one that
+    holds at the fewest nodes, as far as its patterns tell. A pattern starting with `**`
+    (a `named` glob) holds all over the tree, a rooted one only below its path."""
+    def rarity(i: int) -> tuple:
+        patterns = rule.terms[i].patterns
+        rooted = all(p and p[0] is not ANY for p in patterns)
+        literal = min((sum(1 for part in p if not isinstance(part, Glob) and part is not ANY)
+                       for p in patterns), default=0)
+        return (rooted, literal, -i)
+    return max(range(len(rule.terms)), key=rarity)
+
+
 def _shapes(policy: Policy):
     """Per policy, computed once: the rules with no scope (they hold everywhere), each
     rule's scope terms and except terms as (rule, key) pairs, the rules of one scope term
-    and no except (they hold exactly where that term does), and a memo by accepted set."""
+    and no except (they hold exactly where that term does), for every other scoped rule
+    the one term it is looked up by (`_anchor`), and the memos."""
     def make():
         shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
                    frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
                   for r in policy.rules]
         simple = frozenset((r.index, ("t", 0)) for r in policy.rules
                            if len(r.terms) == 1 and not r.excepts)
-        return (policy, tuple(r.index for r in policy.rules if not r.terms), shapes, {}, simple)
+        anchors = frozenset((r.index, ("t", _anchor(r))) for r in policy.rules
+                            if r.terms and (len(r.terms) > 1 or r.excepts))
+        unscoped = tuple(r.index for r in policy.rules if not r.terms)
+        return _Shapes(policy, unscoped, shapes, simple, anchors, {}, {})
     return derived(policy, "_shapes", make)
 
 
-def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
+@dataclass
+class _Shapes:
+    policy: Policy
+    unscoped: tuple
+    shapes: list
+    simple: frozenset
+    anchors: frozenset
+    by_accepted: dict  # accepted set -> Holding
+    by_indexes: dict  # frozenset of rule indexes -> Holding (the interning)
+
+
+def holding(policy: Policy, accepted: frozenset) -> Holding:
     """The rules whose every scope term holds and no except term holds, where exactly the
-    (rule, term key) pairs `accepted` hold (their subjects aside), in rule order. Only
-    rules with a term among `accepted` (or with no scope at all) can hold."""
-    _, unscoped, shapes, memo, simple = _shapes(policy)
-    out = memo.get(accepted)
+    (rule, term key) pairs `accepted` hold (their subjects aside). A rule of one term and
+    no except holds where its term does; any other rule can hold only where the term it is
+    anchored by does, so only those few are checked term by term."""
+    sh = _shapes(policy)
+    out = sh.by_accepted.get(accepted)
     if out is None:
-        found = [ri for ri, _ in accepted & simple]
-        candidates = {ri for ri, key in accepted - simple if key[0] == "t"}
-        candidates.update(unscoped)
-        for ri in candidates:
+        found = {ri for ri, _ in accepted & sh.simple}
+        shapes = sh.shapes
+        for ri in [ri for ri, _ in accepted & sh.anchors] + list(sh.unscoped):
             need, excl = shapes[ri]
             if need <= accepted and accepted.isdisjoint(excl):
-                found.append(ri)
-        out = [policy.rules[ri] for ri in sorted(found)]
-        memo[accepted] = out
-    return list(out)
+                found.add(ri)
+        indexes = frozenset(found)
+        out = sh.by_indexes.get(indexes)
+        if out is None:
+            rules = policy.rules
+            out = sh.by_indexes[indexes] = Holding(tuple(rules[i] for i in sorted(indexes)),
+                                                   indexes)
+        sh.by_accepted[accepted] = out
+    return out
 
 
-__all__ = ["Patterns", "closure", "collect", "fold_name", "fold_part", "rules_holding"]
+def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
+    """`holding`'s rules, as a list in rule order."""
+    return list(holding(policy, accepted).rules)
+
+
+__all__ = ["Holding", "Patterns", "closure", "collect", "fold_name", "fold_part", "holding",
+           "rules_holding"]

@@ -20,7 +20,7 @@ from .decide import Decision, DecisionTable, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
-from .automaton import closure as _closure, collect as _collect, rules_holding
+from .automaton import Holding, closure as _closure, collect as _collect, holding, rules_holding
 from .subjects import Partition, partition
 
 # The rules that hold where a state's patterns accept (compiler/automaton.py).
@@ -381,16 +381,17 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     subjects = partition(policy)
     nsubjects = len(subjects)
     held = [c.rules for c in subjects.classes]
-    memo: dict[frozenset, DecisionTable] = {}
+    memo: dict[Holding, DecisionTable] = {}  # Holdings are interned: one per rule set
     # Equal rows are one object, and tables are interned by their rows' identities (a
     # table of many subject classes is long: hashing its decisions would dominate).
     rows: dict[tuple[Decision, ...], tuple[Decision, ...]] = {}
     interned: dict[tuple[int, ...], DecisionTable] = {}
     out = []
     for st in raw:
-        key = frozenset(r.index for r in matching_rules(policy, st.accepted_terms))
-        if key not in memo:
-            rules = [policy.rules[i] for i in sorted(key)]
+        here = holding(policy, st.accepted_terms)
+        t = memo.get(here)
+        if t is None:
+            key, rules = here.indexes, list(here.rules)
             # A subject class's table depends only on which of the rules here that have
             # subject conditions apply to it: decide once per such set, not once per class
             # (a policy may have hundreds of subject classes, a node only a few such rules).
@@ -408,8 +409,8 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
             t = interned.get(ids)
             if t is None:
                 t = interned[ids] = DecisionTable(per_subject)
-            memo[key] = t
-        out.append(memo[key])
+            memo[here] = t
+        out.append(t)
     return out
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import ops
-from .classes import RawState, matching_rules
+from .automaton import holding
+from .classes import RawState
 from .decide import Decision, DecisionTable, decide_table
 from .diagnostics import Reporter
-from .policy import Policy
+from .policy import Policy, Rule
 from .subjects import partition
 
 ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
@@ -30,31 +31,25 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     decided: set[int] = set()
     deciders_where_matched: dict[int, set[int]] = {}
     ties: dict[tuple[int, ...], tuple[str, int]] = {}
-    except_used: set[tuple[int, int]] = set()
-    unscoped = {r.index for r in rules if not r.terms}
+    except_used = _excepts_used(policy, raw)
     seen: set = set()  # (table, matching rules) pairs done
     subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
-    for st, table in zip(raw, tables):
-        here = matching_rules(policy, st.accepted_terms)
-        candidates = {ri for ri, key in st.accepted_terms if key[0] == "t"} | unscoped
-        for r in (rules[i] for i in candidates):
-            if r.excepts and all((r.index, ("t", i)) in st.accepted_terms for i in range(len(r.terms))):
-                for i in range(len(r.excepts)):
-                    if (r.index, ("x", i)) in st.accepted_terms:
-                        except_used.add((r.index, i))
+    for here_table in {(holding(policy, st.accepted_terms), id(table)): table
+                       for st, table in zip(raw, tables)}.items():
+        (held, _), table = here_table
+        here = held.rules
         for r in here:
             if r.atoms:  # the table has every atom
                 matched.add(r.index)
         # Where no rule matching here depends on who asks, every subject class is decided
         # alike: one visit does for all.
-        relevant = frozenset(r.index for r in here) & subjects.conditional
+        relevant = held.indexes & subjects.conditional
         alike = nsubjects == 1 or not relevant
         which_done: set[frozenset] = set()  # subject classes with the same rules here
         for s in range(1 if alike else nsubjects):
             key: tuple
             if nsubjects == 1:
-                applying = here
-                key = (id(table), tuple(r.index for r in here))
+                applying: Sequence[Rule] = here
             else:
                 # The decisions for subject class s: the path's rules that apply to it,
                 # which depend only on which of `relevant` apply to s.
@@ -62,11 +57,11 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
                 if which in which_done:
                     continue
                 which_done.add(which)
-                applying = subjects.select(here, s)
+                applying = subjects.select(list(here), s)
                 key = tuple(r.index for r in applying)
-            if key in seen:  # many states share both; what follows depends on nothing else
-                continue
-            seen.add(key)
+                if key in seen:  # many states share both; what follows depends on nothing else
+                    continue
+                seen.add(key)
             row: tuple[Decision, ...] = table
             if nsubjects > 1:
                 # The class tree's tables hold every subject class's decisions already.
@@ -120,6 +115,27 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
                          + ("a stricter or more specific rule decides" if deciders else "another rule decides")),
                          r.span, "remove it, or narrow the rule that shadows it", related=related,
                          file=r.file)
+
+
+def _excepts_used(policy: Policy, raw: list[RawState]) -> set[tuple[int, int]]:
+    """(rule index, except term index) for every except term that removes something: it
+    holds at some node where all of its rule's scope terms hold."""
+    with_excepts = [r for r in policy.rules if r.excepts]
+    used: set[tuple[int, int]] = set()
+    if not with_excepts:
+        return used
+    done: set[frozenset] = set()  # states share accepted sets
+    for st in raw:
+        accepted = st.accepted_terms
+        if accepted in done:
+            continue
+        done.add(accepted)
+        for r in with_excepts:
+            if all((r.index, ("t", i)) in accepted for i in range(len(r.terms))):
+                for i in range(len(r.excepts)):
+                    if (r.index, ("x", i)) in accepted:
+                        used.add((r.index, i))
+    return used
 
 
 def _visit(table, applying, subject: int, decided: set, ties: dict,
