@@ -204,6 +204,8 @@ class RawState:
     masks: dict  # mask -> state id
     default: int
     example: bytes
+    # States with one core have the very same transitions (see build_raw): the core's number.
+    core: int = -1
 
 
 _mask_cache: dict[tuple, dict[int, bytes]] = {}
@@ -314,8 +316,8 @@ def build_raw(policy: Policy) -> list[RawState]:
         core = (sticky_id, moving)
         known = by_core.get(core)
         if known is not None:
-            lits, gl, ms, default = known
-            states[sid] = RawState(key, accepted, lits, gl, ms, default, example)
+            lits, gl, ms, default, number = known
+            states[sid] = RawState(key, accepted, lits, gl, ms, default, example, number)
             continue
         base, by_literal, by_glob = set(), {}, {}
         for part, adv in float_literal.items():
@@ -367,8 +369,9 @@ def build_raw(policy: Policy) -> list[RawState]:
         default = masks.get(0)
         if default is None:
             default = target([], b"\x01other")
-        by_core[core] = (literals, globs, masks, default)
-        states[sid] = RawState(key, accepted, literals, globs, masks, default, example)
+        number = len(by_core)
+        by_core[core] = (literals, globs, masks, default, number)
+        states[sid] = RawState(key, accepted, literals, globs, masks, default, example, number)
     return states  # type: ignore[return-value]
 
 
@@ -420,22 +423,33 @@ def build(policy: Policy) -> ClassTree:
 
 
 def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) -> ClassTree:
-    """Moore partition refinement, then renumber classes breadth-first from the root."""
+    """Moore partition refinement, then renumber classes breadth-first from the root.
+
+    States of one core and one table (a directory and its `x.key`, `x.tmp`, ... siblings
+    under the same rules) have the same transitions and label, so they are in one block
+    from start to end: refinement computes one signature per such group, not per state."""
     label_ids: dict[int, int] = {}  # tables are interned (see tables()): key by identity
-    block = [label_ids.setdefault(id(t), len(label_ids)) for t in table]
-    # What each state's literal names would do without their literal entry: it depends only
+    labels = [label_ids.setdefault(id(t), len(label_ids)) for t in table]
+    group_of: dict[tuple[int, int], int] = {}
+    group = [group_of.setdefault((st.core, labels[sid]), len(group_of))
+             for sid, st in enumerate(raw)]
+    members: list[int] = [0] * len(group_of)  # a state of each group (the first)
+    for sid in range(len(raw) - 1, -1, -1):
+        members[group[sid]] = sid
+    # What each group's literal names would do without their literal entry: it depends only
     # on the state, not on the partition, so it is worked out once (see _Moves).
-    moves = [_Moves(st) for st in raw]
-    # Block ids stay stable across rounds (a block's first part keeps its id), so a state
+    moves = [_Moves(raw[sid]) for sid in members]
+    # Block ids stay stable across rounds (a block's first part keeps its id), so a group
     # whose targets' blocks did not change reuses its signature (_Moves.signature).
+    gblock = [labels[sid] for sid in members]
+    block = labels
     count = len(label_ids)
     while True:
         parts: dict = {}
         kept: set[int] = set()
-        new_block = []
         fresh = count
-        for sid, mv in enumerate(moves):
-            b = block[sid]
+        for g, mv in enumerate(moves):
+            b = gblock[g]
             key = (b, mv.signature(block))
             nid = parts.get(key)
             if nid is None:
@@ -445,10 +459,10 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
                 else:
                     nid, fresh = fresh, fresh + 1
                 parts[key] = nid
-            new_block.append(nid)
-        block = new_block
+            gblock[g] = nid
         if fresh == count:  # no block split: stable
             break
+        block = [gblock[g] for g in group]
         count = fresh
 
     # One representative per block, reached first breadth-first (state ids are BFS order).
@@ -463,7 +477,7 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     while queue:
         b = queue.popleft()
         order.append(b)
-        lits, globs, masks, default = reduced[b] = moves[rep[b]].reduced(block)
+        lits, globs, masks, default = reduced[b] = moves[group[rep[b]]].reduced(block)
         for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
             if t not in number:
                 number[t] = len(number)
