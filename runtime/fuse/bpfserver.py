@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 from fpol.compiler.decide import Decision
 from fpol.compiler.ops import ATOMS_OF_OP
+from fpol.compiler.view import Place
 
 from . import fusebpf
 from . import protocol as P
@@ -151,14 +152,16 @@ class FuseBpfServer(FuseServer):
     # --- ordinary lookups: entries name the backing file and the child's instance -----------
 
     def lookup(self, req: Request):
-        node, st, parent, name, cls = self._lookup(req)
+        node, st, parent, name, place = self._lookup(req)
         entry = P.entry_out(node.nodeid, st)
         fd = self._backing_fd(parent, name, st)
         if fd is None:
             return entry  # no backing (a symlink, a device): a classic FUSE node
         try:
+            # Instances are named by class number: asked of the view, used at once.
+            instance = self.instance_of(self.enf.view.number(place))
             reply = fusebpf.lookup_reply(req.unique, entry, [
-                fusebpf.backing(fd), fusebpf.program(self.instance_of(cls))])
+                fusebpf.backing(fd), fusebpf.program(instance)])
             self.send_bpf_response(self.ch.fd, reply)
         finally:
             os.close(fd)  # the kernel took its own reference while handling the ioctl
@@ -180,8 +183,8 @@ class FuseBpfServer(FuseServer):
 
     # --- filter requests ------------------------------------------------------------------
 
-    def _filter_subject(self, f, names) -> tuple[Optional[tuple], Optional[int], Optional[str]]:
-        """(path, class, why the path is unknown) of a filter request's object, from the
+    def _filter_subject(self, f, names) -> tuple[Optional[tuple], Optional[Place], Optional[str]]:
+        """(path, place, why the path is unknown) of a filter request's object, from the
         daemon's node table: the node the request names, or for an op on a name in a
         directory (lookup, create, mknod, mkdir) that name in it."""
         if not f.nodeid:
@@ -192,10 +195,10 @@ class FuseBpfServer(FuseServer):
             return None, None, f"nodeid {f.nodeid} is not in the daemon's node table"
         path = node.path()
         if path is None:
-            return None, node.cls, "the object was unlinked while open"
+            return None, node.place, "the object was unlinked while open"
         if names and f.opcode in (Op.LOOKUP, Op.CREATE, Op.MKNOD, Op.MKDIR):
-            return path + (names[0],), self.enf.child_class(node.cls, names[0]), None
-        return path, node.cls, None
+            return path + (names[0],), self.enf.child_place(node.place, names[0]), None
+        return path, node.place, None
 
     def _consult_filter(self, ev: "FilterEvent", mode: str, rule: Optional[dict],
                         result: Optional[int]) -> Optional[int]:
@@ -230,14 +233,14 @@ class FuseBpfServer(FuseServer):
         except (OSError, ValueError):
             pass  # a closed or broken audit stream must not stop the filesystem
 
-    def _filter_decision(self, op: str, cls: Optional[int], mode: str, subject: int) -> Decision:
+    def _filter_decision(self, op: str, place: Optional[Place], mode: str, subject: int) -> Decision:
         """The class's decision that sent this op to userspace `mode` for this requester
         (its rule is the deciding rule); without a class, a bare userspace decision (no
         rule known)."""
         bare = Decision("userspace", mode=mode)
-        if cls is None:
+        if place is None:
             return bare
-        found = [self.enf.decision(cls, atom, subject) for atom in ATOMS_OF_OP.get(op, ())]
+        found = [self.enf.decision(place, atom, subject) for atom in ATOMS_OF_OP.get(op, ())]
         for d in found:
             if d.kind == "userspace" and d.mode == mode:
                 return d
@@ -254,12 +257,12 @@ class FuseBpfServer(FuseServer):
             return
         mode = "before" if f.phase == "pre" else "after"
         op = OP_NAMES.get(f.opcode, f"opcode {f.opcode}")
-        path, cls, unknown = self._filter_subject(f, names)
+        path, place, unknown = self._filter_subject(f, names)
         ev = FilterEvent(op, path, pid=f.pid, uid=f.uid, gid=f.gid, path_unknown=unknown)
-        d = self._filter_decision(op, cls, mode, self.enf.subject(f.uid, f.gid))
+        d = self._filter_decision(op, place, mode, self.enf.subject(f.uid, f.gid))
         # The deciding rule: the class decision's (its default's when no rule decided),
         # or none at all when the class is unknown.
-        rule = self.enf.audit.rule(d.rules[0] if d.rules else None) if cls is not None else None
+        rule = self.enf.audit.rule(d.rules[0] if d.rules else None) if place is not None else None
         result = None if f.phase == "pre" else (0 if not f.error_in else -f.error_in)
         refused = self._consult_filter(ev, mode, rule, result)
         if self.enf.handler is None or refused or d.audit:  # as Enforcer._log_userspace

@@ -28,7 +28,7 @@ from fpol.compiler.classes import ClassTree
 from fpol.compiler.decide import Decision, combine, stricter
 from fpol.compiler.evaluate import Verdict
 from fpol.compiler.policy import ALLOW, DENY, USERSPACE, Policy
-from fpol.compiler.view import PolicyView
+from fpol.compiler.view import Place, PolicyView
 from fpol.compiler.errors import UsageProblem
 
 T = TypeVar("T")
@@ -188,8 +188,8 @@ def _refusal(answer: Union[None, int, str]) -> Optional[int]:
 class Enforcer:
     """Decides requests with one PolicyView at a time; `swap` replaces it (a reload).
 
-    Class handles are the view's: whoever stores them (the inode table) must classify
-    again after a swap."""
+    Places are the view's: whoever stores them (the inode table) must classify again
+    after a swap, and the new view refuses a place of the old one."""
 
     def __init__(self, view: Union[PolicyView, ClassTree], audit: AuditLog,
                  handler: Optional[Handler] = None, handler_name: str = "default"):
@@ -218,29 +218,29 @@ class Enforcer:
     # --- decisions ---------------------------------------------------------------------
 
     @property
-    def root_class(self) -> int:
+    def root_place(self) -> Place:
         return self.view.root
 
-    def child_class(self, parent_cls: int, name: bytes) -> int:
-        return self.view.child(parent_cls, name)
+    def child_place(self, parent: Place, name: bytes) -> Place:
+        return self.view.child(parent, name)
 
     def subject(self, uid: int, gid: int) -> int:
         """The subject class of a request's fsuid and fsgid (a handle of the view)."""
         return self.view.subject(uid, gid)
 
-    def decision(self, cls: int, atom: str, subject: int) -> Decision:
-        return self.view.decision(cls, atom, subject)
+    def decision(self, place: Place, atom: str, subject: int) -> Decision:
+        return self.view.decision(place, atom, subject)
 
-    def plain_allow(self, cls: int, atom: str) -> bool:
+    def plain_allow(self, place: Place, atom: str) -> bool:
         """Allowed with nothing to log or ask, for everyone: the kernel may do it without
         the daemon, whoever asks."""
-        return self.view.plain_allow(cls, atom)
+        return self.view.plain_allow(place, atom)
 
-    def two_path(self, op: str, src: tuple, dst: tuple, src_cls: int, dst_cls: int,
+    def two_path(self, op: str, src: tuple, dst: tuple, src_place: Place, dst_place: Place,
                  uid: int, gid: int) -> Verdict:
-        """rename / link with full paths and their classes, by requester `uid`, `gid`: the
+        """rename / link with full paths and their places, by requester `uid`, `gid`: the
         evaluator's exact semantics (PolicyView.move)."""
-        return self.view.move(op, src, dst, src_cls, dst_cls, uid, gid)
+        return self.view.move(op, src, dst, src_place, dst_place, uid, gid)
 
     @staticmethod
     def stricter(first: Verdict, second: Verdict) -> Verdict:

@@ -1,11 +1,12 @@
-"""The daemon's view of the tree: nodeid <-> backing object, class, lookup count; open handles.
+"""The daemon's view of the tree: nodeid <-> backing object, place, lookup count; open handles.
 
 Every node holds an O_PATH|O_NOFOLLOW descriptor of its backing object, opened relative to
 its parent's descriptor, so operations never resolve a path through the backing tree: a
 symlink inside it (or one swapped in later) cannot lead the daemon outside the backing root.
 Nodes are keyed by name under their parent, not by backing inode: the same file reached
 through two names (hard links) gets two nodeids, each with the class of its own path, which
-is how the policy decides (per path).
+is how the policy decides (per path). A node holds its class as the policy view's `Place`,
+which it only hands back to that view; a reload gives every node a place in the new view.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Optional, cast
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 from . import protocol as P
+
+if TYPE_CHECKING:
+    from fpol.compiler.view import Place, PolicyView
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -26,16 +30,16 @@ def proc_path(fd: int) -> str:
 
 
 class Node:
-    __slots__ = ("nodeid", "parent", "name", "fd", "cls", "nlookup", "dev", "ino", "mode",
+    __slots__ = ("nodeid", "parent", "name", "fd", "place", "nlookup", "dev", "ino", "mode",
                  "children", "backing_id", "backing_users", "last_path")
 
     def __init__(self, nodeid: int, parent: Optional["Node"], name: Optional[bytes], fd: int,
-                 cls: int, st: os.stat_result):
+                 place: Place, st: os.stat_result):
         self.nodeid = nodeid
         self.parent = parent  # None for the root and for detached (unlinked) nodes
         self.name = name
         self.fd = fd
-        self.cls = cls  # the class id in the policy's class tree
+        self.place = place  # its class, as the current policy view's handle
         self.nlookup = 0
         self.dev, self.ino, self.mode = st.st_dev, st.st_ino, st.st_mode
         self.children: dict[bytes, Node] = {}
@@ -74,8 +78,8 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, root_fd: int, root_class: int):
-        self.root = Node(P.ROOT_ID, None, None, root_fd, root_class, os.stat(root_fd))
+    def __init__(self, root_fd: int, root_place: Place):
+        self.root = Node(P.ROOT_ID, None, None, root_fd, root_place, os.stat(root_fd))
         self.root.nlookup = 1  # never forgotten
         self.nodes: dict[int, Node] = {P.ROOT_ID: self.root}
         self._next = P.ROOT_ID + 1  # nodeids are never reused, so generation stays 0
@@ -91,7 +95,7 @@ class InodeTable:
 
     # --- names -> nodes ------------------------------------------------------------------
 
-    def lookup(self, parent: Node, name: bytes, cls: int) -> tuple[Node, os.stat_result]:
+    def lookup(self, parent: Node, name: bytes, place: Place) -> tuple[Node, os.stat_result]:
         """Look up parent/name in the backing tree and count the lookup.
 
         A name already known costs one fstatat(); a new object is opened O_PATH first and
@@ -109,24 +113,25 @@ class InodeTable:
         except BaseException:
             os.close(fd)
             raise
-        return self.remember(parent, name, fd, st, cls), st
+        return self.remember(parent, name, fd, st, place), st
 
     @staticmethod
     def _same(node: Node, st: os.stat_result) -> bool:
         return (node.dev, node.ino) == (st.st_dev, st.st_ino) \
             and stat.S_IFMT(node.mode) == stat.S_IFMT(st.st_mode)
 
-    def remember(self, parent: Node, name: bytes, fd: int, st: os.stat_result, cls: int) -> Node:
+    def remember(self, parent: Node, name: bytes, fd: int, st: os.stat_result,
+                 place: Place) -> Node:
         """Count one lookup of parent/name, described by fd (whose ownership it takes)."""
         node = parent.children.get(name)
         if node is not None and self._same(node, st):
             os.close(fd)
             node.mode = st.st_mode
-            node.cls = cls
+            node.place = place
         else:
             if node is not None:  # the backing tree changed behind us: a new object
                 self._detach(node)
-            node = Node(self._next, parent, name, fd, cls, st)
+            node = Node(self._next, parent, name, fd, place, st)
             self._next += 1
             self.nodes[node.nodeid] = node
             parent.children[name] = node
@@ -156,8 +161,9 @@ class InodeTable:
             self._detach(node)
 
     def moved(self, parent: Node, name: bytes, newparent: Node, newname: bytes,
-              exchange: bool, classify: Callable[[int, bytes], int]) -> None:
-        """Mirror rename(2) (or RENAME_EXCHANGE) and give moved subtrees their new classes."""
+              exchange: bool, child: Callable[[Place, bytes], Place]) -> None:
+        """Mirror rename(2) (or RENAME_EXCHANGE) and give moved subtrees their new places
+        (`child`: the view's, a child name's place under its parent's)."""
         src = parent.children.pop(name, None)
         dst = newparent.children.pop(newname, None)
         if dst is not None and not exchange:
@@ -169,12 +175,12 @@ class InodeTable:
             if node is not None:
                 node.parent, node.name = p, n
                 p.children[n] = node
-                self._reclassify(node, classify)
+                self._reclassify(node, child)
 
-    def _reclassify(self, node: Node, classify: Callable[[int, bytes], int]) -> None:
+    def _reclassify(self, node: Node, child: Callable[[Place, bytes], Place]) -> None:
         for n in self.subtree(node):
             assert n.parent is not None and n.name is not None  # linked, so named
-            n.cls = classify(n.parent.cls, n.name)
+            n.place = child(n.parent.place, n.name)
 
     @staticmethod
     def subtree(node: Optional[Node]) -> list[Node]:
@@ -186,17 +192,17 @@ class InodeTable:
             stack.extend(n.children.values())
         return out
 
-    def reclassify_all(self, child: Callable[[int, bytes], int], root_class: int,
-                       classify: Callable[[tuple[bytes, ...]], int]) -> list[Node]:
-        """Give every node its class in another policy (a reload): linked nodes by their
-        path from the root, unlinked ones by the path they had. Returns every node."""
+    def reclassify_all(self, view: PolicyView) -> list[Node]:
+        """Give every node its place in another policy's view (a reload): linked nodes by
+        their path from the root, unlinked ones by the path they had. No place of the old
+        view is left behind (the new view would refuse it). Returns every node."""
         for top in self.nodes.values():
             if top.parent is not None:
                 continue  # reached from its top (the root, or an unlinked directory)
-            top.cls = root_class if top.is_root else classify(top.last_path or ())
+            top.place = view.root if top.is_root else view.classify(top.last_path or ())
             for n in self.subtree(top)[1:]:
                 assert n.parent is not None and n.name is not None  # below top: linked
-                n.cls = child(n.parent.cls, n.name)
+                n.place = view.child(n.parent.place, n.name)
         return list(self.nodes.values())
 
     def _detach(self, node: Node) -> None:

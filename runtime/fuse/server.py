@@ -39,7 +39,7 @@ from fpol.compiler.policy import ALLOW, DENY
 from .. import libc
 from . import protocol as P
 from .creds import Credentials
-from fpol.compiler.view import PolicyView
+from fpol.compiler.view import Place, PolicyView
 from .device import Channel, Request, Unmounted
 from .enforce import Enforcer, Event, Refused
 from .inodes import Handle, HandleTable, InodeTable, Node, proc_path
@@ -79,7 +79,7 @@ class FuseServer:
         # between two requests, never during one.
         self.lock = threading.Lock()
         self.metrics: Optional[Metrics] = None  # when `--metrics` asks for them
-        self.inodes = InodeTable(root_fd, enforcer.root_class)
+        self.inodes = InodeTable(root_fd, enforcer.root_place)
         self.handles = HandleTable()
         self.want_passthrough = passthrough
         self.passthrough = False
@@ -214,23 +214,22 @@ class FuseServer:
 
     # --- what the kernel may cache --------------------------------------------------------
 
-    def _timeouts(self, view: PolicyView) -> tuple[tuple[float, float], ...]:
-        """(entry, attribute) timeout per class of the view, for this mount's cache time."""
-        return tuple(view.cache(c).timeouts(self.cache_seconds) for c in range(len(view)))
+    def _timeouts(self, view: PolicyView) -> dict[Place, tuple[float, float]]:
+        """(entry, attribute) timeout per place of the view, for this mount's cache time."""
+        return {p: view.cache(p).timeouts(self.cache_seconds) for p in view.places}
 
-    def _listings(self, view: PolicyView) -> tuple[bool, ...]:
-        """Per class: may the kernel keep a directory's listing (FOPEN_CACHE_DIR)?"""
-        return tuple(bool(self.cache_seconds) and view.cache(c).listing
-                     for c in range(len(view)))
+    def _listings(self, view: PolicyView) -> dict[Place, bool]:
+        """Per place: may the kernel keep a directory's listing (FOPEN_CACHE_DIR)?"""
+        return {p: bool(self.cache_seconds) and view.cache(p).listing for p in view.places}
 
     def _entry_out(self, node: Node, st) -> bytes:
-        entry, attr = self.ttls[node.cls]
+        entry, attr = self.ttls[node.place]
         if self.metrics is not None:
             self.metrics.entries.labels("yes" if entry else "no").inc()
         return P.entry_out(node.nodeid, st, entry_valid=entry, attr_valid=self._attr_ttl(attr, st))
 
     def _attr_out(self, node: Node, st) -> bytes:
-        return P.attr_out(st, self._attr_ttl(self.ttls[node.cls][1], st))
+        return P.attr_out(st, self._attr_ttl(self.ttls[node.place][1], st))
 
     @staticmethod
     def _attr_ttl(ttl: float, st) -> float:
@@ -240,14 +239,14 @@ class FuseServer:
 
     def _cached(self, nodes: list[Node]) -> list[tuple[Node, tuple[float, float]]]:
         """The timeouts the kernel holds for these nodes now (before their classes change)."""
-        return [(n, self.ttls[n.cls]) for n in nodes]
+        return [(n, self.ttls[n.place]) for n in nodes]
 
     def _invalidate_lost(self, before: list[tuple[Node, tuple[float, float]]]) -> None:
         """After nodes changed class: whatever the kernel may still hold for them that their
         new class does not allow it to cache is dropped, before the request is answered."""
         entries = []
         for node, (entry, attr) in before:
-            new_entry, new_attr = self.ttls[node.cls]
+            new_entry, new_attr = self.ttls[node.place]
             if attr > new_attr:
                 self.ch.notify(P.inval_attributes(node.nodeid))
                 self._count_invalidation("attributes")
@@ -276,7 +275,7 @@ class FuseServer:
         self.enf.swap(view)
         self.ttls = self._timeouts(view)
         self.listings = self._listings(view)
-        nodes = self.inodes.reclassify_all(view.child, view.root, view.classify)
+        nodes = self.inodes.reclassify_all(view)
         if self.cache_seconds:
             for node in nodes:
                 self.ch.notify(P.inval_attributes(node.nodeid))
@@ -302,13 +301,13 @@ class FuseServer:
                  node: Optional[Node] = None):
         """An op on the request's own node, decided by the node's class."""
         node = node or self.inodes.get(req.nodeid)
-        d = self.enf.decision(node.cls, atom or op, self._subject(req))
+        d = self.enf.decision(node.place, atom or op, self._subject(req))
         return self.enf.run(d, self._event(req, op, node), lambda: perform(node))
 
     def _handle_op(self, req: Request, op: str, fh: int, perform: Callable,
                    atom: Optional[str] = None):
         h = self.handles.get(fh)
-        d = self.enf.decision(h.node.cls, atom or op, self._subject(req))
+        d = self.enf.decision(h.node.place, atom or op, self._subject(req))
         return self.enf.run(d, self._event(req, op, h.node), lambda: perform(h))
 
     def _subject(self, req: Request) -> int:
@@ -316,9 +315,9 @@ class FuseServer:
         request header's uid and gid, which FUSE fills with the caller's fsuid and fsgid."""
         return self.enf.subject(req.uid, req.gid)
 
-    def _entry(self, parent: Node, name: bytes, cls: int) -> bytes:
+    def _entry(self, parent: Node, name: bytes, place: Place) -> bytes:
         """Look up a name just created and reply its entry (the kernel counts it as a lookup)."""
-        node, st = self.inodes.lookup(parent, name, cls)
+        node, st = self.inodes.lookup(parent, name, place)
         return self._entry_out(node, st)
 
     def _as(self, req: Request):
@@ -328,13 +327,13 @@ class FuseServer:
     def _new_object(self, req: Request, op: str, name: bytes, create: Callable[[Node], None]):
         parent = self.inodes.get(req.nodeid)
         _check_name(name)
-        cls = self.enf.child_class(parent.cls, name)
+        place = self.enf.child_place(parent.place, name)
 
         def perform():
             with self._as(req):  # the requester's object: its owner, its group, its rights
                 create(parent)
-            return self._entry(parent, name, cls)
-        return self.enf.run(self.enf.decision(cls, op, self._subject(req)),
+            return self._entry(parent, name, place)
+        return self.enf.run(self.enf.decision(place, op, self._subject(req)),
                             self._event(req, op, parent, name), perform)
 
     @staticmethod
@@ -358,12 +357,12 @@ class FuseServer:
         """Decide and perform a LOOKUP: (node, stat, parent, name, class of the child)."""
         parent = self.inodes.get(req.nodeid)
         name = _check_name(P.split_names(req.body, 1)[0])
-        cls = self.enf.child_class(parent.cls, name)
-        node, st = self.enf.run(self.enf.decision(cls, "lookup", self._subject(req)),
+        place = self.enf.child_place(parent.place, name)
+        node, st = self.enf.run(self.enf.decision(place, "lookup", self._subject(req)),
                                 self._event(req, "lookup", parent, name),
-                                lambda: self.inodes.lookup(parent, name, cls),
+                                lambda: self.inodes.lookup(parent, name, place),
                                 undo=lambda res: self.inodes.forget(res[0].nodeid, 1))
-        return node, st, parent, name, cls
+        return node, st, parent, name, place
 
     def forget(self, req: Request):
         self._forget(req.nodeid, P.FORGET_IN.unpack(req.body).nlookup)
@@ -500,14 +499,14 @@ class FuseServer:
     def _remove(self, req: Request, op: str, remove: Callable) -> bytes:
         parent = self.inodes.get(req.nodeid)
         name = _check_name(P.split_names(req.body, 1)[0])
-        cls = self.enf.child_class(parent.cls, name)
+        place = self.enf.child_place(parent.place, name)
 
         def perform():
             with self._as(req):
                 remove(name, dir_fd=parent.fd)
             self.inodes.unlinked(parent, name)
             return b""
-        return self.enf.run(self.enf.decision(cls, op, self._subject(req)),
+        return self.enf.run(self.enf.decision(place, op, self._subject(req)),
                             self._event(req, op, parent, name), perform)
 
     def unlink(self, req: Request):
@@ -529,19 +528,19 @@ class FuseServer:
         newparent = self.inodes.get(newdir)
         name, newname = (_check_name(n) for n in P.split_names(names, 2))
         src, dst = self._child_path(parent, name), self._child_path(newparent, newname)
-        src_cls = self.enf.child_class(parent.cls, name)
-        dst_cls = self.enf.child_class(newparent.cls, newname)
-        verdict = self.enf.two_path("rename", src, dst, src_cls, dst_cls, req.uid, req.gid)
+        src_place = self.enf.child_place(parent.place, name)
+        dst_place = self.enf.child_place(newparent.place, newname)
+        verdict = self.enf.two_path("rename", src, dst, src_place, dst_place, req.uid, req.gid)
         exchange = bool(flags & P.RENAME_EXCHANGE)
         if exchange:  # both objects move: judge both directions
             verdict = self.enf.stricter(verdict, self.enf.two_path(
-                "rename", dst, src, dst_cls, src_cls, req.uid, req.gid))
+                "rename", dst, src, dst_place, src_place, req.uid, req.gid))
         event = Event("rename", src, dst, flags, 0, req.pid, req.uid, req.gid)
         decision, carried = verdict.decision, False
         if flags & P.RENAME_WHITEOUT:
             # The whiteout left at the old name is a new character device there: a mknod.
             decision = self.enf.combine(decision, self.enf.decision(
-                self.enf.child_class(parent.cls, name), "mknod", self._subject(req)))
+                self.enf.child_place(parent.place, name), "mknod", self._subject(req)))
         if decision.kind != DENY:
             carried = self._carries_passthrough(parent.children.get(name), newparent, newname) \
                 or (exchange and self._carries_passthrough(newparent.children.get(newname),
@@ -561,7 +560,7 @@ class FuseServer:
             moving = self._cached(self.inodes.subtree(parent.children.get(name))
                                   + (self.inodes.subtree(newparent.children.get(newname))
                                      if exchange else []))
-            self.inodes.moved(parent, name, newparent, newname, exchange, self.enf.child_class)
+            self.inodes.moved(parent, name, newparent, newname, exchange, self.enf.child_place)
             self._invalidate_lost(moving)
             return b""
         return self.enf.run(decision, event, perform,
@@ -603,15 +602,15 @@ class FuseServer:
                 n = n.parent
             if n is None:
                 continue  # not beneath the moved node
-            cls = self.enf.child_class(newparent.cls, newname)
+            place = self.enf.child_place(newparent.place, newname)
             for below in reversed(names):
-                cls = self.enf.child_class(cls, below)
+                place = self.enf.child_place(place, below)
             acc = h.flags & os.O_ACCMODE
-            if acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(cls, "read"):
+            if acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(place, "read"):
                 return True
-            if acc in (os.O_WRONLY, os.O_RDWR) and not self.enf.plain_allow(cls, "write"):
+            if acc in (os.O_WRONLY, os.O_RDWR) and not self.enf.plain_allow(place, "write"):
                 return True
-            if not self.enf.view.passthrough(cls):
+            if not self.enf.view.passthrough(place):
                 return True  # its later opens would be served by the daemon: EIO (above)
         return False
 
@@ -631,8 +630,8 @@ class FuseServer:
         if src is None:
             raise OSError(errno.ENOENT, "object no longer linked")
         dst = self._child_path(newparent, newname)
-        verdict = self.enf.two_path("link", src, dst, node.cls,
-                                    self.enf.child_class(newparent.cls, newname),
+        verdict = self.enf.two_path("link", src, dst, node.place,
+                                    self.enf.child_place(newparent.place, newname),
                                     req.uid, req.gid)
         event = Event("link", src, dst, 0, 0, req.pid, req.uid, req.gid)
 
@@ -643,7 +642,7 @@ class FuseServer:
                         follow_symlinks=False)
             if self.cache_seconds:  # its link count changed: the kernel holds the old one
                 self.ch.notify(P.inval_attributes(node.nodeid))
-            return self._entry(newparent, newname, self.enf.child_class(newparent.cls, newname))
+            return self._entry(newparent, newname, self.enf.child_place(newparent.place, newname))
         return self.enf.run(verdict.decision, event, perform,
                             rule=verdict.lost_rule if verdict.exdev else None,
                             exdev=verdict.exdev)
@@ -671,7 +670,7 @@ class FuseServer:
                     raise
             return self._open_handle(node, fd, flags)
         node = self.inodes.get(req.nodeid)
-        d = self.enf.decision(node.cls, langops.open_atom("open", flags), self._subject(req))
+        d = self.enf.decision(node.place, langops.open_atom("open", flags), self._subject(req))
         return self.enf.run(d, self._event(req, "open", node, flags=flags),
                             lambda: perform(node),
                             undo=lambda res: self._close_handle(self.handles.pop(res[0].fh)))[1]
@@ -680,7 +679,7 @@ class FuseServer:
         a = P.CREATE_IN.unpack(req.body)
         name = _check_name(P.split_names(req.body[P.CREATE_IN.size:], 1)[0])
         parent = self.inodes.get(req.nodeid)
-        cls = self.enf.child_class(parent.cls, name)
+        place = self.enf.child_place(parent.place, name)
 
         def perform():
             # The kernel sends CREATE only for a name its lookup found absent. O_EXCL: an
@@ -697,7 +696,7 @@ class FuseServer:
             except BaseException:
                 os.close(fd)
                 raise
-            node = self.inodes.remember(parent, name, pfd, st, cls)
+            node = self.inodes.remember(parent, name, pfd, st, place)
             h, open_reply = self._open_handle(node, fd, a.flags)
             return h, self._entry_out(node, st) + open_reply
 
@@ -705,7 +704,7 @@ class FuseServer:
             h = res[0]
             self._close_handle(self.handles.pop(h.fh))
             self.inodes.forget(h.node.nodeid, 1)
-        d = self.enf.decision(cls, langops.open_atom("create", a.flags), self._subject(req))
+        d = self.enf.decision(place, langops.open_atom("create", a.flags), self._subject(req))
         return self.enf.run(d, self._event(req, "create", parent, name, flags=a.flags),
                             perform, undo=undo)[1]
 
@@ -715,7 +714,7 @@ class FuseServer:
         open_flags, backing_id = self._io_mode(h)
         if not h.passthrough and stat.S_ISREG(node.mode):
             self.daemon_io[node.nodeid] += 1
-        if self.enf.plain_allow(node.cls, "flush"):
+        if self.enf.plain_allow(node.place, "flush"):
             # Nothing to decide or log at close: spare the round trip. Like the I/O mode,
             # this is the open's: a later move or reload does not change it.
             open_flags |= P.FOPEN_NOFLUSH
@@ -728,9 +727,9 @@ class FuseServer:
         acc = h.flags & os.O_ACCMODE
         writes = acc in (os.O_WRONLY, os.O_RDWR)
         needs_daemon = (
-            not self.enf.view.passthrough(node.cls)
-            or (acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(node.cls, "read"))
-            or (writes and not self.enf.plain_allow(node.cls, "write"))
+            not self.enf.view.passthrough(node.place)
+            or (acc in (os.O_RDONLY, os.O_RDWR) and not self.enf.plain_allow(node.place, "read"))
+            or (writes and not self.enf.plain_allow(node.place, "write"))
             # Under HANDLE_KILLPRIV_V2 the kernel leaves clearing set-id bits on write to
             # the daemon (FUSE_WRITE_KILL_SUIDGID), which a passthrough write never reaches.
             or (writes and node.mode & (stat.S_ISUID | stat.S_ISGID))
@@ -738,7 +737,7 @@ class FuseServer:
             # after a rename its class may allow passthrough while such opens remain.
             or self.daemon_io[node.nodeid] > 0)
         if needs_daemon and node.backing_users and not node.mode & (stat.S_ISUID | stat.S_ISGID) \
-                and self._only_logged(node.cls, acc):
+                and self._only_logged(node.place, acc):
             # Open for passthrough already (a complain-mode move carried such an open here,
             # see _carries_passthrough): the kernel would fail a daemon-served open (EIO).
             # What this one needs the daemon for is only logging its reads and writes; its
@@ -764,13 +763,13 @@ class FuseServer:
         self.stats["passthrough_opens"] += 1
         return P.FOPEN_PASSTHROUGH, node.backing_id
 
-    def _only_logged(self, cls: int, acc: int) -> bool:
+    def _only_logged(self, place: Place, acc: int) -> bool:
         """Are the reads and writes an open in this access mode allows decided `allow`
         (audited, or a deny that complain mode logs), not sent to userspace?"""
         atoms = (["read"] if acc in (os.O_RDONLY, os.O_RDWR) else []) \
             + (["write"] if acc in (os.O_WRONLY, os.O_RDWR) else [])
         view = self.enf.view
-        return all(view.decision(cls, a, s).kind == ALLOW
+        return all(view.decision(place, a, s).kind == ALLOW
                    for a in atoms for s in range(len(view.subjects)))
 
     def _close_handle(self, h: Handle) -> None:
@@ -822,7 +821,7 @@ class FuseServer:
         h = self.handles.pop(a.fh)
         try:
             # The kernel ignores a release's error; the decision is still made (and logged).
-            d = self.enf.decision(h.node.cls, op, self._subject(req))
+            d = self.enf.decision(h.node.place, op, self._subject(req))
             return self.enf.run(d, self._event(req, op, h.node), lambda: b"")
         finally:
             self._close_handle(h)
@@ -853,8 +852,8 @@ class FuseServer:
         a = P.COPY_FILE_RANGE_IN.unpack(req.body)
         hin, hout = self.handles.get(a.fh_in), self.handles.get(a.fh_out)
         subject = self._subject(req)
-        d = self.enf.combine(self.enf.decision(hin.node.cls, "copy_file_range:src", subject),
-                             self.enf.decision(hout.node.cls, "copy_file_range:dst", subject))
+        d = self.enf.combine(self.enf.decision(hin.node.place, "copy_file_range:src", subject),
+                             self.enf.decision(hout.node.place, "copy_file_range:dst", subject))
         src, dst = hin.node.path(), hout.node.path()
         event = Event("copy_file_range", src, dst, 0, 0, req.pid, req.uid, req.gid)
 
@@ -928,7 +927,7 @@ class FuseServer:
             self.handles.add(h)
             return h
         node = self.inodes.get(req.nodeid)
-        h = self.enf.run(self.enf.decision(node.cls, "opendir", self._subject(req)),
+        h = self.enf.run(self.enf.decision(node.place, "opendir", self._subject(req)),
                          self._event(req, "opendir", node), lambda: perform(node),
                          undo=lambda h: self._close_handle(self.handles.pop(h.fh)))
         # Where readdir needs no decision the kernel may keep the listing and answer later
@@ -936,7 +935,7 @@ class FuseServer:
         # opens made with this flag read a kept listing, and each OPENDIR is decided by the
         # class of the moment: after a move or a reload that stops allowing it, new opens
         # get no flag, and their READDIRs come to the daemon again.
-        keep = P.FOPEN_CACHE_DIR | P.FOPEN_KEEP_CACHE if self.listings[node.cls] else 0
+        keep = P.FOPEN_CACHE_DIR | P.FOPEN_KEEP_CACHE if self.listings[node.place] else 0
         return P.open_out(h.fh, keep)
 
     def readdir(self, req: Request):
@@ -990,11 +989,11 @@ class FuseServer:
         empty = bytes(P.ENTRY_OUT.size)
         if name in (b".", b".."):
             return empty  # the kernel does not count lookups of these
-        cls = self.enf.child_class(parent.cls, name)
-        if not self.enf.plain_allow(cls, "lookup"):
+        place = self.enf.child_place(parent.place, name)
+        if not self.enf.plain_allow(place, "lookup"):
             return empty
         try:
-            node, st = self.inodes.lookup(parent, name, cls)
+            node, st = self.inodes.lookup(parent, name, place)
         except OSError:
             return empty
         return self._entry_out(node, st)
