@@ -75,6 +75,7 @@ class DecisionTable(tuple):
     distinct row instead of per subject class."""
 
     rows: tuple[tuple[Decision, ...], ...]
+    _hash: int
 
     def __new__(cls, per_subject: "Iterable[tuple[Decision, ...]]") -> "DecisionTable":
         rows = tuple(tuple(t) if not isinstance(t, tuple) else t for t in per_subject)
@@ -83,7 +84,13 @@ class DecisionTable(tuple):
             flat.extend(t)
         table = super().__new__(cls, flat)
         table.rows = rows
+        # Tables key dictionaries all through the compiler: hash once (as the tuple it is;
+        # decisions cache theirs). Equality stays a tuple's, quick for one same object.
+        table._hash = tuple.__hash__(table)
         return table
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __reduce__(self):
         return (DecisionTable, (self.rows,))

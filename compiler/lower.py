@@ -24,6 +24,7 @@ from . import ops
 from .abi import MAX_DEPTH  # path components the check object's requests carry
 from .classes import Class, ClassTree
 from .decide import Decision, DecisionTable
+from .memo import ByValue
 from .moves import Strictness
 from .policy import Policy
 from .subjects import realise_subjects
@@ -87,9 +88,9 @@ class Row:
 
 
 def _row(rid: int, table: tuple, who) -> Row:
-    slots_of: dict[int, list[int]] = {}  # id(decision) -> its slots: tables share decisions
+    slots_of: dict[Decision, list[int]] = {}  # decision -> its slots
     for i, d in enumerate(table):
-        slots_of.setdefault(id(d), []).append(i)
+        slots_of.setdefault(d, []).append(i)
     by_word: dict[int, list[int]] = {}
     why: dict[int, str] = {}
     for slots in slots_of.values():
@@ -432,29 +433,25 @@ def _rows(tree: ClassTree, source_name: str):
         return text
 
     nsubjects = len(tree.subjects)
-    row_of_table: dict = {}  # equal tables are one object (classes.tables): key by identity
+    row_of_table = ByValue()  # table (or row) -> its row number
     rows: list[Row] = []
     row_tables: list[tuple] = []
     class_rows: list[tuple[int, ...]] = []
+
+    def new_row(t: tuple) -> int:
+        rows.append(_row(len(rows), t, who))
+        row_tables.append(t)
+        return len(rows) - 1
+
     for c in tree.classes:
         per_subject: list[tuple]
-        keys: list
         if nsubjects == 1:
-            per_subject = [c.table]
-            keys = [id(c.table)]
+            per_subject = [c.table]  # the table is its one row (and hashes quicker)
         else:
-            # Rows are interned (classes.tables, subjects.realise_subjects): equal rows are
-            # one object, so identity is equality (and each row stays alive in its table).
             per_subject = c.table.per_subject()
-            keys = [id(r) for r in per_subject]
         ids = []
-        for key, t in zip(keys, per_subject):
-            rid = row_of_table.get(key)
-            if rid is None:
-                rid = row_of_table[key] = len(rows)
-                rows.append(_row(rid, t, who))
-                row_tables.append(t)
-            ids.append(rid)
+        for t in per_subject:
+            ids.append(row_of_table.get(t, new_row))
         class_rows.append(tuple(ids))
     rowsets: list[tuple[int, ...]] = []
     if nsubjects == 1:
@@ -582,28 +579,28 @@ class _Planner:
         self.classes = tree.classes
         self.programs: dict[tuple, Program] = {}
         self._runtime_ids: dict[tuple, int] = {}
-        self._runtime_of: dict[int, tuple[Decision, int]] = {}
-        self._plans: dict[int, tuple[tuple, list]] = {}
+        self._runtime_of = ByValue()  # Decision -> int
+        self._plans: dict[DecisionTable, list] = {}
         self.by_name: dict[str, Program] = {}
-        self._outcomes: dict[tuple, tuple] = {}
+        self._answers: dict[tuple[str, str], list] = {}
+        self._class_slots: list = [None] * len(tree.classes)
+        self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
+        self._literal_masks: dict[int, list[int]] = {}
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
-        self._row_runtime: dict[int, tuple[tuple, tuple[int, ...]]] = {}
-        self._table_runtime: dict[int, tuple[DecisionTable, tuple]] = {}
-        self._per_subject: dict[tuple[int, str], tuple[DecisionTable, tuple[int, ...]]] = {}
+        self._row_runtime = ByValue()  # row of decisions -> tuple[int, ...]
+        self._table_runtime: dict[DecisionTable, tuple] = {}
 
     def runtime(self, d: Decision) -> int:
         """What a program does with a decision, as a small number: its return code, and for
         audited decisions the event it sends (which names the rule). Programs whose decisions
         agree on this may be shared between instances even when different rules decided."""
-        hit = self._runtime_of.get(id(d))
-        if hit is not None and hit[0] is d:
-            return hit[1]
+        return self._runtime_of.get(d, self._runtime_id)
+
+    def _runtime_id(self, d: Decision) -> int:
         keep_rule = d.audit and d.rules
         key = (d.kind, d.errno, d.mode, d.audit, d.rules[0] if keep_rule else None,
                d.audit_rules if d.audit else (), d.complained)
-        n = self._runtime_ids.setdefault(key, len(self._runtime_ids))
-        self._runtime_of[id(d)] = (d, n)  # keeps d alive, so its id is not reused
-        return n
+        return self._runtime_ids.setdefault(key, len(self._runtime_ids))
 
     def namespace_signature(self, c: Class, kind: str, op: str) -> Optional[tuple]:
         """When a namespace program's answers do not depend on which class it serves, what
@@ -634,72 +631,93 @@ class _Planner:
 
     def per_subject(self, k: Class, atom: str) -> tuple[int, ...]:
         """`runtime` of class k's decisions for `atom`, for every subject class."""
-        key = (id(k.table), atom)
-        hit = self._per_subject.get(key)
-        if hit is None or hit[0] is not k.table:
-            i = SLOT[atom]
-            hit = self._per_subject[key] = (
-                k.table, tuple(self.row_runtime(r)[i] for r in k.table.rows))
-        return hit[1]
+        by_slot = self._class_slots[k.id]
+        if by_slot is None:
+            by_slot = self._table_slots.get(k.table)
+            if by_slot is None:
+                per_row = self.table_runtime(k.table)
+                by_slot = self._table_slots[k.table] = [tuple(r[i] for r in per_row)
+                                                         for i in range(len(per_row[0]))]
+            self._class_slots[k.id] = by_slot
+        return by_slot[SLOT[atom]]
 
     def row_runtime(self, row: tuple) -> tuple[int, ...]:
         """`runtime` of every decision of one row (rows are interned and shared by many
         tables and subject classes: worked out once per row)."""
-        hit = self._row_runtime.get(id(row))
-        if hit is None or hit[0] is not row:
-            hit = self._row_runtime[id(row)] = (row, tuple(self.runtime(d) for d in row))
-        return hit[1]
+        return self._row_runtime.get(row, lambda r: tuple(self.runtime(d) for d in r))
 
     def table_runtime(self, table: DecisionTable) -> tuple:
         """What a table's decisions do at run time, for every subject class, as a key."""
-        hit = self._table_runtime.get(id(table))
-        if hit is None or hit[0] is not table:
-            hit = self._table_runtime[id(table)] = (
-                table, tuple(self.row_runtime(r) for r in table.rows))
-        return hit[1]
+        hit = self._table_runtime.get(table)
+        if hit is None:
+            hit = self._table_runtime[table] = tuple(self.row_runtime(r) for r in table.rows)
+        return hit
 
-    def outcome(self, c: Class, k: int, kind: str, op: str):
-        """What the program of `kind`/`op` in class `c` does with a name that leads to child
-        class `k`: the hook body's answer (logic.h.j2 fpol_on_lookup, fpol_on_create,
-        fpol_on_remove) depends on nothing else of the name."""
-        key = (c.id, k, kind, op)
-        out = self._outcomes.get(key)
+    def answers(self, kind: str, op: str) -> list:
+        """Per child class, what the program of `kind`/`op` answers for a name that leads
+        there, apart from what depends on the parent (see `outcome`); filled as asked."""
+        out = self._answers.get((kind, op))
         if out is None:
-            kc = self.classes[k]
-            rt = self.per_subject
-            if kind == "lookup":
-                out = (rt(kc, "lookup"), k == c.id, self.named[k])
-            elif kind == "create":
-                out = (tuple(rt(kc, a) for a in ops.ATOMS_OF_OP[op]),
-                       self.strict.at_least_as_strict(c.id, k), self.named[k])
-            else:
-                out = (rt(kc, op),)
-            self._outcomes[key] = out
+            out = self._answers[(kind, op)] = [None] * len(self.classes)
         return out
+
+    def _answer(self, k: int, kind: str, op: str) -> tuple:
+        kc = self.classes[k]
+        if kind == "lookup":
+            return (self.per_subject(kc, "lookup"), self.named[k])
+        if kind == "create":
+            return (tuple(self.per_subject(kc, a) for a in ops.ATOMS_OF_OP[op]), self.named[k])
+        return (self.per_subject(kc, op),)
 
     def name_signature(self, c: Class, kind: str, op: str) -> tuple:
         """A namespace program's answer for every name, as a value: two classes with equal
         signatures answer every name alike, so they share the program (which walks the
         transitions of the first class). Names that the class's transitions tell apart but
-        that get the same answer are not told apart here."""
-        default = self.outcome(c, c.default, kind, op)
-        masks = tuple((m, o) for m, o in ((m, self.outcome(c, t, kind, op)) for m, t in c.masks)
+        that get the same answer are not told apart here.
+
+        The answer for a name (the hook body in logic.h.j2: fpol_on_lookup, fpol_on_create,
+        fpol_on_remove) depends only on the child class it leads to, and on the parent
+        through lookup's "child is this class" and create's "child at least as strict"."""
+        base = self.answers(kind, op)
+        cid, strict = c.id, self.strict
+
+        def outcome(t: int) -> tuple:
+            a = base[t]
+            if a is None:
+                a = base[t] = self._answer(t, kind, op)
+            if kind == "lookup":
+                return (a, t == cid)
+            if kind == "create":
+                return (a, strict.at_least_as_strict(cid, t))
+            return a
+
+        default = outcome(c.default)
+        masks = tuple((m, o) for m, o in ((m, outcome(t)) for m, t in c.masks)
                       if o != default)
-        by_mask = dict(masks)
         lits = []
-        for lit, t in c.literals:
-            o = self.outcome(c, t, kind, op)
-            fallback = default
-            if masks:
-                m = 0
-                for i, g in enumerate(c.globs):
-                    if g.matches(lit):
-                        m |= 1 << i
-                fallback = by_mask.get(m, default)
-            if o != fallback:
-                lits.append((lit, o))
+        if masks:
+            by_mask = dict(masks)
+            for (lit, t), m in zip(c.literals, self.literal_masks(c)):
+                o = outcome(t)
+                if o != by_mask.get(m, default):
+                    lits.append((lit, o))
+        else:
+            for lit, t in c.literals:
+                o = outcome(t)
+                if o != default:
+                    lits.append((lit, o))
         globs = tuple(g.text for g in c.globs) if masks else ()
         return ("names", kind, op, default, globs, masks, tuple(lits))
+
+    def literal_masks(self, c: Class) -> list[int]:
+        """Per literal of class `c`, the set of its globs the literal matches (a bitmask):
+        which mask entry the name would follow without its literal entry."""
+        out = self._literal_masks.get(c.id)
+        if out is None:
+            out = self._literal_masks[c.id] = [
+                sum(1 << i for i, g in enumerate(c.globs) if g.matches(lit))
+                for lit, _ in c.literals]
+        return out
 
     def lookup_post_key(self, c: Class) -> tuple:
         """lookup_postfilter attaches the child's instance, or nothing when the child is the
@@ -716,14 +734,8 @@ class _Planner:
         masks = tuple((m, inst(t)) for m, t in c.masks if inst(t) != default)
         by_mask = dict(masks)
         lits = []
-        for lit, t in c.literals:
-            fallback = default
-            if masks:
-                m = 0
-                for i, g in enumerate(c.globs):
-                    if g.matches(lit):
-                        m |= 1 << i
-                fallback = by_mask.get(m, default)
+        for (lit, t), m in zip(c.literals, self.literal_masks(c) if masks else [0] * len(c.literals)):
+            fallback = by_mask.get(m, default) if masks else default
             if inst(t) != fallback:
                 lits.append((lit, inst(t)))
         globs = tuple(g.text for g in c.globs) if masks else ()
@@ -770,9 +782,9 @@ class _Planner:
     def _object_plan(self, table: DecisionTable) -> list:
         """Per hook, for an object op: None (no program), ("default", switch entry, key) or
         ("object", signature). It depends only on the decision table, which classes share."""
-        plan = self._plans.get(id(table))
-        if plan is not None and plan[0] is table:
-            return plan[1]
+        plan = self._plans.get(table)
+        if plan is not None:
+            return plan
         rt = self.runtime
         rows = table.rows
         runtimes = [self.row_runtime(r) for r in rows]
@@ -796,7 +808,7 @@ class _Planner:
                             + tuple(r[SLOT["fsyncdir"]] for r in runtimes)))
             else:
                 out.append(("object", tuple(r[i] for r in runtimes for i in slots)))
-        self._plans[id(table)] = (table, out)
+        self._plans[table] = out
         return out
 
     def instance(self, c: Class, name: str) -> Instance:
@@ -897,16 +909,16 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
     a child's instance is the same whichever class of the block its parent is in: fuse-bpf
     attaching the instance of a block, or inheriting it, is attaching the class's own."""
     classes = tree.classes
-    by_table: dict[int, tuple] = {}
+    by_table: dict[DecisionTable, tuple] = {}
     labels: dict[tuple, int] = {}
     shapes: dict[tuple, int] = {}
     block: list[int] = []
     static: list[tuple[int, tuple[int, ...]]] = []
     for c, info in zip(classes, infos):
-        hit = by_table.get(id(c.table))
-        if hit is None or hit[0] is not c.table:
-            hit = by_table[id(c.table)] = (c.table, table_runtime(c.table))
-        block.append(labels.setdefault((hit[1], info.daemon_lookup), len(labels)))
+        runtime = by_table.get(c.table)
+        if runtime is None:
+            runtime = by_table[c.table] = table_runtime(c.table)
+        block.append(labels.setdefault((runtime, info.daemon_lookup), len(labels)))
         entries: list[tuple[object, int, bool]] = [
             (lit, t, strict.at_least_as_strict(c.id, t)) for lit, t in c.literals]
         entries += [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]

@@ -22,3 +22,27 @@ def derived(owner: object, name: str, make: Callable[[], T]) -> T:
         value = make()
         object.__setattr__(owner, name, value)
         return value
+
+
+class ByValue:
+    """A memo keyed by value that finds an object it has seen before by identity first.
+    Hashing a row of decisions costs a Python call per decision, and lowering asks about
+    the same few objects again and again; an equal object met later still finds the same
+    entry, so what the memo returns never depends on whether equal values were interned.
+    Entries keep their objects alive, so an id is never reused while the memo lives."""
+
+    __slots__ = ("_by_id", "_by_value")
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[object, object]] = {}
+        self._by_value: dict[object, object] = {}
+
+    def get(self, key, make: Callable):
+        hit = self._by_id.get(id(key))
+        if hit is not None and hit[0] is key:
+            return hit[1]
+        value = self._by_value.get(key)
+        if value is None:
+            value = self._by_value[key] = make(key)
+        self._by_id[id(key)] = (key, value)
+        return value
