@@ -379,8 +379,9 @@ def build_raw(policy: Policy) -> list[RawState]:
 
 def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     """Each state's decision table, for every subject class: the rules matching its path
-    that apply to that subject decide. Equal tables are one object, so later stages can
-    key them by identity instead of hashing their decisions again and again."""
+    that apply to that subject decide. Equal rows and equal tables are one object (each
+    table hashes once, decide.DecisionTable), which keeps memory small; no later stage
+    depends on it."""
     subjects = partition(policy)
     nsubjects = len(subjects)
     held = [c.rules for c in subjects.classes]
@@ -428,8 +429,8 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     States of one core and one table (a directory and its `x.key`, `x.tmp`, ... siblings
     under the same rules) have the same transitions and label, so they are in one block
     from start to end: refinement computes one signature per such group, not per state."""
-    label_ids: dict[int, int] = {}  # tables are interned (see tables()): key by identity
-    labels = [label_ids.setdefault(id(t), len(label_ids)) for t in table]
+    label_ids: dict[DecisionTable, int] = {}
+    labels = [label_ids.setdefault(t, len(label_ids)) for t in table]
     group_of: dict[tuple[int, int], int] = {}
     group = [group_of.setdefault((st.core, labels[sid]), len(group_of))
              for sid, st in enumerate(raw)]

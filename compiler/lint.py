@@ -34,9 +34,8 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     except_used = _excepts_used(policy, raw)
     seen: set = set()  # (table, matching rules) pairs done
     subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
-    for here_table in {(holding(policy, st.accepted_terms), id(table)): table
-                       for st, table in zip(raw, tables)}.items():
-        (held, _), table = here_table
+    for held, table in dict.fromkeys((holding(policy, st.accepted_terms), table)
+                                     for st, table in zip(raw, tables)):
         here = held.rules
         for r in here:
             if r.atoms:  # the table has every atom
