@@ -168,16 +168,50 @@ def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
 
 
 def decide_table(policy: Policy, matching: Iterable[Rule]) -> tuple[Decision, ...]:
-    """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold."""
-    selecting: dict[str, list[Rule]] = {}
-    indexes: dict[str, list[int]] = {}
+    """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold.
+    Atoms the policy's rules never tell apart are decided once (see AtomKinds)."""
+    kinds = atom_kinds(policy)
+    per_kind: list[list[Rule]] = [[] for _ in kinds.atom]
+    rule_kinds = kinds.of_rule
     for r in matching:
-        for atom in r.atoms:
-            selecting.setdefault(atom, []).append(r)
-            indexes.setdefault(atom, []).append(r.index)
-    return tuple(_decide_selected(policy, atom, selecting.get(atom, _NONE),
-                                  tuple(indexes.get(atom, ())))
-                 for atom in ops.ATOMS)
+        for k in rule_kinds[r.index]:
+            per_kind[k].append(r)
+    decided = [_decide_selected(policy, atom, rules, tuple(r.index for r in rules))
+               for atom, rules in zip(kinds.atom, per_kind)]
+    return tuple([decided[k] for k in kinds.of_atom])
+
+
+@dataclass(frozen=True)
+class AtomKinds:
+    """Atoms that every rule of a policy selects alike, and that are alike handle ops or
+    not, are decided alike everywhere: one kind. A policy's rules use a few op groups, so
+    there are far fewer kinds than atoms."""
+
+    atom: tuple[str, ...]  # per kind, its first atom
+    slot: tuple[int, ...]  # per kind, its first atom's index in ops.ATOMS
+    of_atom: tuple[int, ...]  # per atom (ops.ATOMS order), its kind
+    of_rule: tuple[tuple[int, ...], ...]  # per rule index, the kinds it selects
+
+
+def atom_kinds(policy: Policy) -> AtomKinds:
+    def make() -> AtomKinds:
+        selected_by: dict[str, list[int]] = {a: [] for a in ops.ATOMS}
+        for r in policy.rules:
+            for a in r.atoms:
+                selected_by[a].append(r.index)
+        ids: dict[tuple, int] = {}
+        atom: list[str] = []
+        of_atom: list[int] = []
+        for a in ops.ATOMS:
+            k = ids.setdefault((a in _HANDLE_ATOMS, tuple(selected_by[a])), len(ids))
+            if k == len(atom):
+                atom.append(a)
+            of_atom.append(k)
+        of_rule = tuple(tuple(sorted({of_atom[ATOM_INDEX[a]] for a in r.atoms}))
+                        for r in policy.rules)
+        return AtomKinds(tuple(atom), tuple(ATOM_INDEX[a] for a in atom), tuple(of_atom),
+                          of_rule)
+    return derived(policy, "_atom_kinds", make)
 
 
 _NONE: list = []

@@ -9,7 +9,7 @@ from typing import Sequence
 from . import ops
 from .automaton import holding
 from .classes import RawState
-from .decide import Decision, DecisionTable, decide_table
+from .decide import Decision, DecisionTable, atom_kinds, decide_table
 from .diagnostics import Reporter
 from .policy import Policy, Rule
 from .subjects import partition
@@ -32,6 +32,7 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     deciders_where_matched: dict[int, set[int]] = {}
     ties: dict[tuple[int, ...], tuple[str, int]] = {}
     except_used = _excepts_used(policy, raw)
+    kinds = atom_kinds(policy)
     seen: set = set()  # (table, matching rules) pairs done
     subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
     for held, table in dict.fromkeys((holding(policy, st.accepted_terms), table)
@@ -67,7 +68,7 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
                 row = table.for_subject(s) if getattr(table, "nsubjects", 1) == nsubjects \
                     else decide_table(policy, applying)
                 subject_tables[key] = row
-            _visit(row, applying, s, decided, ties, deciders_where_matched)
+            _visit(row, applying, s, decided, ties, deciders_where_matched, kinds)
 
     _hidden_but_replaceable(policy, tables if nsubjects == 1 else list(subject_tables.values()),
                             reporter)
@@ -138,20 +139,21 @@ def _excepts_used(policy: Policy, raw: list[RawState]) -> set[tuple[int, int]]:
 
 
 def _visit(table, applying, subject: int, decided: set, ties: dict,
-           deciders_where_matched: dict) -> None:
+           deciders_where_matched: dict, kinds) -> None:
     """What one decision table says: the rules that decide, ties, and for each rule that
-    applies here, the rules that decide in its place."""
-    first_atom: dict[int, str] = {}  # tables share decision objects: visit each once
-    for atom, d in zip(ops.ATOMS, table):
-        if id(d) not in first_atom:
-            first_atom[id(d)] = atom
-            if d.tie:
-                ties.setdefault(d.tie, (atom, subject))
-            decided.update(d.rules)
-            decided.update(d.audit_rules)
+    applies here, the rules that decide in its place. Atoms of one kind have one decision
+    (decide.decide_table), so each kind is read at its first atom."""
+    slots = kinds.slot
+    for k, i in enumerate(slots):
+        d = table[i]
+        if d.tie:
+            ties.setdefault(d.tie, (kinds.atom[k], subject))
+        decided.update(d.rules)
+        decided.update(d.audit_rules)
+    of_rule = kinds.of_rule
     for r in applying:
-        for atom in r.atoms:
-            d = table[ATOM_INDEX[atom]]
+        for k in of_rule[r.index]:
+            d = table[slots[k]]
             if r.index not in d.rules:
                 deciders_where_matched.setdefault(r.index, set()).update(d.rules)
 

@@ -583,6 +583,7 @@ class _Planner:
         self._plans: dict[DecisionTable, list] = {}
         self.by_name: dict[str, Program] = {}
         self._answers: dict[tuple[str, str], list] = {}
+        self._trivial: dict[tuple[str, bool], list] = {}
         self._class_slots: list = [None] * len(tree.classes)
         self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
         self._literal_masks: dict[int, list[int]] = {}
@@ -765,11 +766,26 @@ class _Planner:
         if kind in ("lookup", "create") and any(self.named[k.id] for k in kids):
             return True  # the daemon must look up (or make) such children: route them there
         if kind == "lookup":
-            return any(k.id != c.id or not all(map(_trivial, k.decisions("lookup"))) for k in kids)
+            return any(k.id != c.id for k in kids) or not self.all_trivial(kids, "lookup")
         if kind == "remove":
-            return any(not all(map(_trivial, k.decisions(op))) for k in kids)
+            return not self.all_trivial(kids, op)
         if kind == "create":
-            return not kids_ok() or any(not _trivial(_uniform(k, op)) for k in kids)
+            return not kids_ok() or not self.all_trivial(kids, op, uniform=True)
+        return True
+
+    def all_trivial(self, kids: list[Class], what: str, uniform: bool = False) -> bool:
+        """Does every class in `kids` allow `what` (an atom, or with `uniform` every atom of
+        an op alike) without audit, for every subject class? Worked out once per class."""
+        flags = self._trivial.get((what, uniform))
+        if flags is None:
+            flags = self._trivial[(what, uniform)] = [None] * len(self.classes)
+        for k in kids:
+            ok = flags[k.id]
+            if ok is None:
+                ok = flags[k.id] = _trivial(_uniform(k, what)) if uniform else \
+                    all(map(_trivial, k.decisions(what)))
+            if not ok:
+                return False
         return True
 
     def program(self, key: tuple, make) -> Program:
