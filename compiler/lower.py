@@ -583,6 +583,7 @@ class _Planner:
         self._plans: dict[DecisionTable, list] = {}
         self.by_name: dict[str, Program] = {}
         self._answers: dict[tuple[str, str], list] = {}
+        self._answer_ids: dict[tuple, int] = {}
         self._trivial: dict[tuple[str, bool], list] = {}
         self._class_slots: list = [None] * len(tree.classes)
         self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
@@ -662,13 +663,18 @@ class _Planner:
             out = self._answers[(kind, op)] = [None] * len(self.classes)
         return out
 
-    def _answer(self, k: int, kind: str, op: str) -> tuple:
+    def _answer(self, k: int, kind: str, op: str) -> int:
+        """The answer as a small number (equal answers, equal numbers): signatures
+        compare and hash numbers, not nested tuples."""
         kc = self.classes[k]
+        answer: tuple
         if kind == "lookup":
-            return (self.per_subject(kc, "lookup"), self.named[k])
-        if kind == "create":
-            return (tuple(self.per_subject(kc, a) for a in ops.ATOMS_OF_OP[op]), self.named[k])
-        return (self.per_subject(kc, op),)
+            answer = (self.per_subject(kc, "lookup"), self.named[k])
+        elif kind == "create":
+            answer = (tuple(self.per_subject(kc, a) for a in ops.ATOMS_OF_OP[op]), self.named[k])
+        else:
+            answer = (self.per_subject(kc, op),)
+        return self._answer_ids.setdefault(answer, len(self._answer_ids))
 
     def name_signature(self, c: Class, kind: str, op: str) -> tuple:
         """A namespace program's answer for every name, as a value: two classes with equal
@@ -682,14 +688,14 @@ class _Planner:
         base = self.answers(kind, op)
         cid, strict = c.id, self.strict
 
-        def outcome(t: int) -> tuple:
+        def outcome(t: int) -> int:
             a = base[t]
             if a is None:
                 a = base[t] = self._answer(t, kind, op)
             if kind == "lookup":
-                return (a, t == cid)
+                return a << 1 | (t == cid)
             if kind == "create":
-                return (a, strict.at_least_as_strict(cid, t))
+                return a << 1 | strict.at_least_as_strict(cid, t)
             return a
 
         default = outcome(c.default)

@@ -254,5 +254,12 @@ def render(model: Model, which: str = "struct_ops") -> str:
     context["layout"] = C_LAYOUT
     context["logic"] = _logic(model, context)
     text = _environment().get_template(name).render(**context)
-    # Blank-line runs left by template control lines are noise in the output.
-    return re.sub(r"\n{3,}", "\n\n", text)
+    return _squeeze_blank_lines(text)
+
+
+def _squeeze_blank_lines(text: str) -> str:
+    """Every run of blank lines as one (template control lines leave runs behind): each
+    pass halves the runs, and str.replace is far quicker than a regex over ~80 MB of C."""
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text
