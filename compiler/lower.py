@@ -19,7 +19,7 @@ from typing import Optional
 
 from fpol import __version__
 
-from . import abi as word  # the decision word's pack and unpack
+from . import abi
 from . import ops
 from .abi import MAX_DEPTH  # path components the check object's requests carry
 from .classes import Class, ClassTree
@@ -41,11 +41,11 @@ def fnv1a(data: bytes) -> int:
 
 
 def pack(d: Decision, rule_number: Optional[int]) -> int:
-    """The decision word of `d` (compiler/word.py has the layout)."""
-    return word.pack(d.kind, d.mode, d.audit, d.complained, d.errno, rule_number)
+    """The decision word of `d` (compiler/abi.py has the layout)."""
+    return abi.pack(d.kind, d.mode, d.audit, d.complained, d.errno, rule_number)
 
 
-unpack = word.unpack
+unpack = abi.unpack
 
 
 MAX_PROBE = 8

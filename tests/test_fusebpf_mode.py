@@ -170,6 +170,27 @@ def test_a_malformed_filter_request_gets_eio(tmp_path):
     assert P.OUT_HEADER.unpack(reply).error == -5
 
 
+def test_an_internal_error_on_a_filter_request_gets_eio_and_the_server_goes_on(tmp_path):
+    """A bug behind a filter request (here: a decision that fails) refuses that request
+    with EIO and is logged; the serving thread is not stopped and answers the next one."""
+    rig = Rig(tmp_path)
+    vetted = rig.lookup(P.ROOT_ID, b"vetted")
+    real = rig.server._filter_decision
+
+    def broken(*args):
+        raise RuntimeError("decision failed")
+
+    rig.server._filter_decision = broken
+    reply = rig.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 17, vetted,
+                           struct.pack("<II", 0, 0)))
+    assert P.OUT_HEADER.unpack(reply).error == -5
+    assert any("internal error" in line and "decision failed" in line for line in rig.logs)
+    rig.server._filter_decision = real
+    reply = rig.ask(header(P.Opcode.OPEN | fusebpf.FUSE_PREFILTER, 18, vetted,
+                           struct.pack("<II", 0, 0)))
+    assert P.OUT_HEADER.unpack(reply).error == 0
+
+
 def test_split_in_args_knows_the_layouts():
     assert split_in_args(P.Opcode.LOOKUP, b"name\0rest") == (5, [b"name"])
     assert split_in_args(P.Opcode.SETXATTR, bytes(16) + b"user.a\0value\0") == (29, [b"user.a", b"value"])

@@ -22,6 +22,7 @@ import json
 import os
 import stat
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -31,7 +32,7 @@ from fpol.compiler.view import Place
 
 from . import fusebpf
 from . import protocol as P
-from .device import Request
+from .device import Request, Unmounted
 from .enforce import Event, _refusal, errno_name, show_path, write_line
 from .server import NO_REPLY, FuseServer
 
@@ -113,7 +114,13 @@ class FuseBpfServer(FuseServer):
         if fusebpf.is_filter(req.opcode):
             self.stats["requests"] += 1
             self.stats["filter"] += 1
-            self._filter(req)
+            try:
+                self._filter(req)
+            except Unmounted:
+                raise
+            except Exception:  # a bug must refuse this request, not stop the serving thread
+                self.log(f"internal error on a filter request:\n{traceback.format_exc()}")
+                self.ch.send(fusebpf.filter_reply(req.unique, -errno.EIO))
             return
         if req.nodeid == 0 and req.opcode not in NODELESS:
             self.stats["requests"] += 1
