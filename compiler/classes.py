@@ -443,6 +443,7 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     # Block ids stay stable across rounds (a block's first part keeps its id), so a group
     # whose targets' blocks did not change reuses its signature (_Moves.signature).
     gblock = [labels[sid] for sid in members]
+    plans: dict = {}  # see _Moves.reduced
     block = labels
     count = len(label_ids)
     while True:
@@ -451,7 +452,7 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
         fresh = count
         for g, mv in enumerate(moves):
             b = gblock[g]
-            key = (b, mv.signature(block))
+            key = (b, mv.signature(block, plans))
             nid = parts.get(key)
             if nid is None:
                 if b not in kept:
@@ -478,7 +479,7 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     while queue:
         b = queue.popleft()
         order.append(b)
-        lits, globs, masks, default = reduced[b] = moves[group[rep[b]]].reduced(block)
+        lits, globs, masks, default = reduced[b] = moves[group[rep[b]]].reduced(block, plans)
         for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
             if t not in number:
                 number[t] = len(number)
@@ -501,7 +502,7 @@ class _Moves:
     during refinement: literal names with the state a name of theirs would reach without
     the literal entry (by the globs it matches), and the glob masks by state."""
 
-    __slots__ = ("st", "lits", "masks", "targets", "last")
+    __slots__ = ("st", "lits", "masks", "masks_key", "targets", "last")
 
     def __init__(self, st: RawState):
         self.st = st
@@ -512,6 +513,7 @@ class _Moves:
             self.masks = None
             return
         self.masks = tuple(st.masks.items())
+        self.masks_key = (len(st.globs), tuple(st.masks))
         lits = []
         for lit, t in sorted(st.literals.items()):
             m = 0
@@ -523,42 +525,34 @@ class _Moves:
         self.targets = tuple(t for _, t in self.masks) + (st.default,) + \
             tuple(x for _, t, other in self.lits for x in (t, other))
 
-    def reduced(self, block: list[int]):
-        """Transitions in terms of blocks, without entries that change nothing."""
+    def reduced(self, block: list[int], plans: Optional[dict] = None):
+        """Transitions in terms of blocks, without entries that change nothing. `plans`
+        memoises which globs matter per pattern of equal mask targets (see _glob_plan)."""
         st = self.st
         if self.masks is None:  # the common case, kept cheap: literals and a default
             default = block[st.default]
             lits = tuple((lit, block[t]) for lit, t in self.lits if block[t] != default)
             return lits, (), (), default
-        masks = [(m, block[t]) for m, t in self.masks]
-        n = len(st.globs)
-        first = masks[0][1] if masks else block[st.default]
-        if all(b == first for _, b in masks):
-            # Every name the globs can tell apart goes to one block: no glob matters.
-            keep: list[int] = []
-        else:
-            # Drop every glob whose outcome never depends on it (greedy in glob order,
-            # checked exactly): masks are compared on the kept bits only.
-            kept = (1 << n) - 1
-            for i in range(n):
-                trial = kept & ~(1 << i)
-                seen: dict[int, int] = {}
-                for m, b in masks:
-                    if seen.setdefault(m & trial, b) != b:
-                        break
-                else:
-                    kept = trial
-            keep = [i for i in range(n) if kept >> i & 1]
+        blocks = [block[t] for _, t in self.masks]
+        ids: dict[int, int] = {}
+        pattern = tuple([ids.setdefault(b, len(ids)) for b in blocks])
+        key = (self.masks_key, pattern)
+        plan = plans.get(key) if plans is not None else None
+        if plan is None:
+            plan = _glob_plan(len(st.globs), [m for m, _ in self.masks], pattern)
+            if plans is not None:
+                plans[key] = plan
+        keep, projected = plan
         reduced: dict[int, int] = {}
-        for m, b in masks:
-            reduced.setdefault(sum(1 << j for j, i in enumerate(keep) if m >> i & 1), b)
+        for pm, b in zip(projected, blocks):
+            reduced.setdefault(pm, b)
         default = reduced.get(0, block[st.default])
         globs = tuple(st.globs[i] for i in keep)
         reduced_masks = tuple(sorted((m, b) for m, b in reduced.items() if b != default))
         lits = tuple((lit, block[t]) for lit, t, other in self.lits if block[t] != block[other])
         return lits, globs, reduced_masks, default
 
-    def signature(self, block: list[int]):
+    def signature(self, block: list[int], plans: Optional[dict] = None):
         """The reduced transitions as a hashable value. For a state with globs (the costly
         case) the last one is kept with the blocks of its targets, and reused while they
         stay the same."""
@@ -566,11 +560,33 @@ class _Moves:
             key = tuple(block[t] for t in self.targets)
             if self.last is not None and self.last[0] == key:
                 return self.last[1]
-        lits, globs, masks, default = self.reduced(block)
+        lits, globs, masks, default = self.reduced(block, plans)
         sig = (lits, tuple(g.text for g in globs), masks, default)
         if self.masks is not None:
             self.last = (key, sig)
         return sig
+
+
+def _glob_plan(n: int, masks: list[int], pattern: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Which of n globs matter, given the masks of a state and which of them lead to the
+    same block (`pattern`: equal numbers, same block): drop every glob whose outcome never
+    depends on it (greedy in glob order, checked exactly; masks are compared on the kept
+    bits only). -> (the globs kept, each mask projected onto them)."""
+    if all(p == 0 for p in pattern):
+        keep: list[int] = []  # every name the globs can tell apart goes to one block
+    else:
+        kept = (1 << n) - 1
+        for i in range(n):
+            trial = kept & ~(1 << i)
+            seen: dict[int, int] = {}
+            for m, p in zip(masks, pattern):
+                if seen.setdefault(m & trial, p) != p:
+                    break
+            else:
+                kept = trial
+        keep = [i for i in range(n) if kept >> i & 1]
+    projected = [sum(1 << j for j, i in enumerate(keep) if m >> i & 1) for m in masks]
+    return keep, projected
 
 
 __all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw", "matching_rules",
