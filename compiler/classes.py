@@ -424,7 +424,43 @@ def build(policy: Policy) -> ClassTree:
 
 
 def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) -> ClassTree:
-    """Moore partition refinement, then renumber classes breadth-first from the root.
+    """Moore partition refinement (`_refine`), then renumber classes breadth-first from
+    the root."""
+    block, group, moves, plans = _refine(raw, table)
+
+    # One representative per block, reached first breadth-first (state ids are BFS order).
+    rep: dict[int, int] = {}
+    for sid in range(len(raw)):
+        rep.setdefault(block[sid], sid)
+    order: list[int] = []
+    number: dict[int, int] = {}
+    queue = deque([block[0]])
+    number[block[0]] = 0
+    reduced: dict[int, tuple] = {}
+    while queue:
+        b = queue.popleft()
+        order.append(b)
+        lits, globs, masks, default = reduced[b] = moves[group[rep[b]]].reduced(block, plans)
+        for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
+            if t not in number:
+                number[t] = len(number)
+                queue.append(t)
+    classes = []
+    for b in order:
+        st = raw[rep[b]]
+        lits, globs, masks, default = reduced[b]
+        classes.append(Class(
+            id=number[b], table=table[rep[b]],
+            literals=tuple((lit, number[t]) for lit, t in lits),
+            globs=globs,
+            masks=tuple((m, number[t]) for m, t in masks),
+            default=number[default], example=st.example))
+    return ClassTree(policy, tuple(classes), len(raw))
+
+
+def _refine(raw: list[RawState], table: list[DecisionTable]):
+    """Moore partition refinement: per state its block. -> (blocks, each state's group,
+    each group's _Moves, the glob plans memo).
 
     States of one core and one table (a directory and its `x.key`, `x.tmp`, ... siblings
     under the same rules) have the same transitions and label, so they are in one block
@@ -463,38 +499,9 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
                 parts[key] = nid
             gblock[g] = nid
         if fresh == count:  # no block split: stable
-            break
+            return block, group, moves, plans
         block = [gblock[g] for g in group]
         count = fresh
-
-    # One representative per block, reached first breadth-first (state ids are BFS order).
-    rep: dict[int, int] = {}
-    for sid in range(len(raw)):
-        rep.setdefault(block[sid], sid)
-    order: list[int] = []
-    number: dict[int, int] = {}
-    queue = deque([block[0]])
-    number[block[0]] = 0
-    reduced: dict[int, tuple] = {}
-    while queue:
-        b = queue.popleft()
-        order.append(b)
-        lits, globs, masks, default = reduced[b] = moves[group[rep[b]]].reduced(block, plans)
-        for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
-            if t not in number:
-                number[t] = len(number)
-                queue.append(t)
-    classes = []
-    for b in order:
-        st = raw[rep[b]]
-        lits, globs, masks, default = reduced[b]
-        classes.append(Class(
-            id=number[b], table=table[rep[b]],
-            literals=tuple((lit, number[t]) for lit, t in lits),
-            globs=globs,
-            masks=tuple((m, number[t]) for m, t in masks),
-            default=number[default], example=st.example))
-    return ClassTree(policy, tuple(classes), len(raw))
 
 
 class _Moves:

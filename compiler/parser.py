@@ -123,6 +123,8 @@ def _subject_kind_before(e: UnexpectedInput, text: str) -> Optional[str]:
 
 def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter,
                    text: str = "") -> None:
+    """lark's syntax error as one diagnostic with a hint. (Long because it is a list of
+    cases, one per mistake policy authors make, each with its own words.)"""
     line = (e.line if e.line and e.line > 0 else 1) + line_offset
     column = e.column if e.column and e.column > 0 else 1
     hint = None
