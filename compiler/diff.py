@@ -1,16 +1,13 @@
 """The exact semantic difference of two policies (`fpol diff OLD NEW`).
 
-Both policies are compiled to class trees; `product_walk` visits every pair of classes
-(one of each tree) that some path reaches in both, breadth first from the two roots, so
-each pair is met first by one of its shortest paths. From a pair it follows every name the
-two trees tell apart: the literal names of either class, one witness name for each
-realisable combination of their name globs (paths.glob_combinations, as the evaluator's
-"no gain by moving" walk does), and so also "any other name". Two policies decide every
-request alike exactly when every reachable pair has equal decision tables (a rename's or
-link's EXDEV is a function of those tables too), so the walk is exact, not sampled.
-
-`product_walk` is kept apart from what is done with the pairs so other comparisons of two
-class trees can reuse it.
+Both policies are compiled to class trees; `product.product_walk` visits every pair of
+classes (one of each tree) that some path reaches in both, breadth first from the two roots,
+so each pair is met first by one of its shortest paths. From a pair it follows every name the
+two trees tell apart (`product.names`: the literal names of either class, one witness name
+for each realisable combination of their name globs, and so also "any other name"). Two
+policies decide every request alike exactly when every reachable pair has equal decision
+tables (a rename's or link's EXDEV is a function of those tables too), so the walk is exact,
+not sampled.
 
 Who is asking (LANGUAGE.md §6) is a second axis: each policy cuts the uid and gid spaces
 into its own subject classes, and `subject_pairs` cuts them at the bounds of both, so each
@@ -19,52 +16,19 @@ pair of subject classes some requester falls in is compared, with such a request
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Optional
+from typing import Optional
 
 from . import ops
-from .classes import Class, ClassTree
+from .classes import ClassTree
 from .decide import Decision
 from .evaluate import Request, Verdict
 from .explain import show_path, to_json
-from .paths import glob_combinations
 from .policy import Policy
-
-Path = tuple[bytes, ...]
-
-
-# --- the product walk ----------------------------------------------------------------------
-
-def _names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
-    """One name for each way the two classes can tell a child apart."""
-    literals = {name for name, _ in a.literals} | {name for name, _ in b.literals}
-    if fold_a != fold_b:
-        # One side compares case-insensitively: a literal's other spellings are
-        # different names to the case-sensitive side and the same to the other.
-        literals |= {n.upper() for n in literals} | {n.lower() for n in literals}
-    globs = sorted({g.text for g in a.globs} | {g.text for g in b.globs})
-    avoid = frozenset(literals | {n.lower() for n in literals})
-    return sorted(literals) + [w for _, w in sorted(glob_combinations(globs, avoid).items())]
+from .product import Path, product_walk
 
 
-def product_walk(a: ClassTree, b: ClassTree) -> Iterator[tuple[Path, Class, Class]]:
-    """Every pair of classes that one path reaches in `a` and in `b`, once each, with a
-    shortest such path (breadth first; names in byte order, so the walk is deterministic
-    and the same with the trees swapped)."""
-    fold_a, fold_b = a.policy.case_insensitive, b.policy.case_insensitive
-    seen = {(0, 0)}
-    queue: deque = deque([((), 0, 0)])
-    while queue:
-        path, ia, ib = queue.popleft()
-        ca, cb = a.classes[ia], b.classes[ib]
-        yield path, ca, cb
-        for name in _names(ca, cb, fold_a, fold_b):
-            pair = (ca.child(name, fold_a), cb.child(name, fold_b))
-            if pair not in seen:
-                seen.add(pair)
-                queue.append((path + (name,), *pair))
-
+# --- who is asking ----------------------------------------------------------------------
 
 def subject_pairs(a: ClassTree, b: ClassTree) -> list[tuple[int, int, int, int]]:
     """(subject class in a, subject class in b, uid, gid) for every pair some requester is

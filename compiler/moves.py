@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Optional
 
 from . import ops
-from .classes import Class, ClassTree, realisable_masks
+from .classes import Class, ClassTree
 from .decide import decide
-from .paths import Glob, glob_combinations
 from .policy import STRICTNESS
+from .product import Product, Reach
 
 
 def gain(evaluator, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: bool,
@@ -55,30 +55,39 @@ def gain(evaluator, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: boo
 
 class Strictness:
     """`at_least_as_strict(d, s)`: every node under d is judged at least as strictly as the
-    node at the same relative path under s, for every atom (the relation moves need)."""
+    node at the same relative path under s, for every atom (the relation moves need).
+
+    It is a greatest fixed point over the pairs of classes the same names reach
+    (compiler/product.py): a pair holds when d's decisions are at least as strict as s's
+    and every pair it leads to holds. Decisions alone settle most pairs: when the least
+    strict of d and everything below it is at least as strict as the strictest of s and
+    everything below it (`_settled`), no pair below can disagree, so none is walked."""
 
     def __init__(self, tree: ClassTree):
         self.tree = tree
         self.fold = tree.policy.case_insensitive
+        self.product = Product(tree, tree)
         self.memo: dict[tuple[int, int], bool] = {}
-        self.rows: dict[tuple[int, int], bool] = {}  # by decision table identity
+        self.rows: dict[tuple[int, int], bool] = {}  # vector a ⪰ vector b, by vector ids
         self.fanned: set[tuple[int, int]] = set()  # (d, t): every child of d ⪰ class t, proven
         self._targets: dict[int, tuple[int, ...]] = {}
         self._vectors: dict[tuple, int] = {}
         self._vector_of: dict[int, int] = {}
         self._vector_by_id: dict[int, tuple] = {}
         self._vector_of_table: dict[int, tuple[tuple, int]] = {}
-        self._mins: dict[tuple[int, int], int] = {}
+        self._meets: dict[tuple[int, int, bool], int] = {}
         # A class's vector is one row vector (strictness per atom) per subject class; row
         # vectors are few and compared pairwise once (they are what a vector's id names).
         self._row_vectors: dict[tuple, int] = {}
         self._row_vector_by_id: list[tuple] = []
         self._row_vector_of: dict[int, tuple[tuple, int]] = {}  # by row identity
         self._row_ge: dict[tuple[int, int], bool] = {}
-        self._row_min: dict[tuple[int, int], int] = {}
-        self._floor: Optional[list[int]] = None
+        self._row_meets: dict[tuple[int, int, bool], int] = {}
+        self._bounds: Optional[tuple[list[int], list[int]]] = None
         self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
+
+    # --- strictness vectors ----------------------------------------------------------
 
     def _strictness(self, c: Class) -> int:
         """An id for the class's vector of strictness per (subject class, atom): a tuple of
@@ -96,13 +105,16 @@ class Strictness:
         """The id of a row's strictness per atom (rows are interned: keyed by identity)."""
         hit = self._row_vector_of.get(id(row))
         if hit is None or hit[0] is not row:
-            vec = tuple(STRICTNESS[d.kind] for d in row)
-            n = self._row_vectors.get(vec)
-            if n is None:
-                n = self._row_vectors[vec] = len(self._row_vector_by_id)
-                self._row_vector_by_id.append(vec)
-            hit = self._row_vector_of[id(row)] = (row, n)  # keeps row alive: ids stay unique
+            hit = self._row_vector_of[id(row)] = (  # keeps row alive: ids stay unique
+                row, self._row_id(tuple(STRICTNESS[d.kind] for d in row)))
         return hit[1]
+
+    def _row_id(self, vec: tuple) -> int:
+        n = self._row_vectors.get(vec)
+        if n is None:
+            n = self._row_vectors[vec] = len(self._row_vector_by_id)
+            self._row_vector_by_id.append(vec)
+        return n
 
     def _ge(self, a: int, b: int) -> bool:
         """Row vector a is at least as strict as row vector b, atom by atom."""
@@ -114,19 +126,16 @@ class Strictness:
             ok = self._row_ge[(a, b)] = all(x >= y for x, y in zip(va, vb))
         return ok
 
-    def _min_row(self, a: int, b: int) -> int:
+    def _row_meet(self, a: int, b: int, low: bool) -> int:
+        """The pointwise minimum (`low`) or maximum of two row vectors, by id."""
         if a == b:
             return a
-        key = (a, b) if a < b else (b, a)
-        m = self._row_min.get(key)
+        key = (a, b, low) if a < b else (b, a, low)
+        m = self._row_meets.get(key)
         if m is None:
             va, vb = self._row_vector_by_id[a], self._row_vector_by_id[b]
-            vec = tuple(min(x, y) for x, y in zip(va, vb))
-            m = self._row_vectors.get(vec)
-            if m is None:
-                m = self._row_vectors[vec] = len(self._row_vector_by_id)
-                self._row_vector_by_id.append(vec)
-            self._row_min[key] = m
+            m = self._row_meets[key] = self._row_id(
+                tuple(map(min, va, vb)) if low else tuple(map(max, va, vb)))
         return m
 
     def _vector_id(self, vec: tuple) -> int:
@@ -134,122 +143,143 @@ class Strictness:
         self._vector_by_id[v] = vec
         return v
 
-    def _min_vector(self, a: int, b: int) -> int:
-        """The pointwise minimum of two strictness vectors, by id."""
+    def _meet(self, a: int, b: int, low: bool = True) -> int:
+        """The pointwise minimum (`low`) or maximum of two strictness vectors, by id."""
         if a == b:
             return a
-        key = (a, b) if a < b else (b, a)
-        m = self._mins.get(key)
+        key = (a, b, low) if a < b else (b, a, low)
+        m = self._meets.get(key)
         if m is None:
             va, vb = self._vector_by_id[a], self._vector_by_id[b]
-            m = self._mins[key] = self._vector_id(tuple(self._min_row(x, y)
-                                                        for x, y in zip(va, vb)))
+            m = self._meets[key] = self._vector_id(tuple(self._row_meet(x, y, low)
+                                                         for x, y in zip(va, vb)))
         return m
 
-    def _row_ok(self, d: Class, s: Class) -> bool:
-        key = (self._strictness(d), self._strictness(s))
-        ok = self.rows.get(key)
+    def _vector_ge(self, a: int, b: int) -> bool:
+        """Strictness vector a is at least as strict as b, everywhere (by ids)."""
+        if a == b:
+            return True
+        ok = self.rows.get((a, b))
         if ok is None:
-            a, b = self._vector_by_id[key[0]], self._vector_by_id[key[1]]
-            ok = self.rows[key] = all(self._ge(x, y) for x, y in zip(a, b))
+            va, vb = self._vector_by_id[a], self._vector_by_id[b]
+            ok = self.rows[(a, b)] = all(self._ge(x, y) for x, y in zip(va, vb))
         return ok
+
+    def _row_ok(self, d: Class, s: Class) -> bool:
+        return self._vector_ge(self._strictness(d), self._strictness(s))
+
+    def _bounds_of(self) -> tuple[list[int], list[int]]:
+        """Per class, the pointwise minimum and maximum strictness over it and every class
+        below it (as vector ids): a fixed point over the class graph (it has cycles),
+        children first (they mostly have the higher ids)."""
+        if self._bounds is None:
+            classes = self.tree.classes
+            floor = [self._strictness(c) for c in classes]
+            ceiling = list(floor)
+            targets = [self.targets(c) for c in classes]
+            meet = self._meet
+            changed = True
+            while changed:
+                changed = False
+                for c in range(len(classes) - 1, -1, -1):
+                    lo, hi = floor[c], ceiling[c]
+                    for t in targets[c]:
+                        lo, hi = meet(lo, floor[t]), meet(hi, ceiling[t], False)
+                    if lo != floor[c] or hi != ceiling[c]:
+                        floor[c], ceiling[c] = lo, hi
+                        changed = True
+            self._bounds = floor, ceiling
+        return self._bounds
+
+    def _settled(self, d: int, s: int) -> bool:
+        """Every class below d (d too) is at least as strict as every class below s (s
+        too): every pair the walk from (d, s) could reach holds."""
+        floor, ceiling = self._bounds_of()
+        return self._vector_ge(floor[d], ceiling[s])
+
+    # --- the walk --------------------------------------------------------------------
 
     def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
         """A greatest fixed point: explore the pairs reachable by common names; any pair
         whose rows disagree refutes it. When none does, every pair explored holds too."""
         key = (d_id, s_id)
-        if key in self.memo:
-            return self.memo[key]
-        classes = self.tree.classes
-        seen = {key}
-        stack = [key]
-        fans = []
-        ok = True
-        while stack:
-            d, s = stack.pop()
+        known = self.memo.get(key)
+        if known is not None:
+            return known
+        if d_id == s_id or self._settled(d_id, s_id):
+            self.memo[key] = True
+            return True
+        reach = Reach(key)
+        fans: list[tuple[int, int]] = []
+        refuted = None
+        for pair in reach:
+            d, s = pair
             if d == s:
                 continue
-            known = self.memo.get((d, s))
+            known = self.memo.get(pair)
             if known is True:
                 continue
-            cd, cs = classes[d], classes[s]
-            if known is False or not self._row_ok(cd, cs):
-                ok = False
+            if known is False or not self._row_ok(self.tree.classes[d], self.tree.classes[s]):
+                refuted = pair
                 break
-            if not cs.globs and (not cs.literals or len(cd.literals) > 32):
-                # Names s does not list take it to its default class: pair that with each
-                # of d's children (for a d with many names, this may pair more than the
-                # names do, which can only refuse more), then s's own names.
-                fan = (d, cs.default)
-                pairs = []
-                if fan not in self.fanned:
-                    if self._uniform(cs.default):
-                        # Every node below s's default child is that one class, so each
-                        # of d's children, and all below them, must be at least as strict
-                        # as it: compare the pointwise minimum over them instead.
-                        if not self._floor_ok(cd, cs.default):
-                            ok = False
-                            break
-                    else:
-                        fans.append(fan)
-                        pairs = [(t, cs.default) for t in self.targets(cd)]
-                # s's own names last, so they are explored first: where a stricter subtree
-                # hides, it is usually behind one of them.
-                pairs += [(cd.child(n, self.fold), t) for n, t in cs.literals]
-            else:
-                pairs = [(cd.child(n, self.fold), cs.child(n, self.fold)) for n in self._names(cd, cs)]
-            for pair in pairs:
-                if pair not in seen:
-                    seen.add(pair)
-                    stack.append(pair)
-        if ok:
-            for pair in seen:
+            if self._settled(d, s):
+                continue
+            if not self._follow(reach, d, s, fans):
+                refuted = pair
+                break
+        if refuted is None:
+            for pair in reach.seen:
                 self.memo[pair] = True
             self.fanned.update(fans)
-        else:
-            self.memo[key] = False
-            self.memo[(d, s)] = False  # the pair whose rows disagree
-        return ok
+            return True
+        self.memo[key] = False
+        self.memo[refuted] = False  # the pair that refutes it (its rows, or those below it)
+        return False
+
+    def _follow(self, reach: Reach, d: int, s: int, fans: list[tuple[int, int]]) -> bool:
+        """Add the pairs (d, s) leads to; False when it is refuted on the way."""
+        cd, cs = self.tree.classes[d], self.tree.classes[s]
+        if cs.globs or (cs.literals and len(cd.literals) <= 32):
+            reach.follow(self.product.successors(d, s))
+            return True
+        # Names s does not list take it to its default class: pair that with each of d's
+        # children (for a d with many names, this may pair more than the names do, which
+        # can only refuse more), then s's own names.
+        fan = (d, cs.default)
+        if fan not in self.fanned:
+            if self._uniform(cs.default):
+                # Every node below s's default child is that one class, so each of d's
+                # children, and all below them, must be at least as strict as it: compare
+                # the pointwise minimum over them instead.
+                if not self._floor_ok(cd, cs.default):
+                    return False
+            else:
+                fans.append(fan)
+                reach.follow([(t, cs.default) for t in self.targets(cd)])
+        # s's own names last, so they are explored first: where a stricter subtree
+        # hides, it is usually behind one of them.
+        fold = self.fold
+        reach.follow([(cd.child(n, fold), t) for n, t in cs.literals])
+        return True
 
     def _uniform(self, cid: int) -> bool:
         """Every descendant of class `cid` is in class `cid`."""
         c = self.tree.classes[cid]
         return not c.literals and not c.globs and c.default == cid
 
-    def _floors(self) -> list[int]:
-        """Per class, the pointwise minimum strictness over it and every class below it
-        (as a vector id)."""
-        if self._floor is None:
-            classes = self.tree.classes
-            floor = [self._strictness(c) for c in classes]
-            changed = True
-            while changed:  # a fixed point over the class graph (it has cycles)
-                changed = False
-                for c in classes:
-                    low = floor[c.id]
-                    for t in self.targets(c):
-                        low = self._min_vector(low, floor[t])
-                    if low != floor[c.id]:
-                        floor[c.id] = low
-                        changed = True
-            self._floor = floor
-        return self._floor
-
     def _floor_ok(self, d: Class, x: int) -> bool:
         """Every class below `d` is at least as strict as the uniform class `x`."""
         key = (d.id, x)
         ok = self.floor_memo.get(key)
         if ok is None:
-            floors = self._floors()
+            floors = self._bounds_of()[0]
             below = self._below.get(d.id)
             if below is None:
                 below = floors[self.targets(d)[0]]
                 for t in self.targets(d):
-                    below = self._min_vector(below, floors[t])
+                    below = self._meet(below, floors[t])
                 self._below[d.id] = below
-            target = self._vector_by_id[self._strictness(self.tree.classes[x])]
-            ok = self.floor_memo[key] = all(self._ge(a, b)
-                                            for a, b in zip(self._vector_by_id[below], target))
+            ok = self.floor_memo[key] = self._vector_ge(below, self._strictness(self.tree.classes[x]))
         return ok
 
     def targets(self, c: Class) -> tuple[int, ...]:
@@ -259,16 +289,3 @@ class Strictness:
             t = self._targets[c.id] = tuple(sorted({x for _, x in c.literals} |
                                                    {x for _, x in c.masks} | {c.default}))
         return t
-
-    def _names(self, a: Class, b: Class) -> list[bytes]:
-        """Names that can lead the two classes apart: their literals, and one name per
-        realisable combination of their globs."""
-        if not a.literals and not b.literals and not a.globs and not b.globs:
-            return [b"x"]  # both send every name to their default child
-        lits = {lit for lit, _ in a.literals} | {lit for lit, _ in b.literals}
-        globs = sorted({g.text for g in a.globs} | {g.text for g in b.globs})
-        # The witnesses of the globs alone (memoised) serve unless one is a literal name.
-        combos = realisable_masks(tuple(Glob(g) for g in globs))
-        if any(w in lits for w in combos.values()):
-            combos = glob_combinations(globs, frozenset(lits))
-        return sorted(lits) + [w for _, w in sorted(combos.items())]

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fpol.cli import main
-from fpol.compiler.diff import subject_pairs, diff, effect, product_walk
+from fpol.compiler.diff import subject_pairs, diff, effect
+from fpol.compiler.product import product_walk
 from fpol.compiler.driver import check
 from fpol.compiler.evaluate import Evaluator
 from fpol.compiler.fmt import format_policy

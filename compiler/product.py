@@ -1,0 +1,142 @@
+"""The product of two class trees: pairs of classes, one of each tree (or two of one tree),
+that the same names reach.
+
+Two classes send a name to a child each: by its literal, else by the set of their name
+globs it matches (classes.Class.child). So a pair's children are told apart by finitely
+many names (`names`): every literal of either side, one witness per realisable combination
+of the two sides' glob masks (paths.glob_combinations: only masks some real name produces),
+which covers "any other name" too. Each side folds case or not as its policy says; when the
+two differ, a literal's other spellings are names of their own.
+
+Walks over the product:
+- `product_walk`: every pair reachable from the two roots, breadth first with one shortest
+  path each (`fpol diff`, and so `fpol learn`).
+- `Reach`: the pairs reachable from a start pair, depth first, following only what the
+  caller follows: `moves.Strictness` prunes pairs it has settled otherwise and stops at the
+  first refutation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable, Iterator, Optional
+
+from .classes import Class, ClassTree, realisable_masks
+from .paths import Glob, glob_combinations
+
+Pair = tuple[int, int]
+Path = tuple[bytes, ...]
+
+
+def names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
+    """One name for each way the two classes can tell a child apart: their literals in
+    byte order, then one witness per realisable glob combination, by mask (a witness is
+    never a literal, in either case)."""
+    literals = {name for name, _ in a.literals} | {name for name, _ in b.literals}
+    if fold_a != fold_b:
+        # One side compares case-insensitively: a literal's other spellings are
+        # different names to the case-sensitive side and the same to the other.
+        literals |= {n.upper() for n in literals} | {n.lower() for n in literals}
+    globs = tuple(sorted({g.text for g in a.globs} | {g.text for g in b.globs}))
+    avoid = frozenset(literals | {n.lower() for n in literals})
+    return sorted(literals) + [w for _, w in sorted(_combinations(globs, avoid).items())]
+
+
+def _combinations(globs: tuple[bytes, ...], avoid: frozenset) -> dict[int, bytes]:
+    """glob_combinations(globs, avoid): the memoised witnesses of the globs alone serve
+    unless one of them is to be avoided."""
+    if not globs:
+        return glob_combinations([], avoid)
+    combos = realisable_masks(tuple(Glob(g) for g in globs))
+    if any(w in avoid for w in combos.values()):
+        combos = glob_combinations(list(globs), avoid)
+    return combos
+
+
+class Product:
+    """Two class trees (or one tree twice) walked together by name. The names of a pair
+    depend only on the two classes' literal names and glob texts (their shapes), which
+    recur across a tree, so they are worked out once per pair of shapes."""
+
+    def __init__(self, a: ClassTree, b: ClassTree):
+        self.a, self.b = a.classes, b.classes
+        self.fold_a, self.fold_b = a.policy.case_insensitive, b.policy.case_insensitive
+        self._shapes: dict[tuple, int] = {}
+        self._shape_a: dict[int, int] = {}
+        self._shape_b: dict[int, int] = self._shape_a if a is b else {}
+        self._names: dict[Pair, list[bytes]] = {}
+
+    def _shape(self, c: Class, memo: dict[int, int]) -> int:
+        s = memo.get(c.id)
+        if s is None:
+            key = (tuple(n for n, _ in c.literals), tuple(g.text for g in c.globs))
+            s = memo[c.id] = self._shapes.setdefault(key, len(self._shapes))
+        return s
+
+    def names(self, ia: int, ib: int) -> list[bytes]:
+        """`names` of class `ia` of the first tree and class `ib` of the second."""
+        ca, cb = self.a[ia], self.b[ib]
+        key = (self._shape(ca, self._shape_a), self._shape(cb, self._shape_b))
+        out = self._names.get(key)
+        if out is None:
+            out = self._names[key] = names(ca, cb, self.fold_a, self.fold_b)
+        return out
+
+    def children(self, ia: int, ib: int) -> list[tuple[bytes, Pair]]:
+        """Each name of the pair with the pair of classes it leads to."""
+        ca, cb, fa, fb = self.a[ia], self.b[ib], self.fold_a, self.fold_b
+        return [(n, (ca.child(n, fa), cb.child(n, fb))) for n in self.names(ia, ib)]
+
+    def successors(self, ia: int, ib: int) -> list[Pair]:
+        """The pairs the pair's children are in (in name order; repeats possible)."""
+        ca, cb, fa, fb = self.a[ia], self.b[ib], self.fold_a, self.fold_b
+        return [(ca.child(n, fa), cb.child(n, fb)) for n in self.names(ia, ib)]
+
+
+class Reach:
+    """The pairs reachable from `start`, each met once. Iterating gives the next pair to
+    look at (depth first, the last added, unless `breadth_first`); the caller then adds
+    the pairs it leads to (`follow`, `add`), or does not (a pair it has settled
+    otherwise), or stops. `seen` holds every pair met, looked at or still waiting."""
+
+    def __init__(self, start: Pair, breadth_first: bool = False):
+        self.seen = {start}
+        self._todo: deque[Pair] = deque([start])
+        self._breadth_first = breadth_first
+
+    def __iter__(self) -> Iterator[Pair]:
+        todo = self._todo
+        take = todo.popleft if self._breadth_first else todo.pop
+        while todo:
+            yield take()
+
+    def add(self, pair: Pair) -> bool:
+        """Meet `pair`: False when it was met before."""
+        if pair in self.seen:
+            return False
+        self.seen.add(pair)
+        self._todo.append(pair)
+        return True
+
+    def follow(self, pairs: Iterable[Pair]) -> None:
+        seen, todo = self.seen, self._todo
+        for pair in pairs:
+            if pair not in seen:
+                seen.add(pair)
+                todo.append(pair)
+
+
+def product_walk(a: ClassTree, b: ClassTree,
+                 product: Optional[Product] = None) -> Iterator[tuple[Path, Class, Class]]:
+    """Every pair of classes that one path reaches in `a` and in `b`, once each, with a
+    shortest such path (breadth first; names in byte order, so the walk is deterministic
+    and the same with the trees swapped)."""
+    product = product or Product(a, b)
+    reach = Reach((0, 0), breadth_first=True)
+    paths: dict[Pair, Path] = {(0, 0): ()}
+    for ia, ib in reach:
+        path = paths.pop((ia, ib))
+        yield path, a.classes[ia], b.classes[ib]
+        for name, pair in product.children(ia, ib):
+            if reach.add(pair):
+                paths[pair] = path + (name,)
