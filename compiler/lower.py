@@ -472,14 +472,15 @@ def _literals(classes, strict: Strictness) -> tuple[list[LiteralEntry], bytearra
     """Literal transitions, sorted, and the pool of their names."""
     literals: list[LiteralEntry] = []
     pool = bytearray()
-    pool_index: dict[bytes, int] = {}
+    pool_index: dict[bytes, tuple[int, int]] = {}  # name -> (offset, hash)
     for c in classes:
         for name, child in c.literals:
-            off = pool_index.get(name)
-            if off is None:
-                off = pool_index[name] = len(pool)
+            at = pool_index.get(name)
+            if at is None:
+                at = pool_index[name] = (len(pool), fnv1a(name))
                 pool += name
-            literals.append(LiteralEntry(c.id, fnv1a(name), off, len(name), child,
+            off, name_hash = at
+            literals.append(LiteralEntry(c.id, name_hash, off, len(name), child,
                                          strict.at_least_as_strict(c.id, child),
                                          name.decode("utf-8", "backslashreplace")))
     literals.sort(key=lambda e: (e.cls, e.hash, e.length, e.offset))
@@ -588,6 +589,7 @@ class _Planner:
         self._class_slots: list = [None] * len(tree.classes)
         self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
         self._literal_masks: dict[int, list[int]] = {}
+        self._targets: dict[int, list[int]] = {}
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
         self._row_runtime = ByValue()  # row of decisions -> tuple[int, ...]
         self._table_runtime: dict[DecisionTable, tuple] = {}
@@ -637,9 +639,8 @@ class _Planner:
         if by_slot is None:
             by_slot = self._table_slots.get(k.table)
             if by_slot is None:
-                per_row = self.table_runtime(k.table)
-                by_slot = self._table_slots[k.table] = [tuple(r[i] for r in per_row)
-                                                         for i in range(len(per_row[0]))]
+                # per subject class, per slot -> per slot, per subject class
+                by_slot = self._table_slots[k.table] = list(zip(*self.table_runtime(k.table)))
             self._class_slots[k.id] = by_slot
         return by_slot[SLOT[atom]]
 
@@ -686,35 +687,39 @@ class _Planner:
         fpol_on_remove) depends only on the child class it leads to, and on the parent
         through lookup's "child is this class" and create's "child at least as strict"."""
         base = self.answers(kind, op)
-        cid, strict = c.id, self.strict
-
-        def outcome(t: int) -> int:
-            a = base[t]
-            if a is None:
-                a = base[t] = self._answer(t, kind, op)
-            if kind == "lookup":
-                return a << 1 | (t == cid)
-            if kind == "create":
-                return a << 1 | strict.at_least_as_strict(cid, t)
-            return a
-
-        default = outcome(c.default)
-        masks = tuple((m, o) for m, o in ((m, outcome(t)) for m, t in c.masks)
-                      if o != default)
-        lits = []
+        cid = c.id
+        targets = self.targets_of(c)  # the default's, then each mask's, then each literal's
+        for t in targets:
+            if base[t] is None:
+                base[t] = self._answer(t, kind, op)
+        if kind == "lookup":
+            outs = [base[t] << 1 | (t == cid) for t in targets]
+        elif kind == "create":
+            at_least = self.strict.at_least_as_strict
+            outs = [base[t] << 1 | at_least(cid, t) for t in targets]
+        else:
+            outs = [base[t] for t in targets]
+        default = outs[0]
+        nmasks = len(c.masks)
+        masks = tuple((m, o) for (m, _), o in zip(c.masks, outs[1:1 + nmasks]) if o != default)
         if masks:
             by_mask = dict(masks)
-            for (lit, t), m in zip(c.literals, self.literal_masks(c)):
-                o = outcome(t)
-                if o != by_mask.get(m, default):
-                    lits.append((lit, o))
+            lits = tuple((lit, o) for (lit, _), m, o in
+                         zip(c.literals, self.literal_masks(c), outs[1 + nmasks:])
+                         if o != by_mask.get(m, default))
         else:
-            for lit, t in c.literals:
-                o = outcome(t)
-                if o != default:
-                    lits.append((lit, o))
+            lits = tuple((lit, o) for (lit, _), o in zip(c.literals, outs[1 + nmasks:])
+                         if o != default)
         globs = tuple(g.text for g in c.globs) if masks else ()
-        return ("names", kind, op, default, globs, masks, tuple(lits))
+        return ("names", kind, op, default, globs, masks, lits)
+
+    def targets_of(self, c: Class) -> list[int]:
+        """Class `c`'s children: its default's, then each mask's, then each literal's."""
+        out = self._targets.get(c.id)
+        if out is None:
+            out = self._targets[c.id] = [c.default] + [t for _, t in c.masks] + \
+                [t for _, t in c.literals]
+        return out
 
     def literal_masks(self, c: Class) -> list[int]:
         """Per literal of class `c`, the set of its globs the literal matches (a bitmask):
