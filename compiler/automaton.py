@@ -160,7 +160,10 @@ def _shapes(policy: Policy):
         anchors = frozenset((r.index, ("t", _anchor(r))) for r in policy.rules
                             if r.terms and (len(r.terms) > 1 or r.excepts))
         unscoped = tuple(r.index for r in policy.rules if not r.terms)
-        return _Shapes(policy, unscoped, shapes, simple, anchors, {}, {})
+        with_excepts = tuple((r.index, shapes[r.index][0],
+                              tuple((r.index, ("x", i)) for i in range(len(r.excepts))))
+                             for r in policy.rules if r.excepts)
+        return _Shapes(policy, unscoped, shapes, simple, anchors, with_excepts, {}, {}, {})
     return derived(policy, "_shapes", make)
 
 
@@ -171,8 +174,10 @@ class _Shapes:
     shapes: list
     simple: frozenset
     anchors: frozenset
+    with_excepts: tuple  # (rule index, its scope term pairs, its except term pairs)
     by_accepted: dict  # accepted set -> Holding
     by_indexes: dict  # frozenset of rule indexes -> Holding (the interning)
+    hits: dict  # accepted set -> excepts hit
 
 
 def holding(policy: Policy, accepted: frozenset) -> Holding:
@@ -199,10 +204,25 @@ def holding(policy: Policy, accepted: frozenset) -> Holding:
     return out
 
 
+def excepts_hit(policy: Policy, accepted: frozenset) -> frozenset:
+    """(rule index, except term index) for every except term that holds, where exactly the
+    pairs `accepted` hold, of a rule whose scope terms all hold there: the except removes
+    something (lint's FP103 reports those that never do)."""
+    sh = _shapes(policy)
+    if not sh.with_excepts:
+        return frozenset()
+    out = sh.hits.get(accepted)
+    if out is None:
+        out = sh.hits[accepted] = frozenset(
+            (ri, i) for ri, need, excl in sh.with_excepts if need <= accepted
+            for i, x in enumerate(excl) if x in accepted)
+    return out
+
+
 def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
     """`holding`'s rules, as a list in rule order."""
     return list(holding(policy, accepted).rules)
 
 
-__all__ = ["Holding", "Patterns", "closure", "collect", "fold_name", "fold_part", "holding",
-           "rules_holding"]
+__all__ = ["Holding", "Patterns", "closure", "collect", "excepts_hit", "fold_name", "fold_part",
+           "holding", "rules_holding"]

@@ -20,7 +20,8 @@ from .decide import Decision, DecisionTable, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
-from .automaton import Holding, closure as _closure, collect as _collect, holding, rules_holding
+from .automaton import (Holding, closure as _closure, collect as _collect, excepts_hit, holding,
+                        rules_holding)
 from .subjects import Partition, partition
 
 # The rules that hold where a state's patterns accept (compiler/automaton.py).
@@ -284,36 +285,43 @@ def build_raw(policy: Policy) -> list[RawState]:
 
     accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
     by_core: dict[tuple, tuple] = {}  # (sticky set id, moving positions) -> transitions
-    ids: dict[tuple, int] = {}
+    ids: dict[tuple, int] = {}  # (sticky set id, positions) -> state
+    by_behaviour: dict[tuple, int] = {}  # (core, rules holding, excepts hit) -> state
     states: list[Optional[RawState]] = []
     queue: deque = deque()
 
+    # A state's transitions depend only on its positions that can still move (its core):
+    # those at the end of a pattern with no trailing `**` (a `named` glob just matched, a
+    # path just reached) only make it accept. So two sets of positions with one core and
+    # the same rules holding (one decision table) are one state: the same label, the same
+    # successors. (The except terms they hit are kept apart for lint's FP103.)
     def intern(key: tuple, example: bytes) -> int:
         sid = ids.get(key)
         if sid is None:
-            sid = ids[key] = len(states)
-            if sid >= MAX_STATES:
-                raise TooComplex(f"more than {MAX_STATES} classes")
-            states.append(None)
-            queue.append((sid, key, example))
+            sticky_id, positions = key
+            accepted = float_accepted.union(sticky_accepted[sticky_id], *(
+                pats.terms_of[pid] for pid, k in positions if k == len(parts[pid])))
+            accepted = accepted_sets.setdefault(accepted, accepted)
+            core = (sticky_id, frozenset(p for p in positions if p[1] < len(parts[p[0]])))
+            behaviour = (core, holding(policy, accepted), excepts_hit(policy, accepted))
+            sid = by_behaviour.get(behaviour)
+            if sid is None:
+                sid = by_behaviour[behaviour] = len(states)
+                if sid >= MAX_STATES:
+                    raise TooComplex(f"more than {MAX_STATES} classes")
+                states.append(None)
+                queue.append((sid, key, example, accepted, core))
+            ids[key] = sid
         return sid
 
     first = start - floating
     intern((intern_sticky(first & sticky_all), first - sticky_all), b"/")
     while queue:
-        sid, key, example = queue.popleft()
+        sid, key, example, accepted, core = queue.popleft()
         sticky_id, positions = key
         sticky = sticky_sets[sticky_id]
-        accepted = float_accepted.union(sticky_accepted[sticky_id], *(
-            pats.terms_of[pid] for pid, k in positions if k == len(parts[pid])))
-        accepted = accepted_sets.setdefault(accepted, accepted)
-        # A state's transitions depend only on its positions that can still move: those at
-        # the end of a pattern with no trailing `**` (a `named` glob just matched, a path
-        # just reached) only make it accept. States that differ only in those (a directory
-        # and its `x.key`, `x.tmp`, ... siblings) have the same transitions, worked out once:
-        # the first such state interned every target, so the others would find them all.
-        moving = frozenset(p for p in positions if p[1] < len(parts[p[0]]))
-        core = (sticky_id, moving)
+        # States of one core have the same transitions, worked out once: the first such
+        # state interned every target, so the others would find them all.
         known = by_core.get(core)
         if known is not None:
             lits, gl, ms, default, number = known

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import ops
-from .automaton import holding
+from .automaton import excepts_hit, holding
 from .classes import RawState
 from .decide import Decision, DecisionTable, atom_kinds, decide_table
 from .diagnostics import Reporter
@@ -120,21 +120,10 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
 def _excepts_used(policy: Policy, raw: list[RawState]) -> set[tuple[int, int]]:
     """(rule index, except term index) for every except term that removes something: it
     holds at some node where all of its rule's scope terms hold."""
-    with_excepts = [r for r in policy.rules if r.excepts]
     used: set[tuple[int, int]] = set()
-    if not with_excepts:
-        return used
-    done: set[frozenset] = set()  # states share accepted sets
-    for st in raw:
-        accepted = st.accepted_terms
-        if accepted in done:
-            continue
-        done.add(accepted)
-        for r in with_excepts:
-            if all((r.index, ("t", i)) in accepted for i in range(len(r.terms))):
-                for i in range(len(r.excepts)):
-                    if (r.index, ("x", i)) in accepted:
-                        used.add((r.index, i))
+    if any(r.excepts for r in policy.rules):
+        for accepted in {st.accepted_terms for st in raw}:
+            used |= excepts_hit(policy, accepted)
     return used
 
 
