@@ -4,7 +4,8 @@ it is, for the same requester. Callers fall back to copy and delete, which the
 destination's own rules judge. One meaning, in two forms:
 
 - `gain`: the reference form, over the evaluator's NFA positions of the two paths,
-  walked together over every name the patterns can tell apart. The evaluator (and so the
+  walked together over every name the patterns can tell apart (product.Reach, breadth
+  first, as the class-tree walks). The evaluator (and so the
   daemon's PolicyView.move) decides with it.
 - `Strictness`: the same relation between two classes of a class tree, for the generated
   code: whether a new object or a moved one may keep the class (the fuse-bpf instance) it
@@ -20,6 +21,7 @@ from . import ops
 from .classes import Class, ClassTree
 from .decide import decide
 from .policy import STRICTNESS
+from .memo import ByValue
 from .product import Product, Reach
 
 
@@ -32,14 +34,11 @@ def gain(evaluator, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: boo
     position sets are walked together over every name the patterns can tell apart
     (literals, one witness per realisable glob combination, any other name)."""
     policy = evaluator.policy
-    seen = set()
-    frontier: list[tuple[frozenset, frozenset, tuple[bytes, ...]]] = [
-        (evaluator.walk(src), evaluator.walk(dst), ())]
-    while frontier:
-        ps, pd, suffix = frontier.pop(0)
-        if (ps, pd) in seen:
-            continue
-        seen.add((ps, pd))
+    start = (evaluator.walk(src), evaluator.walk(dst))
+    suffixes: dict[tuple[frozenset, frozenset], tuple[bytes, ...]] = {start: ()}
+    reach = Reach(start, breadth_first=True)
+    for ps, pd in reach:
+        suffix = suffixes[(ps, pd)]
         rs = [r for r in evaluator.matching(ps) if r.applies_to(uid, gid)]
         rd = [r for r in evaluator.matching(pd) if r.applies_to(uid, gid)]
         for atom in ops.ATOMS:
@@ -49,7 +48,9 @@ def gain(evaluator, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: boo
         if not subtree:
             return None
         for name in evaluator.names(ps | pd):
-            frontier.append((evaluator.step(ps, name), evaluator.step(pd, name), suffix + (name,)))
+            pair = (evaluator.step(ps, name), evaluator.step(pd, name))
+            if reach.add(pair):
+                suffixes[pair] = suffix + (name,)
     return None
 
 
@@ -74,13 +75,13 @@ class Strictness:
         self._vectors: dict[tuple, int] = {}
         self._vector_of: dict[int, int] = {}
         self._vector_by_id: dict[int, tuple] = {}
-        self._vector_of_table: dict[int, tuple[tuple, int]] = {}
+        self._vector_of_table = ByValue()  # DecisionTable -> vector id
         self._meets: dict[tuple[int, int, bool], int] = {}
         # A class's vector is one row vector (strictness per atom) per subject class; row
         # vectors are few and compared pairwise once (they are what a vector's id names).
         self._row_vectors: dict[tuple, int] = {}
         self._row_vector_by_id: list[tuple] = []
-        self._row_vector_of: dict[int, tuple[tuple, int]] = {}  # by row identity
+        self._row_vector_of = ByValue()  # row of decisions -> row vector id
         self._row_ge: dict[tuple[int, int], bool] = {}
         self._row_meets: dict[tuple[int, int, bool], int] = {}
         self._bounds: Optional[tuple[list[int], list[int]]] = None
@@ -94,20 +95,14 @@ class Strictness:
         row vector ids, one per subject class (few distinct ones exist)."""
         v = self._vector_of.get(c.id)
         if v is None:
-            by_table = self._vector_of_table.get(id(c.table))  # tables are interned
-            if by_table is None or by_table[0] is not c.table:
-                by_table = self._vector_of_table[id(c.table)] = (
-                    c.table, self._vector_id(tuple(self._row_vector(r) for r in c.table.rows)))
-            v = self._vector_of[c.id] = by_table[1]
+            v = self._vector_of[c.id] = self._vector_of_table.get(
+                c.table, lambda t: self._vector_id(tuple(self._row_vector(r) for r in t.rows)))
         return v
 
     def _row_vector(self, row: tuple) -> int:
-        """The id of a row's strictness per atom (rows are interned: keyed by identity)."""
-        hit = self._row_vector_of.get(id(row))
-        if hit is None or hit[0] is not row:
-            hit = self._row_vector_of[id(row)] = (  # keeps row alive: ids stay unique
-                row, self._row_id(tuple(STRICTNESS[d.kind] for d in row)))
-        return hit[1]
+        """The id of a row's strictness per atom."""
+        return self._row_vector_of.get(
+            row, lambda r: self._row_id(tuple(STRICTNESS[d.kind] for d in r)))
 
     def _row_id(self, vec: tuple) -> int:
         n = self._row_vectors.get(vec)

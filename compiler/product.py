@@ -19,12 +19,13 @@ Walks over the product:
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator, Optional
+from typing import Generic, Hashable, Iterable, Iterator, Optional, TypeVar
 
 from .classes import Class, ClassTree, realisable_masks
 from .paths import Glob, glob_combinations
 
 Pair = tuple[int, int]
+T = TypeVar("T", bound=Hashable)
 Path = tuple[bytes, ...]
 
 
@@ -93,24 +94,25 @@ class Product:
         return [(ca.child(n, fa), cb.child(n, fb)) for n in self.names(ia, ib)]
 
 
-class Reach:
-    """The pairs reachable from `start`, each met once. Iterating gives the next pair to
+class Reach(Generic[T]):
+    """The pairs reachable from `start`, each met once (pairs of classes here; moves.gain
+    walks pairs of NFA position sets with it). Iterating gives the next pair to
     look at (depth first, the last added, unless `breadth_first`); the caller then adds
     the pairs it leads to (`follow`, `add`), or does not (a pair it has settled
     otherwise), or stops. `seen` holds every pair met, looked at or still waiting."""
 
-    def __init__(self, start: Pair, breadth_first: bool = False):
+    def __init__(self, start: T, breadth_first: bool = False):
         self.seen = {start}
-        self._todo: deque[Pair] = deque([start])
+        self._todo: deque[T] = deque([start])
         self._breadth_first = breadth_first
 
-    def __iter__(self) -> Iterator[Pair]:
+    def __iter__(self) -> Iterator[T]:
         todo = self._todo
         take = todo.popleft if self._breadth_first else todo.pop
         while todo:
             yield take()
 
-    def add(self, pair: Pair) -> bool:
+    def add(self, pair: T) -> bool:
         """Meet `pair`: False when it was met before."""
         if pair in self.seen:
             return False
@@ -118,7 +120,7 @@ class Reach:
         self._todo.append(pair)
         return True
 
-    def follow(self, pairs: Iterable[Pair]) -> None:
+    def follow(self, pairs: Iterable[T]) -> None:
         seen, todo = self.seen, self._todo
         for pair in pairs:
             if pair not in seen:
