@@ -394,9 +394,9 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     nsubjects = len(subjects)
     held = [c.rules for c in subjects.classes]
     memo: dict[Holding, DecisionTable] = {}  # Holdings are interned: one per rule set
-    # Equal rows are one object, and tables are interned by their rows' identities (a
-    # table of many subject classes is long: hashing its decisions would dominate).
-    rows: dict[tuple[Decision, ...], tuple[Decision, ...]] = {}
+    # Equal rows are one object with a number, and tables are interned by their rows'
+    # numbers (a table of many subject classes is long: hashing its decisions would dominate).
+    rows: dict[tuple[Decision, ...], tuple[tuple[Decision, ...], int]] = {}
     interned: dict[tuple[int, ...], DecisionTable] = {}
     out = []
     for st in raw:
@@ -408,19 +408,20 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
             # subject conditions apply to it: decide once per such set, not once per class
             # (a policy may have hundreds of subject classes, a node only a few such rules).
             relevant = key & subjects.conditional
-            decided: dict[frozenset, tuple[Decision, ...]] = {}
+            decided: dict[frozenset, tuple[tuple[Decision, ...], int]] = {}
             per_subject = []
+            numbers = []
             for s in range(nsubjects):
                 which = relevant & held[s] if relevant else relevant
                 row = decided.get(which)
                 if row is None:
-                    row = decide_table(policy, subjects.select(rules, s))
-                    row = decided[which] = rows.setdefault(row, row)
-                per_subject.append(row)
-            ids = tuple(id(row) for row in per_subject)
-            t = interned.get(ids)
+                    made = decide_table(policy, subjects.select(rules, s))
+                    row = decided[which] = rows.setdefault(made, (made, len(rows)))
+                per_subject.append(row[0])
+                numbers.append(row[1])
+            t = interned.get(tuple(numbers))
             if t is None:
-                t = interned[ids] = DecisionTable(per_subject)
+                t = interned[tuple(numbers)] = DecisionTable(per_subject)
             memo[here] = t
         out.append(t)
     return out

@@ -169,11 +169,7 @@ def _hidden_but_replaceable(policy: Policy, tables: Sequence[tuple[Decision, ...
     lookup, onto = ATOM_INDEX["lookup"], [(a, ATOM_INDEX[a]) for a in _ONTO_NAME]
     # Per subject class for a policy with subject conditions (the caller's tables then).
     open_ops: dict[int, set[str]] = {}
-    done: set[int] = set()
-    for table in tables:
-        if id(table) in done:
-            continue
-        done.add(id(table))
+    for table in dict.fromkeys(tables):  # each distinct table once
         d = table[lookup]
         if d.kind != "deny" or d.errno != "ENOENT" or not d.rules:
             continue
