@@ -163,7 +163,7 @@ def _shapes(policy: Policy):
         with_excepts = tuple((r.index, shapes[r.index][0],
                               tuple((r.index, ("x", i)) for i in range(len(r.excepts))))
                              for r in policy.rules if r.excepts)
-        return _Shapes(policy, unscoped, shapes, simple, anchors, with_excepts, {}, {}, {})
+        return _Shapes(policy, unscoped, shapes, simple, anchors, with_excepts, {}, {}, {}, {})
     return derived(policy, "_shapes", make)
 
 
@@ -178,6 +178,7 @@ class _Shapes:
     by_accepted: dict  # accepted set -> Holding
     by_indexes: dict  # frozenset of rule indexes -> Holding (the interning)
     hits: dict  # accepted set -> excepts hit
+    split: dict  # a piece of an accepted set -> (its simple rules, its anchored rules)
 
 
 def holding(policy: Policy, accepted: frozenset) -> Holding:
@@ -204,6 +205,37 @@ def holding(policy: Policy, accepted: frozenset) -> Holding:
     return out
 
 
+def holding_of(policy: Policy, pieces: tuple) -> Holding:
+    """`holding` where exactly the union of `pieces` (sets of (rule, term key) pairs)
+    holds, without making the union: the class builder's sets of positions accept the
+    pairs of a few pieces it keeps interned (the floating patterns', a sticky set's, each
+    pattern's that ends here), most of them shared by many states. What the simple and the
+    anchored rules of a piece are is worked out once per piece."""
+    sh = _shapes(policy)
+    found: set = set()
+    candidates = list(sh.unscoped)
+    split = sh.split
+    for piece in pieces:
+        parts = split.get(piece)
+        if parts is None:
+            parts = split[piece] = (frozenset(ri for ri, _ in piece & sh.simple),
+                                    tuple(ri for ri, _ in piece & sh.anchors))
+        found |= parts[0]
+        candidates += parts[1]
+    shapes = sh.shapes
+    for ri in candidates:
+        need, excl = shapes[ri]
+        if all(any(p in piece for piece in pieces) for p in need) and \
+                not any(p in piece for piece in pieces for p in excl):
+            found.add(ri)
+    indexes = frozenset(found)
+    out = sh.by_indexes.get(indexes)
+    if out is None:
+        rules = policy.rules
+        out = sh.by_indexes[indexes] = Holding(tuple(rules[i] for i in sorted(indexes)), indexes)
+    return out
+
+
 def excepts_hit(policy: Policy, accepted: frozenset) -> frozenset:
     """(rule index, except term index) for every except term that holds, where exactly the
     pairs `accepted` hold, of a rule whose scope terms all hold there: the except removes
@@ -225,4 +257,4 @@ def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
 
 
 __all__ = ["Holding", "Patterns", "closure", "collect", "excepts_hit", "fold_name", "fold_part",
-           "holding", "rules_holding"]
+           "holding", "holding_of", "rules_holding"]

@@ -21,7 +21,7 @@ from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
 from .automaton import (Holding, closure as _closure, collect as _collect, excepts_hit, holding,
-                        rules_holding)
+                        holding_of, rules_holding)
 from .subjects import Partition, partition
 
 # The rules that hold where a state's patterns accept (compiler/automaton.py).
@@ -207,6 +207,7 @@ class RawState:
     example: bytes
     # States with one core have the very same transitions (see build_raw): the core's number.
     core: int = -1
+    holding: Optional[Holding] = None  # the rules holding where accepted_terms do
 
 
 _mask_cache: dict[tuple, dict[int, bytes]] = {}
@@ -287,6 +288,8 @@ def build_raw(policy: Policy) -> list[RawState]:
     by_core: dict[tuple, tuple] = {}  # (sticky set id, moving positions) -> transitions
     ids: dict[tuple, int] = {}  # (sticky set id, positions) -> state
     by_behaviour: dict[tuple, int] = {}  # (core, rules holding, excepts hit) -> state
+    terms_of = pats.terms_of
+    has_excepts = any(r.excepts for r in policy.rules)
     states: list[Optional[RawState]] = []
     queue: deque = deque()
 
@@ -299,25 +302,35 @@ def build_raw(policy: Policy) -> list[RawState]:
         sid = ids.get(key)
         if sid is None:
             sticky_id, positions = key
-            accepted = float_accepted.union(sticky_accepted[sticky_id], *(
-                pats.terms_of[pid] for pid, k in positions if k == len(parts[pid])))
-            accepted = accepted_sets.setdefault(accepted, accepted)
+            # What the positions accept, in interned pieces; the union is made only for a
+            # new state (or to find the except terms hit, when a rule has any).
+            pieces = (float_accepted, sticky_accepted[sticky_id]) + tuple(
+                terms_of[pid] for pid, k in positions if k == len(parts[pid]))
+            accepted = None
+            hits: frozenset = frozenset()
+            if has_excepts:
+                accepted = frozenset().union(*pieces)
+                hits = excepts_hit(policy, accepted)
             core = (sticky_id, frozenset(p for p in positions if p[1] < len(parts[p[0]])))
-            behaviour = (core, holding(policy, accepted), excepts_hit(policy, accepted))
+            held = holding_of(policy, pieces)
+            behaviour = (core, held, hits)
             sid = by_behaviour.get(behaviour)
             if sid is None:
                 sid = by_behaviour[behaviour] = len(states)
                 if sid >= MAX_STATES:
                     raise TooComplex(f"more than {MAX_STATES} classes")
                 states.append(None)
-                queue.append((sid, key, example, accepted, core))
+                if accepted is None:
+                    accepted = frozenset().union(*pieces)
+                accepted = accepted_sets.setdefault(accepted, accepted)
+                queue.append((sid, key, example, accepted, core, held))
             ids[key] = sid
         return sid
 
     first = start - floating
     intern((intern_sticky(first & sticky_all), first - sticky_all), b"/")
     while queue:
-        sid, key, example, accepted, core = queue.popleft()
+        sid, key, example, accepted, core, held = queue.popleft()
         sticky_id, positions = key
         sticky = sticky_sets[sticky_id]
         # States of one core have the same transitions, worked out once: the first such
@@ -325,7 +338,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         known = by_core.get(core)
         if known is not None:
             lits, gl, ms, default, number = known
-            states[sid] = RawState(key, accepted, lits, gl, ms, default, example, number)
+            states[sid] = RawState(key, accepted, lits, gl, ms, default, example, number, held)
             continue
         base, by_literal, by_glob = set(), {}, {}
         for part, adv in float_literal.items():
@@ -379,7 +392,8 @@ def build_raw(policy: Policy) -> list[RawState]:
             default = target([], b"\x01other")
         number = len(by_core)
         by_core[core] = (literals, globs, masks, default, number)
-        states[sid] = RawState(key, accepted, literals, globs, masks, default, example, number)
+        states[sid] = RawState(key, accepted, literals, globs, masks, default, example, number,
+                               held)
     return states  # type: ignore[return-value]
 
 
@@ -400,7 +414,7 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     interned: dict[tuple[int, ...], DecisionTable] = {}
     out = []
     for st in raw:
-        here = holding(policy, st.accepted_terms)
+        here = st.holding or holding(policy, st.accepted_terms)
         t = memo.get(here)
         if t is None:
             key, rules = here.indexes, list(here.rules)

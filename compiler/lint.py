@@ -35,7 +35,7 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     kinds = atom_kinds(policy)
     seen: set = set()  # (table, matching rules) pairs done
     subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
-    for held, table in dict.fromkeys((holding(policy, st.accepted_terms), table)
+    for held, table in dict.fromkeys((st.holding or holding(policy, st.accepted_terms), table)
                                      for st, table in zip(raw, tables)):
         here = held.rules
         for r in here:
