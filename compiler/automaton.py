@@ -185,23 +185,11 @@ def holding(policy: Policy, accepted: frozenset) -> Holding:
     """The rules whose every scope term holds and no except term holds, where exactly the
     (rule, term key) pairs `accepted` hold (their subjects aside). A rule of one term and
     no except holds where its term does; any other rule can hold only where the term it is
-    anchored by does, so only those few are checked term by term."""
+    anchored by does, so only those few are checked term by term (`holding_of`)."""
     sh = _shapes(policy)
     out = sh.by_accepted.get(accepted)
     if out is None:
-        found = {ri for ri, _ in accepted & sh.simple}
-        shapes = sh.shapes
-        for ri in [ri for ri, _ in accepted & sh.anchors] + list(sh.unscoped):
-            need, excl = shapes[ri]
-            if need <= accepted and accepted.isdisjoint(excl):
-                found.add(ri)
-        indexes = frozenset(found)
-        out = sh.by_indexes.get(indexes)
-        if out is None:
-            rules = policy.rules
-            out = sh.by_indexes[indexes] = Holding(tuple(rules[i] for i in sorted(indexes)),
-                                                   indexes)
-        sh.by_accepted[accepted] = out
+        out = sh.by_accepted[accepted] = holding_of(policy, (accepted,))
     return out
 
 
