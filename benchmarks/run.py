@@ -60,6 +60,11 @@ ITERATIONS = 200_000
 STRUCT_OPS_MAX = {"benchmark": 1000, "realistic": 1000}
 
 
+
+def _planned(model):
+    model.programs  # noqa: B018 (makes the struct_ops plan now)
+    return model
+
 def requests(n: int, family: str = "benchmark") -> list[tuple[str, Request]]:
     if family == "realistic":
         return realistic_requests(n)
@@ -141,7 +146,9 @@ def measure(n: int, work: str, family: str = "benchmark") -> dict:
     (raw, tree_), out["classes"] = timed(classes)
     assert not r.has_errors, r.sorted()[:3]
     out["unminimised"], out["minimised"] = len(raw), len(tree_.classes)
-    model, out["lower"] = timed(lambda: lower(tree_, source_name=r.file))
+    # The struct_ops plan is made when first asked for (lower.Model.programs): here, so that
+    # "lower" keeps counting it and "render" counts rendering alone.
+    model, out["lower"] = timed(lambda: _planned(lower(tree_, source_name=r.file)))
     (c_main, c_check), out["render"] = timed(lambda: (render(model), render(model, "check")))
     out["c_kb"], out["check_c_kb"] = len(c_main) // 1024, len(c_check) // 1024
     out["to_c"] = out["parse"] + out["analyse"] + out["classes"] + out["lower"] + out["render"]

@@ -54,6 +54,11 @@ SUBJECT_CLAUSES = (
 )
 
 
+def _planned(model):
+    model.programs  # noqa: B018 (makes the struct_ops plan now)
+    return model
+
+
 def subject_text(n: int, seed: int = 13) -> str:
     """realistic_text(n, seed) with a subject condition on every third rule, in turn a uid
     range, a gid point and `except by uid 0` (the choice within a kind seeded)."""
@@ -115,7 +120,9 @@ def measure(name: str, text: str, work: str, struct_ops: bool, n: int) -> dict:
     out["unminimised"], out["minimised"] = len(raw), len(ctree.classes)
     out["subjects"] = len(ctree.subjects)
     out["cells"] = len(ctree.subjects.uid_starts) * len(ctree.subjects.gid_starts)
-    model, out["lower"] = timed(lambda: lower(ctree, source_name=r.file))
+    # The struct_ops plan is made when first asked for (lower.Model.programs): here, so that
+    # "lower" keeps counting it and "render" counts rendering alone.
+    model, out["lower"] = timed(lambda: _planned(lower(ctree, source_name=r.file)))
     out["instances"], out["programs"] = len(model.instances), len(model.programs)
     (c_main, c_check), out["render"] = timed(lambda: (render(model), render(model, "check")))
     out["to_c"] = sum(out[k] for k in ("parse", "analyse", "classes", "lower", "render"))

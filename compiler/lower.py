@@ -15,7 +15,7 @@ objects and moves ("no gain by moving") are decided here as well.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from fpol import __version__
 
@@ -254,8 +254,6 @@ class Model:
     pool: bytes
     globs: list[GlobFunc]
     glob_classes: list[GlobClass]
-    programs: list[Program]
-    instances: list[Instance]
     atoms: list[str]
     slots: dict
     op_numbers: dict
@@ -277,6 +275,25 @@ class Model:
     max_class_globs: int = 0
     mask_search: int = 0  # binary search steps that find any mask of a class
     subjects: "SubjectTables" = None  # type: ignore[assignment]  # who is asking, as data
+    # The struct_ops object's programs and instances are planned when first asked for
+    # (`programs`, `instances`): the check object does not need them, and at 10,000 rules
+    # planning them is most of lowering. Instance names are known before (ClassInfo).
+    make_plan: Optional[Callable[[], tuple[list, list]]] = None
+    planned: Optional[tuple[list, list]] = None
+
+    @property
+    def programs(self) -> list[Program]:
+        return self._plan()[0]
+
+    @property
+    def instances(self) -> list[Instance]:
+        return self._plan()[1]
+
+    def _plan(self) -> tuple[list, list]:
+        if self.planned is None:
+            assert self.make_plan is not None
+            self.planned, self.make_plan = self.make_plan(), None
+        return self.planned
 
 
 @dataclass
@@ -393,14 +410,13 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         if glob_run:
             info.glob_first, info.nglobs, info.mask_first, info.nmasks = glob_run
 
-    programs, instances = _programs(tree, abi, infos, strict)
+    make_plan = _programs(tree, abi, infos, strict)
     return Model(
         policy=policy, tree=tree, abi=abi, version=__version__,
         source_name=source_name or policy.file,
         rules=[(r.line, r.text) for r in policy.rules],
         rows=rows, classes=infos, literals=literals, pool=bytes(pool), globs=globs,
-        glob_classes=glob_classes, programs=programs,
-        instances=instances, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
+        glob_classes=glob_classes, make_plan=make_plan, atoms=list(ops.ATOMS), slots=SLOT, op_numbers=OP_NUMBER,
         opcodes=OPCODES, max_depth=MAX_DEPTH, literal_table=table, max_probe=probes,
         pool_size=max(1, len(pool)),
         case_insensitive=policy.case_insensitive,
@@ -968,16 +984,25 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
     return [rep.setdefault(b, i) for i, b in enumerate(block)]
 
 
-def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness):
-    """Each class's instance and the programs (shared where they behave the same). Classes
-    that behave alike share one instance (_shared_instances): each class still has its
-    Instance entry, naming the shared instance and its members."""
+def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness
+              ) -> Callable[[], tuple[list[Program], list[Instance]]]:
+    """Which instance each class uses (its ClassInfo.instance, now), and how to plan the
+    instances and programs (shared where they behave the same), later. Classes that behave
+    alike share one instance (_shared_instances): each class still has its Instance
+    entry, naming the shared instance and its members."""
     planner = _Planner(tree, abi, strict)
     planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
     if SHARING:
         share = planner.share = _shared_instances(tree, infos, strict, planner.table_runtime)
     else:  # one instance per class, and namespace programs per class (tests compare)
         share = list(range(len(tree.classes)))
+    for info in infos:  # a block's first class keeps its own name: the instance's
+        info.instance = infos[share[info.id]].instance
+    return lambda: _plan(planner, tree, infos, share)
+
+
+def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: list[int]
+          ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
     for c, info in zip(tree.classes, infos):
         rep = share[c.id]
@@ -987,7 +1012,6 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
         inst = instances[rep]
         for _, prog in inst.members:
             planner.by_name[prog].classes.append(c.id)
-        info.instance = inst.name
         instances.append(Instance(c.id, inst.name, inst.members,
                                   c.example.decode("utf-8", "backslashreplace")))
     if not planner.programs:

@@ -249,6 +249,8 @@ def render(model: Model, which: str = "struct_ops") -> str:
     """The C source of the struct_ops object (`struct_ops`) or the check object (`check`)."""
     name = {"struct_ops": "policy.bpf.c.j2", "check": "check.bpf.c.j2"}[which]
     context = dict(vars(model))
+    if which == "struct_ops":  # planned now if not before (the check object needs no plan)
+        context["programs"], context["instances"] = model.programs, model.instances
     context["model"] = model
     context["word"] = C_MACROS
     context["layout"] = C_LAYOUT

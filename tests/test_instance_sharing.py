@@ -160,3 +160,22 @@ def test_realistic_policies_share():
     by_name: dict = {}
     for i in shared.instances:
         assert by_name.setdefault(i.name, i.members) == i.members
+
+
+def test_the_struct_ops_plan_is_made_only_when_asked_for():
+    """Lowering and the check object leave the struct_ops object's programs unplanned (at
+    10,000 rules planning them is most of lowering); the check object's C names each
+    class's shared instance all the same, and is the same after planning."""
+    from fpol.compiler.lower import lower
+    from fpol.compiler.render import render
+
+    tree = check(realistic_text(150), "r150.fpol").require().classes
+    model = lower(tree)
+    before = render(model, "check")
+    assert model.planned is None
+    names = {i.cls: i.name for i in model.instances}  # plans now
+    assert model.planned is not None
+    assert [c.instance for c in model.classes] == [names[c.id] for c in model.classes]
+    assert len(set(names.values())) < len(names)  # some classes share an instance
+    assert render(model, "check") == before
+    assert "fpol_lookup_" in render(model)
