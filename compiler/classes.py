@@ -20,12 +20,9 @@ from .decide import Decision, DecisionTable, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
 from .policy import Policy, Rule
 from .errors import FpolError
-from .automaton import (Holding, closure as _closure, collect as _collect, excepts_hit, holding,
-                        holding_of, rules_holding)
+from .automaton import (Holding, closure as _closure, collect as _collect, excepts_hit,
+                        holding_of)
 from .subjects import Partition, partition
-
-# The rules that hold where a state's patterns accept (compiler/automaton.py).
-matching_rules = rules_holding
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
@@ -206,8 +203,8 @@ class RawState:
     default: int
     example: bytes
     # States with one core have the very same transitions (see build_raw): the core's number.
-    core: int = -1
-    holding: Optional[Holding] = None  # the rules holding where accepted_terms do
+    core: int
+    holding: Holding  # the rules holding where accepted_terms do
 
 
 _mask_cache: dict[tuple, dict[int, bytes]] = {}
@@ -414,7 +411,7 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     interned: dict[tuple[int, ...], DecisionTable] = {}
     out = []
     for st in raw:
-        here = st.holding or holding(policy, st.accepted_terms)
+        here = st.holding
         t = memo.get(here)
         if t is None:
             key, rules = here.indexes, list(here.rules)
@@ -619,5 +616,5 @@ def _glob_plan(n: int, masks: list[int], pattern: tuple[int, ...]) -> tuple[list
     return keep, projected
 
 
-__all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw", "matching_rules",
+__all__ = ["Class", "ClassTree", "TooComplex", "build", "build_raw",
            "realisable_masks", "tables"]

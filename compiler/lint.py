@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import ops
-from .automaton import excepts_hit, holding
+from .automaton import excepts_hit
 from .classes import RawState
 from .decide import Decision, DecisionTable, atom_kinds, decide_table
 from .diagnostics import Reporter
@@ -35,8 +35,7 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     kinds = atom_kinds(policy)
     seen: set = set()  # (table, matching rules) pairs done
     subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
-    for held, table in dict.fromkeys((st.holding or holding(policy, st.accepted_terms), table)
-                                     for st, table in zip(raw, tables)):
+    for held, table in dict.fromkeys((st.holding, table) for st, table in zip(raw, tables)):
         here = held.rules
         for r in here:
             if r.atoms:  # the table has every atom
