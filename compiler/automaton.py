@@ -163,13 +163,12 @@ def _shapes(policy: Policy):
         with_excepts = tuple((r.index, shapes[r.index][0],
                               tuple((r.index, ("x", i)) for i in range(len(r.excepts))))
                              for r in policy.rules if r.excepts)
-        return _Shapes(policy, unscoped, shapes, simple, anchors, with_excepts, {}, {}, {}, {})
+        return _Shapes(unscoped, shapes, simple, anchors, with_excepts, {}, {}, {}, {})
     return derived(policy, "_shapes", make)
 
 
 @dataclass
 class _Shapes:
-    policy: Policy
     unscoped: tuple
     shapes: list
     simple: frozenset
