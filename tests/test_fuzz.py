@@ -151,7 +151,7 @@ def test_the_strategies_reach_every_op_and_mostly_check_clean():
     name and every scope kind is written, and most policies are free of errors."""
     seen, outcomes = set(), []
 
-    @settings(max_examples=120, derandomize=True, database=None, deadline=None,
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(policies(min_rules=3))
     def collect(text):
@@ -162,7 +162,7 @@ def test_the_strategies_reach_every_op_and_mostly_check_clean():
             seen.update(s.kind for s in getattr(st_, "scopes", ()))
 
     collect()
-    assert len(outcomes) == 120
+    assert len(outcomes) == 300
     assert set(ops.OP_NAMES) <= seen, sorted(set(ops.OP_NAMES) - seen)
     assert {"under", "at", "matching", "named"} <= seen
     assert sum(outcomes) >= 0.7 * len(outcomes), sum(outcomes)
