@@ -30,7 +30,7 @@ from fpol.compiler.analyse import analyse  # noqa: E402
 from fpol.compiler.classes import build_raw, minimise, tables  # noqa: E402
 from fpol.compiler.clang import clang_version, compile_c, find_clang  # noqa: E402
 from fpol.compiler.diagnostics import Reporter  # noqa: E402
-from fpol.compiler.driver import few_collections  # noqa: E402
+from fpol.compiler.driver import few_collections, no_collections  # noqa: E402
 from fpol.compiler.evaluate import Request, parse_path  # noqa: E402
 from fpol.compiler.lint import lint  # noqa: E402
 from fpol.compiler.lower import lower  # noqa: E402
@@ -137,6 +137,7 @@ def measure(n: int, work: str, family: str = "benchmark") -> dict:
     (tree, source, _), out["parse"] = timed(lambda: parse(text, r.file, r))
     policy, out["analyse"] = timed(lambda: analyse(tree, r))
 
+    @no_collections()  # as compiler/driver.py check() runs these stages
     def classes():
         raw = build_raw(policy)
         table = tables(policy, raw)

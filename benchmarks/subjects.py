@@ -29,6 +29,7 @@ sys.path.insert(0, HERE)
 
 from fpol.compiler.analyse import analyse  # noqa: E402
 from fpol.compiler.classes import build_raw, minimise, tables  # noqa: E402
+from fpol.compiler.driver import no_collections  # noqa: E402
 from fpol.compiler.clang import clang_version, compile_c  # noqa: E402
 from fpol.compiler.diagnostics import Reporter  # noqa: E402
 from fpol.compiler.evaluate import Evaluator, Request, parse_path  # noqa: E402
@@ -108,6 +109,7 @@ def measure(name: str, text: str, work: str, struct_ops: bool, n: int) -> dict:
     (tree, source, _), out["parse"] = timed(lambda: parse(text.encode(), r.file, r))
     policy, out["analyse"] = timed(lambda: analyse(tree, r))
 
+    @no_collections()  # as compiler/driver.py check() runs these stages
     def classes():
         raw = build_raw(policy)
         table = tables(policy, raw)

@@ -40,6 +40,23 @@ def few_collections():
         gc.set_threshold(*old)
 
 
+@contextlib.contextmanager
+def no_collections():
+    """Pause Python's cyclic GC for one compile stage (a context manager, or a decorator).
+    Even with few_collections' thresholds the collector took about a sixth of a
+    10,000-rule compile rescanning objects that live to the stage's end; the stages make
+    no cyclic garbage worth collecting early (fpol's peak memory is the same with and
+    without), and what they leave is collected once the pause ends. Only stages pause it:
+    a daemon or language server that compiles on a reload collects as usual otherwise."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 @dataclass
 class Checked:
     tree: ast.PolicyFile
@@ -93,10 +110,11 @@ def check(data: "bytes | str", file: str, no_daemon: bool = False,
     classes = None
     if build_classes and not reporter.has_errors:
         try:
-            raw = build_raw(policy)
-            table = tables(policy, raw)
-            lint(policy, raw, table, reporter)
-            classes = minimise(policy, raw, table)
+            with no_collections():
+                raw = build_raw(policy)
+                table = tables(policy, raw)
+                lint(policy, raw, table, reporter)
+                classes = minimise(policy, raw, table)
         except TooComplex as e:
             span = e.rule.span if e.rule else Span.point(1, 1)
             reporter.add("FP026", f"policy too complex: {e}", span,

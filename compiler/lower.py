@@ -24,6 +24,7 @@ from . import ops
 from .abi import MAX_DEPTH  # path components the check object's requests carry
 from .classes import Class, ClassTree
 from .decide import Decision, DecisionTable
+from .driver import no_collections
 from .memo import ByValue
 from .moves import Strictness
 from .policy import Policy
@@ -292,7 +293,8 @@ class Model:
     def _plan(self) -> tuple[list, list]:
         if self.planned is None:
             assert self.make_plan is not None
-            self.planned, self.make_plan = self.make_plan(), None
+            with no_collections():
+                self.planned, self.make_plan = self.make_plan(), None
         return self.planned
 
 
@@ -379,6 +381,7 @@ def _instance_name(policy: Policy, cls: int) -> str:
     return f"{policy.name}_{cls}"
 
 
+@no_collections()
 def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str] = None,
           credentials: Optional[str] = None) -> Model:
     """The template context of `tree`. For the struct_ops object, `credentials` says who

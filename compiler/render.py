@@ -13,6 +13,7 @@ import re
 import jinja2
 
 from .abi import C_LAYOUT, C_MACROS, unpack
+from .driver import no_collections
 from .lower import Model
 from .memo import derived
 
@@ -245,6 +246,7 @@ def _logic(model: Model, context: dict) -> str:
                    lambda: _environment().get_template("logic.h.j2").render(**context))
 
 
+@no_collections()
 def render(model: Model, which: str = "struct_ops") -> str:
     """The C source of the struct_ops object (`struct_ops`) or the check object (`check`)."""
     name = {"struct_ops": "policy.bpf.c.j2", "check": "check.bpf.c.j2"}[which]
