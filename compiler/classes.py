@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from . import ops
 from .decide import Decision, DecisionTable, decide_table
-from .paths import ANY, Glob, TooManyGlobStates, glob_combinations
+from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, glob_mask
 from .policy import Policy, Rule
 from .errors import FpolError
 from .automaton import (Holding, closure as _closure, collect as _collect, excepts_hit,
@@ -72,11 +72,7 @@ class Class:
             return self.default
         target = self._by_other.get(key)
         if target is None:
-            mask = 0
-            for i, g in enumerate(self.globs):
-                if g.matches(key, False):
-                    mask |= 1 << i
-            target = dict(self.masks).get(mask, self.default)
+            target = dict(self.masks).get(glob_mask(self.globs, key), self.default)
             if len(self._by_other) < 256:  # bounded: a running daemon asks any name
                 self._by_other[key] = target
         return target
@@ -543,11 +539,7 @@ class _Moves:
         self.masks_key = (len(st.globs), tuple(st.masks))
         lits = []
         for lit, t in sorted(st.literals.items()):
-            m = 0
-            for i, g in enumerate(st.globs):
-                if g.matches(lit):
-                    m |= 1 << i
-            lits.append((lit, t, st.masks.get(m, st.default)))
+            lits.append((lit, t, st.masks.get(glob_mask(st.globs, lit), st.default)))
         self.lits = tuple(lits)
         self.targets = tuple(t for _, t in self.masks) + (st.default,) + \
             tuple(x for _, t, other in self.lits for x in (t, other))

@@ -23,6 +23,7 @@ from . import abi
 from . import ops
 from .abi import MAX_DEPTH  # path components the check object's requests carry
 from .classes import Class, ClassTree
+from .paths import glob_mask
 from .decide import Decision, DecisionTable
 from .driver import no_collections
 from .memo import ByValue
@@ -677,7 +678,7 @@ class _Planner:
 
     def answers(self, kind: str, op: str) -> list:
         """Per child class, what the program of `kind`/`op` answers for a name that leads
-        there, apart from what depends on the parent (see `outcome`); filled as asked."""
+        there, apart from what depends on the parent (see name_signature); filled as asked."""
         out = self._answers.get((kind, op))
         if out is None:
             out = self._answers[(kind, op)] = [None] * len(self.classes)
@@ -745,9 +746,7 @@ class _Planner:
         which mask entry the name would follow without its literal entry."""
         out = self._literal_masks.get(c.id)
         if out is None:
-            out = self._literal_masks[c.id] = [
-                sum(1 << i for i, g in enumerate(c.globs) if g.matches(lit))
-                for lit, _ in c.literals]
+            out = self._literal_masks[c.id] = [glob_mask(c.globs, lit) for lit, _ in c.literals]
         return out
 
     def lookup_post_key(self, c: Class) -> tuple:

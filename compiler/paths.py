@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 from .errors import FpolError, UsageProblem
 
 NAME_MAX = 255
@@ -68,6 +68,12 @@ def _glob_regex(text: bytes) -> "re.Pattern[bytes]":
             out.append(b".*" if ch == b"*" else b"." if ch == b"?" else re.escape(ch))
         rx = _regex_cache[text] = re.compile(b"".join(out), re.S)
     return rx
+
+
+def glob_mask(globs: Sequence[Glob], name: bytes) -> int:
+    """Which of `globs` match `name`, as a bitmask (bit i: globs[i]): the glob transition a
+    name takes when no literal entry names it."""
+    return sum(1 << i for i, g in enumerate(globs) if g.matches(name))
 
 
 def part_matches(part: Part, name: bytes, fold: bool) -> bool:
@@ -283,8 +289,10 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
                     nxt.add(s + 1)
         return close(t, frozenset(nxt))
 
+    globs = [Glob(t) for t in texts]
+
     def mask_of(name: bytes) -> int:
-        return sum(1 << i for i, t in enumerate(texts) if Glob(t).matches(name))
+        return glob_mask(globs, name)
 
     start = tuple(close(t, frozenset({0})) for t in texts)
     # The start state is not "seen": a non-empty name may lead back to it (`*`).
