@@ -242,6 +242,12 @@ def _show(b: bytes) -> str:
     return b.decode("utf-8", "backslashreplace")
 
 
+# Bytes tried, in order, to stand for every byte the globs do not name.
+_STAND_INS = b"xyzqjk0123456789_"
+
+# What a directory entry is never called: no lookup asks for them.
+_NOT_NAMES = frozenset({b".", b".."})
+
 # Joint NFA states explored when looking for names that realise glob combinations.
 MAX_GLOB_STATES = 50_000
 
@@ -264,8 +270,8 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
             name += b"x"
         return {0: name}
     alphabet = sorted({b for t in texts for b in t if b not in b"*?"})
-    other = next(b for b in b"xyzqjk0123456789_" if b not in alphabet) if \
-        any(b not in alphabet for b in b"xyzqjk0123456789_") else \
+    other = next(b for b in _STAND_INS if b not in alphabet) if \
+        any(b not in alphabet for b in _STAND_INS) else \
         next(b for b in range(1, 256) if b not in alphabet and b != ord("/"))
     alphabet.append(other)
 
@@ -294,38 +300,65 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
     def mask_of(name: bytes) -> int:
         return glob_mask(globs, name)
 
-    start = tuple(close(t, frozenset({0})) for t in texts)
-    # The start state is not "seen": a non-empty name may lead back to it (`*`).
-    seen: set = set()
-    queue = [(start, b"")]
-    found: dict[int, bytes] = {}
-    head = 0
-    while head < len(queue):
-        joint, word = queue[head]
-        head += 1
-        for byte in alphabet:
-            nxt = tuple(step(t, joint[i], byte) for i, t in enumerate(texts))
-            if nxt in seen:
-                continue
-            seen.add(nxt)
-            if len(seen) > MAX_GLOB_STATES:
-                raise TooManyGlobStates(
-                    f"{len(texts)} overlapping name globs at one level ("
-                    + ", ".join(t.decode("utf-8", "replace") for t in texts[:4]) + ", ...)")
-            name = word + bytes([byte])
-            mask = sum(1 << i for i, states in enumerate(nxt) if len(texts[i]) in states)
-            if mask not in found and len(name) <= NAME_MAX:
-                found[mask] = name
-            queue.append((nxt, name))
+    def search(alphabet: list[int], excluded: frozenset) -> dict[int, bytes]:
+        """The shortest name (first in alphabet order) for each realisable mask, never an
+        `excluded` one: a name that may still grow into an excluded one is kept apart from
+        the names that no longer can, so excluding a name hides no mask."""
+        prefixes = frozenset(w[:i] for w in excluded for i in range(1, len(w) + 1))
+        start = tuple(close(t, frozenset({0})) for t in texts)
+        # The start state is not "seen": a non-empty name may lead back to it (`*`).
+        seen: set = set()
+        queue = [(start, b"")]
+        found: dict[int, bytes] = {}
+        head = 0
+        while head < len(queue):
+            joint, word = queue[head]
+            head += 1
+            for byte in alphabet:
+                name = word + bytes([byte])
+                nxt = tuple(step(t, joint[i], byte) for i, t in enumerate(texts))
+                key = (nxt, name if name in prefixes else None)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if len(seen) > MAX_GLOB_STATES:
+                    raise TooManyGlobStates(
+                        f"{len(texts)} overlapping name globs at one level ("
+                        + ", ".join(t.decode("utf-8", "replace") for t in texts[:4]) + ", ...)")
+                mask = sum(1 << i for i, states in enumerate(nxt) if len(texts[i]) in states)
+                if mask not in found and len(name) <= NAME_MAX and name not in excluded:
+                    found[mask] = name
+                queue.append((nxt, name))
+        return found
+
+    found = search(alphabet, _NOT_NAMES)
     # A witness that happens to be a literal name of the policy is replaced by a
     # variant with the same glob matches.
     pad = bytes([other])
+    stuck = []
     for mask, name in list(found.items()):
         if name in avoid:
             for cand in (name + pad, pad + name, name + pad * 2, pad * 2 + name, name + pad * 3):
                 if cand not in avoid and mask_of(cand) == mask:
                     found[mask] = cand
                     break
+            else:
+                stuck.append(mask)
+    if stuck:
+        # No variant served (`?` fixes the length, say): search again over the globs' bytes,
+        # the stand-in and a byte no avoided name has, so a name with that byte is never
+        # avoided, and any other byte matches what it matches.
+        used = set().union(*avoid)
+        fresh = next((b for b in _STAND_INS if b not in alphabet and b not in used), None)
+        if fresh is None:
+            fresh = next((b for b in range(1, 256) if b not in alphabet and b not in used
+                          and b != ord("/")), None)
+        again = search(alphabet + ([fresh] if fresh is not None else []), avoid | _NOT_NAMES)
+        for mask in stuck:
+            # Every name with this mask is avoided only if the avoided names cover it whole
+            # (a finite set): then no other name takes this way, and the witness stays.
+            if mask in again:
+                found[mask] = again[mask]
     return found
 
 

@@ -154,6 +154,25 @@ def _example_params():
     return POLICIES
 
 
+def test_glob_witnesses_avoid_literals_and_dot_names():
+    # `?` fixes the length, so no padded variant of the avoided `x` serves: another byte does.
+    assert glob_combinations([b"?"], frozenset({b"x", b"x.log"})) == {0: b"xx", 1: b"y"}
+    every_stand_in = frozenset(bytes([b]) for b in b"xyzqjk0123456789_")
+    assert glob_combinations([b"?"], every_stand_in)[1] not in every_stand_in
+    # `.` and `..` are never a directory entry's name: not witnesses, and a combination only
+    # they realise (`?` and `.*`: the name `.`) is not realisable.
+    assert glob_combinations([b"?", b".*"]) == {1: b"x", 2: b".x", 0: b"x."}
+    # Excluding a name hides no combination another name realises.
+    for texts, avoid in (([b"?"], {b"x"}), ([b"?", b"*.c"], {b"x", b"x.c", b".c"}),
+                         ([b"?x", b"*"], {b"xx", b"_x", b"yx"})):
+        plain = glob_combinations(texts)
+        got = glob_combinations(texts, frozenset(avoid))
+        assert set(got) == set(plain) and not set(got.values()) & avoid
+        globs = [Glob(t) for t in texts]
+        for mask, name in got.items():
+            assert mask == sum(1 << i for i, g in enumerate(globs) if g.matches(name))
+
+
 def test_class_example_of_a_glob_combination():
     """A class reached by `*` & `*.exe` is named by a name matching both."""
     result = check('deny read matching "/home/*/.ssh/**"\ndeny exec named "*.exe"\n', "p.fpol")

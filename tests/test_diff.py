@@ -146,6 +146,16 @@ def test_added_deny_is_reported_with_its_rule():
     assert "write" not in by_atom
 
 
+def test_a_difference_only_other_names_than_a_literal_reach():
+    """`?` matches the literal `x` too: the names that take the glob's way must be tried
+    with a name other than `x` (once `fpol diff` tried `x` and called these equivalent)."""
+    a = check("deny read at /x/f\n", "a.fpol")
+    b = check('deny read at /x/f\ndeny read matching "/?/secret" except under /x\n', "b.fpol")
+    result = diff(a.classes, b.classes)
+    assert not result.equivalent
+    assert {d.path for d in result.differences} == {(b"y", b"secret")}
+
+
 def test_case_insensitive_against_sensitive():
     a = check("names case-insensitive\ndeny write under /Data\n", "a.fpol")
     b = check("deny write under /data\n", "b.fpol")

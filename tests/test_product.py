@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fpol.compiler.classes import Class, ClassTree, realisable_masks
@@ -104,6 +104,9 @@ _NAMES = st.one_of(st.sampled_from(REQUEST_NAMES),
 
 @SETTINGS
 @given(policies(max_rules=5), policies(max_rules=5), st.lists(_NAMES, min_size=1, max_size=12))
+# `?` matches the literal `x`: its way is to be found from another name (once it was not).
+@example("policy 0", 'policy 0\nallow read matching "/**/?/x{,.log}" by uid 0 except by uid 1\n',
+         [b"a"])
 def test_the_names_reach_every_child_pair(text_a, text_b, extra):
     a, b = _tree(text_a, "a.fpol"), _tree(text_b, "b.fpol")
     if a is None or b is None:

@@ -327,19 +327,19 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 3, .default_child = 9, .flags = 0, .globs = 0, .masks = 0, .nglobs = 1, .nmasks = 1 },
 	/* class 4: e.g. /srv (instance clean_ex_4) */
 	{ .row = 4, .default_child = 11, .flags = 0, .globs = 1, .masks = 1, .nglobs = 1, .nmasks = 1 },
-	/* class 5: e.g. /. (instance clean_ex_5) */
+	/* class 5: e.g. /h (instance clean_ex_5) */
 	{ .row = 0, .default_child = 5, .flags = 1 },
-	/* class 6: e.g. /data/. (instance clean_ex_6) */
+	/* class 6: e.g. /data/h (instance clean_ex_6) */
 	{ .row = 1, .default_child = 6, .flags = 1 },
-	/* class 7: e.g. /home/. (instance clean_ex_7) */
+	/* class 7: e.g. /home/h (instance clean_ex_7) */
 	{ .row = 2, .default_child = 12, .flags = 0 },
 	/* class 8: e.g. /logs/.tmp (instance clean_ex_8) */
 	{ .row = 0, .default_child = 9, .flags = 0, .globs = 0, .masks = 2, .nglobs = 1, .nmasks = 1 },
-	/* class 9: e.g. /logs/. (instance clean_ex_9) */
+	/* class 9: e.g. /logs/h (instance clean_ex_9) */
 	{ .row = 3, .default_child = 9, .flags = 1, .globs = 0, .masks = 3, .nglobs = 1, .nmasks = 1 },
 	/* class 10: e.g. /srv/index (instance clean_ex_10) */
 	{ .row = 0, .default_child = 11, .flags = 0, .globs = 1, .masks = 4, .nglobs = 1, .nmasks = 1 },
-	/* class 11: e.g. /srv/. (instance clean_ex_11) */
+	/* class 11: e.g. /srv/h (instance clean_ex_11) */
 	{ .row = 4, .default_child = 11, .flags = 1, .globs = 1, .masks = 5, .nglobs = 1, .nmasks = 1 },
 	/* class 12: e.g. /home/?other (instance clean_ex_12) */
 	{ .row = 2, .default_child = 12, .flags = 1 },
@@ -1354,7 +1354,7 @@ struct fuse_ops clean_ex_4 = {
 	.name = "clean_ex_4",
 };
 
-/* class 5: e.g. /. */
+/* class 5: e.g. /h */
 SEC(".struct_ops")
 struct fuse_ops clean_ex_5 = {
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
@@ -1364,7 +1364,7 @@ struct fuse_ops clean_ex_5 = {
 	.name = "clean_ex_5",
 };
 
-/* class 6: e.g. /data/. */
+/* class 6: e.g. /data/h */
 SEC(".struct_ops")
 struct fuse_ops clean_ex_6 = {
 	.default_filter = (void *)fpol_default_1,
@@ -1384,7 +1384,7 @@ struct fuse_ops clean_ex_6 = {
 	.name = "clean_ex_6",
 };
 
-/* class 7: e.g. /home/. */
+/* class 7: e.g. /home/h */
 SEC(".struct_ops")
 struct fuse_ops clean_ex_7 = {
 	.open_prefilter = (void *)fpol_open_2,
@@ -1422,7 +1422,7 @@ struct fuse_ops clean_ex_8 = {
 	.name = "clean_ex_8",
 };
 
-/* class 9: e.g. /logs/. */
+/* class 9: e.g. /logs/h */
 SEC(".struct_ops")
 struct fuse_ops clean_ex_9 = {
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
@@ -1453,7 +1453,7 @@ struct fuse_ops clean_ex_10 = {
 	.name = "clean_ex_10",
 };
 
-/* class 11: e.g. /srv/. */
+/* class 11: e.g. /srv/h */
 SEC(".struct_ops")
 struct fuse_ops clean_ex_11 = {
 	.default_filter = (void *)fpol_default_4,

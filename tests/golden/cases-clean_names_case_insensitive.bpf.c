@@ -321,7 +321,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 1, .default_child = 1, .flags = 1, .globs = 0, .masks = 1, .nglobs = 1, .nmasks = 1 },
 	/* class 2: e.g. /.jpg (instance clean_na_2) */
 	{ .row = 2, .default_child = 3, .flags = 1, .globs = 0, .masks = 2, .nglobs = 1, .nmasks = 1 },
-	/* class 3: e.g. /. (instance clean_na_3) */
+	/* class 3: e.g. /g (instance clean_na_3) */
 	{ .row = 0, .default_child = 3, .flags = 1, .globs = 0, .masks = 3, .nglobs = 1, .nmasks = 1 },
 	/* class 4: e.g. /photos/.jpg (instance clean_na_4) */
 	{ .row = 3, .default_child = 1, .flags = 1, .globs = 0, .masks = 4, .nglobs = 1, .nmasks = 1 },
@@ -1209,7 +1209,7 @@ struct fuse_ops clean_na_2 = {
 	.name = "clean_na_2",
 };
 
-/* class 3: e.g. /. */
+/* class 3: e.g. /g */
 SEC(".struct_ops")
 struct fuse_ops clean_na_3 = {
 	.create_open_prefilter = (void *)fpol_create_open_3,

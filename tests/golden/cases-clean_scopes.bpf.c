@@ -346,7 +346,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 11, .nglobs = 1, .nmasks = 1 },
 	/* class 10: e.g. /.exe (instance clean_sc_10) */
 	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 12, .nglobs = 1, .nmasks = 1 },
-	/* class 11: e.g. /. (instance clean_sc_11) */
+	/* class 11: e.g. /ay (instance clean_sc_11) */
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 13, .nglobs = 1, .nmasks = 1 },
 	/* class 12: e.g. /a/c. (instance clean_sc_12) */
 	{ .row = 5, .default_child = 12, .flags = 1, .globs = 0, .masks = 14, .nglobs = 1, .nmasks = 1 },
@@ -356,7 +356,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 16, .nglobs = 1, .nmasks = 1 },
 	/* class 15: e.g. /home/.exe (instance clean_sc_15) */
 	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 17, .nglobs = 1, .nmasks = 1 },
-	/* class 16: e.g. /home/. (instance clean_sc_14) */
+	/* class 16: e.g. /home/a (instance clean_sc_14) */
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 18, .nglobs = 1, .nmasks = 1 },
 	/* class 17: e.g. /secret/core (instance clean_sc_17) */
 	{ .row = 7, .default_child = 5, .flags = 1, .globs = 0, .masks = 19, .nglobs = 1, .nmasks = 1 },
@@ -366,7 +366,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 1, .default_child = 11, .flags = 1, .globs = 0, .masks = 21, .nglobs = 1, .nmasks = 1 },
 	/* class 20: e.g. /srv/.exe (instance clean_sc_20) */
 	{ .row = 4, .default_child = 11, .flags = 1, .globs = 0, .masks = 22, .nglobs = 1, .nmasks = 1 },
-	/* class 21: e.g. /srv/. (instance clean_sc_19) */
+	/* class 21: e.g. /srv/a (instance clean_sc_19) */
 	{ .row = 0, .default_child = 11, .flags = 1, .globs = 0, .masks = 23, .nglobs = 1, .nmasks = 1 },
 	/* class 22: e.g. /uploads/core (instance clean_sc_22) */
 	{ .row = 1, .default_child = 7, .flags = 1, .globs = 3, .masks = 24, .nglobs = 2, .nmasks = 2 },
@@ -2012,7 +2012,7 @@ struct fuse_ops clean_sc_10 = {
 	.name = "clean_sc_10",
 };
 
-/* class 11: e.g. /. */
+/* class 11: e.g. /ay */
 SEC(".struct_ops")
 struct fuse_ops clean_sc_11 = {
 	.default_filter = (void *)fpol_default_0,

@@ -322,15 +322,15 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 2, .flags = 3 },
 	/* class 1: e.g. /secret (instance secrets_1) */
 	{ .row = 1, .default_child = 5, .flags = 2, .globs = 0, .masks = 0, .nglobs = 3, .nmasks = 5 },
-	/* class 2: e.g. /. (instance secrets_2) */
+	/* class 2: e.g. /_ (instance secrets_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /secret/keys (instance secrets_3) */
 	{ .row = 2, .default_child = 6, .flags = 3 },
 	/* class 4: e.g. /secret/.key (instance secrets_4) */
 	{ .row = 3, .default_child = 5, .flags = 1, .globs = 0, .masks = 5, .nglobs = 3, .nmasks = 5 },
-	/* class 5: e.g. /secret/. (instance secrets_5) */
+	/* class 5: e.g. /secret/_ (instance secrets_5) */
 	{ .row = 1, .default_child = 5, .flags = 1, .globs = 0, .masks = 10, .nglobs = 3, .nmasks = 5 },
-	/* class 6: e.g. /secret/keys/. (instance secrets_6) */
+	/* class 6: e.g. /secret/keys/_ (instance secrets_6) */
 	{ .row = 4, .default_child = 6, .flags = 3 },
 };
 
@@ -1326,7 +1326,7 @@ struct fuse_ops secrets_1 = {
 	.name = "secrets_1",
 };
 
-/* class 2: e.g. /. */
+/* class 2: e.g. /_ */
 SEC(".struct_ops")
 struct fuse_ops secrets_2 = {
 	.copy_file_range_prefilter = (void *)fpol_copy_file_range_0,
@@ -1380,7 +1380,7 @@ struct fuse_ops secrets_4 = {
 	.name = "secrets_4",
 };
 
-/* class 5: e.g. /secret/. */
+/* class 5: e.g. /secret/_ */
 SEC(".struct_ops")
 struct fuse_ops secrets_5 = {
 	.default_filter = (void *)fpol_default_1,
@@ -1402,7 +1402,7 @@ struct fuse_ops secrets_5 = {
 	.name = "secrets_5",
 };
 
-/* class 6: e.g. /secret/keys/. */
+/* class 6: e.g. /secret/keys/_ */
 SEC(".struct_ops")
 struct fuse_ops secrets_6 = {
 	.default_filter = (void *)fpol_default_6,

@@ -321,15 +321,15 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 2, .flags = 3 },
 	/* class 1: e.g. /secret (instance secrets_1) */
 	{ .row = 1, .default_child = 5, .flags = 2, .globs = 0, .masks = 0, .nglobs = 3, .nmasks = 5 },
-	/* class 2: e.g. /. (instance secrets_2) */
+	/* class 2: e.g. /_ (instance secrets_2) */
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /secret/keys (instance secrets_3) */
 	{ .row = 2, .default_child = 6, .flags = 3 },
 	/* class 4: e.g. /secret/.key (instance secrets_4) */
 	{ .row = 3, .default_child = 5, .flags = 1, .globs = 0, .masks = 5, .nglobs = 3, .nmasks = 5 },
-	/* class 5: e.g. /secret/. (instance secrets_5) */
+	/* class 5: e.g. /secret/_ (instance secrets_5) */
 	{ .row = 1, .default_child = 5, .flags = 1, .globs = 0, .masks = 10, .nglobs = 3, .nmasks = 5 },
-	/* class 6: e.g. /secret/keys/. (instance secrets_6) */
+	/* class 6: e.g. /secret/keys/_ (instance secrets_6) */
 	{ .row = 4, .default_child = 6, .flags = 3 },
 };
 

@@ -326,7 +326,7 @@ const struct fpol_class fpol_classes[FPOL_NCLASSES] = {
 	{ .row = 0, .default_child = 2, .flags = 1 },
 	/* class 3: e.g. /uploads/.htaccess (instance uploads_3) */
 	{ .row = 2, .default_child = 4, .flags = 1, .globs = 0, .masks = 5, .nglobs = 5, .nmasks = 5 },
-	/* class 4: e.g. /uploads/. (instance uploads_4) */
+	/* class 4: e.g. /uploads/c (instance uploads_4) */
 	{ .row = 3, .default_child = 4, .flags = 1, .globs = 0, .masks = 10, .nglobs = 5, .nmasks = 5 },
 };
 
@@ -1259,7 +1259,7 @@ struct fuse_ops uploads_3 = {
 	.name = "uploads_3",
 };
 
-/* class 4: e.g. /uploads/. */
+/* class 4: e.g. /uploads/c */
 SEC(".struct_ops")
 struct fuse_ops uploads_4 = {
 	.open_prefilter = (void *)fpol_open_1,
