@@ -60,6 +60,23 @@ class Decision:
         return text
 
 
+class DecisionRow(tuple):
+    """One subject class's decision per atom, in ops.ATOMS order (what decide_table makes).
+    Rows key memos all through lowering, and hashing a tuple calls every decision's hash:
+    a row hashes once, as the tuple it is (so it equals and finds a plain tuple's entry)."""
+
+    _hash: int
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self._hash = tuple.__hash__(self)
+        return h
+
+    def __reduce__(self):
+        return (DecisionRow, (tuple(self),))
+
+
 NATOMS = len(ops.ATOMS)
 ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
 
@@ -167,7 +184,7 @@ def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
     return _decide_selected(policy, atom, relevant, tuple(r.index for r in relevant))
 
 
-def decide_table(policy: Policy, matching: Iterable[Rule]) -> tuple[Decision, ...]:
+def decide_table(policy: Policy, matching: Iterable[Rule]) -> DecisionRow:
     """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold.
     Atoms the policy's rules never tell apart are decided once (see AtomKinds)."""
     kinds = atom_kinds(policy)
@@ -178,7 +195,7 @@ def decide_table(policy: Policy, matching: Iterable[Rule]) -> tuple[Decision, ..
             per_kind[k].append(r)
     decided = [_decide_selected(policy, atom, rules, tuple(r.index for r in rules))
                for atom, rules in zip(kinds.atom, per_kind)]
-    return tuple([decided[k] for k in kinds.of_atom])
+    return DecisionRow([decided[k] for k in kinds.of_atom])
 
 
 @dataclass(frozen=True)
