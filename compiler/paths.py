@@ -256,6 +256,31 @@ class TooManyGlobStates(FpolError):
     pass
 
 
+def glob_close(t: bytes, states: frozenset) -> frozenset:
+    """Glob `t` as an NFA over bytes (state k: k bytes of the text matched): `states` plus
+    every state reached from them by skipping `*`."""
+    out = set(states)
+    for s in states:
+        k = s
+        while k < len(t) and t[k] == ord("*"):
+            k += 1
+            out.add(k)
+    return frozenset(out)
+
+
+def glob_step(t: bytes, states: frozenset, byte: int) -> frozenset:
+    """The states of glob `t`'s NFA after one more byte (closed)."""
+    nxt = set()
+    for s in states:
+        if s < len(t):
+            c = t[s]
+            if c == ord("*"):
+                nxt.add(s)
+            elif c == ord("?") or c == byte:
+                nxt.add(s + 1)
+    return glob_close(t, frozenset(nxt))
+
+
 def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dict[int, bytes]:
     """Every set of globs that some single non-empty name matches, with one such name.
 
@@ -275,25 +300,7 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
         next(b for b in range(1, 256) if b not in alphabet and b != ord("/"))
     alphabet.append(other)
 
-    def close(t: bytes, states: frozenset) -> frozenset:
-        out = set(states)
-        for s in states:
-            k = s
-            while k < len(t) and t[k] == ord("*"):
-                k += 1
-                out.add(k)
-        return frozenset(out)
-
-    def step(t: bytes, states: frozenset, byte: int) -> frozenset:
-        nxt = set()
-        for s in states:
-            if s < len(t):
-                c = t[s]
-                if c == ord("*"):
-                    nxt.add(s)
-                elif c == ord("?") or c == byte:
-                    nxt.add(s + 1)
-        return close(t, frozenset(nxt))
+    close, step = glob_close, glob_step
 
     globs = [Glob(t) for t in texts]
 

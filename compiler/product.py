@@ -6,7 +6,8 @@ globs it matches (classes.Class.child). So a pair's children are told apart by f
 many names (`names`): every literal of either side, one witness per realisable combination
 of the two sides' glob masks (paths.glob_combinations: only masks some real name produces),
 which covers "any other name" too. Each side folds case or not as its policy says; when the
-two differ, a literal's other spellings are names of their own.
+two differ, the names are found by a search over both sides' literals and globs, folding
+on one side only (`_mixed_names`): any spelling may be the one that tells them apart.
 
 Walks over the product:
 - `product_walk`: every pair reachable from the two roots, breadth first with one shortest
@@ -22,7 +23,8 @@ from collections import deque
 from typing import Generic, Hashable, Iterable, Iterator, Optional, TypeVar
 
 from .classes import Class, ClassTree, realisable_masks
-from .paths import Glob, glob_combinations
+from .paths import (MAX_GLOB_STATES, NAME_MAX, Glob, TooManyGlobStates, _STAND_INS,
+                    glob_close, glob_combinations, glob_step)
 
 Pair = tuple[int, int]
 T = TypeVar("T", bound=Hashable)
@@ -33,14 +35,93 @@ def names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
     """One name for each way the two classes can tell a child apart: their literals in
     byte order, then one witness per realisable glob combination, by mask (a witness is
     never a literal, in either case)."""
-    literals = {name for name, _ in a.literals} | {name for name, _ in b.literals}
     if fold_a != fold_b:
-        # One side compares case-insensitively: a literal's other spellings are
-        # different names to the case-sensitive side and the same to the other.
-        literals |= {n.upper() for n in literals} | {n.lower() for n in literals}
+        return _mixed_names(a, b, fold_a, fold_b)
+    literals = {name for name, _ in a.literals} | {name for name, _ in b.literals}
     globs = tuple(sorted({g.text for g in a.globs} | {g.text for g in b.globs}))
     avoid = frozenset(literals | {n.lower() for n in literals})
     return sorted(literals) + [w for _, w in sorted(_combinations(globs, avoid).items())]
+
+
+def _mixed_names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
+    """`names` when one side folds case and the other does not. The folding side's
+    literals and globs are lower case and it looks at a name lowered; the other looks at
+    the name as it is. So a spelling of one side's literal or glob that the other side
+    tells apart may be the only way to a pair (`/aB` where the folding side lists `ab`
+    and the other `ab`, `AB`, `Ab`; `/Abc` where both match `a*`): no fixed set of
+    spellings serves. Every name's way on both sides (the literal it is, or else the
+    glob mask it has) is found by one breadth-first search over the joint state of both
+    sides' literal tries and glob NFAs, over every byte the two sides name in either case
+    and one stand-in for all other bytes, one name per way (never `.` or `..`). The
+    literals themselves come first, so a place is shown by the name a policy wrote."""
+    sides = ((a, fold_a), (b, fold_b))
+    lits = [frozenset(n for n, _ in c.literals) for c, _ in sides]
+    prefixes = [frozenset(n[:i] for n in ls for i in range(len(n) + 1)) for ls in lits]
+    globs = [tuple(g.text for g in c.globs) for c, _ in sides]
+    folds = (fold_a, fold_b)
+    named = {byte for ls, gs in zip(lits, globs) for text in (*ls, *gs) for byte in text}
+    alphabet = sorted({x for byte in named for x in (byte, _lower(byte), _upper(byte))}
+                      - {ord("*"), ord("?")} | {byte for ls in lits for n in ls for byte in n})
+    other = next(x for x in list(_STAND_INS) + list(range(1, 256))
+                 if x not in alphabet and _lower(x) not in alphabet
+                 and _upper(x) not in alphabet and x != ord("/"))
+    alphabet.append(other)
+    not_names = (b".", b"..")
+
+    def way(i: int, key: Optional[bytes], states: tuple) -> tuple:
+        if key is not None and key in lits[i]:
+            return ("name", key)
+        return ("globs", sum(1 << k for k, (t, st) in enumerate(zip(globs[i], states))
+                             if len(t) in st))
+
+    def ways(name: bytes) -> tuple:
+        out = []
+        for i in (0, 1):
+            key = name.lower() if folds[i] else name
+            out.append(way(i, key, tuple(frozenset({len(t)}) if Glob(t).matches(key) else
+                                         frozenset() for t in globs[i])))
+        return tuple(out)
+
+    found: dict[tuple, bytes] = {}
+    for name in sorted(lits[0] | lits[1]):
+        found.setdefault(ways(name), name)
+    start: tuple = tuple((b"", tuple(glob_close(t, frozenset({0})) for t in globs[i]))
+                         for i in (0, 1))
+    queue: list[tuple[tuple, bytes]] = [(start, b"")]
+    seen: set = set()
+    head = 0
+    while head < len(queue):
+        joint, word = queue[head]
+        head += 1
+        for byte in alphabet:
+            name = word + bytes([byte])
+            nxt = []
+            for i, (key, states) in enumerate(joint):
+                x = _lower(byte) if folds[i] else byte
+                k = key + bytes([x]) if key is not None else None
+                nxt.append((k if k in prefixes[i] else None,
+                            tuple(glob_step(t, st, x) for t, st in zip(globs[i], states))))
+            state = tuple(nxt)
+            seen_key = (state, name if name in not_names else None)
+            if seen_key in seen:
+                continue
+            seen.add(seen_key)
+            if len(seen) > MAX_GLOB_STATES:
+                raise TooManyGlobStates(
+                    "too many names to compare a case-insensitive policy with a "
+                    "case-sensitive one at one level")
+            if name not in not_names and len(name) <= NAME_MAX:
+                found.setdefault(tuple(way(i, k, st) for i, (k, st) in enumerate(state)), name)
+            queue.append((state, name))
+    return sorted(set(found.values()))
+
+
+def _lower(byte: int) -> int:
+    return byte + 32 if 65 <= byte <= 90 else byte
+
+
+def _upper(byte: int) -> int:
+    return byte - 32 if 97 <= byte <= 122 else byte
 
 
 def _combinations(globs: tuple[bytes, ...], avoid: frozenset) -> dict[int, bytes]:

@@ -15,18 +15,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fpol.cli import main
 from fpol.compiler.diff import subject_pairs, diff, effect
 from fpol.compiler.product import product_walk
 from fpol.compiler.driver import check
-from fpol.compiler.evaluate import Evaluator
+from fpol.compiler.evaluate import Evaluator, Request
 from fpol.compiler.fmt import format_policy
 from fpol.compiler.parser import parse
 
-from strategies import headers, requests, rules
+from strategies import REQUEST_NAMES, headers, requests, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "diff"
@@ -60,8 +60,18 @@ def _same(ev_a: Evaluator, ev_b: Evaluator, req) -> bool:
     return effect(va.decision) == effect(vb.decision)
 
 
+# A case-insensitive policy against a case-sensitive one: only `/Abc` (both sides name
+# `a*`, the sensitive side does not fold) and `/aB` (the sensitive side lists three of the
+# four spellings of `ab`) tell them apart; fpol diff once called both pairs equivalent.
+FOLDED_GLOB = ('names case-insensitive\ndeny read matching "/a*"\n', 'deny read matching "/a*"\n')
+FOLDED_LITERAL = ("names case-insensitive\ndeny read at /ab\n",
+                  "deny read at /ab\ndeny read at /AB\ndeny read at /Ab\n")
+
+
 @SETTINGS
 @given(policy_pairs(), st.lists(requests(max_depth=4), min_size=20, max_size=20))
+@example(FOLDED_GLOB, [Request("read", (b"Abc",))])
+@example(FOLDED_LITERAL, [Request("read", (b"aB",))])
 def test_equivalent_exactly_when_the_evaluator_agrees(pair, reqs):
     a, b = _checked(pair[0], "a.fpol"), _checked(pair[1], "b.fpol")
     if a is None or b is None:
@@ -154,6 +164,61 @@ def test_a_difference_only_other_names_than_a_literal_reach():
     result = diff(a.classes, b.classes)
     assert not result.equivalent
     assert {d.path for d in result.differences} == {(b"y", b"secret")}
+
+
+def _spellings(name: bytes) -> set[bytes]:
+    out = {b""}
+    for byte in name:
+        ch = bytes([byte])
+        out = {w + c for w in out for c in {ch, ch.lower(), ch.upper()}}
+    return out
+
+
+# Every spelling of the generators' short names, and the names themselves.
+SPELLINGS = sorted({s for n in REQUEST_NAMES if len(n) <= 6 for s in _spellings(n)}
+                   | set(REQUEST_NAMES))
+
+
+@SETTINGS
+@given(st.lists(rules(), min_size=1, max_size=4), headers())
+@example(['deny read matching "/a*"'], [])
+@example(["deny read at /ab", "deny read at /AB", "deny read at /Ab"], [])
+def test_case_insensitive_against_sensitive_is_exact(rule_lines, head):
+    """The same rules with and without `names case-insensitive`: where diff calls them
+    equivalent, both trees decide alike at every spelling of every short name the
+    generators use (and one level below it); where it reports a place, they differ there."""
+    head = [h for h in head if not h.startswith("names")]
+    body = "\n".join(head + rule_lines) + "\n"
+    a = _checked("names case-insensitive\n" + body, "a.fpol")
+    b = _checked(body, "b.fpol")
+    if a is None or b is None:
+        return
+    result = diff(a.classes, b.classes)
+    pairs = subject_pairs(a.classes, b.classes)
+
+    def differ(path) -> bool:
+        ca, cb = a.classes.classify(path), b.classes.classify(path)
+        return any(effect(x) != effect(y) for sa, sb, _, _ in pairs
+                   for x, y in zip(ca.table.for_subject(sa), cb.table.for_subject(sb)))
+
+    for d in result.differences:
+        assert differ(d.path), d.path
+    if result.equivalent:
+        for name in SPELLINGS:
+            assert not differ((name,)), name
+            assert not differ((name, name.swapcase())), name
+
+
+def test_case_insensitive_against_sensitive_globs_and_spellings():
+    """What only a spelling neither policy wrote reaches (see FOLDED_GLOB, FOLDED_LITERAL)."""
+    for (old, new), place in ((FOLDED_GLOB, (b"A",)), (FOLDED_LITERAL, (b"aB",))):
+        a, b = check(old, "a.fpol"), check(new, "b.fpol")
+        for x, y in ((a, b), (b, a)):
+            result = diff(x.classes, y.classes)
+            assert not result.equivalent
+            assert {d.path for d in result.differences} == {place}
+        assert Evaluator(a.policy).decision_at(place, "read").kind == "deny"
+        assert Evaluator(b.policy).decision_at(place, "read").kind == "allow"
 
 
 def test_case_insensitive_against_sensitive():
