@@ -26,13 +26,31 @@ tend to produce errors are made rarely.
 
 from __future__ import annotations
 
+import os
 import re
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from fpol.compiler import ops
 from fpol.compiler.analyse import AFTER_SUPPORTED, BEFORE_UNSUPPORTED
 from fpol.compiler.evaluate import Request
+
+# --- how much to search ---------------------------------------------------------------------
+
+# FPOL_FUZZ_SCALE (docs/fuzzing.md): 1 in the suite; N > 1 for a longer, fresh search.
+# tests/conftest.py loads the matching hypothesis profile ("suite" or "search").
+SCALE = max(1, int(os.environ.get("FPOL_FUZZ_SCALE", "1")))
+
+
+def searching(max_examples: int, parent: settings | None = None, *, scale: bool = True,
+              **kwargs) -> settings:
+    """Settings for a property test that follows the profile: in the suite, `max_examples`
+    drawn derandomised (the same examples on every run); with FPOL_FUZZ_SCALE=N > 1, a
+    fresh search on every run, of N times as many examples unless `scale` is False."""
+    return settings(parent, max_examples=max_examples * (SCALE if scale else 1),
+                    derandomize=SCALE == 1, **kwargs)
+
 
 # --- names --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from fpol.compiler.cases import parse_cases
@@ -21,7 +21,7 @@ from fpol.compiler.evaluate import Evaluator
 from kernel_support import pin_root, tcp_cc_object  # noqa: F401 (fixtures, shared with test_faults.py)
 from kernel_support import registered_cc as _registered, require_bpf
 from oracles import agree, engine_for
-from strategies import policies, requests
+from strategies import policies, requests, searching
 
 HERE = os.path.dirname(__file__)
 EXAMPLES = sorted(glob.glob(os.path.join(HERE, "..", "examples", "*.fpol")))
@@ -73,8 +73,8 @@ def test_kernel_engine_agrees_on_every_example_case(path):
 
 # --- generated policies and requests ------------------------------------------------------
 
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@searching(12, deadline=None,
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(policy=policies(min_rules=1), reqs=st.lists(requests(), min_size=200, max_size=200))
 def test_generated_policies_agree_with_the_evaluator(policy, reqs):
     # Policies with subject conditions, requests by generated requesters (tests/strategies.py).

@@ -828,11 +828,13 @@ def test_access_on_a_shared_mount_reports_unix_permissions(custom):
 
 # --- differential: the mount against the reference evaluator -----------------------------
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, strategies as st  # noqa: E402
 
 from fpol.compiler.driver import check  # noqa: E402
 from fpol.compiler.evaluate import Evaluator, Request  # noqa: E402
 from fpol.runtime.fuse.enforce import errno_number  # noqa: E402
+
+from strategies import searching  # noqa: E402
 
 FOLDED = """\
 policy folded
@@ -1087,8 +1089,7 @@ def diffmount(request, tmp_path_factory):
         yield m, str(shadow), policy, tree, steps_for(tops, names)
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@searching(120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_differential_against_the_evaluator(diffmount, data):
     m, shadow, policy, tree, step_strategy = diffmount

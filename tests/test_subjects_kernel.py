@@ -22,7 +22,7 @@ import os
 import threading
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, given
 from hypothesis import strategies as st
 
 from fpol.compiler import ops
@@ -32,7 +32,7 @@ from fpol.compiler.evaluate import Evaluator, Request
 
 from kernel_support import require_bpf
 from oracles import agree, assert_classes_agree, decision_fields, engine_for, requesters
-from strategies import policies, request_paths, requester_ids, requests
+from strategies import policies, request_paths, requester_ids, requests, searching
 
 HERE = os.path.dirname(__file__)
 EXAMPLES = sorted(glob.glob(os.path.join(HERE, "..", "examples", "*.fpol")))
@@ -40,10 +40,11 @@ SUBJECT_EXAMPLES = [p for p in EXAMPLES if check_file(p).require().policy.has_su
 
 # The budget: the whole suite runs on 2 cores in CI. The property tests of test_fuzz.py,
 # test_classes.py and others draw subject conditions too (tests/strategies.py).
-TREE = settings(max_examples=15, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                       HealthCheck.data_too_large])
-KERNEL = settings(TREE, max_examples=8)
+# Derandomised in the suite, a fresh search with FPOL_FUZZ_SCALE > 1 (tests/strategies.py).
+TREE = searching(15, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                        HealthCheck.data_too_large])
+KERNEL = searching(8, TREE)
 
 
 def _with_subjects(text: str):
@@ -66,8 +67,7 @@ def test_strategies_generate_subject_conditions():
     seen = {"clean": 0, "subjects": 0, "uid axis": 0, "gid axis": 0, "range": 0,
             "name": 0, "except by": 0}
 
-    @settings(max_examples=40, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @searching(40, deadline=None, scale=False, suppress_health_check=list(HealthCheck))
     @given(policies(min_rules=2))
     def run(text):
         checked = check(text.encode("utf-8", "surrogateescape"), "gen.fpol", build_classes=False)
