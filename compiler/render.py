@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 
 import jinja2
 
@@ -211,11 +212,17 @@ def _stub_call(p, stub: str) -> str:
 
 
 def _program_entries(programs, model: Model, macros) -> str:
-    """A line per stub program; programs that are not stubs written out by the template."""
+    """A line per stub program; programs that are not stubs written out by the template,
+    with a blank line either side (one between two of them)."""
     out = []
+    apart = False  # the last program ended with a blank line
     for p in programs:
         stub = _stub_name(p)
-        out.append(_stub_call(p, stub) + "\n" if stub else f"\n{macros.program(p, model)}\n\n")
+        if stub:
+            out.append(_stub_call(p, stub) + "\n")
+        else:
+            out.append(("" if apart else "\n") + macros.program(p, model) + "\n\n")
+        apart = not stub
     return "".join(out)
 
 
@@ -228,22 +235,48 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(cname=_cname, ccomment=_ccomment, cident=_cident, chunks=_chunks,
-                       glob_body=_glob_body, describe=_describe, class_entries=_class_entries,
-                       row_entries=_row_entries, literal_entries=_literal_entries,
-                       class_glob_entries=_class_glob_entries, glob_mask_entries=_glob_mask_entries,
-                       instance_names=_instance_names, instance_entries=_instance_entries)
+                       glob_body=_glob_body, describe=_describe,
+                       class_glob_entries=_class_glob_entries)
     macros = env.get_template("programs.j2").module
-    env.filters["program_entries"] = lambda programs, model: _program_entries(programs, model, macros)
     # stub_macros is a macro of programs.j2 (mypy sees only jinja2's TemplateModule).
     env.filters["stub_macros"] = lambda programs: macros.stub_macros(  # type: ignore[attr-defined]
         {_stub_name(p) for p in programs})
     return env
 
 
+# The big tables, written by the helpers above, reach the templates as values (their
+# names in the templates are these keys). Each has no run of blank lines inside
+# (tests/test_render.py checks that no rendered file has one), so the squeeze of what
+# template control lines leave behind skips them: scanning all ~100 MB of C cost a
+# quarter of a second at 10,000 rules.
+
+def _logic_tables(model: Model) -> dict[str, str]:
+    return {"class_entries": _class_entries(model.classes),
+            "row_entries": _row_entries(model.rows),
+            "literal_entries": _literal_entries(model.literal_table),
+            "glob_mask_entries": _glob_mask_entries(model.glob_masks)}
+
+
+def _struct_ops_tables(model: Model) -> dict[str, str]:
+    macros = _environment().get_template("programs.j2").module
+    first: dict[str, object] = {}  # each instance name once, its first instance
+    for i in model.instances:
+        first.setdefault(i.name, i)
+    return {"instance_names": _instance_names(model.instances),
+            "program_entries": _program_entries(model.programs, model, macros),
+            "instance_entries": _instance_entries(first.values())}
+
+
+def _render(name: str, context: dict, tables: dict[str, str]) -> str:
+    """Template `name` rendered with `context` and `tables` (clean text, see above)."""
+    chunks = _environment().get_template(name).generate(**context, **tables)
+    return _squeeze_around(chunks, list(tables.values()))
+
+
 def _logic(model: Model, context: dict) -> str:
     """The decision logic both objects include, rendered once per model."""
     return derived(model, "_logic_c",
-                   lambda: _environment().get_template("logic.h.j2").render(**context))
+                   lambda: _render("logic.h.j2", context, _logic_tables(model)))
 
 
 @no_collections()
@@ -256,14 +289,48 @@ def render(model: Model, which: str = "struct_ops") -> str:
     context["model"] = model
     context["word"] = C_MACROS
     context["layout"] = C_LAYOUT
-    context["logic"] = _logic(model, context)
-    text = _environment().get_template(name).render(**context)
-    return _squeeze_blank_lines(text)
+    tables = {"logic": _logic(model, context)}  # squeezed: clean as well
+    if which == "struct_ops":
+        tables.update(_struct_ops_tables(model))
+    return _render(name, context, tables)
 
 
 def _squeeze_blank_lines(text: str) -> str:
     """Every run of blank lines as one (template control lines leave runs behind): each
-    pass halves the runs, and str.replace is far quicker than a regex over ~80 MB of C."""
+    pass halves the runs, and str.replace is far quicker than a regex."""
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text
+
+
+def _squeeze_around(chunks: Iterable[str], clean: list[str]) -> str:
+    """The chunks joined, every run of blank lines as one, as _squeeze_blank_lines would
+    leave them; chunks that are one of `clean` (no run of blank lines inside) are not
+    searched, only the runs where they meet the text around them.
+
+    Squeezing turns each run of three or more newlines into two. The text between clean
+    chunks is squeezed whole; then a run that crosses a join is cut to two."""
+    pieces: list[str] = []
+    between: list[str] = []
+    for chunk in chunks:
+        if any(chunk is c for c in clean):
+            pieces.append(_squeeze_blank_lines("".join(between)))
+            pieces.append(chunk)
+            between = []
+        else:
+            between.append(chunk)
+    pieces.append(_squeeze_blank_lines("".join(between)))
+    out: list[str] = []
+    tail = 0  # newlines the text so far ends with: at most two
+    for piece in pieces:
+        head = piece[:2]  # a squeezed piece starts with at most two newlines
+        lead = len(head) - len(head.lstrip("\n"))
+        if lead and tail + lead > 2:
+            piece = piece[tail + lead - 2:]
+        if not piece:
+            continue
+        out.append(piece)
+        end = piece[-2:]
+        trailing = len(end) - len(end.rstrip("\n"))
+        tail = tail + trailing if trailing == len(piece) else trailing
+    return "".join(out)
