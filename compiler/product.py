@@ -85,28 +85,58 @@ def _mixed_names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
     found: dict[tuple, bytes] = {}
     for name in sorted(lits[0] | lits[1]):
         found.setdefault(ways(name), name)
+    # Which bytes take a literal prefix on to a longer one (lower case on the folding side).
+    grows: list[dict[bytes, set[int]]] = [{}, {}]
+    for i in (0, 1):
+        for p in prefixes[i]:
+            if p:
+                grows[i].setdefault(p[:-1], set()).add(p[-1])
+
+    def step(joint: tuple, byte: int) -> tuple:
+        nxt = []
+        for i, (key, states) in enumerate(joint):
+            x = _lower(byte) if folds[i] else byte
+            k = key + bytes([x]) if key is not None else None
+            nxt.append((k if k in prefixes[i] else None,
+                        tuple(glob_step(t, st, x) for t, st in zip(globs[i], states))))
+        return tuple(nxt)
+
     start: tuple = tuple((b"", tuple(glob_close(t, frozenset({0})) for t in globs[i]))
                          for i in (0, 1))
     queue: list[tuple[tuple, bytes]] = [(start, b"")]
     seen: set = set()
-    head = 0
+    # Glob states of a state in neither trie whose children by every byte have been met:
+    # from any state with these glob states, a byte that takes no literal prefix on leads
+    # to one of those children (a state in neither trie), so only the bytes that do are
+    # tried (a class of many literals is searched in time linear in them).
+    expanded: set = set()
+    head = glob_states = 0
     while head < len(queue):
         joint, word = queue[head]
         head += 1
-        for byte in alphabet:
+        globs_at = (joint[0][1], joint[1][1])
+        if globs_at not in expanded or word in (b"", b"."):
+            if joint[0][0] is None and joint[1][0] is None and word not in (b"", b"."):
+                expanded.add(globs_at)
+            bytes_now: list[int] = alphabet
+        else:
+            special: set[int] = set()
+            for i, (key, _) in enumerate(joint):
+                for x in grows[i].get(key, ()) if key is not None else ():
+                    special |= {x, _upper(x)} if folds[i] else {x}
+            bytes_now = [x for x in alphabet if x in special]
+        for byte in bytes_now:
             name = word + bytes([byte])
-            nxt = []
-            for i, (key, states) in enumerate(joint):
-                x = _lower(byte) if folds[i] else byte
-                k = key + bytes([x]) if key is not None else None
-                nxt.append((k if k in prefixes[i] else None,
-                            tuple(glob_step(t, st, x) for t, st in zip(globs[i], states))))
-            state = tuple(nxt)
+            state = step(joint, byte)
             seen_key = (state, name if name in not_names else None)
             if seen_key in seen:
                 continue
             seen.add(seen_key)
-            if len(seen) > MAX_GLOB_STATES:
+            # The literal tries bound the states that are still in one (by the literals'
+            # length); the glob states alone are what may explode.
+            if state[0][0] is None and state[1][0] is None:
+                glob_states += 1
+            if glob_states > MAX_GLOB_STATES:
                 raise TooManyGlobStates(
                     "too many names to compare a case-insensitive policy with a "
                     "case-sensitive one at one level")
