@@ -24,7 +24,7 @@ from fpol.runtime.fuse.server import FuseServer
 from oracles import requesters
 from strategies import policies, request_paths
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
