@@ -19,15 +19,19 @@ from .lower import Model
 from .memo import derived
 
 
+@functools.lru_cache(maxsize=None)  # a policy has a few dozen atoms, named again and again
 def _cname(atom: str) -> str:
     """`open:rw` -> `OPEN_RW`, `access:-` -> `ACCESS_NONE`."""
     return atom.replace(":-", "_NONE").replace(":", "_").upper()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _ccomment(text: str) -> str:
     """Text safe inside a C block comment, on one line."""
     text = str(text).replace("*/", "*\\/").replace("/*", "/\\*")
-    return re.sub(r"[\x00-\x1f\x7f]", "?", text)
+    return text if text.isprintable() else _CONTROL.sub("?", text)  # control characters aren't
 
 
 def _cident(name: str) -> str:
@@ -45,6 +49,16 @@ def _chunks(data: bytes, size: int):
 
 
 def _describe(word: int, model: Model) -> str:
+    """A decision word in words, as the comments say it: once per distinct word (a
+    default_filter program's switch describes a word per opcode)."""
+    described: dict[int, str] = derived(model, "_described", dict)
+    text = described.get(word)
+    if text is None:
+        text = described[word] = _described(word, model)
+    return text
+
+
+def _described(word: int, model: Model) -> str:
     d = unpack(word)
     text = d["kind"]
     if d["errno"]:
@@ -147,18 +161,26 @@ def _glob_mask_entries(masks) -> str:
 
 def _row_entries(rows) -> str:
     out = []
+    written: dict[tuple, str] = {}  # rows share groups: each distinct one is formatted once
     for row in rows:
         out.append(f"\t[{row.id}] = {{\n")
         for k, (word, atoms, why) in enumerate(row.groups):
-            if k == 0:
-                out.append(f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n")
-                continue
-            out.append(f"\t\t/* {_ccomment(why)} */\n")
-            for i in range(0, len(atoms), 4):
-                out.append("\t\t" + " ".join(f"[FPOL_SLOT_{_cname(a)}] = 0x{word:08x},"
-                                              for a in atoms[i:i + 4]) + "\n")
+            key = (k == 0, word, tuple(atoms), why)
+            text = written.get(key)
+            if text is None:
+                text = written[key] = _row_group(k == 0, word, atoms, why)
+            out.append(text)
         out.append("\t},\n")
     return "".join(out)
+
+
+def _row_group(first: bool, word: int, atoms: list[str], why: str) -> str:
+    """A row's lines for the atoms decided `word`: the first group fills the row."""
+    if first:
+        return f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n"
+    return f"\t\t/* {_ccomment(why)} */\n" + "".join(
+        "\t\t" + " ".join(f"[FPOL_SLOT_{_cname(a)}] = 0x{word:08x}," for a in atoms[i:i + 4]) + "\n"
+        for i in range(0, len(atoms), 4))
 
 
 def _literal_entries(table) -> str:
@@ -199,7 +221,9 @@ def _stub_name(p) -> str:
     return ""
 
 
-def _stub_call(p, stub: str) -> str:
+def _stub_call(p, stub: str, numbers: list[str]) -> str:
+    """The program's line: `numbers` are the class numbers as text (str() of each number
+    in the comments' class lists, about 450,000 at 10,000 rules, cost more)."""
     args = f"{p.name}, {p.cls}"
     if stub == "FPOL_STUB_FSYNC":  # one program per member: the member is an argument
         args += f", {p.hook}"
@@ -207,19 +231,20 @@ def _stub_call(p, stub: str) -> str:
         args += f", {p.hook}, FPOL_SLOT_{_cname(p.op)}"
         if _STUB_ARGS[stub] and p.params:
             args += f", {p.params}"
-    also = f"  /* also classes {', '.join(map(str, p.classes[1:]))} */" if len(p.classes) > 1 else ""
+    also = f"  /* also classes {', '.join(map(numbers.__getitem__, p.classes[1:]))} */" \
+        if len(p.classes) > 1 else ""
     return f"{stub}({args}){also}"
 
 
-def _program_entries(programs, model: Model, macros) -> str:
+def _program_entries(programs, stubs: list[str], model: Model, macros) -> str:
     """A line per stub program; programs that are not stubs written out by the template,
     with a blank line either side (one between two of them)."""
     out = []
+    numbers = [str(c) for c in range(len(model.classes))]
     apart = False  # the last program ended with a blank line
-    for p in programs:
-        stub = _stub_name(p)
+    for p, stub in zip(programs, stubs):
         if stub:
-            out.append(_stub_call(p, stub) + "\n")
+            out.append(_stub_call(p, stub, numbers) + "\n")
         else:
             out.append(("" if apart else "\n") + macros.program(p, model) + "\n\n")
         apart = not stub
@@ -237,10 +262,9 @@ def _environment() -> jinja2.Environment:
     env.filters.update(cname=_cname, ccomment=_ccomment, cident=_cident, chunks=_chunks,
                        glob_body=_glob_body, describe=_describe,
                        class_glob_entries=_class_glob_entries)
-    macros = env.get_template("programs.j2").module
-    # stub_macros is a macro of programs.j2 (mypy sees only jinja2's TemplateModule).
-    env.filters["stub_macros"] = lambda programs: macros.stub_macros(  # type: ignore[attr-defined]
-        {_stub_name(p) for p in programs})
+    # The definitions of the stub macros used, a macro of programs.j2 (mypy sees only
+    # jinja2's TemplateModule).
+    env.filters["stub_macros"] = env.get_template("programs.j2").module.stub_macros  # type: ignore[attr-defined]
     return env
 
 
@@ -257,13 +281,14 @@ def _logic_tables(model: Model) -> dict[str, str]:
             "glob_mask_entries": _glob_mask_entries(model.glob_masks)}
 
 
-def _struct_ops_tables(model: Model) -> dict[str, str]:
+def _struct_ops_tables(model: Model, stubs: list[str]) -> dict[str, str]:
+    """`stubs`: each program's stub macro (_stub_name)."""
     macros = _environment().get_template("programs.j2").module
     first: dict[str, object] = {}  # each instance name once, its first instance
     for i in model.instances:
         first.setdefault(i.name, i)
     return {"instance_names": _instance_names(model.instances),
-            "program_entries": _program_entries(model.programs, model, macros),
+            "program_entries": _program_entries(model.programs, stubs, model, macros),
             "instance_entries": _instance_entries(first.values())}
 
 
@@ -291,7 +316,9 @@ def render(model: Model, which: str = "struct_ops") -> str:
     context["layout"] = C_LAYOUT
     tables = {"logic": _logic(model, context)}  # squeezed: clean as well
     if which == "struct_ops":
-        tables.update(_struct_ops_tables(model))
+        stubs = [_stub_name(p) for p in model.programs]
+        context["stubs_used"] = set(stubs)
+        tables.update(_struct_ops_tables(model, stubs))
     return _render(name, context, tables)
 
 
