@@ -107,6 +107,12 @@ _NAMES = st.one_of(st.sampled_from(REQUEST_NAMES),
 # `?` matches the literal `x`: its way is to be found from another name (once it was not).
 @example("policy 0", 'policy 0\nallow read matching "/**/?/x{,.log}" by uid 0 except by uid 1\n',
          [b"a"])
+# One side folds case: /Abc (`a*` on both) and /aB (`ab`, `AB`, `Ab` against `ab`) once
+# took ways no name tried did.
+@example('names case-insensitive\ndeny read matching "/a*"\n', 'deny read matching "/a*"\n',
+         [b"Abc"])
+@example("names case-insensitive\ndeny read at /ab\n",
+         "deny read at /ab\ndeny read at /AB\ndeny read at /Ab\n", [b"aB"])
 def test_the_names_reach_every_child_pair(text_a, text_b, extra):
     a, b = _tree(text_a, "a.fpol"), _tree(text_b, "b.fpol")
     if a is None or b is None:
@@ -117,7 +123,8 @@ def test_the_names_reach_every_child_pair(text_a, text_b, extra):
         pairs = set(product.successors(ca.id, cb.id))
         assert product.names(ca.id, cb.id) == names(ca, cb, fa, fb)
         for name in extra + [lit for lit, _ in ca.literals + cb.literals]:
-            for spelling in (name, name.upper(), name.lower()):
+            for spelling in (name, name.upper(), name.lower(), name.swapcase(),
+                             name[:1].upper() + name[1:], name[:1] + name[1:].upper()):
                 assert (ca.child(spelling, fa), cb.child(spelling, fb)) in pairs, spelling
 
 
