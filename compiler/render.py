@@ -124,14 +124,14 @@ def _glob_body(g) -> str:
 # the compile. The templates keep the file's structure; these write the entries.
 
 def _class_entries(classes) -> str:
-    return "".join(
+    return "".join([
         f"\t/* class {c.id}: e.g. {_ccomment(c.example)} (instance {c.instance}) */\n"
         f"\t{{ .row = {c.row}, .default_child = {c.default_child}, .flags = "
         f"{(1 if c.default_inherit_ok else 0) + (2 if c.daemon_lookup else 0)}"
         + (f", .globs = {c.glob_first}, .masks = {c.mask_first}, .nglobs = {c.nglobs}, "
            f".nmasks = {c.nmasks}" if c.nglobs else "")
         + " },\n"
-        for c in classes)
+        for c in classes])
 
 
 def _class_glob_entries(class_globs, globs, runs) -> str:
@@ -153,55 +153,60 @@ def _class_glob_entries(class_globs, globs, runs) -> str:
 def _glob_mask_entries(masks) -> str:
     if not masks:
         return "\t{ 0, 0, 0 }, /* no class tests a glob */\n"
-    return "".join(
+    return "".join([
         f"\t[{i}] = {{ 0x{m.mask:x}, {m.child}{' | FPOL_INHERIT_OK' if m.inherit_ok else ''}, {m.cls} }}, "
         f"/* class {m.cls}: names matching {_ccomment(m.names)} -> class {m.child} */\n"
-        for i, m in enumerate(masks))
+        for i, m in enumerate(masks)])
 
 
 def _row_entries(rows) -> str:
+    """A row: its first group's word fills it, then the other groups' atoms, each group's
+    slots four to a line. Rows set the same few dozen lists of atoms: each list's lines
+    are written once (_slot_lines), the word put in per group."""
     out = []
-    written: dict[tuple, str] = {}  # rows share groups: each distinct one is formatted once
+    slot_lines: dict[tuple[str, ...], str] = {}
     for row in rows:
         out.append(f"\t[{row.id}] = {{\n")
         for k, (word, atoms, why) in enumerate(row.groups):
-            key = (k == 0, word, tuple(atoms), why)
-            text = written.get(key)
-            if text is None:
-                text = written[key] = _row_group(k == 0, word, atoms, why)
-            out.append(text)
+            if k == 0:
+                out.append(f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n")
+                continue
+            key = tuple(atoms)
+            lines = slot_lines.get(key)
+            if lines is None:
+                lines = slot_lines[key] = _slot_lines(atoms)
+            out.append(f"\t\t/* {_ccomment(why)} */\n" + lines.replace("{word}", f"0x{word:08x}"))
         out.append("\t},\n")
     return "".join(out)
 
 
-def _row_group(first: bool, word: int, atoms: list[str], why: str) -> str:
-    """A row's lines for the atoms decided `word`: the first group fills the row."""
-    if first:
-        return f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n"
-    return f"\t\t/* {_ccomment(why)} */\n" + "".join(
-        "\t\t" + " ".join(f"[FPOL_SLOT_{_cname(a)}] = 0x{word:08x}," for a in atoms[i:i + 4]) + "\n"
-        for i in range(0, len(atoms), 4))
+def _slot_lines(atoms: list[str]) -> str:
+    """The lines setting `atoms`' slots, four to a line, to `{word}` (which the slots'
+    names, upper case, never hold)."""
+    return "".join(
+        "\t\t" + " ".join(f"[FPOL_SLOT_{_cname(a)}] = {{word}}," for a in atoms[i:i + 4])
+        + "\n" for i in range(0, len(atoms), 4))
 
 
 def _literal_entries(table) -> str:
-    return "".join(
+    return "".join([
         f"\t[{i}] = {{ {e.cls}, 0x{e.hash:08x}, {e.offset}, {e.length}, {1 if e.inherit_ok else 0}, "
         f"{e.child} }}, /* class {e.cls}: \"{_ccomment(e.name)}\" -> class {e.child} */\n"
         if e else f"\t[{i}] = {{ 0xffffffff, 0, 0, 0, 0, 0 }},\n"
-        for i, e in enumerate(table))
+        for i, e in enumerate(table)])
 
 
 def _instance_names(instances) -> str:
-    return "".join(f'\t"{i.name}",\n' for i in instances)
+    return "".join([f'\t"{i.name}",\n' for i in instances])
 
 
 def _instance_entries(instances) -> str:
-    return "".join(
+    return "".join([
         f"\n/* class {i.cls}: e.g. {_ccomment(i.example)} */\nSEC(\".struct_ops\")\n"
         f"struct fuse_ops {_cident(i.name)} = {{\n"
-        + "".join(f"\t.{member} = (void *){prog},\n" for member, prog in i.members)
+        + "".join([f"\t.{member} = (void *){prog},\n" for member, prog in i.members])
         + f'\t.name = "{i.name}",\n}};\n'
-        for i in instances)
+        for i in instances])
 
 
 # Programs that are one line: a stub macro of templates/programs.j2, with its arguments.
@@ -339,8 +344,9 @@ def _squeeze_around(chunks: Iterable[str], clean: list[str]) -> str:
     chunks is squeezed whole; then a run that crosses a join is cut to two."""
     pieces: list[str] = []
     between: list[str] = []
+    ids = {id(c) for c in clean}  # which chunks are clean, by identity (clean outlives this)
     for chunk in chunks:
-        if any(chunk is c for c in clean):
+        if id(chunk) in ids:
             pieces.append(_squeeze_blank_lines("".join(between)))
             pieces.append(chunk)
             between = []
