@@ -34,8 +34,13 @@ def _ccomment(text: str) -> str:
     return text if text.isprintable() else _CONTROL.sub("?", text)  # control characters aren't
 
 
+_NOT_CIDENT = re.compile(r"[^A-Za-z0-9_]")
+
+
 def _cident(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if name.isascii() and name.isidentifier():  # nothing to replace (the common case)
+        return name
+    return _NOT_CIDENT.sub("_", name)
 
 
 def _chunks(data: bytes, size: int):
