@@ -59,11 +59,11 @@ def _describe(word: int, model: Model) -> str:
     described: dict[int, str] = derived(model, "_described", dict)
     text = described.get(word)
     if text is None:
-        text = described[word] = _described(word, model)
+        text = described[word] = _description(word, model)
     return text
 
 
-def _described(word: int, model: Model) -> str:
+def _description(word: int, model: Model) -> str:
     d = unpack(word)
     text = d["kind"]
     if d["errno"]:
@@ -280,7 +280,7 @@ def _environment() -> jinja2.Environment:
 
 # The big tables, written by the helpers above, reach the templates as values (their
 # names in the templates are these keys). Each has no run of blank lines inside
-# (tests/test_render.py checks that no rendered file has one), so the squeeze of what
+# (tests/test_render.py checks them for every golden policy), so the squeeze of what
 # template control lines leave behind skips them: scanning all ~100 MB of C cost a
 # quarter of a second at 10,000 rules.
 
