@@ -14,8 +14,9 @@ objects and moves ("no gain by moving") are decided here as well.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from fpol import __version__
 
@@ -601,7 +602,8 @@ class _Planner:
         self.programs: dict[tuple, Program] = {}
         self._runtime_ids: dict[tuple, int] = {}
         self._runtime_of = ByValue()  # Decision -> int
-        self._plans: dict[DecisionTable, list] = {}
+        self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
+        self._members_of_projection: dict[tuple, _ObjectMembers] = {}
         self.by_name: dict[str, Program] = {}
         self._answers: dict[tuple[str, str], list] = {}
         self._answer_ids: dict[tuple, int] = {}
@@ -611,6 +613,7 @@ class _Planner:
         self._literal_masks: dict[int, list[int]] = {}
         self._targets: dict[int, list[int]] = {}
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
+        self.same_answers: dict[str, str] = {}  # op -> an op decided alike everywhere (_plan)
         self._row_runtime = ByValue()  # row of decisions -> tuple[int, ...]
         self._table_runtime: dict[DecisionTable, tuple] = {}
 
@@ -826,10 +829,7 @@ class _Planner:
 
     def _object_plan(self, table: DecisionTable) -> list:
         """Per hook, for an object op: None (no program), ("default", switch entry, key) or
-        ("object", signature). It depends only on the decision table, which classes share."""
-        plan = self._plans.get(table)
-        if plan is not None:
-            return plan
+        ("object", signature). It depends only on the decisions at the object ops' slots."""
         rt = self.runtime
         rows = table.rows
         runtimes = [self.row_runtime(r) for r in rows]
@@ -853,26 +853,33 @@ class _Planner:
                             + tuple(r[SLOT["fsyncdir"]] for r in runtimes)))
             else:
                 out.append(("object", tuple(r[i] for r in runtimes for i in slots)))
-        self._plans[table] = out
         return out
 
-    def instance(self, c: Class, name: str) -> Instance:
-        """Class `c`'s fuse_ops members: one step per hook, in member order, with the
-        quirks of spec §10 where they apply (long because the hooks are many)."""
-        members: list[tuple[str, str]] = []
+    def object_members(self, c: Class) -> "_ObjectMembers":
+        """Class `c`'s object-op programs. They depend only on its decisions at the object
+        ops' slots, which many tables share: worked out once per distinct such projection
+        (the first class to need a program names it, as ever)."""
+        table = c.table
+        found = self._members_of_table.get(table)
+        if found is None:
+            projection = tuple(map(_OBJECT_DECISIONS, table.rows))
+            found = self._members_of_projection.get(projection)
+            if found is None:
+                found = self._members_of_projection[projection] = \
+                    self._resolve_object_members(c, self._object_plan(table))
+            self._members_of_table[table] = found
+        return found
+
+    def _resolve_object_members(self, c: Class, plan: list) -> "_ObjectMembers":
+        """The programs of an object plan, made (named after class `c`) or found."""
+        runs: list[tuple[list[tuple[str, str]], list[Program]]] = []
         default_switch = []
         default_key = []  # what the default_filter does, for sharing it
-        kids = [self.classes[k] for k in self.strict.targets(c)]
-        plan = self._object_plan(c.table)
-        ok: list[bool] = []
-
-        def kids_ok() -> bool:
-            if not ok:
-                ok.append(all(self.strict.at_least_as_strict(c.id, k.id) for k in kids))
-            return ok[0]
-
-        for (member, params, kind, op), step in zip(HOOKS, plan):
-            if kind == "object":
+        for run in OBJECT_RUNS:
+            members: list[tuple[str, str]] = []
+            programs: list[Program] = []
+            for member, params, kind, op in run:
+                step = plan[HOOK_INDEX[member]]
                 if step is None:
                     continue
                 if step[0] == "default":
@@ -883,7 +890,8 @@ class _Planner:
                     # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so both
                     # members are set and both programs decide by opcode. Each member has a
                     # program of its own: libbpf and the kernel refuse one program in two
-                    # members (its expected attach type is its member's index).
+                    # members (its expected attach type is its member's index). Both hooks
+                    # are in one run.
                     for hook in ("fsync", "dir_fsync"):
                         slot = f"{hook}_prefilter"
                         if any(m == slot for m, _ in members):
@@ -892,43 +900,146 @@ class _Planner:
                             f"fpol_{hook}_{c.id}", slot, "fsync", c.id, [], "fsync",
                             HOOK_PARAMS["fsync"]))
                         members.append((slot, p.name))
-                        p.classes.append(c.id)
+                        programs.append(p)
                     continue
-                key = (member, step[1])
-            elif not self.needs_hook(c, kids, kind, op, kids_ok):
-                continue
-            else:
-                shared = self.namespace_signature(c, kind, op)
-                key = (member, shared) if shared is not None else (member, c.id)
-            p = self.program(key, lambda: Program(f"fpol_{member}_{c.id}", f"{member}_prefilter",
-                                                  kind, c.id, [], op, params))
-            p.classes.append(c.id)
-            members.append((f"{member}_prefilter", p.name))
-            if member == "lookup":
-                post = self.program(self.lookup_post_key(c), lambda: Program(
-                    f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
-                    "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
-                              "struct fuse_buffer *entries"))
-                post.classes.append(c.id)
-                members.append(("lookup_postfilter", post.name))
-            if member == "mkdir":
-                # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
-                # is set, so it must never be NULL.
-                post = self.program(("noop_mkdir",), lambda: Program(
-                    "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
-                    "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
-                post.classes.append(c.id)
-                members.append(("mkdir_postfilter", post.name))
+                p = self.program((member, step[1]), lambda: Program(
+                    f"fpol_{member}_{c.id}", f"{member}_prefilter", kind, c.id, [], op, params))
+                members.append((f"{member}_prefilter", p.name))
+                programs.append(p)
+            runs.append((members, programs))
+        default = None
         if default_switch:
-            p = self.program(("default_filter", tuple(default_key)), lambda: Program(
+            default = self.program(("default_filter", tuple(default_key)), lambda: Program(
                 f"fpol_default_{c.id}", "default_filter", "default", c.id, [], "", "",
                 switch=sorted(default_switch)))
-            p.classes.append(c.id)
-            members.insert(0, ("default_filter", p.name))
-        return Instance(c.id, name, members, c.example.decode("utf-8", "backslashreplace"))
+        return _ObjectMembers(runs, default)
+
+    def instance(self, c: Class, name: str) -> Instance:
+        """Class `c`'s fuse_ops members, in member order: its table's object-op programs
+        (object_members), and between their runs the namespace hooks, with the quirks of
+        spec §10 where they apply."""
+        objects = self.object_members(c)
+        members: list[tuple[str, str]] = []
+        used: list[Program] = []  # every program of the instance, once
+        if objects.default is not None:
+            members.append(("default_filter", objects.default.name))
+            used.append(objects.default)
+        kids = [self.classes[k] for k in self.strict.targets(c)]
+        ok: list[bool] = []
+
+        def kids_ok() -> bool:
+            if not ok:
+                ok.append(all(self.strict.at_least_as_strict(c.id, k.id) for k in kids))
+            return ok[0]
+
+        asked: dict = {}
+        for (run_members, run_programs), hook in zip(objects.runs, NAMESPACE_HOOKS):
+            members += run_members
+            used += run_programs
+            self._namespace_member(c, hook, kids, kids_ok, members, used, asked)
+        members += objects.runs[-1][0]
+        used += objects.runs[-1][1]
+        cid = c.id
+        for p in used:
+            p.classes.append(cid)
+        return Instance(cid, name, members, c.example.decode("utf-8", "backslashreplace"))
+
+    def _namespace_member(self, c: Class, hook: tuple[str, str, str, str], kids: list[Class],
+                          kids_ok, members: list[tuple[str, str]], used: list[Program],
+                          asked: dict) -> None:
+        """Class `c`'s program for one namespace hook, if it needs one (and lookup's and
+        mkdir's postfilters), added to `members` and `used`. `asked` keeps what this class's
+        earlier hooks found: rename and rename2 ask alike, and so do ops decided alike
+        everywhere (same_answers)."""
+        member, params, kind, op = hook
+        question = (kind, self.same_answers.get(op, op))
+        key = asked.get(question, _UNASKED)
+        if key is _UNASKED:
+            key = asked[question] = self._namespace_key(c, kids, kind, question[1], kids_ok)
+        if key is None:
+            return
+        p = self.program((member, key), lambda: Program(
+            f"fpol_{member}_{c.id}", f"{member}_prefilter", kind, c.id, [], op, params))
+        used.append(p)
+        members.append((f"{member}_prefilter", p.name))
+        if member == "lookup":
+            post = self.program(self.lookup_post_key(c), lambda: Program(
+                f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
+                "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
+                          "struct fuse_buffer *entries"))
+            used.append(post)
+            members.append(("lookup_postfilter", post.name))
+        if member == "mkdir":
+            # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
+            # is set, so it must never be NULL.
+            post = self.program(("noop_mkdir",), lambda: Program(
+                "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
+                "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
+            used.append(post)
+            members.append(("mkdir_postfilter", post.name))
+
+    def _namespace_key(self, c: Class, kids: list[Class], kind: str, op: str, kids_ok):
+        """None when class `c` needs no program for `op`; else what its program is shared
+        by: the namespace signature, or the class's own id."""
+        if not self.needs_hook(c, kids, kind, op, kids_ok):
+            return None
+        shared = self.namespace_signature(c, kind, op)
+        return shared if shared is not None else c.id
+
+
+_UNASKED = object()
+
+
+def _same_answers(classes: Sequence[Class]) -> dict[str, str]:
+    """Namespace ops of one kind (lookup, create, remove) whose atoms have equal decisions
+    in every row: each mapped to the first such op of its hooks. Their programs need the
+    same hooks and answer every name alike (only the op's atoms are read), so a class's
+    answers for one are its answers for the other, and are worked out once."""
+    rows = [r for c in classes for r in c.table.rows]
+    first_of_kind: dict[str, list[str]] = {}
+    alias: dict[str, str] = {}
+    for _, _, kind, op in NAMESPACE_HOOKS:
+        if kind not in ("lookup", "create", "remove"):
+            continue
+        seen = first_of_kind.setdefault(kind, [])
+        if op in seen or op in alias:
+            continue
+        for other in seen:
+            a, b = _ATOM_SLOTS[other], _ATOM_SLOTS[op]
+            # (lists and tuples compare their items by identity first: quick for the
+            # decisions, which are mostly shared objects)
+            if len(a) == len(b) and list(map(operator.itemgetter(*a), rows)) == \
+                    list(map(operator.itemgetter(*b), rows)):
+                alias[op] = other
+                break
+        else:
+            seen.append(op)
+    return alias
+
+
+@dataclass
+class _ObjectMembers:
+    """One object plan's programs: per run of OBJECT_RUNS, its (member, program name) pairs
+    and their programs; and the default_filter's program, if any."""
+
+    runs: list[tuple[list[tuple[str, str]], list[Program]]]
+    default: Optional[Program]
 
 
 HOOK_PARAMS = {h[0]: h[1] for h in HOOKS}
+HOOK_INDEX = {h[0]: i for i, h in enumerate(HOOKS)}
+# The namespace hooks in member order, and the runs of object hooks before each of them
+# and after the last: an instance is its runs of object members with those between.
+NAMESPACE_HOOKS = [h for h in HOOKS if h[2] != "object"]
+OBJECT_RUNS: list[list[tuple[str, str, str, str]]] = [[]]
+for _hook in HOOKS:
+    if _hook[2] == "object":
+        OBJECT_RUNS[-1].append(_hook)
+    else:
+        OBJECT_RUNS.append([])
+# A row's decisions at the object ops' slots: all that object programs depend on.
+_OBJECT_DECISIONS = operator.itemgetter(*sorted({
+    i for _, _, kind, op in HOOKS if kind == "object" for i in _ATOM_SLOTS[op]}))
 
 
 # Classes share instances, and namespace programs, where they behave alike (tests turn
@@ -1006,6 +1117,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
 def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: list[int]
           ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
+    planner.same_answers = _same_answers(tree.classes)
     for c, info in zip(tree.classes, infos):
         rep = share[c.id]
         if rep == c.id:
