@@ -613,7 +613,9 @@ class _Planner:
         self._literal_masks: dict[int, list[int]] = {}
         self._targets: dict[int, list[int]] = {}
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
-        self.same_answers: dict[str, str] = {}  # op -> an op decided alike everywhere (_plan)
+        self.steps: list[_NamespaceStep] = []  # the namespace hooks, in member order (prepare)
+        self.questions: list[tuple[str, str]] = []  # (kind, op) each asks once per class
+        self._signature_ids: dict[tuple, int] = {}
         self._row_runtime = ByValue()  # row of decisions -> tuple[int, ...]
         self._table_runtime: dict[DecisionTable, tuple] = {}
 
@@ -914,16 +916,20 @@ class _Planner:
                 switch=sorted(default_switch)))
         return _ObjectMembers(runs, default)
 
-    def instance(self, c: Class, name: str) -> Instance:
-        """Class `c`'s fuse_ops members, in member order: its table's object-op programs
-        (object_members), and between their runs the namespace hooks, with the quirks of
-        spec §10 where they apply."""
-        objects = self.object_members(c)
-        members: list[tuple[str, str]] = []
-        used: list[Program] = []  # every program of the instance, once
-        if objects.default is not None:
-            members.append(("default_filter", objects.default.name))
-            used.append(objects.default)
+    def prepare(self) -> None:
+        """Number the questions the namespace hooks ask (see namespace_keys), once per plan:
+        rename and rename2 ask one, and so do ops decided alike everywhere (_same_answers)."""
+        alias = _same_answers(self.classes)
+        numbers: dict[tuple[str, str], int] = {}
+        for member, params, kind, op in NAMESPACE_HOOKS:
+            question = (kind, alias.get(op, op))
+            self.steps.append(_NamespaceStep(member, f"{member}_prefilter", kind, op, params,
+                                             numbers.setdefault(question, len(numbers))))
+        self.questions = list(numbers)
+
+    def namespace_keys(self, c: Class) -> list[Optional[int]]:
+        """Per question (prepare): None when class `c` needs no program for it; else what
+        its program is shared by, as a number (a signature's, or the class's own)."""
         kids = [self.classes[k] for k in self.strict.targets(c)]
         ok: list[bool] = []
 
@@ -932,11 +938,44 @@ class _Planner:
                 ok.append(all(self.strict.at_least_as_strict(c.id, k.id) for k in kids))
             return ok[0]
 
-        asked: dict = {}
-        for (run_members, run_programs), hook in zip(objects.runs, NAMESPACE_HOOKS):
+        keys: list[Optional[int]] = []
+        for kind, op in self.questions:
+            if not self.needs_hook(c, kids, kind, op, kids_ok):
+                keys.append(None)
+                continue
+            shared = self.namespace_signature(c, kind, op)
+            # (a signature hashes once here, not once per hook asking it)
+            keys.append(~c.id if shared is None else
+                        self._signature_ids.setdefault(shared, len(self._signature_ids)))
+        return keys
+
+    def instance(self, c: Class, name: str) -> Instance:
+        """Class `c`'s fuse_ops members, in member order: its table's object-op programs
+        (object_members), and between their runs the namespace hooks' (namespace_keys), with
+        the quirks of spec §10 where they apply."""
+        objects = self.object_members(c)
+        keys = self.namespace_keys(c)
+        programs = self.programs
+        members: list[tuple[str, str]] = []
+        used: list[Program] = []  # every program of the instance, once
+        if objects.default is not None:
+            members.append(("default_filter", objects.default.name))
+            used.append(objects.default)
+        for (run_members, run_programs), step in zip(objects.runs, self.steps):
             members += run_members
             used += run_programs
-            self._namespace_member(c, hook, kids, kids_ok, members, used, asked)
+            key = keys[step.question]
+            if key is None:
+                continue
+            p = programs.get((step.member, key))
+            if p is None:
+                p = self.program((step.member, key), lambda: Program(
+                    f"fpol_{step.member}_{c.id}", step.slot, step.kind, c.id, [], step.op,
+                    step.params))
+            used.append(p)
+            members.append((step.slot, p.name))
+            if step.member in ("lookup", "mkdir"):
+                self._postfilter(c, step.member, members, used)
         members += objects.runs[-1][0]
         used += objects.runs[-1][1]
         cid = c.id
@@ -944,24 +983,9 @@ class _Planner:
             p.classes.append(cid)
         return Instance(cid, name, members, c.example.decode("utf-8", "backslashreplace"))
 
-    def _namespace_member(self, c: Class, hook: tuple[str, str, str, str], kids: list[Class],
-                          kids_ok, members: list[tuple[str, str]], used: list[Program],
-                          asked: dict) -> None:
-        """Class `c`'s program for one namespace hook, if it needs one (and lookup's and
-        mkdir's postfilters), added to `members` and `used`. `asked` keeps what this class's
-        earlier hooks found: rename and rename2 ask alike, and so do ops decided alike
-        everywhere (same_answers)."""
-        member, params, kind, op = hook
-        question = (kind, self.same_answers.get(op, op))
-        key = asked.get(question, _UNASKED)
-        if key is _UNASKED:
-            key = asked[question] = self._namespace_key(c, kids, kind, question[1], kids_ok)
-        if key is None:
-            return
-        p = self.program((member, key), lambda: Program(
-            f"fpol_{member}_{c.id}", f"{member}_prefilter", kind, c.id, [], op, params))
-        used.append(p)
-        members.append((f"{member}_prefilter", p.name))
+    def _postfilter(self, c: Class, member: str, members: list[tuple[str, str]],
+                    used: list[Program]) -> None:
+        """The postfilter that goes with class `c`'s lookup or mkdir prefilter."""
         if member == "lookup":
             post = self.program(self.lookup_post_key(c), lambda: Program(
                 f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
@@ -969,7 +993,7 @@ class _Planner:
                           "struct fuse_buffer *entries"))
             used.append(post)
             members.append(("lookup_postfilter", post.name))
-        if member == "mkdir":
+        else:
             # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
             # is set, so it must never be NULL.
             post = self.program(("noop_mkdir",), lambda: Program(
@@ -978,16 +1002,19 @@ class _Planner:
             used.append(post)
             members.append(("mkdir_postfilter", post.name))
 
-    def _namespace_key(self, c: Class, kids: list[Class], kind: str, op: str, kids_ok):
-        """None when class `c` needs no program for `op`; else what its program is shared
-        by: the namespace signature, or the class's own id."""
-        if not self.needs_hook(c, kids, kind, op, kids_ok):
-            return None
-        shared = self.namespace_signature(c, kind, op)
-        return shared if shared is not None else c.id
+
+@dataclass(frozen=True)
+class _NamespaceStep:
+    """One namespace hook as the plan walks it: its member, and which question it asks."""
+
+    member: str
+    slot: str  # the fuse_ops member its program fills
+    kind: str
+    op: str
+    params: str
+    question: int  # index into _Planner.questions
 
 
-_UNASKED = object()
 
 
 def _same_answers(classes: Sequence[Class]) -> dict[str, str]:
@@ -1117,7 +1144,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
 def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: list[int]
           ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
-    planner.same_answers = _same_answers(tree.classes)
+    planner.prepare()
     for c, info in zip(tree.classes, infos):
         rep = share[c.id]
         if rep == c.id:
