@@ -605,8 +605,8 @@ class _Planner:
         self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
         self.by_name: dict[str, Program] = {}
-        self._answers: dict[tuple[str, str], list] = {}
-        self._answer_ids: dict[tuple, int] = {}
+        self._answers: dict[tuple[str, str], list[int]] = {}
+        self._table_index: Optional[tuple[list[tuple], list[int]]] = None
         self._trivial: dict[tuple[str, bool], list] = {}
         self._class_slots: list = [None] * len(tree.classes)
         self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
@@ -631,11 +631,12 @@ class _Planner:
                d.audit_rules if d.audit else (), d.complained)
         return self._runtime_ids.setdefault(key, len(self._runtime_ids))
 
-    def namespace_signature(self, c: Class, kind: str, op: str) -> Optional[tuple]:
+    def namespace_signature(self, c: Class, kind: str, op: str, stricter: list[bool]
+                            ) -> Optional[tuple]:
         """When a namespace program's answers do not depend on which class it serves, what
         they are (so instances can share it); None when the program must be the class's own.
         A class with no literal or glob transitions sends every name to its default child,
-        so its programs are fixed by that child's decisions."""
+        so its programs are fixed by that child's decisions. (`stricter`: name_signature's.)"""
         rt = self.per_subject  # every subject class's
 
         if kind == "link":
@@ -643,7 +644,7 @@ class _Planner:
         if kind == "cfr":
             return (kind, rt(c, "copy_file_range:src"))
         if self.share is not None and kind in ("lookup", "create", "remove"):
-            return self.name_signature(c, kind, op)
+            return self.name_signature(c, kind, op, stricter)
         if self.share is not None and kind == "rename":
             return self.rename_signature(c)
         if c.literals or c.globs:
@@ -681,28 +682,35 @@ class _Planner:
             hit = self._table_runtime[table] = tuple(self.row_runtime(r) for r in table.rows)
         return hit
 
-    def answers(self, kind: str, op: str) -> list:
-        """Per child class, what the program of `kind`/`op` answers for a name that leads
-        there, apart from what depends on the parent (see name_signature); filled as asked."""
+    def answers(self, kind: str, op: str) -> list[int]:
+        """Per class, what the program of `kind`/`op` answers for a name that leads there,
+        apart from what depends on the parent (see name_signature), as a number (equal
+        answers, equal numbers: signatures compare and hash numbers, not nested tuples).
+        It is the runtime of the op's decisions, and for lookup and create whether the
+        daemon must name the child: worked out per distinct table, for every class at once."""
         out = self._answers.get((kind, op))
         if out is None:
-            out = self._answers[(kind, op)] = [None] * len(self.classes)
+            tables, table_of = self._tables()
+            at_slots = operator.itemgetter(*_ATOM_SLOTS[op])
+            ids: dict[tuple, int] = {}
+            per_table = [ids.setdefault(tuple(map(at_slots, rows)), len(ids)) for rows in tables]
+            if kind == "remove":
+                out = [per_table[t] for t in table_of]
+            else:
+                named = self.named
+                out = [per_table[t] << 1 | named[k] for k, t in enumerate(table_of)]
+            self._answers[(kind, op)] = out
         return out
 
-    def _answer(self, k: int, kind: str, op: str) -> int:
-        """The answer as a small number (equal answers, equal numbers): signatures
-        compare and hash numbers, not nested tuples."""
-        kc = self.classes[k]
-        answer: tuple
-        if kind == "lookup":
-            answer = (self.per_subject(kc, "lookup"), self.named[k])
-        elif kind == "create":
-            answer = (tuple(self.per_subject(kc, a) for a in ops.ATOMS_OF_OP[op]), self.named[k])
-        else:
-            answer = (self.per_subject(kc, op),)
-        return self._answer_ids.setdefault(answer, len(self._answer_ids))
+    def _tables(self) -> tuple[list[tuple], list[int]]:
+        """The distinct tables' runtimes (table_runtime), and per class its table's index."""
+        if self._table_index is None:
+            index: dict[DecisionTable, int] = {}
+            table_of = [index.setdefault(c.table, len(index)) for c in self.classes]
+            self._table_index = [self.table_runtime(t) for t in index], table_of
+        return self._table_index
 
-    def name_signature(self, c: Class, kind: str, op: str) -> tuple:
+    def name_signature(self, c: Class, kind: str, op: str, stricter: list[bool]) -> tuple:
         """A namespace program's answer for every name, as a value: two classes with equal
         signatures answer every name alike, so they share the program (which walks the
         transitions of the first class). Names that the class's transitions tell apart but
@@ -710,18 +718,15 @@ class _Planner:
 
         The answer for a name (the hook body in logic.h.j2: fpol_on_lookup, fpol_on_create,
         fpol_on_remove) depends only on the child class it leads to, and on the parent
-        through lookup's "child is this class" and create's "child at least as strict"."""
+        through lookup's "child is this class" and create's "child at least as strict"
+        (`stricter`, per child of targets_of)."""
         base = self.answers(kind, op)
         cid = c.id
         targets = self.targets_of(c)  # the default's, then each mask's, then each literal's
-        for t in targets:
-            if base[t] is None:
-                base[t] = self._answer(t, kind, op)
         if kind == "lookup":
             outs = [base[t] << 1 | (t == cid) for t in targets]
         elif kind == "create":
-            at_least = self.strict.at_least_as_strict
-            outs = [base[t] << 1 | at_least(cid, t) for t in targets]
+            outs = [base[t] << 1 | ok for t, ok in zip(targets, stricter)]
         else:
             outs = [base[t] for t in targets]
         default = outs[0]
@@ -791,33 +796,35 @@ class _Planner:
             out.append((key, rt(k, "rename:src"), rt(k, "rename:dst"), first.setdefault(t, i)))
         return ("rename", tuple(g.text for g in c.globs), tuple(out))
 
-    def needs_hook(self, c: Class, kids: list[Class], kind: str, op: str, kids_ok) -> bool:
-        """Whether class `c` needs a program in the namespace hook of `op` (`kids_ok()`: every
-        class a child of `c` can be in is at least as strict as `c`)."""
-        many = len(self.classes) > 1
+    def needs_hook(self, c: Class, kids: tuple[int, ...], kind: str, op: str, named_kid: bool,
+                   kids_ok: bool) -> bool:
+        """Whether class `c` needs a program in the namespace hook of `op`. `kids`: every
+        class a child of `c` can be in; `named_kid`: the daemon must name one of them;
+        `kids_ok`: every one is at least as strict as `c`."""
         if kind in ("cfr", "link", "rename"):
-            return many or not _trivial(_uniform(c, op))
-        if kind in ("lookup", "create") and any(self.named[k.id] for k in kids):
+            return len(self.classes) > 1 or not _trivial(_uniform(c, op))
+        if kind in ("lookup", "create") and named_kid:
             return True  # the daemon must look up (or make) such children: route them there
         if kind == "lookup":
-            return any(k.id != c.id for k in kids) or not self.all_trivial(kids, "lookup")
+            return kids != (c.id,) or not self.all_trivial(kids, "lookup")
         if kind == "remove":
             return not self.all_trivial(kids, op)
         if kind == "create":
-            return not kids_ok() or not self.all_trivial(kids, op, uniform=True)
+            return not kids_ok or not self.all_trivial(kids, op, uniform=True)
         return True
 
-    def all_trivial(self, kids: list[Class], what: str, uniform: bool = False) -> bool:
+    def all_trivial(self, kids: tuple[int, ...], what: str, uniform: bool = False) -> bool:
         """Does every class in `kids` allow `what` (an atom, or with `uniform` every atom of
         an op alike) without audit, for every subject class? Worked out once per class."""
         flags = self._trivial.get((what, uniform))
         if flags is None:
             flags = self._trivial[(what, uniform)] = [None] * len(self.classes)
         for k in kids:
-            ok = flags[k.id]
+            ok = flags[k]
             if ok is None:
-                ok = flags[k.id] = _trivial(_uniform(k, what)) if uniform else \
-                    all(map(_trivial, k.decisions(what)))
+                kc = self.classes[k]
+                ok = flags[k] = _trivial(_uniform(kc, what)) if uniform else \
+                    all(map(_trivial, kc.decisions(what)))
             if not ok:
                 return False
         return True
@@ -930,22 +937,22 @@ class _Planner:
     def namespace_keys(self, c: Class) -> list[Optional[int]]:
         """Per question (prepare): None when class `c` needs no program for it; else what
         its program is shared by, as a number (a signature's, or the class's own)."""
-        kids = [self.classes[k] for k in self.strict.targets(c)]
-        ok: list[bool] = []
-
-        def kids_ok() -> bool:
-            if not ok:
-                ok.append(all(self.strict.at_least_as_strict(c.id, k.id) for k in kids))
-            return ok[0]
-
+        cid = c.id
+        kids = self.strict.targets(c)  # every class a child of `c` can be in
+        at_least = self.strict.at_least_as_strict
+        # Per transition, is its child at least as strict as `c` (create asks; lowering
+        # asked every such pair already, so these are memo hits).
+        stricter = [at_least(cid, t) for t in self.targets_of(c)]
+        named_kid = any(self.named[k] for k in kids)
+        kids_ok = all(stricter)
         keys: list[Optional[int]] = []
         for kind, op in self.questions:
-            if not self.needs_hook(c, kids, kind, op, kids_ok):
+            if not self.needs_hook(c, kids, kind, op, named_kid, kids_ok):
                 keys.append(None)
                 continue
-            shared = self.namespace_signature(c, kind, op)
+            shared = self.namespace_signature(c, kind, op, stricter)
             # (a signature hashes once here, not once per hook asking it)
-            keys.append(~c.id if shared is None else
+            keys.append(~cid if shared is None else
                         self._signature_ids.setdefault(shared, len(self._signature_ids)))
         return keys
 
