@@ -694,7 +694,7 @@ class _Planner:
             at_slots = operator.itemgetter(*_ATOM_SLOTS[op])
             ids: dict[tuple, int] = {}
             per_table = [ids.setdefault(tuple(map(at_slots, rows)), len(ids)) for rows in tables]
-            if kind == "remove":
+            if kind in ("remove", "rename"):
                 out = [per_table[t] for t in table_of]
             else:
                 named = self.named
@@ -731,16 +731,19 @@ class _Planner:
             outs = [base[t] for t in targets]
         default = outs[0]
         nmasks = len(c.masks)
-        masks = tuple((m, o) for (m, _), o in zip(c.masks, outs[1:1 + nmasks]) if o != default)
-        if masks:
+        masks = tuple([(m, o) for (m, _), o in zip(c.masks, outs[1:1 + nmasks]) if o != default]) \
+            if nmasks else ()
+        if not c.literals:
+            lits: tuple = ()
+        elif masks:
             by_mask = dict(masks)
-            lits = tuple((lit, o) for (lit, _), m, o in
-                         zip(c.literals, self.literal_masks(c), outs[1 + nmasks:])
-                         if o != by_mask.get(m, default))
+            lits = tuple([(lit, o) for (lit, _), m, o in
+                          zip(c.literals, self.literal_masks(c), outs[1 + nmasks:])
+                          if o != by_mask.get(m, default)])
         else:
-            lits = tuple((lit, o) for (lit, _), o in zip(c.literals, outs[1 + nmasks:])
-                         if o != default)
-        globs = tuple(g.text for g in c.globs) if masks else ()
+            lits = tuple([(lit, o) for (lit, _), o in zip(c.literals, outs[1 + nmasks:])
+                          if o != default])
+        globs = tuple([g.text for g in c.globs]) if masks else ()
         return ("names", kind, op, default, globs, masks, lits)
 
     def targets_of(self, c: Class) -> list[int]:
@@ -786,15 +789,12 @@ class _Planner:
         on whether the two are one class (logic.h.j2 fpol_rename): the class's transitions
         with each child replaced by its decisions and by the first entry leading to the same
         child. Classes with equal signatures answer every pair of names alike."""
-        rt = self.per_subject
-        entries = [(lit, t) for lit, t in c.literals] + [(m, t) for m, t in c.masks] + \
-            [(None, c.default)]
+        decisions = self.answers("rename", "rename")  # both atoms', as a number
+        entries = (*c.literals, *c.masks, (None, c.default))
         first: dict[int, int] = {}
-        out = []
-        for i, (key, t) in enumerate(entries):
-            k = self.classes[t]
-            out.append((key, rt(k, "rename:src"), rt(k, "rename:dst"), first.setdefault(t, i)))
-        return ("rename", tuple(g.text for g in c.globs), tuple(out))
+        out = tuple([(key, decisions[t], first.setdefault(t, i))
+                     for i, (key, t) in enumerate(entries)])
+        return ("rename", tuple([g.text for g in c.globs]), out)
 
     def needs_hook(self, c: Class, kids: tuple[int, ...], kind: str, op: str, named_kid: bool,
                    kids_ok: bool) -> bool:
@@ -1170,5 +1170,5 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
             "fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0], "getattr",
             HOOK_PARAMS["getattr"])
         instances[0].members.append(("getattr_prefilter", "fpol_getattr_noop"))
-    ordered = sorted(planner.programs.values(), key=lambda p: (p.cls, p.hook))
+    ordered = sorted(planner.programs.values(), key=operator.attrgetter("cls", "hook"))
     return ordered, instances
