@@ -91,6 +91,42 @@ def test_generated_policies_agree_with_the_evaluator(policy, reqs):
                 f"{policy}\n{req}: evaluator {expected.decision.short()}, kernel {got.decision.short()}")
 
 
+# --- complain mode: a complained deny at one end of a two-path op -------------------------
+# Found by a random search of the property above (docs/fuzzing.md, Findings: "A complained
+# deny lost to userspace at the other end"). The evaluator judges a request in complain mode
+# as if enforced, then allows and audits a deny: a deny at one end beats `to userspace` at the
+# other. The generated fpol_stricter ranked the complained end (an allow word with the
+# complained flag) below userspace, so the kernel redirected the request. Open: the fix is in
+# templates/logic.h.j2 (fpol_strictness: a complained word ranks as a deny).
+
+COMPLAINED_ENDS = [
+    ("mode complain\nredirect all to userspace\ndeny delete\n", "rename", (b"x",), (b"y",)),
+    ("mode complain\nredirect all to userspace\ndeny delete\n", "rename", (b"a", b"x"), (b"b", b"y")),
+    ("mode complain\nredirect all to userspace\ndeny create\n", "rename", (b"y",), (b"a", b"x")),
+    ("mode complain\nredirect all to userspace\ndeny create\n", "link", (b"a", b"x"), (b"a", b"y")),
+    # more than one class, the destination known (both at the root, one class)
+    ("mode complain\nredirect all to userspace\ndeny delete\ndeny read under /z\n", "rename",
+     (b"x",), (b"y",)),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="open finding: the generated fpol_strictness ranks a "
+                   "complained deny below userspace (templates/logic.h.j2)")
+@pytest.mark.parametrize("text, op, src, dst", COMPLAINED_ENDS,
+                         ids=[f"{i}-{c[1]}" for i, c in enumerate(COMPLAINED_ENDS)])
+def test_a_complained_deny_at_one_end_outranks_userspace_at_the_other(text, op, src, dst):
+    from fpol.compiler.evaluate import Request
+
+    checked = check(text.encode(), "complain.fpol").require()
+    req = Request(op, src, dst)
+    expected = Evaluator(checked.policy).evaluate(req)
+    d = expected.decision
+    assert (d.kind, d.audit, d.complained) == ("allow", True, True)
+    with engine_for(checked) as engine:
+        got = engine.evaluate(req)
+    assert agree(expected, got) != "DIFFERENT", f"kernel {got.decision.short()}"
+
+
 # --- verifier failures map back to the policy ---------------------------------------------
 
 def test_verifier_log_maps_to_the_rule():
