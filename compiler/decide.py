@@ -148,8 +148,14 @@ class DecisionTable(tuple):
 
 
 def stricter(first: Decision, second: Decision) -> Decision:
-    """The stricter of two decisions (deny, then userspace, then allow); the first on a tie."""
-    return first if STRICTNESS[first.kind] >= STRICTNESS[second.kind] else second
+    """The stricter of two decisions (deny, then userspace, then allow); the first on a tie.
+    A complained decision is a deny that complain mode logs and allows: it ranks as the deny
+    it is, so the other end of a two-path op cannot send the request to userspace."""
+    return first if _rank_of(first) >= _rank_of(second) else second
+
+
+def _rank_of(d: Decision) -> int:
+    return STRICTNESS[DENY] if d.complained else STRICTNESS[d.kind]
 
 
 def combine(first: Decision, second: Decision) -> Decision:

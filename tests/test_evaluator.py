@@ -771,3 +771,20 @@ def test_row_count():
     """The tables stay exhaustive: every selector x request, and the precedence rows."""
     assert len(MEMBERSHIP_ROWS) == len(MEMBERS) * len(REQUESTS)
     assert len(PRECEDENCE_ROWS) >= 150
+
+
+def test_a_complained_deny_is_stricter_than_userspace():
+    """decide.stricter, which the daemon combines a two-path op's ends with (copy_file_range,
+    a rename's whiteout, RENAME_EXCHANGE's two directions): a complained deny is the deny it
+    stands for, so `to userspace` at the other end does not win (docs/fuzzing.md)."""
+    from fpol.compiler.decide import Decision, combine, stricter
+
+    complained = Decision("allow", audit=True, rules=(1,), complained=True,
+                          complained_errno="EACCES")
+    userspace = Decision("userspace", mode="instead", rules=(0,))
+    assert stricter(complained, userspace) is complained
+    assert stricter(userspace, complained) is complained
+    assert combine(userspace, complained).complained
+    denied = Decision("deny", errno="EPERM", rules=(2,))
+    assert stricter(complained, denied) is complained  # a tie: the first
+    assert stricter(denied, complained) is denied

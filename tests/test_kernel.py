@@ -96,8 +96,9 @@ def test_generated_policies_agree_with_the_evaluator(policy, reqs):
 # deny lost to userspace at the other end"). The evaluator judges a request in complain mode
 # as if enforced, then allows and audits a deny: a deny at one end beats `to userspace` at the
 # other. The generated fpol_stricter ranked the complained end (an allow word with the
-# complained flag) below userspace, so the kernel redirected the request. Open: the fix is in
-# templates/logic.h.j2 (fpol_strictness: a complained word ranks as a deny).
+# complained flag) below userspace, so the kernel redirected the request. Fixed in
+# templates/logic.h.j2 (fpol_strictness: a complained word ranks as a deny), and likewise in
+# decide.stricter, which the daemon combines a two-path op's ends with.
 
 COMPLAINED_ENDS = [
     ("mode complain\nredirect all to userspace\ndeny delete\n", "rename", (b"x",), (b"y",)),
@@ -110,8 +111,6 @@ COMPLAINED_ENDS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="open finding: the generated fpol_strictness ranks a "
-                   "complained deny below userspace (templates/logic.h.j2)")
 @pytest.mark.parametrize("text, op, src, dst", COMPLAINED_ENDS,
                          ids=[f"{i}-{c[1]}" for i, c in enumerate(COMPLAINED_ENDS)])
 def test_a_complained_deny_at_one_end_outranks_userspace_at_the_other(text, op, src, dst):

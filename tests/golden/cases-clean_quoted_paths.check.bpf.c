@@ -569,8 +569,11 @@ static __always_inline __u32 fpol_word(__u32 cls, __u32 slot)
 
 static __always_inline __u32 fpol_strictness(__u32 word)
 {
-	/* allow 0 < userspace 1 < deny 2 */
+	/* allow 0 < userspace 1 < deny 2; a complained word is a deny that complain mode
+	 * logs and allows, and ranks as one (the other end must not redirect it). */
 	__u32 k = FPOL_KIND(word);
+	if (word & FPOL_COMPLAINED)
+		return 2;
 	return k == FPOL_DENY ? 2 : k == FPOL_USERSPACE ? 1 : 0;
 }
 
