@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Union
 from .errors import FpolError, UsageProblem
 
 NAME_MAX = 255
+# What a directory entry is never called: no lookup asks for them.
+NOT_NAMES = frozenset({b".", b".."})
 # Brace alternatives multiply; a bound keeps `{a,b}{c,d}...` from exploding.
 MAX_ALTERNATIVES = 256
 
@@ -96,7 +98,7 @@ def normalise_path(value: bytes) -> tuple[bytes, ...]:
 
 
 def _check_component(c: bytes) -> None:
-    if c in (b".", b".."):
+    if c in NOT_NAMES:
         raise PathProblem(f"`{c.decode()}` is not allowed in a path",
                           "write the path without `.` and `..` components")
     if b"\0" in c:
@@ -243,10 +245,7 @@ def _show(b: bytes) -> str:
 
 
 # Bytes tried, in order, to stand for every byte the globs do not name.
-_STAND_INS = b"xyzqjk0123456789_"
-
-# What a directory entry is never called: no lookup asks for them.
-_NOT_NAMES = frozenset({b".", b".."})
+STAND_INS = b"xyzqjk0123456789_"
 
 # Joint NFA states explored when looking for names that realise glob combinations.
 MAX_GLOB_STATES = 50_000
@@ -295,12 +294,10 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
             name += b"x"
         return {0: name}
     alphabet = sorted({b for t in texts for b in t if b not in b"*?"})
-    other = next(b for b in _STAND_INS if b not in alphabet) if \
-        any(b not in alphabet for b in _STAND_INS) else \
+    other = next(b for b in STAND_INS if b not in alphabet) if \
+        any(b not in alphabet for b in STAND_INS) else \
         next(b for b in range(1, 256) if b not in alphabet and b != ord("/"))
     alphabet.append(other)
-
-    close, step = glob_close, glob_step
 
     globs = [Glob(t) for t in texts]
 
@@ -312,7 +309,7 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
         `excluded` one: a name that may still grow into an excluded one is kept apart from
         the names that no longer can, so excluding a name hides no mask."""
         prefixes = frozenset(w[:i] for w in excluded for i in range(1, len(w) + 1))
-        start = tuple(close(t, frozenset({0})) for t in texts)
+        start = tuple(glob_close(t, frozenset({0})) for t in texts)
         # The start state is not "seen": a non-empty name may lead back to it (`*`).
         seen: set = set()
         queue = [(start, b"")]
@@ -323,7 +320,7 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
             head += 1
             for byte in alphabet:
                 name = word + bytes([byte])
-                nxt = tuple(step(t, joint[i], byte) for i, t in enumerate(texts))
+                nxt = tuple(glob_step(t, joint[i], byte) for i, t in enumerate(texts))
                 key = (nxt, name if name in prefixes else None)
                 if key in seen:
                     continue
@@ -338,7 +335,7 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
                 queue.append((nxt, name))
         return found
 
-    found = search(alphabet, _NOT_NAMES)
+    found = search(alphabet, NOT_NAMES)
     # A witness that happens to be a literal name of the policy is replaced by a
     # variant with the same glob matches.
     pad = bytes([other])
@@ -356,11 +353,11 @@ def glob_combinations(texts: list[bytes], avoid: frozenset = frozenset()) -> dic
         # the stand-in and a byte no avoided name has, so a name with that byte is never
         # avoided, and any other byte matches what it matches.
         used = set().union(*avoid)
-        fresh = next((b for b in _STAND_INS if b not in alphabet and b not in used), None)
+        fresh = next((b for b in STAND_INS if b not in alphabet and b not in used), None)
         if fresh is None:
             fresh = next((b for b in range(1, 256) if b not in alphabet and b not in used
                           and b != ord("/")), None)
-        again = search(alphabet + ([fresh] if fresh is not None else []), avoid | _NOT_NAMES)
+        again = search(alphabet + ([fresh] if fresh is not None else []), avoid | NOT_NAMES)
         for mask in stuck:
             # Every name with this mask is avoided only if the avoided names cover it whole
             # (a finite set): then no other name takes this way, and the witness stays.

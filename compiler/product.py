@@ -23,8 +23,8 @@ from collections import deque
 from typing import Generic, Hashable, Iterable, Iterator, Optional, TypeVar
 
 from .classes import Class, ClassTree, realisable_masks
-from .paths import (MAX_GLOB_STATES, NAME_MAX, Glob, TooManyGlobStates, _STAND_INS,
-                    glob_close, glob_combinations, glob_step)
+from .paths import (MAX_GLOB_STATES, NAME_MAX, NOT_NAMES, STAND_INS, Glob,
+                    TooManyGlobStates, glob_close, glob_combinations, glob_step)
 
 Pair = tuple[int, int]
 T = TypeVar("T", bound=Hashable)
@@ -62,11 +62,10 @@ def _mixed_names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
     named = {byte for ls, gs in zip(lits, globs) for text in (*ls, *gs) for byte in text}
     alphabet = sorted({x for byte in named for x in (byte, _lower(byte), _upper(byte))}
                       - {ord("*"), ord("?")} | {byte for ls in lits for n in ls for byte in n})
-    other = next(x for x in list(_STAND_INS) + list(range(1, 256))
+    other = next(x for x in list(STAND_INS) + list(range(1, 256))
                  if x not in alphabet and _lower(x) not in alphabet
                  and _upper(x) not in alphabet and x != ord("/"))
     alphabet.append(other)
-    not_names = (b".", b"..")
 
     def way(i: int, key: Optional[bytes], states: tuple) -> tuple:
         if key is not None and key in lits[i]:
@@ -128,7 +127,7 @@ def _mixed_names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
         for byte in bytes_now:
             name = word + bytes([byte])
             state = step(joint, byte)
-            seen_key = (state, name if name in not_names else None)
+            seen_key = (state, name if name in NOT_NAMES else None)
             if seen_key in seen:
                 continue
             seen.add(seen_key)
@@ -140,7 +139,7 @@ def _mixed_names(a: Class, b: Class, fold_a: bool, fold_b: bool) -> list[bytes]:
                 raise TooManyGlobStates(
                     "too many names to compare a case-insensitive policy with a "
                     "case-sensitive one at one level")
-            if name not in not_names and len(name) <= NAME_MAX:
+            if name not in NOT_NAMES and len(name) <= NAME_MAX:
                 found.setdefault(tuple(way(i, k, st) for i, (k, st) in enumerate(state)), name)
             queue.append((state, name))
     return sorted(set(found.values()))
