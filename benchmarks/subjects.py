@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fpol.compiler.analyse import analyse  # noqa: E402
-from fpol.compiler.classes import build_raw, minimise, tables  # noqa: E402
+from fpol.compiler.classes import build_raw, tables  # noqa: E402
+from fpol.compiler.minimise import minimise  # noqa: E402
 from fpol.compiler.driver import no_collections  # noqa: E402
 from fpol.compiler.clang import clang_version, compile_c  # noqa: E402
 from fpol.compiler.diagnostics import Reporter  # noqa: E402

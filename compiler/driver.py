@@ -17,7 +17,8 @@ from typing import Optional
 
 from . import ast
 from .analyse import analyse
-from .classes import ClassTree, TooComplex, build_raw, minimise, tables
+from .classes import ClassTree, TooComplex, build_raw, tables
+from .minimise import minimise
 from .diagnostics import Diagnostic, PolicyError, Reporter, Span
 from .include import Reader, load, notes, spliced
 from .lint import lint

@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fpol.compiler import ops
-from fpol.compiler.classes import ClassTree, build, build_raw, minimise, tables
+from fpol.compiler.classes import ClassTree, build_raw, tables
+from fpol.compiler.minimise import build, minimise
 from fpol.compiler.driver import check
 from fpol.compiler.evaluate import Evaluator
 from fpol.compiler.paths import ANY, Glob, TooManyGlobStates, glob_combinations
