@@ -50,3 +50,22 @@ def test_a_collector_already_off_stays_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_what_a_stage_made_is_collectable_afterwards():
+    """The pause ends by moving the stage's objects to the oldest generation (freeze, then
+    unfreeze): none stays frozen, and cyclic garbage among them is still collected."""
+    import weakref
+
+    class Node:
+        pass
+
+    with no_collections():
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+        gone = weakref.ref(a)
+        del a, b
+    assert gc.get_freeze_count() == 0
+    assert gone() is not None  # not collected young
+    gc.collect()
+    assert gone() is None
