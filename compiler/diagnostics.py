@@ -8,6 +8,7 @@ example, and tests/cases/ covers each one.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 from .errors import FpolError
@@ -201,6 +202,15 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: dict[str, list[str]]
 
 def render_json(diagnostics: Iterable[Diagnostic]) -> str:
     return json.dumps([d.to_json() for d in diagnostics], indent=2)
+
+
+def code(text: str) -> str:
+    """`text` as a code span of a message, as Markdown writes one: fenced by more
+    backticks than any run inside it, and spaced off when it starts or ends with one (so
+    the escape \\` reads ``\\` `` and not `\\``)."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> Optional[str]:

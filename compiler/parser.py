@@ -20,7 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from fpol.grammar import grammar_text
 
 from . import ast
-from .diagnostics import Reporter, Span, did_you_mean
+from .diagnostics import Reporter, Span, code, did_you_mean
 from .source import Source, decode, split
 
 _TERMINAL_LABELS = {
@@ -146,7 +146,7 @@ def _report_syntax(e: UnexpectedInput, line_offset: int, reporter: Reporter,
             message = "unexpected `\\`"
             hint = "a backslash continues a statement only at the end of a line"
         else:
-            message = f"unexpected character `{ch}`" if ch.isprintable() else \
+            message = f"unexpected character {code(ch)}" if ch.isprintable() else \
                 f"unexpected character U+{ord(ch):04X}"
         expected = sorted(getattr(e, "allowed", None) or ())
     else:
@@ -223,7 +223,8 @@ def decode_string(raw: str, span: Span, reporter: Reporter) -> bytes:
             out += bytes([int(good[1:], 16)]) if good[0] == "x" else good.encode()
         else:
             col = span.column + 1 + m.start()
-            reporter.add("FP012", f"unknown escape `\\{bad}` in string",
+            escape = "\\" + bad
+            reporter.add("FP012", f"unknown escape {code(escape)} in string",
                          Span(span.line, col, span.line, col + 1 + len(bad)),
                          'strings know only \\", \\\\ and \\xNN (two hex digits)')
             # Keep the text without the backslash, so one bad escape does not

@@ -68,7 +68,8 @@ def assert_spans_inside(result) -> None:
 
 
 # Messages that quote the very text their span covers. The quoted text may hold a backtick
-# itself (`\x`Z` is an unknown escape), so each pattern runs to what follows the quote.
+# itself: FP012 quotes it as Markdown does (diagnostics.code: ``\x`Z``), the others run
+# each pattern to what follows the quote.
 _QUOTES_SPAN = {
     "FP001": re.compile(r"unexpected `(?P<w>.*?)`(;|$)"),
     "FP003": re.compile(r"unknown operation or group `(?P<w>.*)`$"),
@@ -76,7 +77,7 @@ _QUOTES_SPAN = {
     "FP005": re.compile(r"unknown \w+ `(?P<w>.*)`$"),
     "FP007": re.compile(r"policy name `(?P<w>.*)` may use "),
     "FP008": re.compile(r"policy name `(?P<w>.*)` has \d+ characters"),
-    "FP012": re.compile(r"unknown escape `(?P<w>.*)` in string$"),
+    "FP012": re.compile(r"unknown escape (?P<f>`+)(?P<w>.*?)(?P=f) in string$"),
 }
 
 
@@ -85,8 +86,12 @@ def _assert_span_shows_the_word(lines, d):
     m = _QUOTES_SPAN.get(d.code) and _QUOTES_SPAN[d.code].match(d.message)
     if not m or m["w"].endswith("...") or d.span.end_line != d.span.line:
         return
+    quoted = m["w"]
+    if "f" in m.groupdict() and len(quoted) > 2 and quoted[0] == quoted[-1] == " " \
+            and quoted.strip(" "):  # a Markdown code span's padding
+        quoted = quoted[1:-1]
     line = lines[d.span.line - 1]
-    assert line[d.span.column - 1:d.span.end_column - 1] == m["w"], (d, line)
+    assert line[d.span.column - 1:d.span.end_column - 1] == quoted, (d, line)
 
 
 def assert_fmt_fixpoint(data: "bytes | str") -> "str | None":

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fpol.cli import main
-from fpol.compiler.diagnostics import (CODES, Diagnostic, PolicyError, Reporter, Span,
+from fpol.compiler.diagnostics import (CODES, Diagnostic, PolicyError, Reporter, Span, code,
                                        did_you_mean, render_json, render_text)
 from fpol.compiler.driver import check
 
@@ -133,9 +133,9 @@ def test_render_span_past_the_end_of_the_text():
 
 
 def test_every_code_has_a_severity_matching_its_number():
-    for code, (severity, title) in CODES.items():
-        assert code.startswith("FP0") == (severity == "error"), code
-        assert code.startswith("FP1") == (severity == "warning"), code
+    for number, (severity, title) in CODES.items():
+        assert number.startswith("FP0") == (severity == "error"), number
+        assert number.startswith("FP1") == (severity == "warning"), number
         assert title
 
 
@@ -344,3 +344,16 @@ def test_cli_entry_point_subprocess(policy_dir):
     usage = subprocess.run(["fpol", "check"], capture_output=True, cwd=policy_dir)
     assert usage.returncode == 2
     assert b"Traceback" not in usage.stderr
+
+
+def test_quoted_code_holding_backticks_reads_as_markdown_does():
+    assert code("\\q") == "`\\q`"
+    assert code("\\`") == "`` \\` ``"  # padded: it ends with a backtick
+    assert code("a``b") == "```a``b```"
+
+
+def test_an_unexpected_backtick_is_quoted_readably():
+    (d,) = [d for d in check(b"default allow\ndeny write under /a `b\n", "p.fpol").diagnostics
+            if d.code == "FP001"]
+    assert d.message.startswith("unexpected character `` ` ``;"), d.message
+    assert (d.span.line, d.span.column) == (2, 21)

@@ -72,10 +72,10 @@ def test_any_bytes_check_with_spans_inside(data):
 
 def test_a_message_quoting_a_backtick_quotes_the_span_whole():
     """`\\x`Z` is an unknown escape of four characters, one a backtick: the message quotes
-    all four and the span covers them."""
+    all four as a Markdown code span (fenced by two backticks) and the span covers them."""
     result = assert_sane(BACKTICK_ESCAPE)
     (d,) = [d for d in result.diagnostics if d.code == "FP012"]
-    assert d.message == "unknown escape `\\x`Z` in string"
+    assert d.message == "unknown escape ``\\x`Z`` in string"
     assert (d.span.column, d.span.end_column) == (21, 25)
 
 
