@@ -5,11 +5,11 @@ breadth-first from the root (ARCHITECTURE.md §2)."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from collections.abc import Iterable
 
 from .classes import Class, ClassTree, RawState, build_raw, tables
 from .decide import DecisionTable
-from .paths import glob_mask
+from .paths import Glob, glob_mask
 from .policy import Policy
 
 
@@ -21,156 +21,234 @@ def build(policy: Policy) -> ClassTree:
 def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) -> ClassTree:
     """Moore partition refinement (`_refine`), then renumber classes breadth-first from
     the root."""
-    block, group, moves, plans = _refine(raw, table)
+    block, reduced_of = _refine(raw, table)
 
     # One representative per block, reached first breadth-first (state ids are BFS order).
     rep: dict[int, int] = {}
     for sid in range(len(raw)):
         rep.setdefault(block[sid], sid)
-    order: list[int] = []
-    number: dict[int, int] = {}
+    number = {block[0]: 0}
     queue = deque([block[0]])
-    number[block[0]] = 0
-    reduced: dict[int, tuple] = {}
+    classes: list[Class] = []
     while queue:
-        b = queue.popleft()
-        order.append(b)
-        lits, globs, masks, default = reduced[b] = moves[group[rep[b]]].reduced(block, plans)
+        sid = rep[queue.popleft()]
+        lits, globs, masks, default = reduced_of(sid)
         for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
             if t not in number:
                 number[t] = len(number)
                 queue.append(t)
-    classes = []
-    for b in order:
-        st = raw[rep[b]]
-        lits, globs, masks, default = reduced[b]
         classes.append(Class(
-            id=number[b], table=table[rep[b]],
-            literals=tuple((lit, number[t]) for lit, t in lits),
+            id=len(classes), table=table[sid],
+            literals=tuple([(lit, number[t]) for lit, t in lits]),
             globs=globs,
-            masks=tuple((m, number[t]) for m, t in masks),
-            default=number[default], example=st.example))
+            masks=tuple([(m, number[t]) for m, t in masks]),
+            default=number[default], example=raw[sid].example))
     return ClassTree(policy, tuple(classes), len(raw))
 
 
 def _refine(raw: list[RawState], table: list[DecisionTable]):
-    """Moore partition refinement: per state its block. -> (blocks, each state's group,
-    each group's _Moves, the glob plans memo).
+    """Moore partition refinement: -> (each state's block, a function giving a state's
+    transitions in terms of blocks, without entries that change nothing).
 
     States of one core and one table (a directory and its `x.key`, `x.tmp`, ... siblings
     under the same rules) have the same transitions and label, so they are in one block
-    from start to end: refinement computes one signature per such group, not per state."""
+    from start to end: refinement signs groups of them, not states.
+
+    Each round splits every block by its groups' signatures, as Moore's algorithm does,
+    but signs again only the groups with a target that changed block in the last round:
+    the others' signatures are still those of the current partition. A split block keeps
+    its id for its largest part, so few states change block."""
     label_ids: dict[DecisionTable, int] = {}
     labels = [label_ids.setdefault(t, len(label_ids)) for t in table]
     group_of: dict[tuple[int, int], int] = {}
     group = [group_of.setdefault((st.core, labels[sid]), len(group_of))
              for sid, st in enumerate(raw)]
-    members: list[int] = [0] * len(group_of)  # a state of each group (the first)
-    for sid in range(len(raw) - 1, -1, -1):
-        members[group[sid]] = sid
-    # What each group's literal names would do without their literal entry: it depends only
-    # on the state, not on the partition, so it is worked out once (see _Moves).
-    moves = [_Moves(raw[sid]) for sid in members]
-    # Block ids stay stable across rounds (a block's first part keeps its id), so a group
-    # whose targets' blocks did not change reuses its signature (_Moves.signature).
-    gblock = [labels[sid] for sid in members]
-    plans: dict = {}  # see _Moves.reduced
-    block = labels
-    count = len(label_ids)
+    states: list[list[int]] = [[] for _ in group_of]
+    for sid, g in enumerate(group):
+        states[g].append(sid)
+    shapes = _Shapes()
+    by_core: dict[int, _Moves] = {}
+    moves = []
+    for sids in states:
+        st = raw[sids[0]]
+        mv = by_core.get(st.core)
+        if mv is None:
+            mv = by_core[st.core] = _Moves(st, shapes)
+        moves.append(mv)
+    # Which groups have a transition into each group.
+    preds: list[list[int]] = [[] for _ in group_of]
+    for g, mv in enumerate(moves):
+        for t in {*mv.targets, *(t for _, t, _ in mv.lits)}:
+            preds[group[t]].append(g)
+
+    block = labels  # by state
+    gblock = [labels[sids[0]] for sids in states]  # by group
+    members: dict[int, list[int]] = {}  # groups by block
+    for g, b in enumerate(gblock):
+        members.setdefault(b, []).append(g)
+    sig: list = [None] * len(moves)
+    # A group alone in its block is not signed, as nothing can split it: signed at the end.
+    unsigned: set[int] = set()
+    fresh = len(label_ids)
+    dirty: Iterable[int] = range(len(moves))
     while True:
-        parts: dict = {}
-        kept: set[int] = set()
-        fresh = count
-        for g, mv in enumerate(moves):
+        touched = set()
+        for g in dirty:
             b = gblock[g]
-            key = (b, mv.signature(block, plans))
-            nid = parts.get(key)
-            if nid is None:
-                if b not in kept:
-                    kept.add(b)
-                    nid = b
-                else:
-                    nid, fresh = fresh, fresh + 1
-                parts[key] = nid
-            gblock[g] = nid
-        if fresh == count:  # no block split: stable
-            return block, group, moves, plans
-        block = [gblock[g] for g in group]
-        count = fresh
+            if len(members[b]) == 1:
+                unsigned.add(g)
+            else:
+                sig[g] = moves[g].signature(block, shapes)
+                touched.add(b)
+        moved: list[int] = []
+        for b in touched:
+            parts: dict = {}
+            for g in members[b]:
+                parts.setdefault(sig[g], []).append(g)
+            if len(parts) == 1:
+                continue
+            split = sorted(parts.values(), key=len, reverse=True)
+            members[b] = split[0]
+            for part in split[1:]:
+                members[fresh] = part
+                for g in part:
+                    gblock[g] = fresh
+                moved += part
+                fresh += 1
+        if not moved:
+            break
+        for g in moved:
+            for sid in states[g]:
+                block[sid] = gblock[g]
+        dirty = {h for g in moved for h in preds[g]}
+
+    def reduced_of(sid: int) -> tuple:
+        g = group[sid]
+        if g in unsigned:
+            sig[g] = moves[g].signature(block, shapes)
+        return shapes.unpack(sig[g])
+
+    return block, reduced_of
+
+
+class _Shapes:
+    """What the glob masks of states look like once reduced, memoised: states with the
+    same globs, masks and pattern of equal targets reduce alike (see _glob_plan).
+
+    A state's signature is (shape, the blocks of its non-default mask groups, its default
+    block, its literals), where a shape is the kept globs and the reduced masks grouped by
+    target: equal signatures, equal reduced transitions."""
+
+    def __init__(self) -> None:
+        self.glob_ids: dict[tuple[bytes, ...], int] = {}
+        self.glob_list: list[tuple[Glob, ...]] = []
+        self.masks_of: dict[tuple[int, bytes], int] = {}  # (globs, name) -> glob_mask
+        self.kinds: dict[tuple, int] = {}  # (globs, masks, targets pattern, default index)
+        self.kind_list: list[tuple] = []
+        self.ids: dict[tuple, int] = {}  # (kept glob texts, mask groups) -> shape id
+        # kept globs, and the reduced masks as (mask, index of its group), sorted
+        self.shapes: list[tuple[tuple[Glob, ...], tuple[tuple[int, int], ...]]] = []
+        self.plans: dict[tuple[int, tuple], tuple] = {}
+        self.plain = self.shape((), ())  # no globs kept, every name to the default
+
+    def globs(self, globs: tuple[Glob, ...]) -> int:
+        key = tuple([g.text for g in globs])
+        i = self.glob_ids.get(key)
+        if i is None:
+            i = self.glob_ids[key] = len(self.glob_list)
+            self.glob_list.append(globs)
+        return i
+
+    def glob_mask(self, globs: int, name: bytes) -> int:
+        mask = self.masks_of.get((globs, name))
+        if mask is None:
+            mask = self.masks_of[globs, name] = glob_mask(self.glob_list[globs], name)
+        return mask
+
+    def kind(self, key: tuple) -> int:
+        k = self.kinds.get(key)
+        if k is None:
+            k = self.kinds[key] = len(self.kind_list)
+            self.kind_list.append(key)
+        return k
+
+    def shape(self, globs: tuple[Glob, ...], groups: tuple) -> int:
+        key = (tuple(g.text for g in globs), groups)
+        s = self.ids.get(key)
+        if s is None:
+            s = self.ids[key] = len(self.shapes)
+            self.shapes.append((globs, tuple(sorted(
+                (pm, i) for i, pms in enumerate(groups) for pm in pms))))
+        return s
+
+    def plan(self, kind: int, pattern: tuple[int, ...]) -> tuple:
+        """-> (shape, for each mask group the index of a target leading to it, the
+        default's index), for states of `kind` whose targets' blocks have `pattern`."""
+        key = (kind, pattern)
+        plan = self.plans.get(key)
+        if plan is None:
+            globs_id, masks, at, default_at = self.kind_list[kind]
+            globs = self.glob_list[globs_id]
+            mask_pattern = [pattern[i] for i in at]
+            keep, projected = _glob_plan(len(globs), masks, mask_pattern)
+            part: dict[int, int] = {}  # projected mask -> its targets' pattern number
+            for pm, p in zip(projected, mask_pattern):
+                part.setdefault(pm, p)
+            default = part.get(0, pattern[default_at])
+            groups: dict[int, list[int]] = {}
+            for pm in sorted(part):
+                if part[pm] != default:
+                    groups.setdefault(part[pm], []).append(pm)
+            shape = self.shape(tuple(globs[i] for i in keep),
+                               tuple(tuple(pms) for pms in groups.values()))
+            plan = self.plans[key] = (shape, tuple(pattern.index(p) for p in groups),
+                                      pattern.index(default))
+        return plan
+
+    def unpack(self, sig: tuple) -> tuple:
+        """A signature -> (literals, globs, masks, default), in terms of blocks."""
+        shape, blocks, default, lits = sig
+        globs, masks = self.shapes[shape]
+        return lits, globs, tuple([(pm, blocks[i]) for pm, i in masks]), default
 
 
 class _Moves:
-    """A state's transitions, prepared for being read in terms of blocks again and again
-    during refinement: literal names with the state a name of theirs would reach without
-    the literal entry (by the globs it matches), and the glob masks by state."""
+    """A state's transitions, prepared for being signed in terms of blocks again and again
+    during refinement: its distinct mask and default targets, its kind (see _Shapes), and
+    its literal names with the state a name of theirs would reach without the literal
+    entry (by the globs it matches)."""
 
-    __slots__ = ("st", "lits", "masks", "masks_key", "targets", "last")
+    __slots__ = ("kind", "targets", "lits")
 
-    def __init__(self, st: RawState):
-        self.st = st
-        self.last: Optional[tuple] = None
-        if not st.globs and not st.masks:
-            # (name, state), or with globs (name, state, state without the literal)
-            self.lits: tuple = tuple(sorted(st.literals.items()))
-            self.masks = None
-            return
-        self.masks = tuple(st.masks.items())
-        self.masks_key = (len(st.globs), tuple(st.masks))
-        lits = []
-        for lit, t in sorted(st.literals.items()):
-            lits.append((lit, t, st.masks.get(glob_mask(st.globs, lit), st.default)))
-        self.lits = tuple(lits)
-        self.targets = tuple(t for _, t in self.masks) + (st.default,) + \
-            tuple(x for _, t, other in self.lits for x in (t, other))
+    def __init__(self, st: RawState, shapes: _Shapes):
+        index: dict[int, int] = {}
+        at = tuple([index.setdefault(t, len(index)) for t in st.masks.values()])
+        default_at = index.setdefault(st.default, len(index))
+        self.targets = tuple(index)
+        globs = shapes.globs(st.globs)
+        self.kind = shapes.kind((globs, tuple(st.masks), at, default_at))
+        self.lits = tuple((lit, t, st.masks.get(shapes.glob_mask(globs, lit), st.default))
+                          for lit, t in sorted(st.literals.items()))
 
-    def reduced(self, block: list[int], plans: Optional[dict] = None):
-        """Transitions in terms of blocks, without entries that change nothing. `plans`
-        memoises which globs matter per pattern of equal mask targets (see _glob_plan)."""
-        st = self.st
-        if self.masks is None:  # the common case, kept cheap: literals and a default
-            default = block[st.default]
-            lits = tuple((lit, block[t]) for lit, t in self.lits if block[t] != default)
-            return lits, (), (), default
-        blocks = [block[t] for _, t in self.masks]
+    def signature(self, block: list[int], shapes: _Shapes) -> tuple:
+        lits = tuple([(lit, block[t]) for lit, t, other in self.lits if block[t] != block[other]])
+        blocks = [block[t] for t in self.targets]
+        if len(blocks) == 1:
+            return shapes.plain, (), blocks[0], lits
         ids: dict[int, int] = {}
         pattern = tuple([ids.setdefault(b, len(ids)) for b in blocks])
-        key = (self.masks_key, pattern)
-        plan = plans.get(key) if plans is not None else None
-        if plan is None:
-            plan = _glob_plan(len(st.globs), [m for m, _ in self.masks], pattern)
-            if plans is not None:
-                plans[key] = plan
-        keep, projected = plan
-        reduced: dict[int, int] = {}
-        for pm, b in zip(projected, blocks):
-            reduced.setdefault(pm, b)
-        default = reduced.get(0, block[st.default])
-        globs = tuple(st.globs[i] for i in keep)
-        reduced_masks = tuple(sorted((m, b) for m, b in reduced.items() if b != default))
-        lits = tuple((lit, block[t]) for lit, t, other in self.lits if block[t] != block[other])
-        return lits, globs, reduced_masks, default
-
-    def signature(self, block: list[int], plans: Optional[dict] = None):
-        """The reduced transitions as a hashable value. For a state with globs (the costly
-        case) the last one is kept with the blocks of its targets, and reused while they
-        stay the same."""
-        if self.masks is not None:
-            key = tuple(block[t] for t in self.targets)
-            if self.last is not None and self.last[0] == key:
-                return self.last[1]
-        lits, globs, masks, default = self.reduced(block, plans)
-        sig = (lits, tuple(g.text for g in globs), masks, default)
-        if self.masks is not None:
-            self.last = (key, sig)
-        return sig
+        if len(ids) == 1:
+            return shapes.plain, (), blocks[0], lits
+        shape, at, default_at = shapes.plan(self.kind, pattern)
+        return shape, tuple([blocks[i] for i in at]), blocks[default_at], lits
 
 
-def _glob_plan(n: int, masks: list[int], pattern: tuple[int, ...]) -> tuple[list[int], list[int]]:
+def _glob_plan(n: int, masks: list[int], pattern: list[int]) -> tuple[list[int], list[int]]:
     """Which of n globs matter, given the masks of a state and which of them lead to the
     same block (`pattern`: equal numbers, same block): drop every glob whose outcome never
     depends on it (greedy in glob order, checked exactly; masks are compared on the kept
     bits only). -> (the globs kept, each mask projected onto them)."""
-    if all(p == 0 for p in pattern):
+    if len(set(pattern)) <= 1:
         keep: list[int] = []  # every name the globs can tell apart goes to one block
     else:
         kept = (1 << n) - 1

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from fpol.compiler import ops
 from fpol.compiler.classes import ClassTree, build_raw, tables
-from fpol.compiler.minimise import build, minimise
+from fpol.compiler.minimise import _Moves, _refine, _Shapes, build, minimise
 from fpol.compiler.driver import check
 from fpol.compiler.evaluate import Evaluator
 from fpol.compiler.paths import ANY, Glob, TooManyGlobStates, glob_combinations
@@ -241,6 +241,75 @@ def test_some_policies_minimise():
     assert merged > 0
 
 
+def _moore_blocks(raw, table) -> list[int]:
+    """Plain Moore refinement over minimise's own signatures: every state signed again
+    every round, no groups, no worklist (what _refine must compute faster)."""
+    shapes = _Shapes()
+    moves = [_Moves(st_, shapes) for st_ in raw]
+    ids: dict = {}
+    block = [ids.setdefault(t, len(ids)) for t in table]
+    while True:
+        ids = {}
+        new = [ids.setdefault((block[sid], mv.signature(block, shapes)), len(ids))
+               for sid, mv in enumerate(moves)]
+        if len(ids) == len(set(block)):
+            return new
+        block = new
+
+
+def _first_of_block(block: list[int]) -> list[int]:
+    """A partition as each state's first fellow: equal lists, equal partitions."""
+    first: dict[int, int] = {}
+    return [first.setdefault(b, sid) for sid, b in enumerate(block)]
+
+
+def check_refinement(policy) -> None:
+    raw = build_raw(policy)
+    table = tables(policy, raw)
+    block, _ = _refine(raw, table)
+    assert _first_of_block(block) == _first_of_block(_moore_blocks(raw, table))
+
+
+def test_refinement_with_cycles():
+    """States merged on cycles longer than one (`**` then `a`, `b`, ...): the worklist
+    refinement gives Moore's partition."""
+    text = 'deny read matching "/{x,y}/**/a/{b,c}/**/d"\ndeny write named "*.log"\n'
+    result = check(text, "p.fpol")
+    raw = build_raw(result.policy)
+
+    def succ(sid):
+        st_ = raw[sid]
+        return {*st_.literals.values(), *st_.masks.values(), st_.default}
+    assert any(t != sid and sid in succ(t) for sid in range(len(raw)) for t in succ(sid))
+    assert len(result.classes.classes) < len(raw)
+    check_refinement(result.policy)
+
+
+@pytest.mark.parametrize("path", POLICIES)
+def test_refinement_is_moore(path):
+    check_refinement(check(path.read_bytes(), path.name, origin=str(path)).policy)
+
+
+def test_named_globs_followed_where_they_change_the_rules_holding():
+    """build_raw follows a `named` glob's mask like the same mask without it, except where
+    the glob's terms can change the rules holding: below its rule's other term (an `under`
+    or a `matching` that ends at the name), where an except names it, or where it is a
+    rule's only term. Each case against the evaluator."""
+    text = """
+deny create named "*.key" under /a
+deny write named "*.key" matching "/b/*"
+allow create under /a/x except named "*.key"
+deny read named "*.log"
+deny delete under /c except named "*.tmp", named "*.bak"
+audit all named "*.pyc" under /d/e
+"""
+    result = check(text, "p.fpol")
+    assert result.ok, result.diagnostics
+    policy = result.policy
+    names = sorted(set(_vocabulary(policy)) | {b"x.key", b"y.tmp", b"z.pyc", b"w.log"})
+    assert compare_tree(policy, result.classes, names) > 0
+
+
 def test_enough_policies():
     assert len(POLICIES) >= 30
 
@@ -322,6 +391,7 @@ def test_random_policies_class_tree_agrees(text, paths):
                 want, got = ev.decision_at(path, atom, uid, gid), cls.decision(atom, subject)
                 assert _fields(got) == _fields(want), (text, path, uid, gid, atom, got, want)
     check_minimisation(policy, paths)
+    check_refinement(policy)
 
 
 @RANDOM
