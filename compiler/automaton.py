@@ -223,6 +223,19 @@ def holding_of(policy: Policy, pieces: tuple) -> Holding:
     return out
 
 
+def anchors_touched(policy: Policy, terms: frozenset) -> Optional[frozenset]:
+    """Where adding the pairs `terms` to an accepted set can change the rules holding or
+    the excepts hit: only where it already holds one of the returned pairs, the anchors of
+    the rules `terms` belong to (a rule holds, or hits an except, only where its anchor
+    holds). None when it can change them anywhere: a rule of one term, an unscoped rule
+    or an anchor is among them."""
+    sh = _shapes(policy)
+    touched = {ri for ri, _ in terms}
+    if terms & sh.simple or terms & sh.anchors or any(ri in touched for ri in sh.unscoped):
+        return None
+    return frozenset(p for p in sh.anchors if p[0] in touched)
+
+
 def excepts_hit(policy: Policy, accepted: frozenset) -> frozenset:
     """(rule index, except term index) for every except term that holds, where exactly the
     pairs `accepted` hold, of a rule whose scope terms all hold there: the except removes
@@ -243,5 +256,5 @@ def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
     return list(holding(policy, accepted).rules)
 
 
-__all__ = ["Holding", "Patterns", "closure", "collect", "excepts_hit", "fold_name", "fold_part",
-           "holding", "holding_of", "rules_holding"]
+__all__ = ["Holding", "Patterns", "anchors_touched", "closure", "collect", "excepts_hit",
+           "fold_name", "fold_part", "holding", "holding_of", "rules_holding"]

@@ -20,8 +20,8 @@ from .decide import Decision, DecisionTable, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, glob_mask
 from .policy import Policy, Rule
 from .errors import FpolError
-from .automaton import (Holding, closure as _closure, collect as _collect, excepts_hit,
-                        holding_of)
+from .automaton import (Holding, anchors_touched, closure as _closure, collect as _collect,
+                        excepts_hit, holding_of)
 from .subjects import Partition, partition
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
@@ -230,13 +230,29 @@ def _trailing_any(pattern: tuple) -> int:
     return k
 
 
+def _inert(globs: tuple, ending: dict, own: dict) -> tuple[int, dict, frozenset]:
+    """Of a state's globs, those that only end floating patterns (`ending`; no position of
+    the state moves by them, `own`): as bits, each bit's positions where its terms can
+    change the rules holding, and all those positions."""
+    bits, anchors_of = 0, {}
+    for i, g in enumerate(globs):
+        anchors = ending.get(g)
+        if anchors is not None and g not in own:
+            bits |= 1 << i
+            anchors_of[i] = anchors
+    return bits, anchors_of, frozenset().union(*anchors_of.values())
+
+
 def build_raw(policy: Policy) -> list[RawState]:
     """The subset construction. State 0 is the root.
 
     Positions of patterns that start with `**` and have matched only `**` so far
     ("floating": every `named` pattern, `matching "/**/x"`) are in every state. They
     are left out of the states' keys and their transitions are worked out once, so
-    a policy with many `named` rules does not pay for them at every state.
+    a policy with many `named` rules does not pay for them at every state. A floating
+    glob that ends its patterns (`named "*.key"`) only makes a name accept more terms,
+    which changes nothing below most states: its masks go where the same mask without
+    it does, unless the state holds an anchor of a rule those terms belong to.
 
     (Long on purpose: one algorithm whose interned sets and closures share its locals;
     split, they would be passed around or rebuilt at every state.)"""
@@ -256,6 +272,27 @@ def build_raw(policy: Policy) -> list[RawState]:
             part = parts[pid][k]
             table = float_glob if isinstance(part, Glob) else float_literal
             table.setdefault(part, []).append((pid, k + 1))
+    # For each glob whose floating positions all reach a pattern's end: the positions at
+    # whose acceptance its terms can change the rules holding (automaton.anchors_touched),
+    # or None when they can anywhere.
+    ends_of: dict = {}  # (rule index, term key) -> the positions accepting it
+    for pid, terms in enumerate(pats.terms_of):
+        for term in terms:
+            ends_of.setdefault(term, []).append((pid, len(parts[pid])))
+    float_end_positions = frozenset(p for p in floating if p[1] == len(parts[p[0]]))
+    ending: dict = {}
+    for part, adv in float_glob.items():
+        if all(k == len(parts[pid]) for pid, k in adv):
+            anchors = anchors_touched(policy, frozenset().union(*(pats.terms_of[pid]
+                                                                  for pid, _ in adv)))
+            if anchors is not None:
+                anchors = frozenset(p for term in anchors for p in ends_of[term])
+                if anchors & float_end_positions:
+                    anchors = None
+            ending[part] = anchors
+    float_globs = tuple(sorted(float_glob))
+    float_inert = _inert(float_globs, ending, {})
+    float_hits: dict[bytes, list] = {}  # a literal name -> where the floating globs it matches go
 
     # Positions in a pattern's trailing `**` run ("sticky": an `under` rule's scope once
     # its path has matched) stay in every state below the one that reached them. A state
@@ -333,11 +370,9 @@ def build_raw(policy: Policy) -> list[RawState]:
             lits, gl, ms, default, number = known
             states[sid] = RawState(key, accepted, lits, gl, ms, default, example, number, held)
             continue
-        base, by_literal, by_glob = set(), {}, {}
-        for part, adv in float_literal.items():
-            by_literal[part] = list(adv)
-        for part, adv in float_glob.items():
-            by_glob[part] = list(adv)
+        base: set = set()
+        by_literal: dict[bytes, list] = {}
+        own: dict[Glob, list] = {}  # the globs this state's positions move by
         for pid, k in positions:
             if k == len(parts[pid]):
                 continue
@@ -345,10 +380,16 @@ def build_raw(policy: Policy) -> list[RawState]:
             if part is ANY:
                 base.add((pid, k))
             elif isinstance(part, Glob):
-                by_glob.setdefault(part, []).append((pid, k + 1))
+                own.setdefault(part, []).append((pid, k + 1))
             else:
                 by_literal.setdefault(part, []).append((pid, k + 1))
-        globs = tuple(sorted(by_glob))
+        if own:
+            globs = tuple(sorted(float_glob.keys() | own.keys()))
+            by_glob = {g: float_glob.get(g, []) + own.get(g, []) for g in globs}
+            inert_bits, anchors_of, any_anchor = _inert(globs, ending, own)
+        else:
+            globs, by_glob = float_globs, float_glob
+            inert_bits, anchors_of, any_anchor = float_inert
         prefix = example.rstrip(b"/") + b"/"
 
         # closure(base | advanced) = closure(base) | closure(advanced): the base (positions
@@ -358,31 +399,53 @@ def build_raw(policy: Policy) -> list[RawState]:
         base_rest = base_closed - base_sticky
         base_sticky_id = intern_sticky(sticky | base_sticky) if base_sticky - sticky else sticky_id
 
-        def target(advanced, name: bytes) -> int:
+        def reach(advanced) -> tuple:
             reached = _closure(advanced, parts, at_any) - floating
             more = reached & sticky_all
             n = base_sticky_id
             if more and not more <= sticky_sets[n]:
                 n = intern_sticky(sticky_sets[n] | more)
-            return intern((n, base_rest | (reached - more)), prefix + name)
+            return (n, base_rest | (reached - more))
+
+        def blocking(key: tuple) -> int:
+            """The inert globs (bits) that can change the rules holding at `key`."""
+            n, moved = key
+            if any_anchor.isdisjoint(moved) and any_anchor.isdisjoint(sticky_sets[n]):
+                return 0
+            return sum(1 << i for i, a in anchors_of.items()
+                       if not (a.isdisjoint(moved) and a.isdisjoint(sticky_sets[n])))
 
         literals = {}
-        for lit in sorted(by_literal):
-            advanced = list(by_literal[lit])
-            for g in globs:
+        for lit in sorted(float_literal.keys() | by_literal.keys()):
+            hits = float_hits.get(lit)
+            if hits is None:
+                hits = float_hits[lit] = [p for g in float_globs if g.matches(lit)
+                                          for p in float_glob[g]]
+            advanced = float_literal.get(lit, []) + by_literal.get(lit, []) + hits
+            for g in own:
                 if g.matches(lit):
-                    advanced += by_glob[g]
-            literals[lit] = target(advanced, lit)
-        masks = {}
+                    advanced += own[g]
+            literals[lit] = intern(reach(advanced), prefix + lit)
+        masks: dict[int, int] = {}
+        keys: dict[int, tuple] = {}
+        blocked: dict[int, int] = {}
         combos = realisable_masks(globs)
         if any(w in literals for w in combos.values()):  # examples must not be literal names
             combos = glob_combinations([g.text for g in globs], frozenset(literals))
         for mask, witness in sorted(combos.items()):
+            rest = mask & ~inert_bits
+            if rest != mask and rest in keys:  # a smaller number: done already
+                if rest not in blocked:
+                    blocked[rest] = blocking(keys[rest])
+                if not mask & blocked[rest]:
+                    masks[mask] = masks[rest]
+                    continue
             advanced = [p for i, g in enumerate(globs) if mask >> i & 1 for p in by_glob[g]]
-            masks[mask] = target(advanced, witness)
+            keys[mask] = reach(advanced)
+            masks[mask] = intern(keys[mask], prefix + witness)
         default = masks.get(0)
         if default is None:
-            default = target([], b"\x01other")
+            default = intern(reach([]), prefix + b"\x01other")
         number = len(by_core)
         by_core[core] = (literals, globs, masks, default, number)
         states[sid] = RawState(key, accepted, literals, globs, masks, default, example, number,

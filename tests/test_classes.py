@@ -290,6 +290,26 @@ def test_refinement_is_moore(path):
     check_refinement(check(path.read_bytes(), path.name, origin=str(path)).policy)
 
 
+def test_named_globs_followed_where_they_change_the_rules_holding():
+    """build_raw follows a `named` glob's mask like the same mask without it, except where
+    the glob's terms can change the rules holding: below its rule's other term (an `under`
+    or a `matching` that ends at the name), where an except names it, or where it is a
+    rule's only term. Each case against the evaluator."""
+    text = """
+deny create named "*.key" under /a
+deny write named "*.key" matching "/b/*"
+allow create under /a/x except named "*.key"
+deny read named "*.log"
+deny delete under /c except named "*.tmp", named "*.bak"
+audit all named "*.pyc" under /d/e
+"""
+    result = check(text, "p.fpol")
+    assert result.ok, result.diagnostics
+    policy = result.policy
+    names = sorted(set(_vocabulary(policy)) | {b"x.key", b"y.tmp", b"z.pyc", b"w.log"})
+    assert compare_tree(policy, result.classes, names) > 0
+
+
 def test_enough_policies():
     assert len(POLICIES) >= 30
 
