@@ -28,7 +28,7 @@ from .paths import glob_mask
 from .decide import Decision, DecisionTable
 from .driver import no_collections
 from .memo import ByValue
-from .moves import Strictness
+from .moves import AlikeSlots, Strictness, alike_slots
 from .policy import Policy
 from .subjects import realise_subjects
 
@@ -90,23 +90,23 @@ class Row:
     groups: list[tuple[int, list[str], str]]
 
 
-def _row(rid: int, table: tuple, who) -> Row:
-    slots_of: dict[Decision, list[int]] = {}  # decision -> its slots
-    for i, d in enumerate(table):
-        slots_of.setdefault(d, []).append(i)
-    by_word: dict[int, list[int]] = {}
+def _row(rid: int, reps: tuple, alike: AlikeSlots, words: dict[int, tuple[Decision, int, str]]
+         ) -> Row:
+    """`reps`: the row's decision per group of alike slots; `words`: per decision object (by
+    id), its word and what decided it. Equal decisions have equal words, so grouping the
+    slots by word groups equal decisions."""
+    slots_of: dict[int, list[int]] = {}  # word -> its slots (its first group's first)
     why: dict[int, str] = {}
-    for slots in slots_of.values():
-        d = table[slots[0]]
-        rule = d.rules[0] if d.rules else None
-        word = pack(d, rule)
-        if word in by_word:  # two decision objects, one word: merge, in slot order
-            by_word[word] = sorted(by_word[word] + slots)
+    for d, slots in zip(reps, alike.slots):
+        _, word, text = words[id(d)]
+        have = slots_of.get(word)
+        if have is None:
+            slots_of[word] = list(slots)
+            why[word] = text
         else:
-            by_word[word] = slots
-            why[word] = f"{d.short()} ({who(rule)})"
-    order = sorted(by_word, key=lambda w: (-len(by_word[w]), by_word[w][0]))
-    return Row(rid, [(w, [ops.ATOMS[i] for i in by_word[w]], why[w]) for w in order])
+            have += slots
+    order = sorted(slots_of, key=lambda w: (-len(slots_of[w]), slots_of[w][0]))
+    return Row(rid, [(w, [ops.ATOMS[i] for i in sorted(slots_of[w])], why[w]) for w in order])
 
 
 @dataclass
@@ -459,8 +459,19 @@ def _rows(tree: ClassTree, source_name: str):
     row_tables: list[tuple] = []
     class_rows: list[tuple[int, ...]] = []
 
+    # Each decision object's word and comment, once (rows share their decision objects;
+    # an entry keeps its object alive, so the id is not reused).
+    words: dict[int, tuple[Decision, int, str]] = {}
+
+    alike = alike_slots(tree)
+
     def new_row(t: tuple) -> int:
-        rows.append(_row(len(rows), t, who))
+        reps = alike.pick(t)
+        for d in reps:
+            if id(d) not in words:
+                rule = d.rules[0] if d.rules else None
+                words[id(d)] = (d, pack(d, rule), f"{d.short()} ({who(rule)})")
+        rows.append(_row(len(rows), reps, alike, words))
         row_tables.append(t)
         return len(rows) - 1
 
@@ -602,6 +613,7 @@ class _Planner:
         self.programs: dict[tuple, Program] = {}
         self._runtime_ids: dict[tuple, int] = {}
         self._runtime_of = ByValue()  # Decision -> int
+        self.alike = alike_slots(tree)
         self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
         self.by_name: dict[str, Program] = {}
@@ -673,7 +685,12 @@ class _Planner:
     def row_runtime(self, row: tuple) -> tuple[int, ...]:
         """`runtime` of every decision of one row (rows are interned and shared by many
         tables and subject classes: worked out once per row)."""
-        return self._row_runtime.get(row, lambda r: tuple(self.runtime(d) for d in r))
+        return self._row_runtime.get(row, self._runtimes)
+
+    def _runtimes(self, row: tuple) -> tuple[int, ...]:
+        # once per group of alike slots (in slot order, as the ids were ever numbered)
+        per_group = [self.runtime(d) for d in self.alike.pick(row)]
+        return tuple(map(per_group.__getitem__, self.alike.group_of))
 
     def table_runtime(self, table: DecisionTable) -> tuple:
         """What a table's decisions do at run time, for every subject class, as a key."""

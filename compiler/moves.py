@@ -15,13 +15,15 @@ destination's own rules judge. One meaning, in two forms:
 
 from __future__ import annotations
 
-from typing import Optional
+import operator
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from . import ops
 from .classes import Class, ClassTree
 from .decide import decide
 from .policy import STRICTNESS
-from .memo import ByValue
+from .memo import ByValue, derived
 from .product import Product, Reach
 
 
@@ -54,6 +56,44 @@ def gain(evaluator, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: boo
     return None
 
 
+@dataclass(frozen=True)
+class AlikeSlots:
+    """The slots (atoms) of a tree's rows grouped where every row of the tree has the same
+    decision object: a policy's rules tell few groups of atoms apart (decide.atom_kinds),
+    so what is worked out per decision of a row is worked out once per group. Groups are
+    in order of their first slot."""
+
+    first: tuple[int, ...]  # per group, its first slot
+    group_of: tuple[int, ...]  # per slot, its group
+    slots: tuple[tuple[int, ...], ...]  # per group, its slots
+    pick: Callable[[tuple], tuple]  # a row -> its decision per group
+
+
+def alike_slots(tree: ClassTree) -> AlikeSlots:
+    """AlikeSlots of every row of `tree` (memoised on it). Only the tree's rows may be
+    picked (or, with one subject class, its tables: the table is its one row)."""
+    def make() -> AlikeSlots:
+        rows = {id(r): r for c in tree.classes for r in c.table.rows}.values()
+        columns = list(zip(*rows))
+        groups: list[list[int]] = []
+        for i, column in enumerate(columns):
+            # by identity: equal decisions are mostly one object, and __eq__ is slow
+            same = next((g for g in groups if all(map(operator.is_, columns[g[0]], column))),
+                        None)
+            if same is None:
+                groups.append([i])
+            else:
+                same.append(i)
+        group_of = [0] * len(columns)
+        for n, g in enumerate(groups):
+            for i in g:
+                group_of[i] = n
+        first = tuple(g[0] for g in groups)
+        pick = operator.itemgetter(*first) if len(first) > 1 else lambda r: (r[first[0]],)
+        return AlikeSlots(first, tuple(group_of), tuple(map(tuple, groups)), pick)
+    return derived(tree, "_alike_slots", make)
+
+
 class Strictness:
     """`at_least_as_strict(d, s)`: every node under d is judged at least as strictly as the
     node at the same relative path under s, for every atom (the relation moves need).
@@ -68,6 +108,7 @@ class Strictness:
         self.tree = tree
         self.fold = tree.policy.case_insensitive
         self.product = Product(tree, tree)
+        self.alike = alike_slots(tree)
         self.memo: dict[tuple[int, int], bool] = {}
         self.rows: dict[tuple[int, int], bool] = {}  # vector a ⪰ vector b, by vector ids
         self.fanned: set[tuple[int, int]] = set()  # (d, t): every child of d ⪰ class t, proven
@@ -100,9 +141,10 @@ class Strictness:
         return v
 
     def _row_vector(self, row: tuple) -> int:
-        """The id of a row's strictness per atom."""
+        """The id of a row's strictness per group of alike atoms (comparing those compares
+        every atom: the others repeat them)."""
         return self._row_vector_of.get(
-            row, lambda r: self._row_id(tuple(STRICTNESS[d.kind] for d in r)))
+            row, lambda r: self._row_id(tuple(STRICTNESS[d.kind] for d in self.alike.pick(r))))
 
     def _row_id(self, vec: tuple) -> int:
         n = self._row_vectors.get(vec)
