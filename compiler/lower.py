@@ -90,23 +90,30 @@ class Row:
     groups: list[tuple[int, list[str], str]]
 
 
-def _row(rid: int, reps: tuple, alike: AlikeSlots, words: dict[int, tuple[Decision, int, str]]
-         ) -> Row:
+def _row(rid: int, reps: tuple, alike: AlikeSlots, words: dict[int, tuple[Decision, int, str]],
+         layouts: dict[tuple[int, ...], list[tuple[int, list[str]]]]) -> Row:
     """`reps`: the row's decision per group of alike slots; `words`: per decision object (by
     id), its word and what decided it. Equal decisions have equal words, so grouping the
-    slots by word groups equal decisions."""
-    slots_of: dict[int, list[int]] = {}  # word -> its slots (its first group's first)
-    why: dict[int, str] = {}
-    for d, slots in zip(reps, alike.slots):
-        _, word, text = words[id(d)]
-        have = slots_of.get(word)
-        if have is None:
-            slots_of[word] = list(slots)
-            why[word] = text
-        else:
-            have += slots
-    order = sorted(slots_of, key=lambda w: (-len(slots_of[w]), slots_of[w][0]))
-    return Row(rid, [(w, [ops.ATOMS[i] for i in sorted(slots_of[w])], why[w]) for w in order])
+    slots by word groups equal decisions. Rows whose groups share words alike have one
+    layout (`layouts`, by which groups share)."""
+    of_group = [words[id(d)] for d in reps]
+    first: dict[int, int] = {}  # word -> its first group
+    pattern = tuple([first.setdefault(word, g) for g, (_, word, _) in enumerate(of_group)])
+    layout = layouts.get(pattern)
+    if layout is None:
+        layout = layouts[pattern] = _layout(pattern, alike)
+    return Row(rid, [(of_group[g][1], list(atoms), of_group[g][2]) for g, atoms in layout])
+
+
+def _layout(pattern: tuple[int, ...], alike: AlikeSlots) -> list[tuple[int, list[str]]]:
+    """Per word of a row whose groups share words as `pattern` says (each group's first
+    group with its word): that first group (its decision says what decided) and the
+    word's atoms; the most common word first, then by first slot."""
+    slots_of: dict[int, list[int]] = {}
+    for g, f in enumerate(pattern):
+        slots_of.setdefault(f, []).extend(alike.slots[g])
+    order = sorted(slots_of, key=lambda f: (-len(slots_of[f]), alike.first[f]))
+    return [(f, [ops.ATOMS[i] for i in sorted(slots_of[f])]) for f in order]
 
 
 @dataclass
@@ -343,13 +350,13 @@ def _detail_slots():
 OPEN_SLOTS, CREATE_SLOTS, ACCESS_SLOTS = _detail_slots()
 
 
-def _daemon_lookup(table: tuple) -> bool:
+def _daemon_lookup(row: tuple, alike: AlikeSlots) -> bool:
     """Ops redirected to userspace reach the daemon carrying the object's nodeid, which
     only the daemon can assign (the kernel's own lookups give nodeid 0): `instead`, as
     ordinary requests it must resolve; `before` and `after`, as filter requests whose
     events must name the object's path. So the daemon must look such objects up."""
-    return any(d.kind == "userspace"
-               for atom, d in zip(ops.ATOMS, table) if atom != "lookup")
+    return any(d.kind == "userspace" for d, slots in zip(alike.pick(row), alike.slots)
+               if slots != (SLOT["lookup"],))
 
 
 def _daemon_named(classes, strict, row_daemon: list[bool],
@@ -404,7 +411,8 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     globs, glob_classes = _glob_functions(classes, strict)
     glob_data = _glob_data(globs, glob_classes)
 
-    daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t) for t in row_tables],
+    alike = alike_slots(tree)
+    daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t, alike) for t in row_tables],
                                   class_rows)
     infos = [ClassInfo(c.id, class_row[c.id], c.default,
                        strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
@@ -462,6 +470,7 @@ def _rows(tree: ClassTree, source_name: str):
     # Each decision object's word and comment, once (rows share their decision objects;
     # an entry keeps its object alive, so the id is not reused).
     words: dict[int, tuple[Decision, int, str]] = {}
+    layouts: dict[tuple[int, ...], list[tuple[int, list[str]]]] = {}
 
     alike = alike_slots(tree)
 
@@ -471,7 +480,7 @@ def _rows(tree: ClassTree, source_name: str):
             if id(d) not in words:
                 rule = d.rules[0] if d.rules else None
                 words[id(d)] = (d, pack(d, rule), f"{d.short()} ({who(rule)})")
-        rows.append(_row(len(rows), reps, alike, words))
+        rows.append(_row(len(rows), reps, alike, words, layouts))
         row_tables.append(t)
         return len(rows) - 1
 
@@ -628,7 +637,6 @@ class _Planner:
         self.steps: list[_NamespaceStep] = []  # the namespace hooks, in member order (prepare)
         self.questions: list[tuple[str, str]] = []  # (kind, op) each asks once per class
         self._signature_ids: dict[tuple, int] = {}
-        self._row_runtime = ByValue()  # row of decisions -> tuple[int, ...]
         self._table_runtime: dict[DecisionTable, tuple] = {}
 
     def runtime(self, d: Decision) -> int:
@@ -683,12 +691,9 @@ class _Planner:
         return by_slot[SLOT[atom]]
 
     def row_runtime(self, row: tuple) -> tuple[int, ...]:
-        """`runtime` of every decision of one row (rows are interned and shared by many
-        tables and subject classes: worked out once per row)."""
-        return self._row_runtime.get(row, self._runtimes)
-
-    def _runtimes(self, row: tuple) -> tuple[int, ...]:
-        # once per group of alike slots (in slot order, as the ids were ever numbered)
+        """`runtime` of every decision of one row: worked out once per group of alike
+        slots (in slot order, as the ids were ever numbered), which is quicker than
+        hashing the row to find it again."""
         per_group = [self.runtime(d) for d in self.alike.pick(row)]
         return tuple(map(per_group.__getitem__, self.alike.group_of))
 
@@ -1116,31 +1121,31 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
     a child's instance is the same whichever class of the block its parent is in: fuse-bpf
     attaching the instance of a block, or inheriting it, is attaching the class's own."""
     classes = tree.classes
-    by_table: dict[DecisionTable, tuple] = {}
+    by_table: dict[DecisionTable, int] = {}  # table -> its runtime's number
+    runtimes: dict[tuple, int] = {}
+    # The first partition: what a class's own programs read. Refining it by the children's
+    # blocks (Moore) then gives the coarsest partition that is also stable under them.
     labels: dict[tuple, int] = {}
-    shapes: dict[tuple, int] = {}
     block: list[int] = []
-    static: list[tuple[int, tuple[int, ...]]] = []
+    children: list[tuple[int, ...]] = []
+    at_least = strict.at_least_as_strict
     for c, info in zip(classes, infos):
         runtime = by_table.get(c.table)
         if runtime is None:
-            runtime = by_table[c.table] = table_runtime(c.table)
-        block.append(labels.setdefault((runtime, info.daemon_lookup), len(labels)))
-        entries: list[tuple[object, int, bool]] = [
-            (lit, t, strict.at_least_as_strict(c.id, t)) for lit, t in c.literals]
-        entries += [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
-        entries.append((None, c.default, info.default_inherit_ok))
-        targets = tuple(t for _, t, _ in entries)
-        first: dict[int, int] = {c.id: -1}
-        shape = (tuple(g.text for g in c.globs),
-                 tuple((key, first.setdefault(t, i), ok) for i, (key, t, ok) in enumerate(entries)))
-        static.append((shapes.setdefault(shape, len(shapes)), targets))
+            runtime = by_table[c.table] = runtimes.setdefault(table_runtime(c.table), len(runtimes))
+        cid = c.id
+        targets = (*[t for _, t in c.literals], *[t for _, t in c.masks], c.default)
+        first: dict[int, int] = {cid: -1}
+        shape = (tuple([g.text for g in c.globs]), tuple([n for n, _ in c.literals]),
+                 tuple([m for m, _ in c.masks]), tuple([first.setdefault(t, i) for i, t in enumerate(targets)]),
+                 tuple([at_least(cid, t) for t in targets[:-1]]), info.default_inherit_ok)
+        block.append(labels.setdefault((runtime, info.daemon_lookup, shape), len(labels)))
+        children.append(targets)
     count = len(labels)
     while True:
         sigs: dict[tuple, int] = {}
-        new = [sigs.setdefault((block[i], shape, tuple(block[t] for t in targets)), len(sigs))
-               for i, (shape, targets) in enumerate(static)]
-        block = new
+        block = [sigs.setdefault((block[i], *map(block.__getitem__, targets)), len(sigs))
+                 for i, targets in enumerate(children)]
         if len(sigs) == count:
             break
         count = len(sigs)

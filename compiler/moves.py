@@ -122,7 +122,6 @@ class Strictness:
         # vectors are few and compared pairwise once (they are what a vector's id names).
         self._row_vectors: dict[tuple, int] = {}
         self._row_vector_by_id: list[tuple] = []
-        self._row_vector_of = ByValue()  # row of decisions -> row vector id
         self._row_ge: dict[tuple[int, int], bool] = {}
         self._row_meets: dict[tuple[int, int, bool], int] = {}
         self._bounds: Optional[tuple[list[int], list[int]]] = None
@@ -142,9 +141,8 @@ class Strictness:
 
     def _row_vector(self, row: tuple) -> int:
         """The id of a row's strictness per group of alike atoms (comparing those compares
-        every atom: the others repeat them)."""
-        return self._row_vector_of.get(
-            row, lambda r: self._row_id(tuple(STRICTNESS[d.kind] for d in self.alike.pick(r))))
+        every atom: the others repeat them). Made afresh: quicker than hashing the row."""
+        return self._row_id(tuple([STRICTNESS[d.kind] for d in self.alike.pick(row)]))
 
     def _row_id(self, vec: tuple) -> int:
         n = self._row_vectors.get(vec)
@@ -221,7 +219,10 @@ class Strictness:
                 for c in range(len(classes) - 1, -1, -1):
                     lo, hi = floor[c], ceiling[c]
                     for t in targets[c]:
-                        lo, hi = meet(lo, floor[t]), meet(hi, ceiling[t], False)
+                        if floor[t] != lo:  # (mostly equal: no call)
+                            lo = meet(lo, floor[t])
+                        if ceiling[t] != hi:
+                            hi = meet(hi, ceiling[t], False)
                     if lo != floor[c] or hi != ceiling[c]:
                         floor[c], ceiling[c] = lo, hi
                         changed = True
@@ -231,8 +232,8 @@ class Strictness:
     def _settled(self, d: int, s: int) -> bool:
         """Every class below d (d too) is at least as strict as every class below s (s
         too): every pair the walk from (d, s) could reach holds."""
-        floor, ceiling = self._bounds_of()
-        return self._vector_ge(floor[d], ceiling[s])
+        bounds = self._bounds or self._bounds_of()
+        return self._vector_ge(bounds[0][d], bounds[1][s])
 
     # --- the walk --------------------------------------------------------------------
 
