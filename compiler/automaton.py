@@ -209,12 +209,13 @@ def holding_of(policy: Policy, pieces: tuple) -> Holding:
                                     tuple(ri for ri, _ in piece & sh.anchors))
         found |= parts[0]
         candidates += parts[1]
-    shapes = sh.shapes
-    for ri in candidates:
-        need, excl = shapes[ri]
-        if all(any(p in piece for piece in pieces) for p in need) and \
-                not any(p in piece for piece in pieces for p in excl):
-            found.add(ri)
+    if candidates:
+        accepted = frozenset().union(*pieces)
+        shapes = sh.shapes
+        for ri in candidates:
+            need, excl = shapes[ri]
+            if need <= accepted and accepted.isdisjoint(excl):
+                found.add(ri)
     indexes = frozenset(found)
     out = sh.by_indexes.get(indexes)
     if out is None:

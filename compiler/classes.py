@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from . import ops
-from .decide import Decision, DecisionTable, decide_table
+from .decide import Decision, DecisionTable, atom_kinds, decide_table
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, glob_mask
 from .policy import Policy, Rule
 from .errors import FpolError
@@ -315,10 +315,12 @@ def build_raw(policy: Policy) -> list[RawState]:
         return n
 
     accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
+    by_pieces: dict[tuple, tuple] = {}  # accepted pieces -> (accepted, holding, excepts hit)
     by_core: dict[tuple, tuple] = {}  # (sticky set id, moving positions) -> transitions
     ids: dict[tuple, int] = {}  # (sticky set id, positions) -> state
     by_behaviour: dict[tuple, int] = {}  # (core, rules holding, excepts hit) -> state
     terms_of = pats.terms_of
+    ends = frozenset((pid, len(pattern)) for pid, pattern in enumerate(parts)) - sticky_all
     has_excepts = any(r.excepts for r in policy.rules)
     states: list[Optional[RawState]] = []
     queue: deque = deque()
@@ -332,17 +334,19 @@ def build_raw(policy: Policy) -> list[RawState]:
         sid = ids.get(key)
         if sid is None:
             sticky_id, positions = key
-            # What the positions accept, in interned pieces; the union is made only for a
-            # new state (or to find the except terms hit, when a rule has any).
+            # What the positions accept, in interned pieces: states of one sticky set and
+            # one set of patterns ending here (few, many states each) accept alike.
+            ending = positions & ends
             pieces = (float_accepted, sticky_accepted[sticky_id]) + tuple(
-                terms_of[pid] for pid, k in positions if k == len(parts[pid]))
-            accepted = None
-            hits: frozenset = frozenset()
-            if has_excepts:
+                terms_of[pid] for pid, _ in ending)
+            alike = by_pieces.get(pieces)
+            if alike is None:
                 accepted = frozenset().union(*pieces)
-                hits = excepts_hit(policy, accepted)
-            core = (sticky_id, frozenset(p for p in positions if p[1] < len(parts[p[0]])))
-            held = holding_of(policy, pieces)
+                accepted = accepted_sets.setdefault(accepted, accepted)
+                hits = excepts_hit(policy, accepted) if has_excepts else frozenset()
+                alike = by_pieces[pieces] = (accepted, holding_of(policy, pieces), hits)
+            accepted, held, hits = alike
+            core = (sticky_id, positions - ending)
             behaviour = (core, held, hits)
             sid = by_behaviour.get(behaviour)
             if sid is None:
@@ -350,9 +354,6 @@ def build_raw(policy: Policy) -> list[RawState]:
                 if sid >= MAX_STATES:
                     raise TooComplex(f"more than {MAX_STATES} classes")
                 states.append(None)
-                if accepted is None:
-                    accepted = frozenset().union(*pieces)
-                accepted = accepted_sets.setdefault(accepted, accepted)
                 queue.append((sid, key, example, accepted, core, held))
             ids[key] = sid
         return sid
@@ -361,7 +362,7 @@ def build_raw(policy: Policy) -> list[RawState]:
     intern((intern_sticky(first & sticky_all), first - sticky_all), b"/")
     while queue:
         sid, key, example, accepted, core, held = queue.popleft()
-        sticky_id, positions = key
+        sticky_id = key[0]
         sticky = sticky_sets[sticky_id]
         # States of one core have the same transitions, worked out once: the first such
         # state interned every target, so the others would find them all.
@@ -373,9 +374,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         base: set = set()
         by_literal: dict[bytes, list] = {}
         own: dict[Glob, list] = {}  # the globs this state's positions move by
-        for pid, k in positions:
-            if k == len(parts[pid]):
-                continue
+        for pid, k in core[1]:
             part = parts[pid][k]
             if part is ANY:
                 base.add((pid, k))
@@ -466,6 +465,9 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     memo: dict[Holding, DecisionTable] = {}  # Holdings are interned: one per rule set
     # Equal rows are one object with a number, and tables are interned by their rows'
     # numbers (a table of many subject classes is long: hashing its decisions would dominate).
+    # Rows are told apart by their atom kinds' decisions: atoms of one kind are decided alike
+    # (decide.AtomKinds), and hashing a decision is a Python call.
+    slots = atom_kinds(policy).slot
     rows: dict[tuple[Decision, ...], tuple[tuple[Decision, ...], int]] = {}
     interned: dict[tuple[int, ...], DecisionTable] = {}
     out = []
@@ -486,7 +488,8 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
                 row = decided.get(which)
                 if row is None:
                     made = decide_table(policy, subjects.select(rules, s))
-                    row = decided[which] = rows.setdefault(made, (made, len(rows)))
+                    row = decided[which] = rows.setdefault(tuple(made[i] for i in slots),
+                                                           (made, len(rows)))
                 per_subject.append(row[0])
                 numbers.append(row[1])
             t = interned.get(tuple(numbers))
