@@ -277,7 +277,12 @@ class Strictness:
     def _follow(self, reach: Reach, d: int, s: int, fans: list[tuple[int, int]]) -> bool:
         """Add the pairs (d, s) leads to; False when it is refuted on the way."""
         cd, cs = self.tree.classes[d], self.tree.classes[s]
+        fold = self.fold
         if cs.globs or (cs.literals and len(cd.literals) <= 32):
+            # s's own names first: where a stricter subtree hides it is usually behind one
+            # of them, and they are few (d's names and the glob witnesses are many).
+            if any(self._refutes((cd.child(n, fold), t)) for n, t in cs.literals):
+                return False
             reach.follow(self.product.successors(d, s))
             return True
         # Names s does not list take it to its default class: pair that with each of d's
@@ -296,9 +301,18 @@ class Strictness:
                 reach.follow([(t, cs.default) for t in self.targets(cd)])
         # s's own names last, so they are explored first: where a stricter subtree
         # hides, it is usually behind one of them.
-        fold = self.fold
         reach.follow([(cd.child(n, fold), t) for n, t in cs.literals])
         return True
+
+    def _refutes(self, pair: tuple[int, int]) -> bool:
+        """Pair (d, s) is known not to hold, or its own rows say so."""
+        d, s = pair
+        if d == s:
+            return False
+        known = self.memo.get(pair)
+        if known is not None:
+            return not known
+        return not self._row_ok(self.tree.classes[d], self.tree.classes[s])
 
     def _uniform(self, cid: int) -> bool:
         """Every descendant of class `cid` is in class `cid`."""
