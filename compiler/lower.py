@@ -15,6 +15,7 @@ objects and moves ("no gain by moving") are decided here as well.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -406,16 +407,16 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     classes = tree.classes
 
     rows, row_tables, class_rows, class_row, rowsets = _rows(tree, source_name)
-    literals, pool = _literals(classes, strict)
+    inherit = _inherit_ok(classes, strict)
+    literals, pool = _literals(classes, inherit)
     table, probes = _literal_table(literals)
-    globs, glob_classes = _glob_functions(classes, strict)
+    globs, glob_classes = _glob_functions(classes, inherit)
     glob_data = _glob_data(globs, glob_classes)
 
     alike = alike_slots(tree)
     daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t, alike) for t in row_tables],
                                   class_rows)
-    infos = [ClassInfo(c.id, class_row[c.id], c.default,
-                       strict.at_least_as_strict(c.id, c.default), daemon_lookup[c.id],
+    infos = [ClassInfo(c.id, class_row[c.id], c.default, inherit[c.id][-1], daemon_lookup[c.id],
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
     for info in infos:
@@ -423,7 +424,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
         if glob_run:
             info.glob_first, info.nglobs, info.mask_first, info.nmasks = glob_run
 
-    make_plan = _programs(tree, abi, infos, strict)
+    make_plan = _programs(tree, abi, infos, strict, inherit)
     return Model(
         policy=policy, tree=tree, abi=abi, version=__version__,
         source_name=source_name or policy.file,
@@ -509,26 +510,38 @@ def _rows(tree: ClassTree, source_name: str):
     return rows, row_tables, class_rows, class_row, rowsets
 
 
-def _literals(classes, strict: Strictness) -> tuple[list[LiteralEntry], bytearray]:
+def _inherit_ok(classes, strict: Strictness) -> list[tuple[bool, ...]]:
+    """Per class, per transition (its literals', then its masks', then its default's child):
+    may the child keep the class's instance, being at least as strict (moves.Strictness)."""
+    out = []
+    at_least = strict.at_least_as_strict
+    for c in classes:
+        cid = c.id
+        out.append((*[at_least(cid, t) for _, t in c.literals],
+                    *[at_least(cid, t) for _, t in c.masks], at_least(cid, c.default)))
+    return out
+
+
+def _literals(classes, inherit: list[tuple[bool, ...]]) -> tuple[list[LiteralEntry], bytearray]:
     """Literal transitions, sorted, and the pool of their names."""
     literals: list[LiteralEntry] = []
     pool = bytearray()
     pool_index: dict[bytes, tuple[int, int]] = {}  # name -> (offset, hash)
     for c in classes:
-        for name, child in c.literals:
+        for (name, child), ok in zip(c.literals, inherit[c.id]):
             at = pool_index.get(name)
             if at is None:
                 at = pool_index[name] = (len(pool), fnv1a(name))
                 pool += name
             off, name_hash = at
-            literals.append(LiteralEntry(c.id, name_hash, off, len(name), child,
-                                         strict.at_least_as_strict(c.id, child),
+            literals.append(LiteralEntry(c.id, name_hash, off, len(name), child, ok,
                                          name.decode("utf-8", "backslashreplace")))
     literals.sort(key=lambda e: (e.cls, e.hash, e.length, e.offset))
     return literals, pool
 
 
-def _glob_functions(classes, strict: Strictness) -> tuple[list[GlobFunc], list[GlobClass]]:
+def _glob_functions(classes, inherit: list[tuple[bool, ...]]
+                    ) -> tuple[list[GlobFunc], list[GlobClass]]:
     """Glob functions (one per distinct glob) and the classes that test them."""
     glob_ids: dict[bytes, int] = {}
     globs: list[GlobFunc] = []
@@ -544,7 +557,7 @@ def _glob_functions(classes, strict: Strictness) -> tuple[list[GlobFunc], list[G
                 segs = g.text.split(b"*")
                 globs.append(GlobFunc(gid, g.text.decode("utf-8", "backslashreplace"), segs))
             ids.append(gid)
-        masks = [(m, t, strict.at_least_as_strict(c.id, t)) for m, t in c.masks]
+        masks = [(m, t, ok) for (m, t), ok in zip(c.masks, inherit[c.id][len(c.literals):])]
         glob_classes.append(GlobClass(c.id, ids, masks))
     return globs, glob_classes
 
@@ -621,7 +634,9 @@ class _Planner:
         self.classes = tree.classes
         self.programs: dict[tuple, Program] = {}
         self._runtime_ids: dict[tuple, int] = {}
-        self._runtime_of = ByValue()  # Decision -> int
+        # Decision object (by id) -> (it, kept alive so the id is not reused; its runtime):
+        # rows share their decision objects, and this needs no Python call to find one.
+        self._runtime_of: dict[int, tuple[Decision, int]] = {}
         self.alike = alike_slots(tree)
         self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
@@ -643,13 +658,14 @@ class _Planner:
         """What a program does with a decision, as a small number: its return code, and for
         audited decisions the event it sends (which names the rule). Programs whose decisions
         agree on this may be shared between instances even when different rules decided."""
-        return self._runtime_of.get(d, self._runtime_id)
+        return (self._runtime_of.get(id(d)) or self._runtime_entry(d))[1]
 
-    def _runtime_id(self, d: Decision) -> int:
+    def _runtime_entry(self, d: Decision) -> tuple[Decision, int]:
         keep_rule = d.audit and d.rules
         key = (d.kind, d.errno, d.mode, d.audit, d.rules[0] if keep_rule else None,
                d.audit_rules if d.audit else (), d.complained)
-        return self._runtime_ids.setdefault(key, len(self._runtime_ids))
+        entry = self._runtime_of[id(d)] = (d, self._runtime_ids.setdefault(key, len(self._runtime_ids)))
+        return entry
 
     def namespace_signature(self, c: Class, kind: str, op: str, stricter: list[bool]
                             ) -> Optional[tuple]:
@@ -694,7 +710,8 @@ class _Planner:
         """`runtime` of every decision of one row: worked out once per group of alike
         slots (in slot order, as the ids were ever numbered), which is quicker than
         hashing the row to find it again."""
-        per_group = [self.runtime(d) for d in self.alike.pick(row)]
+        known = self._runtime_of
+        per_group = [(known.get(id(d)) or self._runtime_entry(d))[1] for d in self.alike.pick(row)]
         return tuple(map(per_group.__getitem__, self.alike.group_of))
 
     def table_runtime(self, table: DecisionTable) -> tuple:
@@ -1103,7 +1120,7 @@ _OBJECT_DECISIONS = operator.itemgetter(*sorted({
 SHARING = True
 
 
-def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictness,
+def _shared_instances(tree: ClassTree, infos: list[ClassInfo], inherit: list[tuple[bool, ...]],
                       table_runtime) -> list[int]:
     """Per class, the class whose fuse_ops instance it uses: the smallest class of its block
     in the coarsest partition where classes of one block behave identically to every program
@@ -1128,7 +1145,6 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
     labels: dict[tuple, int] = {}
     block: list[int] = []
     children: list[tuple[int, ...]] = []
-    at_least = strict.at_least_as_strict
     for c, info in zip(classes, infos):
         runtime = by_table.get(c.table)
         if runtime is None:
@@ -1138,14 +1154,21 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
         first: dict[int, int] = {cid: -1}
         shape = (tuple([g.text for g in c.globs]), tuple([n for n, _ in c.literals]),
                  tuple([m for m, _ in c.masks]), tuple([first.setdefault(t, i) for i, t in enumerate(targets)]),
-                 tuple([at_least(cid, t) for t in targets[:-1]]), info.default_inherit_ok)
+                 inherit[cid])
         block.append(labels.setdefault((runtime, info.daemon_lookup, shape), len(labels)))
         children.append(targets)
-    count = len(labels)
+    # A class alone in its block stays alone: only the others are refined, their blocks
+    # numbered after the labels.
+    sizes = Counter(block)
+    active = [i for i, b in enumerate(block) if sizes[b] > 1]
+    count = len({block[i] for i in active})
     while True:
         sigs: dict[tuple, int] = {}
-        block = [sigs.setdefault((block[i], *map(block.__getitem__, targets)), len(sigs))
-                 for i, targets in enumerate(children)]
+        new = [len(labels) + sigs.setdefault((block[i], *map(block.__getitem__, children[i])),
+                                             len(sigs))
+               for i in active]
+        for i, b in zip(active, new):
+            block[i] = b
         if len(sigs) == count:
             break
         count = len(sigs)
@@ -1153,8 +1176,8 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], strict: Strictnes
     return [rep.setdefault(b, i) for i, b in enumerate(block)]
 
 
-def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness
-              ) -> Callable[[], tuple[list[Program], list[Instance]]]:
+def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictness,
+              inherit: list[tuple[bool, ...]]) -> Callable[[], tuple[list[Program], list[Instance]]]:
     """Which instance each class uses (its ClassInfo.instance, now), and how to plan the
     instances and programs (shared where they behave the same), later. Classes that behave
     alike share one instance (_shared_instances): each class still has its Instance
@@ -1162,7 +1185,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
     planner = _Planner(tree, abi, strict)
     planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
     if SHARING:
-        share = planner.share = _shared_instances(tree, infos, strict, planner.table_runtime)
+        share = planner.share = _shared_instances(tree, infos, inherit, planner.table_runtime)
     else:  # one instance per class, and namespace programs per class (tests compare)
         share = list(range(len(tree.classes)))
     for info in infos:  # a block's first class keeps its own name: the instance's
