@@ -638,6 +638,10 @@ class _Planner:
         # rows share their decision objects, and this needs no Python call to find one.
         self._runtime_of: dict[int, tuple[Decision, int]] = {}
         self.alike = alike_slots(tree)
+        # A row's decisions at the object ops' slots, one per group of alike slots (those
+        # stand for the others: quicker to hash).
+        self._object_decisions = operator.itemgetter(*sorted(
+            {self.alike.first[self.alike.group_of[i]] for i in _OBJECT_SLOTS}))
         self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
         self.by_name: dict[str, Program] = {}
@@ -910,7 +914,7 @@ class _Planner:
         table = c.table
         found = self._members_of_table.get(table)
         if found is None:
-            projection = tuple(map(_OBJECT_DECISIONS, table.rows))
+            projection = tuple(map(self._object_decisions, table.rows))
             found = self._members_of_projection.get(projection)
             if found is None:
                 found = self._members_of_projection[projection] = \
@@ -1110,9 +1114,8 @@ for _hook in HOOKS:
         OBJECT_RUNS[-1].append(_hook)
     else:
         OBJECT_RUNS.append([])
-# A row's decisions at the object ops' slots: all that object programs depend on.
-_OBJECT_DECISIONS = operator.itemgetter(*sorted({
-    i for _, _, kind, op in HOOKS if kind == "object" for i in _ATOM_SLOTS[op]}))
+# The object ops' slots: a row's decisions there are all that object programs depend on.
+_OBJECT_SLOTS = {i for _, _, kind, op in HOOKS if kind == "object" for i in _ATOM_SLOTS[op]}
 
 
 # Classes share instances, and namespace programs, where they behave alike (tests turn

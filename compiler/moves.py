@@ -21,9 +21,9 @@ from typing import Callable, Optional
 
 from . import ops
 from .classes import Class, ClassTree
-from .decide import decide
+from .decide import DecisionTable, decide
 from .policy import STRICTNESS
-from .memo import ByValue, derived
+from .memo import derived
 from .product import Product, Reach
 
 
@@ -116,7 +116,7 @@ class Strictness:
         self._vectors: dict[tuple, int] = {}
         self._vector_of: dict[int, int] = {}
         self._vector_by_id: dict[int, tuple] = {}
-        self._vector_of_table = ByValue()  # DecisionTable -> vector id
+        self._vector_of_table: dict[DecisionTable, int] = {}  # (tables hash once)
         self._meets: dict[tuple[int, int, bool], int] = {}
         # A class's vector is one row vector (strictness per atom) per subject class; row
         # vectors are few and compared pairwise once (they are what a vector's id names).
@@ -135,8 +135,11 @@ class Strictness:
         row vector ids, one per subject class (few distinct ones exist)."""
         v = self._vector_of.get(c.id)
         if v is None:
-            v = self._vector_of[c.id] = self._vector_of_table.get(
-                c.table, lambda t: self._vector_id(tuple(self._row_vector(r) for r in t.rows)))
+            v = self._vector_of_table.get(c.table)
+            if v is None:
+                v = self._vector_of_table[c.table] = self._vector_id(
+                    tuple([self._row_vector(r) for r in c.table.rows]))
+            self._vector_of[c.id] = v
         return v
 
     def _row_vector(self, row: tuple) -> int:
@@ -338,6 +341,6 @@ class Strictness:
         """Every class a child of `c` can be in."""
         t = self._targets.get(c.id)
         if t is None:
-            t = self._targets[c.id] = tuple(sorted({x for _, x in c.literals} |
-                                                   {x for _, x in c.masks} | {c.default}))
+            t = self._targets[c.id] = tuple(sorted({c.default, *[x for _, x in c.literals],
+                                                    *[x for _, x in c.masks]}))
         return t
