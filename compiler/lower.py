@@ -67,17 +67,23 @@ def _literal_table(literals: list) -> tuple[list, int]:
     size = 1
     while size < 2 * len(literals):
         size *= 2
+    # Home slots are powers of two apart: the home at any size is the home at 2**32, masked.
+    homes = [literal_slot(e.cls, e.hash, 1 << 32) for e in literals]
     while True:
+        last = size >= 1 << 24  # the table is made at this size whatever its probes
+        mask = size - 1
         table: list = [None] * size
         longest = 1
-        for e in literals:
-            slot = literal_slot(e.cls, e.hash, size)
+        for e, home in zip(literals, homes):
             for k in range(size):
-                if table[(slot + k) & (size - 1)] is None:
-                    table[(slot + k) & (size - 1)] = e
-                    longest = max(longest, k + 1)
+                if table[(home + k) & mask] is None:
+                    table[(home + k) & mask] = e
+                    if k >= longest:
+                        longest = k + 1
                     break
-        if longest <= MAX_PROBE or size >= 1 << 24:
+            if longest > MAX_PROBE and not last:
+                break  # too small: no need to place the rest
+        if longest <= MAX_PROBE or last:
             return table, longest
         size *= 2
 
@@ -575,20 +581,24 @@ def _glob_data(globs: list[GlobFunc], glob_classes: list[GlobClass]) -> _GlobDat
     """Glob transitions as data: fpol_child walks a class's globs and binary-searches its
     masks, so its code is the same size however many classes test globs."""
     data = _GlobData([], [], {}, {}, 0)
+    named: dict[tuple[tuple[int, ...], int], str] = {}  # (globs, mask) -> the comment's names
     for gc in glob_classes:
         if len(gc.globs) > MAX_CLASS_GLOBS:
             raise ValueError(f"class {gc.cls} tests {len(gc.globs)} name globs "
                              f"(at most {MAX_CLASS_GLOBS})")
-        texts = [globs[g].text for g in gc.globs]
-        run = data.glob_runs.get(tuple(gc.globs))
+        key = tuple(gc.globs)
+        run = data.glob_runs.get(key)
         if run is None:  # classes testing the same globs share one run
-            run = data.glob_runs[tuple(gc.globs)] = (len(data.class_globs), [])
+            run = data.glob_runs[key] = (len(data.class_globs), [])
             data.class_globs.extend((gc.cls, g) for g in gc.globs)
         run[1].append(gc.cls)
         data.runs[gc.cls] = (run[0], len(gc.globs), len(data.glob_masks), len(gc.masks))
         for m, target, ok in sorted(gc.masks):
-            names = " & ".join(f'"{texts[i]}"' for i in range(len(texts)) if m >> i & 1)
-            data.glob_masks.append(GlobMask(gc.cls, m, target, ok, names or "no glob"))
+            names = named.get((key, m))
+            if names is None:
+                names = named[(key, m)] = " & ".join(
+                    f'"{globs[g].text}"' for i, g in enumerate(gc.globs) if m >> i & 1) or "no glob"
+            data.glob_masks.append(GlobMask(gc.cls, m, target, ok, names))
         data.mask_search = max(data.mask_search, len(gc.masks).bit_length())
     return data
 
