@@ -4,6 +4,7 @@ can never decide anything (warnings), exact because they walk every class.
 
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 from . import ops
@@ -16,61 +17,41 @@ from .subjects import partition
 
 ATOM_INDEX = {a: i for i, a in enumerate(ops.ATOMS)}
 
+# A visit: the decision per atom for one subject class, the rules that apply, a superset
+# of their indexes, the subject class.
+Visit = tuple[tuple[Decision, ...], Sequence[Rule], frozenset, int]
+
 
 def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
          reporter: Reporter) -> None:
     """`tables` are the raw states' decision tables. A policy with subject conditions
     (LANGUAGE.md §6) is checked for every subject class: the rules matching a state's
     path that apply to the class decide, exactly as the evaluator decides for a requester
-    of that class. (One pass over the states gathers every fact the warnings need, and
-    the warnings follow; it is long because the facts are many, not because it branches.)"""
+    of that class. (The facts the warnings need are gathered per distinct (rules, table)
+    pair, row and decision, and who decides instead of a rule only for the rules that never
+    decide, since every rule's decisions at every state cost most; the warnings follow.)"""
     rules = policy.rules
     subjects = partition(policy)
     nsubjects = len(subjects)
-    matched: set[int] = set()
-    decided: set[int] = set()
-    deciders_where_matched: dict[int, set[int]] = {}
-    ties: dict[tuple[int, ...], tuple[str, int]] = {}
     except_used = _excepts_used(policy, raw)
     kinds = atom_kinds(policy)
-    seen: set = set()  # (table, matching rules) pairs done
-    subject_tables: dict[tuple[int, ...], tuple[Decision, ...]] = {}
-    for held, table in dict.fromkeys((st.holding, table) for st, table in zip(raw, tables)):
-        here = held.rules
-        for r in here:
-            if r.atoms:  # the table has every atom
-                matched.add(r.index)
-        # Where no rule matching here depends on who asks, every subject class is decided
-        # alike: one visit does for all.
-        relevant = held.indexes & subjects.conditional
-        alike = nsubjects == 1 or not relevant
-        which_done: set[frozenset] = set()  # subject classes with the same rules here
-        for s in range(1 if alike else nsubjects):
-            key: tuple
-            if nsubjects == 1:
-                applying: Sequence[Rule] = here
-            else:
-                # The decisions for subject class s: the path's rules that apply to it,
-                # which depend only on which of `relevant` apply to s.
-                which = relevant & subjects.classes[s].rules
-                if which in which_done:
-                    continue
-                which_done.add(which)
-                applying = subjects.select(list(here), s)
-                key = tuple(r.index for r in applying)
-                if key in seen:  # many states share both; what follows depends on nothing else
-                    continue
-                seen.add(key)
-            row: tuple[Decision, ...] = table
-            if nsubjects > 1:
-                # The class tree's tables hold every subject class's decisions already.
-                row = table.for_subject(s) if getattr(table, "nsubjects", 1) == nsubjects \
-                    else decide_table(policy, applying)
-                subject_tables[key] = row
-            _visit(row, applying, s, decided, ties, deciders_where_matched, kinds)
+    # Each (rules holding, table) pair once, by identity (a pair seen again adds nothing).
+    holdings = [st.holding for st in raw]
+    pairs = dict(zip(zip(map(id, holdings), map(id, tables)), zip(holdings, tables))).values()
+    matched: set[int] = set().union(*(held.indexes for held, _ in pairs))
+    matched -= {r.index for r in rules if not r.atoms}  # a rule's table has every atom
+    visits: list[Visit] = [(table, held.rules, held.indexes, 0) for held, table in pairs] \
+        if nsubjects == 1 else _subject_visits(policy, subjects, pairs)
 
-    _hidden_but_replaceable(policy, tables if nsubjects == 1 else list(subject_tables.values()),
-                            reporter)
+    # Each row once, where first visited.
+    first_seen: dict[int, tuple[tuple[Decision, ...], int]] = {}
+    for row, _, _, s in visits:
+        first_seen.setdefault(id(row), (row, s))
+    rows = list(first_seen.values())
+    decided, ties = _decided(rows, kinds)
+    _hidden_but_replaceable(policy, [row for row, _ in rows], reporter)
+    # Who decides in their place, only for the rules that never decide (FP101: few).
+    deciders_where_matched = _deciders(visits, set(range(len(rules))) - decided, kinds)
 
     for tie, (atom, s) in sorted(ties.items()):
         first, *others = (rules[i] for i in tie)
@@ -126,24 +107,73 @@ def _excepts_used(policy: Policy, raw: list[RawState]) -> set[tuple[int, int]]:
     return used
 
 
-def _visit(table, applying, subject: int, decided: set, ties: dict,
-           deciders_where_matched: dict, kinds) -> None:
-    """What one decision table says: the rules that decide, ties, and for each rule that
-    applies here, the rules that decide in its place. Atoms of one kind have one decision
-    (decide.decide_table), so each kind is read at its first atom."""
+def _subject_visits(policy: Policy, subjects, pairs) -> list[Visit]:
+    """The visits of a policy with subject conditions: each (rules holding, table) pair
+    for every subject class, once per distinct set of rules applying."""
+    visits: list[Visit] = []
+    seen: set = set()  # the applying rules' indexes done
+    for held, table in pairs:
+        here = held.rules
+        # Where no rule matching here depends on who asks, every subject class is decided
+        # alike: one visit does for all.
+        relevant = held.indexes & subjects.conditional
+        which_done: set[frozenset] = set()  # subject classes with the same rules here
+        for s in range(len(subjects) if relevant else 1):
+            # The decisions for subject class s: the path's rules that apply to it, which
+            # depend only on which of `relevant` apply to s.
+            which = relevant & subjects.classes[s].rules
+            if which in which_done:
+                continue
+            which_done.add(which)
+            applying = subjects.select(list(here), s)
+            key = tuple(r.index for r in applying)
+            if key in seen:  # many states share both; what follows depends on nothing else
+                continue
+            seen.add(key)
+            # The class tree's tables hold every subject class's decisions already.
+            row = table.for_subject(s) if getattr(table, "nsubjects", 1) == len(subjects) \
+                else decide_table(policy, applying)
+            visits.append((row, applying, held.indexes, s))
+    return visits
+
+
+def _decided(rows, kinds) -> tuple[set[int], dict[tuple[int, ...], tuple[str, int]]]:
+    """The rules that decide or audit somewhere in `rows` ((row, subject class) pairs, in
+    visiting order), and each tie with the atom and subject class it is first met at.
+    Atoms of one kind have one decision (decide.decide_table), so each kind is read at its
+    first atom. Decisions are shared between rows: each is read once."""
     slots = kinds.slot
-    for k, i in enumerate(slots):
-        d = table[i]
-        if d.tie:
-            ties.setdefault(d.tie, (kinds.atom[k], subject))
-        decided.update(d.rules)
-        decided.update(d.audit_rules)
-    of_rule = kinds.of_rule
-    for r in applying:
-        for k in of_rule[r.index]:
-            d = table[slots[k]]
-            if r.index not in d.rules:
-                deciders_where_matched.setdefault(r.index, set()).update(d.rules)
+    only_rows = [row for row, _ in rows]
+    by_id: dict[int, Decision] = {}
+    for i in slots:
+        column = list(map(operator.itemgetter(i), only_rows))
+        by_id.update(zip(map(id, column), column))
+    distinct = by_id.values()
+    decided: set[int] = set()
+    decided.update(*map(operator.attrgetter("rules"), distinct),
+                   *map(operator.attrgetter("audit_rules"), distinct))
+    ties: dict[tuple[int, ...], tuple[str, int]] = {}
+    if any(map(operator.attrgetter("tie"), distinct)):  # an error, so rare: needs the order
+        for row, s in rows:
+            for k, i in enumerate(slots):
+                if row[i].tie:
+                    ties.setdefault(row[i].tie, (kinds.atom[k], s))
+    return decided, ties
+
+
+def _deciders(visits: list[Visit], undecided: set[int], kinds) -> dict[int, set[int]]:
+    """For each rule of `undecided`, the rules deciding where it applies (at every kind it
+    selects: it decides none of them)."""
+    slots, of_rule = kinds.slot, kinds.of_rule
+    deciders: dict[int, set[int]] = {}
+    for row, applying, indexes, _ in visits:
+        if undecided.isdisjoint(indexes):
+            continue
+        for r in applying:
+            if r.index in undecided:
+                for k in of_rule[r.index]:
+                    deciders.setdefault(r.index, set()).update(row[slots[k]].rules)
+    return deciders
 
 
 def _as(rule, message: str) -> str:
@@ -164,11 +194,11 @@ _ONTO_NAME = ("create:w", "create:rw", "mknod", "mkdir", "symlink", "rename:dst"
 def _hidden_but_replaceable(policy: Policy, tables: Sequence[tuple[Decision, ...]],
                             reporter: Reporter) -> None:
     """FP106: a node whose lookup is denied with ENOENT while some op onto its name is not
-    denied, reported once per deciding rule, naming the ops (exact: every table is seen)."""
+    denied, reported once per deciding rule, naming the ops (exact: every table is seen;
+    `tables` are distinct, per subject class for a policy with subject conditions)."""
     lookup, onto = ATOM_INDEX["lookup"], [(a, ATOM_INDEX[a]) for a in _ONTO_NAME]
-    # Per subject class for a policy with subject conditions (the caller's tables then).
     open_ops: dict[int, set[str]] = {}
-    for table in dict.fromkeys(tables):  # each distinct table once
+    for table in tables:
         d = table[lookup]
         if d.kind != "deny" or d.errno != "ENOENT" or not d.rules:
             continue
