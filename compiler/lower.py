@@ -638,6 +638,7 @@ class _Planner:
     """Chooses each instance's programs; instances share a program where it behaves the same."""
 
     named: list[bool]  # per class: objects the daemon must name (set by _programs)
+    inherit: list[tuple[bool, ...]]  # per class, _inherit_ok's flags (set by _programs)
 
     def __init__(self, tree: ClassTree, abi: str, strict: "Strictness"):
         self.tree, self.abi, self.strict = tree, abi, strict
@@ -992,10 +993,10 @@ class _Planner:
         its program is shared by, as a number (a signature's, or the class's own)."""
         cid = c.id
         kids = self.strict.targets(c)  # every class a child of `c` can be in
-        at_least = self.strict.at_least_as_strict
-        # Per transition, is its child at least as strict as `c` (create asks; lowering
-        # asked every such pair already, so these are memo hits).
-        stricter = [at_least(cid, t) for t in self.targets_of(c)]
+        # Per transition of targets_of, is its child at least as strict as `c` (create
+        # asks): the flags lowering worked out, reordered.
+        ok, nlits = self.inherit[cid], len(c.literals)
+        stricter = [ok[-1], *ok[nlits:-1], *ok[:nlits]]
         named_kid = any(self.named[k] for k in kids)
         kids_ok = all(stricter)
         keys: list[Optional[int]] = []
@@ -1197,6 +1198,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
     entry, naming the shared instance and its members."""
     planner = _Planner(tree, abi, strict)
     planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
+    planner.inherit = inherit
     if SHARING:
         share = planner.share = _shared_instances(tree, infos, inherit, planner.table_runtime)
     else:  # one instance per class, and namespace programs per class (tests compare)
