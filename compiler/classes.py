@@ -292,6 +292,7 @@ def build_raw(policy: Policy) -> list[RawState]:
             ending[part] = anchors
     float_globs = tuple(sorted(float_glob))
     float_inert = _inert(float_globs, ending, {})
+    float_combos = realisable_masks(float_globs)
     float_hits: dict[bytes, list] = {}  # a literal name -> where the floating globs it matches go
 
     # Positions in a pattern's trailing `**` run ("sticky": an `under` rule's scope once
@@ -346,7 +347,7 @@ def build_raw(policy: Policy) -> list[RawState]:
                 hits = excepts_hit(policy, accepted) if has_excepts else frozenset()
                 alike = by_pieces[pieces] = (accepted, holding_of(policy, pieces), hits)
             accepted, held, hits = alike
-            core = (sticky_id, positions - ending)
+            core = (sticky_id, positions - ending if ending else positions)
             behaviour = (core, held, hits)
             sid = by_behaviour.get(behaviour)
             if sid is None:
@@ -386,8 +387,9 @@ def build_raw(policy: Policy) -> list[RawState]:
             globs = tuple(sorted(float_glob.keys() | own.keys()))
             by_glob = {g: float_glob.get(g, []) + own.get(g, []) for g in globs}
             inert_bits, anchors_of, any_anchor = _inert(globs, ending, own)
+            combos = realisable_masks(globs)
         else:
-            globs, by_glob = float_globs, float_glob
+            globs, by_glob, combos = float_globs, float_glob, float_combos
             inert_bits, anchors_of, any_anchor = float_inert
         prefix = example.rstrip(b"/") + b"/"
 
@@ -428,8 +430,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         masks: dict[int, int] = {}
         keys: dict[int, tuple] = {}
         blocked: dict[int, int] = {}
-        combos = realisable_masks(globs)
-        if any(w in literals for w in combos.values()):  # examples must not be literal names
+        if literals and any(w in literals for w in combos.values()):  # examples must not be literal names
             combos = glob_combinations([g.text for g in globs], frozenset(literals))
         for mask, witness in sorted(combos.items()):
             rest = mask & ~inert_bits
