@@ -1164,11 +1164,12 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], inherit: list[tup
         if runtime is None:
             runtime = by_table[c.table] = runtimes.setdefault(table_runtime(c.table), len(runtimes))
         cid = c.id
-        targets = (*[t for _, t in c.literals], *[t for _, t in c.masks], c.default)
+        names, by_name = zip(*c.literals) if c.literals else ((), ())
+        masks, by_mask = zip(*c.masks) if c.masks else ((), ())
+        targets = (*by_name, *by_mask, c.default)
         first: dict[int, int] = {cid: -1}
-        shape = (tuple([g.text for g in c.globs]), tuple([n for n, _ in c.literals]),
-                 tuple([m for m, _ in c.masks]), tuple([first.setdefault(t, i) for i, t in enumerate(targets)]),
-                 inherit[cid])
+        shape = (tuple([g.text for g in c.globs]) if c.globs else (), names, masks,
+                 tuple([first.setdefault(t, i) for i, t in enumerate(targets)]), inherit[cid])
         block.append(labels.setdefault((runtime, info.daemon_lookup, shape), len(labels)))
         children.append(targets)
     # A class alone in its block stays alone: only the others are refined, their blocks
