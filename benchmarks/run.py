@@ -148,12 +148,17 @@ def measure(n: int, work: str, family: str = "benchmark") -> dict:
     (raw, tree_), out["classes"] = timed(classes)
     assert not r.has_errors, r.sorted()[:3]
     out["unminimised"], out["minimised"] = len(raw), len(tree_.classes)
-    # The struct_ops plan is made when first asked for (lower.Model.programs): here, so that
-    # "lower" keeps counting it and "render" counts rendering alone.
-    model, out["lower"] = timed(lambda: _planned(lower(tree_, source_name=r.file)))
-    (c_main, c_check), out["render"] = timed(lambda: (render(model), render(model, "check")))
+    # What the check object needs (lower, its render) and what only the struct_ops object
+    # needs (the plan of its programs, made when first asked for: lower.Model.programs, and
+    # its render) are timed apart: `fpol verify` and a daemon mount do the first alone.
+    model, out["lower"] = timed(lambda: lower(tree_, source_name=r.file))
+    c_check, out["render_check"] = timed(lambda: render(model, "check"))
+    _, out["plan"] = timed(lambda: _planned(model))
+    c_main, out["render_main"] = timed(lambda: render(model))
     out["c_kb"], out["check_c_kb"] = len(c_main) // 1024, len(c_check) // 1024
-    out["to_c"] = out["parse"] + out["analyse"] + out["classes"] + out["lower"] + out["render"]
+    out["to_check_c"] = out["parse"] + out["analyse"] + out["classes"] + out["lower"] + \
+        out["render_check"]
+    out["to_c"] = out["to_check_c"] + out["plan"] + out["render_main"]
     out["fpol_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     out["instances"] = len({i.name for i in model.instances})  # classes alike share one
     out["programs"] = len(model.programs)
@@ -270,16 +275,18 @@ def _decision_table(results: list[dict], family: str) -> list[str]:
 
 def _compile_table(results: list[dict]) -> list[str]:
     lines = ["| family | rules | classes (before min.) | parse s | analyse s | classes s | lower s "
-             "| render s | **to C s** | fpol peak MB | clang check s (peak MB) | clang struct_ops s "
+             "| render check s | to check C s | plan s | render struct_ops s | **to C s** | "
+             "fpol peak MB | clang check s (peak MB) | clang struct_ops s "
              "(peak MB) | instances / programs | C KB (struct_ops / check) | object KB "
              "(struct_ops / check) | check load ms |",
-             "|---" * 16 + "|"]
+             "|---" * 19 + "|"]
     for r in results:
         main = "-" if r["clang_main"] is None else f"{r['clang_main']:.2f} ({_fmt(r['clang_main_mb'], ',')})"
         lines.append(
             f"| {r['family']} | {r['rules']:,} | {r['minimised']:,} ({r['unminimised']:,}) | "
             f"{r['parse']:.2f} | {r['analyse']:.2f} | {r['classes']:.2f} | {r['lower']:.2f} | "
-            f"{r['render']:.2f} | **{r['to_c']:.2f}** | {r['fpol_mb']:,} | "
+            f"{r['render_check']:.2f} | {r['to_check_c']:.2f} | {r['plan']:.2f} | "
+            f"{r['render_main']:.2f} | **{r['to_c']:.2f}** | {r['fpol_mb']:,} | "
             f"{r['clang_check']:.2f} ({_fmt(r['clang_check_mb'], ',')}) | {main} | "
             f"{r['instances']:,} / {r['programs']:,} | {r['c_kb']:,} / {r['check_c_kb']:,} | "
             f"{_fmt(r['obj_kb'], ',')} / {r['check_obj_kb']:,} | {r['load_ms']:.0f} |")
@@ -335,9 +342,13 @@ def report(results: list[dict], mount: str, seconds: float) -> str:
             continue
         last = rs[-1]
         verdict = "met" if last["to_c"] <= 5 else f"missed by {last['to_c'] / 5:.1f}x"
-        stages = ", ".join(f"{k} {last[k]:.1f} s" for k in ("parse", "analyse", "classes", "lower", "render"))
-        lines.append(f"{family}: {last['rules']:,} rules to C in {last['to_c']:.2f} s (target 5 s: "
-                     f"{verdict}; {stages}); fpol peak {last['fpol_mb']:,} MB, clang (check "
+        stages = ", ".join(f"{label} {last[k]:.1f} s" for label, k in (
+            ("parse", "parse"), ("analyse", "analyse"), ("classes", "classes"), ("lower", "lower"),
+            ("render check", "render_check"), ("plan", "plan"), ("render struct_ops", "render_main")))
+        lines.append(f"{family}: {last['rules']:,} rules to C (both objects) in {last['to_c']:.2f} s "
+                     f"(target 5 s: {verdict}; {stages}); to the check object's C alone (what "
+                     f"`fpol verify` compiles) in {last['to_check_c']:.2f} s; "
+                     f"fpol peak {last['fpol_mb']:,} MB, clang (check "
                      f"object) {_fmt(last['clang_check_mb'], ',')} MB (target: under 2,048 MB each); "
                      f"check object verified, {last['insns']:,} instructions processed.")
     lines += ["", "Scale on realistic policies (issue 13): what changed, the figures before and after, "
