@@ -723,8 +723,8 @@ class _Planner:
 
     def row_runtime(self, row: tuple) -> tuple[int, ...]:
         """`runtime` of every decision of one row: worked out once per group of alike
-        slots (in slot order, as the ids were ever numbered), which is quicker than
-        hashing the row to find it again."""
+        slots, which is quicker than hashing the row to find it again (groups are in slot
+        order, so new runtimes are numbered in the order they always were)."""
         known = self._runtime_of
         per_group = [(known.get(id(d)) or self._runtime_entry(d))[1] for d in self.alike.pick(row)]
         return tuple(map(per_group.__getitem__, self.alike.group_of))

@@ -89,7 +89,8 @@ def alike_slots(tree: ClassTree) -> AlikeSlots:
             for i in g:
                 group_of[i] = n
         first = tuple(g[0] for g in groups)
-        pick = operator.itemgetter(*first) if len(first) > 1 else lambda r: (r[first[0]],)
+        # (one group: slot 0 starts it; a slice keeps the result a tuple)
+        pick = operator.itemgetter(*first) if len(first) > 1 else operator.itemgetter(slice(0, 1))
         return AlikeSlots(first, tuple(group_of), tuple(map(tuple, groups)), pick)
     return derived(tree, "_alike_slots", make)
 
@@ -118,8 +119,9 @@ class Strictness:
         self._vector_by_id: dict[int, tuple] = {}
         self._vector_of_table: dict[DecisionTable, int] = {}  # (tables hash once)
         self._meets: dict[tuple[int, int, bool], int] = {}
-        # A class's vector is one row vector (strictness per atom) per subject class; row
-        # vectors are few and compared pairwise once (they are what a vector's id names).
+        # A class's vector is one row vector (strictness per group of alike atoms) per
+        # subject class; row vectors are few and compared pairwise once (they are what a
+        # vector's id names).
         self._row_vectors: dict[tuple, int] = {}
         self._row_vector_by_id: list[tuple] = []
         self._row_ge: dict[tuple[int, int], bool] = {}
