@@ -128,6 +128,11 @@ def _glob_body(g) -> str:
 # here rather than by template loops: at 10,000 rules jinja's per-item overhead dominated
 # the compile. The templates keep the file's structure; these write the entries.
 
+def _rule_entries(model: Model) -> str:
+    return "".join([f"/* rule {i}: {model.source_name}:{line} {_ccomment(text)} */\n"
+                    for i, (line, text) in enumerate(model.rules)])
+
+
 def _class_entries(classes) -> str:
     return "".join([
         f"\t/* class {c.id}: e.g. {_ccomment(c.example)} (instance {c.instance}) */\n"
@@ -167,20 +172,30 @@ def _glob_mask_entries(masks) -> str:
 def _row_entries(rows) -> str:
     """A row: its first group's word fills it, then the other groups' atoms, each group's
     slots four to a line. Rows set the same few dozen lists of atoms: each list's lines
-    are written once (_slot_lines), the word put in per group."""
+    are written once (_slot_lines), the word put in per group; and each group (word,
+    atoms, rule) is written once (11,336 distinct of 43,985 at 10,000 rules)."""
     out = []
     slot_lines: dict[tuple[str, ...], str] = {}
+    written: dict[tuple, str] = {}  # a group, first or not, as written
     for row in rows:
         out.append(f"\t[{row.id}] = {{\n")
-        for k, (word, atoms, why) in enumerate(row.groups):
-            if k == 0:
-                out.append(f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n")
-                continue
+        groups = iter(row.groups)
+        word, _, why = next(groups)
+        text = written.get((word, why))
+        if text is None:
+            text = written[word, why] = \
+                f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n"
+        out.append(text)
+        for word, atoms, why in groups:
             key = tuple(atoms)
-            lines = slot_lines.get(key)
-            if lines is None:
-                lines = slot_lines[key] = _slot_lines(atoms)
-            out.append(f"\t\t/* {_ccomment(why)} */\n" + lines.replace("{word}", f"0x{word:08x}"))
+            text = written.get((word, key, why))
+            if text is None:
+                lines = slot_lines.get(key)
+                if lines is None:
+                    lines = slot_lines[key] = _slot_lines(atoms)
+                text = written[word, key, why] = \
+                    f"\t\t/* {_ccomment(why)} */\n" + lines.replace("{word}", f"0x{word:08x}")
+            out.append(text)
         out.append("\t},\n")
     return "".join(out)
 
@@ -231,34 +246,45 @@ def _stub_name(p) -> str:
     return ""
 
 
-def _stub_call(p, stub: str, numbers: list[str]) -> str:
-    """The program's line: `numbers` are the class numbers as text (str() of each number
-    in the comments' class lists, about 450,000 at 10,000 rules, cost more)."""
-    args = f"{p.name}, {p.cls}"
+def _stub_args(p, stub: str) -> str:
+    """The stub's arguments after the program's name and class."""
+    args = ""
     if stub == "FPOL_STUB_FSYNC":  # one program per member: the member is an argument
         args += f", {p.hook}"
     if stub in _STUB_ARGS:
         args += f", {p.hook}, FPOL_SLOT_{_cname(p.op)}"
         if _STUB_ARGS[stub] and p.params:
             args += f", {p.params}"
-    also = f"  /* also classes {', '.join(map(numbers.__getitem__, p.classes[1:]))} */" \
-        if len(p.classes) > 1 else ""
-    return f"{stub}({args}){also}"
+    return args
 
 
-def _program_entries(programs, stubs: list[str], model: Model, macros) -> str:
+def _program_entries(programs, model: Model, macros) -> tuple[str, set[str]]:
     """A line per stub program; programs that are not stubs written out by the template,
-    with a blank line either side (one between two of them)."""
+    with a blank line either side (one between two of them). With the stub macros used.
+
+    Class numbers are written from a table of their text (str() of each number in the
+    comments' class lists, about 450,000 at 10,000 rules, cost more), and a stub and its
+    arguments once per kind, member, op and parameters."""
     out = []
     numbers = [str(c) for c in range(len(model.classes))]
+    stubs: dict[tuple[str, str, str, str], tuple[str, str]] = {}
     apart = False  # the last program ended with a blank line
-    for p, stub in zip(programs, stubs):
+    for p in programs:
+        key = (p.kind, p.hook, p.op, p.params)
+        stub_args = stubs.get(key)
+        if stub_args is None:
+            stub = _stub_name(p)
+            stub_args = stubs[key] = (stub, _stub_args(p, stub) if stub else "")
+        stub, args = stub_args
         if stub:
-            out.append(_stub_call(p, stub, numbers) + "\n")
+            classes = p.classes
+            out.append(f"{stub}({p.name}, {numbers[p.cls]}{args})  /* also classes "
+                       f"{', '.join(map(numbers.__getitem__, classes[1:]))} */\n"
+                       if len(classes) > 1 else f"{stub}({p.name}, {numbers[p.cls]}{args})\n")
         else:
             out.append(("" if apart else "\n") + macros.program(p, model) + "\n\n")
         apart = not stub
-    return "".join(out)
+    return "".join(out), {stub for stub, _ in stubs.values() if stub}
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,21 +311,23 @@ def _environment() -> jinja2.Environment:
 # quarter of a second at 10,000 rules.
 
 def _logic_tables(model: Model) -> dict[str, str]:
-    return {"class_entries": _class_entries(model.classes),
+    return {"rule_entries": _rule_entries(model),
+            "class_entries": _class_entries(model.classes),
             "row_entries": _row_entries(model.rows),
             "literal_entries": _literal_entries(model.literal_table),
             "glob_mask_entries": _glob_mask_entries(model.glob_masks)}
 
 
-def _struct_ops_tables(model: Model, stubs: list[str]) -> dict[str, str]:
-    """`stubs`: each program's stub macro (_stub_name)."""
+def _struct_ops_tables(model: Model) -> tuple[dict[str, str], set[str]]:
+    """The tables, and the stub macros the programs use."""
     macros = _environment().get_template("programs.j2").module
     first: dict[str, object] = {}  # each instance name once, its first instance
     for i in model.instances:
         first.setdefault(i.name, i)
+    programs, stubs_used = _program_entries(model.programs, model, macros)
     return {"instance_names": _instance_names(model.instances),
-            "program_entries": _program_entries(model.programs, stubs, model, macros),
-            "instance_entries": _instance_entries(first.values())}
+            "program_entries": programs,
+            "instance_entries": _instance_entries(first.values())}, stubs_used
 
 
 def _render(name: str, context: dict, tables: dict[str, str]) -> str:
@@ -326,9 +354,8 @@ def render(model: Model, which: str = "struct_ops") -> str:
     context["layout"] = C_LAYOUT
     tables = {"logic": _logic(model, context)}  # squeezed: clean as well
     if which == "struct_ops":
-        stubs = [_stub_name(p) for p in model.programs]
-        context["stubs_used"] = set(stubs)
-        tables.update(_struct_ops_tables(model, stubs))
+        struct_ops, context["stubs_used"] = _struct_ops_tables(model)
+        tables.update(struct_ops)
     return _render(name, context, tables)
 
 
