@@ -54,12 +54,12 @@ def _chunks(data: bytes, size: int):
 
 
 def _describe(word: int, model: Model) -> str:
-    """A decision word in words, as the comments say it: once per distinct word (a
-    default_filter program's switch describes a word per opcode)."""
+    """A decision word in words, as the comments say it (safe in one): once per distinct
+    word (a default_filter program's switch describes a word per opcode)."""
     described: dict[int, str] = derived(model, "_described", dict)
     text = described.get(word)
     if text is None:
-        text = described[word] = _description(word, model)
+        text = described[word] = _ccomment(_description(word, model))
     return text
 
 
