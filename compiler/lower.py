@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from fpol import __version__
 
@@ -655,14 +655,11 @@ class _Planner:
             {self.alike.first[self.alike.group_of[i]] for i in _OBJECT_SLOTS}))
         self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
-        self.by_name: dict[str, Program] = {}
         self._answers: dict[tuple[str, str], list[int]] = {}
         self._table_index: Optional[tuple[list[tuple], list[int]]] = None
         self._trivial: dict[tuple[str, bool], list] = {}
         self._class_slots: list = [None] * len(tree.classes)
         self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
-        self._literal_masks: dict[int, list[int]] = {}
-        self._targets: dict[int, list[int]] = {}
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
         self.steps: list[_NamespaceStep] = []  # the namespace hooks, in member order (prepare)
         self.questions: list[tuple[str, str]] = []  # (kind, op) each asks once per class
@@ -682,12 +679,12 @@ class _Planner:
         entry = self._runtime_of[id(d)] = (d, self._runtime_ids.setdefault(key, len(self._runtime_ids)))
         return entry
 
-    def namespace_signature(self, c: Class, kind: str, op: str, stricter: list[bool]
+    def namespace_signature(self, c: Class, kind: str, op: str, view: "_NameView"
                             ) -> Optional[tuple]:
         """When a namespace program's answers do not depend on which class it serves, what
         they are (so instances can share it); None when the program must be the class's own.
         A class with no literal or glob transitions sends every name to its default child,
-        so its programs are fixed by that child's decisions. (`stricter`: name_signature's.)"""
+        so its programs are fixed by that child's decisions. (`view`: name_view's.)"""
         rt = self.per_subject  # every subject class's
 
         if kind == "link":
@@ -695,7 +692,7 @@ class _Planner:
         if kind == "cfr":
             return (kind, rt(c, "copy_file_range:src"))
         if self.share is not None and kind in ("lookup", "create", "remove"):
-            return self.name_signature(c, kind, op, stricter)
+            return self.name_signature(c, kind, op, view)
         if self.share is not None and kind == "rename":
             return self.rename_signature(c)
         if c.literals or c.globs:
@@ -764,7 +761,7 @@ class _Planner:
             self._table_index = [self.table_runtime(t) for t in index], table_of
         return self._table_index
 
-    def name_signature(self, c: Class, kind: str, op: str, stricter: list[bool]) -> tuple:
+    def name_signature(self, c: Class, kind: str, op: str, view: "_NameView") -> tuple:
         """A namespace program's answer for every name, as a value: two classes with equal
         signatures answer every name alike, so they share the program (which walks the
         transitions of the first class). Names that the class's transitions tell apart but
@@ -773,70 +770,41 @@ class _Planner:
         The answer for a name (the hook body in logic.h.j2: fpol_on_lookup, fpol_on_create,
         fpol_on_remove) depends only on the child class it leads to, and on the parent
         through lookup's "child is this class" and create's "child at least as strict"
-        (`stricter`, per child of targets_of)."""
+        (`view.stricter`, per child of `view.targets`)."""
         base = self.answers(kind, op)
-        cid = c.id
-        targets = self.targets_of(c)  # the default's, then each mask's, then each literal's
+        targets = view.targets
         if kind == "lookup":
+            cid = c.id
             outs = [base[t] << 1 | (t == cid) for t in targets]
         elif kind == "create":
-            outs = [base[t] << 1 | ok for t, ok in zip(targets, stricter)]
+            outs = [base[t] << 1 | ok for t, ok in zip(targets, view.stricter)]
         else:
             outs = [base[t] for t in targets]
-        default = outs[0]
-        nmasks = len(c.masks)
-        masks = tuple([(m, o) for (m, _), o in zip(c.masks, outs[1:1 + nmasks]) if o != default]) \
-            if nmasks else ()
-        if not c.literals:
-            lits: tuple = ()
-        elif masks:
-            by_mask = dict(masks)
-            lits = tuple([(lit, o) for (lit, _), m, o in
-                          zip(c.literals, self.literal_masks(c), outs[1 + nmasks:])
-                          if o != by_mask.get(m, default)])
+        return ("names", kind, op, *_by_name(c, view, outs))
+
+    def name_view(self, c: Class) -> "_NameView":
+        """Class `c`'s transitions as the namespace programs' signatures read them (once
+        per class, for all of them)."""
+        ok, nlits = self.inherit[c.id], len(c.literals)
+        if c.masks and c.literals:
+            at = {m: i for i, (m, _) in enumerate(c.masks, 1)}
+            # the set of its globs a literal matches (a bitmask) picks its mask entry
+            fallback = [at.get(glob_mask(c.globs, lit), 0) for lit, _ in c.literals]
         else:
-            lits = tuple([(lit, o) for (lit, _), o in zip(c.literals, outs[1 + nmasks:])
-                          if o != default])
-        globs = tuple([g.text for g in c.globs]) if masks else ()
-        return ("names", kind, op, default, globs, masks, lits)
+            fallback = [0] * nlits
+        return _NameView([c.default, *[t for _, t in c.masks], *[t for _, t in c.literals]],
+                         fallback, [ok[-1], *ok[nlits:-1], *ok[:nlits]])
 
-    def targets_of(self, c: Class) -> list[int]:
-        """Class `c`'s children: its default's, then each mask's, then each literal's."""
-        out = self._targets.get(c.id)
-        if out is None:
-            out = self._targets[c.id] = [c.default] + [t for _, t in c.masks] + \
-                [t for _, t in c.literals]
-        return out
-
-    def literal_masks(self, c: Class) -> list[int]:
-        """Per literal of class `c`, the set of its globs the literal matches (a bitmask):
-        which mask entry the name would follow without its literal entry."""
-        out = self._literal_masks.get(c.id)
-        if out is None:
-            out = self._literal_masks[c.id] = [glob_mask(c.globs, lit) for lit, _ in c.literals]
-        return out
-
-    def lookup_post_key(self, c: Class) -> tuple:
+    def lookup_post_key(self, c: Class, view: "_NameView") -> tuple:
         """lookup_postfilter attaches the child's instance, or nothing when the child is the
         directory's own class (it inherits): per name, the child's instance or -1. Classes
         that agree on every name share the program."""
         share = self.share
         if share is None:
             return ("lookup_post", c.id)
-        default = -1 if c.default == c.id else share[c.default]
-
-        def inst(t: int) -> int:
-            return -1 if t == c.id else share[t]
-
-        masks = tuple((m, inst(t)) for m, t in c.masks if inst(t) != default)
-        by_mask = dict(masks)
-        lits = []
-        for (lit, t), m in zip(c.literals, self.literal_masks(c) if masks else [0] * len(c.literals)):
-            fallback = by_mask.get(m, default) if masks else default
-            if inst(t) != fallback:
-                lits.append((lit, inst(t)))
-        globs = tuple(g.text for g in c.globs) if masks else ()
-        return ("lookup_post", default, globs, masks, tuple(lits))
+        cid = c.id
+        return ("lookup_post",
+                *_by_name(c, view, [-1 if t == cid else share[t] for t in view.targets]))
 
     def rename_signature(self, c: Class) -> tuple:
         """rename's answer for two names depends on their child classes' rename decisions and
@@ -887,7 +855,6 @@ class _Planner:
         p = self.programs.get(key)
         if p is None:
             p = self.programs[key] = make()
-            self.by_name[p.name] = p
         return p
 
     def _object_plan(self, table: DecisionTable) -> list:
@@ -988,67 +955,66 @@ class _Planner:
                                              numbers.setdefault(question, len(numbers))))
         self.questions = list(numbers)
 
-    def namespace_keys(self, c: Class) -> list[Optional[int]]:
+    def namespace_keys(self, c: Class, view: "_NameView") -> list[Optional[int]]:
         """Per question (prepare): None when class `c` needs no program for it; else what
         its program is shared by, as a number (a signature's, or the class's own)."""
         cid = c.id
         kids = self.strict.targets(c)  # every class a child of `c` can be in
-        # Per transition of targets_of, is its child at least as strict as `c` (create
-        # asks): the flags lowering worked out, reordered.
-        ok, nlits = self.inherit[cid], len(c.literals)
-        stricter = [ok[-1], *ok[nlits:-1], *ok[:nlits]]
         named_kid = any(self.named[k] for k in kids)
-        kids_ok = all(stricter)
+        kids_ok = all(view.stricter)
         keys: list[Optional[int]] = []
         for kind, op in self.questions:
             if not self.needs_hook(c, kids, kind, op, named_kid, kids_ok):
                 keys.append(None)
                 continue
-            shared = self.namespace_signature(c, kind, op, stricter)
+            shared = self.namespace_signature(c, kind, op, view)
             # (a signature hashes once here, not once per hook asking it)
             keys.append(~cid if shared is None else
                         self._signature_ids.setdefault(shared, len(self._signature_ids)))
         return keys
 
-    def instance(self, c: Class, name: str) -> Instance:
+    def instance(self, c: Class, name: str) -> tuple[Instance, list[Program]]:
         """Class `c`'s fuse_ops members, in member order: its table's object-op programs
         (object_members), and between their runs the namespace hooks' (namespace_keys), with
-        the quirks of spec §10 where they apply."""
+        the quirks of spec §10 where they apply. And its programs, each once (the classes
+        sharing the instance are added to theirs from it)."""
         objects = self.object_members(c)
-        keys = self.namespace_keys(c)
+        view = self.name_view(c)
+        keys = self.namespace_keys(c, view)
         programs = self.programs
+        cid = c.id
         members: list[tuple[str, str]] = []
         used: list[Program] = []  # every program of the instance, once
         if objects.default is not None:
             members.append(("default_filter", objects.default.name))
             used.append(objects.default)
-        for (run_members, run_programs), step in zip(objects.runs, self.steps):
+        for (run_members, run_programs), (member, slot, kind, op, params, question) in \
+                zip(objects.runs, self.steps):
             members += run_members
             used += run_programs
-            key = keys[step.question]
+            key = keys[question]
             if key is None:
                 continue
-            p = programs.get((step.member, key))
-            if p is None:
-                p = self.program((step.member, key), lambda: Program(
-                    f"fpol_{step.member}_{c.id}", step.slot, step.kind, c.id, [], step.op,
-                    step.params))
+            p = programs.get((member, key))
+            if p is None:  # (made here, not by program(): most are, no closure for each)
+                p = programs[(member, key)] = Program(
+                    f"fpol_{member}_{cid}", slot, kind, cid, [], op, params)
             used.append(p)
-            members.append((step.slot, p.name))
-            if step.member in ("lookup", "mkdir"):
-                self._postfilter(c, step.member, members, used)
+            members.append((slot, p.name))
+            if member in ("lookup", "mkdir"):
+                self._postfilter(c, member, members, used, view)
         members += objects.runs[-1][0]
         used += objects.runs[-1][1]
-        cid = c.id
         for p in used:
             p.classes.append(cid)
-        return Instance(cid, name, members, c.example.decode("utf-8", "backslashreplace"))
+        return Instance(cid, name, members, c.example.decode("utf-8", "backslashreplace")), used
 
     def _postfilter(self, c: Class, member: str, members: list[tuple[str, str]],
-                    used: list[Program]) -> None:
+                    used: list[Program], view: "_NameView") -> None:
         """The postfilter that goes with class `c`'s lookup or mkdir prefilter."""
         if member == "lookup":
-            post = self.program(self.lookup_post_key(c), lambda: Program(
+            key = self.lookup_post_key(c, view)  # (most are found: no closure made for them)
+            post = self.programs.get(key) or self.program(key, lambda: Program(
                 f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
                 "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
                           "struct fuse_buffer *entries"))
@@ -1057,16 +1023,41 @@ class _Planner:
         else:
             # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
             # is set, so it must never be NULL.
-            post = self.program(("noop_mkdir",), lambda: Program(
+            post = self.programs.get(_MKDIR_POST) or self.program(_MKDIR_POST, lambda: Program(
                 "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
                 "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
             used.append(post)
             members.append(("mkdir_postfilter", post.name))
 
 
-@dataclass(frozen=True)
-class _NamespaceStep:
-    """One namespace hook as the plan walks it: its member, and which question it asks."""
+_MKDIR_POST = ("noop_mkdir",)  # the one mkdir postfilter's key
+
+
+class _NameView(NamedTuple):
+    """A class's transitions as a namespace program's signature reads them (name_view)."""
+
+    targets: list[int]  # the classes they lead to: the default's, each mask's, each literal's
+    fallback: list[int]  # per literal, the index in targets of the entry a name would follow
+    # without it: its glob mask's, or the default's (0)
+    stricter: list[bool]  # per target, is the child at least as strict as the class (create)
+
+
+def _by_name(c: Class, view: _NameView, outs: list[int]) -> tuple:
+    """What a namespace program of class `c` answers per name, given per target what it
+    answers for a name leading there (`outs`): its default, and the globs, mask entries and
+    literals that answer otherwise than the entry a name would follow without them."""
+    default = outs[0]
+    nmasks = len(c.masks)
+    masks = tuple([(m, o) for (m, _), o in zip(c.masks, outs[1:1 + nmasks]) if o != default]) \
+        if nmasks else ()
+    lits = tuple([(lit, o) for (lit, _), f, o in zip(c.literals, view.fallback, outs[1 + nmasks:])
+                  if o != outs[f]])
+    return default, tuple([g.text for g in c.globs]) if masks else (), masks, lits
+
+
+class _NamespaceStep(NamedTuple):
+    """One namespace hook as the plan walks it: its member, and which question it asks
+    (a tuple: instance unpacks it for every class)."""
 
     member: str
     slot: str  # the fuse_ops member its program fills
@@ -1212,16 +1203,19 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
 def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: list[int]
           ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
+    used: dict[int, list[Program]] = {}  # per instance, its programs
     planner.prepare()
     for c, info in zip(tree.classes, infos):
-        rep = share[c.id]
-        if rep == c.id:
-            instances.append(planner.instance(c, info.instance))
+        cid = c.id
+        rep = share[cid]
+        if rep == cid:
+            inst, used[cid] = planner.instance(c, info.instance)
+            instances.append(inst)
             continue
         inst = instances[rep]
-        for _, prog in inst.members:
-            planner.by_name[prog].classes.append(c.id)
-        instances.append(Instance(c.id, inst.name, inst.members,
+        for p in used[rep]:
+            p.classes.append(cid)
+        instances.append(Instance(cid, inst.name, inst.members,
                                   c.example.decode("utf-8", "backslashreplace")))
     if not planner.programs:
         # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes
