@@ -230,13 +230,13 @@ def _trailing_any(pattern: tuple) -> int:
     return k
 
 
-def _inert(globs: tuple, ending: dict, own: dict) -> tuple[int, dict, frozenset]:
-    """Of a state's globs, those that only end floating patterns (`ending`; no position of
-    the state moves by them, `own`): as bits, each bit's positions where its terms can
-    change the rules holding, and all those positions."""
+def _inert(globs: tuple, end_anchors: dict, own: dict) -> tuple[int, dict, frozenset]:
+    """Of a state's globs, those that only end floating patterns (`end_anchors`; no
+    position of the state moves by them, `own`): as bits, each bit's positions where its
+    terms can change the rules holding, and all those positions."""
     bits, anchors_of = 0, {}
     for i, g in enumerate(globs):
-        anchors = ending.get(g)
+        anchors = end_anchors.get(g)
         if anchors is not None and g not in own:
             bits |= 1 << i
             anchors_of[i] = anchors
@@ -280,7 +280,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         for term in terms:
             ends_of.setdefault(term, []).append((pid, len(parts[pid])))
     float_end_positions = frozenset(p for p in floating if p[1] == len(parts[p[0]]))
-    ending: dict = {}
+    end_anchors: dict = {}
     for part, adv in float_glob.items():
         if all(k == len(parts[pid]) for pid, k in adv):
             anchors = anchors_touched(policy, frozenset().union(*(pats.terms_of[pid]
@@ -289,9 +289,9 @@ def build_raw(policy: Policy) -> list[RawState]:
                 anchors = frozenset(p for term in anchors for p in ends_of[term])
                 if anchors & float_end_positions:
                     anchors = None
-            ending[part] = anchors
+            end_anchors[part] = anchors
     float_globs = tuple(sorted(float_glob))
-    float_inert = _inert(float_globs, ending, {})
+    float_inert = _inert(float_globs, end_anchors, {})
     float_combos = realisable_masks(float_globs)
     float_hits: dict[bytes, list] = {}  # a literal name -> where the floating globs it matches go
 
@@ -386,7 +386,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         if own:
             globs = tuple(sorted(float_glob.keys() | own.keys()))
             by_glob = {g: float_glob.get(g, []) + own.get(g, []) for g in globs}
-            inert_bits, anchors_of, any_anchor = _inert(globs, ending, own)
+            inert_bits, anchors_of, any_anchor = _inert(globs, end_anchors, own)
             combos = realisable_masks(globs)
         else:
             globs, by_glob, combos = float_globs, float_glob, float_combos
@@ -430,11 +430,12 @@ def build_raw(policy: Policy) -> list[RawState]:
         masks: dict[int, int] = {}
         keys: dict[int, tuple] = {}
         blocked: dict[int, int] = {}
-        if literals and any(w in literals for w in combos.values()):  # examples must not be literal names
+        # Examples must not be literal names.
+        if literals and any(w in literals for w in combos.values()):
             combos = glob_combinations([g.text for g in globs], frozenset(literals))
         for mask, witness in sorted(combos.items()):
             rest = mask & ~inert_bits
-            if rest != mask and rest in keys:  # a smaller number: done already
+            if rest != mask and rest in keys:  # a submask, so a smaller number: done
                 if rest not in blocked:
                     blocked[rest] = blocking(keys[rest])
                 if not mask & blocked[rest]:
