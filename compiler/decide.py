@@ -194,13 +194,23 @@ def decide_table(policy: Policy, matching: Iterable[Rule]) -> DecisionRow:
     """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold.
     Atoms the policy's rules never tell apart are decided once (see AtomKinds)."""
     kinds = atom_kinds(policy)
-    per_kind: list[list[Rule]] = [[] for _ in kinds.atom]
+    per_kind: list[list[int]] = [[] for _ in kinds.atom]
     rule_kinds = kinds.of_rule
     for r in matching:
-        for k in rule_kinds[r.index]:
-            per_kind[k].append(r)
-    decided = [_decide_selected(policy, atom, rules, tuple(r.index for r in rules))
-               for atom, rules in zip(kinds.atom, per_kind)]
+        i = r.index
+        for k in rule_kinds[i]:
+            per_kind[k].append(i)
+    # The memo of _decide_selected, read here first: most kinds find their decision there,
+    # and then no list of rules is made.
+    memo: dict[tuple[bool, tuple], Decision] = derived(policy, "_decisions", dict)
+    rules = policy.rules
+    decided = []
+    for atom, handle, indexes in zip(kinds.atom, kinds.handle, per_kind):
+        key = tuple(indexes)
+        d = memo.get((handle, key))
+        if d is None:
+            d = _decide_selected(policy, atom, [rules[i] for i in key], key)
+        decided.append(d)
     return DecisionRow([decided[k] for k in kinds.of_atom])
 
 
@@ -211,6 +221,7 @@ class AtomKinds:
     there are far fewer kinds than atoms."""
 
     atom: tuple[str, ...]  # per kind, its first atom
+    handle: tuple[bool, ...]  # per kind, whether its atoms are handle ops
     slot: tuple[int, ...]  # per kind, its first atom's index in ops.ATOMS
     of_atom: tuple[int, ...]  # per atom (ops.ATOMS order), its kind
     of_rule: tuple[tuple[int, ...], ...]  # per rule index, the kinds it selects
@@ -232,8 +243,8 @@ def atom_kinds(policy: Policy) -> AtomKinds:
             of_atom.append(k)
         of_rule = tuple(tuple(sorted({of_atom[ATOM_INDEX[a]] for a in r.atoms}))
                         for r in policy.rules)
-        return AtomKinds(tuple(atom), tuple(ATOM_INDEX[a] for a in atom), tuple(of_atom),
-                          of_rule)
+        return AtomKinds(tuple(atom), tuple(a in _HANDLE_ATOMS for a in atom),
+                         tuple(ATOM_INDEX[a] for a in atom), tuple(of_atom), of_rule)
     return derived(policy, "_atom_kinds", make)
 
 
