@@ -277,10 +277,10 @@ def _program_entries(programs, model: Model, macros) -> tuple[str, set[str]]:
             stub_args = stubs[key] = (stub, _stub_args(p, stub) if stub else "")
         stub, args = stub_args
         if stub:
-            classes = p.classes
-            out.append(f"{stub}({p.name}, {numbers[p.cls]}{args})  /* also classes "
-                       f"{', '.join(map(numbers.__getitem__, classes[1:]))} */\n"
-                       if len(classes) > 1 else f"{stub}({p.name}, {numbers[p.cls]}{args})\n")
+            line = f"{stub}({p.name}, {numbers[p.cls]}{args})"
+            if len(p.classes) > 1:
+                line += f"  /* also classes {', '.join(map(numbers.__getitem__, p.classes[1:]))} */"
+            out.append(line + "\n")
         else:
             out.append(("" if apart else "\n") + macros.program(p, model) + "\n\n")
         apart = not stub
