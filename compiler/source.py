@@ -127,6 +127,8 @@ def split(file: str, text: str) -> Source:
 
 def _cut_comment(line: str) -> tuple[str, "int | None"]:
     """The code part of a line and the column where its comment starts (or None)."""
+    if "#" not in line:  # most lines: no need to look at each character
+        return line, None
     in_string = False
     escaped = False
     for i, ch in enumerate(line):
