@@ -1,7 +1,8 @@
 """Runs the front end over one file and gathers what every stage found.
 
-parse -> analyse -> classes -> lint. Later stages run only when the earlier ones
-found no errors, so every diagnostic reported is a real one.
+parse -> analyse -> classes -> lint, each with the cyclic GC paused (no_collections).
+Later stages run only when the earlier ones found no errors, so every diagnostic
+reported is a real one.
 
 The policy is read once, as bytes, and every stage works from that one copy (a file
 that changes during a compile is compiled as it was read); `Checked.digest` names it.
@@ -104,7 +105,8 @@ def check(data: "bytes | str", file: str, no_daemon: bool = False,
     """Check a policy given as bytes under the name `file`. Its includes are read relative
     to `origin` (where the file really is; by default `file` itself) by `reader`."""
     reporter = Reporter(file)
-    units = load(data, file, reporter, origin, **({"reader": reader} if reader else {}))
+    with no_collections():
+        units = load(data, file, reporter, origin, **({"reader": reader} if reader else {}))
     tree, source = units[0].tree, units[0].source
     if len(units) == 1:
         digest = hashlib.sha256(units[0].data).hexdigest()
@@ -114,8 +116,9 @@ def check(data: "bytes | str", file: str, no_daemon: bool = False,
             h.update(u.file.encode("utf-8", "surrogateescape") + b"\0")
             h.update(hashlib.sha256(u.data).digest())
         digest = h.hexdigest()
-    policy = analyse(tree, reporter, no_daemon=no_daemon,
-                     included=tuple(u.tree for u in units[1:]), statements=spliced(units))
+    with no_collections():
+        policy = analyse(tree, reporter, no_daemon=no_daemon,
+                         included=tuple(u.tree for u in units[1:]), statements=spliced(units))
     classes = None
     if build_classes and not reporter.has_errors:
         try:
