@@ -613,8 +613,11 @@ def _uniform(c: Class, op: str) -> Optional[Decision]:
 
 
 def _uniform_table(table: DecisionTable, op: str) -> Optional[Decision]:
-    rows = table.rows
-    slots = _ATOM_SLOTS[op]
+    return _uniform_rows(table.rows, _ATOM_SLOTS[op])
+
+
+def _uniform_rows(rows: tuple, slots: list[int]) -> Optional[Decision]:
+    """The decision at `slots` of every row of `rows` if they are all equal."""
     first = _uniform_in(rows[0], slots)
     if first is None or any(r is not rows[0] and _uniform_in(r, slots) != first for r in rows[1:]):
         return None
@@ -643,7 +646,7 @@ class _Planner:
     def __init__(self, tree: ClassTree, abi: str, strict: "Strictness"):
         self.tree, self.abi, self.strict = tree, abi, strict
         self.classes = tree.classes
-        self.programs: dict[tuple, Program] = {}
+        self.programs: dict[tuple, Program] = {}  # all but the namespace prefilters, by key
         self._runtime_ids: dict[tuple, int] = {}
         # Decision object (by id) -> (it, kept alive so the id is not reused; its runtime):
         # rows share their decision objects, and this needs no Python call to find one.
@@ -653,18 +656,29 @@ class _Planner:
         # stand for the others: quicker to hash).
         self._object_decisions = operator.itemgetter(*sorted(
             {self.alike.first[self.alike.group_of[i]] for i in _OBJECT_SLOTS}))
-        self._members_of_table: dict[DecisionTable, _ObjectMembers] = {}
+        self._members_of_table: dict[int, _ObjectMembers] = {}  # by _table_list's index
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
+        # The object hooks by the slots their steps depend on (the op's, and for fsync and
+        # fsyncdir both ops'), one per group of alike slots: per such set of slots, its hooks
+        # (index in HOOKS, op, the op's slots likewise one per group).
+        group_first = [self.alike.first[g] for g in self.alike.group_of]
+        by_slots: dict[tuple[int, ...], list[tuple[int, str, list[int]]]] = {}
+        for i, (_, _, kind, op) in enumerate(HOOKS):
+            if kind == "object":
+                read = _ATOM_SLOTS["fsync"] + _ATOM_SLOTS["fsyncdir"] \
+                    if op in ("fsync", "fsyncdir") else _ATOM_SLOTS[op]
+                by_slots.setdefault(tuple(sorted({group_first[s] for s in read})), []).append(
+                    (i, op, list(dict.fromkeys(group_first[s] for s in _ATOM_SLOTS[op]))))
+        self._object_ops = [(slots, hooks, {}) for slots, hooks in by_slots.items()]
         self._answers: dict[tuple[str, str], list[int]] = {}
-        self._table_index: Optional[tuple[list[tuple], list[int]]] = None
-        self._trivial: dict[tuple[str, bool], list] = {}
-        self._class_slots: list = [None] * len(tree.classes)
-        self._table_slots: dict[DecisionTable, list[tuple[int, ...]]] = {}
+        self._table_index: Optional[tuple[list[DecisionTable], list[int]]] = None
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
         self.steps: list[_NamespaceStep] = []  # the namespace hooks, in member order (prepare)
         self.questions: list[tuple[str, str]] = []  # (kind, op) each asks once per class
-        self._signature_ids: dict[tuple, int] = {}
-        self._table_runtime: dict[DecisionTable, tuple] = {}
+        self.keys: list = []  # per planned class, its key per question (prepare)
+        self.post_keys: list = []  # per planned class, its lookup postfilter's key (prepare)
+        self._posts: dict[int, Program] = {}  # lookup postfilters, by key
+        self._table_runtimes: Optional[list[tuple[tuple[int, ...], ...]]] = None
 
     def runtime(self, d: Decision) -> int:
         """What a program does with a decision, as a small number: its return code, and for
@@ -679,177 +693,242 @@ class _Planner:
         entry = self._runtime_of[id(d)] = (d, self._runtime_ids.setdefault(key, len(self._runtime_ids)))
         return entry
 
-    def namespace_signature(self, c: Class, kind: str, op: str, view: "_NameView"
-                            ) -> Optional[tuple]:
-        """When a namespace program's answers do not depend on which class it serves, what
-        they are (so instances can share it); None when the program must be the class's own.
-        A class with no literal or glob transitions sends every name to its default child,
-        so its programs are fixed by that child's decisions. (`view`: name_view's.)"""
-        rt = self.per_subject  # every subject class's
-
-        if kind == "link":
-            return (kind, rt(c, "link:src"))
-        if kind == "cfr":
-            return (kind, rt(c, "copy_file_range:src"))
-        if self.share is not None and kind in ("lookup", "create", "remove"):
-            return self.name_signature(c, kind, op, view)
-        if self.share is not None and kind == "rename":
-            return self.rename_signature(c)
-        if c.literals or c.globs:
-            return None
-        k = self.classes[c.default]
-        if kind == "create":
-            return (kind, tuple(rt(k, a) for a in ops.ATOMS_OF_OP[op]),
-                    self.strict.at_least_as_strict(c.id, k.id))
-        if kind == "remove":
-            return (kind, rt(k, op))
-        if kind == "rename":
-            return (kind, rt(k, "rename:src"), rt(k, "rename:dst"))
-        return None
-
-    def per_subject(self, k: Class, atom: str) -> tuple[int, ...]:
-        """`runtime` of class k's decisions for `atom`, for every subject class."""
-        by_slot = self._class_slots[k.id]
-        if by_slot is None:
-            by_slot = self._table_slots.get(k.table)
-            if by_slot is None:
-                # per subject class, per slot -> per slot, per subject class
-                by_slot = self._table_slots[k.table] = list(zip(*self.table_runtime(k.table)))
-            self._class_slots[k.id] = by_slot
-        return by_slot[SLOT[atom]]
-
     def row_runtime(self, row: tuple) -> tuple[int, ...]:
-        """`runtime` of every decision of one row: worked out once per group of alike
-        slots, which is quicker than hashing the row to find it again (groups are in slot
-        order, so new runtimes are numbered in the order they always were)."""
+        """`runtime` of the decisions of one row, one per group of alike slots (which hold
+        the same objects in every row: the group's stands for its slots')."""
         known = self._runtime_of
-        per_group = [(known.get(id(d)) or self._runtime_entry(d))[1] for d in self.alike.pick(row)]
-        return tuple(map(per_group.__getitem__, self.alike.group_of))
+        return tuple([(known.get(id(d)) or self._runtime_entry(d))[1]
+                      for d in self.alike.pick(row)])
 
-    def table_runtime(self, table: DecisionTable) -> tuple:
-        """What a table's decisions do at run time, for every subject class, as a key."""
-        hit = self._table_runtime.get(table)
-        if hit is None:
-            hit = self._table_runtime[table] = tuple(self.row_runtime(r) for r in table.rows)
-        return hit
-
-    def answers(self, kind: str, op: str) -> list[int]:
-        """Per class, what the program of `kind`/`op` answers for a name that leads there,
-        apart from what depends on the parent (see name_signature), as a number (equal
-        answers, equal numbers: signatures compare and hash numbers, not nested tuples).
-        It is the runtime of the op's decisions, and for lookup and create whether the
-        daemon must name the child: worked out per distinct table, for every class at once."""
-        out = self._answers.get((kind, op))
-        if out is None:
-            tables, table_of = self._tables()
-            at_slots = operator.itemgetter(*_ATOM_SLOTS[op])
-            ids: dict[tuple, int] = {}
-            per_table = [ids.setdefault(tuple(map(at_slots, rows)), len(ids)) for rows in tables]
-            if kind in ("remove", "rename"):
-                out = [per_table[t] for t in table_of]
-            else:
-                named = self.named
-                out = [per_table[t] << 1 | named[k] for k, t in enumerate(table_of)]
-            self._answers[(kind, op)] = out
-        return out
-
-    def _tables(self) -> tuple[list[tuple], list[int]]:
-        """The distinct tables' runtimes (table_runtime), and per class its table's index."""
+    def _table_list(self) -> tuple[list[DecisionTable], list[int]]:
+        """The distinct tables, and per class its table's index among them."""
         if self._table_index is None:
             index: dict[DecisionTable, int] = {}
             table_of = [index.setdefault(c.table, len(index)) for c in self.classes]
-            self._table_index = [self.table_runtime(t) for t in index], table_of
+            self._table_index = list(index), table_of
         return self._table_index
 
-    def name_signature(self, c: Class, kind: str, op: str, view: "_NameView") -> tuple:
-        """A namespace program's answer for every name, as a value: two classes with equal
-        signatures answer every name alike, so they share the program (which walks the
-        transitions of the first class). Names that the class's transitions tell apart but
-        that get the same answer are not told apart here.
+    def _runtimes(self) -> list[tuple[tuple[int, ...], ...]]:
+        """Per distinct table (_table_list), what its decisions do at run time: per subject
+        class, its row's row_runtime."""
+        if self._table_runtimes is None:
+            self._table_runtimes = [tuple([self.row_runtime(r) for r in t.rows])
+                                    for t in self._table_list()[0]]
+        return self._table_runtimes
+
+    def runtime_numbers(self) -> list[int]:
+        """Per class, what its table's decisions do at run time, as a number (equal
+        runtimes, equal numbers)."""
+        ids: dict[tuple, int] = {}
+        per_table = [ids.setdefault(t, len(ids)) for t in self._runtimes()]
+        return [per_table[t] for t in self._table_list()[1]]
+
+    def _numbers(self, slots: list[int]) -> list[int]:
+        """Per class, the runtime of its decisions at `slots` for every subject class, as a
+        number (equal runtimes, equal numbers): worked out per distinct table."""
+        at_slots = operator.itemgetter(*[self.alike.group_of[s] for s in slots])
+        ids: dict[tuple, int] = {}
+        per_table = [ids.setdefault(tuple(map(at_slots, t)), len(ids)) for t in self._runtimes()]
+        return [per_table[t] for t in self._table_list()[1]]
+
+    def answers(self, kind: str, op: str) -> list[int]:
+        """Per class, what the program of `kind`/`op` answers for a name that leads there,
+        apart from what depends on the parent (see name_keys), as a number (equal answers,
+        equal numbers: signatures compare and hash numbers, not nested tuples). It is the
+        runtime of the op's decisions, and for lookup and create whether the daemon must
+        name the child."""
+        out = self._answers.get((kind, op))
+        if out is None:
+            out = self._numbers(_ATOM_SLOTS[op])
+            if kind not in ("remove", "rename"):
+                out = [n << 1 | named for n, named in zip(out, self.named)]
+            self._answers[(kind, op)] = out
+        return out
+
+    def _trivial_flags(self, what: str, uniform: bool) -> list[bool]:
+        """Per class: does it allow `what` (an atom, or with `uniform` every atom of an op
+        alike) without audit, for every subject class? Worked out per distinct table."""
+        tables, table_of = self._table_list()
+        per_table = [_trivial(_uniform_table(t, what)) if uniform else
+                     all(map(_trivial, t.decisions(what))) for t in tables]
+        return [per_table[t] for t in table_of]
+
+    def prepare(self, planned: list[Class]) -> None:
+        """Number the questions the namespace hooks ask (rename and rename2 ask one, and so
+        do ops decided alike everywhere: _same_answers), and answer each for every class
+        in `planned` (those whose instances are planned) at once: namespace_keys."""
+        alias = _same_answers(self.classes)
+        numbers: dict[tuple[str, str], int] = {}
+        for member, params, kind, op in NAMESPACE_HOOKS:
+            question = (kind, alias.get(op, op))
+            post = member if member in ("lookup", "mkdir") else ""
+            self.steps.append(_NamespaceStep(member, f"{member}_prefilter", kind, op, params,
+                                             numbers.setdefault(question, len(numbers)), {},
+                                             post))
+        self.questions = list(numbers)
+        views = [self.name_view(c) for c in planned]
+        columns = [self.namespace_keys(kind, op, planned, views) for kind, op in self.questions]
+        self.keys = [None] * len(self.classes)
+        self.post_keys = [None] * len(self.classes)
+        for c, keys in zip(planned, zip(*columns)):
+            self.keys[c.id] = keys
+        lookup = self.questions.index(("lookup", "lookup"))
+        for c, key in zip(planned, self.lookup_post_keys(planned, views, columns[lookup])):
+            self.post_keys[c.id] = key
+
+    def namespace_keys(self, kind: str, op: str, planned: list[Class], views: list["_NameView"]
+                       ) -> list[Optional[int]]:
+        """Per class of `planned`: None when it needs no program for the question `kind`/`op`;
+        else what its program is shared by, as a number (equal numbers, one program).
+
+        When a namespace program's answers do not depend on which class it serves, it is
+        shared by what they are (a signature); else it is the class's own. A class with no
+        literal or glob transitions sends every name to its default child, so even without
+        sharing (SHARING off) its programs are fixed by that child's decisions."""
+        needs = self.needs_hook(kind, op, planned, views)
+        if kind in ("link", "cfr"):
+            # the source object's decisions, for every subject class
+            source = self._numbers([SLOT["link:src" if kind == "link" else "copy_file_range:src"]])
+            return [source[c.id] if need else None for c, need in zip(planned, needs)]
+        if self.share is None:
+            return self._unshared_keys(kind, op, planned, needs)
+        if kind == "rename":
+            return self.rename_keys(planned, views, needs)
+        return self.name_keys(kind, op, planned, views, needs)
+
+    def _unshared_keys(self, kind: str, op: str, planned: list[Class], needs: list[bool]
+                       ) -> list[Optional[int]]:
+        """namespace_keys without sharing: a class with literals or globs has its own
+        program (~its id); one without, one fixed by its default child's decisions (and for
+        create by whether that child is at least as strict)."""
+        if kind == "lookup":
+            return [~c.id if need else None for c, need in zip(planned, needs)]
+        decided = self.answers(kind, op)
+        at_least = self.strict.at_least_as_strict
+        ids: dict[tuple, int] = {}
+        keys: list[Optional[int]] = []
+        for c, need in zip(planned, needs):
+            if not need:
+                keys.append(None)
+            elif c.literals or c.globs:
+                keys.append(~c.id)
+            else:
+                k = c.default
+                shared = (decided[k] >> 1, at_least(c.id, k)) if kind == "create" else \
+                    (decided[k],)
+                keys.append(ids.setdefault(shared, len(ids)))
+        return keys
+
+    def name_keys(self, kind: str, op: str, planned: list[Class], views: list["_NameView"],
+                  needs: list[bool]) -> list[Optional[int]]:
+        """Keys of lookup, create and remove programs by their answer for every name (_by_name):
+        two classes answering every name alike share the program (which walks the transitions
+        of the first class). Names that the class's transitions tell apart but that get the
+        same answer are not told apart here.
 
         The answer for a name (the hook body in logic.h.j2: fpol_on_lookup, fpol_on_create,
-        fpol_on_remove) depends only on the child class it leads to, and on the parent
-        through lookup's "child is this class" and create's "child at least as strict"
-        (`view.stricter`, per child of `view.targets`)."""
+        fpol_on_remove) depends only on the child class it leads to (answers), and on the
+        parent through lookup's "child is this class" and create's "child at least as
+        strict" (`view.stricter`, per child of `view.targets`)."""
         base = self.answers(kind, op)
-        targets = view.targets
-        if kind == "lookup":
-            cid = c.id
-            outs = [base[t] << 1 | (t == cid) for t in targets]
-        elif kind == "create":
-            outs = [base[t] << 1 | ok for t, ok in zip(targets, view.stricter)]
-        else:
-            outs = [base[t] for t in targets]
-        return ("names", kind, op, *_by_name(c, view, outs))
+        twice = [b << 1 for b in base]
+        ids: dict[tuple, int] = {}
+        keys: list[Optional[int]] = []
+        for c, view, need in zip(planned, views, needs):
+            if not need:
+                keys.append(None)
+                continue
+            targets = view.targets
+            if kind == "lookup":
+                cid = c.id
+                outs = [twice[t] | (t == cid) for t in targets]
+            elif kind == "create":
+                outs = [twice[t] | ok for t, ok in zip(targets, view.stricter)]
+            else:
+                outs = list(map(base.__getitem__, targets))
+            keys.append(ids.setdefault(_by_name(view, outs), len(ids)))
+        return keys
 
-    def name_view(self, c: Class) -> "_NameView":
-        """Class `c`'s transitions as the namespace programs' signatures read them (once
-        per class, for all of them)."""
-        ok, nlits = self.inherit[c.id], len(c.literals)
-        if c.masks and c.literals:
-            at = {m: i for i, (m, _) in enumerate(c.masks, 1)}
-            # the set of its globs a literal matches (a bitmask) picks its mask entry
-            fallback = [at.get(glob_mask(c.globs, lit), 0) for lit, _ in c.literals]
-        else:
-            fallback = [0] * nlits
-        return _NameView([c.default, *[t for _, t in c.masks], *[t for _, t in c.literals]],
-                         fallback, [ok[-1], *ok[nlits:-1], *ok[:nlits]])
-
-    def lookup_post_key(self, c: Class, view: "_NameView") -> tuple:
+    def lookup_post_keys(self, planned: list[Class], views: list["_NameView"],
+                         lookups: list[Optional[int]]) -> list[Optional[int]]:
         """lookup_postfilter attaches the child's instance, or nothing when the child is the
         directory's own class (it inherits): per name, the child's instance or -1. Classes
-        that agree on every name share the program."""
+        that agree on every name share the program (None: no lookup prefilter, no program;
+        without sharing, each class its own)."""
         share = self.share
-        if share is None:
-            return ("lookup_post", c.id)
-        cid = c.id
-        return ("lookup_post",
-                *_by_name(c, view, [-1 if t == cid else share[t] for t in view.targets]))
+        ids: dict[tuple, int] = {}
+        keys: list[Optional[int]] = []
+        for c, view, lookup in zip(planned, views, lookups):
+            if lookup is None:
+                keys.append(None)
+            elif share is None:
+                keys.append(~c.id)
+            else:
+                cid = c.id
+                keys.append(ids.setdefault(
+                    _by_name(view, [-1 if t == cid else share[t] for t in view.targets]),
+                    len(ids)))
+        return keys
 
-    def rename_signature(self, c: Class) -> tuple:
+    def rename_keys(self, planned: list[Class], views: list["_NameView"], needs: list[bool]
+                    ) -> list[Optional[int]]:
         """rename's answer for two names depends on their child classes' rename decisions and
         on whether the two are one class (logic.h.j2 fpol_rename): the class's transitions
         with each child replaced by its decisions and by the first entry leading to the same
         child. Classes with equal signatures answer every pair of names alike."""
         decisions = self.answers("rename", "rename")  # both atoms', as a number
-        entries = (*c.literals, *c.masks, (None, c.default))
-        first: dict[int, int] = {}
-        out = tuple([(key, decisions[t], first.setdefault(t, i))
-                     for i, (key, t) in enumerate(entries)])
-        return ("rename", tuple([g.text for g in c.globs]), out)
+        ids: dict[tuple, int] = {}
+        keys: list[Optional[int]] = []
+        for c, view, need in zip(planned, views, needs):
+            if not need:
+                keys.append(None)
+                continue
+            entries = (*c.literals, *c.masks, (None, c.default))
+            first: dict[int, int] = {}
+            out = tuple([(key, decisions[t], first.setdefault(t, i))
+                         for i, (key, t) in enumerate(entries)])
+            keys.append(ids.setdefault((view.globs, out), len(ids)))
+        return keys
 
-    def needs_hook(self, c: Class, kids: tuple[int, ...], kind: str, op: str, named_kid: bool,
-                   kids_ok: bool) -> bool:
-        """Whether class `c` needs a program in the namespace hook of `op`. `kids`: every
-        class a child of `c` can be in; `named_kid`: the daemon must name one of them;
-        `kids_ok`: every one is at least as strict as `c`."""
+    def name_view(self, c: Class) -> "_NameView":
+        """Class `c`'s transitions as the namespace questions read them (once per class,
+        for all of them)."""
+        ok, nlits = self.inherit[c.id], len(c.literals)
+        mask_keys, mask_targets = zip(*c.masks) if c.masks else ((), ())
+        names, lit_targets = zip(*c.literals) if nlits else ((), ())
+        if c.masks and nlits:
+            at = {m: i for i, m in enumerate(mask_keys, 1)}
+            # the set of its globs a literal matches (a bitmask) picks its mask entry
+            fallback = [at.get(glob_mask(c.globs, lit), 0) for lit in names]
+        else:
+            fallback = [0] * nlits
+        kids = self.strict.targets(c)
+        return _NameView([c.default, *mask_targets, *lit_targets], fallback,
+                         [ok[-1], *ok[nlits:-1], *ok[:nlits]], mask_keys, names,
+                         tuple([g.text for g in c.globs]), kids,
+                         any(map(self.named.__getitem__, kids)), all(ok))
+
+    def needs_hook(self, kind: str, op: str, planned: list[Class], views: list["_NameView"]
+                   ) -> list[bool]:
+        """Per class of `planned`: does it need a program in the namespace hook of `op`?
+        (What its children are read from its view: kids, named_kid, kids_ok.)"""
         if kind in ("cfr", "link", "rename"):
-            return len(self.classes) > 1 or not _trivial(_uniform(c, op))
-        if kind in ("lookup", "create") and named_kid:
-            return True  # the daemon must look up (or make) such children: route them there
+            if len(self.classes) > 1:
+                return [True] * len(planned)
+            return [not _trivial(_uniform(c, op)) for c in planned]
         if kind == "lookup":
-            return kids != (c.id,) or not self.all_trivial(kids, "lookup")
+            trivial = self._trivial_flags("lookup", False)
+            # the daemon must look up (or make) children it names: route them there
+            return [v.named_kid or v.kids != (c.id,) or not all(map(trivial.__getitem__, v.kids))
+                    for c, v in zip(planned, views)]
         if kind == "remove":
-            return not self.all_trivial(kids, op)
+            trivial = self._trivial_flags(op, False)
+            return [not all(map(trivial.__getitem__, v.kids)) for v in views]
         if kind == "create":
-            return not kids_ok or not self.all_trivial(kids, op, uniform=True)
-        return True
-
-    def all_trivial(self, kids: tuple[int, ...], what: str, uniform: bool = False) -> bool:
-        """Does every class in `kids` allow `what` (an atom, or with `uniform` every atom of
-        an op alike) without audit, for every subject class? Worked out once per class."""
-        flags = self._trivial.get((what, uniform))
-        if flags is None:
-            flags = self._trivial[(what, uniform)] = [None] * len(self.classes)
-        for k in kids:
-            ok = flags[k]
-            if ok is None:
-                kc = self.classes[k]
-                ok = flags[k] = _trivial(_uniform(kc, what)) if uniform else \
-                    all(map(_trivial, kc.decisions(what)))
-            if not ok:
-                return False
-        return True
+            trivial = self._trivial_flags(op, True)
+            return [v.named_kid or not v.kids_ok or not all(map(trivial.__getitem__, v.kids))
+                    for v in views]
+        return [True] * len(planned)
 
     def program(self, key: tuple, make) -> Program:
         p = self.programs.get(key)
@@ -859,45 +938,53 @@ class _Planner:
 
     def _object_plan(self, table: DecisionTable) -> list:
         """Per hook, for an object op: None (no program), ("default", switch entry, key) or
-        ("object", signature). It depends only on the decisions at the object ops' slots."""
-        rt = self.runtime
+        ("object", signature). It depends only on the decisions at the object ops' slots:
+        the steps of the hooks reading the same slots are worked out once per distinct
+        decisions there (by identity: objects alike slots share stand for them)."""
         rows = table.rows
-        runtimes = [self.row_runtime(r) for r in rows]
-        out: list = []
-        for member, params, kind, op in HOOKS:
-            if kind != "object":
-                out.append(None)
-                continue
-            slots = _ATOM_SLOTS[op]
-            uniform = _uniform_table(table, op)
-            if _trivial(uniform):
-                out.append(None)
-            elif self.abi == "v4" and uniform is not None and \
-                    op not in ("fsync", "fsyncdir", "access"):  # access needs its mask
-                # A decision that does not depend on the request's details: default_filter.
-                rule = uniform.rules[0] if uniform.rules else None
-                out.append(("default", (OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]),
-                            (OPCODES[op], rt(uniform))))
-            elif op in ("fsync", "fsyncdir"):
-                out.append(("fsync", tuple(r[SLOT["fsync"]] for r in runtimes)
-                            + tuple(r[SLOT["fsyncdir"]] for r in runtimes)))
-            else:
-                out.append(("object", tuple(r[i] for r in runtimes for i in slots)))
+        out: list = [None] * len(HOOKS)
+        for slots, hooks, known in self._object_ops:
+            key = tuple([id(r[i]) for r in rows for i in slots])
+            steps = known.get(key)
+            if steps is None:
+                steps = known[key] = [(index, self._object_step(op, own, rows))
+                                      for index, op, own in hooks]
+            for index, step in steps:
+                out[index] = step
         return out
+
+    def _object_step(self, op: str, slots: list[int], rows: tuple) -> Optional[tuple]:
+        """One object op's step of _object_plan, for a table's `rows` (`slots`: the op's,
+        one per group of alike slots)."""
+        uniform = _uniform_rows(rows, slots)
+        if _trivial(uniform):
+            return None
+        rt = self.runtime
+        if self.abi == "v4" and uniform is not None and \
+                op not in ("fsync", "fsyncdir", "access"):  # access needs its mask
+            # A decision that does not depend on the request's details: default_filter.
+            rule = uniform.rules[0] if uniform.rules else None
+            return ("default", (OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]),
+                    (OPCODES[op], rt(uniform)))
+        if op in ("fsync", "fsyncdir"):
+            return ("fsync", tuple([rt(r[SLOT["fsync"]]) for r in rows])
+                    + tuple([rt(r[SLOT["fsyncdir"]]) for r in rows]))
+        return ("object", tuple([rt(r[i]) for r in rows for i in _ATOM_SLOTS[op]]))
 
     def object_members(self, c: Class) -> "_ObjectMembers":
         """Class `c`'s object-op programs. They depend only on its decisions at the object
         ops' slots, which many tables share: worked out once per distinct such projection
         (the first class to need a program names it, as ever)."""
-        table = c.table
-        found = self._members_of_table.get(table)
+        index = self._table_list()[1][c.id]
+        found = self._members_of_table.get(index)
         if found is None:
+            table = c.table
             projection = tuple(map(self._object_decisions, table.rows))
             found = self._members_of_projection.get(projection)
             if found is None:
                 found = self._members_of_projection[projection] = \
                     self._resolve_object_members(c, self._object_plan(table))
-            self._members_of_table[table] = found
+            self._members_of_table[index] = found
         return found
 
     def _resolve_object_members(self, c: Class, plan: list) -> "_ObjectMembers":
@@ -944,120 +1031,105 @@ class _Planner:
                 switch=sorted(default_switch)))
         return _ObjectMembers(runs, default)
 
-    def prepare(self) -> None:
-        """Number the questions the namespace hooks ask (see namespace_keys), once per plan:
-        rename and rename2 ask one, and so do ops decided alike everywhere (_same_answers)."""
-        alias = _same_answers(self.classes)
-        numbers: dict[tuple[str, str], int] = {}
-        for member, params, kind, op in NAMESPACE_HOOKS:
-            question = (kind, alias.get(op, op))
-            self.steps.append(_NamespaceStep(member, f"{member}_prefilter", kind, op, params,
-                                             numbers.setdefault(question, len(numbers))))
-        self.questions = list(numbers)
-
-    def namespace_keys(self, c: Class, view: "_NameView") -> list[Optional[int]]:
-        """Per question (prepare): None when class `c` needs no program for it; else what
-        its program is shared by, as a number (a signature's, or the class's own)."""
-        cid = c.id
-        kids = self.strict.targets(c)  # every class a child of `c` can be in
-        named_kid = any(self.named[k] for k in kids)
-        kids_ok = all(view.stricter)
-        keys: list[Optional[int]] = []
-        for kind, op in self.questions:
-            if not self.needs_hook(c, kids, kind, op, named_kid, kids_ok):
-                keys.append(None)
-                continue
-            shared = self.namespace_signature(c, kind, op, view)
-            # (a signature hashes once here, not once per hook asking it)
-            keys.append(~cid if shared is None else
-                        self._signature_ids.setdefault(shared, len(self._signature_ids)))
-        return keys
-
     def instance(self, c: Class, name: str) -> tuple[Instance, list[Program]]:
         """Class `c`'s fuse_ops members, in member order: its table's object-op programs
-        (object_members), and between their runs the namespace hooks' (namespace_keys), with
-        the quirks of spec §10 where they apply. And its programs, each once (the classes
-        sharing the instance are added to theirs from it)."""
+        (object_members), and between their runs the namespace hooks' (keys from prepare),
+        with the quirks of spec §10 where they apply. And its programs, each once (the
+        classes sharing the instance are added to theirs from it)."""
         objects = self.object_members(c)
-        view = self.name_view(c)
-        keys = self.namespace_keys(c, view)
-        programs = self.programs
+        keys = self.keys[c.id]
         cid = c.id
         members: list[tuple[str, str]] = []
         used: list[Program] = []  # every program of the instance, once
         if objects.default is not None:
             members.append(("default_filter", objects.default.name))
             used.append(objects.default)
-        for (run_members, run_programs), (member, slot, kind, op, params, question) in \
-                zip(objects.runs, self.steps):
+        for (run_members, run_programs), (member, slot, kind, op, params, question, made, post) \
+                in zip(objects.runs, self.steps):
             members += run_members
             used += run_programs
             key = keys[question]
             if key is None:
                 continue
-            p = programs.get((member, key))
-            if p is None:  # (made here, not by program(): most are, no closure for each)
-                p = programs[(member, key)] = Program(
-                    f"fpol_{member}_{cid}", slot, kind, cid, [], op, params)
+            p = made.get(key)
+            if p is None:
+                p = made[key] = Program(f"fpol_{member}_{cid}", slot, kind, cid, [], op, params)
             used.append(p)
             members.append((slot, p.name))
-            if member in ("lookup", "mkdir"):
-                self._postfilter(c, member, members, used, view)
+            if post:
+                p = self._postfilter(c, post)
+                used.append(p)
+                members.append((p.hook, p.name))
         members += objects.runs[-1][0]
         used += objects.runs[-1][1]
         for p in used:
             p.classes.append(cid)
         return Instance(cid, name, members, c.example.decode("utf-8", "backslashreplace")), used
 
-    def _postfilter(self, c: Class, member: str, members: list[tuple[str, str]],
-                    used: list[Program], view: "_NameView") -> None:
+    def _postfilter(self, c: Class, member: str) -> Program:
         """The postfilter that goes with class `c`'s lookup or mkdir prefilter."""
         if member == "lookup":
-            key = self.lookup_post_key(c, view)  # (most are found: no closure made for them)
-            post = self.programs.get(key) or self.program(key, lambda: Program(
-                f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
-                "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
-                          "struct fuse_buffer *entries"))
-            used.append(post)
-            members.append(("lookup_postfilter", post.name))
-        else:
-            # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
-            # is set, so it must never be NULL.
-            post = self.programs.get(_MKDIR_POST) or self.program(_MKDIR_POST, lambda: Program(
-                "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
-                "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
-            used.append(post)
-            members.append(("mkdir_postfilter", post.name))
+            key = self.post_keys[c.id]
+            post = self._posts.get(key)
+            if post is None:
+                post = self._posts[key] = Program(
+                    f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
+                    "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
+                              "struct fuse_buffer *entries")
+            return post
+        # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
+        # is set, so it must never be NULL.
+        return self.programs.get(_MKDIR_POST) or self.program(_MKDIR_POST, lambda: Program(
+            "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
+            "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
+
+    def all_programs(self) -> list[Program]:
+        """Every program made, in no particular order."""
+        out = list(self.programs.values())
+        for step in self.steps:
+            out += step.made.values()
+        out += self._posts.values()
+        return out
 
 
 _MKDIR_POST = ("noop_mkdir",)  # the one mkdir postfilter's key
 
 
 class _NameView(NamedTuple):
-    """A class's transitions as a namespace program's signature reads them (name_view)."""
+    """A class's transitions as the namespace questions read them (name_view)."""
 
     targets: list[int]  # the classes they lead to: the default's, each mask's, each literal's
     fallback: list[int]  # per literal, the index in targets of the entry a name would follow
     # without it: its glob mask's, or the default's (0)
     stricter: list[bool]  # per target, is the child at least as strict as the class (create)
+    masks: tuple[int, ...]  # its masks, in order
+    names: tuple[bytes, ...]  # its literals' names, in order
+    globs: tuple[bytes, ...]  # its globs' texts
+    kids: tuple[int, ...]  # every class a child can be in (moves.Strictness.targets)
+    named_kid: bool  # the daemon must name one of them
+    kids_ok: bool  # every one is at least as strict as the class
 
 
-def _by_name(c: Class, view: _NameView, outs: list[int]) -> tuple:
-    """What a namespace program of class `c` answers per name, given per target what it
-    answers for a name leading there (`outs`): its default, and the globs, mask entries and
-    literals that answer otherwise than the entry a name would follow without them."""
+def _by_name(view: _NameView, outs: list[int]) -> tuple:
+    """What a namespace program of a class answers per name, given per target of its `view`
+    what it answers for a name leading there (`outs`): its default, and the globs, mask
+    entries and literals that answer otherwise than the entry a name would follow without
+    them."""
     default = outs[0]
-    nmasks = len(c.masks)
-    masks = tuple([(m, o) for (m, _), o in zip(c.masks, outs[1:1 + nmasks]) if o != default]) \
+    if outs.count(default) == len(outs):
+        return default, (), (), ()  # (what the general case makes of it, made quicker)
+    nmasks = len(view.masks)
+    masks = tuple([(m, o) for m, o in zip(view.masks, outs[1:1 + nmasks]) if o != default]) \
         if nmasks else ()
-    lits = tuple([(lit, o) for (lit, _), f, o in zip(c.literals, view.fallback, outs[1 + nmasks:])
+    lits = tuple([(lit, o) for lit, f, o in zip(view.names, view.fallback, outs[1 + nmasks:])
                   if o != outs[f]])
-    return default, tuple([g.text for g in c.globs]) if masks else (), masks, lits
+    return default, view.globs if masks else (), masks, lits
 
 
 class _NamespaceStep(NamedTuple):
-    """One namespace hook as the plan walks it: its member, and which question it asks
-    (a tuple: instance unpacks it for every class)."""
+    """One namespace hook as the plan walks it: its member, which question it asks, its
+    programs by key, and the postfilter that goes with it (a tuple: instance unpacks it for
+    every class)."""
 
     member: str
     slot: str  # the fuse_ops member its program fills
@@ -1065,8 +1137,8 @@ class _NamespaceStep(NamedTuple):
     op: str
     params: str
     question: int  # index into _Planner.questions
-
-
+    made: dict[int, Program]  # its programs, by key (namespace_keys)
+    post: str  # "lookup" or "mkdir": the member whose postfilter follows it; or ""
 
 
 def _same_answers(classes: Sequence[Class]) -> dict[str, str]:
@@ -1126,34 +1198,29 @@ SHARING = True
 
 
 def _shared_instances(tree: ClassTree, infos: list[ClassInfo], inherit: list[tuple[bool, ...]],
-                      table_runtime) -> list[int]:
+                      runtime: list[int]) -> list[int]:
     """Per class, the class whose fuse_ops instance it uses: the smallest class of its block
     in the coarsest partition where classes of one block behave identically to every program
     (so the root, class 0, keeps its own name: root_bpf).
 
     A program of class `c` reads, of `c` and of the child classes a name leads to, only
-    what the decision words do at run time (`runtime`: the return code, and for audited
-    decisions the event naming the rule; not which rule denied), the daemon-lookup flag,
-    and per transition whether the child may inherit `c`'s instance; and it compares class
-    ids: child == `c` (lookup: inherit or attach), two children equal (rename within one
-    class). So two classes share an instance when they agree on all of that, their
+    what the decision words do at run time (`runtime`, a number per class: the return code,
+    and for audited decisions the event naming the rule; not which rule denied), the
+    daemon-lookup flag, and per transition whether the child may inherit `c`'s instance;
+    and it compares class ids: child == `c` (lookup: inherit or attach), two children
+    equal (rename within one class). So two classes share an instance when they agree on all of that, their
     transitions have the same names, glob texts and masks, children in the same blocks,
     and the same pattern of equal children (and of children equal to the class itself).
     Then any program written for one decides for the other exactly as its own would, and
     a child's instance is the same whichever class of the block its parent is in: fuse-bpf
     attaching the instance of a block, or inheriting it, is attaching the class's own."""
     classes = tree.classes
-    by_table: dict[DecisionTable, int] = {}  # table -> its runtime's number
-    runtimes: dict[tuple, int] = {}
     # The first partition: what a class's own programs read. Refining it by the children's
     # blocks (Moore) then gives the coarsest partition that is also stable under them.
     labels: dict[tuple, int] = {}
     block: list[int] = []
     children: list[tuple[int, ...]] = []
     for c, info in zip(classes, infos):
-        runtime = by_table.get(c.table)
-        if runtime is None:
-            runtime = by_table[c.table] = runtimes.setdefault(table_runtime(c.table), len(runtimes))
         cid = c.id
         names, by_name = zip(*c.literals) if c.literals else ((), ())
         masks, by_mask = zip(*c.masks) if c.masks else ((), ())
@@ -1161,7 +1228,7 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], inherit: list[tup
         first: dict[int, int] = {cid: -1}
         shape = (tuple([g.text for g in c.globs]) if c.globs else (), names, masks,
                  tuple([first.setdefault(t, i) for i, t in enumerate(targets)]), inherit[cid])
-        block.append(labels.setdefault((runtime, info.daemon_lookup, shape), len(labels)))
+        block.append(labels.setdefault((runtime[cid], info.daemon_lookup, shape), len(labels)))
         children.append(targets)
     # A class alone in its block stays alone: only the others are refined, their blocks
     # numbered after the labels.
@@ -1192,7 +1259,7 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
     planner.named = [i.daemon_lookup for i in infos]  # objects the daemon must name
     planner.inherit = inherit
     if SHARING:
-        share = planner.share = _shared_instances(tree, infos, inherit, planner.table_runtime)
+        share = planner.share = _shared_instances(tree, infos, inherit, planner.runtime_numbers())
     else:  # one instance per class, and namespace programs per class (tests compare)
         share = list(range(len(tree.classes)))
     for info in infos:  # a block's first class keeps its own name: the instance's
@@ -1204,7 +1271,7 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
           ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
     used: dict[int, list[Program]] = {}  # per instance, its programs
-    planner.prepare()
+    planner.prepare([c for c in tree.classes if share[c.id] == c.id])
     for c, info in zip(tree.classes, infos):
         cid = c.id
         rep = share[cid]
@@ -1217,13 +1284,14 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
             p.classes.append(cid)
         instances.append(Instance(cid, inst.name, inst.members,
                                   c.example.decode("utf-8", "backslashreplace")))
-    if not planner.programs:
+    programs = planner.all_programs()
+    if not programs:
         # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes
         # resolving the struct_ops type of a map no program fills: give the root instance
         # one program that changes nothing (CONTINUE is what a NULL member does).
-        planner.programs[("noop_getattr",)] = Program(
-            "fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0], "getattr",
-            HOOK_PARAMS["getattr"])
+        programs.append(Program("fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0],
+                                "getattr", HOOK_PARAMS["getattr"]))
         instances[0].members.append(("getattr_prefilter", "fpol_getattr_noop"))
-    ordered = sorted(planner.programs.values(), key=operator.attrgetter("cls", "hook"))
+    # (one program per class and hook: the order does not depend on the order made)
+    ordered = sorted(programs, key=operator.attrgetter("cls", "hook"))
     return ordered, instances
