@@ -9,8 +9,10 @@ the handle ops (flush, fsync, ...) are never denied or redirected by the default
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter, itemgetter
+from typing import Callable, Iterable, Optional
 
 from . import ops
 from .memo import derived
@@ -34,13 +36,15 @@ class Decision:
 
     def __hash__(self) -> int:
         # Decision tables (tuples of these) are dictionary keys all through the compiler;
-        # computing the field hash once per object keeps that cheap.
-        h = self.__dict__.get("_hash")
-        if h is None:
+        # computing the field hash once per object keeps that cheap (and reading it back
+        # as an attribute is the quickest way there).
+        try:
+            return self._hash  # type: ignore[attr-defined]
+        except AttributeError:
             h = hash((self.kind, self.errno, self.mode, self.audit, self.rules, self.audit_rules,
                       self.complained, self.tie, self.complained_errno))
             object.__setattr__(self, "_hash", h)
-        return h
+            return h
 
     @property
     def effect(self) -> tuple:
@@ -96,14 +100,17 @@ class DecisionTable(tuple):
 
     def __new__(cls, per_subject: "Iterable[tuple[Decision, ...]]") -> "DecisionTable":
         rows = tuple(tuple(t) if not isinstance(t, tuple) else t for t in per_subject)
-        flat: list[Decision] = []
-        for t in rows:
-            flat.extend(t)
-        table = super().__new__(cls, flat)
+        if len(rows) == 1:
+            # One subject class: the table is its row, and hashes as the row does (a
+            # DecisionRow keeps its hash, which lowering's row memos then find made).
+            table = super().__new__(cls, rows[0])
+            table._hash = hash(rows[0])
+        else:
+            table = super().__new__(cls, chain.from_iterable(rows))
+            # Tables key dictionaries all through the compiler: hash once (as the tuple it
+            # is; decisions cache theirs). Equality stays a tuple's, quick for one same object.
+            table._hash = tuple.__hash__(table)
         table.rows = rows
-        # Tables key dictionaries all through the compiler: hash once (as the tuple it is;
-        # decisions cache theirs). Equality stays a tuple's, quick for one same object.
-        table._hash = tuple.__hash__(table)
         return table
 
     def __hash__(self) -> int:
@@ -130,11 +137,6 @@ class DecisionTable(tuple):
         """Is every subject class decided alike?"""
         first = self.rows[0]
         return all(r is first or r == first for r in self.rows[1:])
-
-    def effects(self) -> tuple:
-        """The table's semantic key: every decision's effect (decide.Decision.effect), in
-        table order. Two tables with equal keys decide every request alike."""
-        return tuple(d.effect for d in self)
 
     def depends_on_subject(self, atom: str) -> bool:
         i = ATOM_INDEX[atom]
@@ -169,19 +171,22 @@ def combine(first: Decision, second: Decision) -> Decision:
     return combined
 
 
-def _rank(rule: Rule) -> tuple[int, bool]:
-    """Errno and mode ties: scope specificity first, then a rule with a `by` list is more
-    specific than one without (LANGUAGE.md §6)."""
-    return rule.specificity, bool(rule.subjects)
-
-
 def _winners(rules: list[Rule], attr: str
              ) -> tuple[tuple[int, ...], Optional[str], tuple[int, ...]]:
-    top = max(_rank(r) for r in rules)
-    best = sorted((r for r in rules if _rank(r) == top), key=lambda r: r.index)
+    """The rules that win an errno or mode tie, by index, the value they choose, and the
+    tie (the winners, if they disagree). The most specific scope wins, then a rule with a
+    `by` list over one without (LANGUAGE.md §6)."""
+    if len(rules) == 1:  # no contest (the most common case)
+        return (rules[0].index,), getattr(rules[0], attr), ()
+    top = max(map(_SPECIFICITY, rules))
+    best = [r for r in rules if r.specificity == top]
+    if len(best) > 1:
+        if any(r.subjects for r in best):
+            best = [r for r in best if r.subjects]
+        best.sort(key=_INDEX)
     values = {getattr(r, attr) for r in best}
-    tie = tuple(r.index for r in best) if len(values) > 1 else ()
-    return tuple(r.index for r in best), getattr(best[0], attr), tie
+    winners = tuple([r.index for r in best])
+    return winners, getattr(best[0], attr), winners if len(values) > 1 else ()
 
 
 def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
@@ -211,7 +216,7 @@ def decide_table(policy: Policy, matching: Iterable[Rule]) -> DecisionRow:
         if d is None:
             d = _decide_selected(policy, atom, [rules[i] for i in key], key)
         decided.append(d)
-    return DecisionRow([decided[k] for k in kinds.of_atom])
+    return DecisionRow(kinds.spread(decided))
 
 
 @dataclass(frozen=True)
@@ -225,30 +230,35 @@ class AtomKinds:
     slot: tuple[int, ...]  # per kind, its first atom's index in ops.ATOMS
     of_atom: tuple[int, ...]  # per atom (ops.ATOMS order), its kind
     of_rule: tuple[tuple[int, ...], ...]  # per rule index, the kinds it selects
+    # a list of decisions per kind -> the tuple of them per atom (by of_atom)
+    spread: Callable[[list], tuple] = field(compare=False)
 
 
 def atom_kinds(policy: Policy) -> AtomKinds:
     def make() -> AtomKinds:
-        selected_by: dict[str, list[int]] = {a: [] for a in ops.ATOMS}
-        for r in policy.rules:
-            for a in r.atoms:
-                selected_by[a].append(r.index)
+        # Rules with one set of atoms select alike: the atoms selected by the same rules
+        # are those selected by the same of these groups (they are disjoint and not empty).
+        groups: dict[frozenset[str], int] = {}
+        group_of_rule = [groups.setdefault(r.atoms, len(groups)) for r in policy.rules]
         ids: dict[tuple, int] = {}
         atom: list[str] = []
         of_atom: list[int] = []
         for a in ops.ATOMS:
-            k = ids.setdefault((a in _HANDLE_ATOMS, tuple(selected_by[a])), len(ids))
+            selected_by = tuple([g for atoms, g in groups.items() if a in atoms])
+            k = ids.setdefault((a in _HANDLE_ATOMS, selected_by), len(ids))
             if k == len(atom):
                 atom.append(a)
             of_atom.append(k)
-        of_rule = tuple(tuple(sorted({of_atom[ATOM_INDEX[a]] for a in r.atoms}))
-                        for r in policy.rules)
+        of_group = [tuple(sorted({of_atom[ATOM_INDEX[a]] for a in atoms})) for atoms in groups]
         return AtomKinds(tuple(atom), tuple(a in _HANDLE_ATOMS for a in atom),
-                         tuple(ATOM_INDEX[a] for a in atom), tuple(of_atom), of_rule)
+                         tuple(ATOM_INDEX[a] for a in atom), tuple(of_atom),
+                         tuple([of_group[g] for g in group_of_rule]), itemgetter(*of_atom))
     return derived(policy, "_atom_kinds", make)
 
 
 _NONE: list = []
+_INDEX = attrgetter("index")
+_SPECIFICITY = attrgetter("specificity")
 _HANDLE_ATOMS = frozenset(a for a in ops.ATOMS if ops.is_handle_atom(a))
 
 
@@ -266,30 +276,35 @@ def _decide_selected(policy: Policy, atom: str, relevant: list, indexes: tuple) 
 
 
 def _decide(policy: Policy, atom: str, relevant: list) -> Decision:
-    audit_rules = tuple(sorted(r.index for r in relevant if r.action == "audit"))
-    denies = [r for r in relevant if r.action == "deny"]
-    redirects = [r for r in relevant if r.action == "redirect"]
-    allows = [r for r in relevant if r.action == "allow"]
+    by_action: dict[str, list[Rule]] = {}
+    for r in relevant:
+        by_action.setdefault(r.action, []).append(r)
+    audit_rules = tuple(sorted([r.index for r in by_action.get("audit", _NONE)]))
+    denies = by_action.get("deny")
+    redirects = by_action.get("redirect")
+    allows = by_action.get("allow")
+    errno = mode = None
+    tie: tuple[int, ...] = ()
+    # The fields are worked out first and the decision made once: making a frozen
+    # dataclass's object is what costs here.
     if denies:
-        winners, errno, tie = _winners(denies, "errno")
-        d = Decision(DENY, errno=errno, rules=winners, tie=tie)
+        kind = DENY
+        rules, errno, tie = _winners(denies, "errno")
     elif redirects:
-        winners, mode, tie = _winners(redirects, "mode")
-        d = Decision(USERSPACE, mode=mode, rules=winners, tie=tie)
+        kind = USERSPACE
+        rules, mode, tie = _winners(redirects, "mode")
     elif allows:
-        d = Decision(ALLOW, rules=tuple(sorted(r.index for r in allows)))
+        kind, rules = ALLOW, tuple(sorted([r.index for r in allows]))
     else:
+        rules = ()
         default = policy.default
         if ops.is_handle_atom(atom) or default.decision == ALLOW:
-            d = Decision(ALLOW)
+            kind = ALLOW
         elif default.decision == DENY:
-            d = Decision(DENY, errno=default.errno)
+            kind, errno = DENY, default.errno
         else:
-            d = Decision(USERSPACE, mode="instead")
-    audit = bool(audit_rules)
-    if policy.mode == "complain" and d.kind == DENY:
-        return Decision(ALLOW, audit=True, rules=d.rules, audit_rules=audit_rules,
-                        complained=True, tie=d.tie, complained_errno=d.errno)
-    if audit:
-        return Decision(d.kind, d.errno, d.mode, True, d.rules, audit_rules, False, d.tie)
-    return d
+            kind, mode = USERSPACE, "instead"
+    if policy.mode == "complain" and kind == DENY:
+        return Decision(ALLOW, audit=True, rules=rules, audit_rules=audit_rules,
+                        complained=True, tie=tie, complained_errno=errno)
+    return Decision(kind, errno, mode, bool(audit_rules), rules, audit_rules, False, tie)
