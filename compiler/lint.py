@@ -5,7 +5,8 @@ can never decide anything (warnings), exact because they walk every class.
 from __future__ import annotations
 
 import operator
-from typing import Sequence
+from itertools import chain
+from typing import Collection, Sequence
 
 from . import ops
 from .automaton import excepts_hit
@@ -38,20 +39,36 @@ def lint(policy: Policy, raw: list[RawState], tables: Sequence[DecisionTable],
     # Each (rules holding, table) pair once, by identity (a pair seen again adds nothing).
     holdings = [st.holding for st in raw]
     pairs = dict(zip(zip(map(id, holdings), map(id, tables)), zip(holdings, tables))).values()
-    matched: set[int] = set().union(*(held.indexes for held, _ in pairs))
-    matched -= {r.index for r in rules if not r.atoms}  # a rule's table has every atom
-    visits: list[Visit] = [(table, held.rules, held.indexes, 0) for held, table in pairs] \
-        if nsubjects == 1 else _subject_visits(policy, subjects, pairs)
-
-    # Each row once, where first visited.
-    first_seen: dict[int, tuple[tuple[Decision, ...], int]] = {}
-    for row, _, _, s in visits:
-        first_seen.setdefault(id(row), (row, s))
-    rows = list(first_seen.values())
+    visits: list[Visit] = []  # with subject conditions
+    rows: list[tuple[tuple[Decision, ...], int]]
+    if nsubjects == 1:
+        # Each table is its one row: each once, where first met.
+        rows = [(table, 0) for table in {id(table): table for _, table in pairs}.values()]
+    else:
+        visits = _subject_visits(policy, subjects, pairs)
+        # Each row once, where first visited.
+        first_seen: dict[int, tuple[tuple[Decision, ...], int]] = {}
+        for row, _, _, s in visits:
+            first_seen.setdefault(id(row), (row, s))
+        rows = list(first_seen.values())
     decided, ties = _decided(rows, kinds)
     _hidden_but_replaceable(policy, [row for row, _ in rows], reporter)
-    # Who decides in their place, only for the rules that never decide (FP101: few).
-    deciders_where_matched = _deciders(visits, set(range(len(rules))) - decided, kinds)
+    # The rest is about the rules that never decide (FP101, FP105: few), and only where
+    # one of them holds: a rule that decides somewhere holds there.
+    undecided = set(range(len(rules))) - decided
+    # (table, the undecided rules holding with it), where there are some
+    undecided_at = [(table, undecided.intersection(held.indexes)) for held, table in pairs
+                    if not undecided.isdisjoint(held.indexes)]
+    matched = decided.union(*(here for _, here in undecided_at))
+    matched -= {r.index for r in rules if not r.atoms}  # a rule's table has every atom
+    # Who decides in their place: (row, the undecided rules applying) for each visit.
+    applying_at: Sequence[tuple[tuple[Decision, ...], Collection[int]]]
+    if nsubjects == 1:
+        applying_at = undecided_at  # the table is the row, and every rule holding applies
+    else:
+        applying_at = [(row, [r.index for r in applying if r.index in undecided])
+                       for row, applying, indexes, _ in visits if not undecided.isdisjoint(indexes)]
+    deciders_where_matched = _deciders(applying_at, kinds)
 
     for tie, (atom, s) in sorted(ties.items()):
         first, *others = (rules[i] for i in tie)
@@ -143,12 +160,10 @@ def _decided(rows, kinds) -> tuple[set[int], dict[tuple[int, ...], tuple[str, in
     Atoms of one kind have one decision (decide.decide_table), so each kind is read at its
     first atom. Decisions are shared between rows: each is read once."""
     slots = kinds.slot
-    only_rows = [row for row, _ in rows]
-    by_id: dict[int, Decision] = {}
-    for i in slots:
-        column = list(map(operator.itemgetter(i), only_rows))
-        by_id.update(zip(map(id, column), column))
-    distinct = by_id.values()
+    # Each row's decision per kind, read in one pass over the rows (a policy has at least
+    # two kinds, handle ops and the others, so the getter gives a tuple).
+    read = list(chain.from_iterable(map(operator.itemgetter(*slots), [row for row, _ in rows])))
+    distinct = dict(zip(map(id, read), read)).values()
     decided: set[int] = set()
     decided.update(*map(operator.attrgetter("rules"), distinct),
                    *map(operator.attrgetter("audit_rules"), distinct))
@@ -161,18 +176,16 @@ def _decided(rows, kinds) -> tuple[set[int], dict[tuple[int, ...], tuple[str, in
     return decided, ties
 
 
-def _deciders(visits: list[Visit], undecided: set[int], kinds) -> dict[int, set[int]]:
-    """For each rule of `undecided`, the rules deciding where it applies (at every kind it
-    selects: it decides none of them)."""
+def _deciders(applying_at: Sequence[tuple[tuple[Decision, ...], Collection[int]]], kinds
+              ) -> dict[int, set[int]]:
+    """For each rule that never decides, the rules deciding where it applies (at every kind
+    it selects: it decides none of them). `applying_at`: (row, those rules applying)."""
     slots, of_rule = kinds.slot, kinds.of_rule
     deciders: dict[int, set[int]] = {}
-    for row, applying, indexes, _ in visits:
-        if undecided.isdisjoint(indexes):
-            continue
-        for r in applying:
-            if r.index in undecided:
-                for k in of_rule[r.index]:
-                    deciders.setdefault(r.index, set()).update(row[slots[k]].rules)
+    for row, here in applying_at:
+        for i in here:
+            for k in of_rule[i]:
+                deciders.setdefault(i, set()).update(row[slots[k]].rules)
     return deciders
 
 
