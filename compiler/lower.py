@@ -357,13 +357,18 @@ def _detail_slots():
 OPEN_SLOTS, CREATE_SLOTS, ACCESS_SLOTS = _detail_slots()
 
 
-def _daemon_lookup(row: tuple, alike: AlikeSlots) -> bool:
-    """Ops redirected to userspace reach the daemon carrying the object's nodeid, which
-    only the daemon can assign (the kernel's own lookups give nodeid 0): `instead`, as
-    ordinary requests it must resolve; `before` and `after`, as filter requests whose
+def _daemon_lookup(rows: list[tuple], alike: AlikeSlots) -> list[bool]:
+    """Per row: ops redirected to userspace reach the daemon carrying the object's nodeid,
+    which only the daemon can assign (the kernel's own lookups give nodeid 0): `instead`,
+    as ordinary requests it must resolve; `before` and `after`, as filter requests whose
     events must name the object's path. So the daemon must look such objects up."""
-    return any(d.kind == "userspace" for d, slots in zip(alike.pick(row), alike.slots)
-               if slots != (SLOT["lookup"],))
+    # every op but lookup: one slot per group of alike slots stands for the group's
+    firsts = [alike.first[g] for g, slots in enumerate(alike.slots) if slots != (SLOT["lookup"],)]
+    if not firsts:
+        return [False] * len(rows)
+    pick = operator.itemgetter(*firsts) if len(firsts) > 1 else \
+        operator.itemgetter(slice(firsts[0], firsts[0] + 1))
+    return ["userspace" in [d.kind for d in pick(row)] for row in rows]
 
 
 def _daemon_named(classes, strict, row_daemon: list[bool],
@@ -376,13 +381,14 @@ def _daemon_named(classes, strict, row_daemon: list[bool],
     (_daemon_lookup), and also every directory on the way to one whose lookups come to the
     daemon: every class with a child class whose lookup is redirected to userspace, or
     whose objects the daemon looks up, transitively."""
-    named = [any(row_daemon[r] for r in class_rows[c.id]) for c in classes]
+    named = [any(map(row_daemon.__getitem__, class_rows[c.id])) for c in classes]
     parents: dict[int, list[int]] = {}
     for c in classes:
         for k in strict.targets(c):
             parents.setdefault(k, []).append(c.id)
+    lookup = SLOT["lookup"]
     todo = [c.id for c in classes
-            if named[c.id] or any(d.kind == "userspace" for d in c.decisions("lookup"))]
+            if named[c.id] or any(r[lookup].kind == "userspace" for r in c.table.rows)]
     seen = set(todo)
     while todo:
         for p in parents.get(todo.pop(), ()):
@@ -420,8 +426,7 @@ def lower(tree: ClassTree, abi: Optional[str] = None, source_name: Optional[str]
     glob_data = _glob_data(globs, glob_classes)
 
     alike = alike_slots(tree)
-    daemon_lookup = _daemon_named(classes, strict, [_daemon_lookup(t, alike) for t in row_tables],
-                                  class_rows)
+    daemon_lookup = _daemon_named(classes, strict, _daemon_lookup(row_tables, alike), class_rows)
     infos = [ClassInfo(c.id, class_row[c.id], c.default, inherit[c.id][-1], daemon_lookup[c.id],
                        _instance_name(policy, c.id), c.example.decode("utf-8", "backslashreplace"))
              for c in classes]
@@ -648,9 +653,10 @@ class _Planner:
         self.classes = tree.classes
         self.programs: dict[tuple, Program] = {}  # all but the namespace prefilters, by key
         self._runtime_ids: dict[tuple, int] = {}
-        # Decision object (by id) -> (it, kept alive so the id is not reused; its runtime):
-        # rows share their decision objects, and this needs no Python call to find one.
-        self._runtime_of: dict[int, tuple[Decision, int]] = {}
+        # Decision object (by id) -> its runtime, and the objects, kept alive so no id is
+        # reused: rows share their decision objects, and this needs no Python call per one.
+        self._runtime_of: dict[int, int] = {}
+        self._kept: list[Decision] = []
         self.alike = alike_slots(tree)
         # A row's decisions at the object ops' slots, one per group of alike slots (those
         # stand for the others: quicker to hash).
@@ -684,21 +690,21 @@ class _Planner:
         """What a program does with a decision, as a small number: its return code, and for
         audited decisions the event it sends (which names the rule). Programs whose decisions
         agree on this may be shared between instances even when different rules decided."""
-        return (self._runtime_of.get(id(d)) or self._runtime_entry(d))[1]
-
-    def _runtime_entry(self, d: Decision) -> tuple[Decision, int]:
-        keep_rule = d.audit and d.rules
-        key = (d.kind, d.errno, d.mode, d.audit, d.rules[0] if keep_rule else None,
-               d.audit_rules if d.audit else (), d.complained)
-        entry = self._runtime_of[id(d)] = (d, self._runtime_ids.setdefault(key, len(self._runtime_ids)))
-        return entry
+        n = self._runtime_of.get(id(d))
+        if n is None:
+            keep_rule = d.audit and d.rules
+            key = (d.kind, d.errno, d.mode, d.audit, d.rules[0] if keep_rule else None,
+                   d.audit_rules if d.audit else (), d.complained)
+            n = self._runtime_of[id(d)] = self._runtime_ids.setdefault(key, len(self._runtime_ids))
+            self._kept.append(d)
+        return n
 
     def row_runtime(self, row: tuple) -> tuple[int, ...]:
         """`runtime` of the decisions of one row, one per group of alike slots (which hold
         the same objects in every row: the group's stands for its slots')."""
-        known = self._runtime_of
-        return tuple([(known.get(id(d)) or self._runtime_entry(d))[1]
-                      for d in self.alike.pick(row)])
+        picked = self.alike.pick(row)
+        known = tuple(map(self._runtime_of.get, map(id, picked)))
+        return known if None not in known else tuple([self.runtime(d) for d in picked])
 
     def _table_list(self) -> tuple[list[DecisionTable], list[int]]:
         """The distinct tables, and per class its table's index among them."""
@@ -747,10 +753,20 @@ class _Planner:
 
     def _trivial_flags(self, what: str, uniform: bool) -> list[bool]:
         """Per class: does it allow `what` (an atom, or with `uniform` every atom of an op
-        alike) without audit, for every subject class? Worked out per distinct table."""
+        alike) without audit, for every subject class? Worked out per distinct table: for
+        an atom from the runtimes, which tell allow without audit apart."""
         tables, table_of = self._table_list()
-        per_table = [_trivial(_uniform_table(t, what)) if uniform else
-                     all(map(_trivial, t.decisions(what))) for t in tables]
+        if uniform:
+            group_first = self.alike.first
+            slots = list(dict.fromkeys(group_first[self.alike.group_of[s]]
+                                       for s in _ATOM_SLOTS[what]))
+            per_table = [_trivial(_uniform_rows(t.rows, slots)) for t in tables]
+        else:
+            runtimes = self._runtimes()
+            allows = [kind == "allow" and not audit
+                      for kind, _, _, audit, *_ in self._runtime_ids]  # per runtime
+            group = self.alike.group_of[SLOT[what]]
+            per_table = [all([allows[r[group]] for r in rt]) for rt in runtimes]
         return [per_table[t] for t in table_of]
 
     def prepare(self, planned: list[Class]) -> None:
