@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Callable, Optional
+from itertools import chain
+from typing import Callable, Iterator, Optional
 
 from . import ops
 from .classes import Class, ClassTree
@@ -38,7 +39,7 @@ def gain(evaluator, src: tuple[bytes, ...], dst: tuple[bytes, ...], subtree: boo
     policy = evaluator.policy
     start = (evaluator.walk(src), evaluator.walk(dst))
     suffixes: dict[tuple[frozenset, frozenset], tuple[bytes, ...]] = {start: ()}
-    reach = Reach(start, breadth_first=True)
+    reach = Reach(start)
     for ps, pd in reach:
         suffix = suffixes[(ps, pd)]
         rs = [r for r in evaluator.matching(ps) if r.applies_to(uid, gid)]
@@ -101,9 +102,10 @@ class Strictness:
 
     It is a greatest fixed point over the pairs of classes the same names reach
     (compiler/product.py): a pair holds when d's decisions are at least as strict as s's
-    and every pair it leads to holds. Decisions alone settle most pairs: when the least
-    strict of d and everything below it is at least as strict as the strictest of s and
-    everything below it (`_settled`), no pair below can disagree, so none is walked."""
+    and every pair it leads to holds; so it fails exactly when a pair whose rows disagree
+    can be reached. Decisions alone settle most pairs: when the least strict of d and
+    everything below it is at least as strict as the strictest of s and everything below
+    it (`_bounds`), no pair below can disagree, so none is walked."""
 
     def __init__(self, tree: ClassTree):
         self.tree = tree
@@ -111,238 +113,188 @@ class Strictness:
         self.product = Product(tree, tree)
         self.alike = alike_slots(tree)
         self.memo: dict[tuple[int, int], bool] = {}
-        self.rows: dict[tuple[int, int], bool] = {}  # vector a ⪰ vector b, by vector ids
         self.fanned: set[tuple[int, int]] = set()  # (d, t): every child of d ⪰ class t, proven
-        self._targets: dict[int, tuple[int, ...]] = {}
-        self._vectors: dict[tuple, int] = {}
-        self._vector_of: dict[int, int] = {}
-        self._vector_by_id: dict[int, tuple] = {}
-        self._vector_of_table: dict[DecisionTable, int] = {}  # (tables hash once)
-        self._meets: dict[tuple[int, int, bool], int] = {}
-        # A class's vector is one row vector (strictness per group of alike atoms) per
-        # subject class; row vectors are few and compared pairwise once (they are what a
-        # vector's id names).
-        self._row_vectors: dict[tuple, int] = {}
-        self._row_vector_by_id: list[tuple] = []
-        self._row_ge: dict[tuple[int, int], bool] = {}
-        self._row_meets: dict[tuple[int, int, bool], int] = {}
-        self._bounds: Optional[tuple[list[int], list[int]]] = None
         self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
+        classes = tree.classes
+        self._targets = [tuple(sorted({c.default, *[x for _, x in c.literals],
+                                       *[x for _, x in c.masks]})) for c in classes]
+        self._vector = self._class_vectors()  # per class
+        self._floor, self._ceiling = self._bounds()
 
     # --- strictness vectors ----------------------------------------------------------
+    #
+    # A class's strictness per (subject class, group of alike atoms: comparing one atom of
+    # a group compares them all) is one int, each strictness k as k one bits in a field of
+    # its own. Fields are compared bit by bit, so vector a is at least as strict as b
+    # everywhere when b has no bit a lacks (`not b & ~a`), and the pointwise minimum and
+    # maximum of two vectors are `a & b` and `a | b`.
 
-    def _strictness(self, c: Class) -> int:
-        """An id for the class's vector of strictness per (subject class, atom): a tuple of
-        row vector ids, one per subject class (few distinct ones exist)."""
-        v = self._vector_of.get(c.id)
-        if v is None:
-            v = self._vector_of_table.get(c.table)
+    def _class_vectors(self) -> list[int]:
+        """Per class, its strictness vector (classes share tables: once per table)."""
+        pick = self.alike.pick
+        rank = STRICTNESS.__getitem__
+        kind = operator.attrgetter("kind")
+        width = max(STRICTNESS.values())  # bits per field
+        of_ranks: dict[tuple[int, ...], int] = {}  # a row's ranks -> its fields
+        of_table: dict[DecisionTable, int] = {}  # (tables hash once)
+        out = []
+        for c in self.tree.classes:
+            table = c.table
+            v = of_table.get(table)
             if v is None:
-                v = self._vector_of_table[c.table] = self._vector_id(
-                    tuple([self._row_vector(r) for r in c.table.rows]))
-            self._vector_of[c.id] = v
-        return v
+                v = 0
+                for row in table.rows:
+                    ranks = tuple(map(rank, map(kind, pick(row))))
+                    fields = of_ranks.get(ranks)
+                    if fields is None:
+                        fields = 0
+                        for k in ranks:
+                            fields = fields << width | (1 << k) - 1
+                        of_ranks[ranks] = fields
+                    v = v << width * len(ranks) | fields
+                of_table[table] = v
+            out.append(v)
+        return out
 
-    def _row_vector(self, row: tuple) -> int:
-        """The id of a row's strictness per group of alike atoms (comparing those compares
-        every atom: the others repeat them). Made afresh: quicker than hashing the row."""
-        return self._row_id(tuple([STRICTNESS[d.kind] for d in self.alike.pick(row)]))
-
-    def _row_id(self, vec: tuple) -> int:
-        n = self._row_vectors.get(vec)
-        if n is None:
-            n = self._row_vectors[vec] = len(self._row_vector_by_id)
-            self._row_vector_by_id.append(vec)
-        return n
-
-    def _ge(self, a: int, b: int) -> bool:
-        """Row vector a is at least as strict as row vector b, atom by atom."""
-        if a == b:
-            return True
-        ok = self._row_ge.get((a, b))
-        if ok is None:
-            va, vb = self._row_vector_by_id[a], self._row_vector_by_id[b]
-            ok = self._row_ge[(a, b)] = all(x >= y for x, y in zip(va, vb))
-        return ok
-
-    def _row_meet(self, a: int, b: int, low: bool) -> int:
-        """The pointwise minimum (`low`) or maximum of two row vectors, by id."""
-        if a == b:
-            return a
-        key = (a, b, low) if a < b else (b, a, low)
-        m = self._row_meets.get(key)
-        if m is None:
-            va, vb = self._row_vector_by_id[a], self._row_vector_by_id[b]
-            m = self._row_meets[key] = self._row_id(
-                tuple(map(min, va, vb)) if low else tuple(map(max, va, vb)))
-        return m
-
-    def _vector_id(self, vec: tuple) -> int:
-        v = self._vectors.setdefault(vec, len(self._vectors))
-        self._vector_by_id[v] = vec
-        return v
-
-    def _meet(self, a: int, b: int, low: bool = True) -> int:
-        """The pointwise minimum (`low`) or maximum of two strictness vectors, by id."""
-        if a == b:
-            return a
-        key = (a, b, low) if a < b else (b, a, low)
-        m = self._meets.get(key)
-        if m is None:
-            va, vb = self._vector_by_id[a], self._vector_by_id[b]
-            m = self._meets[key] = self._vector_id(tuple(self._row_meet(x, y, low)
-                                                         for x, y in zip(va, vb)))
-        return m
-
-    def _vector_ge(self, a: int, b: int) -> bool:
-        """Strictness vector a is at least as strict as b, everywhere (by ids)."""
-        if a == b:
-            return True
-        ok = self.rows.get((a, b))
-        if ok is None:
-            va, vb = self._vector_by_id[a], self._vector_by_id[b]
-            ok = self.rows[(a, b)] = all(self._ge(x, y) for x, y in zip(va, vb))
-        return ok
-
-    def _row_ok(self, d: Class, s: Class) -> bool:
-        return self._vector_ge(self._strictness(d), self._strictness(s))
-
-    def _bounds_of(self) -> tuple[list[int], list[int]]:
+    def _bounds(self) -> tuple[list[int], list[int]]:
         """Per class, the pointwise minimum and maximum strictness over it and every class
-        below it (as vector ids): a fixed point over the class graph (it has cycles),
-        children first (they mostly have the higher ids)."""
-        if self._bounds is None:
-            classes = self.tree.classes
-            floor = [self._strictness(c) for c in classes]
-            ceiling = list(floor)
-            targets = [self.targets(c) for c in classes]
-            meet = self._meet
-            changed = True
-            while changed:
-                changed = False
-                for c in range(len(classes) - 1, -1, -1):
-                    lo, hi = floor[c], ceiling[c]
-                    for t in targets[c]:
-                        if floor[t] != lo:  # (mostly equal: no call)
-                            lo = meet(lo, floor[t])
-                        if ceiling[t] != hi:
-                            hi = meet(hi, ceiling[t], False)
-                    if lo != floor[c] or hi != ceiling[c]:
-                        floor[c], ceiling[c] = lo, hi
-                        changed = True
-            self._bounds = floor, ceiling
-        return self._bounds
-
-    def _settled(self, d: int, s: int) -> bool:
-        """Every class below d (d too) is at least as strict as every class below s (s
-        too): every pair the walk from (d, s) could reach holds."""
-        bounds = self._bounds or self._bounds_of()
-        return self._vector_ge(bounds[0][d], bounds[1][s])
+        below it: a fixed point over the class graph (it has cycles), children first (they
+        mostly have the higher ids)."""
+        floor = list(self._vector)
+        ceiling = list(floor)
+        targets = self._targets
+        changed = True
+        while changed:
+            changed = False
+            for c in range(len(floor) - 1, -1, -1):
+                lo, hi = floor[c], ceiling[c]
+                for t in targets[c]:
+                    lo &= floor[t]
+                    hi |= ceiling[t]
+                if lo != floor[c] or hi != ceiling[c]:
+                    floor[c], ceiling[c] = lo, hi
+                    changed = True
+        return floor, ceiling
 
     # --- the walk --------------------------------------------------------------------
 
     def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
-        """A greatest fixed point: explore the pairs reachable by common names; any pair
-        whose rows disagree refutes it. When none does, every pair explored holds too."""
         key = (d_id, s_id)
         known = self.memo.get(key)
-        if known is not None:
-            return known
-        if d_id == s_id or self._settled(d_id, s_id):
-            self.memo[key] = True
-            return True
-        reach = Reach(key)
+        if known is None:
+            if d_id == s_id or not (self._ceiling[s_id] & ~self._floor[d_id]):  # settled
+                known = self.memo[key] = True
+            elif self._vector[s_id] & ~self._vector[d_id]:  # the rows disagree
+                known = self.memo[key] = False
+            else:
+                known = self._walk(key)
+        return known
+
+    def _walk(self, start: tuple[int, int]) -> bool:
+        """Depth first from `start` (its rows agree, nothing settles it) over the pairs
+        nothing settles otherwise: any pair whose rows disagree refutes it; when none does,
+        every pair met holds too. A pair's successors are made as they are looked at:
+        most walks end at a refutation among the first few (the root against a child of
+        it leads to a thousand pairs)."""
+        memo, vector, floor, ceiling = self.memo, self._vector, self._floor, self._ceiling
+        seen = {start}
         fans: list[tuple[int, int]] = []
-        refuted = None
-        for pair in reach:
-            d, s = pair
-            if d == s:
-                continue
-            known = self.memo.get(pair)
-            if known is True:
-                continue
-            if known is False or not self._row_ok(self.tree.classes[d], self.tree.classes[s]):
-                refuted = pair
+        successors = self._follow(*start, fans)
+        if successors is None:
+            return self._refuted(start, start)
+        todo = [successors]  # per pair followed, the pairs it leads to not yet looked at
+        while todo:
+            for pair in todo[-1]:
+                if pair in seen:
+                    continue
+                seen.add(pair)
+                d, s = pair
+                if d == s:
+                    continue
+                known = memo.get(pair)
+                if known is True:
+                    continue
+                if known is False or vector[s] & ~vector[d]:
+                    return self._refuted(start, pair)
+                if not (ceiling[s] & ~floor[d]):  # settled
+                    continue
+                successors = self._follow(d, s, fans)
+                if successors is None:
+                    return self._refuted(start, pair)
+                todo.append(successors)
                 break
-            if self._settled(d, s):
-                continue
-            if not self._follow(reach, d, s, fans):
-                refuted = pair
-                break
-        if refuted is None:
-            for pair in reach.seen:
-                self.memo[pair] = True
-            self.fanned.update(fans)
-            return True
-        self.memo[key] = False
-        self.memo[refuted] = False  # the pair that refutes it (its rows, or those below it)
+            else:
+                todo.pop()
+        memo.update(dict.fromkeys(seen, True))
+        self.fanned.update(fans)
+        return True
+
+    def _refuted(self, start: tuple[int, int], pair: tuple[int, int]) -> bool:
+        self.memo[start] = False
+        self.memo[pair] = False  # the pair that refutes it (its rows, or those below it)
         return False
 
-    def _follow(self, reach: Reach, d: int, s: int, fans: list[tuple[int, int]]) -> bool:
-        """Add the pairs (d, s) leads to; False when it is refuted on the way."""
+    def _follow(self, d: int, s: int,
+                fans: list[tuple[int, int]]) -> Optional[Iterator[tuple[int, int]]]:
+        """The pairs (d, s) leads to, in the order to look at them; None when it is refuted
+        on the way."""
         cd, cs = self.tree.classes[d], self.tree.classes[s]
         fold = self.fold
         if cs.globs or (cs.literals and len(cd.literals) <= 32):
             # s's own names first: where a stricter subtree hides it is usually behind one
             # of them, and they are few (d's names and the glob witnesses are many).
-            if any(self._refutes((cd.child(n, fold), t)) for n, t in cs.literals):
-                return False
-            reach.follow(self.product.successors(d, s))
-            return True
+            for n, t in cs.literals:
+                if self._refutes(cd.child(n, fold), t):
+                    return None
+            return self.product.successors(d, s)
+        # s's own names first: where a stricter subtree hides, it is usually behind one
+        # of them.
+        own = [(cd.child(n, fold), t) for n, t in reversed(cs.literals)]
         # Names s does not list take it to its default class: pair that with each of d's
         # children (for a d with many names, this may pair more than the names do, which
-        # can only refuse more), then s's own names.
-        fan = (d, cs.default)
-        if fan not in self.fanned:
-            if self._uniform(cs.default):
-                # Every node below s's default child is that one class, so each of d's
-                # children, and all below them, must be at least as strict as it: compare
-                # the pointwise minimum over them instead.
-                if not self._floor_ok(cd, cs.default):
-                    return False
-            else:
-                fans.append(fan)
-                reach.follow([(t, cs.default) for t in self.targets(cd)])
-        # s's own names last, so they are explored first: where a stricter subtree
-        # hides, it is usually behind one of them.
-        reach.follow([(cd.child(n, fold), t) for n, t in cs.literals])
-        return True
+        # can only refuse more).
+        x = cs.default
+        fan = (d, x)
+        if fan in self.fanned:
+            return iter(own)
+        if self._uniform(x):
+            # Every node below s's default child is that one class, so each of d's
+            # children, and all below them, must be at least as strict as it: compare
+            # the pointwise minimum over them instead.
+            return iter(own) if self._floor_ok(d, x) else None
+        fans.append(fan)
+        return chain(own, ((t, x) for t in reversed(self._targets[d])))
 
-    def _refutes(self, pair: tuple[int, int]) -> bool:
+    def _refutes(self, d: int, s: int) -> bool:
         """Pair (d, s) is known not to hold, or its own rows say so."""
-        d, s = pair
         if d == s:
             return False
-        known = self.memo.get(pair)
+        known = self.memo.get((d, s))
         if known is not None:
             return not known
-        return not self._row_ok(self.tree.classes[d], self.tree.classes[s])
+        return (self._vector[s] & ~self._vector[d]) != 0
 
     def _uniform(self, cid: int) -> bool:
         """Every descendant of class `cid` is in class `cid`."""
         c = self.tree.classes[cid]
         return not c.literals and not c.globs and c.default == cid
 
-    def _floor_ok(self, d: Class, x: int) -> bool:
+    def _floor_ok(self, d: int, x: int) -> bool:
         """Every class below `d` is at least as strict as the uniform class `x`."""
-        key = (d.id, x)
+        key = (d, x)
         ok = self.floor_memo.get(key)
         if ok is None:
-            floors = self._bounds_of()[0]
-            below = self._below.get(d.id)
+            below = self._below.get(d)
             if below is None:
-                below = floors[self.targets(d)[0]]
-                for t in self.targets(d):
-                    below = self._meet(below, floors[t])
-                self._below[d.id] = below
-            ok = self.floor_memo[key] = self._vector_ge(below, self._strictness(self.tree.classes[x]))
+                floor, targets = self._floor, self._targets[d]
+                below = floor[targets[0]]
+                for t in targets:
+                    below &= floor[t]
+                self._below[d] = below
+            ok = self.floor_memo[key] = not (self._vector[x] & ~below)
         return ok
 
     def targets(self, c: Class) -> tuple[int, ...]:
         """Every class a child of `c` can be in."""
-        t = self._targets.get(c.id)
-        if t is None:
-            t = self._targets[c.id] = tuple(sorted({c.default, *[x for _, x in c.literals],
-                                                    *[x for _, x in c.masks]}))
-        return t
+        return self._targets[c.id]

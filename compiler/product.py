@@ -12,15 +12,16 @@ on one side only (`_mixed_names`): any spelling may be the one that tells them a
 Walks over the product:
 - `product_walk`: every pair reachable from the two roots, breadth first with one shortest
   path each (`fpol diff`, and so `fpol learn`).
-- `Reach`: the pairs reachable from a start pair, depth first, following only what the
-  caller follows: `moves.Strictness` prunes pairs it has settled otherwise and stops at the
-  first refutation.
+- `Reach`: the pairs reachable from a start pair, breadth first, following only what the
+  caller follows (`moves.gain`, over pairs of the evaluator's position sets).
+- `moves.Strictness` walks `Product.successors` depth first itself: it prunes pairs it
+  has settled otherwise, and stops at the first refutation.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, Hashable, Iterable, Iterator, Optional, TypeVar
+from typing import Generic, Hashable, Iterator, Optional, TypeVar
 
 from .classes import Class, ClassTree, realisable_masks
 from .paths import (MAX_GLOB_STATES, NAME_MAX, NOT_NAMES, STAND_INS, Glob,
@@ -198,29 +199,41 @@ class Product:
         ca, cb, fa, fb = self.a[ia], self.b[ib], self.fold_a, self.fold_b
         return [(n, (ca.child(n, fa), cb.child(n, fb))) for n in self.names(ia, ib)]
 
-    def successors(self, ia: int, ib: int) -> list[Pair]:
-        """The pairs the pair's children are in (in name order; repeats possible)."""
+    def successors(self, ia: int, ib: int) -> Iterator[Pair]:
+        """The pairs the pair's children are in (repeats possible), made as they are taken:
+        a walk may stop at the first few. The glob witnesses' come first (the names in
+        reverse order). Where neither side has globs (and both fold alike), the names are
+        the literals of both and one other name, which takes each side to its default, so
+        they need not be listed."""
         ca, cb, fa, fb = self.a[ia], self.b[ib], self.fold_a, self.fold_b
-        return [(ca.child(n, fa), cb.child(n, fb)) for n in self.names(ia, ib)]
+        if not ca.globs and not cb.globs and fa == fb:
+            return _literal_successors(ca, cb, fa)
+        return ((ca.child(n, fa), cb.child(n, fb)) for n in reversed(self.names(ia, ib)))
+
+
+def _literal_successors(a: Class, b: Class, fold: bool) -> Iterator[Pair]:
+    """Product.successors of two classes without globs: the other name first."""
+    yield a.default, b.default
+    for n, _ in b.literals:
+        yield a.child(n, fold), b.child(n, fold)
+    for n, _ in a.literals:
+        yield a.child(n, fold), b.child(n, fold)
 
 
 class Reach(Generic[T]):
-    """The pairs reachable from `start`, each met once (pairs of classes here; moves.gain
-    walks pairs of NFA position sets with it). Iterating gives the next pair to
-    look at (depth first, the last added, unless `breadth_first`); the caller then adds
-    the pairs it leads to (`follow`, `add`), or does not (a pair it has settled
-    otherwise), or stops. `seen` holds every pair met, looked at or still waiting."""
+    """The pairs reachable from `start`, each met once, breadth first (pairs of classes
+    here; moves.gain walks pairs of NFA position sets with it). Iterating gives the next
+    pair to look at; the caller then adds the pairs it leads to (`add`), or does not, or
+    stops. `seen` holds every pair met, looked at or still waiting."""
 
-    def __init__(self, start: T, breadth_first: bool = False):
+    def __init__(self, start: T):
         self.seen = {start}
         self._todo: deque[T] = deque([start])
-        self._breadth_first = breadth_first
 
     def __iter__(self) -> Iterator[T]:
         todo = self._todo
-        take = todo.popleft if self._breadth_first else todo.pop
         while todo:
-            yield take()
+            yield todo.popleft()
 
     def add(self, pair: T) -> bool:
         """Meet `pair`: False when it was met before."""
@@ -230,13 +243,6 @@ class Reach(Generic[T]):
         self._todo.append(pair)
         return True
 
-    def follow(self, pairs: Iterable[T]) -> None:
-        seen, todo = self.seen, self._todo
-        for pair in pairs:
-            if pair not in seen:
-                seen.add(pair)
-                todo.append(pair)
-
 
 def product_walk(a: ClassTree, b: ClassTree,
                  product: Optional[Product] = None) -> Iterator[tuple[Path, Class, Class]]:
@@ -244,7 +250,7 @@ def product_walk(a: ClassTree, b: ClassTree,
     shortest such path (breadth first; names in byte order, so the walk is deterministic
     and the same with the trees swapped)."""
     product = product or Product(a, b)
-    reach = Reach((0, 0), breadth_first=True)
+    reach = Reach((0, 0))
     paths: dict[Pair, Path] = {(0, 0): ()}
     for ia, ib in reach:
         path = paths.pop((ia, ib))

@@ -168,14 +168,15 @@ def test_reach_meets_each_pair_once_and_follows_only_what_it_is_told():
     order = []
     for pair in reach:
         order.append(pair)
-        if pair != (1, 1):  # settled: not followed
-            reach.follow(edges.get(pair, []))
-    assert order == [(0, 0), (2, 2), (1, 1)]
-    assert reach.seen == {(0, 0), (1, 1), (2, 2)}
-    bfs = Reach((0, 0), breadth_first=True)
-    order = []
-    for pair in bfs:
-        order.append(pair)
         for nxt in edges.get(pair, []):
-            bfs.add(nxt)
-    assert order == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
+            reach.add(nxt)
+    assert order == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]  # breadth first
+    reach = Reach((0, 0))
+    order, added = [], []
+    for pair in reach:
+        order.append(pair)
+        if pair != (1, 1):  # settled: not followed
+            added += [(nxt, reach.add(nxt)) for nxt in edges.get(pair, [])]
+    assert order == [(0, 0), (1, 1), (2, 2)]
+    assert added == [((1, 1), True), ((2, 2), True), ((0, 0), False)]
+    assert reach.seen == {(0, 0), (1, 1), (2, 2)}
