@@ -675,7 +675,9 @@ class _Planner:
                     if op in ("fsync", "fsyncdir") else _ATOM_SLOTS[op]
                 by_slots.setdefault(tuple(sorted({group_first[s] for s in read})), []).append(
                     (i, op, list(dict.fromkeys(group_first[s] for s in _ATOM_SLOTS[op]))))
-        self._object_ops = [(slots, hooks, {}) for slots, hooks in by_slots.items()]
+        # (and per set, its hooks' steps by the ids of the decisions there: _object_plan)
+        self._object_ops: list[tuple[tuple[int, ...], list[tuple[int, str, list[int]]], dict]] = \
+            [(slots, hooks, {}) for slots, hooks in by_slots.items()]
         self._answers: dict[tuple[str, str], list[int]] = {}
         self._table_index: Optional[tuple[list[DecisionTable], list[int]]] = None
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
@@ -684,6 +686,7 @@ class _Planner:
         self.keys: list = []  # per planned class, its key per question (prepare)
         self.post_keys: list = []  # per planned class, its lookup postfilter's key (prepare)
         self._posts: dict[int, Program] = {}  # lookup postfilters, by key
+        self.fresh: list[Program] = []  # made for the class being planned (all of its class)
         self._table_runtimes: Optional[list[tuple[tuple[int, ...], ...]]] = None
 
     def runtime(self, d: Decision) -> int:
@@ -703,7 +706,7 @@ class _Planner:
         """`runtime` of the decisions of one row, one per group of alike slots (which hold
         the same objects in every row: the group's stands for its slots')."""
         picked = self.alike.pick(row)
-        known = tuple(map(self._runtime_of.get, map(id, picked)))
+        known: tuple = tuple(map(self._runtime_of.get, map(id, picked)))  # None: not yet
         return known if None not in known else tuple([self.runtime(d) for d in picked])
 
     def _table_list(self) -> tuple[list[DecisionTable], list[int]]:
@@ -950,6 +953,7 @@ class _Planner:
         p = self.programs.get(key)
         if p is None:
             p = self.programs[key] = make()
+            self.fresh.append(p)
         return p
 
     def _object_plan(self, table: DecisionTable) -> list:
@@ -1070,6 +1074,7 @@ class _Planner:
             p = made.get(key)
             if p is None:
                 p = made[key] = Program(f"fpol_{member}_{cid}", slot, kind, cid, [], op, params)
+                self.fresh.append(p)
             used.append(p)
             members.append((slot, p.name))
             if post:
@@ -1092,20 +1097,17 @@ class _Planner:
                     f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
                     "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
                               "struct fuse_buffer *entries")
+                self.fresh.append(post)
             return post
         # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
         # is set, so it must never be NULL.
-        return self.programs.get(_MKDIR_POST) or self.program(_MKDIR_POST, lambda: Program(
-            "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
-            "const struct fuse_mkdir_in *in, const struct fuse_buffer *name"))
-
-    def all_programs(self) -> list[Program]:
-        """Every program made, in no particular order."""
-        out = list(self.programs.values())
-        for step in self.steps:
-            out += step.made.values()
-        out += self._posts.values()
-        return out
+        # (class 0's, whichever class needs it first: not among that class's fresh ones)
+        post = self.programs.get(_MKDIR_POST)
+        if post is None:
+            post = self.programs[_MKDIR_POST] = Program(
+                "fpol_mkdir_post", "mkdir_postfilter", "noop", 0, [], "mkdir",
+                "const struct fuse_mkdir_in *in, const struct fuse_buffer *name")
+        return post
 
 
 _MKDIR_POST = ("noop_mkdir",)  # the one mkdir postfilter's key
@@ -1287,6 +1289,11 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
           ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
     used: dict[int, list[Program]] = {}  # per instance, its programs
+    # The programs by class, then hook: a class's programs are all made while its instance
+    # is planned (but the mkdir postfilter, class 0's), so each class's are sorted alone.
+    ordered: list[Program] = []
+    root = 0  # class 0's programs: ordered[:root]
+    by_hook = operator.attrgetter("hook")
     planner.prepare([c for c in tree.classes if share[c.id] == c.id])
     for c, info in zip(tree.classes, infos):
         cid = c.id
@@ -1294,20 +1301,25 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
         if rep == cid:
             inst, used[cid] = planner.instance(c, info.instance)
             instances.append(inst)
+            planner.fresh.sort(key=by_hook)
+            ordered += planner.fresh
+            planner.fresh.clear()
+            if cid == 0:
+                root = len(ordered)
             continue
         inst = instances[rep]
         for p in used[rep]:
             p.classes.append(cid)
         instances.append(Instance(cid, inst.name, inst.members,
                                   c.example.decode("utf-8", "backslashreplace")))
-    programs = planner.all_programs()
-    if not programs:
+    post = planner.programs.get(_MKDIR_POST)
+    if post is not None:
+        ordered[:root] = sorted([*ordered[:root], post], key=by_hook)
+    if not ordered:
         # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes
         # resolving the struct_ops type of a map no program fills: give the root instance
         # one program that changes nothing (CONTINUE is what a NULL member does).
-        programs.append(Program("fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0],
-                                "getattr", HOOK_PARAMS["getattr"]))
+        ordered.append(Program("fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0],
+                               "getattr", HOOK_PARAMS["getattr"]))
         instances[0].members.append(("getattr_prefilter", "fpol_getattr_noop"))
-    # (one program per class and hook: the order does not depend on the order made)
-    ordered = sorted(programs, key=operator.attrgetter("cls", "hook"))
     return ordered, instances
