@@ -33,15 +33,18 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     while queue:
         sid = rep[queue.popleft()]
         lits, globs, masks, default = reduced_of(sid)
-        for t in [t for _, t in lits] + [t for _, t in masks] + [default]:
+        # Number the targets in the order the classes list them: literals, masks, default.
+        targets = [t for _, t in lits] + [t for _, t in masks] if lits or masks else []
+        targets.append(default)
+        for t in targets:
             if t not in number:
                 number[t] = len(number)
                 queue.append(t)
         classes.append(Class(
             id=len(classes), table=table[sid],
-            literals=tuple([(lit, number[t]) for lit, t in lits]),
+            literals=tuple([(lit, number[t]) for lit, t in lits]) if lits else (),
             globs=globs,
-            masks=tuple([(m, number[t]) for m, t in masks]),
+            masks=tuple([(m, number[t]) for m, t in masks]) if masks else (),
             default=number[default], example=raw[sid].example))
     return ClassTree(policy, tuple(classes), len(raw))
 
@@ -58,8 +61,11 @@ def _refine(raw: list[RawState], table: list[DecisionTable]):
     but signs again only the groups with a target that changed block in the last round:
     the others' signatures are still those of the current partition. A split block keeps
     its id for its largest part, so few states change block."""
+    # Label each distinct table object once (most states share theirs), by value.
     label_ids: dict[DecisionTable, int] = {}
-    labels = [label_ids.setdefault(t, len(label_ids)) for t in table]
+    label_of = {i: label_ids.setdefault(t, len(label_ids))
+                for i, t in dict(zip(map(id, table), table)).items()}
+    labels = list(map(label_of.__getitem__, map(id, table)))
     group_of: dict[tuple[int, int], int] = {}
     group = [group_of.setdefault((st.core, labels[sid]), len(group_of))
              for sid, st in enumerate(raw)]
@@ -78,7 +84,7 @@ def _refine(raw: list[RawState], table: list[DecisionTable]):
     # Which groups have a transition into each group.
     preds: list[list[int]] = [[] for _ in group_of]
     for g, mv in enumerate(moves):
-        for t in {*mv.targets, *(t for _, t, _ in mv.lits)}:
+        for t in mv.reached:
             preds[group[t]].append(g)
 
     block = labels  # by state
@@ -142,6 +148,7 @@ class _Shapes:
     def __init__(self) -> None:
         self.glob_ids: dict[tuple[bytes, ...], int] = {}
         self.glob_list: list[tuple[Glob, ...]] = []
+        self.glob_objects: dict[int, tuple[tuple[Glob, ...], int]] = {}  # by id: (it, number)
         self.masks_of: dict[tuple[int, bytes], int] = {}  # (globs, name) -> glob_mask
         self.kinds: dict[tuple, int] = {}  # (globs, masks, targets pattern, default index)
         self.kind_list: list[tuple] = []
@@ -152,11 +159,17 @@ class _Shapes:
         self.plain = self.shape((), ())  # no globs kept, every name to the default
 
     def globs(self, globs: tuple[Glob, ...]) -> int:
+        # Many states hold the very same tuple: found by identity first (the entry keeps
+        # the tuple alive, so its id is not reused).
+        hit = self.glob_objects.get(id(globs))
+        if hit is not None:
+            return hit[1]
         key = tuple([g.text for g in globs])
         i = self.glob_ids.get(key)
         if i is None:
             i = self.glob_ids[key] = len(self.glob_list)
             self.glob_list.append(globs)
+        self.glob_objects[id(globs)] = (globs, i)
         return i
 
     def glob_mask(self, globs: int, name: bytes) -> int:
@@ -218,23 +231,38 @@ class _Moves:
     its literal names with the state a name of theirs would reach without the literal
     entry (by the globs it matches)."""
 
-    __slots__ = ("kind", "targets", "lits")
+    __slots__ = ("kind", "targets", "lits", "reached")
 
     def __init__(self, st: RawState, shapes: _Shapes):
-        index: dict[int, int] = {}
-        at = tuple([index.setdefault(t, len(index)) for t in st.masks.values()])
-        default_at = index.setdefault(st.default, len(index))
-        self.targets = tuple(index)
-        globs = shapes.globs(st.globs)
-        self.kind = shapes.kind((globs, tuple(st.masks), at, default_at))
-        self.lits = tuple((lit, t, st.masks.get(shapes.glob_mask(globs, lit), st.default))
-                          for lit, t in sorted(st.literals.items()))
+        values = st.masks.values()
+        targets = self.targets = tuple(dict.fromkeys([*values, st.default]))
+        if len(targets) == 1:
+            self.kind = -1  # every name goes one way: signed as plain, no kind needed
+        else:
+            index = {t: i for i, t in enumerate(targets)}
+            at = tuple(map(index.__getitem__, values))
+            self.kind = shapes.kind((shapes.globs(st.globs), tuple(st.masks), at,
+                                     index[st.default]))
+        lits: tuple[tuple[bytes, int, int], ...] = ()
+        if st.literals and len(targets) == 1:
+            # a name no literal lists goes there, whatever globs it matches
+            other = targets[0]
+            lits = tuple([(lit, t, other) for lit, t in sorted(st.literals.items())])
+        elif st.literals:
+            globs = shapes.globs(st.globs)
+            lits = tuple([(lit, t, st.masks.get(shapes.glob_mask(globs, lit), st.default))
+                          for lit, t in sorted(st.literals.items())])
+        self.lits = lits
+        # the states it moves to, for finding who to sign again when a block splits
+        self.reached = {*targets, *(t for _, t, _ in self.lits)} if self.lits else targets
 
     def signature(self, block: list[int], shapes: _Shapes) -> tuple:
-        lits = tuple([(lit, block[t]) for lit, t, other in self.lits if block[t] != block[other]])
-        blocks = [block[t] for t in self.targets]
-        if len(blocks) == 1:
-            return shapes.plain, (), blocks[0], lits
+        lits = tuple([(lit, block[t]) for lit, t, other in self.lits if block[t] != block[other]]) \
+            if self.lits else ()
+        targets = self.targets
+        if len(targets) == 1:
+            return shapes.plain, (), block[targets[0]], lits
+        blocks = list(map(block.__getitem__, targets))
         ids: dict[int, int] = {}
         pattern = tuple([ids.setdefault(b, len(ids)) for b in blocks])
         if len(ids) == 1:
