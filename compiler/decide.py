@@ -205,14 +205,14 @@ def decide_table(policy: Policy, matching: Iterable[Rule]) -> DecisionRow:
         i = r.index
         for k in rule_kinds[i]:
             per_kind[k].append(i)
-    # The memo of _decide_selected, read here first: most kinds find their decision there,
+    # The memos of _decide_selected, read here first: most kinds find their decision there,
     # and then no list of rules is made.
-    memo: dict[tuple[bool, tuple], Decision] = derived(policy, "_decisions", dict)
+    memos = _memos(policy)
     rules = policy.rules
     decided = []
     for atom, handle, indexes in zip(kinds.atom, kinds.handle, per_kind):
         key = tuple(indexes)
-        d = memo.get((handle, key))
+        d = memos[handle].get(key)
         if d is None:
             d = _decide_selected(policy, atom, [rules[i] for i in key], key)
         decided.append(d)
@@ -265,14 +265,18 @@ _HANDLE_ATOMS = frozenset(a for a in ops.ATOMS if ops.is_handle_atom(a))
 def _decide_selected(policy: Policy, atom: str, relevant: list, indexes: tuple) -> Decision:
     """The decision for `atom` given the matching rules that select it (in rule order) and
     their indexes."""
-    # The outcome depends on the atom only through which rules select it and whether
-    # it is a handle op: memoise on that (large policies repeat it endlessly).
-    memo: dict[tuple[bool, tuple], Decision] = derived(policy, "_decisions", dict)
-    key = (atom in _HANDLE_ATOMS, indexes)
-    d = memo.get(key)
+    memo = _memos(policy)[atom in _HANDLE_ATOMS]
+    d = memo.get(indexes)
     if d is None:
-        d = memo[key] = _decide(policy, atom, relevant)
+        d = memo[indexes] = _decide(policy, atom, relevant)
     return d
+
+
+def _memos(policy: Policy) -> tuple[dict[tuple, Decision], dict[tuple, Decision]]:
+    """The decisions made, by the indexes of the rules selecting the atom: for atoms that
+    are not handle ops, and for those that are. The outcome depends on the atom only
+    through these (and large policies repeat them endlessly)."""
+    return derived(policy, "_decisions", lambda: ({}, {}))
 
 
 def _decide(policy: Policy, atom: str, relevant: list) -> Decision:
