@@ -707,7 +707,9 @@ class _Planner:
         the same objects in every row: the group's stands for its slots')."""
         picked = self.alike.pick(row)
         known: tuple = tuple(map(self._runtime_of.get, map(id, picked)))  # None: not yet
-        return known if None not in known else tuple([self.runtime(d) for d in picked])
+        if None not in known:
+            return known
+        return tuple([self.runtime(d) if n is None else n for n, d in zip(known, picked)])
 
     def _table_list(self) -> tuple[list[DecisionTable], list[int]]:
         """The distinct tables, and per class its table's index among them."""
@@ -1044,30 +1046,29 @@ class _Planner:
                 members.append((f"{member}_prefilter", p.name))
                 programs.append(p)
             runs.append((members, programs))
-        default = None
-        if default_switch:
+        if default_switch:  # the first member
             default = self.program(("default_filter", tuple(default_key)), lambda: Program(
                 f"fpol_default_{c.id}", "default_filter", "default", c.id, [], "", "",
                 switch=sorted(default_switch)))
-        return _ObjectMembers(runs, default)
+            runs[0] = ([("default_filter", default.name), *runs[0][0]], [default, *runs[0][1]])
+        return _ObjectMembers([run if run[0] else None for run in runs])
 
-    def instance(self, c: Class, name: str) -> tuple[Instance, list[Program]]:
+    def instance(self, c: Class, info: ClassInfo) -> tuple[Instance, list[Program]]:
         """Class `c`'s fuse_ops members, in member order: its table's object-op programs
         (object_members), and between their runs the namespace hooks' (keys from prepare),
-        with the quirks of spec §10 where they apply. And its programs, each once (the
-        classes sharing the instance are added to theirs from it)."""
+        with the quirks of spec §10 where they apply; named and exemplified by its `info`.
+        And its programs, each once (the classes sharing the instance are added to theirs
+        from it)."""
         objects = self.object_members(c)
         keys = self.keys[c.id]
         cid = c.id
         members: list[tuple[str, str]] = []
         used: list[Program] = []  # every program of the instance, once
-        if objects.default is not None:
-            members.append(("default_filter", objects.default.name))
-            used.append(objects.default)
-        for (run_members, run_programs), (member, slot, kind, op, params, question, made, post) \
-                in zip(objects.runs, self.steps):
-            members += run_members
-            used += run_programs
+        for run, (member, slot, kind, op, params, question, made, post) in \
+                zip(objects.runs, self.steps):
+            if run:
+                members += run[0]
+                used += run[1]
             key = keys[question]
             if key is None:
                 continue
@@ -1081,11 +1082,13 @@ class _Planner:
                 p = self._postfilter(c, post)
                 used.append(p)
                 members.append((p.hook, p.name))
-        members += objects.runs[-1][0]
-        used += objects.runs[-1][1]
+        last = objects.runs[-1]
+        if last:
+            members += last[0]
+            used += last[1]
         for p in used:
             p.classes.append(cid)
-        return Instance(cid, name, members, c.example.decode("utf-8", "backslashreplace")), used
+        return Instance(cid, info.instance, members, info.example), used
 
     def _postfilter(self, c: Class, member: str) -> Program:
         """The postfilter that goes with class `c`'s lookup or mkdir prefilter."""
@@ -1134,11 +1137,14 @@ def _by_name(view: _NameView, outs: list[int]) -> tuple:
     entries and literals that answer otherwise than the entry a name would follow without
     them."""
     default = outs[0]
+    # (two cases made quicker: what the general one makes of them)
     if outs.count(default) == len(outs):
-        return default, (), (), ()  # (what the general case makes of it, made quicker)
+        return default, (), (), ()
+    if not view.masks:  # every literal falls back to the default
+        return default, (), (), tuple([(lit, o) for lit, o in zip(view.names, outs[1:])
+                                       if o != default])
     nmasks = len(view.masks)
-    masks = tuple([(m, o) for m, o in zip(view.masks, outs[1:1 + nmasks]) if o != default]) \
-        if nmasks else ()
+    masks = tuple([(m, o) for m, o in zip(view.masks, outs[1:1 + nmasks]) if o != default])
     lits = tuple([(lit, o) for lit, f, o in zip(view.names, view.fallback, outs[1 + nmasks:])
                   if o != outs[f]])
     return default, view.globs if masks else (), masks, lits
@@ -1189,10 +1195,10 @@ def _same_answers(classes: Sequence[Class]) -> dict[str, str]:
 @dataclass
 class _ObjectMembers:
     """One object plan's programs: per run of OBJECT_RUNS, its (member, program name) pairs
-    and their programs; and the default_filter's program, if any."""
+    and their programs, the default_filter's first in the first run; None for a run with
+    none (most are)."""
 
-    runs: list[tuple[list[tuple[str, str]], list[Program]]]
-    default: Optional[Program]
+    runs: list[Optional[tuple[list[tuple[str, str]], list[Program]]]]
 
 
 HOOK_PARAMS = {h[0]: h[1] for h in HOOKS}
@@ -1299,7 +1305,7 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
         cid = c.id
         rep = share[cid]
         if rep == cid:
-            inst, used[cid] = planner.instance(c, info.instance)
+            inst, used[cid] = planner.instance(c, info)
             instances.append(inst)
             planner.fresh.sort(key=by_hook)
             ordered += planner.fresh
@@ -1310,8 +1316,7 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
         inst = instances[rep]
         for p in used[rep]:
             p.classes.append(cid)
-        instances.append(Instance(cid, inst.name, inst.members,
-                                  c.example.decode("utf-8", "backslashreplace")))
+        instances.append(Instance(cid, inst.name, inst.members, info.example))
     post = planner.programs.get(_MKDIR_POST)
     if post is not None:
         ordered[:root] = sorted([*ordered[:root], post], key=by_hook)
