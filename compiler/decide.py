@@ -72,10 +72,11 @@ class DecisionRow(tuple):
     _hash: int
 
     def __hash__(self) -> int:
-        h = self.__dict__.get("_hash")
-        if h is None:
+        try:
+            return self._hash
+        except AttributeError:
             h = self._hash = tuple.__hash__(self)
-        return h
+            return h
 
     def __reduce__(self):
         return (DecisionRow, (tuple(self),))
@@ -99,7 +100,7 @@ class DecisionTable(tuple):
     _hash: int
 
     def __new__(cls, per_subject: "Iterable[tuple[Decision, ...]]") -> "DecisionTable":
-        rows = tuple(tuple(t) if not isinstance(t, tuple) else t for t in per_subject)
+        rows = tuple([t if isinstance(t, tuple) else tuple(t) for t in per_subject])
         if len(rows) == 1:
             # One subject class: the table is its row, and hashes as the row does (a
             # DecisionRow keeps its hash, which lowering's row memos then find made).
