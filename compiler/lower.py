@@ -653,10 +653,10 @@ class _Planner:
         self.classes = tree.classes
         self.programs: dict[tuple, Program] = {}  # all but the namespace prefilters, by key
         self._runtime_ids: dict[tuple, int] = {}
-        # Decision object (by id) -> its runtime, and the objects, kept alive so no id is
-        # reused: rows share their decision objects, and this needs no Python call per one.
+        # Decision object (by id) -> its runtime: rows share their decision objects, and
+        # this needs no Python call per one.
         self._runtime_of: dict[int, int] = {}
-        self._kept: list[Decision] = []
+        self._kept: list = []  # objects whose ids key memos here, kept so no id is reused
         self.alike = alike_slots(tree)
         # A row's decisions at the object ops' slots, one per group of alike slots (those
         # stand for the others: quicker to hash).
@@ -686,6 +686,7 @@ class _Planner:
         self.keys: list = []  # per planned class, its key per question (prepare)
         self.post_keys: list = []  # per planned class, its lookup postfilter's key (prepare)
         self._posts: dict[int, Program] = {}  # lookup postfilters, by key
+        self._globs: dict[int, tuple[tuple[bytes, ...], dict[bytes, int]]] = {}  # name_view's
         self.fresh: list[Program] = []  # made for the class being planned (all of its class)
         self._table_runtimes: Optional[list[tuple[tuple[int, ...], ...]]] = None
 
@@ -778,7 +779,7 @@ class _Planner:
         """Number the questions the namespace hooks ask (rename and rename2 ask one, and so
         do ops decided alike everywhere: _same_answers), and answer each for every class
         in `planned` (those whose instances are planned) at once: namespace_keys."""
-        alias = _same_answers(self.classes)
+        alias = _same_answers(self._table_list()[0])
         numbers: dict[tuple[str, str], int] = {}
         for member, params, kind, op in NAMESPACE_HOOKS:
             question = (kind, alias.get(op, op))
@@ -917,17 +918,32 @@ class _Planner:
         ok, nlits = self.inherit[c.id], len(c.literals)
         mask_keys, mask_targets = zip(*c.masks) if c.masks else ((), ())
         names, lit_targets = zip(*c.literals) if nlits else ((), ())
+        # Classes share their globs' tuple (a few dozen at 10,000 rules): its texts, and
+        # the set of them each literal matches, once per tuple.
+        texts, matched = self._globs.get(id(c.globs)) or self._glob_entry(c.globs)
         if c.masks and nlits:
             at = {m: i for i, m in enumerate(mask_keys, 1)}
             # the set of its globs a literal matches (a bitmask) picks its mask entry
-            fallback = [at.get(glob_mask(c.globs, lit), 0) for lit in names]
+            fallback = []
+            for lit in names:
+                bits = matched.get(lit)
+                if bits is None:
+                    bits = matched[lit] = glob_mask(c.globs, lit)
+                fallback.append(at.get(bits, 0))
         else:
             fallback = [0] * nlits
         kids = self.strict.targets(c)
         return _NameView([c.default, *mask_targets, *lit_targets], fallback,
-                         [ok[-1], *ok[nlits:-1], *ok[:nlits]], mask_keys, names,
-                         tuple([g.text for g in c.globs]), kids,
+                         [ok[-1], *ok[nlits:-1], *ok[:nlits]], mask_keys, names, texts, kids,
                          any(map(self.named.__getitem__, kids)), all(ok))
+
+    def _glob_entry(self, globs: tuple) -> tuple[tuple[bytes, ...], dict[bytes, int]]:
+        """name_view's entry for a tuple of globs: their texts, and (filled as literals are
+        met) the set of them each literal matches."""
+        entry: tuple[tuple[bytes, ...], dict[bytes, int]] = (tuple([g.text for g in globs]), {})
+        self._globs[id(globs)] = entry
+        self._kept.append(globs)  # (its id keys the entry)
+        return entry
 
     def needs_hook(self, kind: str, op: str, planned: list[Class], views: list["_NameView"]
                    ) -> list[bool]:
@@ -1165,12 +1181,13 @@ class _NamespaceStep(NamedTuple):
     post: str  # "lookup" or "mkdir": the member whose postfilter follows it; or ""
 
 
-def _same_answers(classes: Sequence[Class]) -> dict[str, str]:
+def _same_answers(tables: Sequence[DecisionTable]) -> dict[str, str]:
     """Namespace ops of one kind (lookup, create, remove) whose atoms have equal decisions
-    in every row: each mapped to the first such op of its hooks. Their programs need the
-    same hooks and answer every name alike (only the op's atoms are read), so a class's
-    answers for one are its answers for the other, and are worked out once."""
-    rows = [r for c in classes for r in c.table.rows]
+    in every row of `tables` (the classes' tables, each once: _Planner._table_list): each
+    mapped to the first such op of its hooks. Their programs need the same hooks and answer
+    every name alike (only the op's atoms are read), so a class's answers for one are its
+    answers for the other, and are worked out once."""
+    rows = [r for t in tables for r in t.rows]
     first_of_kind: dict[str, list[str]] = {}
     alias: dict[str, str] = {}
     for _, _, kind, op in NAMESPACE_HOOKS:
