@@ -13,6 +13,7 @@ path) are one pattern, with every (rule index, term key) it belongs to; a term k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable, Optional
 
 from .memo import derived
@@ -91,17 +92,16 @@ def collect(policy: Policy) -> Patterns:
     fold = policy.case_insensitive
     index: dict[tuple, int] = {}
     terms: list[list] = []
-    for r in policy.rules:
-        for key, term in [(("t", i), t) for i, t in enumerate(r.terms)] + \
-                         [(("x", i), t) for i, t in enumerate(r.excepts)]:
+    for r, (term_pairs, except_pairs) in zip(policy.rules, _pairs(policy)):
+        for pair, term in (*zip(term_pairs, r.terms), *zip(except_pairs, r.excepts)):
             for pattern in term.patterns:
-                folded = tuple(fold_part(p, fold) for p in pattern)
+                folded = tuple([fold_part(p, fold) for p in pattern]) if fold else pattern
                 pid = index.get(folded)
                 if pid is None:
                     pid = index[folded] = len(pats.parts)
                     pats.parts.append(folded)
                     terms.append([])
-                terms[pid].append((r.index, key))
+                terms[pid].append(pair)
     pats.terms_of = [frozenset(t) for t in terms]
     pats.at_any = frozenset((pid, k) for pid, pattern in enumerate(pats.parts)
                             for k, part in enumerate(pattern) if part is ANY)
@@ -133,6 +133,9 @@ class Holding:
     indexes: frozenset
 
 
+_first = itemgetter(0)  # a (rule index, term key) pair's rule index
+
+
 def _anchor(rule: Rule) -> int:
     """Which scope term of a rule of several terms is looked for first: the one that
     holds at the fewest nodes, as far as its patterns tell. A pattern starting with `**`
@@ -146,24 +149,37 @@ def _anchor(rule: Rule) -> int:
     return max(range(len(rule.terms)), key=rarity)
 
 
+def _pairs(policy: Policy) -> list[tuple[tuple, tuple]]:
+    """Each rule's (rule index, term key) pairs: its scope terms', its except terms'. One
+    object per pair in a policy, shared by `collect` and `_shapes`, so that sets of them
+    compare equal pairs by identity."""
+    def make():
+        most = max((max(len(r.terms), len(r.excepts)) for r in policy.rules), default=0)
+        tkeys = [("t", i) for i in range(most)]
+        xkeys = [("x", i) for i in range(most)]
+        return [(tuple([(r.index, tkeys[i]) for i in range(len(r.terms))]),
+                 tuple([(r.index, xkeys[i]) for i in range(len(r.excepts))]))
+                for r in policy.rules]
+    return derived(policy, "_pairs", make)
+
+
 def _shapes(policy: Policy):
     """Per policy, computed once: the rules with no scope (they hold everywhere), each
     rule's scope terms and except terms as (rule, key) pairs, the rules of one scope term
     and no except (they hold exactly where that term does), for every other scoped rule
     the one term it is looked up by (`_anchor`), and the memos."""
     def make():
-        shapes = [(frozenset((r.index, ("t", i)) for i in range(len(r.terms))),
-                   frozenset((r.index, ("x", i)) for i in range(len(r.excepts))))
-                  for r in policy.rules]
-        simple = frozenset((r.index, ("t", 0)) for r in policy.rules
-                           if len(r.terms) == 1 and not r.excepts)
-        anchors = frozenset((r.index, ("t", _anchor(r))) for r in policy.rules
-                            if r.terms and (len(r.terms) > 1 or r.excepts))
+        pairs = _pairs(policy)
+        shapes = [(frozenset(t), frozenset(x)) for t, x in pairs]
+        simple = frozenset(t[0] for t, x in pairs if len(t) == 1 and not x)
+        anchor_of = {r.index: t[_anchor(r)] for r, (t, x) in zip(policy.rules, pairs)
+                     if len(t) > 1 or t and x}
+        anchors = frozenset(anchor_of.values())
         unscoped = tuple(r.index for r in policy.rules if not r.terms)
-        with_excepts = tuple((r.index, shapes[r.index][0],
-                              tuple((r.index, ("x", i)) for i in range(len(r.excepts))))
-                             for r in policy.rules if r.excepts)
-        return _Shapes(unscoped, shapes, simple, anchors, with_excepts, {}, {}, {}, {})
+        with_excepts = tuple((r.index, shapes[r.index][0], x)
+                             for r, (t, x) in zip(policy.rules, pairs) if x)
+        return _Shapes(unscoped, shapes, simple, anchors, anchor_of, with_excepts,
+                       {}, {}, {}, {})
     return derived(policy, "_shapes", make)
 
 
@@ -173,6 +189,7 @@ class _Shapes:
     shapes: list
     simple: frozenset
     anchors: frozenset
+    anchor_of: dict  # rule index -> its anchor pair, for the rules in `anchors`
     with_excepts: tuple  # (rule index, its scope term pairs, its except term pairs)
     by_accepted: dict  # accepted set -> Holding
     by_indexes: dict  # frozenset of rule indexes -> Holding (the interning)
@@ -192,12 +209,13 @@ def holding(policy: Policy, accepted: frozenset) -> Holding:
     return out
 
 
-def holding_of(policy: Policy, pieces: tuple) -> Holding:
+def holding_of(policy: Policy, pieces: tuple, accepted: Optional[frozenset] = None) -> Holding:
     """`holding` where exactly the union of `pieces` (sets of (rule, term key) pairs)
-    holds, without making the union: the class builder's sets of positions accept the
-    pairs of a few pieces it keeps interned (the floating patterns', a sticky set's, each
-    pattern's that ends here), most of them shared by many states. What the simple and the
-    anchored rules of a piece are is worked out once per piece."""
+    holds, without making the union unless a rule must be checked term by term (or taking
+    it as `accepted`, when the caller has it): the class builder's sets of positions accept
+    the pairs of a few pieces it keeps interned (the floating patterns', a sticky set's,
+    each pattern's that ends here), most of them shared by many states. What the simple and
+    the anchored rules of a piece are is worked out once per piece."""
     sh = _shapes(policy)
     found: set = set()
     candidates = list(sh.unscoped)
@@ -205,12 +223,13 @@ def holding_of(policy: Policy, pieces: tuple) -> Holding:
     for piece in pieces:
         parts = split.get(piece)
         if parts is None:
-            parts = split[piece] = (frozenset(ri for ri, _ in piece & sh.simple),
-                                    tuple(ri for ri, _ in piece & sh.anchors))
+            parts = split[piece] = (frozenset(map(_first, piece & sh.simple)),
+                                    tuple(map(_first, piece & sh.anchors)))
         found |= parts[0]
         candidates += parts[1]
     if candidates:
-        accepted = frozenset().union(*pieces)
+        if accepted is None:
+            accepted = frozenset().union(*pieces)
         shapes = sh.shapes
         for ri in candidates:
             need, excl = shapes[ri]
@@ -220,7 +239,8 @@ def holding_of(policy: Policy, pieces: tuple) -> Holding:
     out = sh.by_indexes.get(indexes)
     if out is None:
         rules = policy.rules
-        out = sh.by_indexes[indexes] = Holding(tuple(rules[i] for i in sorted(indexes)), indexes)
+        out = sh.by_indexes[indexes] = Holding(tuple(map(rules.__getitem__, sorted(indexes))),
+                                               indexes)
     return out
 
 
@@ -234,7 +254,7 @@ def anchors_touched(policy: Policy, terms: frozenset) -> Optional[frozenset]:
     touched = {ri for ri, _ in terms}
     if terms & sh.simple or terms & sh.anchors or any(ri in touched for ri in sh.unscoped):
         return None
-    return frozenset(p for p in sh.anchors if p[0] in touched)
+    return frozenset(sh.anchor_of[ri] for ri in touched if ri in sh.anchor_of)
 
 
 def excepts_hit(policy: Policy, accepted: frozenset) -> frozenset:

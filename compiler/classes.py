@@ -26,6 +26,7 @@ from .subjects import Partition, partition
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
+_EMPTY: frozenset = frozenset()
 
 
 class TooComplex(FpolError):
@@ -230,17 +231,19 @@ def _trailing_any(pattern: tuple) -> int:
     return k
 
 
-def _inert(globs: tuple, end_anchors: dict, own: dict) -> tuple[int, dict, frozenset]:
+def _inert(globs: tuple, end_anchors: dict, own: frozenset) -> tuple[int, dict, frozenset]:
     """Of a state's globs, those that only end floating patterns (`end_anchors`; no
-    position of the state moves by them, `own`): as bits, each bit's positions where its
-    terms can change the rules holding, and all those positions."""
-    bits, anchors_of = 0, {}
+    position of the state moves by them, `own`): as bits; for each position where some of
+    their terms can change the rules holding, the bits of those; and all those positions."""
+    bits = 0
+    bits_at: dict[tuple, int] = {}
     for i, g in enumerate(globs):
         anchors = end_anchors.get(g)
         if anchors is not None and g not in own:
             bits |= 1 << i
-            anchors_of[i] = anchors
-    return bits, anchors_of, frozenset().union(*anchors_of.values())
+            for a in anchors:
+                bits_at[a] = bits_at.get(a, 0) | 1 << i
+    return bits, bits_at, frozenset(bits_at)
 
 
 def build_raw(policy: Policy) -> list[RawState]:
@@ -258,8 +261,7 @@ def build_raw(policy: Policy) -> list[RawState]:
     split, they would be passed around or rebuilt at every state.)"""
     pats = _collect(policy)
     parts = pats.parts
-    at_any = frozenset((pid, k) for pid, pattern in enumerate(parts)
-                       for k, part in enumerate(pattern) if part is ANY)
+    at_any = pats.at_any
     start = _closure({(pid, 0) for pid in range(len(parts))}, parts, at_any)
     floating = frozenset((pid, k) for pid, k in start
                          if parts[pid] and parts[pid][0] is ANY and all(p is ANY for p in parts[pid][:k]))
@@ -291,9 +293,27 @@ def build_raw(policy: Policy) -> list[RawState]:
                     anchors = None
             end_anchors[part] = anchors
     float_globs = tuple(sorted(float_glob))
-    float_inert = _inert(float_globs, end_anchors, {})
-    float_combos = realisable_masks(float_globs)
+    float_by_bit = [float_glob[g] for g in float_globs]
     float_hits: dict[bytes, list] = {}  # a literal name -> where the floating globs it matches go
+    setups: dict[frozenset, tuple] = {}  # see glob_setup
+
+    def glob_setup(own: frozenset) -> tuple:
+        """For states whose positions move by the globs `own` besides the floating ones
+        (few sets, many states each): all their globs in order; the inert ones (_inert);
+        the realisable masks in order, each with the bits it has; the masks with a name
+        each and those names; and whether each mask but 0 is of inert globs only (then
+        every mask goes where 0 does at a state that holds none of their anchors)."""
+        out = setups.get(own)
+        if out is None:
+            globs = tuple(sorted(float_glob.keys() | own))
+            inert = _inert(globs, end_anchors, own)
+            combos = realisable_masks(globs)
+            order = sorted(combos)
+            members = {mask: [i for i in range(len(globs)) if mask >> i & 1] for mask in combos}
+            uniform = 0 in combos and not any(mask & ~inert[0] for mask in combos)
+            out = setups[own] = (globs, inert, order, members, combos, frozenset(combos.values()),
+                                 uniform)
+        return out
 
     # Positions in a pattern's trailing `**` run ("sticky": an `under` rule's scope once
     # its path has matched) stay in every state below the one that reached them. A state
@@ -302,6 +322,9 @@ def build_raw(policy: Policy) -> list[RawState]:
     sticky_all = frozenset(
         (pid, k) for pid, pattern in enumerate(parts) if pattern and pattern[-1] is ANY
         for k in range(_trailing_any(pattern), len(pattern) + 1)) - floating
+    accepts_at = {(pid, len(pattern)): terms for pid, (pattern, terms)
+                  in enumerate(zip(parts, pats.terms_of))}  # a pattern's end -> its terms
+    sticky_ends = sticky_all & accepts_at.keys()
     sticky_ids: dict[frozenset, int] = {}
     sticky_sets: list[frozenset] = []
     sticky_accepted: list[frozenset] = []
@@ -312,16 +335,31 @@ def build_raw(policy: Policy) -> list[RawState]:
             n = sticky_ids[sticky] = len(sticky_sets)
             sticky_sets.append(sticky)
             sticky_accepted.append(frozenset().union(
-                *(pats.terms_of[pid] for pid, k in sticky if k == len(parts[pid]))))
+                *map(accepts_at.__getitem__, sticky & sticky_ends)))
         return n
+
+    # Each position's closure, as (its sticky positions, the others), floating ones left
+    # out: a state's targets are unions of these (closure distributes over union).
+    closed_from: dict[tuple, tuple] = {}
+
+    def close_one(position: tuple) -> tuple:
+        if position in at_any:
+            closed = _closure((position,), parts, at_any) - floating
+            more = closed & sticky_all
+            out = (more, closed - more)
+        elif position in sticky_all:
+            out = (frozenset((position,)), _EMPTY)
+        else:  # the most common case: a literal or glob part just matched
+            out = (_EMPTY, _EMPTY if position in floating else frozenset((position,)))
+        closed_from[position] = out
+        return out
 
     accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
     by_pieces: dict[tuple, tuple] = {}  # accepted pieces -> (accepted, holding, excepts hit)
     by_core: dict[tuple, tuple] = {}  # (sticky set id, moving positions) -> transitions
     ids: dict[tuple, int] = {}  # (sticky set id, positions) -> state
     by_behaviour: dict[tuple, int] = {}  # (core, rules holding, excepts hit) -> state
-    terms_of = pats.terms_of
-    ends = frozenset((pid, len(pattern)) for pid, pattern in enumerate(parts)) - sticky_all
+    ends = accepts_at.keys() - sticky_all
     has_excepts = any(r.excepts for r in policy.rules)
     states: list[Optional[RawState]] = []
     queue: deque = deque()
@@ -338,16 +376,18 @@ def build_raw(policy: Policy) -> list[RawState]:
             # What the positions accept, in interned pieces: states of one sticky set and
             # one set of patterns ending here (few, many states each) accept alike.
             ending = positions & ends
-            pieces = (float_accepted, sticky_accepted[sticky_id]) + tuple(
-                terms_of[pid] for pid, _ in ending)
+            # (The pieces of patterns ending here first: a `named` glob's may be large, and
+            # a union starting from the largest set copies it rather than growing.)
+            pieces = (*map(accepts_at.__getitem__, ending), sticky_accepted[sticky_id],
+                      float_accepted)
             alike = by_pieces.get(pieces)
             if alike is None:
-                accepted = frozenset().union(*pieces)
+                accepted = frozenset.union(*pieces)
                 accepted = accepted_sets.setdefault(accepted, accepted)
                 hits = excepts_hit(policy, accepted) if has_excepts else frozenset()
-                alike = by_pieces[pieces] = (accepted, holding_of(policy, pieces), hits)
+                alike = by_pieces[pieces] = (accepted, holding_of(policy, pieces, accepted), hits)
             accepted, held, hits = alike
-            core = (sticky_id, positions - ending if ending else positions)
+            core = (sticky_id, positions - ending) if ending else key
             behaviour = (core, held, hits)
             sid = by_behaviour.get(behaviour)
             if sid is None:
@@ -383,41 +423,55 @@ def build_raw(policy: Policy) -> list[RawState]:
                 own.setdefault(part, []).append((pid, k + 1))
             else:
                 by_literal.setdefault(part, []).append((pid, k + 1))
-        if own:
-            globs = tuple(sorted(float_glob.keys() | own.keys()))
-            by_glob = {g: float_glob.get(g, []) + own.get(g, []) for g in globs}
-            inert_bits, anchors_of, any_anchor = _inert(globs, end_anchors, own)
-            combos = realisable_masks(globs)
-        else:
-            globs, by_glob, combos = float_globs, float_glob, float_combos
-            inert_bits, anchors_of, any_anchor = float_inert
+        globs, (inert_bits, bits_at, any_anchor), order, members, combos, witnesses, uniform = \
+            glob_setup(frozenset(own))
+        # The positions each glob (by its bit) moves on to.
+        by_bit = [float_glob.get(g, []) + own.get(g, []) for g in globs] if own else float_by_bit
         prefix = example.rstrip(b"/") + b"/"
 
         # closure(base | advanced) = closure(base) | closure(advanced): the base (positions
         # at a `**` other than the sticky ones, which stay anyway) is closed once per state.
-        base_closed = _closure(base, parts, at_any) - floating
-        base_sticky = base_closed & sticky_all
-        base_rest = base_closed - base_sticky
-        base_sticky_id = intern_sticky(sticky | base_sticky) if base_sticky - sticky else sticky_id
+        base_sticky_id, base_rest = sticky_id, _EMPTY
+        if base:
+            base_closed = _closure(base, parts, at_any) - floating
+            base_sticky = base_closed & sticky_all
+            base_rest = base_closed - base_sticky
+            if base_sticky - sticky:
+                base_sticky_id = intern_sticky(sticky | base_sticky)
 
         def reach(advanced) -> tuple:
-            reached = _closure(advanced, parts, at_any) - floating
-            more = reached & sticky_all
+            """The key of the positions `advanced` (and the base) close to, by the closures
+            of single positions."""
+            if not advanced:
+                return (base_sticky_id, base_rest)
+            more = moved = _EMPTY
+            for p in advanced:
+                got = closed_from.get(p)
+                if got is None:
+                    got = close_one(p)
+                if got[0]:
+                    more = more | got[0] if more else got[0]
+                if got[1]:
+                    moved = moved | got[1] if moved else got[1]
             n = base_sticky_id
             if more and not more <= sticky_sets[n]:
                 n = intern_sticky(sticky_sets[n] | more)
-            return (n, base_rest | (reached - more))
+            return (n, base_rest | moved if base_rest else moved)
 
         def blocking(key: tuple) -> int:
             """The inert globs (bits) that can change the rules holding at `key`."""
             n, moved = key
             if any_anchor.isdisjoint(moved) and any_anchor.isdisjoint(sticky_sets[n]):
                 return 0
-            return sum(1 << i for i, a in anchors_of.items()
-                       if not (a.isdisjoint(moved) and a.isdisjoint(sticky_sets[n])))
+            bits = 0
+            for a in any_anchor & moved:
+                bits |= bits_at[a]
+            for a in any_anchor & sticky_sets[n]:
+                bits |= bits_at[a]
+            return bits
 
         literals = {}
-        for lit in sorted(float_literal.keys() | by_literal.keys()):
+        for lit in sorted(float_literal.keys() | by_literal.keys() if float_literal else by_literal):
             hits = float_hits.get(lit)
             if hits is None:
                 hits = float_hits[lit] = [p for g in float_globs if g.matches(lit)
@@ -427,23 +481,37 @@ def build_raw(policy: Policy) -> list[RawState]:
                 if g.matches(lit):
                     advanced += own[g]
             literals[lit] = intern(reach(advanced), prefix + lit)
-        masks: dict[int, int] = {}
-        keys: dict[int, tuple] = {}
-        blocked: dict[int, int] = {}
         # Examples must not be literal names.
-        if literals and any(w in literals for w in combos.values()):
+        if literals and not witnesses.isdisjoint(literals):
             combos = glob_combinations([g.text for g in globs], frozenset(literals))
-        for mask, witness in sorted(combos.items()):
-            rest = mask & ~inert_bits
-            if rest != mask and rest in keys:  # a submask, so a smaller number: done
-                if rest not in blocked:
-                    blocked[rest] = blocking(keys[rest])
-                if not mask & blocked[rest]:
-                    masks[mask] = masks[rest]
-                    continue
-            advanced = [p for i, g in enumerate(globs) if mask >> i & 1 for p in by_glob[g]]
-            keys[mask] = reach(advanced)
-            masks[mask] = intern(keys[mask], prefix + witness)
+        if uniform:
+            # Every mask goes where 0 does, but for the masks of globs whose terms can
+            # change the rules holding there (blocking): those are worked out one by one,
+            # in order of their numbers as below.
+            zero = (base_sticky_id, base_rest)
+            masks = dict.fromkeys(order, intern(zero, prefix + combos[0]))
+            blocked = blocking(zero)
+            if blocked:
+                for mask in order:
+                    if mask & blocked:
+                        advanced = [p for i in members[mask] for p in by_bit[i]]
+                        masks[mask] = intern(reach(advanced), prefix + combos[mask])
+        else:
+            masks = {}
+            keys: dict[int, tuple] = {}
+            blocking_at: dict[int, int] = {}
+            for mask in order:
+                witness = combos[mask]
+                rest = mask & ~inert_bits
+                if rest != mask and rest in keys:  # a submask, so a smaller number: done
+                    if rest not in blocking_at:
+                        blocking_at[rest] = blocking(keys[rest])
+                    if not mask & blocking_at[rest]:
+                        masks[mask] = masks[rest]
+                        continue
+                advanced = [p for i in members[mask] for p in by_bit[i]]
+                keys[mask] = reach(advanced)
+                masks[mask] = intern(keys[mask], prefix + witness)
         default = masks.get(0)
         if default is None:
             default = intern(reach([]), prefix + b"\x01other")
