@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .memo import derived
 from .paths import ANY, Glob, part_matches
@@ -216,32 +216,42 @@ def holding_of(policy: Policy, pieces: tuple, accepted: Optional[frozenset] = No
     the pairs of a few pieces it keeps interned (the floating patterns', a sticky set's,
     each pattern's that ends here), most of them shared by many states. What the simple and
     the anchored rules of a piece are is worked out once per piece."""
-    sh = _shapes(policy)
-    found: set = set()
-    candidates = list(sh.unscoped)
-    split = sh.split
-    for piece in pieces:
-        parts = split.get(piece)
-        if parts is None:
-            parts = split[piece] = (frozenset(map(_first, piece & sh.simple)),
-                                    tuple(map(_first, piece & sh.anchors)))
-        found |= parts[0]
-        candidates += parts[1]
-    if candidates:
-        if accepted is None:
-            accepted = frozenset().union(*pieces)
-        shapes = sh.shapes
-        for ri in candidates:
-            need, excl = shapes[ri]
-            if need <= accepted and accepted.isdisjoint(excl):
-                found.add(ri)
-    indexes = frozenset(found)
-    out = sh.by_indexes.get(indexes)
-    if out is None:
-        rules = policy.rules
-        out = sh.by_indexes[indexes] = Holding(tuple(map(rules.__getitem__, sorted(indexes))),
-                                               indexes)
-    return out
+    return holder(policy)(pieces, accepted)
+
+
+def holder(policy: Policy) -> Callable[[tuple, Optional[frozenset]], Holding]:
+    """`holding_of` for one policy, with its shapes and memos bound once: the class builder
+    asks it for every new set of pieces."""
+    def make():
+        sh = _shapes(policy)
+        unscoped, simple, anchors, shapes = sh.unscoped, sh.simple, sh.anchors, sh.shapes
+        split, by_indexes, rules = sh.split, sh.by_indexes, policy.rules
+
+        def holding_of(pieces: tuple, accepted: Optional[frozenset] = None) -> Holding:
+            found: set = set()
+            candidates = list(unscoped)
+            for piece in pieces:
+                parts = split.get(piece)
+                if parts is None:
+                    parts = split[piece] = (frozenset(map(_first, piece & simple)),
+                                            tuple(map(_first, piece & anchors)))
+                found |= parts[0]
+                candidates += parts[1]
+            if candidates:
+                if accepted is None:
+                    accepted = frozenset().union(*pieces)
+                for ri in candidates:
+                    need, excl = shapes[ri]
+                    if need <= accepted and accepted.isdisjoint(excl):
+                        found.add(ri)
+            indexes = frozenset(found)
+            out = by_indexes.get(indexes)
+            if out is None:
+                out = by_indexes[indexes] = Holding(tuple(map(rules.__getitem__, sorted(indexes))),
+                                                    indexes)
+            return out
+        return holding_of
+    return derived(policy, "_holder", make)
 
 
 def anchors_touched(policy: Policy, terms: frozenset) -> Optional[frozenset]:
@@ -278,4 +288,4 @@ def rules_holding(policy: Policy, accepted: frozenset) -> list[Rule]:
 
 
 __all__ = ["Holding", "Patterns", "anchors_touched", "closure", "collect", "excepts_hit",
-           "fold_name", "fold_part", "holding", "holding_of", "rules_holding"]
+           "fold_name", "fold_part", "holder", "holding", "holding_of", "rules_holding"]

@@ -21,7 +21,7 @@ from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, glob_mask
 from .policy import Policy, Rule
 from .errors import FpolError
 from .automaton import (Holding, anchors_touched, closure as _closure, collect as _collect,
-                        excepts_hit, holding_of)
+                        excepts_hit, holder)
 from .subjects import Partition, partition
 
 # Bounds that keep construction memory-safe on pathological policies (FP026).
@@ -329,13 +329,19 @@ def build_raw(policy: Policy) -> list[RawState]:
     sticky_sets: list[frozenset] = []
     sticky_accepted: list[frozenset] = []
 
-    def intern_sticky(sticky: frozenset) -> int:
+    def intern_sticky(sticky: frozenset, within: Optional[int] = None) -> int:
+        """The id of a sticky set; `within`, the id of one it holds (what that one accepts
+        is then a start, and only the positions it lacks are looked at)."""
         n = sticky_ids.get(sticky)
         if n is None:
             n = sticky_ids[sticky] = len(sticky_sets)
+            if within is None:
+                accepted = frozenset().union(*map(accepts_at.__getitem__, sticky & sticky_ends))
+            else:
+                accepted = sticky_accepted[within].union(
+                    *map(accepts_at.__getitem__, (sticky - sticky_sets[within]) & sticky_ends))
             sticky_sets.append(sticky)
-            sticky_accepted.append(frozenset().union(
-                *map(accepts_at.__getitem__, sticky & sticky_ends)))
+            sticky_accepted.append(accepted)
         return n
 
     # Each position's closure, as (its sticky positions, the others), floating ones left
@@ -361,6 +367,7 @@ def build_raw(policy: Policy) -> list[RawState]:
     by_behaviour: dict[tuple, int] = {}  # (core, rules holding, excepts hit) -> state
     ends = accepts_at.keys() - sticky_all
     has_excepts = any(r.excepts for r in policy.rules)
+    holding_of = holder(policy)
     states: list[Optional[RawState]] = []
     queue: deque = deque()
 
@@ -385,7 +392,7 @@ def build_raw(policy: Policy) -> list[RawState]:
                 accepted = frozenset.union(*pieces)
                 accepted = accepted_sets.setdefault(accepted, accepted)
                 hits = excepts_hit(policy, accepted) if has_excepts else frozenset()
-                alike = by_pieces[pieces] = (accepted, holding_of(policy, pieces, accepted), hits)
+                alike = by_pieces[pieces] = (accepted, holding_of(pieces, accepted), hits)
             accepted, held, hits = alike
             core = (sticky_id, positions - ending) if ending else key
             behaviour = (core, held, hits)
@@ -437,7 +444,7 @@ def build_raw(policy: Policy) -> list[RawState]:
             base_sticky = base_closed & sticky_all
             base_rest = base_closed - base_sticky
             if base_sticky - sticky:
-                base_sticky_id = intern_sticky(sticky | base_sticky)
+                base_sticky_id = intern_sticky(sticky | base_sticky, sticky_id)
 
         def reach(advanced) -> tuple:
             """The key of the positions `advanced` (and the base) close to, by the closures
@@ -455,7 +462,7 @@ def build_raw(policy: Policy) -> list[RawState]:
                     moved = moved | got[1] if moved else got[1]
             n = base_sticky_id
             if more and not more <= sticky_sets[n]:
-                n = intern_sticky(sticky_sets[n] | more)
+                n = intern_sticky(sticky_sets[n] | more, n)
             return (n, base_rest | moved if base_rest else moved)
 
         def blocking(key: tuple) -> int:
