@@ -74,7 +74,8 @@ def alike_slots(tree: ClassTree) -> AlikeSlots:
     """AlikeSlots of every row of `tree` (memoised on it). Only the tree's rows may be
     picked (or, with one subject class, its tables: the table is its one row)."""
     def make() -> AlikeSlots:
-        rows = {id(r): r for c in tree.classes for r in c.table.rows}.values()
+        tables = {id(c.table): c.table for c in tree.classes}.values()  # (fewer than classes)
+        rows = {id(r): r for t in tables for r in t.rows}.values()
         columns = list(zip(*rows))
         groups: list[list[int]] = []
         for i, column in enumerate(columns):
@@ -116,9 +117,9 @@ class Strictness:
         self.fanned: set[tuple[int, int]] = set()  # (d, t): every child of d ⪰ class t, proven
         self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
-        classes = tree.classes
         self._targets = [tuple(sorted({c.default, *[x for _, x in c.literals],
-                                       *[x for _, x in c.masks]})) for c in classes]
+                                       *[x for _, x in c.masks]}))
+                         if c.literals or c.masks else (c.default,) for c in tree.classes]
         self._vector = self._class_vectors()  # per class
         self._floor, self._ceiling = self._bounds()
 
@@ -150,9 +151,9 @@ class Strictness:
                     if fields is None:
                         fields = 0
                         for k in ranks:
-                            fields = fields << width | (1 << k) - 1
+                            fields = (fields << width) | ((1 << k) - 1)
                         of_ranks[ranks] = fields
-                    v = v << width * len(ranks) | fields
+                    v = (v << width * len(ranks)) | fields  # (every row has as many)
                 of_table[table] = v
             out.append(v)
         return out
@@ -180,6 +181,7 @@ class Strictness:
     # --- the walk --------------------------------------------------------------------
 
     def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
+        """Memoised: settled by the bounds or the two rows where they can, else walked."""
         key = (d_id, s_id)
         known = self.memo.get(key)
         if known is None:
@@ -231,6 +233,7 @@ class Strictness:
         return True
 
     def _refuted(self, start: tuple[int, int], pair: tuple[int, int]) -> bool:
+        """The walk from `start` met `pair`, which does not hold: neither does `start`."""
         self.memo[start] = False
         self.memo[pair] = False  # the pair that refutes it (its rows, or those below it)
         return False
