@@ -651,7 +651,9 @@ class _Planner:
     def __init__(self, tree: ClassTree, abi: str, strict: "Strictness"):
         self.tree, self.abi, self.strict = tree, abi, strict
         self.classes = tree.classes
-        self.programs: dict[tuple, Program] = {}  # all but the namespace prefilters, by key
+        # Object-op programs and the mkdir postfilter, by key (namespace prefilters are in
+        # their step's `made`, lookup postfilters in _posts).
+        self.programs: dict[tuple, Program] = {}
         self._runtime_ids: dict[tuple, int] = {}
         # Decision object (by id) -> its runtime: rows share their decision objects, and
         # this needs no Python call per one.
