@@ -158,7 +158,7 @@ def _pairs(policy: Policy) -> list[tuple[tuple, tuple]]:
         tkeys = [("t", i) for i in range(most)]
         xkeys = [("x", i) for i in range(most)]
         return [(tuple([(r.index, tkeys[i]) for i in range(len(r.terms))]),
-                 tuple([(r.index, xkeys[i]) for i in range(len(r.excepts))]))
+                 tuple([(r.index, xkeys[i]) for i in range(len(r.excepts))]) if r.excepts else ())
                 for r in policy.rules]
     return derived(policy, "_pairs", make)
 
@@ -170,7 +170,8 @@ def _shapes(policy: Policy):
     the one term it is looked up by (`_anchor`), and the memos."""
     def make():
         pairs = _pairs(policy)
-        shapes = [(frozenset(t), frozenset(x)) for t, x in pairs]
+        none: frozenset = frozenset()
+        shapes = [(frozenset(t), frozenset(x) if x else none) for t, x in pairs]
         simple = frozenset(t[0] for t, x in pairs if len(t) == 1 and not x)
         anchor_of = {r.index: t[_anchor(r)] for r, (t, x) in zip(policy.rules, pairs)
                      if len(t) > 1 or t and x}

@@ -294,7 +294,7 @@ def build_raw(policy: Policy) -> list[RawState]:
             end_anchors[part] = anchors
     float_globs = tuple(sorted(float_glob))
     float_by_bit = [float_glob[g] for g in float_globs]
-    float_hits: dict[bytes, list] = {}  # a literal name -> where the floating globs it matches go
+    float_moves: dict[bytes, list] = {}  # a literal name -> where it moves the floating positions
     setups: dict[frozenset, tuple] = {}  # see glob_setup
 
     def glob_setup(own: frozenset) -> tuple:
@@ -479,14 +479,16 @@ def build_raw(policy: Policy) -> list[RawState]:
 
         literals = {}
         for lit in sorted(float_literal.keys() | by_literal.keys() if float_literal else by_literal):
-            hits = float_hits.get(lit)
-            if hits is None:
-                hits = float_hits[lit] = [p for g in float_globs if g.matches(lit)
-                                          for p in float_glob[g]]
-            advanced = float_literal.get(lit, []) + by_literal.get(lit, []) + hits
+            advanced = by_literal.get(lit, [])
+            floated = float_moves.get(lit)
+            if floated is None:
+                floated = float_moves[lit] = float_literal.get(lit, []) + [
+                    p for g in float_globs if g.matches(lit) for p in float_glob[g]]
+            if floated:
+                advanced = advanced + floated
             for g in own:
                 if g.matches(lit):
-                    advanced += own[g]
+                    advanced = advanced + own[g]
             literals[lit] = intern(reach(advanced), prefix + lit)
         # Examples must not be literal names.
         if literals and not witnesses.isdisjoint(literals):
