@@ -342,7 +342,8 @@ def report(results: list[dict], mount: str, seconds: float) -> str:
         if not rs:
             continue
         last = rs[-1]
-        verdict = "met" if last["to_c"] <= 5 else f"missed by {last['to_c'] / 5:.1f}x"
+        verdict = "met" if last["to_c"] <= 5 else \
+            f"missed by {last['to_c'] - 5:.2f} s, {last['to_c'] / 5 - 1:.0%}"
         stages = ", ".join(f"{label} {last[k]:.1f} s" for label, k in (
             ("parse", "parse"), ("analyse", "analyse"), ("classes", "classes"), ("lower", "lower"),
             ("render check", "render_check"), ("plan", "plan"), ("render struct_ops", "render_main")))
