@@ -1129,6 +1129,10 @@ def clang_wrapper(tmp_path: Path, mode: str) -> str:
     return str(path)
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def dir_state(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in d.iterdir()}
 
@@ -1150,8 +1154,11 @@ def test_a_failed_or_interrupted_compile_leaves_the_output_as_it_was(compiler, t
     before = dir_state(outdir)
     policy.write_bytes(SWAPPED)
     env = dict(os.environ, CLANG=clang_wrapper(tmp_path, mode))
+    # SIGINT as a terminal delivers it: a runner that starts the tests in the background
+    # may hand them SIGINT ignored, and fpol (like any program) would then ignore it too.
     done = subprocess.run(FPOL + ["compile", str(policy), "-o", str(out)], cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=120, env=env,
+                          preexec_fn=_sigint_default)
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     if mode == "fail":
