@@ -1251,9 +1251,10 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], inherit: list[tup
     and for audited decisions the event naming the rule; not which rule denied), the
     daemon-lookup flag, and per transition whether the child may inherit `c`'s instance;
     and it compares class ids: child == `c` (lookup: inherit or attach), two children
-    equal (rename within one class). So two classes share an instance when they agree on all of that, their
-    transitions have the same names, glob texts and masks, children in the same blocks,
-    and the same pattern of equal children (and of children equal to the class itself).
+    equal (rename within one class). So two classes share an instance when they agree on
+    all of that, their transitions have the same names, glob texts and masks, children in
+    the same blocks, and the same pattern of equal children (and of children equal to the
+    class itself).
     Then any program written for one decides for the other exactly as its own would, and
     a child's instance is the same whichever class of the block its parent is in: fuse-bpf
     attaching the instance of a block, or inheriting it, is attaching the class's own."""
