@@ -17,8 +17,8 @@ def _classes(text: str):
 
 def test_ops_a_group_selects_alike_share_their_question():
     tree = _classes("policy t\ndeny create under /srv with EPERM\ndeny delete under /tmp/x\n")
-    assert _same_answers([c.table for c in tree.classes]) == {"mkdir": "mknod", "symlink": "mknod",
-                                           "unlink": "rmdir"}
+    assert _same_answers([c.table for c in tree.classes]) == {
+        "mkdir": "mknod", "symlink": "mknod", "unlink": "rmdir"}
 
 
 def test_a_rule_that_tells_two_ops_apart_keeps_them_apart():
