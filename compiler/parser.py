@@ -254,15 +254,11 @@ class _Builder:
     def _start(self, x) -> tuple[int, int]:
         if isinstance(x, Token):
             return x.line + self.offset, x.column  # type: ignore[operator, return-value]
-        if isinstance(x, tuple):
-            return self._start(x[1] if x and x[0] == "except" else x[0])
         return x.span.line, x.span.column
 
     def _end(self, x) -> tuple[int, int]:
         if isinstance(x, Token):
             return x.end_line + self.offset, x.end_column  # type: ignore[operator, return-value]
-        if isinstance(x, tuple):
-            return self._end(x[-1])
         return x.span.end_line, x.span.end_column
 
     def _span(self, ch: list) -> Span:
@@ -294,7 +290,7 @@ class _Builder:
         return ast.Include(ch[1], self._span(ch))
 
     def define_stmt(self, ch):  # "define" WORD "=" path ("," path)*
-        values = tuple(c for c in ch[3:] if isinstance(c, ast.PathLit))
+        values = tuple(ch[3::2])  # the paths, not the commas
         return ast.Define(self._word(ch[1]), values, self._span(ch))
 
     def default_allow(self, ch):
@@ -307,15 +303,6 @@ class _Builder:
     def default_redirect(self, ch):
         target = ch[2] if len(ch) > 2 else None
         return ast.Default(self._word(ch[1]), None, target, self._span(ch))
-
-    def action(self, ch):
-        return self._word(ch[0])
-
-    def op(self, ch):
-        return self._word(ch[0])
-
-    def oplist(self, ch):
-        return tuple(c for c in ch if not isinstance(c, Token))  # drop the commas
 
     def target(self, ch):  # "to" "userspace" [mode]
         return ast.Target(str(ch[2]) if len(ch) > 2 else None, self._span(ch))
@@ -374,8 +361,11 @@ class _Builder:
                 subjects.append(c)
         return _ExceptClause(tuple(scopes), tuple(subjects), self._span(ch))
 
-    def rule(self, ch):
-        action, ops, *rest = ch
+    def rule(self, ch):  # ACTION WORD ("," WORD)* then the clauses (no tokens)
+        end = 1
+        while end < len(ch) and isinstance(ch[end], Token):
+            end += 1
+        action, ops, rest = self._word(ch[0]), tuple(map(self._word, ch[1:end:2])), ch[end:]
         target = None
         scopes, excepts, errnos, subjects = [], [], [], []
         except_subjects: list[ast.SubjectItem] = []
