@@ -304,6 +304,9 @@ class _Builder:
         target = ch[2] if len(ch) > 2 else None
         return ast.Default(self._word(ch[1]), None, target, self._span(ch))
 
+    def action(self, ch):
+        return self._word(ch[0])
+
     def target(self, ch):  # "to" "userspace" [mode]
         return ast.Target(str(ch[2]) if len(ch) > 2 else None, self._span(ch))
 
@@ -361,11 +364,11 @@ class _Builder:
                 subjects.append(c)
         return _ExceptClause(tuple(scopes), tuple(subjects), self._span(ch))
 
-    def rule(self, ch):  # ACTION WORD ("," WORD)* then the clauses (no tokens)
+    def rule(self, ch):  # action WORD ("," WORD)*, then the clauses (none a token)
         end = 1
         while end < len(ch) and isinstance(ch[end], Token):
             end += 1
-        action, ops, rest = self._word(ch[0]), tuple(map(self._word, ch[1:end:2])), ch[end:]
+        action, ops, rest = ch[0], tuple(map(self._word, ch[1:end:2])), ch[end:]
         target = None
         scopes, excepts, errnos, subjects = [], [], [], []
         except_subjects: list[ast.SubjectItem] = []
