@@ -666,20 +666,27 @@ class _Planner:
             {self.alike.first[self.alike.group_of[i]] for i in _OBJECT_SLOTS}))
         self._members_of_table: dict[int, _ObjectMembers] = {}  # by _table_list's index
         self._members_of_projection: dict[tuple, _ObjectMembers] = {}
-        # The object hooks by the slots their steps depend on (the op's, and for fsync and
-        # fsyncdir both ops'), one per group of alike slots: per such set of slots, its hooks
-        # (index in HOOKS, op, the op's slots likewise one per group).
+        # The object hooks by the slots their programs depend on (the op's, and for fsync
+        # and fsyncdir both ops'), one per group of alike slots: per such set of slots, its
+        # hooks (index in HOOKS, op) by their op's slots, likewise one per group.
         group_first = [self.alike.first[g] for g in self.alike.group_of]
-        by_slots: dict[tuple[int, ...], list[tuple[int, str, list[int]]]] = {}
+        by_slots: dict[tuple[int, ...], dict[tuple[int, ...], list[tuple[int, str]]]] = {}
         for i, (_, _, kind, op) in enumerate(HOOKS):
             if kind == "object":
                 read = _ATOM_SLOTS["fsync"] + _ATOM_SLOTS["fsyncdir"] \
                     if op in ("fsync", "fsyncdir") else _ATOM_SLOTS[op]
-                by_slots.setdefault(tuple(sorted({group_first[s] for s in read})), []).append(
-                    (i, op, list(dict.fromkeys(group_first[s] for s in _ATOM_SLOTS[op]))))
-        # (and per set, its hooks' steps by the ids of the decisions there: _object_plan)
-        self._object_ops: list[tuple[tuple[int, ...], list[tuple[int, str, list[int]]], dict]] = \
-            [(slots, hooks, {}) for slots, hooks in by_slots.items()]
+                own = tuple(dict.fromkeys(group_first[s] for s in _ATOM_SLOTS[op]))
+                by_slots.setdefault(tuple(sorted({group_first[s] for s in read})), {}) \
+                    .setdefault(own, []).append((i, op))
+        # (and per set, its hooks' programs and default_filter entries by the ids of the
+        # decisions there: _object_members)
+        self._object_ops: list[tuple[tuple[int, ...], list[tuple[list[int], list[tuple[int, str]]]],
+                                     dict]] = \
+            [(slots, [(list(own), hooks) for own, hooks in by_own.items()], {})
+             for slots, by_own in by_slots.items()]
+        # Per atom slot, its group: what _object_step reads of a table's runtimes.
+        self._group_of = self.alike.group_of
+        self._words: dict[int, tuple[int, int]] = {}  # decision (by id) -> (word, runtime)
         self._answers: dict[tuple[str, str], list[int]] = {}
         self._table_index: Optional[tuple[list[DecisionTable], list[int]]] = None
         self.share: Optional[list[int]] = None  # per class, the class whose instance it uses
@@ -976,40 +983,105 @@ class _Planner:
             self.fresh.append(p)
         return p
 
-    def _object_plan(self, table: DecisionTable) -> list:
-        """Per hook, for an object op: None (no program), ("default", switch entry, key) or
-        ("object", signature). It depends only on the decisions at the object ops' slots:
-        the steps of the hooks reading the same slots are worked out once per distinct
-        decisions there (by identity: objects alike slots share stand for them)."""
-        rows = table.rows
-        out: list = [None] * len(HOOKS)
-        for slots, hooks, known in self._object_ops:
+    def _object_members(self, c: Class, index: int, rows: tuple) -> "_ObjectMembers":
+        """The object-op programs of the table of `index` (_table_list), whose rows are
+        `rows`: made (named after class `c`) or found. They depend only on the decisions at
+        the object ops' slots: the hooks reading the same slots are worked out once per
+        distinct decisions there (by identity: objects alike slots share stand for them),
+        into their programs and default_filter entries (_object_entries)."""
+        programs: list[tuple[int, str, Program]] = []
+        defaults: list[tuple[int, tuple, tuple]] = []
+        for slots, by_own, known in self._object_ops:
             key = tuple([id(r[i]) for r in rows for i in slots])
-            steps = known.get(key)
-            if steps is None:
-                steps = known[key] = [(index, self._object_step(op, own, rows))
-                                      for index, op, own in hooks]
-            for index, step in steps:
-                out[index] = step
-        return out
+            found = known.get(key)
+            if found is None:
+                found = known[key] = self._object_entries(c, index, rows, by_own)
+            programs += found[0]
+            defaults += found[1]
+        runs: list[Optional[tuple[list[tuple[str, str]], list[Program]]]] = \
+            [None] * len(OBJECT_RUNS)
+        programs.sort(key=_HOOK_ORDER)
+        for i, slot, p in programs:
+            run = runs[_RUN_OF[i]]
+            if run is None:
+                run = runs[_RUN_OF[i]] = ([], [])
+            run[0].append((slot, p.name))
+            run[1].append(p)
+        if defaults:  # the first member
+            defaults.sort(key=_HOOK_ORDER)
+            default = self.program(("default_filter", tuple([k for _, _, k in defaults])),
+                                   lambda: Program(f"fpol_default_{c.id}", "default_filter",
+                                                   "default", c.id, [], "", "",
+                                                   switch=sorted([e for _, e, _ in defaults])))
+            first = runs[0] or ([], [])
+            runs[0] = ([("default_filter", default.name), *first[0]], [default, *first[1]])
+        return _ObjectMembers(runs)
 
-    def _object_step(self, op: str, slots: list[int], rows: tuple) -> Optional[tuple]:
-        """One object op's step of _object_plan, for a table's `rows` (`slots`: the op's,
-        one per group of alike slots)."""
-        uniform = _uniform_rows(rows, slots)
-        if _trivial(uniform):
-            return None
-        rt = self.runtime
+    def _object_entries(self, c: Class, index: int, rows: tuple,
+                        by_own: list[tuple[list[int], list[tuple[int, str]]]]
+                        ) -> tuple[list[tuple[int, str, Program]], list[tuple[int, tuple, tuple]]]:
+        """_object_members' part for the hooks of one set of slots (`by_own`: by the slots
+        of their op): (hook index, member, program) per program, made (named after class
+        `c`) or found, and (hook index, switch entry, key) per default_filter entry."""
+        programs: list[tuple[int, str, Program]] = []
+        defaults: list[tuple[int, tuple, tuple]] = []
+        fsync_made = False
+        for own, hooks in by_own:
+            uniform = _uniform_rows(rows, own)
+            if _trivial(uniform):
+                continue  # no program
+            for i, op in hooks:
+                step = self._object_step(op, uniform, index)
+                if step[0] == "default":
+                    defaults.append((i, step[1], step[2]))
+                elif step[0] == "fsync":
+                    # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so both
+                    # members are set and both programs decide by opcode. Each member has a
+                    # program of its own: libbpf and the kernel refuse one program in two
+                    # members (its expected attach type is its member's index). Both ops'
+                    # steps are alike (they read both ops' slots), and both hooks are in
+                    # one set and one run.
+                    if fsync_made:
+                        continue  # by the other op's step
+                    fsync_made = True
+                    for hook in ("fsync", "dir_fsync"):
+                        slot = f"{hook}_prefilter"
+                        p = self.program(("fsync", hook, step[1]), lambda: Program(
+                            f"fpol_{hook}_{c.id}", slot, "fsync", c.id, [], "fsync",
+                            HOOK_PARAMS["fsync"]))
+                        programs.append((HOOK_INDEX[hook], slot, p))
+                else:
+                    member, params, kind, _ = HOOKS[i]
+                    p = self.program((member, step[1]), lambda: Program(
+                        f"fpol_{member}_{c.id}", f"{member}_prefilter", kind, c.id, [], op,
+                        params))
+                    programs.append((i, f"{member}_prefilter", p))
+        return programs, defaults
+
+    def _object_step(self, op: str, uniform: Optional[Decision], index: int) -> tuple:
+        """What one object op needs, not nothing, for the table of `index` (`uniform`: the
+        decision at the op's slots if all are equal): ("default", switch entry, key) when
+        default_filter decides it; else ("object", signature) or ("fsync", signature)."""
         if self.abi == "v4" and uniform is not None and \
                 op not in ("fsync", "fsyncdir", "access"):  # access needs its mask
             # A decision that does not depend on the request's details: default_filter.
-            rule = uniform.rules[0] if uniform.rules else None
-            return ("default", (OPCODES[op], pack(uniform, rule), op, ops.ATOMS_OF_OP[op][0]),
-                    (OPCODES[op], rt(uniform)))
+            # (Hooks reading the same slots have the same decision there: its word and
+            # runtime are worked out once.)
+            word_runtime = self._words.get(id(uniform))
+            if word_runtime is None:
+                rule = uniform.rules[0] if uniform.rules else None
+                word_runtime = self._words[id(uniform)] = \
+                    (pack(uniform, rule), self.runtime(uniform))
+            return ("default", (OPCODES[op], word_runtime[0], op, ops.ATOMS_OF_OP[op][0]),
+                    (OPCODES[op], word_runtime[1]))
+        # The runtime of each decision, read from the table's row_runtime: alike slots
+        # hold the same object, whose runtime their group's entry is.
+        runtimes, group_of = self._runtimes()[index], self._group_of
         if op in ("fsync", "fsyncdir"):
-            return ("fsync", tuple([rt(r[SLOT["fsync"]]) for r in rows])
-                    + tuple([rt(r[SLOT["fsyncdir"]]) for r in rows]))
-        return ("object", tuple([rt(r[i]) for r in rows for i in _ATOM_SLOTS[op]]))
+            fsync, fsyncdir = group_of[SLOT["fsync"]], group_of[SLOT["fsyncdir"]]
+            return ("fsync", tuple([rt[fsync] for rt in runtimes])
+                    + tuple([rt[fsyncdir] for rt in runtimes]))
+        return ("object", tuple([rt[group_of[i]] for rt in runtimes for i in _ATOM_SLOTS[op]]))
 
     def object_members(self, c: Class) -> "_ObjectMembers":
         """Class `c`'s object-op programs. They depend only on its decisions at the object
@@ -1023,53 +1095,9 @@ class _Planner:
             found = self._members_of_projection.get(projection)
             if found is None:
                 found = self._members_of_projection[projection] = \
-                    self._resolve_object_members(c, self._object_plan(table))
+                    self._object_members(c, index, table.rows)
             self._members_of_table[index] = found
         return found
-
-    def _resolve_object_members(self, c: Class, plan: list) -> "_ObjectMembers":
-        """The programs of an object plan, made (named after class `c`) or found."""
-        runs: list[tuple[list[tuple[str, str]], list[Program]]] = []
-        default_switch = []
-        default_key = []  # what the default_filter does, for sharing it
-        for run in OBJECT_RUNS:
-            members: list[tuple[str, str]] = []
-            programs: list[Program] = []
-            for member, params, kind, op in run:
-                step = plan[HOOK_INDEX[member]]
-                if step is None:
-                    continue
-                if step[0] == "default":
-                    default_switch.append(step[1])
-                    default_key.append(step[2])
-                    continue
-                if step[0] == "fsync":
-                    # Quirk (spec §10): dir_fsync dispatch calls the fsync slot, so both
-                    # members are set and both programs decide by opcode. Each member has a
-                    # program of its own: libbpf and the kernel refuse one program in two
-                    # members (its expected attach type is its member's index). Both hooks
-                    # are in one run.
-                    for hook in ("fsync", "dir_fsync"):
-                        slot = f"{hook}_prefilter"
-                        if any(m == slot for m, _ in members):
-                            continue
-                        p = self.program(("fsync", hook, step[1]), lambda: Program(
-                            f"fpol_{hook}_{c.id}", slot, "fsync", c.id, [], "fsync",
-                            HOOK_PARAMS["fsync"]))
-                        members.append((slot, p.name))
-                        programs.append(p)
-                    continue
-                p = self.program((member, step[1]), lambda: Program(
-                    f"fpol_{member}_{c.id}", f"{member}_prefilter", kind, c.id, [], op, params))
-                members.append((f"{member}_prefilter", p.name))
-                programs.append(p)
-            runs.append((members, programs))
-        if default_switch:  # the first member
-            default = self.program(("default_filter", tuple(default_key)), lambda: Program(
-                f"fpol_default_{c.id}", "default_filter", "default", c.id, [], "", "",
-                switch=sorted(default_switch)))
-            runs[0] = ([("default_filter", default.name), *runs[0][0]], [default, *runs[0][1]])
-        return _ObjectMembers([run if run[0] else None for run in runs])
 
     def instance(self, c: Class, info: ClassInfo) -> tuple[Instance, list[Program]]:
         """Class `c`'s fuse_ops members, in member order: its table's object-op programs
@@ -1231,6 +1259,9 @@ for _hook in HOOKS:
         OBJECT_RUNS[-1].append(_hook)
     else:
         OBJECT_RUNS.append([])
+# Per object hook (by index in HOOKS), its run; _object_members orders entries by hook.
+_RUN_OF = {HOOK_INDEX[h[0]]: r for r, run in enumerate(OBJECT_RUNS) for h in run}
+_HOOK_ORDER = operator.itemgetter(0)
 # The object ops' slots: a row's decisions there are all that object programs depend on.
 _OBJECT_SLOTS = {i for _, _, kind, op in HOOKS if kind == "object" for i in _ATOM_SLOTS[op]}
 
