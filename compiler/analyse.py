@@ -66,6 +66,7 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
     defs = _definitions(trees, reporter)
     rules: list[Rule] = []
     meanings: list[object] = []  # per rule, what makes two rules the same (_meaning)
+    seen = _Seen()
     if statements is None:
         statements = [(t.file, st) for t in trees for st in t.statements]
     for file, st in statements:
@@ -73,7 +74,7 @@ def analyse(tree: ast.PolicyFile, reporter: Reporter, no_daemon: bool = False,
             here = reporter.for_file(file)
             alternatives = _expand(st, defs, here)
             for concrete in alternatives:
-                rule = _rule(concrete, len(rules), here, no_daemon)
+                rule = _rule(concrete, len(rules), here, no_daemon, seen)
                 if rule is not None:
                     if len(alternatives) > 1:
                         rule = dataclasses.replace(rule, expanded=True)
@@ -337,7 +338,23 @@ def _errno(word: ast.Word, reporter: Reporter) -> Optional[str]:
     return None
 
 
-def _atoms(words: tuple[ast.Word, ...], reporter: Reporter) -> Optional[frozenset[str]]:
+class _Seen:
+    """The atoms of each op list and the term of each scope, worked out once per analysis:
+    rules share them (at 10,000 realistic rules, 11,511 scopes are 8,080 different ones
+    and the op lists a dozen). Only what resolved cleanly is kept, so a bad scope or op is
+    reported again wherever it is written."""
+
+    def __init__(self):
+        self.atoms: dict[tuple[str, ...], frozenset[str]] = {}
+        self.terms: dict[tuple[str, str, bytes, bool], Term] = {}
+
+
+def _atoms(words: tuple[ast.Word, ...], reporter: Reporter, seen: _Seen
+           ) -> Optional[frozenset[str]]:
+    key = tuple(w.text for w in words)
+    known = seen.atoms.get(key)
+    if known is not None:
+        return known
     atoms: set[str] = set()
     ok = True
     for w in words:
@@ -349,10 +366,19 @@ def _atoms(words: tuple[ast.Word, ...], reporter: Reporter) -> Optional[frozense
             "ops are fuse_ops hooks (open, mkdir, ...) or groups (read, write, create, delete, "
             "list, stat, exec, all); see `fpol check --help`")
         reporter.add("FP003", f"unknown operation or group `{w.text}`", w.span, hint)
-    return frozenset(atoms) if ok else None
+    if not ok:
+        return None
+    known = seen.atoms[key] = frozenset(atoms)
+    return known
 
 
-def _term(scope: ast.Scope, reporter: Reporter) -> Optional[Term]:
+def _term(scope: ast.Scope, reporter: Reporter, seen: _Seen) -> Optional[Term]:
+    # The term depends on the scope's kind and path as written (`ref` too is read from
+    # these), not on where it stands.
+    key = (scope.kind, scope.path.raw, scope.path.value, scope.path.quoted)
+    known = seen.terms.get(key)
+    if known is not None:
+        return known
     try:
         if scope.kind in ("under", "at"):
             comps = normalise_path(scope.path.value)
@@ -365,10 +391,12 @@ def _term(scope: ast.Scope, reporter: Reporter) -> Optional[Term]:
         reporter.add(p.code, p.message, scope.path.span, p.hint)
         return None
     spec = min(pattern_specificity(p) for p in patterns)
-    return Term(scope.kind, patterns, render_scope(scope), spec)
+    known = seen.terms[key] = Term(scope.kind, patterns, render_scope(scope), spec)
+    return known
 
 
-def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Optional[Rule]:
+def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool, seen: _Seen
+          ) -> Optional[Rule]:
     """One statement -> one Rule, or None after its diagnostics: every clause in turn
     (ops, target, scopes, excepts, subjects, errno), each with its own checks."""
     errors_before = len([d for d in reporter.items if d.is_error])
@@ -379,7 +407,7 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
                        and st.span.line <= d.span.line <= st.span.end_line
                        for d in reporter.items)
     action = st.action.text
-    atoms = _atoms(st.ops, reporter)
+    atoms = _atoms(st.ops, reporter, seen)
 
     mode = None
     if action == "redirect":
@@ -424,8 +452,8 @@ def _rule(st: ast.Rule, index: int, reporter: Reporter, no_daemon: bool) -> Opti
                          f"list only ops that support `{mode}`, or use plain `to userspace`")
 
     # Optional[Term]s, None where a scope is wrong (then no rule is made)
-    terms: list = [_term(s, reporter) for s in st.scopes]
-    excepts: list = [_term(s, reporter) for clause in st.excepts for s in clause]
+    terms: list = [_term(s, reporter, seen) for s in st.scopes]
+    excepts: list = [_term(s, reporter, seen) for clause in st.excepts for s in clause]
     subjects = _rule_subjects(st, reporter)
     errors_after = len([d for d in reporter.items if d.is_error])
     if parse_errors or errors_after != errors_before or atoms is None or None in terms \

@@ -91,9 +91,13 @@ def normalise_path(value: bytes) -> tuple[bytes, ...]:
     if not value.startswith(b"/"):
         raise PathProblem("path must start with `/` (the mount root)",
                           "paths are absolute inside the mount: write `/" + _show(value) + "`")
-    comps = tuple(c for c in value.split(b"/") if c)
-    for c in comps:
-        _check_component(c)
+    comps = tuple(filter(None, value.split(b"/")))
+    # Most paths are clean, which the whole of them shows at once; component by component
+    # only to say which problem comes first.
+    if b"\0" in value or not NOT_NAMES.isdisjoint(comps) or \
+            (len(value) > NAME_MAX and max(map(len, comps), default=0) > NAME_MAX):
+        for c in comps:
+            _check_component(c)
     return comps
 
 

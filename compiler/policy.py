@@ -12,7 +12,7 @@ from typing import Optional
 
 from . import ops as opsmod
 from .diagnostics import Span
-from .paths import ANY, Part, Pattern, show_pattern
+from .paths import ANY, Pattern, show_pattern
 
 ALLOW, DENY, USERSPACE = "allow", "deny", "userspace"
 # Strictness order: deny > userspace > allow.
@@ -141,12 +141,12 @@ class Policy:
         return "\n".join(out) + "\n"
 
 
-def part_weight(part: Part) -> int:
-    if part is ANY:
-        return 0
-    return 2 if isinstance(part, bytes) else 1
-
-
 def pattern_specificity(pattern: Pattern) -> int:
     """Literal components count 2, globbed ones 1, `**` 0; an exact (no `**`) pattern gets +1."""
-    return sum(part_weight(p) for p in pattern) + (0 if ANY in pattern else 1)
+    weight, exact = 0, 1
+    for part in pattern:
+        if part is ANY:
+            exact = 0
+        else:
+            weight += 2 if isinstance(part, bytes) else 1
+    return weight + exact
