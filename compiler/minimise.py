@@ -263,9 +263,9 @@ class _Moves:
         if len(targets) == 1:
             return shapes.plain, (), block[targets[0]], lits
         blocks = list(map(block.__getitem__, targets))
-        ids: dict[int, int] = {}
-        pattern = tuple([ids.setdefault(b, len(ids)) for b in blocks])
-        if len(ids) == 1:
+        # which targets share a block: each one's first in the same block
+        pattern = tuple(map(blocks.index, blocks))
+        if not any(pattern):
             return shapes.plain, (), blocks[0], lits
         shape, at, default_at = shapes.plan(self.kind, pattern)
         return shape, tuple([blocks[i] for i in at]), blocks[default_at], lits

@@ -181,16 +181,17 @@ class Strictness:
     # --- the walk --------------------------------------------------------------------
 
     def at_least_as_strict(self, d_id: int, s_id: int) -> bool:
-        """Memoised: settled by the bounds or the two rows where they can, else walked."""
+        """Settled by the bounds or the two rows where they can (most questions: cheaper
+        than a memo look-up, so not memoised), else walked (memoised)."""
+        if d_id == s_id or not (self._ceiling[s_id] & ~self._floor[d_id]):
+            return True
+        vector = self._vector
+        if vector[s_id] & ~vector[d_id]:  # the rows disagree
+            return False
         key = (d_id, s_id)
         known = self.memo.get(key)
         if known is None:
-            if d_id == s_id or not (self._ceiling[s_id] & ~self._floor[d_id]):  # settled
-                known = self.memo[key] = True
-            elif self._vector[s_id] & ~self._vector[d_id]:  # the rows disagree
-                known = self.memo[key] = False
-            else:
-                known = self._walk(key)
+            known = self._walk(key)
         return known
 
     def _walk(self, start: tuple[int, int]) -> bool:
