@@ -197,8 +197,13 @@ class Program:
 class Instance:
     cls: int
     name: str
-    members: list[tuple[str, str]]  # (fuse_ops member, program name)
+    programs: list[Program]  # in member order, each in the member it is made for (its hook)
     example: str
+
+    @property
+    def members(self) -> list[tuple[str, str]]:
+        """(fuse_ops member, program name) per member set."""
+        return [(p.hook, p.name) for p in self.programs]
 
 
 # The fuse_ops members fpol implements, with their prefilter parameters (spec §4),
@@ -989,7 +994,7 @@ class _Planner:
         the object ops' slots: the hooks reading the same slots are worked out once per
         distinct decisions there (by identity: objects alike slots share stand for them),
         into their programs and default_filter entries (_object_entries)."""
-        programs: list[tuple[int, str, Program]] = []
+        programs: list[tuple[int, Program]] = []
         defaults: list[tuple[int, tuple, tuple]] = []
         for slots, by_own, known in self._object_ops:
             key = tuple([id(r[i]) for r in rows for i in slots])
@@ -998,32 +1003,29 @@ class _Planner:
                 found = known[key] = self._object_entries(c, index, rows, by_own)
             programs += found[0]
             defaults += found[1]
-        runs: list[Optional[tuple[list[tuple[str, str]], list[Program]]]] = \
-            [None] * len(OBJECT_RUNS)
+        runs: list[Optional[list[Program]]] = [None] * len(OBJECT_RUNS)
         programs.sort(key=_HOOK_ORDER)
-        for i, slot, p in programs:
+        for i, p in programs:
             run = runs[_RUN_OF[i]]
             if run is None:
-                run = runs[_RUN_OF[i]] = ([], [])
-            run[0].append((slot, p.name))
-            run[1].append(p)
+                run = runs[_RUN_OF[i]] = []
+            run.append(p)
         if defaults:  # the first member
             defaults.sort(key=_HOOK_ORDER)
             default = self.program(("default_filter", tuple([k for _, _, k in defaults])),
                                    lambda: Program(f"fpol_default_{c.id}", "default_filter",
                                                    "default", c.id, [], "", "",
                                                    switch=sorted([e for _, e, _ in defaults])))
-            first = runs[0] or ([], [])
-            runs[0] = ([("default_filter", default.name), *first[0]], [default, *first[1]])
+            runs[0] = [default, *(runs[0] or ())]
         return _ObjectMembers(runs)
 
     def _object_entries(self, c: Class, index: int, rows: tuple,
                         by_own: list[tuple[list[int], list[tuple[int, str]]]]
-                        ) -> tuple[list[tuple[int, str, Program]], list[tuple[int, tuple, tuple]]]:
+                        ) -> tuple[list[tuple[int, Program]], list[tuple[int, tuple, tuple]]]:
         """_object_members' part for the hooks of one set of slots (`by_own`: by the slots
-        of their op): (hook index, member, program) per program, made (named after class
-        `c`) or found, and (hook index, switch entry, key) per default_filter entry."""
-        programs: list[tuple[int, str, Program]] = []
+        of their op): (hook index, program) per program, made (named after class `c`) or
+        found, and (hook index, switch entry, key) per default_filter entry."""
+        programs: list[tuple[int, Program]] = []
         defaults: list[tuple[int, tuple, tuple]] = []
         fsync_made = False
         for own, hooks in by_own:
@@ -1049,13 +1051,13 @@ class _Planner:
                         p = self.program(("fsync", hook, step[1]), lambda: Program(
                             f"fpol_{hook}_{c.id}", slot, "fsync", c.id, [], "fsync",
                             HOOK_PARAMS["fsync"]))
-                        programs.append((HOOK_INDEX[hook], slot, p))
+                        programs.append((HOOK_INDEX[hook], p))
                 else:
                     member, params, kind, _ = HOOKS[i]
                     p = self.program((member, step[1]), lambda: Program(
                         f"fpol_{member}_{c.id}", f"{member}_prefilter", kind, c.id, [], op,
                         params))
-                    programs.append((i, f"{member}_prefilter", p))
+                    programs.append((i, p))
         return programs, defaults
 
     def _object_step(self, op: str, uniform: Optional[Decision], index: int) -> tuple:
@@ -1099,22 +1101,20 @@ class _Planner:
             self._members_of_table[index] = found
         return found
 
-    def instance(self, c: Class, info: ClassInfo) -> tuple[Instance, list[Program]]:
-        """Class `c`'s fuse_ops members, in member order: its table's object-op programs
+    def instance(self, c: Class, info: ClassInfo) -> Instance:
+        """Class `c`'s fuse_ops programs, in member order: its table's object-op programs
         (object_members), and between their runs the namespace hooks' (keys from prepare),
         with the quirks of spec §10 where they apply; named and exemplified by its `info`.
-        And its programs, each once (the classes sharing the instance are added to theirs
-        from it)."""
-        objects = self.object_members(c)
+        The class is added to each program's classes (the classes sharing the instance are
+        added from it)."""
+        objects = self.object_members(c).runs
         keys = self.keys[c.id]
         cid = c.id
-        members: list[tuple[str, str]] = []
         used: list[Program] = []  # every program of the instance, once
         for run, (member, slot, kind, op, params, question, made, post) in \
-                zip(objects.runs, self.steps):
+                zip(objects, self.steps):
             if run:
-                members += run[0]
-                used += run[1]
+                used += run
             key = keys[question]
             if key is None:
                 continue
@@ -1123,18 +1123,13 @@ class _Planner:
                 p = made[key] = Program(f"fpol_{member}_{cid}", slot, kind, cid, [], op, params)
                 self.fresh.append(p)
             used.append(p)
-            members.append((slot, p.name))
             if post:
-                p = self._postfilter(c, post)
-                used.append(p)
-                members.append((p.hook, p.name))
-        last = objects.runs[-1]
-        if last:
-            members += last[0]
-            used += last[1]
+                used.append(self._postfilter(c, post))
+        if objects[-1]:
+            used += objects[-1]
         for p in used:
             p.classes.append(cid)
-        return Instance(cid, info.instance, members, info.example), used
+        return Instance(cid, info.instance, used, info.example)
 
     def _postfilter(self, c: Class, member: str) -> Program:
         """The postfilter that goes with class `c`'s lookup or mkdir prefilter."""
@@ -1241,11 +1236,10 @@ def _same_answers(tables: Sequence[DecisionTable]) -> dict[str, str]:
 
 @dataclass
 class _ObjectMembers:
-    """One object plan's programs: per run of OBJECT_RUNS, its (member, program name) pairs
-    and their programs, the default_filter's first in the first run; None for a run with
-    none (most are)."""
+    """One object plan's programs: per run of OBJECT_RUNS, its programs in member order,
+    the default_filter first in the first run; None for a run with none (most are)."""
 
-    runs: list[Optional[tuple[list[tuple[str, str]], list[Program]]]]
+    runs: list[Optional[list[Program]]]
 
 
 HOOK_PARAMS = {h[0]: h[1] for h in HOOKS}
@@ -1345,7 +1339,6 @@ def _programs(tree: ClassTree, abi: str, infos: list[ClassInfo], strict: Strictn
 def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: list[int]
           ) -> tuple[list[Program], list[Instance]]:
     instances: list[Instance] = []
-    used: dict[int, list[Program]] = {}  # per instance, its programs
     # The programs by class, then hook: a class's programs are all made while its instance
     # is planned (but the mkdir postfilter, class 0's), so each class's are sorted alone.
     ordered: list[Program] = []
@@ -1356,8 +1349,7 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
         cid = c.id
         rep = share[cid]
         if rep == cid:
-            inst, used[cid] = planner.instance(c, info)
-            instances.append(inst)
+            instances.append(planner.instance(c, info))
             planner.fresh.sort(key=by_hook)
             ordered += planner.fresh
             planner.fresh.clear()
@@ -1365,9 +1357,9 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
                 root = len(ordered)
             continue
         inst = instances[rep]
-        for p in used[rep]:
+        for p in inst.programs:
             p.classes.append(cid)
-        instances.append(Instance(cid, inst.name, inst.members, info.example))
+        instances.append(Instance(cid, inst.name, inst.programs, info.example))
     post = planner.programs.get(_MKDIR_POST)
     if post is not None:
         ordered[:root] = sorted([*ordered[:root], post], key=by_hook)
@@ -1375,7 +1367,8 @@ def _plan(planner: "_Planner", tree: ClassTree, infos: list[ClassInfo], share: l
         # libbpf 1.1 loads kernel BTF only for objects with a program, and then crashes
         # resolving the struct_ops type of a map no program fills: give the root instance
         # one program that changes nothing (CONTINUE is what a NULL member does).
-        ordered.append(Program("fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0],
-                               "getattr", HOOK_PARAMS["getattr"]))
-        instances[0].members.append(("getattr_prefilter", "fpol_getattr_noop"))
+        noop = Program("fpol_getattr_noop", "getattr_prefilter", "noop", 0, [0], "getattr",
+                       HOOK_PARAMS["getattr"])
+        ordered.append(noop)
+        instances[0].programs.append(noop)
     return ordered, instances

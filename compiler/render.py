@@ -234,7 +234,7 @@ def _instance_entries(instances) -> str:
     return "".join([
         f"\n/* class {i.cls}: e.g. {_ccomment(i.example)} */\nSEC(\".struct_ops\")\n"
         f"struct fuse_ops {_cident(i.name)} = {{\n"
-        + "".join([f"\t.{member} = (void *){prog},\n" for member, prog in i.members])
+        + "".join([f"\t.{p.hook} = (void *){p.name},\n" for p in i.programs])
         + f'\t.name = "{i.name}",\n}};\n'
         for i in instances])
 
