@@ -869,20 +869,25 @@ class _Planner:
         base = self.answers(kind, op)
         twice = [b << 1 for b in base]
         ids: dict[tuple, int] = {}
-        keys: list[Optional[int]] = []
-        for c, view, need in zip(planned, views, needs):
-            if not need:
-                keys.append(None)
-                continue
-            targets = view.targets
-            if kind == "lookup":
-                cid = c.id
-                outs = [twice[t] | (t == cid) for t in targets]
-            elif kind == "create":
-                outs = [twice[t] | ok for t, ok in zip(targets, view.stricter)]
-            else:
-                outs = list(map(base.__getitem__, targets))
-            keys.append(ids.setdefault(_by_name(view, outs), len(ids)))
+        number = ids.setdefault
+        keys: list[Optional[int]] = [None] * len(planned)
+        # (a loop per kind: this runs for every class and question)
+        if kind == "lookup":
+            for n, c, view, need in zip(range(len(planned)), planned, views, needs):
+                if need:
+                    cid = c.id
+                    keys[n] = number(_by_name(view, [twice[t] | (t == cid) for t in view.targets]),
+                                     len(ids))
+        elif kind == "create":
+            for n, view, need in zip(range(len(planned)), views, needs):
+                if need:
+                    keys[n] = number(_by_name(view, [twice[t] | ok for t, ok in
+                                                     zip(view.targets, view.stricter)]), len(ids))
+        else:
+            for n, view, need in zip(range(len(planned)), views, needs):
+                if need:
+                    keys[n] = number(_by_name(view, list(map(base.__getitem__, view.targets))),
+                                     len(ids))
         return keys
 
     def lookup_post_keys(self, planned: list[Class], views: list["_NameView"],
