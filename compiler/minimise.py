@@ -21,7 +21,7 @@ def build(policy: Policy) -> ClassTree:
 def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) -> ClassTree:
     """Moore partition refinement (`_refine`), then renumber classes breadth-first from
     the root."""
-    block, reduced_of = _refine(raw, table)
+    block, signature_of, shapes = _refine(raw, table)
 
     # One representative per block, reached first breadth-first (state ids are BFS order).
     rep: dict[int, int] = {}
@@ -32,10 +32,15 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     classes: list[Class] = []
     while queue:
         sid = rep[queue.popleft()]
-        lits, globs, masks, default = reduced_of(sid)
+        shape, blocks, default, lits = signature_of(sid)
+        globs, masks = shapes.shapes[shape]  # masks: (mask, index of its block in blocks)
         # Number the targets in the order the classes list them: literals, masks, default.
-        targets = [t for _, t in lits] + [t for _, t in masks] if lits or masks else []
-        targets.append(default)
+        if lits or masks:
+            targets = [t for _, t in lits]
+            targets += [blocks[i] for _, i in masks]
+            targets.append(default)
+        else:
+            targets = [default]
         for t in targets:
             if t not in number:
                 number[t] = len(number)
@@ -44,14 +49,15 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
             id=len(classes), table=table[sid],
             literals=tuple([(lit, number[t]) for lit, t in lits]) if lits else (),
             globs=globs,
-            masks=tuple([(m, number[t]) for m, t in masks]) if masks else (),
+            masks=tuple([(m, number[blocks[i]]) for m, i in masks]) if masks else (),
             default=number[default], example=raw[sid].example))
     return ClassTree(policy, tuple(classes), len(raw))
 
 
 def _refine(raw: list[RawState], table: list[DecisionTable]):
     """Moore partition refinement: -> (each state's block, a function giving a state's
-    transitions in terms of blocks, without entries that change nothing).
+    signature in the final partition, the _Shapes that reads signatures): a signature is
+    the state's transitions in terms of blocks, without entries that change nothing.
 
     States of one core and one table (a directory and its `x.key`, `x.tmp`, ... siblings
     under the same rules) have the same transitions and label, so they are in one block
@@ -128,13 +134,19 @@ def _refine(raw: list[RawState], table: list[DecisionTable]):
                 block[sid] = gblock[g]
         dirty = {h for g in moved for h in preds[g]}
 
-    def reduced_of(sid: int) -> tuple:
-        g = group[sid]
-        if g in unsigned:
-            sig[g] = moves[g].signature(block, shapes)
-        return shapes.unpack(sig[g])
+    final: dict[int, tuple] = {}  # by core: the groups of one core sign alike
 
-    return block, reduced_of
+    def signature_of(sid: int) -> tuple:
+        g = group[sid]
+        if g not in unsigned:
+            return sig[g]
+        core = raw[sid].core
+        s = final.get(core)
+        if s is None:
+            s = final[core] = moves[g].signature(block, shapes)
+        return s
+
+    return block, signature_of, shapes
 
 
 class _Shapes:
@@ -218,12 +230,6 @@ class _Shapes:
                                       pattern.index(default))
         return plan
 
-    def unpack(self, sig: tuple) -> tuple:
-        """A signature -> (literals, globs, masks, default), in terms of blocks."""
-        shape, blocks, default, lits = sig
-        globs, masks = self.shapes[shape]
-        return lits, globs, tuple([(pm, blocks[i]) for pm, i in masks]), default
-
 
 class _Moves:
     """A state's transitions, prepared for being signed in terms of blocks again and again
@@ -239,10 +245,9 @@ class _Moves:
         if len(targets) == 1:
             self.kind = -1  # every name goes one way: signed as plain, no kind needed
         else:
-            index = {t: i for i, t in enumerate(targets)}
-            at = tuple(map(index.__getitem__, values))
+            at = tuple(map(targets.index, values))  # (few targets: index is quick)
             self.kind = shapes.kind((shapes.globs(st.globs), tuple(st.masks), at,
-                                     index[st.default]))
+                                     targets.index(st.default)))
         lits: tuple[tuple[bytes, int, int], ...] = ()
         if st.literals and len(targets) == 1:
             # a name no literal lists goes there, whatever globs it matches
