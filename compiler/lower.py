@@ -94,25 +94,25 @@ class Row:
     common first; the C fills the row with the first word and names the atoms of the others."""
 
     id: int
-    groups: list[tuple[int, list[str], str]]
+    groups: list[tuple[int, tuple[str, ...], str]]  # (rows with one layout share its atoms)
 
 
 def _row(rid: int, reps: tuple, alike: AlikeSlots, words: dict[int, tuple[Decision, int, str]],
-         layouts: dict[tuple[int, ...], list[tuple[int, list[str]]]]) -> Row:
+         layouts: dict[tuple[int, ...], list[tuple[int, tuple[str, ...]]]]) -> Row:
     """`reps`: the row's decision per group of alike slots; `words`: per decision object (by
     id), its word and what decided it. Equal decisions have equal words, so grouping the
     slots by word groups equal decisions. Rows whose groups share words alike have one
     layout (`layouts`, by which groups share)."""
-    of_group = [words[id(d)] for d in reps]
+    of_group = list(map(words.__getitem__, map(id, reps)))
     first: dict[int, int] = {}  # word -> its first group
     pattern = tuple([first.setdefault(word, g) for g, (_, word, _) in enumerate(of_group)])
     layout = layouts.get(pattern)
     if layout is None:
         layout = layouts[pattern] = _layout(pattern, alike)
-    return Row(rid, [(of_group[g][1], list(atoms), of_group[g][2]) for g, atoms in layout])
+    return Row(rid, [(of_group[g][1], atoms, of_group[g][2]) for g, atoms in layout])
 
 
-def _layout(pattern: tuple[int, ...], alike: AlikeSlots) -> list[tuple[int, list[str]]]:
+def _layout(pattern: tuple[int, ...], alike: AlikeSlots) -> list[tuple[int, tuple[str, ...]]]:
     """Per word of a row whose groups share words as `pattern` says (each group's first
     group with its word): that first group (its decision says what decided) and the
     word's atoms; the most common word first, then by first slot."""
@@ -120,7 +120,7 @@ def _layout(pattern: tuple[int, ...], alike: AlikeSlots) -> list[tuple[int, list
     for g, f in enumerate(pattern):
         slots_of.setdefault(f, []).extend(alike.slots[g])
     order = sorted(slots_of, key=lambda f: (-len(slots_of[f]), alike.first[f]))
-    return [(f, [ops.ATOMS[i] for i in sorted(slots_of[f])]) for f in order]
+    return [(f, tuple([ops.ATOMS[i] for i in sorted(slots_of[f])])) for f in order]
 
 
 @dataclass
@@ -487,7 +487,7 @@ def _rows(tree: ClassTree, source_name: str):
     # Each decision object's word and comment, once (rows share their decision objects;
     # an entry keeps its object alive, so the id is not reused).
     words: dict[int, tuple[Decision, int, str]] = {}
-    layouts: dict[tuple[int, ...], list[tuple[int, list[str]]]] = {}
+    layouts: dict[tuple[int, ...], list[tuple[int, tuple[str, ...]]]] = {}
 
     alike = alike_slots(tree)
 

@@ -197,20 +197,19 @@ def _row_entries(rows) -> str:
                 f"\t\t[0 ... FPOL_NSLOTS - 1] = 0x{word:08x}, /* {_ccomment(why)}: the other atoms */\n"
         out.append(text)
         for word, atoms, why in groups:
-            key = tuple(atoms)
-            text = written.get((word, key, why))
+            text = written.get((word, atoms, why))
             if text is None:
-                lines = slot_lines.get(key)
+                lines = slot_lines.get(atoms)
                 if lines is None:
-                    lines = slot_lines[key] = _slot_lines(atoms)
-                text = written[word, key, why] = \
+                    lines = slot_lines[atoms] = _slot_lines(atoms)
+                text = written[word, atoms, why] = \
                     f"\t\t/* {_ccomment(why)} */\n" + lines.replace("{word}", f"0x{word:08x}")
             out.append(text)
         out.append("\t},\n")
     return "".join(out)
 
 
-def _slot_lines(atoms: list[str]) -> str:
+def _slot_lines(atoms: tuple[str, ...]) -> str:
     """The lines setting `atoms`' slots, four to a line, to `{word}` (which the slots'
     names, upper case, never hold)."""
     return "".join(
