@@ -21,7 +21,7 @@ def build(policy: Policy) -> ClassTree:
 def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) -> ClassTree:
     """Moore partition refinement (`_refine`), then renumber classes breadth-first from
     the root."""
-    block, signature_of, shapes = _refine(raw, table)
+    block, reduced_of = _refine(raw, table)
 
     # One representative per block, reached first breadth-first (state ids are BFS order).
     rep: dict[int, int] = {}
@@ -32,8 +32,7 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     classes: list[Class] = []
     while queue:
         sid = rep[queue.popleft()]
-        shape, blocks, default, lits = signature_of(sid)
-        globs, masks = shapes.shapes[shape]  # masks: (mask, index of its block in blocks)
+        lits, globs, masks, blocks, default = reduced_of(sid)
         # Number the targets in the order the classes list them: literals, masks, default.
         if lits or masks:
             targets = [t for _, t in lits]
@@ -56,8 +55,8 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
 
 def _refine(raw: list[RawState], table: list[DecisionTable]):
     """Moore partition refinement: -> (each state's block, a function giving a state's
-    signature in the final partition, the _Shapes that reads signatures): a signature is
-    the state's transitions in terms of blocks, without entries that change nothing.
+    transitions in terms of blocks, without entries that change nothing: its literals,
+    globs, masks as (mask, index in blocks), those blocks, and its default).
 
     States of one core and one table (a directory and its `x.key`, `x.tmp`, ... siblings
     under the same rules) have the same transitions and label, so they are in one block
@@ -136,17 +135,20 @@ def _refine(raw: list[RawState], table: list[DecisionTable]):
 
     final: dict[int, tuple] = {}  # by core: the groups of one core sign alike
 
-    def signature_of(sid: int) -> tuple:
+    def reduced_of(sid: int) -> tuple:
         g = group[sid]
-        if g not in unsigned:
-            return sig[g]
-        core = raw[sid].core
-        s = final.get(core)
-        if s is None:
-            s = final[core] = moves[g].signature(block, shapes)
-        return s
+        if g in unsigned:
+            core = raw[sid].core
+            s = final.get(core)
+            if s is None:
+                s = final[core] = moves[g].signature(block, shapes)
+        else:
+            s = sig[g]
+        shape, blocks, default, lits = s
+        globs, masks = shapes.shapes[shape]
+        return lits, globs, masks, blocks, default
 
-    return block, signature_of, shapes
+    return block, reduced_of
 
 
 class _Shapes:
