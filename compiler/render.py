@@ -285,11 +285,11 @@ def _program_entries(programs, model: Model, macros) -> tuple[str, set[str]]:
             stub = _stub_name(p)
             stub_args = stubs[key] = (stub, _stub_args(p, stub) if stub else "")
         stub, args = stub_args
-        if stub:
-            line = f"{stub}({p.name}, {numbers[p.cls]}{args})"
-            if len(p.classes) > 1:
-                line += f"  /* also classes {', '.join(map(numbers.__getitem__, p.classes[1:]))} */"
-            out.append(line + "\n")
+        if len(p.classes) > 1 and stub:
+            out.append(f"{stub}({p.name}, {numbers[p.cls]}{args})  /* also classes "
+                       f"{', '.join(map(numbers.__getitem__, p.classes[1:]))} */\n")
+        elif stub:
+            out.append(f"{stub}({p.name}, {numbers[p.cls]}{args})\n")
         else:
             out.append(("" if apart else "\n") + macros.program(p, model) + "\n\n")
         apart = not stub
