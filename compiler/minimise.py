@@ -4,7 +4,6 @@ breadth-first from the root (ARCHITECTURE.md §2)."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 
 from .classes import Class, ClassTree, RawState, build_raw, tables
@@ -27,11 +26,11 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
     rep: dict[int, int] = {}
     for sid in range(len(raw)):
         rep.setdefault(block[sid], sid)
+    order = [block[0]]  # the blocks by class number: the queue, as they are numbered in turn
     number = {block[0]: 0}
-    queue = deque([block[0]])
     classes: list[Class] = []
-    while queue:
-        sid = rep[queue.popleft()]
+    for b in order:
+        sid = rep[b]
         lits, globs, masks, blocks, default = reduced_of(sid)
         # Number the targets in the order the classes list them: literals, masks, default.
         if lits or masks:
@@ -42,14 +41,15 @@ def minimise(policy: Policy, raw: list[RawState], table: list[DecisionTable]) ->
             targets = [default]
         for t in targets:
             if t not in number:
-                number[t] = len(number)
-                queue.append(t)
+                number[t] = len(order)
+                order.append(t)
+        # (positional: keywords cost a sixth of the call, once per class)
         classes.append(Class(
-            id=len(classes), table=table[sid],
-            literals=tuple([(lit, number[t]) for lit, t in lits]) if lits else (),
-            globs=globs,
-            masks=tuple([(m, number[blocks[i]]) for m, i in masks]) if masks else (),
-            default=number[default], example=raw[sid].example))
+            len(classes), table[sid],  # id, table
+            tuple([(lit, number[t]) for lit, t in lits]) if lits else (),  # literals
+            globs,
+            tuple([(m, number[blocks[i]]) for m, i in masks]) if masks else (),  # masks
+            number[default], raw[sid].example))  # default, example
     return ClassTree(policy, tuple(classes), len(raw))
 
 
