@@ -229,12 +229,15 @@ def _instance_names(instances) -> str:
     return "".join([f'\t"{i.name}",\n' for i in instances])
 
 
+def _members(programs) -> str:
+    return "".join([f"\t.{p.hook} = (void *){p.name},\n" for p in programs])
+
+
 def _instance_entries(instances) -> str:
     return "".join([
         f"\n/* class {i.cls}: e.g. {_ccomment(i.example)} */\nSEC(\".struct_ops\")\n"
-        f"struct fuse_ops {_cident(i.name)} = {{\n"
-        + "".join([f"\t.{p.hook} = (void *){p.name},\n" for p in i.programs])
-        + f'\t.name = "{i.name}",\n}};\n'
+        f"struct fuse_ops {_cident(i.name)} = {{\n{_members(i.programs)}"
+        f'\t.name = "{i.name}",\n}};\n'
         for i in instances])
 
 
