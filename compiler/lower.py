@@ -1120,8 +1120,8 @@ class _Planner:
         The class is added to each program's classes (the classes sharing the instance are
         added from it)."""
         objects = self.object_members(c).runs
-        keys = self.keys[c.id]
         cid = c.id
+        keys, post_key, posts = self.keys[cid], self.post_keys[cid], self._posts
         used: list[Program] = []  # every program of the instance, once
         for run, (member, slot, kind, op, params, question, made, post) in \
                 zip(objects, self.steps):
@@ -1135,29 +1135,29 @@ class _Planner:
                 p = made[key] = Program(f"fpol_{member}_{cid}", slot, kind, cid, [], op, params)
                 self.fresh.append(p)
             used.append(p)
-            if post:
-                used.append(self._postfilter(c, post))
+            if post == "lookup":
+                used.append(posts.get(post_key) or self._lookup_post(c, post_key))
+            elif post:
+                used.append(self._mkdir_post())
         if objects[-1]:
             used += objects[-1]
         for p in used:
             p.classes.append(cid)
         return Instance(cid, info.instance, used, info.example)
 
-    def _postfilter(self, c: Class, member: str) -> Program:
-        """The postfilter that goes with class `c`'s lookup or mkdir prefilter."""
-        if member == "lookup":
-            key = self.post_keys[c.id]
-            post = self._posts.get(key)
-            if post is None:
-                post = self._posts[key] = Program(
-                    f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [],
-                    "lookup", "const struct fuse_buffer *name, struct fuse_entry_out *out, "
-                              "struct fuse_buffer *entries")
-                self.fresh.append(post)
-            return post
-        # Quirk (spec §10): the mkdir postfilter slot is called whenever the prefilter
-        # is set, so it must never be NULL.
-        # (class 0's, whichever class needs it first: not among that class's fresh ones)
+    def _lookup_post(self, c: Class, key: int) -> Program:
+        """The lookup postfilter of `key` (lookup_post_keys), made for class `c`."""
+        post = self._posts[key] = Program(
+            f"fpol_lookup_post_{c.id}", "lookup_postfilter", "lookup_post", c.id, [], "lookup",
+            "const struct fuse_buffer *name, struct fuse_entry_out *out, "
+            "struct fuse_buffer *entries")
+        self.fresh.append(post)
+        return post
+
+    def _mkdir_post(self) -> Program:
+        """The one mkdir postfilter. Quirk (spec §10): the mkdir postfilter slot is called
+        whenever the prefilter is set, so it must never be NULL. (Class 0's, whichever class
+        needs it first: not among that class's fresh ones.)"""
         post = self.programs.get(_MKDIR_POST)
         if post is None:
             post = self.programs[_MKDIR_POST] = Program(
