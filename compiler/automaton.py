@@ -212,11 +212,12 @@ def holding(policy: Policy, accepted: frozenset) -> Holding:
 
 def holding_of(policy: Policy, pieces: tuple, accepted: Optional[frozenset] = None) -> Holding:
     """`holding` where exactly the union of `pieces` (sets of (rule, term key) pairs)
-    holds, without making the union unless a rule must be checked term by term (or taking
-    it as `accepted`, when the caller has it): the class builder's sets of positions accept
-    the pairs of a few pieces it keeps interned (the floating patterns', a sticky set's,
-    each pattern's that ends here), most of them shared by many states. What the simple and
-    the anchored rules of a piece are is worked out once per piece."""
+    holds, without making the union (a rule checked term by term is checked against the
+    pieces' pairs it asks about; or against `accepted`, the union, when the caller has it):
+    the class builder's sets of positions accept the pairs of a few pieces it keeps interned
+    (the floating patterns', a sticky set's, each pattern's that ends here), most of them
+    shared by many states. What the simple and the anchored rules of a piece are is worked
+    out once per piece."""
     return holder(policy)(pieces, accepted)
 
 
@@ -227,6 +228,7 @@ def holder(policy: Policy) -> Callable[[tuple, Optional[frozenset]], Holding]:
         sh = _shapes(policy)
         unscoped, simple, anchors, shapes = sh.unscoped, sh.simple, sh.anchors, sh.shapes
         split, by_indexes, rules = sh.split, sh.by_indexes, policy.rules
+        asked = [need | excl for need, excl in shapes]  # per rule, the pairs checked for it
 
         def holding_of(pieces: tuple, accepted: Optional[frozenset] = None) -> Holding:
             found: set = set()
@@ -240,7 +242,10 @@ def holder(policy: Policy) -> Callable[[tuple, Optional[frozenset]], Holding]:
                 candidates += parts[1]
             if candidates:
                 if accepted is None:
-                    accepted = frozenset().union(*pieces)
+                    # Of the pairs held, those the candidates ask about do: a piece may be
+                    # large, and its union with the others would copy it.
+                    wanted = frozenset().union(*map(asked.__getitem__, candidates))
+                    accepted = frozenset().union(*[wanted & piece for piece in pieces])
                 for ri in candidates:
                     need, excl = shapes[ri]
                     if need <= accepted and accepted.isdisjoint(excl):

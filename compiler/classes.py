@@ -193,7 +193,6 @@ class RawState:
     """A subset-construction state before minimisation (used by lint as well)."""
 
     positions: tuple  # (sticky set id, the other positions): see build_raw
-    accepted_terms: frozenset  # (rule index, term key) pairs that hold at the node
     literals: dict  # bytes -> state id
     globs: tuple
     masks: dict  # mask -> state id
@@ -201,7 +200,10 @@ class RawState:
     example: bytes
     # States with one core have the very same transitions (see build_raw): the core's number.
     core: int
-    holding: Holding  # the rules holding where accepted_terms do
+    holding: Holding  # the rules holding at the node
+    # (rule index, except term index) of the except terms that hold at the node in a rule
+    # whose scope terms all do (automaton.excepts_hit): lint's FP103 looks for those never hit
+    excepts_hit: frozenset
 
 
 _mask_cache: dict[tuple, dict[int, bytes]] = {}
@@ -360,8 +362,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         closed_from[position] = out
         return out
 
-    accepted_sets: dict[frozenset, frozenset] = {}  # equal sets are one object
-    by_pieces: dict[tuple, tuple] = {}  # accepted pieces -> (accepted, holding, excepts hit)
+    by_pieces: dict[tuple, tuple] = {}  # accepted pieces -> (holding, excepts hit)
     by_core: dict[tuple, tuple] = {}  # (sticky set id, moving positions) -> transitions
     ids: dict[tuple, int] = {}  # (sticky set id, positions) -> state
     by_behaviour: dict[tuple, int] = {}  # (core, rules holding, excepts hit) -> state
@@ -381,7 +382,8 @@ def build_raw(policy: Policy) -> list[RawState]:
         if sid is None:
             sticky_id, positions = key
             # What the positions accept, in interned pieces: states of one sticky set and
-            # one set of patterns ending here (few, many states each) accept alike.
+            # one set of patterns ending here (few, many states each) accept alike. Their
+            # union is made only where excepts need it (holding_of does without).
             ending = positions & ends
             # (The pieces of patterns ending here first: a `named` glob's may be large, and
             # a union starting from the largest set copies it rather than growing.)
@@ -389,11 +391,13 @@ def build_raw(policy: Policy) -> list[RawState]:
                       float_accepted)
             alike = by_pieces.get(pieces)
             if alike is None:
-                accepted = frozenset.union(*pieces)
-                accepted = accepted_sets.setdefault(accepted, accepted)
-                hits = excepts_hit(policy, accepted) if has_excepts else frozenset()
-                alike = by_pieces[pieces] = (accepted, holding_of(pieces, accepted), hits)
-            accepted, held, hits = alike
+                if has_excepts:
+                    accepted = frozenset.union(*pieces)
+                    alike = (holding_of(pieces, accepted), excepts_hit(policy, accepted))
+                else:
+                    alike = (holding_of(pieces, None), _EMPTY)
+                by_pieces[pieces] = alike
+            held, hits = alike
             core = (sticky_id, positions - ending) if ending else key
             behaviour = (core, held, hits)
             sid = by_behaviour.get(behaviour)
@@ -402,14 +406,14 @@ def build_raw(policy: Policy) -> list[RawState]:
                 if sid >= MAX_STATES:
                     raise TooComplex(f"more than {MAX_STATES} classes")
                 states.append(None)
-                queue.append((sid, key, example, accepted, core, held))
+                queue.append((sid, key, example, core, held, hits))
             ids[key] = sid
         return sid
 
     first = start - floating
     intern((intern_sticky(first & sticky_all), first - sticky_all), b"/")
     while queue:
-        sid, key, example, accepted, core, held = queue.popleft()
+        sid, key, example, core, held, hits = queue.popleft()
         sticky_id = key[0]
         sticky = sticky_sets[sticky_id]
         # States of one core have the same transitions, worked out once: the first such
@@ -417,7 +421,7 @@ def build_raw(policy: Policy) -> list[RawState]:
         known = by_core.get(core)
         if known is not None:
             lits, gl, ms, default, number = known
-            states[sid] = RawState(key, accepted, lits, gl, ms, default, example, number, held)
+            states[sid] = RawState(key, lits, gl, ms, default, example, number, held, hits)
             continue
         base: set = set()
         by_literal: dict[bytes, list] = {}
@@ -526,8 +530,8 @@ def build_raw(policy: Policy) -> list[RawState]:
             default = intern(reach([]), prefix + b"\x01other")
         number = len(by_core)
         by_core[core] = (literals, globs, masks, default, number)
-        states[sid] = RawState(key, accepted, literals, globs, masks, default, example, number,
-                               held)
+        states[sid] = RawState(key, literals, globs, masks, default, example, number, held,
+                               hits)
     return states  # type: ignore[return-value]
 
 

@@ -9,7 +9,6 @@ from itertools import chain
 from typing import Collection, Sequence
 
 from . import ops
-from .automaton import excepts_hit
 from .classes import RawState
 from .decide import Decision, DecisionTable, atom_kinds, decide_table
 from .diagnostics import Reporter
@@ -119,8 +118,7 @@ def _excepts_used(policy: Policy, raw: list[RawState]) -> set[tuple[int, int]]:
     holds at some node where all of its rule's scope terms hold."""
     used: set[tuple[int, int]] = set()
     if any(r.excepts for r in policy.rules):
-        for accepted in {st.accepted_terms for st in raw}:
-            used |= excepts_hit(policy, accepted)
+        used.update(*{st.excepts_hit for st in raw})
     return used
 
 
