@@ -1306,9 +1306,16 @@ def _shared_instances(tree: ClassTree, infos: list[ClassInfo], inherit: list[tup
         names, by_name = zip(*c.literals) if c.literals else ((), ())
         masks, by_mask = zip(*c.masks) if c.masks else ((), ())
         targets = (*by_name, *by_mask, c.default)
-        first: dict[int, int] = {cid: -1}
-        shape = (tuple([g.text for g in c.globs]) if c.globs else (), names, masks,
-                 tuple([first.setdefault(t, i) for i, t in enumerate(targets)]), inherit[cid])
+        # which children are one class, and which are the class itself: None when none are
+        # (the common case, quicker), else per child its first equal (-1: the class)
+        if cid in targets or len(set(targets)) < len(targets):
+            first: dict[int, int] = {cid: -1}
+            same: Optional[tuple[int, ...]] = \
+                tuple([first.setdefault(t, i) for i, t in enumerate(targets)])
+        else:
+            same = None
+        shape = (tuple([g.text for g in c.globs]) if c.globs else (), names, masks, same,
+                 inherit[cid])
         block.append(labels.setdefault((runtime[cid], info.daemon_lookup, shape), len(labels)))
         children.append(targets)
     # A class alone in its block stays alone: only the others are refined, their blocks
