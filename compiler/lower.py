@@ -629,6 +629,8 @@ def _uniform_table(table: DecisionTable, op: str) -> Optional[Decision]:
 def _uniform_rows(rows: tuple, slots: list[int]) -> Optional[Decision]:
     """The decision at `slots` of every row of `rows` if they are all equal."""
     first = _uniform_in(rows[0], slots)
+    if len(rows) == 1:  # (one subject class: most policies)
+        return first
     if first is None or any(r is not rows[0] and _uniform_in(r, slots) != first for r in rows[1:]):
         return None
     return first
