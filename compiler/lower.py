@@ -756,7 +756,11 @@ class _Planner:
         number (equal runtimes, equal numbers): worked out per distinct table."""
         at_slots = operator.itemgetter(*[self.alike.group_of[s] for s in slots])
         ids: dict[tuple, int] = {}
-        per_table = [ids.setdefault(tuple(map(at_slots, t)), len(ids)) for t in self._runtimes()]
+        if len(self.tree.subjects) == 1:  # every table one row: its runtimes there are the key
+            per_table = [ids.setdefault(at_slots(t[0]), len(ids)) for t in self._runtimes()]
+        else:
+            per_table = [ids.setdefault(tuple(map(at_slots, t)), len(ids))
+                         for t in self._runtimes()]
         return [per_table[t] for t in self._table_list()[1]]
 
     def answers(self, kind: str, op: str) -> list[int]:
