@@ -230,6 +230,7 @@ def _instance_names(instances) -> str:
 
 
 def _members(programs) -> str:
+    """An instance's member lines: each program in its member (its hook)."""
     return "".join([f"\t.{p.hook} = (void *){p.name},\n" for p in programs])
 
 
