@@ -17,7 +17,7 @@ from typing import Optional, cast
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from fpol.grammar import grammar_text
+from fpol.grammar import OPTIONS, grammar_text, prebuilt_tables
 
 from . import ast
 from .diagnostics import Reporter, Span, code, did_you_mean
@@ -41,8 +41,10 @@ _SUBJECT_KINDS = ("UID", "GID", "USER", "GROUP")
 def _lark() -> Lark:
     # The builder runs inside the LALR parser at each reduction, so no parse tree is built
     # and walked again; it sees every token (keywords included) and takes spans from them.
-    return Lark(grammar_text(), start=["file", "statement"], parser="lalr",
-                keep_all_tokens=True, maybe_placeholders=False, transformer=_BUILDER)
+    tables = prebuilt_tables()
+    if tables is not None:  # built ahead of time (fpol/grammar): saves building them here
+        return Lark._load_from_dict(tables["data"], tables["memo"], transformer=_BUILDER)
+    return Lark(grammar_text(), **OPTIONS, transformer=_BUILDER)
 
 
 def keywords() -> frozenset[str]:
