@@ -37,7 +37,7 @@ def build_tables() -> dict[str, Any]:
     from lark.lexer import TerminalDef
 
     data, memo = lark.Lark(grammar_text(), **OPTIONS).memo_serialize([TerminalDef, Rule])
-    return {"key": tables_key(), "data": data, "memo": memo}
+    return {"key": tables_key(), "lark": lark.__version__, "data": data, "memo": memo}
 
 
 def tables_json() -> str:
@@ -50,11 +50,16 @@ def _int_keys(pairs: list[tuple[str, Any]]) -> dict:
     return {int(k) if k.isdigit() else k: v for k, v in pairs}
 
 
-def prebuilt_tables() -> Optional[dict[str, Any]]:
-    """The tables of `fpol.tables.json` if they are this grammar's, lark's and options'."""
+def shipped_tables() -> Optional[dict[str, Any]]:
+    """What `fpol.tables.json` holds, whatever made it; None when it is not shipped."""
     try:
         text = resources.files(__name__).joinpath(TABLES).read_text(encoding="utf-8")
     except OSError:  # not shipped (e.g. a wheel built without it)
         return None
-    tables = json.loads(text, object_pairs_hook=_int_keys)
-    return tables if tables.get("key") == tables_key() else None
+    return json.loads(text, object_pairs_hook=_int_keys)
+
+
+def prebuilt_tables() -> Optional[dict[str, Any]]:
+    """The tables of `fpol.tables.json` if they are this grammar's, lark's and options'."""
+    tables = shipped_tables()
+    return tables if tables is not None and tables.get("key") == tables_key() else None
