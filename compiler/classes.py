@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from . import ops
-from .decide import Decision, DecisionTable, atom_kinds, decide_table
+from .decide import Decision, DecisionRow, DecisionTable, atom_kinds, kind_decider
 from .paths import ANY, Glob, TooManyGlobStates, glob_combinations, glob_mask
 from .policy import Policy, Rule
 from .errors import FpolError
@@ -545,36 +545,47 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     subjects = partition(policy)
     nsubjects = len(subjects)
     held = [c.rules for c in subjects.classes]
+    decide = kind_decider(policy)
+    spread = atom_kinds(policy).spread
     memo: dict[Holding, DecisionTable] = {}  # Holdings are interned: one per rule set
     # Equal rows are one object with a number, and tables are interned by their rows'
     # numbers (a table of many subject classes is long: hashing its decisions would dominate).
-    # Rows are told apart by their atom kinds' decisions: atoms of one kind are decided alike
-    # (decide.AtomKinds), and hashing a decision is a Python call.
-    slots = atom_kinds(policy).slot
-    rows: dict[tuple[Decision, ...], tuple[tuple[Decision, ...], int]] = {}
+    # Rows are told apart by their decisions per atom kind: atoms of one kind are decided
+    # alike (decide.AtomKinds), and hashing a decision is a Python call.
+    rows: dict[tuple[Decision, ...], tuple[DecisionRow, int]] = {}
     interned: dict[tuple[int, ...], DecisionTable] = {}
+
+    def row_of(rules) -> tuple[DecisionRow, int]:
+        """The row (and its number) where exactly `rules` hold and apply."""
+        decided = decide(rules)
+        row = rows.get(decided)
+        if row is None:
+            row = rows[decided] = (DecisionRow(spread(decided)), len(rows))
+        return row
+
     out = []
     for st in raw:
         here = st.holding
         t = memo.get(here)
         if t is None:
-            key, rules = here.indexes, list(here.rules)
             # A subject class's table depends only on which of the rules here that have
             # subject conditions apply to it: decide once per such set, not once per class
             # (a policy may have hundreds of subject classes, a node only a few such rules).
-            relevant = key & subjects.conditional
-            decided: dict[frozenset, tuple[tuple[Decision, ...], int]] = {}
-            per_subject = []
-            numbers = []
-            for s in range(nsubjects):
-                which = relevant & held[s] if relevant else relevant
-                row = decided.get(which)
-                if row is None:
-                    made = decide_table(policy, subjects.select(rules, s))
-                    row = decided[which] = rows.setdefault(tuple(made[i] for i in slots),
-                                                           (made, len(rows)))
-                per_subject.append(row[0])
-                numbers.append(row[1])
+            relevant = here.indexes & subjects.conditional
+            if relevant:
+                rules = list(here.rules)
+                decided: dict[frozenset, tuple[DecisionRow, int]] = {}
+                per_subject, numbers = [], []
+                for s in range(nsubjects):
+                    which = relevant & held[s]
+                    row = decided.get(which)
+                    if row is None:
+                        row = decided[which] = row_of(subjects.select(rules, s))
+                    per_subject.append(row[0])
+                    numbers.append(row[1])
+            else:  # every subject class alike
+                row = row_of(here.rules)
+                per_subject, numbers = [row[0]] * nsubjects, [row[1]] * nsubjects
             t = interned.get(tuple(numbers))
             if t is None:
                 t = interned[tuple(numbers)] = DecisionTable(per_subject)

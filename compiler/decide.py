@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from . import ops
 from .memo import derived
@@ -179,7 +179,11 @@ def _winners(rules: list[Rule], attr: str
     `by` list over one without (LANGUAGE.md §6)."""
     if len(rules) == 1:  # no contest (the most common case)
         return (rules[0].index,), getattr(rules[0], attr), ()
-    top = max(map(_SPECIFICITY, rules))
+    specificities = list(map(_SPECIFICITY, rules))
+    top = max(specificities)
+    if specificities.count(top) == 1:  # one most specific rule (the next most common)
+        winner = rules[specificities.index(top)]
+        return (winner.index,), getattr(winner, attr), ()
     best = [r for r in rules if r.specificity == top]
     if len(best) > 1:
         if any(r.subjects for r in best):
@@ -199,25 +203,36 @@ def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
 def decide_table(policy: Policy, matching: Iterable[Rule]) -> DecisionRow:
     """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold.
     Atoms the policy's rules never tell apart are decided once (see AtomKinds)."""
-    kinds = atom_kinds(policy)
-    per_kind: list[list[int]] = [[] for _ in kinds.atom]
-    rule_kinds = kinds.of_rule
-    for r in matching:
-        i = r.index
-        for k in rule_kinds[i]:
-            per_kind[k].append(i)
-    # The memos of _decide_selected, read here first: most kinds find their decision there,
-    # and then no list of rules is made.
-    memos = _memos(policy)
-    rules = policy.rules
-    decided = []
-    for atom, handle, indexes in zip(kinds.atom, kinds.handle, per_kind):
-        key = tuple(indexes)
-        d = memos[handle].get(key)
-        if d is None:
-            d = _decide_selected(policy, atom, [rules[i] for i in key], key)
-        decided.append(d)
-    return DecisionRow(kinds.spread(decided))
+    return DecisionRow(atom_kinds(policy).spread(kind_decider(policy)(matching)))
+
+
+def kind_decider(policy: Policy) -> Callable[[Iterable[Rule]], tuple[Decision, ...]]:
+    """For one policy: the decision per atom kind where exactly the rules given hold
+    (`AtomKinds.spread` makes the row of them: decide_table). The class builder asks it
+    once per distinct set of rules holding."""
+    def make():
+        kinds = atom_kinds(policy)
+        nkinds, rule_kinds, rules = len(kinds.atom), kinds.of_rule, policy.rules
+        # The memos of _decide_selected, per kind, read here first: most kinds find their
+        # decision there, and then no list of rules is made.
+        memos = [_memos(policy)[handle] for handle in kinds.handle]
+
+        def decider(matching: Iterable[Rule]) -> tuple[Decision, ...]:
+            per_kind: list[list[int]] = [[] for _ in range(nkinds)]
+            for r in matching:
+                i = r.index
+                for k in rule_kinds[i]:
+                    per_kind[k].append(i)
+            keys = list(map(tuple, per_kind))
+            decided: list = list(map(dict.get, memos, keys))
+            if not all(decided):  # (decisions are true; `None in` would call their __eq__)
+                for k, key in enumerate(keys):
+                    if decided[k] is None:
+                        decided[k] = _decide_selected(policy, kinds.atom[k],
+                                                      [rules[i] for i in key], key)
+            return tuple(decided)
+        return decider
+    return derived(policy, "_kind_decider", make)
 
 
 @dataclass(frozen=True)
@@ -231,8 +246,8 @@ class AtomKinds:
     slot: tuple[int, ...]  # per kind, its first atom's index in ops.ATOMS
     of_atom: tuple[int, ...]  # per atom (ops.ATOMS order), its kind
     of_rule: tuple[tuple[int, ...], ...]  # per rule index, the kinds it selects
-    # a list of decisions per kind -> the tuple of them per atom (by of_atom)
-    spread: Callable[[list], tuple] = field(compare=False)
+    # decisions per kind -> the tuple of them per atom (by of_atom)
+    spread: Callable[[Sequence], tuple] = field(compare=False)
 
 
 def atom_kinds(policy: Policy) -> AtomKinds:
@@ -257,7 +272,6 @@ def atom_kinds(policy: Policy) -> AtomKinds:
     return derived(policy, "_atom_kinds", make)
 
 
-_NONE: list = []
 _INDEX = attrgetter("index")
 _SPECIFICITY = attrgetter("specificity")
 _HANDLE_ATOMS = frozenset(a for a in ops.ATOMS if ops.is_handle_atom(a))
@@ -281,24 +295,19 @@ def _memos(policy: Policy) -> tuple[dict[tuple, Decision], dict[tuple, Decision]
 
 
 def _decide(policy: Policy, atom: str, relevant: list) -> Decision:
-    by_action: dict[str, list[Rule]] = {}
-    for r in relevant:
-        by_action.setdefault(r.action, []).append(r)
-    audit_rules = tuple(sorted([r.index for r in by_action.get("audit", _NONE)]))
-    denies = by_action.get("deny")
-    redirects = by_action.get("redirect")
-    allows = by_action.get("allow")
+    audit_rules = tuple(sorted([r.index for r in relevant if r.action == "audit"]))
     errno = mode = None
     tie: tuple[int, ...] = ()
     # The fields are worked out first and the decision made once: making a frozen
-    # dataclass's object is what costs here.
-    if denies:
+    # dataclass's object is what costs here. (The rules of an action are picked only
+    # when no stronger action has any.)
+    if denies := [r for r in relevant if r.action == "deny"]:
         kind = DENY
         rules, errno, tie = _winners(denies, "errno")
-    elif redirects:
+    elif redirects := [r for r in relevant if r.action == "redirect"]:
         kind = USERSPACE
         rules, mode, tie = _winners(redirects, "mode")
-    elif allows:
+    elif allows := [r for r in relevant if r.action == "allow"]:
         kind, rules = ALLOW, tuple(sorted([r.index for r in allows]))
     else:
         rules = ()
