@@ -231,15 +231,17 @@ def holder(policy: Policy) -> Callable[[tuple, Optional[frozenset]], Holding]:
         asked = [need | excl for need, excl in shapes]  # per rule, the pairs checked for it
 
         def holding_of(pieces: tuple, accepted: Optional[frozenset] = None) -> Holding:
-            found: set = set()
+            simples = []  # the pieces' simple rules, where they have some
             candidates = list(unscoped)
             for piece in pieces:
                 parts = split.get(piece)
                 if parts is None:
                     parts = split[piece] = (frozenset(map(_first, piece & simple)),
                                             tuple(map(_first, piece & anchors)))
-                found |= parts[0]
+                if parts[0]:
+                    simples.append(parts[0])
                 candidates += parts[1]
+            found: set = set()
             if candidates:
                 if accepted is None:
                     # Of the pairs held, those the candidates ask about do: a piece may be
@@ -250,7 +252,9 @@ def holder(policy: Policy) -> Callable[[tuple, Optional[frozenset]], Holding]:
                     need, excl = shapes[ri]
                     if need <= accepted and accepted.isdisjoint(excl):
                         found.add(ri)
-            indexes = frozenset(found)
+            # (most often one piece has all the rules: its set is taken as it is)
+            indexes = simples[0] if len(simples) == 1 and not found \
+                else frozenset(found).union(*simples)
             out = by_indexes.get(indexes)
             if out is None:
                 out = by_indexes[indexes] = Holding(tuple(map(rules.__getitem__, sorted(indexes))),

@@ -64,6 +64,19 @@ class Decision:
         return text
 
 
+def _decision(kind: str, errno: Optional[str], mode: Optional[str], audit: bool,
+              rules: tuple[int, ...], audit_rules: tuple[int, ...], complained: bool,
+              tie: tuple[int, ...], complained_errno: Optional[str]) -> Decision:
+    """Decision(...) given every field, made without the frozen dataclass's __init__ (an
+    object.__setattr__ per field, half the cost of a decision): _decide makes tens of
+    thousands. (A field added to Decision is added here too.)"""
+    d = object.__new__(Decision)
+    d.__dict__.update(kind=kind, errno=errno, mode=mode, audit=audit, rules=rules,
+                      audit_rules=audit_rules, complained=complained, tie=tie,
+                      complained_errno=complained_errno)
+    return d
+
+
 class DecisionRow(tuple):
     """One subject class's decision per atom, in ops.ATOMS order (what decide_table makes).
     Rows key memos all through lowering, and hashing a tuple calls every decision's hash:
@@ -319,6 +332,5 @@ def _decide(policy: Policy, atom: str, relevant: list) -> Decision:
         else:
             kind, mode = USERSPACE, "instead"
     if policy.mode == "complain" and kind == DENY:
-        return Decision(ALLOW, audit=True, rules=rules, audit_rules=audit_rules,
-                        complained=True, tie=tie, complained_errno=errno)
-    return Decision(kind, errno, mode, bool(audit_rules), rules, audit_rules, False, tie)
+        return _decision(ALLOW, None, None, True, rules, audit_rules, True, tie, errno)
+    return _decision(kind, errno, mode, bool(audit_rules), rules, audit_rules, False, tie, None)
