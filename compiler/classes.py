@@ -304,7 +304,8 @@ def build_raw(policy: Policy) -> list[RawState]:
         (few sets, many states each): all their globs in order; the inert ones (_inert);
         the realisable masks in order, each with the bits it has; the masks with a name
         each and those names; and whether each mask but 0 is of inert globs only (then
-        every mask goes where 0 does at a state that holds none of their anchors)."""
+        every mask goes where 0 does at a state that holds none of their anchors), and if
+        so the pattern ends each mask's globs move the floating positions to."""
         out = setups.get(own)
         if out is None:
             globs = tuple(sorted(float_glob.keys() | own))
@@ -313,8 +314,10 @@ def build_raw(policy: Policy) -> list[RawState]:
             order = sorted(combos)
             members = {mask: [i for i in range(len(globs)) if mask >> i & 1] for mask in combos}
             uniform = 0 in combos and not any(mask & ~inert[0] for mask in combos)
+            ends = {mask: frozenset(p for i in members[mask] for p in float_glob[globs[i]])
+                    for mask in combos} if uniform else {}
             out = setups[own] = (globs, inert, order, members, combos, frozenset(combos.values()),
-                                 uniform)
+                                 uniform, ends)
         return out
 
     # Positions in a pattern's trailing `**` run ("sticky": an `under` rule's scope once
@@ -434,8 +437,8 @@ def build_raw(policy: Policy) -> list[RawState]:
                 own.setdefault(part, []).append((pid, k + 1))
             else:
                 by_literal.setdefault(part, []).append((pid, k + 1))
-        globs, (inert_bits, bits_at, any_anchor), order, members, combos, witnesses, uniform = \
-            glob_setup(frozenset(own))
+        globs, (inert_bits, bits_at, any_anchor), order, members, combos, witnesses, uniform, \
+            inert_ends = glob_setup(frozenset(own))
         # The positions each glob (by its bit) moves on to.
         by_bit = [float_glob.get(g, []) + own.get(g, []) for g in globs] if own else float_by_bit
         prefix = example.rstrip(b"/") + b"/"
@@ -500,15 +503,18 @@ def build_raw(policy: Policy) -> list[RawState]:
         if uniform:
             # Every mask goes where 0 does, but for the masks of globs whose terms can
             # change the rules holding there (blocking): those are worked out one by one,
-            # in order of their numbers as below.
+            # in order of their numbers as below. Such a mask's globs only move floating
+            # positions to the ends of their patterns (no `**` to close over, not sticky):
+            # its positions are the base's and those ends.
             zero = (base_sticky_id, base_rest)
             masks = dict.fromkeys(order, intern(zero, prefix + combos[0]))
             blocked = blocking(zero)
             if blocked:
                 for mask in order:
                     if mask & blocked:
-                        advanced = [p for i in members[mask] for p in by_bit[i]]
-                        masks[mask] = intern(reach(advanced), prefix + combos[mask])
+                        to = inert_ends[mask]
+                        masks[mask] = intern((base_sticky_id, base_rest | to if base_rest else to),
+                                             prefix + combos[mask])
         else:
             masks = {}
             keys: dict[int, tuple] = {}
