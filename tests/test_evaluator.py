@@ -788,3 +788,19 @@ def test_a_complained_deny_is_stricter_than_userspace():
     denied = Decision("deny", errno="EPERM", rules=(2,))
     assert stricter(complained, denied) is complained  # a tie: the first
     assert stricter(denied, complained) is denied
+
+
+def test_quick_decisions_are_dataclass_decisions():
+    """decide._decision makes Decisions without the dataclass's __init__ (it is on the hot
+    path): it must set every field, and nothing else, as Decision(...) does."""
+    import dataclasses
+    import inspect
+
+    from fpol.compiler.decide import Decision, _decision
+
+    fields = [f.name for f in dataclasses.fields(Decision)]
+    assert list(inspect.signature(_decision).parameters) == fields
+    values = dict(kind="deny", errno="EPERM", mode=None, audit=True, rules=(3, 1),
+                  audit_rules=(2,), complained=False, tie=(4,), complained_errno=None)
+    made, built = _decision(**values), Decision(**values)
+    assert made == built and hash(made) == hash(built) and vars(made) == vars(built)
