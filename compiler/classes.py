@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Optional
 
 from . import ops
@@ -27,6 +28,7 @@ from .subjects import Partition, partition
 # Bounds that keep construction memory-safe on pathological policies (FP026).
 MAX_STATES = 200_000
 _EMPTY: frozenset = frozenset()
+_HASH = attrgetter("_hash")  # a decision's hash once made (decide.Decision.__hash__)
 
 
 class TooComplex(FpolError):
@@ -557,16 +559,26 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     # Equal rows are one object with a number, and tables are interned by their rows'
     # numbers (a table of many subject classes is long: hashing its decisions would dominate).
     # Rows are told apart by their decisions per atom kind: atoms of one kind are decided
-    # alike (decide.AtomKinds), and hashing a decision is a Python call.
-    rows: dict[tuple[Decision, ...], tuple[DecisionRow, int]] = {}
+    # alike (decide.AtomKinds). Hashing a decision is a Python call, so they are found by
+    # their decisions' hashes, read off them (decide._decision made them), then equality.
+    rows: dict[tuple[int, ...], list[tuple[tuple[Decision, ...], tuple[DecisionRow, int]]]] = {}
+    count = 0
     interned: dict[tuple[int, ...], DecisionTable] = {}
 
     def row_of(rules) -> tuple[DecisionRow, int]:
         """The row (and its number) where exactly `rules` hold and apply."""
+        nonlocal count
         decided = decide(rules)
-        row = rows.get(decided)
-        if row is None:
-            row = rows[decided] = (DecisionRow(spread(decided)), len(rows))
+        hashes = tuple(map(_HASH, decided))
+        alike = rows.get(hashes)
+        if alike is None:
+            alike = rows[hashes] = []
+        for seen, row in alike:
+            if seen == decided:
+                return row
+        row = (DecisionRow.spread(decided, hashes, spread), count)
+        count += 1
+        alike.append((decided, row))
         return row
 
     out = []

@@ -41,10 +41,18 @@ class Decision:
         try:
             return self._hash  # type: ignore[attr-defined]
         except AttributeError:
-            h = hash((self.kind, self.errno, self.mode, self.audit, self.rules, self.audit_rules,
-                      self.complained, self.tie, self.complained_errno))
+            # hash(int) maps any int into (-2**61, 2**61) where it is the identity, so this
+            # is an int that hashes to itself: a row's hash can then be worked out from its
+            # decisions' hashes as a tuple of ints (DecisionRow.spread), in C.
+            h = hash(hash((self.kind, self.errno, self.mode, self.audit, self.rules,
+                           self.audit_rules, self.complained, self.tie, self.complained_errno)))
             object.__setattr__(self, "_hash", h)
             return h
+
+    def __reduce__(self):
+        # Without the hash: another process hashes strings differently.
+        return (_decision, (self.kind, self.errno, self.mode, self.audit, self.rules,
+                            self.audit_rules, self.complained, self.tie, self.complained_errno))
 
     @property
     def effect(self) -> tuple:
@@ -69,11 +77,13 @@ def _decision(kind: str, errno: Optional[str], mode: Optional[str], audit: bool,
               tie: tuple[int, ...], complained_errno: Optional[str]) -> Decision:
     """Decision(...) given every field, made without the frozen dataclass's __init__ (an
     object.__setattr__ per field, half the cost of a decision): _decide makes tens of
-    thousands. (A field added to Decision is added here too.)"""
+    thousands. (A field added to Decision is added here too.) Its hash is worked out
+    at once, so `_hash` can be read off every decision kind_decider gives."""
     d = object.__new__(Decision)
     d.__dict__.update(kind=kind, errno=errno, mode=mode, audit=audit, rules=rules,
                       audit_rules=audit_rules, complained=complained, tie=tie,
                       complained_errno=complained_errno)
+    hash(d)  # made now: kind_decider's decisions (all made here) then have a _hash to read
     return d
 
 
@@ -90,6 +100,16 @@ class DecisionRow(tuple):
         except AttributeError:
             h = self._hash = tuple.__hash__(self)
             return h
+
+    @classmethod
+    def spread(cls, decided: tuple[Decision, ...], hashes: tuple[int, ...],
+               spread: Callable[[Sequence], tuple]) -> "DecisionRow":
+        """The row of the decisions per atom kind `decided` (AtomKinds.spread), given their
+        hashes, its hash made from those: the tuple's own hash would call a decision's
+        __hash__ (Python) per atom. Equal to it, as a decision's hash hashes to itself."""
+        row = super().__new__(cls, spread(decided))
+        row._hash = hash(spread(hashes))
+        return row
 
     def __reduce__(self):
         return (DecisionRow, (tuple(self),))
@@ -216,7 +236,8 @@ def decide(policy: Policy, atom: str, matching: Iterable[Rule]) -> Decision:
 def decide_table(policy: Policy, matching: Iterable[Rule]) -> DecisionRow:
     """The decision for every atom (in ops.ATOMS order) where exactly `matching` hold.
     Atoms the policy's rules never tell apart are decided once (see AtomKinds)."""
-    return DecisionRow(atom_kinds(policy).spread(kind_decider(policy)(matching)))
+    decided = kind_decider(policy)(matching)
+    return DecisionRow.spread(decided, tuple(map(hash, decided)), atom_kinds(policy).spread)
 
 
 def kind_decider(policy: Policy) -> Callable[[Iterable[Rule]], tuple[Decision, ...]]:
