@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Optional
 
 from . import ops
 from .classes import Class, ClassTree
-from .decide import DecisionTable, decide
+from .decide import decide
 from .policy import STRICTNESS
 from .memo import derived
 from .product import Product, Reach
@@ -137,24 +137,25 @@ class Strictness:
         rank = STRICTNESS.__getitem__
         kind = operator.attrgetter("kind")
         width = max(STRICTNESS.values())  # bits per field
-        of_ranks: dict[tuple[int, ...], int] = {}  # a row's ranks -> its fields
-        of_table: dict[DecisionTable, int] = {}  # (tables hash once)
+        of_kinds: dict[tuple[str, ...], int] = {}  # a row's decisions' kinds -> its fields
+        # by identity: classes share table objects, and a table's __hash__ is a call
+        of_table: dict[int, int] = {}
         out = []
         for c in self.tree.classes:
             table = c.table
-            v = of_table.get(table)
+            v = of_table.get(id(table))
             if v is None:
                 v = 0
                 for row in table.rows:
-                    ranks = tuple(map(rank, map(kind, pick(row))))
-                    fields = of_ranks.get(ranks)
+                    kinds = tuple(map(kind, pick(row)))
+                    fields = of_kinds.get(kinds)
                     if fields is None:
                         fields = 0
-                        for k in ranks:
+                        for k in map(rank, kinds):
                             fields = (fields << width) | ((1 << k) - 1)
-                        of_ranks[ranks] = fields
-                    v = (v << width * len(ranks)) | fields  # (every row has as many)
-                of_table[table] = v
+                        of_kinds[kinds] = fields
+                    v = (v << width * len(kinds)) | fields  # (every row has as many)
+                of_table[id(table)] = v
             out.append(v)
         return out
 
