@@ -86,12 +86,6 @@ def _refine(raw: list[RawState], table: list[DecisionTable]):
         if mv is None:
             mv = by_core[st.core] = _Moves(st, shapes)
         moves.append(mv)
-    # Which groups have a transition into each group.
-    preds: list[list[int]] = [[] for _ in group_of]
-    for g, mv in enumerate(moves):
-        for t in mv.reached:
-            preds[group[t]].append(g)
-
     block = labels  # by state
     gblock = [labels[sids[0]] for sids in states]  # by group
     members: dict[int, list[int]] = {}  # groups by block
@@ -99,9 +93,15 @@ def _refine(raw: list[RawState], table: list[DecisionTable]):
         members.setdefault(b, []).append(g)
     sig: list = [None] * len(moves)
     # A group alone in its block is not signed, as nothing can split it: signed at the end.
-    unsigned: set[int] = set()
+    # Blocks only split, so a group alone from the start stays alone: only the others
+    # are signed in the rounds, and only they are looked for when a target of theirs moves.
+    dirty: Iterable[int] = [g for g, b in enumerate(gblock) if len(members[b]) > 1]
+    unsigned: set[int] = set(range(len(moves))).difference(dirty)
+    preds: list[list[int]] = [[] for _ in group_of]  # per group, those of them moving into it
+    for g in dirty:
+        for t in moves[g].reached:
+            preds[group[t]].append(g)
     fresh = len(label_ids)
-    dirty: Iterable[int] = range(len(moves))
     while True:
         touched = set()
         for g in dirty:
