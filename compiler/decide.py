@@ -80,10 +80,13 @@ def _decision(kind: str, errno: Optional[str], mode: Optional[str], audit: bool,
     thousands. (A field added to Decision is added here too.) Its hash is worked out
     at once, so `_hash` can be read off every decision kind_decider gives."""
     d = object.__new__(Decision)
+    # (_hash as Decision.__hash__ makes it: kind_decider's decisions, all made here, have one
+    # to read, and no AttributeError is raised to make it later.)
     d.__dict__.update(kind=kind, errno=errno, mode=mode, audit=audit, rules=rules,
                       audit_rules=audit_rules, complained=complained, tie=tie,
-                      complained_errno=complained_errno)
-    hash(d)  # made now: kind_decider's decisions (all made here) then have a _hash to read
+                      complained_errno=complained_errno,
+                      _hash=hash(hash((kind, errno, mode, audit, rules, audit_rules, complained,
+                                       tie, complained_errno))))
     return d
 
 
