@@ -401,3 +401,33 @@ def test_random_policies_exhaustive_small_vocabulary(text):
     assume(result.ok)
     names = sorted({n.encode() for n in PATH_NAMES} | set(_vocabulary(result.policy)))
     compare_tree(result.policy, result.classes, names, max_depth=3)
+
+
+def _check_rows_hash_as_tuples(policy):
+    """classes.tables finds rows by their decisions' hashes and makes a new row's hash from
+    them (DecisionRow.spread): each row must hash as the plain tuple it equals, or memos
+    keyed by rows would miss (or, worse, a row would be taken for another)."""
+    raw = build_raw(policy)
+    seen: dict = {}
+    for table in tables(policy, raw):
+        for row in table.rows:
+            plain = tuple(row)
+            assert row == plain and hash(row) == hash(plain) == tuple.__hash__(row)
+            # equal rows are one object (tables interns them)
+            assert seen.setdefault(plain, row) is row
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob(
+    "examples/*.fpol")), ids=lambda p: p.name)
+def test_example_rows_hash_as_tuples(path):
+    result = check(path.read_bytes(), str(path))
+    assert result.ok
+    _check_rows_hash_as_tuples(result.policy)
+
+
+@RANDOM
+@given(text=policies())
+def test_random_rows_hash_as_tuples(text):
+    result = check(text, "p.fpol")
+    assume(result.ok)
+    _check_rows_hash_as_tuples(result.policy)
