@@ -117,8 +117,9 @@ class Strictness:
         self.fanned: set[tuple[int, int]] = set()  # (d, t): every child of d ⪰ class t, proven
         self._below: dict[int, int] = {}
         self.floor_memo: dict[tuple[int, int], bool] = {}
-        self._targets = [tuple(sorted({c.default, *[x for _, x in c.literals],
-                                       *[x for _, x in c.masks]}))
+        child = operator.itemgetter(1)  # of a (literal or mask, class) entry
+        self._targets = [tuple(sorted({c.default, *map(child, c.literals),
+                                       *map(child, c.masks)}))
                          if c.literals or c.masks else (c.default,) for c in tree.classes]
         self._vector = self._class_vectors()  # per class
         self._floor, self._ceiling = self._bounds()
