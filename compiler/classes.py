@@ -559,26 +559,18 @@ def tables(policy: Policy, raw: list[RawState]) -> list[DecisionTable]:
     # Equal rows are one object with a number, and tables are interned by their rows'
     # numbers (a table of many subject classes is long: hashing its decisions would dominate).
     # Rows are told apart by their decisions per atom kind: atoms of one kind are decided
-    # alike (decide.AtomKinds). Hashing a decision is a Python call, so they are found by
-    # their decisions' hashes, read off them (decide._decision made them), then equality.
-    rows: dict[tuple[int, ...], list[tuple[tuple[Decision, ...], tuple[DecisionRow, int]]]] = {}
-    count = 0
+    # alike (decide.AtomKinds), and a new row's hash is made from those decisions' hashes
+    # (DecisionRow.spread), not from its every atom's.
+    rows: dict[tuple[Decision, ...], tuple[DecisionRow, int]] = {}
     interned: dict[tuple[int, ...], DecisionTable] = {}
 
     def row_of(rules) -> tuple[DecisionRow, int]:
         """The row (and its number) where exactly `rules` hold and apply."""
-        nonlocal count
         decided = decide(rules)
-        hashes = tuple(map(_HASH, decided))
-        alike = rows.get(hashes)
-        if alike is None:
-            alike = rows[hashes] = []
-        for seen, row in alike:
-            if seen == decided:
-                return row
-        row = (DecisionRow.spread(decided, hashes, spread), count)
-        count += 1
-        alike.append((decided, row))
+        row = rows.get(decided)
+        if row is None:
+            row = rows[decided] = (DecisionRow.spread(decided, tuple(map(_HASH, decided)),
+                                                      spread), len(rows))
         return row
 
     out = []
